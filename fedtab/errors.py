@@ -1,0 +1,133 @@
+"""The one error hierarchy of fedtab.
+
+Every class subclasses a built-in (so ``except ValueError`` keeps working for users who do not know
+fedtab) and carries the exit code the CLI uses. Messages say what was wrong, the value seen, what was
+expected and how to fix it. Library code raises these; only ``fedtab.cli`` turns them into exit codes.
+
+Exit codes (documented in the README):
+
+====  =========================  ==================================================================
+code  class                      meaning
+====  =========================  ==================================================================
+1     FedtabError                any other fedtab failure
+2     ConfigError                a bad argument, option or configuration file
+3     SchemaError                a schema file is malformed, or sites' schemas do not agree
+4     DataValidationError        a table does not match its schema (every problem is listed)
+5     SourceError                a file or database table cannot be read or written
+6     PrivacyBudgetError         a spend would exceed a site's privacy budget; nothing was released
+7     ModelFileError             a model file is tampered with, foreign or unreadable
+8     NotFittedError             a synthesizer/transformer was used before ``fit``
+9     FederationError            a site failed or too few sites remain
+10    ReleaseRefusedError        the release gate refused the synthetic table
+====  =========================  ==================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class FedtabError(Exception):
+    """Base class of all fedtab errors."""
+
+    exit_code = 1
+
+
+class ConfigError(FedtabError, ValueError):
+    """A bad parameter, option or configuration file."""
+
+    exit_code = 2
+
+
+class SchemaError(FedtabError, ValueError):
+    """A schema is malformed, or the sites' schemas disagree."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found while validating a table: where, how many rows, examples, and what was expected."""
+
+    column: str | None
+    message: str
+    rows: int = 0
+    examples: tuple = ()
+    expected: str = ""
+
+    def __str__(self) -> str:
+        where = f"column '{self.column}'" if self.column is not None else "table"
+        text = f"{where}: {self.message}"
+        if self.rows:
+            text += f" ({self.rows} row{'s' if self.rows != 1 else ''}"
+            if self.examples:
+                text += ", e.g. " + ", ".join(repr(v) for v in self.examples[:5])
+            text += ")"
+        elif self.examples:
+            text += " (e.g. " + ", ".join(repr(v) for v in self.examples[:5]) + ")"
+        if self.expected:
+            text += f"; expected {self.expected}"
+        return text
+
+
+class DataValidationError(FedtabError, ValueError):
+    """A table does not match its schema. ``problems`` lists every problem found, not just the first."""
+
+    exit_code = 4
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = list(problems)
+        lines = [f"{source}: {len(self.problems)} problem(s) found:"]
+        lines += [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class SourceError(FedtabError, OSError):
+    """A file or database table cannot be read or written."""
+
+    exit_code = 5
+
+
+class PrivacyBudgetError(FedtabError, RuntimeError):
+    """A privacy spend would take a site past its budget. The spend did not happen; nothing was released."""
+
+    exit_code = 6
+
+
+class ModelFileError(FedtabError, ValueError):
+    """A model file is tampered with, comes from another program, or cannot be read."""
+
+    exit_code = 7
+
+
+class NotFittedError(FedtabError, ValueError, AttributeError):
+    """An estimator was used before ``fit`` (same contract as scikit-learn's NotFittedError)."""
+
+    exit_code = 8
+
+
+class FederationError(FedtabError, RuntimeError):
+    """A site failed, or too few sites remain to go on."""
+
+    exit_code = 9
+
+
+class ReleaseRefusedError(FedtabError, RuntimeError):
+    """The release gate refused the synthetic table. ``failed`` lists every failed check."""
+
+    exit_code = 10
+
+    def __init__(self, message: str, failed: list | None = None):
+        self.failed = list(failed or [])
+        super().__init__(message)
+
+
+def check_is_fitted(obj, attributes: str | list[str]) -> None:
+    """Raise NotFittedError unless ``obj`` has every learned attribute named (they end in ``_``)."""
+    names = [attributes] if isinstance(attributes, str) else list(attributes)
+    if not all(getattr(obj, n, None) is not None for n in names):
+        raise NotFittedError(
+            f"This {type(obj).__name__} instance is not fitted yet. Call 'fit' with appropriate "
+            "arguments before using this estimator."
+        )
