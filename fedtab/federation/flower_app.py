@@ -1,0 +1,234 @@
+"""Flower transport: the same coordinator and site code, carried by Flower's Message API.
+
+- Site side: ``make_client_app(worker_for)`` builds a ``ClientApp`` whose handlers unpack the body,
+  restore the site's persistent state from ``context.state`` (so it survives across messages even
+  when Flower starts a fresh ClientApp process per message), call ``SiteWorker.handle`` and reply.
+- Coordinator side: ``FlowerTransport(grid)`` implements ``Transport`` over a ``Grid``: it learns
+  which node is which site with a ``hello`` query, then sends one message per site and waits.
+- ``run_flower_simulation`` runs a coordinator function inside a ``ServerApp`` on Flower's simulation
+  engine (Ray) and returns its result.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from fedtab.errors import FederationError
+from fedtab.federation.transport import error_reply, raise_if_error
+from fedtab.federation.wire import Packed, pack, unpack
+
+# Wire keys (named once, used on both sides).
+BODY = "fedtab.body"  # ConfigRecord: {"json": <packed json>, "kind": <request kind>}
+ARRAYS = "fedtab.arrays"  # ArrayRecord: packed arrays
+STATE_BODY = "fedtab.state"
+STATE_ARRAYS = "fedtab.state.arrays"
+HELLO = "hello"
+NODE_SITE_KEY = "site-name"  # node config: the site's name (deployment)
+NODE_PARTITION_KEY = "partition-id"  # node config: set by Flower's simulation engine
+
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+
+def _message_type(kind: str) -> str:
+    # Flower routes by category: train / evaluate / query. The fedtab kind travels in the body.
+    return {"train": "train", "evaluate": "evaluate"}.get(kind, "query")
+
+
+def _to_records(kind: str, body: Any):
+    from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+    p = pack(body)
+    rd = RecordDict()
+    rd[BODY] = ConfigRecord({"json": p.json, "kind": kind})
+    rd[ARRAYS] = ArrayRecord(array_dict={k: Array(v) for k, v in p.arrays.items()})
+    return rd
+
+
+def _from_records(rd) -> tuple[str, Any]:
+    cfg = rd.config_records.get(BODY) if hasattr(rd, "config_records") else rd[BODY]
+    arr = rd.array_records.get(ARRAYS) if hasattr(rd, "array_records") else rd[ARRAYS]
+    if cfg is None:
+        raise FederationError("malformed Flower message: no fedtab body (is this a fedtab coordinator?)")
+    arrays = {k: v.numpy() for k, v in (arr or {}).items()}
+    return str(cfg["kind"]), unpack(Packed(json=str(cfg["json"]), arrays=arrays))
+
+
+def _load_state(context) -> dict:
+    st = context.state
+    if STATE_BODY not in st:
+        return {}
+    arrays = {k: v.numpy() for k, v in st[STATE_ARRAYS].items()} if STATE_ARRAYS in st else {}
+    return unpack(Packed(json=str(st[STATE_BODY]["json"]), arrays=arrays))
+
+
+def _save_state(context, state: dict) -> None:
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+
+    p = pack(state)
+    context.state[STATE_BODY] = ConfigRecord({"json": p.json})
+    context.state[STATE_ARRAYS] = ArrayRecord(array_dict={k: Array(v) for k, v in p.arrays.items()})
+
+
+def site_name_of(context) -> str:
+    cfg = context.node_config
+    if NODE_SITE_KEY in cfg:
+        return str(cfg[NODE_SITE_KEY])
+    if NODE_PARTITION_KEY in cfg:
+        return f"partition-{int(cfg[NODE_PARTITION_KEY])}"
+    raise FederationError(f"this SuperNode has no '{NODE_SITE_KEY}' in its --node-config")
+
+
+def make_client_app(worker_for: Callable[[Any], tuple[str, Callable[[str, Any, dict], Any]]]):
+    """A ClientApp that serves fedtab requests. ``worker_for(context) -> (site name, handle)``."""
+    from flwr.app import Message
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    def serve(msg, context):
+        site, handle = worker_for(context)
+        kind, body = _from_records(msg.content)
+        if kind == HELLO:
+            reply: Any = {"site": site}
+        else:
+            state = _load_state(context)
+            try:
+                reply = handle(kind, body, state)
+                _save_state(context, state)
+            except Exception as e:  # noqa: BLE001 - every failure goes back to the coordinator, by class
+                reply = error_reply(e)
+        return Message(content=_to_records(kind, reply), reply_to=msg)
+
+    app.train()(serve)
+    app.evaluate()(serve)
+    app.query()(serve)
+    return app
+
+
+class FlowerTransport:
+    """``Transport`` over a Flower ``Grid`` (inside a ServerApp)."""
+
+    def __init__(self, grid, *, expected_sites: int | None = None, timeout: float | None = None,
+                 min_sites: int | None = None):
+        self._grid = grid
+        self._timeout = timeout
+        self._round = 0
+        self._min_sites = min_sites
+        node_ids = self._wait_for_nodes(expected_sites)
+        replies = self._send({nid: (HELLO, {}) for nid in node_ids})
+        self._nodes: dict[str, int] = {}
+        for nid, (_, body) in replies.items():
+            self._nodes[str(body["site"])] = nid
+        self._nodes = dict(sorted(self._nodes.items()))
+
+    def _wait_for_nodes(self, expected: int | None) -> list[int]:
+        import time
+
+        deadline = time.monotonic() + (self._timeout or 120.0)
+        while True:
+            ids = sorted(self._grid.get_node_ids())
+            if expected is None or len(ids) >= expected:
+                return ids
+            if time.monotonic() > deadline:
+                raise FederationError(f"only {len(ids)} of {expected} sites connected before the timeout")
+            time.sleep(0.5)
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self._nodes)
+
+    def _send(self, per_node: Mapping[int, tuple[str, Any]]) -> dict[int, tuple[str, Any]]:
+        from flwr.app import Message
+
+        self._round += 1
+        msgs = [
+            Message(content=_to_records(kind, body), dst_node_id=nid,
+                    message_type=_message_type(kind), group_id=str(self._round))
+            for nid, (kind, body) in per_node.items()
+        ]
+        out: dict[int, tuple[str, Any]] = {}
+        for rep in self._grid.send_and_receive(msgs, timeout=self._timeout):
+            nid = rep.metadata.src_node_id
+            if rep.has_error():
+                out[nid] = ("error", {"__error__": {"class": "FederationError",
+                                                    "message": f"Flower error: {rep.error.reason}"}})
+            else:
+                out[nid] = _from_records(rep.content)
+        return out
+
+    def request(self, kind: str, bodies: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = [s for s in bodies if s not in self._nodes]
+        if unknown:
+            raise FederationError(f"unknown site(s) {unknown}; connected sites: {self.sites}")
+        replies = self._send({self._nodes[s]: (kind, b) for s, b in bodies.items()})
+        by_node = {nid: s for s, nid in self._nodes.items()}
+        missing = [s for s in bodies if self._nodes[s] not in replies]
+        if missing:
+            raise FederationError(f"no reply from site(s) {missing} to '{kind}' (timed out or disconnected)")
+        return {by_node[nid]: raise_if_error(by_node[nid], body) for nid, (_, body) in sorted(replies.items())}
+
+    def close(self) -> None:
+        pass
+
+
+def run_flower_simulation(
+    coordinator: Callable[[FlowerTransport], Any],
+    workers: Mapping[str, Callable[[], Callable[[str, Any, dict], Any]]],
+    *,
+    cpus_per_site: float = 1.0,
+) -> Any:
+    """Run ``coordinator(transport)`` on Flower's simulation engine with one SuperNode per site.
+
+    ``workers`` maps site names (in partition order) to factories of site handlers; factories are
+    shipped to Flower's worker processes, so they must be importable functions / partials.
+    """
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    names = list(workers)
+    factories = [workers[n] for n in names]
+    result: dict[str, Any] = {}
+
+    def worker_for(context):
+        pid = int(context.node_config[NODE_PARTITION_KEY])
+        return names[pid], _cached_handler(names[pid], factories[pid])
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid, context):  # noqa: ARG001 - Flower's signature
+        try:
+            result["value"] = coordinator(FlowerTransport(grid, expected_sites=len(names)))
+        except BaseException as e:  # handed back to the caller's thread below
+            result["error"] = e
+
+    run_simulation(
+        server_app=server,
+        client_app=make_client_app(worker_for),
+        num_supernodes=len(names),
+        backend_config={"client_resources": {"num_cpus": cpus_per_site, "num_gpus": 0.0},
+                        "init_args": {"log_to_driver": False, "include_dashboard": False}},
+    )
+    if "error" in result:
+        raise result["error"]
+    if "value" not in result:
+        raise FederationError("the Flower simulation ended without a result (see Flower's log above)")
+    return result["value"]
+
+
+_HANDLERS: dict[str, Callable] = {}
+_LOCK = threading.Lock()
+
+
+def _cached_handler(name: str, factory: Callable[[], Callable]) -> Callable:
+    # Flower reuses worker processes; building a site's handler (loading its table) once per process
+    # keeps per-message overhead low. Persistent *state* still lives in context.state.
+    with _LOCK:
+        if name not in _HANDLERS:
+            _HANDLERS[name] = factory()
+        return _HANDLERS[name]

@@ -1,0 +1,99 @@
+"""Transports carry coordinator requests to sites and replies back. Site and coordinator code is shared.
+
+A transport only moves ``pack``-ed bodies (JSON + arrays) and keeps each site's persistent state;
+what a site does with a request is ``SiteWorker.handle``. Two transports exist:
+
+- ``InProcessTransport``: every site in this process (the embedded default: fast start);
+- ``fedtab.federation.flower_app``: Flower ServerApp/ClientApp on the Message API (simulation or
+  a real deployment).
+
+Errors raised at a site travel back by class name and message, so the coordinator raises the same
+fedtab error (a ``DataValidationError`` at site 'hungary' stays a ``DataValidationError``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from fedtab import errors
+from fedtab.federation.wire import Packed, pack, unpack
+
+ERROR_KEY = "__error__"
+
+
+class Transport(Protocol):
+    """What the coordinator needs from a transport."""
+
+    @property
+    def sites(self) -> list[str]: ...
+
+    def request(self, kind: str, bodies: Mapping[str, Any]) -> dict[str, Any]:
+        """Send ``bodies[site]`` to each named site as a ``kind`` request; return replies by site."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def broadcast(transport: Transport, kind: str, body: Any, *, sites: Sequence[str] | None = None) -> dict[str, Any]:
+    """Send the same body to every site (or the sites named)."""
+    return transport.request(kind, {s: body for s in (sites or transport.sites)})
+
+
+def error_reply(exc: BaseException) -> dict[str, Any]:
+    """The reply body a site sends when handling a request failed."""
+    cls = type(exc).__name__ if isinstance(exc, errors.FedtabError) else "FederationError"
+    return {ERROR_KEY: {"class": cls, "message": str(exc), "type": type(exc).__name__}}
+
+
+def raise_if_error(site: str, reply: Any) -> Any:
+    """Re-raise a site's error on the coordinator with the site's name in front."""
+    if isinstance(reply, dict) and ERROR_KEY in reply:
+        info = reply[ERROR_KEY]
+        cls = getattr(errors, info.get("class", ""), None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.FedtabError)):
+            cls = errors.FederationError
+        msg = f"site '{site}': {info.get('message', 'unknown error')}"
+        # Rebuild without calling __init__: some classes take structured arguments we do not ship.
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, msg)
+        exc.source, exc.problems, exc.failed = site, [], []
+        raise exc
+    return reply
+
+
+class InProcessTransport:
+    """All sites live in this process; each request still goes through ``pack``/``unpack``.
+
+    Packing here is deliberate: a body that would not survive the wire fails in the embedded
+    default too, and both transports give bit-identical results for the same seed.
+    """
+
+    def __init__(self, workers: Mapping[str, Callable[[str, Any, dict], Any]]):
+        # workers: site name -> handle(kind, body, state) -> reply
+        self._workers = dict(workers)
+        self._state: dict[str, dict] = {name: {} for name in self._workers}
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self._workers)
+
+    def request(self, kind: str, bodies: Mapping[str, Any]) -> dict[str, Any]:
+        replies: dict[str, Any] = {}
+        for site, body in bodies.items():
+            if site not in self._workers:
+                raise errors.FederationError(f"unknown site '{site}'; known sites: {self.sites}")
+            sent = _roundtrip(pack(body))
+            try:
+                reply = self._workers[site](kind, sent, self._state[site])
+            except errors.FedtabError as e:
+                reply = error_reply(e)
+            replies[site] = raise_if_error(site, _roundtrip(pack(reply)))
+        return replies
+
+    def close(self) -> None:
+        self._state.clear()
+
+
+def _roundtrip(p: Packed) -> Any:
+    return unpack(p)
