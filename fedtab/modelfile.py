@@ -1,0 +1,126 @@
+"""The fedtab model file: one safetensors file, never pickle.
+
+Layout: tensors ``model/<name>`` hold the generator's weights; tensors ``manifest/<key>`` hold the
+arrays of the manifest (encoding parameters); the safetensors header's metadata holds
+``format``, the manifest JSON (schema, encoding, model config, training config, privacy ledger,
+package versions) and ``content_sha256``, a hash over the manifest and every tensor. Loading
+re-computes the hash: a file edited after it was written, or one another program wrote, fails
+with ``ModelFileError`` before anything in it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedtab.errors import ModelFileError
+from fedtab.federation.wire import Packed, pack, unpack
+from fedtab.schema import atomic_write_bytes
+
+FORMAT = "fedtab.model/1"
+_MODEL = "model/"
+_MANIFEST = "manifest/"
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """What a model file holds: a JSON-able manifest (may contain numpy arrays) and flat weights."""
+
+    manifest: dict[str, Any]
+    weights: dict[str, np.ndarray]
+
+
+def content_hash(manifest_json: str, tensors: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    h.update(FORMAT.encode())
+    h.update(manifest_json.encode("utf-8"))
+    for name in sorted(tensors):
+        t = np.ascontiguousarray(tensors[name])
+        h.update(f"\0{name}\0{t.dtype.str}\0{t.shape}\0".encode())
+        h.update(t.tobytes())
+    return h.hexdigest()
+
+
+def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
+    """Write the model file atomically (temp file + rename)."""
+    from safetensors.numpy import save
+
+    packed = pack(bundle.manifest)
+    tensors = {_MANIFEST + k: v for k, v in packed.arrays.items()}
+    tensors.update({_MODEL + k: np.ascontiguousarray(v) for k, v in bundle.weights.items()})
+    meta = {
+        "format": FORMAT,
+        "manifest": packed.json,
+        "content_sha256": content_hash(packed.json, tensors),
+    }
+    return atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_bundle(path: str | os.PathLike) -> ModelBundle:
+    """Read and verify a model file."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"{p}: model file not found. Train one with 'fedtab train CONFIG.toml -o {p}'.") from None
+    except OSError as e:
+        raise ModelFileError(f"{p}: cannot read the model file ({e.strerror}).") from None
+    try:
+        tensors = load(data)
+        meta = _read_metadata(data)
+    except (SafetensorError, ValueError, UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelFileError(
+            f"{p}: not a fedtab model file (not a readable safetensors file). "
+            "Model files are written by 'fedtab train' or FederatedSynthesizer.save()."
+        ) from None
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(
+            f"{p}: format is {meta.get('format')!r}, expected {FORMAT!r}: this file was not written by "
+            "this version of fedtab."
+        )
+    manifest_json = meta.get("manifest", "")
+    if content_hash(manifest_json, tensors) != meta.get("content_sha256"):
+        raise ModelFileError(
+            f"{p}: content hash mismatch: the file was modified after fedtab wrote it (or is corrupt). "
+            "Do not use it; ask its sender for the original."
+        )
+    arrays = {k[len(_MANIFEST):]: v for k, v in tensors.items() if k.startswith(_MANIFEST)}
+    weights = {k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)}
+    manifest = unpack(Packed(json=manifest_json, arrays=arrays))
+    return ModelBundle(manifest=manifest, weights=weights)
+
+
+def _read_metadata(data: bytes) -> dict[str, str]:
+    # safetensors header: 8-byte little-endian length, then JSON whose "__metadata__" is str -> str.
+    if len(data) < 8:
+        raise ValueError("too short")
+    n = int.from_bytes(data[:8], "little")
+    if n <= 0 or 8 + n > len(data):
+        raise ValueError("bad header length")
+    header = json.loads(data[8 : 8 + n].decode("utf-8"))
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise ValueError("bad metadata")
+    return meta
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a model (recorded in model files and audit records)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("fedtab", "torch", "numpy", "pandas", "opacus", "flwr", "safetensors"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
