@@ -1,0 +1,188 @@
+"""Run configuration: the TOML file behind ``fedtab train`` and the settings of FederatedSynthesizer.
+
+Example (paths are relative to the TOML file)::
+
+    seed = 0
+    schema = "heart_schema.json"      # optional; otherwise every site infers and the sites agree
+    missing_markers = ["?"]
+    holdout = 0.2                      # share of each site's rows set aside for evaluation
+
+    [model]
+    name = "ctgan"                     # ctgan | tvae | diffusion
+
+    [privacy]
+    epsilon = 1.0                      # per site, preprocessing included; omit for non-DP
+    delta = 1e-5
+    preprocessing_share = 0.1          # share of epsilon spent on the encoding statistics
+
+    [training]
+    rounds = 5
+    local_epochs = 1.0                 # local passes over a site's rows per round
+    batch_size = 500
+
+    [sites.cleveland]
+    source = "data/heart_cleveland.csv"
+    [sites.va]
+    source = "sqlite:///va.db"
+    table = "patients"
+
+Every problem in a file is reported at once, naming the key, the value and what is expected.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedtab.errors import ConfigError
+
+MODELS = ("ctgan", "tvae", "diffusion")
+
+
+@dataclass(frozen=True)
+class SiteSource:
+    """Where a site's table lives: a file path or a SQLAlchemy URL (+ table)."""
+
+    source: str
+    table: str | None = None
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    epsilon: float | None = None  # None: non-DP mode (exact statistics, still never raw rows)
+    delta: float = 1e-5
+    preprocessing_share: float = 0.1
+
+    @property
+    def enabled(self) -> bool:
+        return self.epsilon is not None
+
+    @property
+    def preprocessing_epsilon(self) -> float | None:
+        return None if self.epsilon is None else self.epsilon * self.preprocessing_share
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    rounds: int = 5
+    local_epochs: float = 1.0
+    batch_size: int = 500
+    max_grad_norm: float = 1.0
+    min_sites: int | None = None  # fewest sites that must answer a round (default: all)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    sites: dict[str, SiteSource]
+    model: str = "ctgan"
+    model_options: dict = field(default_factory=dict)
+    privacy: PrivacySettings = PrivacySettings()
+    training: TrainingSettings = TrainingSettings()
+    seed: int = 0
+    schema_path: str | None = None
+    missing_markers: tuple[str, ...] = ("?",)
+    holdout: float = 0.2
+    target: str | None = None
+
+
+def _num(problems: list[str], where: str, v: Any, *, lo: float, hi: float = math.inf,
+         integer: bool = False, lo_open: bool = False) -> Any:
+    ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok_type or not math.isfinite(v) or v > hi or (v <= lo if lo_open else v < lo):
+        kind = "a whole number" if integer else "a number"
+        rng = f"{'(' if lo_open else '['}{lo}, {hi}{']' if math.isfinite(hi) else ')'}"
+        problems.append(f"'{where}' must be {kind} in {rng}. Got {v!r} instead.")
+    return v
+
+
+def check_settings(*, model: str, privacy: PrivacySettings, training: TrainingSettings,
+                   holdout: float, where: str = "") -> list[str]:
+    """Every problem with the settings (empty when they are fine)."""
+    p: list[str] = []
+    pre = f"{where}." if where else ""
+    if model not in MODELS:
+        p.append(f"'{pre}model' must be one of {list(MODELS)}. Got {model!r} instead.")
+    if privacy.epsilon is not None:
+        _num(p, f"{pre}epsilon", privacy.epsilon, lo=0, lo_open=True)
+    _num(p, f"{pre}delta", privacy.delta, lo=0, hi=0.1, lo_open=True)
+    _num(p, f"{pre}preprocessing_share", privacy.preprocessing_share, lo=0, hi=0.9, lo_open=True)
+    _num(p, f"{pre}rounds", training.rounds, lo=1, hi=10_000, integer=True)
+    _num(p, f"{pre}local_epochs", training.local_epochs, lo=0, hi=1000, lo_open=True)
+    _num(p, f"{pre}batch_size", training.batch_size, lo=2, hi=1_000_000, integer=True)
+    _num(p, f"{pre}max_grad_norm", training.max_grad_norm, lo=0, lo_open=True)
+    if training.min_sites is not None:
+        _num(p, f"{pre}min_sites", training.min_sites, lo=1, integer=True)
+    _num(p, f"{pre}holdout", holdout, lo=0, hi=0.9)
+    return p
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a run configuration TOML file."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: configuration file not found.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read the configuration file ({e}).") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML ({e}).") from None
+    return config_from_dict(data, base_dir=p.parent, source=str(p))
+
+
+_TOP = {"seed", "schema", "missing_markers", "holdout", "target", "model", "privacy", "training", "sites"}
+
+
+def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "config") -> RunConfig:
+    problems: list[str] = []
+    for k in sorted(set(data) - _TOP):
+        problems.append(f"unknown key '{k}'; allowed: {sorted(_TOP)}")
+    model_tbl = dict(data.get("model", {}))
+    model = model_tbl.pop("name", "ctgan")
+    priv_tbl = data.get("privacy", {})
+    train_tbl = data.get("training", {})
+    for tbl, name, allowed in ((priv_tbl, "privacy", PrivacySettings.__dataclass_fields__),
+                               (train_tbl, "training", TrainingSettings.__dataclass_fields__)):
+        for k in sorted(set(tbl) - set(allowed)):
+            problems.append(f"unknown key '{name}.{k}'; allowed: {sorted(allowed)}")
+    privacy = PrivacySettings(**{k: v for k, v in priv_tbl.items() if k in PrivacySettings.__dataclass_fields__})
+    training = TrainingSettings(**{k: v for k, v in train_tbl.items() if k in TrainingSettings.__dataclass_fields__})
+    holdout = data.get("holdout", 0.2)
+    problems += check_settings(model=model, privacy=privacy, training=training, holdout=holdout)
+    seed = data.get("seed", 0)
+    _num(problems, "seed", seed, lo=0, hi=2**32 - 1, integer=True)
+    sites: dict[str, SiteSource] = {}
+    raw_sites = data.get("sites")
+    if not isinstance(raw_sites, dict) or not raw_sites:
+        problems.append("'sites' must name at least one site, e.g. [sites.cleveland] source = \"cleveland.csv\"")
+        raw_sites = {}
+    for name, s in raw_sites.items():
+        if not isinstance(s, dict) or not isinstance(s.get("source"), str):
+            problems.append(f"site '{name}': needs a 'source' (a file path or a SQLAlchemy URL)")
+            continue
+        extra = sorted(set(s) - {"source", "table"})
+        if extra:
+            problems.append(f"site '{name}': unknown key(s) {extra}; allowed: ['source', 'table']")
+        sites[name] = SiteSource(source=_resolve(s["source"], base_dir), table=s.get("table"))
+    schema = data.get("schema")
+    markers = data.get("missing_markers", ["?"])
+    if not isinstance(markers, list) or not all(isinstance(m, str) for m in markers):
+        problems.append(f"'missing_markers' must be a list of strings. Got {markers!r} instead.")
+        markers = ["?"]
+    if problems:
+        raise ConfigError(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  - {x}" for x in problems))
+    return RunConfig(
+        sites=sites, model=model, model_options=model_tbl, privacy=privacy, training=training,
+        seed=seed, schema_path=_resolve(schema, base_dir) if isinstance(schema, str) else None,
+        missing_markers=tuple(markers), holdout=float(holdout), target=data.get("target"),
+    )
+
+
+def _resolve(source: str, base_dir: Path) -> str:
+    if "://" in source:
+        return source
+    path = Path(source)
+    return str(path if path.is_absolute() else (base_dir / path))
