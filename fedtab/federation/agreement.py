@@ -1,0 +1,90 @@
+"""Phase 1: the sites agree on one schema (a pure function over the schemas they report).
+
+Only schemas travel (column names, types, declared settings): no statistics, so this costs no
+privacy budget. Inferred schemas carry no observed bounds or category lists by design.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+from fedtab.errors import SchemaError
+from fedtab.schema import ColumnSpec, TableSchema
+
+# Types that may meet across sites, and what they become. A column with only 0/1 at one site is
+# inferred boolean there but is categorical where more codes occur; int and float meet as float.
+_COMPATIBLE = {
+    frozenset({"boolean", "categorical"}): "categorical",
+}
+
+
+def agree_schemas(site_schemas: Mapping[str, TableSchema]) -> TableSchema:
+    """One schema for all sites, or a SchemaError listing every mismatch by site and column."""
+    if not site_schemas:
+        raise SchemaError("no site reported a schema")
+    sites = list(site_schemas)
+    ref_site = sites[0]
+    ref = site_schemas[ref_site]
+    problems: list[str] = []
+    for site in sites[1:]:
+        names = site_schemas[site].names
+        for c in ref.names:
+            if c not in names:
+                problems.append(f"site '{site}' has no column '{c}' (site '{ref_site}' has it)")
+        for c in names:
+            if c not in ref:
+                problems.append(f"site '{site}' has a column '{c}' that site '{ref_site}' lacks")
+    merged: list[ColumnSpec] = []
+    for col in ref.columns:
+        specs = {s: site_schemas[s][col.name] for s in sites if col.name in site_schemas[s]}
+        spec, col_problems = _merge_column(col.name, specs)
+        problems += col_problems
+        merged.append(spec)
+    if problems:
+        raise SchemaError(
+            f"the sites' schemas do not agree ({len(problems)} problem(s)):\n"
+            + "\n".join(f"  - {p}" for p in problems)
+            + "\nFix: give every site the same schema file (fedtab schema infer at one site, then "
+            "edit and share it), or rename/retype the columns at the sites named."
+        )
+    return TableSchema(columns=tuple(merged), name=ref.name)
+
+
+def _merge_column(name: str, specs: Mapping[str, ColumnSpec]) -> tuple[ColumnSpec, list[str]]:
+    problems: list[str] = []
+    types = {s: c.type for s, c in specs.items()}
+    distinct = set(types.values())
+    first = next(iter(specs.values()))
+    if len(distinct) == 1:
+        ctype = first.type
+    elif frozenset(distinct) in _COMPATIBLE:
+        ctype = _COMPATIBLE[frozenset(distinct)]
+    else:
+        seen = ", ".join(f"'{s}': {t}" for s, t in types.items())
+        problems.append(f"column '{name}' has different types at the sites ({seen}); declare its type in a shared schema")
+        ctype = first.type
+    subtype = None
+    if ctype == "numerical":
+        subs = {c.subtype for c in specs.values()}
+        subtype = "float" if "float" in subs else "int"
+    lowers = [c.lower for c in specs.values() if c.lower is not None]
+    uppers = [c.upper for c in specs.values() if c.upper is not None]
+    declared = [c.categories for c in specs.values() if c.categories is not None]
+    categories = None
+    if declared:
+        categories = tuple(dict.fromkeys(v for cats in declared for v in cats))
+    markers = tuple(dict.fromkeys(m for c in specs.values() for m in c.missing_markers))
+    precisions = [c.precision for c in specs.values() if c.precision is not None]
+    spec = replace(
+        first,
+        type=ctype,
+        subtype=subtype,
+        nullable=any(c.nullable for c in specs.values()),
+        lower=min(lowers) if lowers else None,
+        upper=max(uppers) if uppers else None,
+        categories=categories if ctype in ("categorical", "boolean") else None,
+        missing_markers=markers,
+        precision=max(precisions) if precisions else None,
+    )
+    return spec, problems

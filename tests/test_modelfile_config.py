@@ -1,0 +1,82 @@
+"""Model file integrity and run-configuration validation."""
+
+import numpy as np
+import pytest
+
+from fedtab.config import config_from_dict, load_config
+from fedtab.errors import ConfigError, ModelFileError
+from fedtab.modelfile import ModelBundle, load_bundle, save_bundle
+
+
+def _bundle():
+    return ModelBundle(
+        manifest={"model": "ctgan", "encoding": {"means": np.linspace(0, 1, 5)}, "epsilon": float("inf")},
+        weights={"generator.0.weight": np.arange(12, dtype=np.float32).reshape(3, 4)},
+    )
+
+
+def test_model_file_round_trip(tmp_path):
+    p = save_bundle(tmp_path / "m.fedtab", _bundle())
+    b = load_bundle(p)
+    assert b.manifest["model"] == "ctgan" and b.manifest["epsilon"] == float("inf")
+    np.testing.assert_array_equal(b.manifest["encoding"]["means"], np.linspace(0, 1, 5))
+    np.testing.assert_array_equal(b.weights["generator.0.weight"], _bundle().weights["generator.0.weight"])
+    assert not list(tmp_path.glob(".*tmp")), "no temp file left behind"
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    p = save_bundle(tmp_path / "m.fedtab", _bundle())
+    data = bytearray(p.read_bytes())
+    data[-3] ^= 0xFF  # flip bits inside the last tensor
+    p.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="hash mismatch"):
+        load_bundle(p)
+
+
+def test_tampered_manifest_is_refused(tmp_path):
+    p = save_bundle(tmp_path / "m.fedtab", _bundle())
+    p.write_bytes(p.read_bytes().replace(b'ctgan', b'tvaex'))
+    with pytest.raises(ModelFileError, match="hash mismatch"):
+        load_bundle(p)
+
+
+def test_foreign_files_are_refused(tmp_path):
+    (tmp_path / "pickle.fedtab").write_bytes(b"\x80\x04\x95\x00\x00")
+    with pytest.raises(ModelFileError, match="not a fedtab model file"):
+        load_bundle(tmp_path / "pickle.fedtab")
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros(2, np.float32)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ModelFileError, match="format is None"):
+        load_bundle(tmp_path / "other.safetensors")
+    with pytest.raises(ModelFileError, match="not found"):
+        load_bundle(tmp_path / "missing.fedtab")
+
+
+def test_config_resolves_paths_relative_to_the_file(tmp_path):
+    (tmp_path / "job.toml").write_text(
+        'seed = 3\n[privacy]\nepsilon = 1.0\n[training]\nrounds = 2\n'
+        '[sites.a]\nsource = "a.csv"\n[sites.b]\nsource = "sqlite:///b.db"\ntable = "t"\n'
+    )
+    cfg = load_config(tmp_path / "job.toml")
+    assert cfg.sites["a"].source == str(tmp_path / "a.csv")
+    assert cfg.sites["b"].source == "sqlite:///b.db" and cfg.sites["b"].table == "t"
+    assert cfg.privacy.preprocessing_epsilon == pytest.approx(0.1) and cfg.training.rounds == 2 and cfg.seed == 3
+
+
+def test_config_lists_every_problem():
+    with pytest.raises(ConfigError) as ei:
+        config_from_dict({"privacy": {"epsilon": -1, "delta": 2}, "training": {"rounds": 0, "speed": 1},
+                          "model": {"name": "gan"}, "sites": {"a": {}}})
+    msg = str(ei.value)
+    for needle in ("'epsilon' must be", "'delta' must be", "'rounds' must be", "training.speed",
+                   "'model' must be one of", "site 'a': needs a 'source'"):
+        assert needle in msg
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    (tmp_path / "bad.toml").write_text("seed = = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path / "bad.toml")
