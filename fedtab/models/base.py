@@ -1,0 +1,127 @@
+"""The model contract: a model holds networks and losses only.
+
+A model is DP-unaware and knows no sites, rounds or tables: it reads spans, builds its networks, and
+gives the training loop (``fedtab.training``) two losses:
+
+* ``private_losses(real, real_cond, fake_cond, *, generator)``: one loss per row of the batch that the
+  *private network* sees (real rows, then any fake rows). The private network is the only one that reads
+  real rows (a GAN's discriminator; a VAE as a whole). Per-row losses are what per-record DP-SGD needs,
+  and ``.mean()`` of them is the non-DP loss.
+* ``public_loss(cond, *, generator)``: the scalar loss of the *public network* (a GAN's generator),
+  which reaches the data only through the private network (post-processing under DP). ``None`` network
+  means there is no public step.
+
+Every random draw takes an explicit ``torch.Generator`` so the loop owns seeding. ``state_dict`` is a
+flat ``name -> tensor`` dict of plain float tensors (safetensors-friendly, averageable by FedAvg).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedtab.errors import ModelFileError, NotFittedError
+from fedtab.models.conditions import CondBatch, Conditions
+from fedtab.transform.spans import ConditionSpan, SpanInfo
+
+
+class GenerativeModel(ABC):
+    """Base class of fedtab's synthesizer models (estimator style: ``__init__`` stores the config only)."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type] = object
+
+    def __init__(self, config: Any = None):
+        self.config = config if config is not None else self.config_class()
+
+    # --- building -------------------------------------------------------------------------------
+    @abstractmethod
+    def build(self, spans: list[SpanInfo], condition_spans: list[ConditionSpan], *, seed: int) -> "GenerativeModel":
+        """Create the networks for these spans, initialised from ``seed``; returns ``self``."""
+
+    @property
+    def is_built(self) -> bool:
+        return getattr(self, "conditions_", None) is not None
+
+    def _check_built(self) -> None:
+        if not self.is_built:
+            raise NotFittedError(
+                f"This {type(self).__name__} model is not built yet. Call 'build(spans, condition_spans, "
+                "seed=...)' before training, sampling or loading weights."
+            )
+
+    @property
+    def conditions(self) -> Conditions:
+        self._check_built()
+        return self.conditions_
+
+    # --- networks and losses ----------------------------------------------------------------------
+    @abstractmethod
+    def private_network(self) -> nn.Module:
+        """The network that reads real rows: DP-SGD wraps exactly this one."""
+
+    def public_network(self) -> nn.Module | None:
+        """The network trained only through the private one (post-processing), or None."""
+        return None
+
+    @abstractmethod
+    def private_losses(
+        self, real: torch.Tensor, real_cond: CondBatch, fake_cond: CondBatch, *, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Per-row losses of the private network, shape ``(len(real) + len(fake_cond),)``.
+
+        Each entry must depend on one row only (per-sample separable), so per-record clipping is exact.
+        """
+
+    def public_loss(self, cond: CondBatch, *, generator: torch.Generator) -> torch.Tensor:
+        """Scalar loss of the public network for a batch of generator conditions."""
+        raise NotImplementedError(f"{type(self).__name__} has no public network.")
+
+    # --- sampling -----------------------------------------------------------------------------------
+    @abstractmethod
+    def sample(self, n: int, *, generator: torch.Generator) -> np.ndarray:
+        """``n`` encoded rows (float32), activations applied: tanh spans in [-1, 1], softmax spans one-hot."""
+
+    # --- weights ------------------------------------------------------------------------------------
+    def networks(self) -> dict[str, nn.Module]:
+        """All networks by name; ``state_dict`` keys are ``"<network>.<parameter>"``. Subclasses name
+        them (CTGAN: "generator", "discriminator")."""
+        self._check_built()
+        nets = {"private": self.private_network()}
+        public = self.public_network()
+        if public is not None:
+            nets["public"] = public
+        return nets
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Flat ``name -> tensor`` copy of every parameter and float buffer."""
+        out: dict[str, torch.Tensor] = {}
+        for net_name, net in self.networks().items():
+            for key, value in net.state_dict().items():
+                if value.is_floating_point():  # BatchNorm's int counter is unused (momentum is set)
+                    out[f"{net_name}.{key}"] = value.detach().clone()
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load weights from ``state_dict()``'s format; every key must be present with the same shape."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        bad = sorted(k for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
+        if missing or unexpected or bad:
+            raise ModelFileError(
+                f"These weights do not fit this {type(self).__name__} model: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}, wrong shape {bad[:5]}. Build the model with the same spans "
+                "and config as the one that produced the weights."
+            )
+        with torch.no_grad():
+            for net_name, net in self.networks().items():
+                targets = net.state_dict(keep_vars=True)
+                for key, target in targets.items():
+                    full = f"{net_name}.{key}"
+                    if full in state:
+                        target.copy_(state[full].to(target.device, target.dtype))

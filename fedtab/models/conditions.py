@@ -1,0 +1,148 @@
+"""CTGAN-style condition vectors over the condition spans, fully batched (no Python loop over rows).
+
+A condition picks one condition column per row and one of its categories; the condition vector is the
+one-hot of that (column, category) pair in the concatenation of all condition spans. Three ways to draw
+conditions, all seeded by an explicit ``torch.Generator``:
+
+* ``from_frequencies``: column uniform, category from the spans' frequencies (merged across sites and
+  noisy under DP: data-independent at the site). Used for generator steps, fake rows and sampling.
+* ``from_rows``: column uniform, category read off the row itself. Under DP the discriminator's real rows
+  are a Poisson sample and their conditions come from the rows, so the accountant's assumption
+  (a uniform, independent sample of the site's rows) holds.
+* ``RowIndex``: CTGAN's training-by-sampling (rows picked by category, log-frequency); non-DP only,
+  because picking rows by category is not a Poisson sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedtab.errors import ConfigError
+from fedtab.transform.spans import ConditionSpan, SpanInfo, span_offsets
+
+
+@dataclass(frozen=True)
+class CondBatch:
+    """A batch of conditions: the one-hot ``vector`` (rows x condition width) and, per row, the chosen
+    condition ``column`` and ``category`` (index within that column), both int64."""
+
+    vector: torch.Tensor
+    column: torch.Tensor
+    category: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.vector.shape[0]
+
+
+class Conditions:
+    """The condition spans of a model, laid out for batched gathers."""
+
+    def __init__(self, spans: list[SpanInfo], condition_spans: list[ConditionSpan]):
+        by_offset = {off: s for off, s in zip(span_offsets(spans), spans)}
+        for c in condition_spans:
+            span = by_offset.get(c.offset)
+            if span is None or span.activation != "softmax" or span.dim != c.dim:
+                raise ConfigError(
+                    f"Condition span '{c.column}' (offset {c.offset}, dim {c.dim}) must coincide with a "
+                    f"softmax span of the encoded row. Got {span!r} at that offset instead."
+                )
+            freq = np.asarray(c.frequencies, dtype=np.float64)
+            if freq.shape != (c.dim,) or not np.all(freq >= 0) or freq.sum() <= 0:
+                raise ConfigError(
+                    f"The frequencies of condition span '{c.column}' must be {c.dim} non-negative numbers "
+                    f"with a positive sum. Got {freq!r} instead."
+                )
+        self.spans = list(condition_spans)
+        self.n_columns = len(self.spans)
+        self.dim = sum(c.dim for c in self.spans)
+        dims = [c.dim for c in self.spans]
+        self.max_dim = max(dims, default=1)
+        self.dims = torch.tensor(dims, dtype=torch.long)
+        self.row_offsets = torch.tensor([c.offset for c in self.spans], dtype=torch.long)
+        self.cond_offsets = torch.tensor(np.cumsum([0] + dims[:-1]) if dims else [], dtype=torch.long)
+        arange = torch.arange(self.max_dim)
+        self.pad_mask = arange[None, :] < self.dims[:, None]  # (columns, max_dim)
+        freq = torch.zeros(self.n_columns, self.max_dim, dtype=torch.float64)
+        for j, c in enumerate(self.spans):
+            f = torch.as_tensor(np.asarray(c.frequencies, dtype=np.float64))
+            freq[j, : c.dim] = f / f.sum()
+        self.frequencies = freq
+
+    def one_hot(self, column: torch.Tensor, category: torch.Tensor) -> CondBatch:
+        vec = torch.zeros(column.shape[0], self.dim)
+        if self.dim:
+            vec[torch.arange(column.shape[0]), self.cond_offsets[column] + category] = 1.0
+        return CondBatch(vec, column, category)
+
+    def empty(self, n: int) -> CondBatch:
+        z = torch.zeros(n, dtype=torch.long)
+        return CondBatch(torch.zeros(n, self.dim), z, z)
+
+    def from_frequencies(self, n: int, *, generator: torch.Generator) -> CondBatch:
+        """Column uniform, category drawn from that column's frequencies."""
+        if not self.n_columns:
+            return self.empty(n)
+        column = torch.randint(self.n_columns, (n,), generator=generator)
+        if n == 0:
+            return self.one_hot(column, column)
+        category = torch.multinomial(self.frequencies[column], 1, generator=generator).squeeze(1)
+        return self.one_hot(column, category)
+
+    def categories_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """Category index of every row in every condition column: (rows x columns), argmax of each span."""
+        idx = (self.row_offsets[:, None] + torch.arange(self.max_dim)[None, :]).clamp(max=rows.shape[1] - 1)
+        block = rows[:, idx]  # (rows, columns, max_dim)
+        block = block.masked_fill(~self.pad_mask, float("-inf"))
+        return block.argmax(dim=2)
+
+    def from_rows(self, rows: torch.Tensor, *, generator: torch.Generator) -> CondBatch:
+        """Column uniform per row, category read off the row's own one-hot block."""
+        n = rows.shape[0]
+        if not self.n_columns:
+            return self.empty(n)
+        column = torch.randint(self.n_columns, (n,), generator=generator)
+        if n == 0:
+            return self.one_hot(column, column)
+        idx = self.row_offsets[column][:, None] + torch.arange(self.max_dim)[None, :]
+        block = rows.gather(1, idx.clamp(max=rows.shape[1] - 1))
+        block = block.masked_fill(~self.pad_mask[column], float("-inf"))
+        return self.one_hot(column, block.argmax(dim=1))
+
+
+class RowIndex:
+    """The site's rows grouped by (condition column, category), for CTGAN's training-by-sampling.
+
+    ``sample`` draws a column uniformly, a category with probability proportional to log(1 + count)
+    among the categories present at this site, then a row of that category: all batched. It reads the
+    data by category, so it is for non-DP training only (the trainer never builds one under DP).
+    """
+
+    def __init__(self, conditions: Conditions, data: torch.Tensor):
+        self.conditions = conditions
+        cats = conditions.categories_of(data)  # (rows, columns)
+        gid = (conditions.cond_offsets[None, :] + cats).reshape(-1)
+        self.counts = torch.bincount(gid, minlength=conditions.dim)
+        self.sorted_rows = torch.argsort(gid, stable=True) // conditions.n_columns
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+        logp = torch.zeros(conditions.n_columns, conditions.max_dim, dtype=torch.float64)
+        flat = torch.log1p(self.counts.double())
+        for j in range(conditions.n_columns):  # once per column at construction, not per row
+            o, d = int(conditions.cond_offsets[j]), int(conditions.dims[j])
+            logp[j, :d] = flat[o : o + d]
+        self.log_frequencies = logp
+
+    def sample_conditions(self, n: int, *, generator: torch.Generator) -> CondBatch:
+        column = torch.randint(self.conditions.n_columns, (n,), generator=generator)
+        category = torch.multinomial(self.log_frequencies[column], 1, generator=generator).squeeze(1)
+        return self.conditions.one_hot(column, category)
+
+    def sample(self, n: int, *, generator: torch.Generator) -> tuple[torch.Tensor, CondBatch]:
+        """``n`` row indices and their conditions (each row has its condition's category)."""
+        cond = self.sample_conditions(n, generator=generator)
+        gid = self.conditions.cond_offsets[cond.column] + cond.category
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        pick = self.starts[gid] + (u * self.counts[gid]).long().clamp(max=self.counts[gid] - 1)
+        return self.sorted_rows[pick], cond
