@@ -1,0 +1,117 @@
+"""SQL tables through SQLAlchemy (SQLite, PostgreSQL, ...): streamed reads and all-or-nothing writes.
+
+A write goes to a fresh temp table, then, inside the same transaction, the old table (if replacing) is
+dropped and the temp table renamed: a failure rolls everything back and leaves no partial table.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from fedtab.errors import SourceError
+
+CHUNK_ROWS = 50_000
+
+
+def is_url(source: object) -> bool:
+    return isinstance(source, str) and "://" in source
+
+
+def redact(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _engine(url: str, *, must_exist: bool) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise SourceError(
+            f"{url!r}: not a valid SQLAlchemy URL ({e}); expected e.g. sqlite:///data.db or "
+            "postgresql+psycopg://user@host/dbname."
+        ) from None
+    if parsed.get_backend_name() == "sqlite" and must_exist:
+        db = parsed.database
+        if db and db != ":memory:" and not Path(db).is_file():
+            raise SourceError(f"{redact(url)}: no such SQLite database file {db!r}.")
+    try:
+        return sa.create_engine(parsed)
+    except (NoSuchModuleError, ImportError) as e:
+        raise SourceError(
+            f"{redact(url)}: unknown or uninstalled database driver ({e}). Use e.g. 'sqlite:///file.db' "
+            "or 'postgresql+psycopg://...' (pip install 'fedtab[postgres]')."
+        ) from None
+    except (ArgumentError, ValueError, TypeError) as e:
+        raise SourceError(f"{redact(url)}: invalid database URL ({e}).") from None
+
+
+def _connect_error(url: str, e: Exception) -> SourceError:
+    reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+    return SourceError(f"{redact(url)}: cannot use the database ({type(e).__name__}: {reason}).")
+
+
+def open_sql(url: str, table: str | None) -> tuple[list[str], Iterator[pd.DataFrame]]:
+    """Column names and an iterator of chunks of ``table`` (streamed with a server-side cursor)."""
+    engine = _engine(url, must_exist=True)
+    try:
+        with engine.connect() as conn:
+            tables = sa.inspect(conn).get_table_names()
+            if table is None or table not in tables:
+                what = "a database source needs a table name (--table)" if table is None else f"no table {table!r}"
+                raise SourceError(f"{redact(url)}: {what}; tables in this database: {sorted(tables) or 'none'}.")
+            columns = [c["name"] for c in sa.inspect(conn).get_columns(table)]
+            rows = conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one()
+    except SQLAlchemyError as e:
+        engine.dispose()
+        raise _connect_error(url, e) from None
+    if rows == 0:
+        engine.dispose()
+        raise SourceError(f"{redact(url)}: table {table!r} has columns {columns} but no rows.")
+    query = sa.select(*[sa.column(c) for c in columns]).select_from(sa.table(table))
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        try:
+            with engine.connect() as conn:
+                streaming = conn.execution_options(stream_results=True)
+                for chunk in pd.read_sql_query(query, streaming, chunksize=CHUNK_ROWS):
+                    yield chunk
+        except SQLAlchemyError as e:
+            raise _connect_error(url, e) from None
+        finally:
+            engine.dispose()
+
+    return columns, chunks()
+
+
+def write_sql(df: pd.DataFrame, url: str, table: str, *, if_exists: str) -> None:
+    """Write ``df`` as ``table`` in one transaction (temp table + rename): all or nothing."""
+    engine = _engine(url, must_exist=False)
+    tmp = f"_fedtab_tmp_{uuid.uuid4().hex[:12]}"
+    try:
+        with engine.begin() as conn:
+            exists = sa.inspect(conn).has_table(table)
+            if exists and if_exists == "fail":
+                raise SourceError(
+                    f"{redact(url)}: table {table!r} already exists; pass if_exists='replace' to overwrite it."
+                )
+            df.to_sql(tmp, conn, index=False, if_exists="fail")
+            quote = conn.dialect.identifier_preparer.quote
+            if exists:
+                conn.execute(sa.text(f"DROP TABLE {quote(table)}"))
+            conn.execute(sa.text(f"ALTER TABLE {quote(tmp)} RENAME TO {quote(table)}"))
+    except SQLAlchemyError as e:
+        raise SourceError(
+            f"{redact(url)}: writing table {table!r} failed and was rolled back, nothing was written "
+            f"({type(e).__name__}: {str(getattr(e, 'orig', None) or e).strip().splitlines()[0]})."
+        ) from None
+    finally:
+        engine.dispose()
