@@ -1,0 +1,237 @@
+"""Disclosure risk of a synthetic table, measured inside a site against its own training and holdout rows.
+
+Distances use ``DistanceSpace`` (a Gower-like mixed-type distance). Figures, with their ideal values:
+
+* ``dcr_share``: share of synthetic rows whose closest record is a training row rather than a holdout
+  row, against a training subsample of the holdout's size (ties count one half). 0.5 ideal; copying pushes it up.
+* ``exact_copy_rate``: share of synthetic rows identical to some training row; ``natural_copy_rate``
+  is the same share for the holdout rows, i.e. what a fresh sample of the population would show.
+* ``nndr_median``: median over synthetic rows of distance to nearest / second-nearest training row;
+  near 0 means synthetic rows sit on top of isolated real rows.
+* ``mia_auc``: ROC-AUC of a membership-inference attack scoring each real row by minus its distance to
+  the closest synthetic record, training rows (members) vs holdout rows (non-members). 0.5 ideal.
+  DCR share alone does not rule this out: a model can leak outliers while the average looks fine.
+* anonymeter's singling-out, linkability and attribute-inference risks, each relative to the holdout
+  as control (residual risk) with a 95% confidence interval.
+
+Sizes: the synthetic query rows, the reference rows, the MIA rows and the anonymeter rows are capped by
+``DisclosureOptions``; anonymeter runs ``n_attacks`` (default 200) attacks on at most 2,000 rows per side,
+which keeps it to about a second after its numba kernels are compiled and cached (see ``_anonymeter``).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.neighbors import NearestNeighbors
+
+from evaluation._tables import DistanceSpace, Kinds, fill_categories, row_hashes, subsample
+
+
+@dataclass(frozen=True)
+class DisclosureOptions:
+    max_query_rows: int = 5000  # synthetic rows whose distances are measured
+    max_reference_rows: int = 10000  # training / holdout / synthetic rows searched
+    max_mia_rows: int = 2000  # members and non-members each
+    anonymeter: bool = True
+    anonymeter_rows: int = 2000  # original, control and synthetic rows each
+    n_attacks: int = 200
+    singling_out_cols: int = 3  # predicates per multivariate singling-out query
+    linkability_aux: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # default: halves of the columns
+    inference_secret: str | None = None  # default: the target, else the last categorical column
+    histogram_bins: int = 12
+
+
+@dataclass(frozen=True)
+class AttackRisk:
+    """An anonymeter risk (residual over the control attack) with its 95% confidence interval."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    attack_rate: float
+    baseline_rate: float
+    control_rate: float | None
+    n_attacks: int
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Binned counts of a distance; ``series`` maps a label to one count per bin."""
+
+    edges: tuple[float, ...]
+    series: tuple[tuple[str, tuple[int, ...]], ...]
+
+
+@dataclass(frozen=True)
+class DisclosureResult:
+    dcr_share: float
+    exact_copy_rate: float
+    natural_copy_rate: float
+    nndr_median: float
+    nndr_p05: float
+    mia_auc: float
+    mia_tpr_at_fpr_10: float
+    singling_out: AttackRisk | None
+    linkability: AttackRisk | None
+    inference: AttackRisk | None
+    dcr_histogram: Histogram
+    n_query_rows: int
+    n_mia_rows: int
+    notes: tuple[str, ...] = ()
+    timings: tuple[tuple[str, float], ...] = ()  # seconds per part
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _nearest(reference: np.ndarray, queries: np.ndarray, k: int = 1) -> np.ndarray:
+    k = min(k, len(reference))
+    nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(reference)
+    dist, _ = nn.kneighbors(queries)
+    return dist
+
+
+def _histogram(values: dict[str, np.ndarray], bins: int) -> Histogram:
+    # The upper edge is the 99th percentile of all distances (an aggregate, never one row's value);
+    # farther rows land in the last bin.
+    pooled = np.concatenate(list(values.values()))
+    top = float(np.percentile(pooled, 99)) if len(pooled) else 1.0
+    edges = np.linspace(0.0, top if top > 0 else 1.0, bins + 1)
+    series = tuple(
+        (name, tuple(int(c) for c in np.histogram(np.clip(v, 0, edges[-1]), bins=edges)[0]))
+        for name, v in values.items()
+    )
+    return Histogram(edges=tuple(round(float(e), 6) for e in edges), series=series)
+
+
+def _risk(evaluator) -> AttackRisk:
+    res = evaluator.results()
+    risk = res.risk()
+    return AttackRisk(
+        value=float(risk.value), ci_low=float(risk.ci[0]), ci_high=float(risk.ci[1]),
+        attack_rate=float(res.attack_rate.value), baseline_rate=float(res.baseline_rate.value),
+        control_rate=None if res.control_rate is None else float(res.control_rate.value),
+        n_attacks=int(res.n_attacks_ori),
+    )
+
+
+def _cache_numba_kernels() -> None:
+    """anonymeter's Gower kernels are numba-jitted without ``cache=True``: compiling them costs ~9 s in
+    every new process. Turning numba's on-disk cache on makes that a one-off per installation."""
+    try:
+        import anonymeter.evaluators  # noqa: F401  (import order: breaks a circular import)
+        from anonymeter.neighbors import mixed_types_kneighbors as m
+
+        for fn in (m.gower_distance, m._nearest_neighbors):
+            if not getattr(fn, "_cache", None) or type(fn._cache).__name__ == "NullCache":
+                fn.enable_caching()
+    except Exception:  # an optimisation only: anonymeter still works uncached
+        pass
+
+
+def _anonymeter(train, holdout, synthetic, kinds: Kinds, target: str | None, opts: DisclosureOptions, seed: int):
+    from anonymeter.evaluators import InferenceEvaluator, LinkabilityEvaluator, SinglingOutEvaluator
+
+    _cache_numba_kernels()
+    rng = np.random.default_rng(seed + 1)
+    # Original and control rows of equal size, so the residual risk compares like with like.
+    n = min(len(train), len(holdout), opts.anonymeter_rows)
+    ori = fill_categories(subsample(train, n, rng), kinds)[kinds.columns]
+    ctrl = fill_categories(subsample(holdout, n, rng), kinds)[kinds.columns]
+    syn = fill_categories(subsample(synthetic, opts.anonymeter_rows, rng), kinds)[kinds.columns]
+    n_attacks = max(1, min(opts.n_attacks, n))
+    cols = kinds.columns
+    notes: list[str] = []
+    out: dict[str, AttackRisk | None] = {}
+
+    def run(name, make):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out[name] = _risk(make())
+        except Exception as e:  # recorded, and the gate fails closed on a missing figure
+            out[name] = None
+            notes.append(f"{name}: not measured ({type(e).__name__}: {e})")
+
+    run("singling_out", lambda: SinglingOutEvaluator(
+        ori, syn, n_attacks=n_attacks, n_cols=min(opts.singling_out_cols, len(cols)), control=ctrl,
+        max_attempts=20 * n_attacks * 10, seed=seed).evaluate(mode="multivariate"))
+    aux = opts.linkability_aux or (tuple(cols[: len(cols) // 2]), tuple(cols[len(cols) // 2:]))
+    run("linkability", lambda: LinkabilityEvaluator(
+        ori, syn, aux_cols=(list(aux[0]), list(aux[1])), n_attacks=n_attacks, control=ctrl).evaluate(n_jobs=1))
+    secret = opts.inference_secret or target or (kinds.categorical[-1] if kinds.categorical else cols[-1])
+    run("inference", lambda: InferenceEvaluator(
+        ori, syn, aux_cols=[c for c in cols if c != secret], secret=secret,
+        regression=secret in kinds.numerical, n_attacks=n_attacks, control=ctrl).evaluate(n_jobs=1))
+    return out, notes
+
+
+def evaluate_disclosure(
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    synthetic: pd.DataFrame,
+    kinds: Kinds,
+    *,
+    target: str | None = None,
+    seed: int = 0,
+    options: DisclosureOptions = DisclosureOptions(),
+) -> DisclosureResult:
+    rng = np.random.default_rng(seed)
+    opts = options
+    t0 = time.perf_counter()
+
+    # Exact copies: against every training row (hashing is cheap, no subsample).
+    train_hashes = row_hashes(train, kinds)
+    exact = float(np.isin(row_hashes(synthetic, kinds), train_hashes).mean())
+    natural = float(np.isin(row_hashes(holdout, kinds), train_hashes).mean())
+
+    space = DistanceSpace(kinds).fit(train)
+    n_ref = min(len(holdout), opts.max_reference_rows)
+    train_ref = space.transform(subsample(train, n_ref, rng))
+    hold_ref = space.transform(subsample(holdout, n_ref, rng))
+    queries = space.transform(subsample(synthetic, opts.max_query_rows, rng))
+
+    d_train = _nearest(train_ref, queries, k=2)
+    d_hold = _nearest(hold_ref, queries, k=1)[:, 0]
+    dcr_train = d_train[:, 0]
+    dcr_share = float(np.mean((dcr_train < d_hold) + 0.5 * (dcr_train == d_hold)))
+    if d_train.shape[1] > 1:
+        second = d_train[:, 1]
+        nndr = np.where(second > 0, dcr_train / np.where(second > 0, second, 1.0), 0.0)
+    else:
+        nndr = np.zeros(len(dcr_train))
+
+    # Membership inference: closer to some synthetic record -> more likely a training member.
+    n_mia = min(len(train), len(holdout), opts.max_mia_rows)
+    members = space.transform(subsample(train, n_mia, rng))
+    non_members = space.transform(subsample(holdout, n_mia, rng))
+    synth_ref = space.transform(subsample(synthetic, opts.max_reference_rows, rng))
+    d_mem = _nearest(synth_ref, members)[:, 0]
+    d_non = _nearest(synth_ref, non_members)[:, 0]
+    y = np.r_[np.ones(n_mia), np.zeros(n_mia)]
+    score = -np.r_[d_mem, d_non]
+    mia_auc = float(roc_auc_score(y, score))
+    fpr, tpr, _ = roc_curve(y, score)
+    tpr_at_10 = float(np.interp(0.10, fpr, tpr))
+
+    t1 = time.perf_counter()
+    risks, notes = ({"singling_out": None, "linkability": None, "inference": None}, ["anonymeter: skipped"])
+    if opts.anonymeter:
+        risks, notes = _anonymeter(train, holdout, synthetic, kinds, target, opts, seed)
+
+    return DisclosureResult(
+        dcr_share=dcr_share, exact_copy_rate=exact, natural_copy_rate=natural,
+        nndr_median=float(np.median(nndr)), nndr_p05=float(np.percentile(nndr, 5)),
+        mia_auc=mia_auc, mia_tpr_at_fpr_10=tpr_at_10,
+        singling_out=risks["singling_out"], linkability=risks["linkability"], inference=risks["inference"],
+        dcr_histogram=_histogram({"synthetic to training": dcr_train, "synthetic to holdout": d_hold},
+                                 opts.histogram_bins),
+        n_query_rows=len(queries), n_mia_rows=n_mia, notes=tuple(notes),
+        timings=(("distances_mia", t1 - t0), ("anonymeter", time.perf_counter() - t1)),
+    )

@@ -1,0 +1,137 @@
+"""Fidelity: how alike the synthetic and the real training rows are.
+
+* sdmetrics' single-table ``QualityReport``: overall score, Column Shapes (KS / TV complement per column)
+  and Column Pair Trends (correlation / contingency similarity per pair), all in [0, 1], 1 = identical.
+* Detection: ROC-AUC of a gradient-boosted classifier that tells real from synthetic rows, by
+  stratified cross-validation. 0.5 = indistinguishable, 1.0 = trivially told apart.
+
+Both run on row subsamples (``max_rows_quality``, ``max_rows_detection`` per side) to stay fast; the
+column-pair part of sdmetrics is quadratic in columns and dominates its cost.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+from evaluation._tables import Kinds, OrdinalCodes, sdv_metadata, subsample
+
+
+@dataclass(frozen=True)
+class ColumnScore:
+    column: str
+    metric: str
+    score: float
+
+
+@dataclass(frozen=True)
+class PairScore:
+    """Similarity of one column pair's association; ``real``/``synthetic`` are the association figures."""
+
+    column_1: str
+    column_2: str
+    metric: str
+    score: float
+    real: float | None
+    synthetic: float | None
+
+
+@dataclass(frozen=True)
+class FidelityResult:
+    quality: float
+    column_shapes: float
+    column_pair_trends: float | None
+    detection_auc: float
+    column_scores: tuple[ColumnScore, ...]
+    pair_scores: tuple[PairScore, ...]
+    n_rows_quality: int
+    n_rows_detection: int
+    timings: tuple[tuple[str, float], ...] = ()  # seconds per part
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _num(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def quality_report(real: pd.DataFrame, synthetic: pd.DataFrame, kinds: Kinds):
+    """Run sdmetrics' QualityReport on plain frames; returns (overall, shapes, pairs, column scores, pair scores)."""
+    from sdmetrics.reports.single_table import QualityReport
+
+    report = QualityReport()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report.generate(real[kinds.columns], synthetic[kinds.columns], sdv_metadata(kinds), verbose=False)
+    props = report.get_properties().set_index("Property")["Score"]
+    shapes = report.get_details("Column Shapes")
+    cols = tuple(
+        ColumnScore(str(r["Column"]), str(r["Metric"]), float(r["Score"]))
+        for _, r in shapes.iterrows() if _num(r["Score"]) is not None
+    )
+    pairs_df = report.get_details("Column Pair Trends")
+    pairs = []
+    for _, r in pairs_df.iterrows():
+        score = _num(r.get("Score"))
+        if score is None:
+            continue
+        # Numerical pairs report a correlation; mixed/categorical pairs an association (Cramer's V).
+        real_v = _num(r.get("Real Correlation"))
+        synth_v = _num(r.get("Synthetic Correlation"))
+        if real_v is None:
+            real_v = _num(r.get("Real Association"))
+        pairs.append(PairScore(str(r["Column 1"]), str(r["Column 2"]), str(r["Metric"]), score, real_v, synth_v))
+    pair_trend = _num(props.get("Column Pair Trends"))
+    return float(report.get_score()), float(props["Column Shapes"]), pair_trend, cols, tuple(pairs)
+
+
+def detection_auc(real: pd.DataFrame, synthetic: pd.DataFrame, kinds: Kinds, *, seed: int, folds: int = 3) -> float:
+    """Cross-validated ROC-AUC of a classifier separating real (0) from synthetic (1) rows."""
+    codes = OrdinalCodes(kinds).fit(real, synthetic)
+    x = np.vstack([codes.transform(real), codes.transform(synthetic)])
+    y = np.r_[np.zeros(len(real)), np.ones(len(synthetic))]
+    folds = max(2, min(folds, len(real), len(synthetic)))
+    model = HistGradientBoostingClassifier(
+        max_iter=100, categorical_features=codes.categorical_mask(), early_stopping=False, random_state=seed
+    )
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    scores = cross_val_score(model, x, y, cv=cv, scoring="roc_auc")
+    return float(np.mean(scores))
+
+
+def evaluate_fidelity(
+    real: pd.DataFrame,
+    synthetic: pd.DataFrame,
+    kinds: Kinds,
+    *,
+    seed: int = 0,
+    max_rows_quality: int = 5000,
+    max_rows_detection: int = 5000,
+    detection_folds: int = 3,
+) -> FidelityResult:
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    rq, sq = subsample(real, max_rows_quality, rng), subsample(synthetic, max_rows_quality, rng)
+    overall, shapes, pairs_score, cols, pairs = quality_report(rq, sq, kinds)
+    t1 = time.perf_counter()
+    n_det = min(len(real), len(synthetic), max_rows_detection)
+    rd, sd = subsample(real, n_det, rng), subsample(synthetic, n_det, rng)
+    auc = detection_auc(rd, sd, kinds, seed=seed, folds=detection_folds)
+    t2 = time.perf_counter()
+    return FidelityResult(
+        quality=overall, column_shapes=shapes, column_pair_trends=pairs_score, detection_auc=auc,
+        column_scores=cols, pair_scores=pairs, n_rows_quality=min(len(rq), len(sq)), n_rows_detection=n_det,
+        timings=(("quality_report", t1 - t0), ("detection", t2 - t1)),
+    )

@@ -1,0 +1,147 @@
+"""One entry point per site: score a synthetic table against the site's own rows.
+
+Everything is computed inside the site. The returned ``SiteEvaluation`` holds only aggregate figures:
+row counts, scores in [0, 1], ROC-AUCs, rates, anonymeter risks, a binned DCR histogram, per-pair
+association figures and per-column binned frequencies (see ``evaluation.marginals`` for what is
+released and why it reveals no row). It holds no row, no row index and no raw value of a real table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+from evaluation._tables import kinds_of, to_plain
+from evaluation.disclosure import DisclosureOptions, DisclosureResult, evaluate_disclosure
+from evaluation.fidelity import FidelityResult, evaluate_fidelity
+from evaluation.marginals import Marginal, column_marginals
+from evaluation.utility import UtilityResult, evaluate_utility
+from fedtab.errors import ConfigError, DataValidationError, Problem
+from fedtab.schema import TableSchema
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """Row caps and attack sizes. Defaults keep a 30k-row site under a minute on two cores."""
+
+    max_rows_quality: int = 5000
+    max_rows_detection: int = 5000
+    detection_folds: int = 3
+    max_rows_utility: int = 20000
+    disclosure: DisclosureOptions = field(default_factory=DisclosureOptions)
+    marginal_bins: int = 10
+    marginal_max_levels: int = 20
+    min_cell: int = 5
+
+
+@dataclass(frozen=True)
+class SiteEvaluation:
+    n_train: int
+    n_holdout: int
+    n_synthetic: int
+    fidelity: FidelityResult
+    utility: UtilityResult | None
+    disclosure: DisclosureResult
+    marginals: tuple[Marginal, ...]
+    timings: tuple[tuple[str, float], ...]  # component -> seconds
+    options: EvaluationOptions
+
+    def figures(self) -> dict[str, float | None]:
+        """The headline figures, flat: what the aggregate averages and the release gate reads."""
+        f, d, u = self.fidelity, self.disclosure, self.utility
+        out: dict[str, float | None] = {
+            "fidelity.quality": f.quality,
+            "fidelity.column_shapes": f.column_shapes,
+            "fidelity.column_pair_trends": f.column_pair_trends,
+            "fidelity.detection_auc": f.detection_auc,
+            "utility.real_score": u.real_score if u else None,
+            "utility.synthetic_score": u.synthetic_score if u else None,
+            "utility.ratio": u.ratio if u else None,
+            "disclosure.dcr_share": d.dcr_share,
+            "disclosure.exact_copy_rate": d.exact_copy_rate,
+            "disclosure.natural_copy_rate": d.natural_copy_rate,
+            "disclosure.nndr_median": d.nndr_median,
+            "disclosure.mia_auc": d.mia_auc,
+            "disclosure.mia_tpr_at_fpr_10": d.mia_tpr_at_fpr_10,
+        }
+        for name in ("singling_out", "linkability", "inference"):
+            r = getattr(d, name)
+            out[f"disclosure.{name}_risk"] = r.value if r else None
+            out[f"disclosure.{name}_risk_ci_high"] = r.ci_high if r else None
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["utility"] = self.utility.to_dict() if self.utility else None
+        d["timings"] = dict(self.timings)
+        d["figures"] = self.figures()
+        return d
+
+
+def _check_inputs(frames: dict[str, pd.DataFrame], schema: TableSchema, target: str | None) -> None:
+    problems = []
+    for name, df in frames.items():
+        if not isinstance(df, pd.DataFrame):
+            raise ConfigError(f"evaluate_site: '{name}' must be a pandas DataFrame, got {type(df).__name__}.")
+        missing = [c for c in schema.names if c not in df.columns]
+        if missing:
+            problems.append(Problem(None, f"{name} table lacks schema column(s) {missing}",
+                                    expected="every column the schema declares"))
+        if len(df) < 2:
+            problems.append(Problem(None, f"{name} table has {len(df)} row(s)", expected="at least 2 rows"))
+    if target is not None:
+        if target not in schema:
+            problems.append(Problem(target, "target is not a schema column", expected=f"one of {schema.names}"))
+        elif schema[target].type in ("id", "datetime"):
+            problems.append(Problem(target, f"target has type {schema[target].type!r}",
+                                    expected="a categorical, boolean or numerical column"))
+    if problems:
+        raise DataValidationError("evaluate_site", problems)
+
+
+def evaluate_site(
+    real_train: pd.DataFrame,
+    real_holdout: pd.DataFrame,
+    synthetic: pd.DataFrame,
+    schema: TableSchema,
+    *,
+    target: str | None = None,
+    seed: int = 0,
+    options: EvaluationOptions = EvaluationOptions(),
+) -> SiteEvaluation:
+    """Score ``synthetic`` against this site's training rows and its holdout rows (never trained on).
+
+    Tables follow the typed-table dtype contract of ``fedtab.schema``. ``target`` enables the utility
+    figures. Raises ``DataValidationError`` listing every problem with the inputs.
+    """
+    _check_inputs({"real_train": real_train, "real_holdout": real_holdout, "synthetic": synthetic}, schema, target)
+    kinds = kinds_of(schema)
+    train, holdout, synth = (to_plain(df, schema) for df in (real_train, real_holdout, synthetic))
+    timings = []
+
+    fid = evaluate_fidelity(
+        train, synth, kinds, seed=seed, max_rows_quality=options.max_rows_quality,
+        max_rows_detection=options.max_rows_detection, detection_folds=options.detection_folds,
+    )
+    timings += [(f"fidelity.{k}", v) for k, v in fid.timings]
+
+    t = time.perf_counter()
+    util = None
+    if target is not None:
+        util = evaluate_utility(train, holdout, synth, kinds, target, seed=seed, max_rows=options.max_rows_utility)
+    timings.append(("utility", time.perf_counter() - t))
+
+    disc = evaluate_disclosure(train, holdout, synth, kinds, target=target, seed=seed, options=options.disclosure)
+    timings += [(f"disclosure.{k}", v) for k, v in disc.timings]
+
+    t = time.perf_counter()
+    marg = column_marginals(train, synth, schema, bins=options.marginal_bins,
+                            max_levels=options.marginal_max_levels, min_cell=options.min_cell)
+    timings.append(("marginals", time.perf_counter() - t))
+
+    return SiteEvaluation(
+        n_train=len(train), n_holdout=len(holdout), n_synthetic=len(synth), fidelity=fid, utility=util,
+        disclosure=disc, marginals=marg, timings=tuple(timings), options=options,
+    )
