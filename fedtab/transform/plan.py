@@ -1,0 +1,199 @@
+"""The encoding plan: what every site computes in each phase, and how the preprocessing budget is split.
+
+A plan is public: the coordinator sends it (``to_dict``) to every site before phase 1. It fixes the
+columns encoded (id columns never are), the phases, the histogram resolution and, under DP, one
+noise multiplier shared by every release, calibrated with the accountant so that all of a site's
+preprocessing releases together compose to ``EncodingDP.epsilon`` at ``EncodingDP.delta``.
+
+Phases (each: coordinator request -> ``site_statistics`` -> ``merge_statistics``):
+
+``domain``     only for columns whose domain is not declared in the schema. Numerical/datetime
+               columns without both bounds: non-DP, exact min and max; DP, a noisy histogram over
+               fixed power-of-two magnitude cells (public layout) from which the coordinator reads
+               coarse bounds. Categorical columns without declared categories: non-DP, the exact
+               category set; DP, a stability-based histogram (DP set union): a category is sent only
+               if its noisy count passes :func:`~fedtab.privacy.mechanisms.stability_threshold`.
+``histogram``  every encoded column: counts over the now-public layout (numerical bins, or
+               categories + an 'other' cell + a missing cell), Gaussian-noised under DP.
+
+Budget split: ``R`` releases per site (one per column and phase); each is a Gaussian mechanism with
+L2 sensitivity 1 (a record moves one count by one) and the same noise multiplier ``z``; ``z`` is the
+smallest for which R such releases compose to ``epsilon`` at ``delta * (1 - threshold_delta_share)``
+(Opacus RDP). The rest of delta pays for the thresholds of the DP set unions, split evenly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from fedtab.errors import ConfigError
+from fedtab.privacy.accountant import noise_multiplier_for
+from fedtab.privacy.mechanisms import stability_threshold
+from fedtab.schema import ColumnSpec, TableSchema
+
+PHASE_DOMAIN = "domain"
+PHASE_HISTOGRAM = "histogram"
+PHASES = (PHASE_DOMAIN, PHASE_HISTOGRAM)
+LEDGER_PHASE_PREFIX = "encoding/"
+PLAN_FORMAT = "fedtab.encoding_plan/1"
+
+# Wire keys: flat "<column>/<field>" so a message maps 1:1 onto a Flower RecordDict
+# (numpy arrays -> ArrayRecord, scalars/strings/lists of strings -> ConfigRecord).
+KEY_PHASE = "phase"
+KEY_N_SITES = "n_sites"
+F_MIN, F_MAX = "min", "max"
+F_LOWER, F_UPPER = "lower", "upper"
+F_COUNTS = "counts"
+F_KEYS = "keys"
+F_EDGES = "edges"
+F_CATEGORIES = "categories"
+F_OTHER = "other"
+F_MISSING = "missing"
+F_NOISE_SD = "noise_sd"
+
+BOOLEAN_CATEGORIES = ("False", "True")
+DEFAULT_BINS = 200
+DEFAULT_DP_BINS = 40
+
+
+def wire_key(column: str, field_name: str) -> str:
+    return f"{column}/{field_name}"
+
+
+@dataclass(frozen=True)
+class EncodingDP:
+    """Preprocessing privacy budget of each site: all encoding releases together are (epsilon, delta)-DP."""
+
+    epsilon: float
+    delta: float
+    threshold_delta_share: float = 0.5
+
+    def __post_init__(self):
+        if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, (int, float)) \
+                or not (0 < self.epsilon < math.inf):
+            raise ConfigError(f"The 'epsilon' parameter of EncodingDP must be a float in (0, inf). Got {self.epsilon!r} instead.")
+        if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) or not (0 < self.delta < 1):
+            raise ConfigError(f"The 'delta' parameter of EncodingDP must be a float in (0, 1). Got {self.delta!r} instead.")
+        if not (0 < self.threshold_delta_share < 1):
+            raise ConfigError("The 'threshold_delta_share' parameter of EncodingDP must be a float in (0, 1). "
+                              f"Got {self.threshold_delta_share!r} instead.")
+
+
+@dataclass(frozen=True)
+class EncodingPlan:
+    """Public description of the federated encoding (see module docstring).
+
+    ``bins``: histogram cells per numerical column (None: 200 without DP, 40 under DP, where fewer
+    cells mean less noise per cell). Integer columns (and floats with a ``precision``) whose grid
+    fits in ``bins`` cells get one cell per representable value.
+    ``other_label``: what the 'other' bucket (categories dropped by the DP threshold) decodes to.
+    """
+
+    schema: TableSchema
+    dp: EncodingDP | None = None
+    bins: int | None = None
+    max_modes: int = 10
+    weight_threshold: float = 0.005
+    other_label: str = "<other>"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.bins is not None and (isinstance(self.bins, bool) or not isinstance(self.bins, int) or self.bins < 2):
+            raise ConfigError(f"The 'bins' parameter of EncodingPlan must be an int >= 2 or None. Got {self.bins!r} instead.")
+        if not isinstance(self.max_modes, int) or self.max_modes < 1:
+            raise ConfigError(f"The 'max_modes' parameter of EncodingPlan must be an int >= 1. Got {self.max_modes!r} instead.")
+        if not (0 <= self.weight_threshold < 1):
+            raise ConfigError("The 'weight_threshold' parameter of EncodingPlan must be a float in [0, 1). "
+                              f"Got {self.weight_threshold!r} instead.")
+        if not self.columns:
+            raise ConfigError("EncodingPlan: the schema has no column to encode (id columns are never encoded).")
+
+    # -- columns and phases ------------------------------------------------------------------
+    @property
+    def columns(self) -> tuple[ColumnSpec, ...]:
+        return tuple(c for c in self.schema.columns if c.type != "id")
+
+    @property
+    def n_bins(self) -> int:
+        if self.bins is not None:
+            return self.bins
+        return DEFAULT_DP_BINS if self.dp is not None else DEFAULT_BINS
+
+    @staticmethod
+    def needs_domain(spec: ColumnSpec) -> bool:
+        """True when the column's domain must be learned from the sites (a privacy spend under DP)."""
+        if spec.type in ("numerical", "datetime"):
+            return spec.lower is None or spec.upper is None
+        if spec.type == "categorical":
+            return spec.categories is None
+        return False
+
+    @staticmethod
+    def categories_of(spec: ColumnSpec) -> tuple[str, ...] | None:
+        if spec.type == "boolean":
+            return BOOLEAN_CATEGORIES
+        return spec.categories
+
+    def domain_columns(self) -> tuple[ColumnSpec, ...]:
+        return tuple(c for c in self.columns if self.needs_domain(c))
+
+    def phases(self) -> tuple[str, ...]:
+        return PHASES if self.domain_columns() else (PHASE_HISTOGRAM,)
+
+    def releases(self, phase: str | None = None) -> int:
+        """Number of Gaussian releases per site in ``phase`` (all phases when None)."""
+        n_dom, n_hist = len(self.domain_columns()), len(self.columns)
+        return {PHASE_DOMAIN: n_dom, PHASE_HISTOGRAM: n_hist, None: n_dom + n_hist}[phase]
+
+    def threshold_columns(self) -> tuple[ColumnSpec, ...]:
+        return tuple(c for c in self.domain_columns() if c.type == "categorical")
+
+    def uses_other(self, spec: ColumnSpec) -> bool:
+        """An 'other' bucket exists only where a DP threshold may have dropped categories."""
+        return self.dp is not None and spec.type == "categorical" and spec.categories is None
+
+    # -- DP calibration (cached_property works on a frozen dataclass: it writes __dict__ directly) ---
+    @property
+    def threshold_delta(self) -> float:
+        """Delta charged per thresholded release (DP set union of one column)."""
+        n = len(self.threshold_columns())
+        return 0.0 if self.dp is None or n == 0 else self.dp.delta * self.dp.threshold_delta_share / n
+
+    @property
+    def accounting_delta(self) -> float:
+        return self.dp.delta - self.threshold_delta * len(self.threshold_columns())
+
+    @cached_property
+    def noise_multiplier(self) -> float:
+        """Noise multiplier z of every release (sigma = z, since each count has sensitivity 1); 0 without DP."""
+        if self.dp is None:
+            return 0.0
+        return noise_multiplier_for(target_epsilon=self.dp.epsilon, delta=self.accounting_delta,
+                                    sample_rate=1.0, steps=self.releases())
+
+    @property
+    def threshold(self) -> float:
+        """Noisy count a category must exceed at a site to be released (DP set union); 0 without DP."""
+        if self.dp is None or not self.threshold_columns():
+            return 0.0
+        return stability_threshold(sigma=self.noise_multiplier, delta=self.threshold_delta)
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        dp = None if self.dp is None else {"epsilon": self.dp.epsilon, "delta": self.dp.delta,
+                                           "threshold_delta_share": self.dp.threshold_delta_share}
+        return {"format": PLAN_FORMAT, "schema": self.schema.to_dict(), "dp": dp, "bins": self.bins,
+                "max_modes": self.max_modes, "weight_threshold": self.weight_threshold,
+                "other_label": self.other_label, "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EncodingPlan":
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise ConfigError(f"Not an encoding plan: expected a dict with format {PLAN_FORMAT!r}.")
+        dp = None if data["dp"] is None else EncodingDP(**data["dp"])
+        return cls(schema=TableSchema.from_dict(data["schema"], source="encoding plan"), dp=dp,
+                   bins=data["bins"], max_modes=data["max_modes"], weight_threshold=data["weight_threshold"],
+                   other_label=data["other_label"], seed=data["seed"])

@@ -1,0 +1,239 @@
+"""Site statistics and their merge: the only things that leave a site during encoding.
+
+``phase_request`` (coordinator) -> ``site_statistics`` (each site; every release is spent on the
+site's ledger first) -> ``merge_statistics`` (coordinator; pure). All messages are flat dicts keyed
+``"<column>/<field>"`` whose values are numpy arrays, floats, ints, strings or lists of strings.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedtab.errors import ConfigError, SchemaError
+from fedtab.privacy.ledger import PrivacyLedger
+from fedtab.privacy.mechanisms import clip_counts, gaussian_noise
+from fedtab.schema import ColumnSpec
+from fedtab.transform.plan import (
+    F_CATEGORIES, F_COUNTS, F_EDGES, F_KEYS, F_LOWER, F_MAX, F_MIN, F_MISSING, F_NOISE_SD, F_OTHER, F_UPPER,
+    KEY_N_SITES, KEY_PHASE, LEDGER_PHASE_PREFIX, PHASE_DOMAIN, PHASE_HISTOGRAM, EncodingPlan, wire_key,
+)
+from fedtab.transform.values import category_values, numeric_values
+
+# Public layout for DP bounds: cells between -2^50 .. -2^-8, 0, 2^-8 .. 2^50 (SmartNoise-style approx bounds).
+MAGNITUDE_EDGES = np.concatenate([-(2.0 ** np.arange(50, -9, -1)), [0.0], 2.0 ** np.arange(-8, 51)])
+BOUNDS_THRESHOLD_SIGMAS = 3.0
+
+
+# -- pure helpers -----------------------------------------------------------------------------
+def magnitude_counts(x: np.ndarray) -> np.ndarray:
+    x = x[~np.isnan(x)]
+    return np.bincount(np.searchsorted(MAGNITUDE_EDGES, x, side="right"),
+                       minlength=len(MAGNITUDE_EDGES) + 1).astype(np.float64)
+
+
+def bounds_from_magnitude_counts(counts: np.ndarray, *, threshold: float) -> tuple[float, float]:
+    """Outermost magnitude cells whose (merged, noisy) count passes ``threshold``; else the fullest cell."""
+    passing = np.flatnonzero(counts > threshold)
+    if passing.size == 0:
+        passing = np.array([int(np.argmax(counts))])
+    e = MAGNITUDE_EDGES
+    lo_cell, hi_cell = int(passing[0]), int(passing[-1])
+    lower = e[max(lo_cell - 1, 0)]
+    upper = e[min(hi_cell, len(e) - 1)]
+    return float(lower), float(upper)
+
+
+def grid_step(spec: ColumnSpec) -> float | None:
+    """Spacing of the values a column can hold (1 for integers, 10^-precision), None if continuous."""
+    if spec.is_integer:
+        return 1.0
+    if spec.type == "numerical" and spec.precision is not None:
+        return 10.0 ** -spec.precision
+    if spec.type == "datetime" and spec.datetime_format and not any(t in spec.datetime_format for t in ("%H", "%M", "%S")):
+        return 1.0
+    return None
+
+
+def histogram_edges(spec: ColumnSpec, lower: float, upper: float, bins: int) -> np.ndarray:
+    """Cell edges over [lower, upper]: one cell per grid value when the grid fits in ``bins`` cells."""
+    step = grid_step(spec)
+    if step is not None:
+        n = int(round((upper - lower) / step)) + 1
+        if n <= bins:
+            return lower - step / 2 + step * np.arange(n + 1)
+    return np.linspace(lower, upper, bins + 1)
+
+
+def histogram_counts(x: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, float]:
+    """Counts per cell (values outside clipped into the end cells) and the number of missing values."""
+    missing = np.isnan(x)
+    idx = np.clip(np.searchsorted(edges, x[~missing], side="right") - 1, 0, len(edges) - 2)
+    return np.bincount(idx, minlength=len(edges) - 1).astype(np.float64), float(missing.sum())
+
+
+def finalize_bounds(spec: ColumnSpec, lower: float, upper: float) -> tuple[float, float]:
+    """Declared bounds win; integers round outward; an empty or one-point range is widened."""
+    lower = spec.lower if spec.lower is not None else lower
+    upper = spec.upper if spec.upper is not None else upper
+    if not (math.isfinite(lower) and math.isfinite(upper)):
+        lower, upper = 0.0, 1.0
+    if spec.is_integer:
+        lower, upper = math.floor(lower), math.ceil(upper)
+    if upper <= lower:
+        lower, upper = (lower - 0.5, upper + 0.5) if not spec.is_integer else (lower, lower + 1)
+    return float(lower), float(upper)
+
+
+# -- coordinator: requests ----------------------------------------------------------------------
+def phase_request(plan: EncodingPlan, phase: str, merged_domain: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the coordinator asks of every site in ``phase`` (public: depends only on plan and merges)."""
+    if phase == PHASE_DOMAIN:
+        return {KEY_PHASE: PHASE_DOMAIN}
+    if phase != PHASE_HISTOGRAM:
+        raise ConfigError(f"Unknown encoding phase {phase!r}; expected one of {list(plan.phases())}.")
+    merged_domain = merged_domain or {}
+    req: dict[str, Any] = {KEY_PHASE: PHASE_HISTOGRAM}
+    for spec in plan.columns:
+        if spec.type in ("numerical", "datetime"):
+            lower = merged_domain.get(wire_key(spec.name, F_LOWER), math.nan)
+            upper = merged_domain.get(wire_key(spec.name, F_UPPER), math.nan)
+            lower, upper = finalize_bounds(spec, lower, upper)
+            req[wire_key(spec.name, F_EDGES)] = histogram_edges(spec, lower, upper, plan.n_bins)
+            req[wire_key(spec.name, F_LOWER)], req[wire_key(spec.name, F_UPPER)] = lower, upper
+        else:
+            cats = plan.categories_of(spec)
+            if cats is None:
+                cats = merged_domain.get(wire_key(spec.name, F_CATEGORIES), [])
+            req[wire_key(spec.name, F_CATEGORIES)] = [str(c) for c in cats]
+            req[wire_key(spec.name, F_OTHER)] = int(plan.uses_other(spec))
+    return req
+
+
+# -- site -------------------------------------------------------------------------------------
+def site_statistics(
+    df: pd.DataFrame, plan: EncodingPlan, phase: str, request: dict[str, Any], *,
+    ledger: PrivacyLedger, rng: np.random.Generator,
+) -> dict[str, Any]:
+    """One site's release for ``phase``. Every release is spent on ``ledger`` before it is computed
+    into the message; the whole phase is checked against the budget first, so a refusal records nothing."""
+    if request.get(KEY_PHASE) != phase:
+        raise ConfigError(f"The request is for phase {request.get(KEY_PHASE)!r}, not {phase!r}.")
+    specs = plan.domain_columns() if phase == PHASE_DOMAIN else plan.columns
+    dp = plan.dp is not None
+    z = plan.noise_multiplier
+    thr_cols = {c.name for c in plan.threshold_columns()} if phase == PHASE_DOMAIN else set()
+    ledger_phase = LEDGER_PHASE_PREFIX + phase
+    if specs:
+        ledger.remaining_check(phase=ledger_phase, noise_multiplier=z, steps=len(specs),
+                               delta_cost=plan.threshold_delta * len(thr_cols), target=f"{len(specs)} column(s)")
+    out: dict[str, Any] = {KEY_PHASE: phase}
+    for spec in specs:
+        if spec.name not in df.columns:
+            raise SchemaError(f"Column '{spec.name}' of the encoding plan is missing from the site's table.")
+        numeric = spec.type in ("numerical", "datetime")
+        x = numeric_values(df[spec.name], spec) if numeric else category_values(df[spec.name], spec)
+        thresholded = spec.name in thr_cols
+        ledger.spend(
+            phase=ledger_phase, target=spec.name, noise_multiplier=z, sensitivity=1.0,
+            mechanism=("thresholded_gaussian" if thresholded else "gaussian") if dp else "exact",
+            delta_cost=plan.threshold_delta if thresholded else 0.0,
+        )
+        if phase == PHASE_DOMAIN:
+            out.update(_domain_release(spec, x, plan, rng) if numeric else _union_release(spec, x, plan, rng))
+        else:
+            out.update(_histogram_release(spec, x, plan, request, rng))
+    return out
+
+
+def _noised(counts: np.ndarray, plan: EncodingPlan, rng: np.random.Generator) -> np.ndarray:
+    return counts if plan.dp is None else gaussian_noise(counts, sigma=plan.noise_multiplier, rng=rng)
+
+
+def _domain_release(spec, x, plan, rng) -> dict[str, Any]:
+    if plan.dp is None:
+        has = bool(np.any(~np.isnan(x)))
+        return {wire_key(spec.name, F_MIN): float(np.nanmin(x)) if has else math.nan,
+                wire_key(spec.name, F_MAX): float(np.nanmax(x)) if has else math.nan}
+    return {wire_key(spec.name, F_COUNTS): _noised(magnitude_counts(x), plan, rng)}
+
+
+def _union_release(spec, x, plan, rng) -> dict[str, Any]:
+    keys, counts = np.unique(np.array([v for v in x if v is not None], dtype=object).astype(str), return_counts=True)
+    noisy = _noised(counts.astype(np.float64), plan, rng)
+    keep = noisy > plan.threshold if plan.dp is not None else np.ones(len(keys), dtype=bool)
+    return {wire_key(spec.name, F_KEYS): [str(k) for k in keys[keep]],
+            wire_key(spec.name, F_COUNTS): noisy[keep]}
+
+
+def _histogram_release(spec, x, plan, request, rng) -> dict[str, Any]:
+    name = spec.name
+    if spec.type in ("numerical", "datetime"):
+        edges = np.asarray(request[wire_key(name, F_EDGES)], dtype=np.float64)
+        counts, missing = histogram_counts(x, edges)
+        layout = {wire_key(name, F_EDGES): edges, wire_key(name, F_LOWER): float(request[wire_key(name, F_LOWER)]),
+                  wire_key(name, F_UPPER): float(request[wire_key(name, F_UPPER)])}
+    else:
+        cats = list(request[wire_key(name, F_CATEGORIES)])
+        other = bool(request[wire_key(name, F_OTHER)])
+        index = {c: i for i, c in enumerate(cats)}
+        present = np.array([v is not None for v in x], dtype=bool)
+        idx = np.array([index.get(v, len(cats)) for v in x[present]], dtype=np.int64)
+        if not other and np.any(idx == len(cats)):
+            bad = sorted({v for v in x[present] if v not in index})
+            raise SchemaError(f"Column '{name}': value(s) {bad[:5]} are outside its domain {cats[:10]}; "
+                              "fix the data or the schema's 'categories'.")
+        counts = np.bincount(idx, minlength=len(cats) + int(other)).astype(np.float64)
+        missing = float((~present).sum())
+        layout = {wire_key(name, F_CATEGORIES): cats, wire_key(name, F_OTHER): int(other)}
+    noisy = _noised(np.append(counts, missing), plan, rng)  # one vector: a record is in exactly one cell
+    return {**layout, wire_key(name, F_COUNTS): noisy[:-1], wire_key(name, F_MISSING): float(noisy[-1])}
+
+
+# -- coordinator: merge (pure) --------------------------------------------------------------------
+def merge_statistics(plan: EncodingPlan, phase: str, site_stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine the sites' releases of ``phase`` into one dict (pure; post-processing only)."""
+    if not site_stats:
+        raise ConfigError("merge_statistics needs the statistics of at least one site.")
+    for s in site_stats:
+        if s.get(KEY_PHASE) != phase:
+            raise ConfigError(f"A site sent statistics of phase {s.get(KEY_PHASE)!r} where {phase!r} was expected.")
+    n = len(site_stats)
+    noise_sd = plan.noise_multiplier * math.sqrt(n)
+    out: dict[str, Any] = {KEY_PHASE: phase, KEY_N_SITES: n}
+    if phase == PHASE_DOMAIN:
+        for spec in plan.domain_columns():
+            out.update(_merge_domain(spec, plan, site_stats, noise_sd))
+        return out
+    for spec in plan.columns:
+        name = spec.name
+        layout_keys = [wire_key(name, f) for f in (F_EDGES, F_LOWER, F_UPPER)] if spec.type in ("numerical", "datetime") \
+            else [wire_key(name, F_CATEGORIES), wire_key(name, F_OTHER)]
+        for k in layout_keys:
+            first = site_stats[0][k]
+            if any(not np.array_equal(np.asarray(s[k]), np.asarray(first)) for s in site_stats[1:]):
+                raise ConfigError(f"Column '{name}': sites used different histogram layouts ({k}).")
+            out[k] = first
+        out[wire_key(name, F_COUNTS)] = clip_counts(sum(np.asarray(s[wire_key(name, F_COUNTS)]) for s in site_stats))
+        out[wire_key(name, F_MISSING)] = float(clip_counts(sum(s[wire_key(name, F_MISSING)] for s in site_stats)))
+        out[wire_key(name, F_NOISE_SD)] = noise_sd
+    return out
+
+
+def _merge_domain(spec, plan, site_stats, noise_sd) -> dict[str, Any]:
+    name = spec.name
+    if spec.type == "categorical":
+        keys = sorted({k for s in site_stats for k in s[wire_key(name, F_KEYS)]})
+        return {wire_key(name, F_CATEGORIES): keys}
+    if plan.dp is None:
+        lows = [s[wire_key(name, F_MIN)] for s in site_stats if not math.isnan(s[wire_key(name, F_MIN)])]
+        highs = [s[wire_key(name, F_MAX)] for s in site_stats if not math.isnan(s[wire_key(name, F_MAX)])]
+        lower, upper = (min(lows), max(highs)) if lows else (math.nan, math.nan)
+    else:
+        counts = sum(np.asarray(s[wire_key(name, F_COUNTS)]) for s in site_stats)
+        lower, upper = bounds_from_magnitude_counts(counts, threshold=BOUNDS_THRESHOLD_SIGMAS * noise_sd)
+    lower, upper = finalize_bounds(spec, lower, upper)
+    return {wire_key(name, F_LOWER): lower, wire_key(name, F_UPPER): upper}

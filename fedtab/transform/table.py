@@ -1,0 +1,196 @@
+"""``TableTransformer``: the whole table, fitted once from merged site statistics, exposing spans.
+
+Federation protocol (the coordinator and the sites exchange only flat dicts of arrays and scalars)::
+
+    plan = EncodingPlan(schema, dp=EncodingDP(epsilon=0.1, delta=1e-6))   # public, sent to sites
+    merged = None
+    for phase in plan.phases():
+        request = phase_request(plan, phase, merged)                        # coordinator
+        stats = [site_statistics(df, plan, phase, request, ledger=l, rng=r)  # each site, own ledger
+                 for each site]
+        merged = merge_statistics(plan, phase, stats)                       # coordinator, pure
+    transformer = TableTransformer().fit_from_statistics(plan, merged)
+
+:func:`fit_federated` runs exactly this in one process (tests, benchmarks); the federation engine
+calls the same functions through its transports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedtab.errors import ConfigError, check_is_fitted
+from fedtab.privacy.ledger import PrivacyLedger
+from fedtab.schema import TableSchema
+from fedtab.transform.categorical import CategoricalColumnTransformer
+from fedtab.transform.numerical import NumericalColumnTransformer
+from fedtab.transform.plan import (
+    F_CATEGORIES, F_COUNTS, F_EDGES, F_LOWER, F_MISSING, F_NOISE_SD, F_OTHER, F_UPPER, KEY_PHASE,
+    PHASE_HISTOGRAM, EncodingDP, EncodingPlan, wire_key,
+)
+from fedtab.transform.spans import ConditionSpan, SpanInfo, span_offsets
+from fedtab.transform.statistics import merge_statistics, phase_request, site_statistics
+from fedtab.transform.values import category_series, category_values, numeric_series, numeric_values
+
+TRANSFORMER_FORMAT = "fedtab.table_transformer/1"
+
+
+def _is_numeric(spec) -> bool:
+    return spec.type in ("numerical", "datetime")
+
+
+class TableTransformer:
+    """Encodes a typed table into a float32 matrix of spans and decodes it back (estimator contract)."""
+
+    def __init__(self):
+        pass  # everything is learned from the plan and the merged statistics in fit_from_statistics
+
+    def fit_from_statistics(self, plan: EncodingPlan, merged: dict[str, Any]) -> "TableTransformer":
+        """Fit every column from the merged statistics of the last phase (``histogram``)."""
+        if merged.get(KEY_PHASE) != PHASE_HISTOGRAM:
+            raise ConfigError(f"fit_from_statistics needs the merged '{PHASE_HISTOGRAM}' statistics, "
+                              f"got phase {merged.get(KEY_PHASE)!r}.")
+        columns = []
+        for i, spec in enumerate(plan.columns):
+            k = lambda f: merged[wire_key(spec.name, f)]  # noqa: E731
+            if _is_numeric(spec):
+                col = NumericalColumnTransformer(spec, max_modes=plan.max_modes, weight_threshold=plan.weight_threshold,
+                                                 seed=plan.seed + i)
+                col.fit_from_histogram(k(F_EDGES), k(F_COUNTS), lower=k(F_LOWER), upper=k(F_UPPER),
+                                       missing=k(F_MISSING), noise_sd=k(F_NOISE_SD))
+            else:
+                col = CategoricalColumnTransformer(spec, other_label=plan.other_label)
+                col.fit_from_counts(k(F_CATEGORIES), k(F_COUNTS), other=bool(k(F_OTHER)), missing=k(F_MISSING),
+                                    noise_sd=k(F_NOISE_SD))
+            columns.append(col)
+        self._set_fitted(plan, columns)
+        return self
+
+    def _set_fitted(self, plan: EncodingPlan, columns: list) -> None:
+        self.plan_ = plan
+        self.columns_ = columns
+        self.spans_ = [s for c in columns for s in c.spans]
+        offsets = span_offsets(self.spans_)
+        conditions, i = [], 0
+        for c in columns:
+            if isinstance(c, CategoricalColumnTransformer):
+                conditions.append(ConditionSpan(c.spec.name, offsets[i], c.output_dim, c.frequencies_.copy()))
+            i += len(c.spans)
+        self.condition_spans_ = conditions
+        self.output_dim_ = int(sum(s.dim for s in self.spans_))
+
+    # -- the contract models read ----------------------------------------------------------------
+    @property
+    def spans(self) -> list[SpanInfo]:
+        check_is_fitted(self, "spans_")
+        return list(self.spans_)
+
+    @property
+    def condition_spans(self) -> list[ConditionSpan]:
+        check_is_fitted(self, "condition_spans_")
+        return list(self.condition_spans_)
+
+    @property
+    def output_dim(self) -> int:
+        check_is_fitted(self, "output_dim_")
+        return self.output_dim_
+
+    @property
+    def schema(self) -> TableSchema:
+        check_is_fitted(self, "plan_")
+        return self.plan_.schema
+
+    # -- encode / decode ---------------------------------------------------------------------------
+    def transform(self, df: pd.DataFrame, *, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Typed table -> float32 matrix (rows x ``output_dim``). id columns are ignored.
+
+        ``rng=None`` picks each value's most probable mixture mode (deterministic); with an ``rng`` the
+        mode is drawn from its posterior, as CTGAN does when it encodes its training data.
+        """
+        check_is_fitted(self, "columns_")
+        blocks = []
+        for col in self.columns_:
+            series = df[col.spec.name]
+            if isinstance(col, NumericalColumnTransformer):
+                blocks.append(col.transform(numeric_values(series, col.spec), rng=rng))
+            else:
+                blocks.append(col.transform(category_values(series, col.spec)))
+        return np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
+
+    def inverse_transform(self, data: np.ndarray) -> pd.DataFrame:
+        """Matrix (rows x ``output_dim``; generator outputs after their activations) -> typed table in
+        schema order, id columns absent."""
+        check_is_fitted(self, "columns_")
+        data = np.asarray(data)
+        if data.ndim != 2 or data.shape[1] != self.output_dim_:
+            raise ConfigError(f"inverse_transform expects a 2-D array with {self.output_dim_} columns; "
+                              f"got shape {data.shape}.")
+        out, pos = {}, 0
+        index = pd.RangeIndex(len(data))
+        for col in self.columns_:
+            block = data[:, pos:pos + col.output_dim]
+            pos += col.output_dim
+            if isinstance(col, NumericalColumnTransformer):
+                out[col.spec.name] = numeric_series(col.inverse_transform(block), col.spec, index)
+            else:
+                out[col.spec.name] = category_series(col.inverse_transform(block), col.spec, index)
+        return pd.DataFrame(out, index=index)
+
+    # -- serialisation: JSON config + named float arrays (for JSON + safetensors; no pickle) ----------
+    def to_dict(self) -> dict[str, Any]:
+        """``{"config": <JSON-able>, "arrays": {name: float64 ndarray}}``."""
+        check_is_fitted(self, "columns_")
+        config_cols, arrays = [], {}
+        for i, col in enumerate(self.columns_):
+            d = col.to_dict()
+            for key, value in list(d.items()):
+                if isinstance(value, np.ndarray):
+                    arrays[f"{i}/{key}"] = np.ascontiguousarray(value, dtype=np.float64)
+                    d[key] = {"array": f"{i}/{key}"}
+            config_cols.append(d)
+        return {"config": {"format": TRANSFORMER_FORMAT, "plan": self.plan_.to_dict(), "columns": config_cols},
+                "arrays": arrays}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TableTransformer":
+        config, arrays = data["config"], data["arrays"]
+        if config.get("format") != TRANSFORMER_FORMAT:
+            raise ConfigError(f"Not a table transformer: expected format {TRANSFORMER_FORMAT!r}, "
+                              f"got {config.get('format')!r}.")
+        plan = EncodingPlan.from_dict(config["plan"])
+        columns = []
+        for spec, d in zip(plan.columns, config["columns"]):
+            d = {k: (np.asarray(arrays[v["array"]]) if isinstance(v, dict) and "array" in v else v) for k, v in d.items()}
+            kind = NumericalColumnTransformer if d["kind"] == "numerical" else CategoricalColumnTransformer
+            columns.append(kind.from_dict(d, spec))
+        self = cls()
+        self._set_fitted(plan, columns)
+        return self
+
+
+def fit_federated(
+    site_frames: dict[str, pd.DataFrame], schema: TableSchema, *, dp: EncodingDP | None = None,
+    ledgers: dict[str, PrivacyLedger] | None = None, seed: int = 0, bins: int | None = None,
+) -> TableTransformer:
+    """Run every encoding phase in-process over ``site_frames`` (site name -> typed table).
+
+    ``ledgers`` (site name -> ledger) are spent on in place; when None, each site gets a fresh ledger
+    whose budget is exactly the preprocessing budget (a non-DP ledger when ``dp`` is None).
+    """
+    if not site_frames:
+        raise ConfigError("fit_federated needs at least one site's table.")
+    plan = EncodingPlan(schema, dp=dp, bins=bins, seed=seed)
+    if ledgers is None:
+        ledgers = {s: PrivacyLedger(s, epsilon_budget=None if dp is None else dp.epsilon,
+                                    delta=None if dp is None else dp.delta) for s in site_frames}
+    rngs = {s: np.random.default_rng([seed, i]) for i, s in enumerate(site_frames)}
+    merged = None
+    for phase in plan.phases():
+        request = phase_request(plan, phase, merged)
+        stats = [site_statistics(df, plan, phase, request, ledger=ledgers[s], rng=rngs[s])
+                 for s, df in site_frames.items()]
+        merged = merge_statistics(plan, phase, stats)
+    return TableTransformer().fit_from_statistics(plan, merged)

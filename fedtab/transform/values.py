@@ -1,0 +1,66 @@
+"""Typed-table columns <-> plain numpy arrays (the schema's dtype contract, see ``fedtab.schema``).
+
+Numbers travel as float64 with NaN for missing; datetimes as float days since 1970-01-01 (so the
+numerical transformer handles them, and declared datetime bounds are read in days); categorical
+and boolean values as an object array of ``str`` with ``None`` for missing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from fedtab.schema import ColumnSpec
+
+NS_PER_DAY = 86_400 * 10**9
+NS_PER_SECOND = 10**9
+
+
+def numeric_values(series: pd.Series, spec: ColumnSpec) -> np.ndarray:
+    """float64 array, NaN where missing (datetimes in days since the epoch)."""
+    if spec.type == "datetime":
+        s = pd.to_datetime(series, errors="coerce")
+        ns = s.to_numpy(dtype="datetime64[ns]").view("int64").astype(np.float64)
+        ns[s.isna().to_numpy()] = np.nan
+        return ns / NS_PER_DAY
+    return pd.to_numeric(series, errors="coerce").astype("float64").to_numpy(copy=True, na_value=np.nan)
+
+
+def category_values(series: pd.Series, spec: ColumnSpec) -> np.ndarray:
+    """object array of str, None where missing (booleans as 'False'/'True')."""
+    missing = series.isna().to_numpy()
+    if spec.type == "boolean":
+        out = np.array(["True" if bool(v) else "False" for v in series.fillna(False)], dtype=object)
+    else:
+        out = series.astype(object).to_numpy(copy=True)
+        out = np.array([str(v) for v in out], dtype=object) if len(out) else out
+    out[missing] = None
+    return out
+
+
+def numeric_series(values: np.ndarray, spec: ColumnSpec, index=None) -> pd.Series:
+    """Typed column from float64 values (NaN = missing): Int64, float64 or datetime64[ns]."""
+    if spec.type == "datetime":
+        days_only = spec.datetime_format is not None and not any(t in spec.datetime_format for t in ("%H", "%M", "%S"))
+        unit = NS_PER_DAY if days_only else NS_PER_SECOND
+        ns = np.round(values * (NS_PER_DAY / unit)) * unit
+        mask = np.isnan(ns)
+        ints = np.where(mask, 0, ns).astype("int64")
+        out = pd.Series(ints.view("datetime64[ns]"), index=index, name=spec.name)
+        out[mask] = pd.NaT
+        return out
+    if spec.is_integer:
+        arr = pd.array(np.where(np.isnan(values), 0, np.round(values)).astype("int64"), dtype="Int64")
+        arr[np.isnan(values)] = pd.NA
+        return pd.Series(arr, index=index, name=spec.name)
+    if spec.precision is not None:
+        values = np.round(values, spec.precision)
+    return pd.Series(values.astype("float64"), index=index, name=spec.name)
+
+
+def category_series(values: np.ndarray, spec: ColumnSpec, index=None) -> pd.Series:
+    """Typed column from an object array of str/None: object str, or pandas 'boolean'."""
+    if spec.type == "boolean":
+        arr = pd.array([None if v is None else v == "True" for v in values], dtype="boolean")
+        return pd.Series(arr, index=index, name=spec.name)
+    return pd.Series(values.astype(object), index=index, name=spec.name, dtype=object)
