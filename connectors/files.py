@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pacompute
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from fedtab.errors import SourceError
 
 EXTENSIONS = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
-BLOCK_SIZE = 4 << 20
+BLOCK_SIZE = 1 << 20
 PARQUET_BATCH = 65_536
 MAX_RAGGED_SHOWN = 5
 
@@ -108,9 +110,7 @@ def _csv_chunks(path: Path, names: list[str]) -> Iterator[pd.DataFrame]:
         for batch in reader:
             if batch.num_rows:
                 rows += batch.num_rows
-                df = batch.to_pandas()
-                df.columns = names
-                yield df
+                yield _batch_to_frame(batch, names)
     except (pa.ArrowInvalid, OSError, EOFError) as e:
         if "UTF8" in str(e) or "utf-8" in str(e).lower():
             raise SourceError(_locate_bad_utf8(path)) from None
@@ -127,6 +127,20 @@ def _csv_chunks(path: Path, names: list[str]) -> Iterator[pd.DataFrame]:
         )
     if rows == 0:
         raise SourceError(f"{path}: the file has a header but no data rows.")
+
+
+def _batch_to_frame(batch: pa.RecordBatch, names: list[str]) -> pd.DataFrame:
+    """Object columns whose cells share one Python string per distinct value.
+
+    ``to_pandas`` would make one string object per cell; dictionary-encoding first makes one per
+    distinct value in the block, which keeps the peak memory of a large read close to the typed table.
+    """
+    cols = {}
+    for name, arr in zip(names, batch.columns):
+        enc = pacompute.dictionary_encode(arr)
+        labels = np.asarray(enc.dictionary.to_pylist(), dtype=object)
+        cols[name] = labels.take(enc.indices.to_numpy(zero_copy_only=False))
+    return pd.DataFrame(cols, columns=names)
 
 
 def _not_utf8(path: Path, line: int, offset: int, byte: bytes) -> str:
