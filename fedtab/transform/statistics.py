@@ -25,7 +25,8 @@ from fedtab.transform.values import category_values, numeric_values
 
 # Public layout for DP bounds: cells between -2^50 .. -2^-8, 0, 2^-8 .. 2^50 (SmartNoise-style approx bounds).
 MAGNITUDE_EDGES = np.concatenate([-(2.0 ** np.arange(50, -9, -1)), [0.0], 2.0 ** np.arange(-8, 51)])
-BOUNDS_THRESHOLD_SIGMAS = 3.0
+# ~4 sigma: with ~120 cells a false cell passes with probability < 0.5% per column.
+BOUNDS_THRESHOLD_SIGMAS = 4.0
 
 
 # -- pure helpers -----------------------------------------------------------------------------
