@@ -3,11 +3,12 @@
 A model is DP-unaware and knows no sites, rounds or tables: it reads spans, builds its networks, and
 gives the training loop (``fedtab.training``) two losses:
 
-* ``private_losses(real, real_cond, fake_cond, *, generator)``: one loss per row of the batch that the
-  *private network* sees (real rows, then any fake rows). The private network is the only one that reads
+* ``generate(cond, *, generator)``: the public network's forward pass (a GAN's generator output).
+* ``private_losses(real, real_cond, generated, *, generator)``: one loss per row of the batch that the
+  *private network* sees (real rows, then the generated rows, detached). The private network is the only one that reads
   real rows (a GAN's discriminator; a VAE as a whole). Per-row losses are what per-record DP-SGD needs,
   and ``.mean()`` of them is the non-DP loss.
-* ``public_loss(cond, *, generator)``: the scalar loss of the *public network* (a GAN's generator),
+* ``public_loss(generated, *, generator)``: the scalar loss of the *public network* (a GAN's generator),
   which reaches the data only through the private network (post-processing under DP). ``None`` network
   means there is no public step.
 
@@ -41,7 +42,8 @@ class GenerativeModel(ABC):
     # --- building -------------------------------------------------------------------------------
     @abstractmethod
     def build(self, spans: list[SpanInfo], condition_spans: list[ConditionSpan], *, seed: int) -> "GenerativeModel":
-        """Create the networks for these spans, initialised from ``seed``; returns ``self``."""
+        """Create the networks for these spans, initialised from ``seed``; returns ``self``.
+        Sets ``spans_`` and ``conditions_`` (a ``Conditions`` over ``condition_spans``)."""
 
     @property
     def is_built(self) -> bool:
@@ -53,6 +55,12 @@ class GenerativeModel(ABC):
                 f"This {type(self).__name__} model is not built yet. Call 'build(spans, condition_spans, "
                 "seed=...)' before training, sampling or loading weights."
             )
+
+    @property
+    def data_dim(self) -> int:
+        """Width of an encoded row (sum of the span dims)."""
+        self._check_built()
+        return sum(s.dim for s in self.spans_)
 
     @property
     def conditions(self) -> Conditions:
@@ -68,17 +76,24 @@ class GenerativeModel(ABC):
         """The network trained only through the private one (post-processing), or None."""
         return None
 
+    def generate(self, cond: CondBatch, *, generator: torch.Generator) -> Any:
+        """Forward pass of the public network for these conditions (with autograd), or None when the
+        model has none. The result is opaque to the loop: it is passed to ``private_losses`` (which must
+        detach it) and then to ``public_loss`` (one forward serves both steps)."""
+        return None
+
     @abstractmethod
     def private_losses(
-        self, real: torch.Tensor, real_cond: CondBatch, fake_cond: CondBatch, *, generator: torch.Generator
+        self, real: torch.Tensor, real_cond: CondBatch, generated: Any, *, generator: torch.Generator
     ) -> torch.Tensor:
-        """Per-row losses of the private network, shape ``(len(real) + len(fake_cond),)``.
+        """Per-row losses of the private network, one per real row then one per generated row.
 
-        Each entry must depend on one row only (per-sample separable), so per-record clipping is exact.
+        Each entry must depend on one row only (per-sample separable), so per-record clipping is exact;
+        generated rows must not carry gradient back to the public network.
         """
 
-    def public_loss(self, cond: CondBatch, *, generator: torch.Generator) -> torch.Tensor:
-        """Scalar loss of the public network for a batch of generator conditions."""
+    def public_loss(self, generated: Any, *, generator: torch.Generator) -> torch.Tensor:
+        """Scalar loss of the public network for the output of ``generate``."""
         raise NotImplementedError(f"{type(self).__name__} has no public network.")
 
     # --- sampling -----------------------------------------------------------------------------------

@@ -37,6 +37,20 @@ class CondBatch:
         return self.vector.shape[0]
 
 
+def _cdf(weights: torch.Tensor) -> torch.Tensor:
+    """Row-wise cumulative distribution of non-negative weights (columns x max_dim); padding has weight 0."""
+    cdf = torch.cumsum(weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-300), dim=1)
+    cdf[:, -1] = 1.0
+    return cdf
+
+
+def _draw(cdf: torch.Tensor, column: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One category per row from ``cdf[column]`` by inverse CDF (cheaper than ``torch.multinomial``).
+    Zero-weight categories (padding, absent categories) have a zero-width interval and are never drawn."""
+    u = torch.rand(column.shape[0], 1, generator=generator, dtype=torch.float64)
+    return torch.searchsorted(cdf[column], u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
+
+
 class Conditions:
     """The condition spans of a model, laid out for batched gathers."""
 
@@ -70,11 +84,12 @@ class Conditions:
             f = torch.as_tensor(np.asarray(c.frequencies, dtype=np.float64))
             freq[j, : c.dim] = f / f.sum()
         self.frequencies = freq
+        self._cdf = _cdf(freq)
 
     def one_hot(self, column: torch.Tensor, category: torch.Tensor) -> CondBatch:
         vec = torch.zeros(column.shape[0], self.dim)
         if self.dim:
-            vec[torch.arange(column.shape[0]), self.cond_offsets[column] + category] = 1.0
+            vec.scatter_(1, (self.cond_offsets[column] + category)[:, None], 1.0)
         return CondBatch(vec, column, category)
 
     def empty(self, n: int) -> CondBatch:
@@ -88,8 +103,7 @@ class Conditions:
         column = torch.randint(self.n_columns, (n,), generator=generator)
         if n == 0:
             return self.one_hot(column, column)
-        category = torch.multinomial(self.frequencies[column], 1, generator=generator).squeeze(1)
-        return self.one_hot(column, category)
+        return self.one_hot(column, _draw(self._cdf, column, generator))
 
     def categories_of(self, rows: torch.Tensor) -> torch.Tensor:
         """Category index of every row in every condition column: (rows x columns), argmax of each span."""
@@ -133,11 +147,11 @@ class RowIndex:
             o, d = int(conditions.cond_offsets[j]), int(conditions.dims[j])
             logp[j, :d] = flat[o : o + d]
         self.log_frequencies = logp
+        self._cdf = _cdf(logp)
 
     def sample_conditions(self, n: int, *, generator: torch.Generator) -> CondBatch:
         column = torch.randint(self.conditions.n_columns, (n,), generator=generator)
-        category = torch.multinomial(self.log_frequencies[column], 1, generator=generator).squeeze(1)
-        return self.conditions.one_hot(column, category)
+        return self.conditions.one_hot(column, _draw(self._cdf, column, generator))
 
     def sample(self, n: int, *, generator: torch.Generator) -> tuple[torch.Tensor, CondBatch]:
         """``n`` row indices and their conditions (each row has its condition's category)."""

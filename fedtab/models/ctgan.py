@@ -62,10 +62,23 @@ class CTGANConfig:
                               f"Got {self.tau!r} instead.")
 
 
-def gumbel(shape: torch.Size, *, generator: torch.Generator) -> torch.Tensor:
-    """Standard Gumbel noise, -log(Exp(1)), drawn from ``generator``."""
-    e = torch.empty(shape).exponential_(generator=generator)
-    return -torch.log(e.clamp_min(1e-30))
+def gumbel(shape: tuple[int, ...], *, generator: torch.Generator) -> torch.Tensor:
+    """Standard Gumbel noise -log(-log(U)) from ``generator`` (2.5x faster than via ``exponential_``)."""
+    u = torch.rand(shape, generator=generator).clamp_(1e-12, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+_BITS = torch.arange(8, dtype=torch.uint8)
+
+
+def keep_mask(shape: tuple[int, int], keep: float, *, generator: torch.Generator) -> torch.Tensor:
+    """Boolean dropout mask, True with probability ``keep``. For keep = 0.5 (CTGAN's dropout) each
+    random byte gives 8 mask bits: several times faster than one uniform draw per unit."""
+    if keep == 0.5:
+        n = shape[0] * shape[1]
+        words = torch.randint(0, 256, ((n + 7) // 8,), dtype=torch.uint8, generator=generator)
+        return ((words[:, None] >> _BITS) & 1).view(-1)[:n].view(shape).bool()
+    return torch.rand(shape, generator=generator) < keep
 
 
 class SpanLayout:
@@ -101,14 +114,27 @@ class SpanLayout:
         (``hard``: an exact categorical sample) on every softmax span."""
         parts = [torch.tanh(raw[:, self.tanh_cols])]
         if self.n_soft:
-            block = raw[:, self.pad_index].masked_fill(~self.pad_mask, float("-inf"))
-            noisy = block + gumbel(block.shape, generator=generator)
+            # Noise per encoded column (not per padded slot), then one padded block for all spans.
+            noisy = raw + gumbel((raw.shape[0], self.dim), generator=generator)
+            noisy = noisy[:, self.pad_index].masked_fill(~self.pad_mask, float("-inf"))
             if hard:
                 y = F.one_hot(noisy.argmax(dim=2), self.max_dim).to(raw.dtype)
             else:
                 y = torch.softmax(noisy / tau, dim=2)
             parts.append(y[:, self.pad_mask])
         return torch.cat(parts, dim=1)[:, self.inverse]
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One generator forward pass: raw outputs (for the condition loss), activated rows, conditions."""
+
+    raw: torch.Tensor
+    rows: torch.Tensor
+    cond: CondBatch
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
 
 
 class _Residual(nn.Module):
@@ -158,8 +184,7 @@ class Discriminator(nn.Module):
             x = F.leaky_relu(layer(x), self.slope)
             if self.training and self.dropout > 0:
                 # A row's mask touches only that row: per-sample gradients stay exact.
-                mask = torch.rand(x.shape, generator=generator) < keep
-                x = x * mask / keep
+                x = x * keep_mask(tuple(x.shape), keep, generator=generator) / keep
         return self.out(x).squeeze(1)
 
 
@@ -205,33 +230,35 @@ class CTGAN(GenerativeModel):
         z = torch.randn(len(cond), self.config.embedding_dim, generator=generator)
         return self.generator_(torch.cat([z, cond.vector], dim=1))
 
-    def private_losses(
-        self, real: torch.Tensor, real_cond: CondBatch, fake_cond: CondBatch, *, generator: torch.Generator
-    ) -> torch.Tensor:
-        """softplus(-D(real_i)) for each real row, softplus(D(fake_j)) for each fake row.
+    def generate(self, cond: CondBatch, *, generator: torch.Generator) -> Generated:
+        raw = self._raw(cond, generator)
+        rows = self.layout_.activate(raw, tau=self.config.tau, generator=generator, hard=False)
+        return Generated(raw=raw, rows=rows, cond=cond)
 
-        Fake rows are generated without gradient (the generator is not trained here) and from conditions
-        that do not depend on the site's data. One forward pass over [real; fake] (ghost clipping
-        forbids two passes before a backward).
+    def private_losses(
+        self, real: torch.Tensor, real_cond: CondBatch, generated: Generated, *, generator: torch.Generator
+    ) -> torch.Tensor:
+        """softplus(-D(real_i)) for each real row, softplus(D(fake_j)) for each generated row.
+
+        Generated rows are detached (the generator is not trained here); their conditions never come from
+        the site's rows under DP (the trainer's job). One forward pass over [real; fake]: ghost clipping
+        forbids two passes before a backward.
         """
-        with torch.no_grad():
-            fake = self.layout_.activate(self._raw(fake_cond, generator), tau=self.config.tau,
-                                         generator=generator, hard=False)
-        x = torch.cat([torch.cat([real, real_cond.vector], dim=1), torch.cat([fake, fake_cond.vector], dim=1)])
+        fake = torch.cat([generated.rows.detach(), generated.cond.vector], dim=1)
+        x = torch.cat([torch.cat([real, real_cond.vector], dim=1), fake])
         logits = self.discriminator_(x, generator=generator)
         sign = torch.ones_like(logits)
         sign[: real.shape[0]] = -1.0
         return F.softplus(sign * logits)
 
-    def public_loss(self, cond: CondBatch, *, generator: torch.Generator) -> torch.Tensor:
+    def public_loss(self, generated: Generated, *, generator: torch.Generator) -> torch.Tensor:
         """Non-saturating generator loss + CTGAN's cross-entropy between the conditioned span's logits
         and the conditioned category (the generator must honour its condition)."""
-        raw = self._raw(cond, generator)
-        fake = self.layout_.activate(raw, tau=self.config.tau, generator=generator, hard=False)
-        logits = self.discriminator_(torch.cat([fake, cond.vector], dim=1), generator=generator)
+        cond = generated.cond
+        logits = self.discriminator_(torch.cat([generated.rows, cond.vector], dim=1), generator=generator)
         loss = F.softplus(-logits).mean()
         if self.conditions_.n_columns:
-            span_logits = self.layout_.span_logits(raw, self._cond_span[cond.column])
+            span_logits = self.layout_.span_logits(generated.raw, self._cond_span[cond.column])
             loss = loss + self.config.cond_loss_weight * F.cross_entropy(span_logits, cond.category)
         return loss
 

@@ -1,0 +1,156 @@
+"""DP-SGD for the one network that reads real rows, through Opacus (per-record clipping + Gaussian noise).
+
+The noise multiplier is calibrated elsewhere (the privacy ledger, from the target budget, the sample
+rate and the number of steps); this module only applies it. What it guarantees per step, for the
+accountant's (Poisson-subsampled Gaussian) assumption to hold:
+
+* the real rows of a step are a Poisson sample of the site's rows with rate ``sample_rate``
+  (``poisson_sample``, drawn from the trainer's seeded generator);
+* every row's gradient is clipped to ``max_grad_norm`` and N(0, (noise_multiplier * max_grad_norm)^2)
+  noise is added to the sum, which is then divided by the *expected* batch size (fixed, so the
+  noise scale does not depend on how many rows the Poisson draw happened to pick).
+
+Fake rows. The discriminator's batch also holds a *fixed* number of generated rows. They go through the
+same clipped path as real rows (each is its own "sample"): they depend only on the generator, on
+condition frequencies already released under DP and on the seed, never on the site's rows, so adding
+or removing one record still changes the clipped sum by at most ``max_grad_norm``. Their count must not
+follow the Poisson batch size (it would then depend on the data). We prefer this to a separate,
+unclipped gradient for the fake rows because it is one forward/backward (one Opacus step, exact
+per-sample norms) and it clips real and fake terms alike, so clipping does not tilt the discriminator
+towards one side of the loss.
+
+Modes: ``"ghost"`` (default) uses Opacus' ghost clipping: per-row gradient norms of ``nn.Linear`` layers
+from ``|activation| * |backprop|`` (exact for 2-D inputs), then a second backward of the
+clip-weighted loss; no per-sample gradients are materialised. ``"hooks"`` materialises per-sample
+gradients (exact too, but ~100 MB per step for CTGAN's discriminator at batch 500). See
+``benchmarks/bench_dp_step.py`` for the timings.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from opacus import GradSampleModule
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+from torch import nn
+
+from fedtab.errors import ConfigError
+
+GRAD_SAMPLE_MODES = ("ghost", "hooks")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPSGDConfig:
+    """Per-site DP-SGD parameters. ``noise_multiplier`` comes from the ledger's calibration."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    grad_sample_mode: str = "ghost"
+    secure_mode: bool = False
+
+    def __post_init__(self):
+        checks = [
+            ("noise_multiplier", self.noise_multiplier, self.noise_multiplier >= 0, "a float in [0, inf)"),
+            ("max_grad_norm", self.max_grad_norm, self.max_grad_norm > 0, "a float in (0, inf)"),
+            ("sample_rate", self.sample_rate, 0 < self.sample_rate <= 1, "a float in (0, 1]"),
+            ("grad_sample_mode", self.grad_sample_mode, self.grad_sample_mode in GRAD_SAMPLE_MODES,
+             f"one of {list(GRAD_SAMPLE_MODES)}"),
+        ]
+        for name, value, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"The '{name}' parameter of DPSGDConfig must be {expected}. Got {value!r} instead.")
+
+
+def poisson_sample(n_rows: int, *, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Indices of a Poisson sample: each of ``n_rows`` rows is in independently with prob. ``sample_rate``."""
+    keep = torch.rand(n_rows, generator=generator, dtype=torch.float64) < sample_rate
+    return torch.nonzero(keep).squeeze(1)
+
+
+class PrivateNetwork:
+    """A network trained by DP-SGD. Opacus' hooks are attached to ``module`` itself (not a copy), so the
+    model keeps calling its own network and its parameter names keep no ``_module.`` prefix.
+
+    ``optimizer`` is the plain optimizer over ``module``'s parameters; it is wrapped here.
+    ``expected_batch_size`` is the expected number of rows per step: ``sample_rate * n_rows`` real
+    rows plus the fixed number of fake rows.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        config: DPSGDConfig,
+        expected_batch_size: float,
+        noise_generator: torch.Generator | None,
+    ):
+        if expected_batch_size <= 0:
+            raise ConfigError(f"The expected batch size of a DP-SGD step must be positive. Got "
+                              f"{expected_batch_size!r} instead.")
+        self.module, self.config = module, config
+        common = dict(
+            noise_multiplier=config.noise_multiplier,
+            max_grad_norm=config.max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
+            generator=noise_generator,
+            secure_mode=config.secure_mode,
+        )
+        if config.grad_sample_mode == "ghost":
+            self.hooks = GradSampleModuleFastGradientClipping(
+                module, loss_reduction="mean", max_grad_norm=config.max_grad_norm, use_ghost_clipping=True
+            )
+            self.optimizer = DPOptimizerFastGradientClipping(optimizer, **common)
+        else:
+            self.hooks = GradSampleModule(module, loss_reduction="mean")
+            self.optimizer = DPOptimizer(optimizer, **common)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, row_losses: torch.Tensor) -> None:
+        """Backward of per-row losses (one forward pass produced them): fills the clipped sum."""
+        with warnings.catch_warnings():
+            # Opacus' hooks sit on the first Linear, whose input (the data) needs no gradient; torch then
+            # warns that the hook sees output gradients only, which is all Opacus reads. Harmless.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+            if self.config.grad_sample_mode == "ghost":
+                DPTensorFastGradientClipping(self.hooks, self.optimizer, row_losses, "mean").backward()
+            else:
+                row_losses.mean().backward()
+
+    def step(self) -> None:
+        """Clip (hooks mode), add noise, divide by the expected batch size, update."""
+        self.optimizer.step()
+
+    def per_sample_norms(self) -> torch.Tensor:
+        """Unclipped per-row gradient norms of the last backward (ghost mode; for tests and debugging
+        only: they are not private)."""
+        return self.hooks.per_sample_gradient_norms
+
+    @contextmanager
+    def public_phase(self) -> Iterator[None]:
+        """For the generator's step: the network is used, not trained. Hooks off (no activations,
+        norms or per-sample gradients are recorded) and parameters frozen (no ``.grad`` either)."""
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.hooks.disable_hooks()
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+            self.hooks.enable_hooks()
+
+    def close(self) -> None:
+        """Detach Opacus' hooks from the module (the module stays usable as a plain network)."""
+        self.hooks.remove_hooks()
