@@ -102,7 +102,8 @@ def _csv_chunks(path: Path, names: list[str]) -> Iterator[pd.DataFrame]:
         reader = pacsv.open_csv(
             pa.input_stream(str(path), compression="detect"),
             read_options=pacsv.ReadOptions(use_threads=False, block_size=BLOCK_SIZE, skip_rows=1, column_names=keys),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=on_bad_row),
+            # A blank line is an empty value in a one-column table, and skipped otherwise.
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_bad_row, ignore_empty_lines=len(names) > 1),
             convert_options=pacsv.ConvertOptions(
                 column_types={k: pa.string() for k in keys},
                 strings_can_be_null=False, quoted_strings_can_be_null=False),
