@@ -69,11 +69,11 @@ def _num(v) -> float | None:
 
 def quality_report(real: pd.DataFrame, synthetic: pd.DataFrame, kinds: Kinds):
     """Run sdmetrics' QualityReport on plain frames; returns (overall, shapes, pairs, column scores, pair scores)."""
-    from sdmetrics.reports.single_table import QualityReport
-
-    report = QualityReport()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # sdmetrics announces the single-table report's future move
+        from sdmetrics.reports.single_table import QualityReport
+
+        report = QualityReport()
         report.generate(real[kinds.columns], synthetic[kinds.columns], sdv_metadata(kinds), verbose=False)
     props = report.get_properties().set_index("Property")["Score"]
     shapes = report.get_details("Column Shapes")

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from evaluation._tables import kinds_of, to_plain
 from evaluation.disclosure import DisclosureOptions, DisclosureResult, evaluate_disclosure
@@ -34,6 +35,10 @@ class EvaluationOptions:
     marginal_bins: int = 10
     marginal_max_levels: int = 20
     min_cell: int = 5
+    # Threads for the gradient boosting and BLAS. One by default: OpenMP workers that share busy cores
+    # spin and can run ten times slower (measured: 3 fits on 600 rows, 10.7 s vs 0.97 s on 2 busy cores).
+    # Raise it on a dedicated machine; None lets the libraries use every core.
+    n_threads: int | None = 1
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,11 @@ def evaluate_site(
     figures. Raises ``DataValidationError`` listing every problem with the inputs.
     """
     _check_inputs({"real_train": real_train, "real_holdout": real_holdout, "synthetic": synthetic}, schema, target)
+    with threadpool_limits(limits=options.n_threads):
+        return _evaluate(real_train, real_holdout, synthetic, schema, target=target, seed=seed, options=options)
+
+
+def _evaluate(real_train, real_holdout, synthetic, schema, *, target, seed, options) -> SiteEvaluation:
     kinds = kinds_of(schema)
     train, holdout, synth = (to_plain(df, schema) for df in (real_train, real_holdout, synthetic))
     timings = []

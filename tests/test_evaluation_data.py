@@ -88,3 +88,23 @@ def test_heart_splits_are_disjoint_and_cover_all_rows():
     tr, ho, ot = heart_splits()
     assert len(tr) + len(ho) + len(ot) == 920
     assert len(tr) == 460 and len(ho) == 230
+
+
+# -- shared, cached evaluations (each costs a few seconds; computed once per test session) ----------
+@lru_cache(maxsize=1)
+def independent_evaluation():
+    """'Synthetic' rows that are real rows never trained on: a different split of the same population."""
+    from evaluation import evaluate_site
+
+    train, holdout, other = heart_splits()
+    return evaluate_site(train, holdout, other, HEART_SCHEMA, target="disease", seed=0)
+
+
+@lru_cache(maxsize=1)
+def copying_evaluation():
+    """A 'synthesizer' that returns a sample of its own training rows."""
+    from evaluation import evaluate_site
+
+    train, holdout, _ = heart_splits()
+    copies = train.sample(230, random_state=1).reset_index(drop=True)
+    return evaluate_site(train, holdout, copies, HEART_SCHEMA, target="disease", seed=0)

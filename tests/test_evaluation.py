@@ -1,0 +1,143 @@
+"""Evaluation figures on real data (UCI heart disease): what they say about sound and copying synthesizers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evaluation import combine, evaluate_site
+from evaluation._tables import kinds_of, to_plain
+from evaluation.utility import evaluate_utility
+from fedtab.errors import ConfigError, DataValidationError
+from tests.test_evaluation_data import (
+    HEART_SCHEMA, copying_evaluation, heart_splits, heart_table, independent_evaluation,
+)
+
+
+def test_independent_sample_scores_as_indistinguishable_and_private():
+    f = independent_evaluation().figures()
+    assert f["fidelity.quality"] > 0.8
+    assert f["fidelity.detection_auc"] < 0.65
+    assert 0.4 <= f["disclosure.dcr_share"] <= 0.6
+    assert f["disclosure.exact_copy_rate"] == 0.0
+    assert f["disclosure.mia_auc"] < 0.6
+    assert f["disclosure.nndr_median"] > 0.5
+    for risk in ("singling_out", "linkability", "inference"):
+        assert f[f"disclosure.{risk}_risk"] < 0.15, risk
+    # Real rows from the same population are as useful as the training rows.
+    assert f["utility.synthetic_score"] > 0.8 and f["utility.ratio"] > 0.8
+
+
+def test_copied_training_rows_are_flagged_by_every_disclosure_figure():
+    f = copying_evaluation().figures()
+    assert f["disclosure.exact_copy_rate"] == 1.0
+    assert f["disclosure.natural_copy_rate"] == 0.0
+    assert f["disclosure.nndr_median"] == 0.0
+    assert f["disclosure.dcr_share"] > 0.65
+    assert f["disclosure.mia_auc"] > 0.65  # half the members were copied
+    assert f["disclosure.singling_out_risk"] > 0.15 or f["disclosure.linkability_risk"] > 0.15
+
+
+def _leaves(obj, path=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _leaves(v, f"{path}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        yield path, obj
+        for i, v in enumerate(obj):
+            yield from _leaves(v, f"{path}[{i}]")
+
+
+def test_site_result_holds_aggregates_only():
+    ev = independent_evaluation()
+    d = ev.to_dict()
+    json.dumps(d)  # plain JSON, nothing else
+    # No per-row array anywhere: every sequence is far shorter than the tables.
+    longest = max(len(seq) for _, seq in _leaves(d))
+    assert longest < min(ev.n_synthetic, ev.n_holdout) / 2
+    train, _, _ = heart_splits()
+    marg = {m.column: m for m in ev.marginals}
+    # Numerical bins never show a real row's extreme value (percentile or declared-bound edges).
+    chol = train["chol"].dropna()
+    labels = " ".join(marg["chol"].labels)
+    assert f"{chol.min():.3g}" not in labels.split("-") and f"{chol.max():.3g}" not in labels.split("-")
+    assert marg["age"].labels[0].startswith("0-")  # declared bounds 0..100 are the edges
+    # Categorical levels held by fewer than 5 training rows are pooled, not named.
+    counts = train["restecg"].value_counts()
+    for level, n in counts.items():
+        assert (level in marg["restecg"].labels) == (n >= 5)
+    # Frequencies sum to the non-missing share (minus suppressed small cells).
+    m = marg["cp"]
+    assert sum(m.real) == pytest.approx(1 - m.real_missing, abs=1e-3)
+
+
+def test_timings_cover_every_component():
+    names = dict(independent_evaluation().timings)
+    assert set(names) == {"fidelity.quality_report", "fidelity.detection", "utility",
+                          "disclosure.distances_mia", "disclosure.anonymeter", "marginals"}
+    assert all(v >= 0 for v in names.values())
+
+
+def test_utility_regression_and_multiclass_targets():
+    train, holdout, other = heart_splits()
+    kinds = kinds_of(HEART_SCHEMA)
+    tr, ho, ot = (to_plain(df, HEART_SCHEMA) for df in (train, holdout, other))
+    reg = evaluate_utility(tr, ho, ot, kinds, "thalach", seed=0)
+    assert reg.task == "regression" and reg.metric == "r2"
+    assert 0.0 < reg.real_score < 1.0 and reg.synthetic_score > 0.0
+    multi = evaluate_utility(tr, ho, ot, kinds, "cp", seed=0)
+    assert multi.task == "multiclass" and multi.metric == "roc_auc_ovr_macro"
+    assert 0.55 < multi.real_score < 1.0
+    # A synthetic table with one class only is no better than a constant guess.
+    one_class = ot.assign(disease="True")
+    assert evaluate_utility(tr, ho, one_class, kinds, "disease", seed=0).synthetic_score == 0.5
+
+
+def test_evaluate_site_reports_every_input_problem_at_once():
+    train, holdout, other = heart_splits()
+    with pytest.raises(DataValidationError) as e:
+        evaluate_site(train.drop(columns=["age"]), holdout.iloc[:1], other, HEART_SCHEMA, target="nope")
+    text = str(e.value)
+    assert "['age']" in text and "1 row(s)" in text and "'nope'" in text
+    assert len(e.value.problems) == 3
+
+
+def test_combine_is_a_row_weighted_mean_and_keeps_sites():
+    a, b = independent_evaluation(), copying_evaluation()
+    ev = combine({"a": a, "b": b}, {"a": 300, "b": 100})
+    for name, va in a.figures().items():
+        vb = b.figures()[name]
+        if va is None or vb is None:
+            continue
+        assert ev.figures[name] == pytest.approx((3 * va + vb) / 4), name
+    assert ev.sites["b"] is b
+    assert ev.worst("disclosure.mia_auc") == ("b", b.disclosure.mia_auc)
+    # A site without a figure does not count for that figure.
+    no_util = replace(b, utility=None)
+    ev2 = combine({"a": a, "b": no_util}, {"a": 1, "b": 99})
+    assert ev2.figures["utility.synthetic_score"] == pytest.approx(a.utility.synthetic_score)
+    with pytest.raises(ConfigError, match=r"\['b'\]"):
+        combine({"a": a, "b": b}, {"a": 1})
+
+
+def test_typed_tables_with_datetime_and_id_columns():
+    from fedtab.schema import ColumnSpec, TableSchema
+
+    df = heart_table().iloc[:300]
+    schema = TableSchema(columns=(
+        ColumnSpec("patient", "id"), ColumnSpec("age", "numerical", "int"),
+        ColumnSpec("seen", "datetime"), ColumnSpec("cp", "categorical"), ColumnSpec("sex", "boolean"),
+    ))
+    rng = np.random.default_rng(0)
+    typed = pd.DataFrame({
+        "patient": [f"p{i}" for i in range(len(df))], "age": df["age"].to_numpy(),
+        "seen": pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 900, len(df)), unit="D"),
+        "cp": df["cp"].to_numpy(), "sex": df["sex"].to_numpy(),
+    })
+    plain = to_plain(typed, schema)
+    assert list(plain.columns) == ["age", "seen", "cp", "sex"]  # the id column never takes part
+    assert plain["seen"].dtype == np.float64 and plain["sex"].dropna().isin(["True", "False"]).all()
