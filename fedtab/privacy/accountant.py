@@ -5,7 +5,7 @@ Every DP release in fedtab is a (possibly Poisson-subsampled) Gaussian mechanism
 release over the whole table) and ``steps``. We never compose by hand: the events go into
 ``opacus.accountants.RDPAccountant`` and the epsilon comes back from it.
 
-The RDP orders are Opacus' defaults extended up to 4096: at small budgets (epsilon ~ 0.1, the
+The RDP orders are Opacus' defaults extended up to 2048: at small budgets (epsilon ~ 0.1, the
 preprocessing budget) the optimal order is in the hundreds and the defaults (max 63) would
 overstate epsilon several times over.
 """
@@ -21,7 +21,7 @@ from opacus.accountants import RDPAccountant
 from fedtab.errors import ConfigError, PrivacyBudgetError
 
 RDP_ORDERS: tuple[float, ...] = tuple(RDPAccountant.DEFAULT_ALPHAS) + (
-    80, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 1536, 2048, 3072, 4096,
+    80, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 1536, 2048,
 )
 ACCOUNTANTS = ("rdp",)
 

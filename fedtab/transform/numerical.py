@@ -1,8 +1,9 @@
 """Mode-specific normalisation (CTGAN) fitted from a merged histogram, never from rows.
 
-A variational Gaussian mixture (scikit-learn's ``BayesianGaussianMixture`` with a Dirichlet-process
-prior, as CTGAN) is fitted on points drawn deterministically from the merged histogram by its
-inverse CDF (linear inside each cell), so the fit costs the same for 900 rows or 9 million.
+A Gaussian mixture with a sparse Dirichlet prior on its weights (MAP EM, see :func:`fit_mixture`;
+CTGAN uses scikit-learn's variational ``BayesianGaussianMixture``, which on 4,000 points took ~2 s
+per column here, against milliseconds for EM over <= 200 weighted cells) is fitted to the merged
+histogram, so the fit costs the same for 900 rows or 9 million.
 Encoding of a value x: its mode k (the most probable component, or one drawn from the posterior
 when an ``rng`` is given, as CTGAN does for training) as a one-hot span, and
 ``(x - mean_k) / (4 std_k)`` clipped to [-1, 1] as a tanh span; nullable columns with missing
@@ -11,18 +12,14 @@ values get a 2-way missing indicator span ([present, missing]).
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import BayesianGaussianMixture
 
 from fedtab.errors import check_is_fitted
 from fedtab.schema import ColumnSpec
 from fedtab.transform.spans import SpanInfo
 
-N_FIT_POINTS = 4000
 STD_MULTIPLIER = 4.0
 MISSING_SIGNIFICANCE_SIGMAS = 2.0
 
@@ -37,24 +34,57 @@ def histogram_points(edges: np.ndarray, counts: np.ndarray, n: int) -> np.ndarra
     return np.interp((np.arange(n) + 0.5) / n, cdf, edges)
 
 
-def fit_mixture(points: np.ndarray, *, max_modes: int, weight_threshold: float, seed: int):
-    """(means, stds, weights) of the kept components of a variational mixture on 1-D ``points``."""
-    n_modes = max(1, min(max_modes, len(np.unique(points))))
-    bgm = BayesianGaussianMixture(
-        n_components=n_modes, weight_concentration_prior_type="dirichlet_process",
-        weight_concentration_prior=0.001, max_iter=100, n_init=1, random_state=seed,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        bgm.fit(points.reshape(-1, 1))
-    keep = bgm.weights_ > weight_threshold
-    if not keep.any():
-        keep = bgm.weights_ == bgm.weights_.max()
-    means = bgm.means_[keep, 0]
-    stds = np.sqrt(bgm.covariances_[keep].reshape(-1))
-    weights = bgm.weights_[keep] / bgm.weights_[keep].sum()
-    order = np.argsort(means)
-    return means[order], stds[order], weights[order]
+def fit_mixture(edges, counts, *, max_modes: int, weight_threshold: float, n_iter: int = 300,
+                weight_prior: float = 1e-3, tol: float = 1e-7):
+    """(means, stds, weights) of a Gaussian mixture fitted to a histogram (pure; deterministic).
+
+    Weighted EM over the cells, each cell treated as uniform (its within-cell variance width^2/12
+    is added: Sheppard's correction), with a sparse Dirichlet(``weight_prior``) prior on the weights
+    (MAP): components that explain less than about one record die, and at the end those under
+    ``weight_threshold`` are dropped, as CTGAN drops Bayesian-mixture modes under 0.005. Cost is
+    O(cells x modes x iterations), independent of the number of rows.
+    """
+    edges = np.asarray(edges, dtype=np.float64)
+    counts = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
+    if counts.sum() <= 0:
+        counts = np.ones_like(counts)
+    centres, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    keep = counts > 0
+    c, within, total = centres[keep], widths[keep] ** 2 / 12.0, counts.sum()
+    p = counts[keep] / total
+    k = max(1, min(max_modes, int(keep.sum())))
+    cdf = np.concatenate([[0.0], np.cumsum(counts) / total])
+    means = np.interp((np.arange(k) + 0.5) / k, cdf, edges)
+    var_floor = (0.1 * widths.min()) ** 2
+    variances = np.full(k, max(((edges[-1] - edges[0]) / (2 * k)) ** 2, var_floor))
+    weights = np.full(k, 1.0 / k)
+    last = -np.inf
+    for _ in range(n_iter):
+        ll = np.log(weights)[None, :] - 0.5 * np.log(variances)[None, :] \
+            - 0.5 * ((c[:, None] - means[None, :]) ** 2 + within[:, None]) / variances[None, :]
+        top = ll.max(axis=1, keepdims=True)
+        resp = np.exp(ll - top)
+        norm = resp.sum(axis=1, keepdims=True)
+        loglik = float(np.sum(p * (np.log(norm[:, 0]) + top[:, 0])))
+        rw = resp / norm * p[:, None]
+        nk = rw.sum(axis=0)
+        alive = nk * total + weight_prior - 1 > 0
+        if not alive.any():
+            alive = nk == nk.max()
+        rw, nk = rw[:, alive], nk[alive]
+        means = (rw * c[:, None]).sum(axis=0) / nk
+        variances = np.maximum((rw * ((c[:, None] - means) ** 2 + within[:, None])).sum(axis=0) / nk, var_floor)
+        weights = np.maximum(nk * total + weight_prior - 1, 1e-12)
+        weights /= weights.sum()
+        if abs(loglik - last) < tol:
+            break
+        last = loglik
+    big = weights > weight_threshold
+    if not big.any():
+        big = weights == weights.max()
+    order = np.argsort(means[big])
+    w = weights[big] / weights[big].sum()
+    return means[big][order], np.sqrt(variances[big])[order], w[order]
 
 
 def mode_log_likelihood(x: np.ndarray, means, stds, weights) -> np.ndarray:
@@ -66,11 +96,10 @@ def mode_log_likelihood(x: np.ndarray, means, stds, weights) -> np.ndarray:
 class NumericalColumnTransformer:
     """One numerical or datetime column. ``fit_from_histogram`` returns self; learned attrs end in ``_``."""
 
-    def __init__(self, spec: ColumnSpec, *, max_modes: int = 10, weight_threshold: float = 0.005, seed: int = 0):
+    def __init__(self, spec: ColumnSpec, *, max_modes: int = 10, weight_threshold: float = 0.005):
         self.spec = spec
         self.max_modes = max_modes
         self.weight_threshold = weight_threshold
-        self.seed = seed
 
     def fit_from_histogram(self, edges, counts, *, lower: float, upper: float, missing: float = 0.0,
                            noise_sd: float = 0.0):
@@ -78,11 +107,8 @@ class NumericalColumnTransformer:
         merged ``missing`` count; ``noise_sd`` (0 without DP) is the noise of those counts."""
         edges = np.asarray(edges, dtype=np.float64)
         counts = np.asarray(counts, dtype=np.float64)
-        points = histogram_points(edges, counts, N_FIT_POINTS)
         self.means_, self.stds_, self.weights_ = fit_mixture(
-            points, max_modes=self.max_modes, weight_threshold=self.weight_threshold, seed=self.seed)
-        # A mode narrower than a tenth of a cell only reflects where we put the fit points.
-        self.stds_ = np.maximum(self.stds_, 0.1 * float(np.min(np.diff(edges))))
+            edges, counts, max_modes=self.max_modes, weight_threshold=self.weight_threshold)
         self.lower_, self.upper_ = float(lower), float(upper)
         total = float(counts.sum() + missing)
         self.missing_share_ = missing / total if total > 0 else 0.0
@@ -139,15 +165,14 @@ class NumericalColumnTransformer:
     def to_dict(self) -> dict[str, Any]:
         check_is_fitted(self, "means_")
         return {"kind": "numerical", "column": self.spec.name, "max_modes": self.max_modes,
-                "weight_threshold": self.weight_threshold, "seed": self.seed,
+                "weight_threshold": self.weight_threshold,
                 "means": self.means_, "stds": self.stds_, "weights": self.weights_,
                 "lower": self.lower_, "upper": self.upper_, "missing_share": self.missing_share_,
                 "has_missing": int(self.has_missing_)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], spec: ColumnSpec) -> "NumericalColumnTransformer":
-        self = cls(spec, max_modes=int(data["max_modes"]), weight_threshold=float(data["weight_threshold"]),
-                   seed=int(data["seed"]))
+        self = cls(spec, max_modes=int(data["max_modes"]), weight_threshold=float(data["weight_threshold"]))
         self.means_ = np.asarray(data["means"], dtype=np.float64)
         self.stds_ = np.asarray(data["stds"], dtype=np.float64)
         self.weights_ = np.asarray(data["weights"], dtype=np.float64)

@@ -54,11 +54,10 @@ class TableTransformer:
             raise ConfigError(f"fit_from_statistics needs the merged '{PHASE_HISTOGRAM}' statistics, "
                               f"got phase {merged.get(KEY_PHASE)!r}.")
         columns = []
-        for i, spec in enumerate(plan.columns):
+        for spec in plan.columns:
             k = lambda f: merged[wire_key(spec.name, f)]  # noqa: E731
             if _is_numeric(spec):
-                col = NumericalColumnTransformer(spec, max_modes=plan.max_modes, weight_threshold=plan.weight_threshold,
-                                                 seed=plan.seed + i)
+                col = NumericalColumnTransformer(spec, max_modes=plan.max_modes, weight_threshold=plan.weight_threshold)
                 col.fit_from_histogram(k(F_EDGES), k(F_COUNTS), lower=k(F_LOWER), upper=k(F_UPPER),
                                        missing=k(F_MISSING), noise_sd=k(F_NOISE_SD))
             else:

@@ -1,0 +1,134 @@
+"""Column transformers and the table contract on small frames: modes, spans, missing values, serialisation."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedtab.errors import NotFittedError, SchemaError
+from fedtab.privacy import PrivacyLedger
+from fedtab.schema import ColumnSpec, TableSchema
+from fedtab.transform import (
+    PHASE_DOMAIN, PHASE_HISTOGRAM, EncodingPlan, TableTransformer, fit_federated, merge_statistics, phase_request,
+    site_statistics, span_offsets,
+)
+from fedtab.transform.numerical import NumericalColumnTransformer, histogram_points
+
+SCHEMA = TableSchema(columns=(
+    ColumnSpec("pid", "id"),
+    ColumnSpec("dose", "numerical", "float", precision=2),
+    ColumnSpec("visits", "numerical", "int", nullable=True),
+    ColumnSpec("ward", "categorical"),
+    ColumnSpec("smoker", "boolean"),
+    ColumnSpec("admitted", "datetime", datetime_format="%Y-%m-%d"),
+))
+
+
+def _frames(seed=0):
+    rng = np.random.default_rng(seed)
+    frames = {}
+    for i, n in enumerate((300, 200)):
+        visits = pd.array(rng.poisson(3 + 5 * i, n), dtype="Int64")
+        visits[rng.random(n) < 0.1] = pd.NA
+        frames[f"s{i}"] = pd.DataFrame({
+            "pid": [f"p{i}-{j}" for j in range(n)],
+            "dose": np.round(np.where(rng.random(n) < 0.5, rng.normal(-5, 1, n), rng.normal(10, 2, n)), 2),
+            "visits": visits,
+            "ward": rng.choice(["a", "b", "c" if i else "a"], n).astype(object),
+            "smoker": pd.array(rng.random(n) < 0.3, dtype="boolean"),
+            "admitted": pd.to_datetime("2020-01-01") + pd.to_timedelta(rng.integers(0, 365, n), unit="D"),
+        })
+    return frames
+
+
+def test_histogram_points_follow_the_histogram():
+    pts = histogram_points(np.array([0.0, 1.0, 2.0]), np.array([3.0, 1.0]), 400)
+    assert np.mean(pts < 1.0) == pytest.approx(0.75, abs=0.01) and pts.min() >= 0 and pts.max() <= 2
+
+
+def test_mixture_from_a_histogram_keeps_each_bump_s_mass_and_place():
+    edges = np.linspace(-10, 20, 301)
+    centres = (edges[:-1] + edges[1:]) / 2
+    counts = 1000 * np.exp(-0.5 * (centres + 5) ** 2) + 1000 * np.exp(-0.5 * ((centres - 10) / 2) ** 2)
+    col = NumericalColumnTransformer(ColumnSpec("x", "numerical", "float")).fit_from_histogram(
+        edges, counts, lower=-10, upper=20)
+    left = col.means_ < 2.5  # the bumps hold 1/3 and 2/3 of the mass (widths 1 and 2)
+    assert col.weights_[left].sum() == pytest.approx(1 / 3, abs=0.01)
+    assert np.average(col.means_[left], weights=col.weights_[left]) == pytest.approx(-5, abs=0.05)
+    assert np.average(col.means_[~left], weights=col.weights_[~left]) == pytest.approx(10, abs=0.05)
+    assert len(col.means_) <= 10
+
+
+def test_round_trip_types_order_and_missing_values():
+    frames = _frames()
+    tt = fit_federated(frames, SCHEMA)
+    full = pd.concat(frames.values(), ignore_index=True)
+    x = tt.transform(full)
+    back = tt.inverse_transform(x)
+    assert x.dtype == np.float32 and x.shape == (len(full), tt.output_dim)
+    assert list(back.columns) == ["dose", "visits", "ward", "smoker", "admitted"]  # id dropped, schema order
+    assert [str(t) for t in back.dtypes] == ["float64", "Int64", "object", "boolean", "datetime64[ns]"]
+    pd.testing.assert_series_equal(back["visits"], full["visits"], check_names=False)
+    pd.testing.assert_series_equal(back["admitted"], full["admitted"])
+    assert (back["ward"] == full["ward"]).all() and (back["smoker"] == full["smoker"]).all()
+    assert np.abs(back["dose"] - full["dose"]).max() < 0.011
+    roles = [(s.column, s.role) for s in tt.spans]
+    assert ("visits", "missing") in roles and ("dose", "missing") not in roles
+
+
+def test_spans_and_condition_spans_describe_the_matrix():
+    tt = fit_federated(_frames(), SCHEMA)
+    x = tt.transform(pd.concat(_frames().values(), ignore_index=True))
+    offsets = span_offsets(tt.spans)
+    for span, off in zip(tt.spans, offsets):
+        block = x[:, off:off + span.dim]
+        if span.activation == "softmax":
+            assert np.all(block.sum(axis=1) == 1.0)
+        else:
+            assert np.all(np.abs(block) <= 1.0)
+    conds = {c.column: c for c in tt.condition_spans}
+    assert set(conds) == {"ward", "smoker"}
+    ward = conds["ward"]
+    assert np.allclose(x[:, ward.offset:ward.offset + ward.dim].mean(axis=0), ward.frequencies)
+    assert ward.frequencies.sum() == pytest.approx(1.0)
+
+
+def test_serialisation_is_json_plus_arrays():
+    tt = fit_federated(_frames(), SCHEMA)
+    d = tt.to_dict()
+    config = json.loads(json.dumps(d["config"], allow_nan=False))
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float64 for v in d["arrays"].values())
+    again = TableTransformer.from_dict({"config": config, "arrays": {k: v.copy() for k, v in d["arrays"].items()}})
+    df = pd.concat(_frames(1).values(), ignore_index=True)
+    assert np.array_equal(again.transform(df), tt.transform(df))
+    assert again.spans == tt.spans
+
+
+def test_phase_messages_are_flat_and_transportable():
+    plan = EncodingPlan(SCHEMA)
+    frames = _frames()
+    merged = None
+    for phase in plan.phases():
+        req = phase_request(plan, phase, merged)
+        stats = [site_statistics(df, plan, phase, req, ledger=PrivacyLedger(s, epsilon_budget=None),
+                                 rng=np.random.default_rng(0)) for s, df in frames.items()]
+        for msg in [req, *stats]:
+            for key, value in msg.items():
+                assert isinstance(key, str)
+                ok = isinstance(value, (np.ndarray, float, int, str)) or (
+                    isinstance(value, list) and all(isinstance(v, str) for v in value))
+                assert ok, (key, type(value))
+        merged = merge_statistics(plan, phase, stats)
+    assert plan.phases() == (PHASE_DOMAIN, PHASE_HISTOGRAM)
+    assert "pid/counts" not in merged  # id columns never leave the site
+
+
+def test_unfitted_and_unknown_values_fail_clearly():
+    with pytest.raises(NotFittedError):
+        TableTransformer().transform(pd.DataFrame())
+    tt = fit_federated(_frames(), SCHEMA)
+    bad = pd.concat(_frames().values(), ignore_index=True)
+    bad.loc[0, "ward"] = "zzz"
+    with pytest.raises(SchemaError, match="'ward'.*'zzz'"):
+        tt.transform(bad)
