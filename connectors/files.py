@@ -165,6 +165,15 @@ def _locate_bad_utf8(path: Path) -> str:
 
 
 # -- Parquet -------------------------------------------------------------------------------------
+def _nullable(t: pa.DataType):
+    """Integers and booleans with nulls stay exact (Int64/boolean), not float64 with NaN."""
+    if pa.types.is_integer(t):
+        return pd.Int64Dtype()
+    if pa.types.is_boolean(t):
+        return pd.BooleanDtype()
+    return None
+
+
 def _parquet_open(path: Path) -> tuple[list[str], Iterator[pd.DataFrame]]:
     try:
         pf = pq.ParquetFile(path)
@@ -180,7 +189,7 @@ def _parquet_open(path: Path) -> tuple[list[str], Iterator[pd.DataFrame]]:
     def chunks() -> Iterator[pd.DataFrame]:
         try:
             for batch in pf.iter_batches(batch_size=PARQUET_BATCH):
-                yield batch.to_pandas()
+                yield batch.to_pandas(types_mapper=_nullable)
         except (pa.ArrowException, OSError) as e:
             raise SourceError(f"{path}: cannot read the Parquet data ({e}).") from None
 

@@ -44,7 +44,7 @@ def _engine(url: str, *, must_exist: bool) -> Engine:
         if db and db != ":memory:" and not Path(db).is_file():
             raise SourceError(f"{redact(url)}: no such SQLite database file {db!r}.")
     try:
-        return sa.create_engine(parsed)
+        engine = sa.create_engine(parsed)
     except (NoSuchModuleError, ImportError) as e:
         raise SourceError(
             f"{redact(url)}: unknown or uninstalled database driver ({e}). Use e.g. 'sqlite:///file.db' "
@@ -52,6 +52,25 @@ def _engine(url: str, *, must_exist: bool) -> Engine:
         ) from None
     except (ArgumentError, ValueError, TypeError) as e:
         raise SourceError(f"{redact(url)}: invalid database URL ({e}).") from None
+    if engine.dialect.name == "sqlite":
+        _transactional_ddl(engine)
+    return engine
+
+
+def _transactional_ddl(engine: Engine) -> None:
+    """Make SQLite's CREATE/DROP/ALTER part of the transaction (pysqlite commits DDL on its own).
+
+    This is the recipe from SQLAlchemy's SQLite documentation ("Serializable isolation / Savepoints /
+    Transactional DDL"): switch off pysqlite's own transaction handling and emit BEGIN ourselves.
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def _no_autobegin(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN")
 
 
 def _connect_error(url: str, e: Exception) -> SourceError:
@@ -82,7 +101,8 @@ def open_sql(url: str, table: str | None) -> tuple[list[str], Iterator[pd.DataFr
         try:
             with engine.connect() as conn:
                 streaming = conn.execution_options(stream_results=True)
-                for chunk in pd.read_sql_query(query, streaming, chunksize=CHUNK_ROWS):
+                for chunk in pd.read_sql_query(
+                    query, streaming, chunksize=CHUNK_ROWS, dtype_backend="numpy_nullable"):
                     yield chunk
         except SQLAlchemyError as e:
             raise _connect_error(url, e) from None

@@ -60,6 +60,13 @@ def looks_like_id_name(name: str) -> bool:
     return bool(_ID_SUFFIX.search(str(name)) or _CAMEL_ID.search(str(name)))
 
 
+def plain(values: pd.Series) -> pd.Series:
+    """String and category dtypes as plain ``object`` columns, so raw text is handled one way."""
+    if isinstance(values.dtype, (pd.StringDtype, pd.CategoricalDtype)):
+        return values.astype(object).where(values.notna(), None)
+    return values
+
+
 def missing_mask(values: pd.Series, markers: Iterable[str]) -> pd.Series:
     """True where a cell is missing: NA, empty/blank text, or text equal to a marker once stripped."""
     mask = values.isna()
@@ -98,6 +105,7 @@ class ColumnProfile:
     date_formats: tuple[str, ...] | None = None
 
     def update(self, values: pd.Series, markers: Iterable[str]) -> None:
+        values = plain(values)
         miss = missing_mask(values, markers)
         self.rows += len(values)
         self.missing += int(miss.sum())

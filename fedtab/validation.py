@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fedtab.errors import DataValidationError, Problem
-from fedtab.inference import as_text, missing_mask
+from fedtab.inference import as_text, missing_mask, plain
 from fedtab.schema import ColumnSpec, TableSchema
 
 MAX_EXAMPLES = 5
@@ -133,6 +133,7 @@ def _coerce_chunk(chunk: pd.DataFrame, schema: TableSchema, log: _ProblemLog, *,
 
 
 def _coerce_column(values: pd.Series, spec: ColumnSpec, log: _ProblemLog, offset: int) -> pd.Series:
+    values = plain(values)
     missing = missing_mask(values, spec.missing_markers).to_numpy()
     coerce = {
         "numerical": _numerical, "categorical": _categorical, "boolean": _boolean,
@@ -158,10 +159,8 @@ def _numerical(values, missing, spec, log, offset):
         missing = missing | nan_text
     elif pd.api.types.is_bool_dtype(values.dtype):
         num = values.astype("Int64")
-    else:
-        num = pd.array(values.to_numpy(), dtype="Float64" if values.dtype.kind == "f" else "Int64") \
-            if values.dtype.kind in "fiu" else values.astype("Float64")
-        num = pd.Series(num)
+    else:  # typed input (Parquet, SQL, a user's frame): nullable dtypes keep big integers exact
+        num = values.astype("Int64" if values.dtype.kind in "iu" else "Float64")
         missing = missing | num.isna().to_numpy()
     if values.dtype != object:
         result_na = missing
