@@ -128,9 +128,14 @@ def site_statistics(
     z = plan.noise_multiplier
     thr_cols = {c.name for c in plan.threshold_columns()} if phase == PHASE_DOMAIN else set()
     ledger_phase = LEDGER_PHASE_PREFIX + phase
-    if specs:
-        ledger.remaining_check(phase=ledger_phase, noise_multiplier=z, steps=len(specs),
-                               delta_cost=plan.threshold_delta * len(thr_cols), target=f"{len(specs)} column(s)")
+    # Check this phase and every later one at once, so a site short of budget refuses before its
+    # first release rather than halfway through the encoding.
+    later = plan.phases()[plan.phases().index(phase):]
+    steps = sum(plan.releases(p) for p in later)
+    if steps:
+        ledger.remaining_check(phase=ledger_phase, noise_multiplier=z, steps=steps,
+                               delta_cost=plan.threshold_delta * len(thr_cols),
+                               target=f"{steps} release(s) of this and later phases")
     out: dict[str, Any] = {KEY_PHASE: phase}
     for spec in specs:
         if spec.name not in df.columns:
