@@ -1,0 +1,229 @@
+"""The Python API: ``FederatedSynthesizer`` and ``load``.
+
+>>> import fedtab
+>>> sites = fedtab.datasets.load_heart_sites()            # name -> DataFrame, one per hospital
+>>> synth = fedtab.FederatedSynthesizer(model="ctgan", epsilon=1.0, delta=1e-5, rounds=5, seed=0)
+>>> synth.fit(sites)                                      # doctest: +SKIP
+>>> table = synth.sample(1000, seed=1)                    # doctest: +SKIP
+>>> synth.save("heart.fedtab"); same = fedtab.load("heart.fedtab")   # doctest: +SKIP
+
+``fit`` runs the whole federation (schema agreement, DP encoding, DP-SGD rounds) over the chosen
+transport: ``"inprocess"`` (all sites in this process; the default) or ``"flower"`` (Flower's
+simulation engine, one SuperNode per site). Both give the same model for the same seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedtab.config import PrivacySettings, RunConfig, SiteSource, TrainingSettings, check_settings
+from fedtab.errors import ConfigError, check_is_fitted
+from fedtab.federation.coordinator import FederationResult, JobSpec, Progress, run_federation
+from fedtab.federation.site import SiteWorker
+from fedtab.modelfile import ModelBundle, load_bundle, package_versions, save_bundle
+from fedtab.privacy.ledger import PrivacyLedger
+from fedtab.schema import TableSchema
+
+TRANSPORTS = ("inprocess", "flower")
+SiteInput = pd.DataFrame | str | os.PathLike | SiteSource | Mapping
+
+
+class FederatedSynthesizer:
+    """Train a synthesizer across sites that keep their rows; sample a synthetic table.
+
+    Parameters (all keyword-only except ``model``) follow ``fedtab.config``: ``epsilon`` is each
+    site's total budget, preprocessing included (``None``: non-DP mode, exact statistics, still no
+    rows leave a site); ``rounds`` federated rounds of ``local_epochs`` local passes each.
+    """
+
+    def __init__(self, model: str = "ctgan", *, epsilon: float | None = None, delta: float = 1e-5,
+                 rounds: int = 5, local_epochs: float = 1.0, batch_size: int = 500, max_grad_norm: float = 1.0,
+                 preprocessing_share: float = 0.1, seed: int = 0, schema: TableSchema | str | None = None,
+                 missing_markers: tuple[str, ...] = ("?",), holdout: float = 0.2, transport: str = "inprocess",
+                 model_options: Mapping[str, Any] | None = None, progress: Progress | None = None):
+        self.model = model
+        self.epsilon = epsilon
+        self.delta = delta
+        self.rounds = rounds
+        self.local_epochs = local_epochs
+        self.batch_size = batch_size
+        self.max_grad_norm = max_grad_norm
+        self.preprocessing_share = preprocessing_share
+        self.seed = seed
+        self.schema = schema
+        self.missing_markers = missing_markers
+        self.holdout = holdout
+        self.transport = transport
+        self.model_options = model_options
+        self.progress = progress
+
+    # -- configuration --------------------------------------------------------------------------
+    def _job(self) -> JobSpec:
+        privacy = PrivacySettings(epsilon=self.epsilon, delta=self.delta, preprocessing_share=self.preprocessing_share)
+        training = TrainingSettings(rounds=self.rounds, local_epochs=self.local_epochs,
+                                    batch_size=self.batch_size, max_grad_norm=self.max_grad_norm)
+        problems = check_settings(model=self.model, privacy=privacy, training=training, holdout=self.holdout)
+        if self.transport not in TRANSPORTS:
+            problems.append(f"'transport' must be one of {list(TRANSPORTS)}. Got {self.transport!r} instead.")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            problems.append(f"'seed' must be a whole number >= 0. Got {self.seed!r} instead.")
+        if problems:
+            raise ConfigError("Invalid FederatedSynthesizer parameters:\n" + "\n".join(f"  - {p}" for p in problems))
+        schema = TableSchema.load(self.schema) if isinstance(self.schema, (str, os.PathLike)) else self.schema
+        return JobSpec(model=self.model, model_options=dict(self.model_options or {}), privacy=privacy,
+                       training=training, seed=self.seed, holdout=self.holdout,
+                       missing_markers=tuple(self.missing_markers), schema=schema)
+
+    @classmethod
+    def from_config(cls, config: RunConfig, *, transport: str = "inprocess",
+                    progress: Progress | None = None) -> "FederatedSynthesizer":
+        return cls(config.model, epsilon=config.privacy.epsilon, delta=config.privacy.delta,
+                   preprocessing_share=config.privacy.preprocessing_share, rounds=config.training.rounds,
+                   local_epochs=config.training.local_epochs, batch_size=config.training.batch_size,
+                   max_grad_norm=config.training.max_grad_norm, seed=config.seed, schema=config.schema_path,
+                   missing_markers=config.missing_markers, holdout=config.holdout, transport=transport,
+                   model_options=config.model_options, progress=progress)
+
+    # -- fitting ----------------------------------------------------------------------------------
+    def fit(self, sites: Mapping[str, SiteInput]) -> "FederatedSynthesizer":
+        """Train across ``sites`` (name -> DataFrame, file path, SQLAlchemy URL or SiteSource)."""
+        job = self._job()
+        if not isinstance(sites, Mapping) or not sites:
+            raise ConfigError("'sites' must be a non-empty mapping of site name -> table or source. "
+                              f"Got {type(sites).__name__} instead.")
+        factories = {str(name): functools.partial(_make_worker, str(name), _site_source(name, s))
+                     for name, s in sites.items()}
+        if self.transport == "flower":
+            from fedtab.federation.flower_app import run_flower_simulation
+
+            result = run_flower_simulation(functools.partial(run_federation, job=job, progress=self.progress),
+                                           factories)
+        else:
+            from fedtab.federation.transport import InProcessTransport
+
+            transport = InProcessTransport({name: f() for name, f in factories.items()})
+            try:
+                result = run_federation(transport, job, progress=self.progress)
+            finally:
+                transport.close()
+        self._set_result(result, job)
+        return self
+
+    def _set_result(self, result: FederationResult, job: JobSpec) -> None:
+        from fedtab.federation import encoding
+
+        self.schema_ = result.schema
+        self.transformer_ = encoding.transformer_from_dict(result.encoding)
+        self.weights_ = result.weights
+        self.ledgers_ = {s: PrivacyLedger.from_dict(d) for s, d in result.ledgers.items()}
+        self.history_ = result.history
+        self.result_ = result
+        self.job_ = job
+        self._model = None
+
+    # -- using the model ----------------------------------------------------------------------------
+    @property
+    def privacy_ledger(self) -> dict[str, PrivacyLedger]:
+        """Each site's privacy ledger (entries and composed epsilon)."""
+        check_is_fitted(self, "ledgers_")
+        return self.ledgers_
+
+    def sample(self, n: int, *, seed: int | None = None) -> pd.DataFrame:
+        """``n`` synthetic rows in the agreed schema (id columns get fresh synthetic ids)."""
+        check_is_fitted(self, "weights_")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ConfigError(f"The 'n' parameter of sample must be a whole number >= 1. Got {n!r} instead.")
+        from fedtab.federation import training
+
+        seed = self.seed if seed is None else seed
+        if self._model is None:
+            self._model = training.model_from_weights(self.job_.model, self.job_.model_options,
+                                                      self.transformer_, self.weights_, seed=self.seed)
+        encoded = training.sample_encoded(self._model, int(n), seed=seed)
+        frame = self.transformer_.inverse_transform(encoded)
+        return _with_ids(frame, self.schema_, seed=seed)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model file (safetensors + JSON; see ``fedtab.modelfile``)."""
+        check_is_fitted(self, "weights_")
+        job = self.job_
+        manifest = {
+            "schema": self.schema_.to_dict(), "encoding": self.result_.encoding, "model": job.model,
+            "model_options": job.model_options, "seed": job.seed,
+            "privacy": {"epsilon": job.privacy.epsilon, "delta": job.privacy.delta,
+                        "preprocessing_share": job.privacy.preprocessing_share},
+            "training": {"rounds": job.training.rounds, "local_epochs": job.training.local_epochs,
+                         "batch_size": job.training.batch_size, "max_grad_norm": job.training.max_grad_norm},
+            "ledgers": self.result_.ledgers, "noise_multipliers": self.result_.noise_multipliers,
+            "site_weights": self.result_.site_weights,
+            "history": [{"round": h.round, "losses": h.losses, "epsilon": h.epsilon, "seconds": h.seconds}
+                        for h in self.history_],
+            "missing_markers": list(job.missing_markers), "holdout": job.holdout, "versions": package_versions(),
+        }
+        return save_bundle(path, ModelBundle(manifest=manifest, weights=self.weights_))
+
+
+def load(path: str | os.PathLike) -> FederatedSynthesizer:
+    """Load a model file written by ``FederatedSynthesizer.save`` or ``fedtab train``."""
+    from fedtab.errors import ModelFileError
+    from fedtab.federation.coordinator import RoundRecord
+
+    b = load_bundle(path)
+    m = b.manifest
+    try:
+        synth = FederatedSynthesizer(
+            m["model"], epsilon=m["privacy"]["epsilon"], delta=m["privacy"]["delta"],
+            preprocessing_share=m["privacy"]["preprocessing_share"], rounds=m["training"]["rounds"],
+            local_epochs=m["training"]["local_epochs"], batch_size=m["training"]["batch_size"],
+            max_grad_norm=m["training"]["max_grad_norm"], seed=m["seed"], schema=TableSchema.from_dict(m["schema"]),
+            missing_markers=tuple(m["missing_markers"]), holdout=m["holdout"], model_options=m["model_options"])
+        history = tuple(RoundRecord(**h) for h in m["history"])
+        result = FederationResult(schema=TableSchema.from_dict(m["schema"]), encoding=m["encoding"],
+                                  weights=b.weights, ledgers=m["ledgers"], history=history,
+                                  site_weights=m["site_weights"], noise_multipliers=m["noise_multipliers"])
+        synth._set_result(result, synth._job())
+    except (KeyError, TypeError) as e:
+        raise ModelFileError(f"{path}: the model file's manifest lacks {e}: written by another fedtab version?") from None
+    return synth
+
+
+def _site_source(name: str, s: SiteInput) -> pd.DataFrame | SiteSource:
+    if isinstance(s, pd.DataFrame):
+        return s
+    if isinstance(s, SiteSource):
+        return s
+    if isinstance(s, (str, os.PathLike)):
+        return SiteSource(source=str(s))
+    if isinstance(s, Mapping) and isinstance(s.get("source"), str):
+        return SiteSource(source=s["source"], table=s.get("table"))
+    raise ConfigError(f"site '{name}': expected a DataFrame, a file path, a SQLAlchemy URL or "
+                      f"{{'source': ..., 'table': ...}}. Got {type(s).__name__} instead.")
+
+
+def _make_worker(name: str, source: pd.DataFrame | SiteSource) -> SiteWorker:
+    def load_frame(schema: TableSchema | None, markers: tuple[str, ...]) -> pd.DataFrame:
+        if isinstance(source, pd.DataFrame):
+            return source
+        from connectors import read_table
+
+        return read_table(source.source, table=source.table, schema=schema, missing_markers=markers)
+
+    return SiteWorker(name, load_frame)
+
+
+def _with_ids(frame: pd.DataFrame, schema: TableSchema, *, seed: int) -> pd.DataFrame:
+    """Put id columns back as fresh synthetic ids: real ids are never copied into synthetic data."""
+    out = {}
+    for spec in schema.columns:
+        if spec.type == "id":
+            out[spec.name] = [f"synthetic-{i + 1}" for i in range(len(frame))]
+        else:
+            out[spec.name] = frame[spec.name]
+    return pd.DataFrame(out)

@@ -1,0 +1,119 @@
+"""Phase 3 glue: what the coordinator sends to set training up, and one site's local round.
+
+The site calibrates its own DP-SGD noise multiplier: from what its ledger already holds (the
+encoding spends), its Poisson sample rate ``batch_size / rows`` and the total number of local steps
+over all rounds, so that everything together composes to the job's epsilon. Each round spends its
+steps on the ledger *before* training; the ledger refuses a round that would pass the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedtab.federation.wire import pack
+from fedtab.models.registry import create_model, get_model_class
+from fedtab.privacy.accountant import calibrate_noise_multiplier
+from fedtab.privacy.dpsgd import DPSGDConfig
+from fedtab.privacy.ledger import PrivacyLedger
+from fedtab.training.loop import LocalTrainer
+from fedtab.transform.table import TableTransformer
+
+TRAINING_PHASE = "training"
+
+
+def setup_body(job, transformer: TableTransformer) -> dict[str, Any]:
+    enc = transformer.to_dict()
+    return {
+        "transformer": enc,
+        "transformer_hash": hashlib.sha256(pack(enc).json.encode()).hexdigest(),
+        "model": job.model, "model_options": dict(job.model_options), "seed": job.seed,
+        "epsilon": job.privacy.epsilon, "rounds": job.training.rounds, "local_epochs": job.training.local_epochs,
+        "batch_size": job.training.batch_size, "max_grad_norm": job.training.max_grad_norm,
+    }
+
+
+def model_config(name: str, options: dict[str, Any]):
+    """The model's config dataclass from plain options (TOML lists become tuples)."""
+    cls = get_model_class(name).config_class
+    if not options:
+        return cls()
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        from fedtab.errors import ConfigError
+
+        raise ConfigError(f"Unknown option(s) {unknown} for model '{name}'; allowed: {sorted(fields)}.")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+
+
+def build_model(setup: dict[str, Any], transformer: TableTransformer):
+    model = create_model(setup["model"], model_config(setup["model"], setup["model_options"]))
+    return model.build(transformer.spans, transformer.condition_spans, seed=int(setup["seed"]))
+
+
+def initial_weights(setup: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The round-0 global model: built from the job's seed on the coordinator (no data involved)."""
+    model = build_model(setup, TableTransformer.from_dict(setup["transformer"]))
+    return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def steps_per_round(setup: dict[str, Any], n_rows: int) -> int:
+    return max(1, int(math.ceil(float(setup["local_epochs"]) * n_rows / int(setup["batch_size"]))))
+
+
+def site_training_plan(setup: dict[str, Any], *, n_rows: int, ledger: PrivacyLedger) -> dict[str, Any]:
+    """Noise multiplier, sample rate and steps for one site (public once sent back)."""
+    steps = steps_per_round(setup, n_rows)
+    sample_rate = min(1.0, int(setup["batch_size"]) / max(1, n_rows))
+    z = 0.0
+    if ledger.is_dp:
+        z = calibrate_noise_multiplier(ledger=ledger, sample_rate=sample_rate, steps=steps * int(setup["rounds"]),
+                                       target_epsilon=float(setup["epsilon"]))
+    return {"noise_multiplier": z, "sample_rate": sample_rate, "steps_per_round": steps}
+
+
+def encode_rows(setup: dict[str, Any], frame: pd.DataFrame) -> np.ndarray:
+    transformer = TableTransformer.from_dict(setup["transformer"])
+    return transformer.transform(frame, rng=np.random.default_rng(int(setup["seed"])))
+
+
+def train_one_round(setup: dict[str, Any], data: np.ndarray, weights: dict[str, np.ndarray], *,
+                    round_index: int, ledger: PrivacyLedger, seed: int) -> dict[str, Any]:
+    """Load the global weights, spend this round on the ledger, train locally, return the update."""
+    transformer = TableTransformer.from_dict(setup["transformer"])
+    model = build_model(setup, transformer)
+    dp = None
+    steps = int(setup["steps_per_round"])
+    if ledger.is_dp:
+        dp = DPSGDConfig(noise_multiplier=float(setup["noise_multiplier"]),
+                         max_grad_norm=float(setup["max_grad_norm"]), sample_rate=float(setup["sample_rate"]))
+        ledger.spend(phase=f"{TRAINING_PHASE}/round {round_index + 1}", mechanism="subsampled_gaussian",
+                     noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate, steps=steps,
+                     target="discriminator DP-SGD")
+    else:
+        ledger.spend(phase=f"{TRAINING_PHASE}/round {round_index + 1}", mechanism="exact",
+                     noise_multiplier=0.0, steps=steps, target="non-DP training")
+    trainer = LocalTrainer(model, data, batch_size=int(setup["batch_size"]), dp=dp, seed=seed)
+    trainer.set_weights({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+    stats = trainer.train(steps)
+    out = {k: v.detach().numpy() for k, v in trainer.get_weights().items()}
+    return {"weights": out, "losses": {"private": stats.private_loss, "public": stats.public_loss},
+            "epsilon": ledger.epsilon if ledger.is_dp else float("inf"), "steps": stats.steps}
+
+
+def model_from_weights(name: str, options: dict, transformer: TableTransformer, weights: dict[str, np.ndarray], *,
+                       seed: int):
+    model = build_model({"model": name, "model_options": options, "seed": seed}, transformer)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+    return model
+
+
+def sample_encoded(model, n: int, *, seed: int) -> np.ndarray:
+    return model.sample(n, generator=torch.Generator().manual_seed(int(seed)))
