@@ -164,7 +164,8 @@ class PrivacyLedger:
         return {
             "format": LEDGER_FORMAT, "site": self.site, "epsilon_budget": self.epsilon_budget,
             "delta": self.delta, "epsilon": _json_float(self.epsilon),
-            "entries": [{**asdict(e), "epsilon_after": _json_float(e.epsilon_after)} for e in self._entries],
+            "entries": [{**asdict(e), "epsilon_after": _json_float(e.epsilon_after),
+                         "sensitivity": _json_float(e.sensitivity)} for e in self._entries],
         }
 
     @classmethod
@@ -173,7 +174,8 @@ class PrivacyLedger:
             raise ConfigError(f"Not a privacy ledger: expected a dict with format {LEDGER_FORMAT!r}.")
         ledger = cls(data["site"], epsilon_budget=data["epsilon_budget"], delta=data["delta"])
         for e in data["entries"]:
-            ledger._entries.append(LedgerEntry(**{**e, "epsilon_after": float(e["epsilon_after"])}))
+            ledger._entries.append(LedgerEntry(**{**e, "epsilon_after": float(e["epsilon_after"]),
+                                                 "sensitivity": float(e["sensitivity"])}))
         return ledger
 
     def __repr__(self) -> str:
