@@ -30,14 +30,14 @@ def bars(
 
     ``rule`` draws a dashed horizontal line (value, caption), e.g. a policy threshold.
     """
-    left, right, top, bottom = 40, 8, 34, 46
+    n = max(1, len(labels))
+    rotate = rotate_labels if rotate_labels is not None else (n > 6 or max((len(s) for s in labels), default=0) > 8)
+    left, right, top, bottom = 40, 8, 34, (58 if rotate else 30)
     pw, ph = width - left - right, height - top - bottom
     vals = [v for _, vs, _ in series for v in vs if v is not None]
     top_v = y_max if y_max is not None else max(vals + [rule[0] if rule else 0.0, 1e-9]) * 1.1
-    n = max(1, len(labels))
     gw = pw / n
     bw = max(1.0, gw * 0.8 / max(1, len(series)))
-    rotate = rotate_labels if rotate_labels is not None else (n > 6 or max((len(s) for s in labels), default=0) > 8)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" role="img" class="chart">',
            f'<title>{escape(title)}</title>',
@@ -60,7 +60,7 @@ def bars(
                 out.append(f'<text x="{x + bw / 2:.1f}" y="{top + ph - h - 3:.1f}" text-anchor="middle" '
                            f'class="a">{_fmt(v)}</text>')
         cx = left + gi * gw + gw / 2
-        text = escape(label if len(label) <= 14 else label[:13] + "…")
+        text = escape(label if len(label) <= 12 else label[:11] + "…")
         if rotate:
             out.append(f'<text transform="translate({cx:.1f},{top + ph + 8}) rotate(40)" class="a">{text}</text>')
         else:
@@ -87,8 +87,9 @@ def _heat_colour(v: float) -> str:
     return f"rgb({r},{g},{b})"
 
 
-def heatmap(names: list[str], values: dict[tuple[str, str], float], *, title: str, cell: int = 22) -> str:
-    """Symmetric matrix of values in [0, 1]; pairs absent from ``values`` are drawn grey."""
+def heatmap(names: list[str], values: dict[tuple[str, str], float], *, title: str, cell: int = 22,
+            vmax: float = 1.0) -> str:
+    """Symmetric matrix of values in [0, vmax] (larger saturate); pairs absent from ``values`` are grey."""
     n = len(names)
     left = top = 92
     size = left + n * cell + 50
@@ -102,7 +103,7 @@ def heatmap(names: list[str], values: dict[tuple[str, str], float], *, title: st
                    f'class="a">{short}</text>')
         for j, b in enumerate(names):
             v = 0.0 if i == j else values.get((a, b), values.get((b, a)))
-            fill = "#dddddd" if v is None else _heat_colour(v)
+            fill = "#dddddd" if v is None else _heat_colour(v / vmax)
             tip = f"{a} × {b}: " + ("n/a" if v is None else _fmt(v))
             out.append(f'<rect x="{left + j * cell}" y="{top + i * cell}" width="{cell - 1}" height="{cell - 1}" '
                        f'fill="{fill}"><title>{escape(tip)}</title></rect>')
@@ -110,7 +111,7 @@ def heatmap(names: list[str], values: dict[tuple[str, str], float], *, title: st
     for k in range(11):  # colour scale
         out.append(f'<rect x="{x}" y="{top + (10 - k) * cell * n / 11:.1f}" width="12" height="{cell * n / 11 + 1:.1f}" '
                    f'fill="{_heat_colour(k / 10)}"/>')
-    out.append(f'<text x="{x + 14}" y="{top + 8}" class="a">1</text>')
+    out.append(f'<text x="{x + 14}" y="{top + 8}" class="a">{"≥" if vmax < 1 else ""}{vmax:g}</text>')
     out.append(f'<text x="{x + 14}" y="{top + n * cell}" class="a">0</text>')
     out.append("</svg>")
     return "".join(out)

@@ -44,13 +44,24 @@ class PairScore:
 
 
 @dataclass(frozen=True)
+class Association:
+    """Cramer's V of one column pair (numbers cut into quintiles of the real rows), real and synthetic."""
+
+    column_1: str
+    column_2: str
+    real: float
+    synthetic: float
+
+
+@dataclass(frozen=True)
 class FidelityResult:
     quality: float
     column_shapes: float
     column_pair_trends: float | None
     detection_auc: float
     column_scores: tuple[ColumnScore, ...]
-    pair_scores: tuple[PairScore, ...]
+    pair_scores: tuple[PairScore, ...]  # sdmetrics scores only pairs whose real association is notable
+    associations: tuple[Association, ...]  # every pair: the correlation-difference heatmap
     n_rows_quality: int
     n_rows_detection: int
     timings: tuple[tuple[str, float], ...] = ()  # seconds per part
@@ -97,6 +108,50 @@ def quality_report(real: pd.DataFrame, synthetic: pd.DataFrame, kinds: Kinds):
     return float(report.get_score()), float(props["Column Shapes"]), pair_trend, cols, tuple(pairs)
 
 
+def _codes(real: pd.Series, synth: pd.Series, numerical: bool, bins: int = 5) -> tuple[np.ndarray, np.ndarray, int]:
+    """Both columns as small integer codes: quintiles of the real rows, or the 20 commonest levels."""
+    if numerical:
+        r = real.to_numpy(dtype="float64")
+        ok = r[~np.isnan(r)]
+        edges = np.unique(np.percentile(ok, np.linspace(0, 100, bins + 1)[1:-1])) if len(ok) else np.array([])
+
+        def enc(s):
+            x = s.to_numpy(dtype="float64")
+            return np.where(np.isnan(x), len(edges) + 1, np.searchsorted(edges, x, side="right"))
+        return enc(real), enc(synth), len(edges) + 2
+    levels = {v: i for i, v in enumerate(real.value_counts().index[:20])}
+
+    def enc(s):
+        mapped = s.map(levels).to_numpy(dtype="float64")  # unknown level -> other, missing -> its own code
+        return np.where(np.isnan(mapped), np.where(s.isna(), len(levels) + 1, len(levels)), mapped).astype("int64")
+    return enc(real), enc(synth), len(levels) + 2
+
+
+def _cramers_v(a: np.ndarray, b: np.ndarray, ka: int, kb: int) -> float:
+    table = np.bincount(a * kb + b, minlength=ka * kb).reshape(ka, kb).astype("float64")
+    table = table[table.sum(1) > 0][:, table.sum(0) > 0]
+    n = table.sum()
+    if n == 0 or min(table.shape) < 2:
+        return 0.0
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / n
+    chi2 = float(((table - expected) ** 2 / expected).sum())
+    return float(np.sqrt(chi2 / (n * (min(table.shape) - 1))))
+
+
+def associations(real: pd.DataFrame, synthetic: pd.DataFrame, kinds: Kinds) -> tuple[Association, ...]:
+    """Cramer's V of every column pair in the real and in the synthetic rows (one uniform measure for
+    numerical, categorical and mixed pairs, so their differences are comparable on one heatmap)."""
+    cols = kinds.columns
+    codes = {c: _codes(real[c], synthetic[c], c in kinds.numerical) for c in cols}
+    out = []
+    for i, a in enumerate(cols):
+        ra, sa, ka = codes[a]
+        for b in cols[i + 1:]:
+            rb, sb, kb = codes[b]
+            out.append(Association(a, b, round(_cramers_v(ra, rb, ka, kb), 4), round(_cramers_v(sa, sb, ka, kb), 4)))
+    return tuple(out)
+
+
 def detection_auc(real: pd.DataFrame, synthetic: pd.DataFrame, kinds: Kinds, *, seed: int, folds: int = 3) -> float:
     """Cross-validated ROC-AUC of a classifier separating real (0) from synthetic (1) rows."""
     codes = OrdinalCodes(kinds).fit(real, synthetic)
@@ -125,6 +180,7 @@ def evaluate_fidelity(
     t0 = time.perf_counter()
     rq, sq = subsample(real, max_rows_quality, rng), subsample(synthetic, max_rows_quality, rng)
     overall, shapes, pairs_score, cols, pairs = quality_report(rq, sq, kinds)
+    assoc = associations(rq, sq, kinds)
     t1 = time.perf_counter()
     n_det = min(len(real), len(synthetic), max_rows_detection)
     rd, sd = subsample(real, n_det, rng), subsample(synthetic, n_det, rng)
@@ -132,6 +188,6 @@ def evaluate_fidelity(
     t2 = time.perf_counter()
     return FidelityResult(
         quality=overall, column_shapes=shapes, column_pair_trends=pairs_score, detection_auc=auc,
-        column_scores=cols, pair_scores=pairs, n_rows_quality=min(len(rq), len(sq)), n_rows_detection=n_det,
+        column_scores=cols, pair_scores=pairs, associations=assoc, n_rows_quality=min(len(rq), len(sq)), n_rows_detection=n_det,
         timings=(("quality_report", t1 - t0), ("detection", t2 - t1)),
     )

@@ -188,10 +188,10 @@ def _site_html(name: str, s) -> str:
     colours = (REAL, SYNTH)
     dcr = bars(labels, [(lab, list(c), colours[i % 2]) for i, (lab, c) in enumerate(h.series)],
                title=f"Distance to closest record (DCR share {d.dcr_share:.2f})", width=420, height=220)
-    in_pairs = {p.column_1 for p in s.fidelity.pair_scores} | {p.column_2 for p in s.fidelity.pair_scores}
-    names = [m.column for m in s.marginals if m.column in in_pairs]
-    diffs = {(p.column_1, p.column_2): 1.0 - p.score for p in s.fidelity.pair_scores}
-    heat = heatmap(names, diffs, title="Column-pair trend difference (1 − similarity)") if names else ""
+    assoc = s.fidelity.associations
+    names = [m.column for m in s.marginals if any(m.column in (p.column_1, p.column_2) for p in assoc)]
+    diffs = {(p.column_1, p.column_2): abs(p.real - p.synthetic) for p in assoc}
+    heat = heatmap(names, diffs, title="Association difference |V real − V synthetic| (Cramér's V)", vmax=0.5) if names else ""
     marg = "".join(
         bars(list(m.labels), [("real", list(m.real), REAL), ("synthetic", list(m.synthetic), SYNTH)],
              title=f"{m.column} (missing {m.real_missing:.0%} / {m.synthetic_missing:.0%})", width=300, height=190)
