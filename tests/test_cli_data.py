@@ -107,3 +107,30 @@ def test_main_exits_with_the_error_code_and_no_traceback(capsys):
 def test_usage_errors_exit_2_and_version_prints(cli):
     assert cli("schema", "check", HEART).exit_code == 2  # --schema missing: a bad argument
     assert cli("--version").output.startswith("fedtab 0.")
+
+
+def _readme_blocks(lang: str) -> list[str]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    return [b.split("```", 1)[0] for b in text.split(f"```{lang}\n")[1:]]
+
+
+def test_every_readme_fedtab_command_works(cli, tmp_path, monkeypatch):
+    (tmp_path / "fedtab").symlink_to(REPO / "fedtab")  # README paths are relative to the repository root
+    monkeypatch.chdir(tmp_path)
+    commands = [line.split("#")[0].split() for block in _readme_blocks("bash") for line in block.splitlines()
+                if line.startswith("fedtab ")]
+    assert len(commands) >= 7
+    for argv in commands:
+        result = cli(*argv[1:])
+        assert result.exit_code == 0, (argv, result.output)
+    assert TableSchema.load("heart_schema_from_sdv.json").names == heart_schema().names
+
+
+def test_readme_python_example_works(tmp_path, monkeypatch):
+    (tmp_path / "fedtab").symlink_to(REPO / "fedtab")
+    monkeypatch.chdir(tmp_path)
+    [code] = _readme_blocks("python")
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert set(namespace["sites"]) == {"cleveland", "hungary", "switzerland", "va_long_beach"}
+    assert len(connectors.read_table("sqlite:///site.db", table="heart", schema=heart_schema())) == 200
