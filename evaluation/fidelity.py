@@ -7,6 +7,9 @@
 
 Both run on row subsamples (``max_rows_quality``, ``max_rows_detection`` per side) to stay fast; the
 column-pair part of sdmetrics is quadratic in columns and dominates its cost.
+
+Called directly (not through ``evaluate_site``), wrap calls in ``threadpoolctl.threadpool_limits(1)`` on
+busy machines: OpenMP workers that share busy cores spin (see ``EvaluationOptions.n_threads``).
 """
 
 from __future__ import annotations

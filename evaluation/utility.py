@@ -5,6 +5,9 @@ is fitted once on the real training rows and once on the synthetic rows, and bot
 site's real holdout rows, which neither saw. Classification (categorical or boolean target) is scored by
 ROC-AUC (binary, or one-vs-rest macro average over the classes present in the holdout); regression
 (numerical target) by R². A synthetic table whose target has one class only scores 0.5 (a constant guess).
+
+Called directly (not through ``evaluate_site``), wrap calls in ``threadpoolctl.threadpool_limits(1)`` on
+busy machines: OpenMP workers that share busy cores spin (see ``EvaluationOptions.n_threads``).
 """
 
 from __future__ import annotations

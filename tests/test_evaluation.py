@@ -83,6 +83,14 @@ def test_timings_cover_every_component():
 
 
 def test_utility_regression_and_multiclass_targets():
+    # evaluate_site caps OpenMP threads itself; a direct caller of a component must (busy cores thrash).
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        _utility_targets()
+
+
+def _utility_targets():
     train, holdout, other = heart_splits()
     kinds = kinds_of(HEART_SCHEMA)
     tr, ho, ot = (to_plain(df, HEART_SCHEMA) for df in (train, holdout, other))
