@@ -62,6 +62,8 @@ def main() -> None:
     for r in results:
         print(f"{r['mode']:<10}{r['rows']:>9}{r['cols']:>6}{r['base_mib']:>11.0f} MiB{r['peak_mib']:>6.0f} MiB"
               f"{r['peak_mib'] - r['base_mib']:>7.0f} MiB{r['frame_mib']:>9.0f} MiB")
+    print("peak-base: what reading added to the process's peak RSS (the figure to watch).")
+    print("typed frame: pandas' deep size, which counts a string shared by many cells once per cell.")
 
 
 if __name__ == "__main__":

@@ -101,8 +101,21 @@ def validate_chunks(
         log.add(None, "the table has no rows", expected="at least one data row")
     if log:
         raise DataValidationError(source, log.problems())
-    out = typed[0] if len(typed) == 1 else pd.concat(typed, ignore_index=True, copy=False)
-    return out.reset_index(drop=True)
+    return typed[0] if len(typed) == 1 else _concat_by_column(typed)
+
+
+def _concat_by_column(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Join typed chunks one column at a time, freeing each chunk's column as it goes.
+
+    ``pd.concat`` of the whole frames holds the chunks and the result at once (twice the table);
+    this way the peak is the table plus one column.
+    """
+    columns = {}
+    for name in list(parts[0].columns):
+        columns[name] = pd.concat([p[name] for p in parts], ignore_index=True)
+        for p in parts:
+            del p[name]
+    return pd.DataFrame(columns, copy=False)
 
 
 def _check_header(columns: list[str], schema: TableSchema, log: _ProblemLog) -> None:
