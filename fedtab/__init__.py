@@ -1,11 +1,29 @@
 """fedtab: federated, differentially private synthetic tables.
 
 Public API: ``FederatedSynthesizer``, ``load``, ``datasets``; errors in ``fedtab.errors``.
+Imported lazily, so that ``import fedtab`` (and data commands such as ``fedtab inspect``) do not
+pay for importing torch and the federation engine.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
-
-from fedtab import datasets  # noqa: E402
-from fedtab.api import FederatedSynthesizer, load  # noqa: E402
-
 __all__ = ["FederatedSynthesizer", "load", "datasets", "__version__"]
+
+_LAZY = {"FederatedSynthesizer": "fedtab.api", "load": "fedtab.api", "datasets": "fedtab.datasets"}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fedtab import datasets
+    from fedtab.api import FederatedSynthesizer, load
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        value = module if name == "datasets" else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fedtab' has no attribute {name!r}")
