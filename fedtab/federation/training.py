@@ -8,6 +8,7 @@ steps on the ledger *before* training; the ledger refuses a round that would pas
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -84,6 +85,20 @@ def encode_rows(setup: dict[str, Any], frame: pd.DataFrame) -> np.ndarray:
     return transformer.transform(frame, rng=np.random.default_rng(int(setup["seed"])))
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run with ``n`` intra-op threads, then restore. Local training uses one thread: the float sums of
+    a matrix product depend on how it is split across threads, and a site must compute the same
+    update whichever transport (in-process, Flower worker process) or machine runs it. On small
+    tabular networks one thread is also the fastest on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_one_round(setup: dict[str, Any], data: np.ndarray, weights: dict[str, np.ndarray], *,
                     round_index: int, ledger: PrivacyLedger, seed: int) -> dict[str, Any]:
     """Load the global weights, spend this round on the ledger, train locally, return the update."""
@@ -100,9 +115,10 @@ def train_one_round(setup: dict[str, Any], data: np.ndarray, weights: dict[str, 
     else:
         ledger.spend(phase=f"{TRAINING_PHASE}/round {round_index + 1}", mechanism="exact",
                      noise_multiplier=0.0, steps=steps, target="non-DP training")
-    trainer = LocalTrainer(model, data, batch_size=int(setup["batch_size"]), dp=dp, seed=seed)
-    trainer.set_weights({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
-    stats = trainer.train(steps)
+    with torch_threads(1):
+        trainer = LocalTrainer(model, data, batch_size=int(setup["batch_size"]), dp=dp, seed=seed)
+        trainer.set_weights({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+        stats = trainer.train(steps)
     out = {k: v.detach().numpy() for k, v in trainer.get_weights().items()}
     return {"weights": out, "losses": {"private": stats.private_loss, "public": stats.public_loss},
             "epsilon": ledger.epsilon if ledger.is_dp else float("inf"), "steps": stats.steps}
@@ -116,4 +132,5 @@ def model_from_weights(name: str, options: dict, transformer: TableTransformer, 
 
 
 def sample_encoded(model, n: int, *, seed: int) -> np.ndarray:
-    return model.sample(n, generator=torch.Generator().manual_seed(int(seed)))
+    with torch_threads(1):  # same samples from the same model file on any machine
+        return model.sample(n, generator=torch.Generator().manual_seed(int(seed)))
