@@ -1,12 +1,14 @@
-"""Models by name: ``"ctgan"`` now; ``"tvae"`` and ``"diffusion"`` register here when they land."""
+"""Models by name: ``"ctgan"``, ``"tvae"`` and ``"diffusion"``; more register with ``register_model``."""
 
 from __future__ import annotations
 
 from fedtab.errors import ConfigError
 from fedtab.models.base import GenerativeModel
 from fedtab.models.ctgan import CTGAN
+from fedtab.models.diffusion import TabDiffusion
+from fedtab.models.tvae import TVAE
 
-_MODELS: dict[str, type[GenerativeModel]] = {"ctgan": CTGAN}
+_MODELS: dict[str, type[GenerativeModel]] = {m.name: m for m in (CTGAN, TVAE, TabDiffusion)}
 
 
 def register_model(cls: type[GenerativeModel]) -> type[GenerativeModel]:

@@ -93,7 +93,9 @@ class LocalTrainer:
 
     ``batch_size`` real rows and ``batch_size`` generated rows per step without DP. Under ``dp`` the
     private network sees a Poisson sample of the rows (rate ``dp.sample_rate``, so about
-    ``sample_rate * rows``; choose ``batch_size`` close to that) plus ``batch_size`` generated rows. Without DP, ``training_by_sampling`` uses CTGAN's
+    ``sample_rate * rows``; choose ``batch_size`` close to that) plus ``batch_size`` generated rows.
+    A model with no public network (``public_network() is None``: TVAE, diffusion) has no generated
+    rows and no public step; its ``private_losses`` get ``generated=None``. Without DP, ``training_by_sampling`` uses CTGAN's
     log-frequency sampling of rows by condition category.
     """
 
@@ -135,9 +137,11 @@ class LocalTrainer:
         if dp is not None:
             # The private network sees Poisson(real) + batch_size generated rows (a fixed count: it must
             # not follow the Poisson draw), so the expected batch is sample_rate * rows + batch_size.
+            # A model without a public network (TVAE, diffusion) generates nothing: real rows only.
+            fake_rows = batch_size if self._public_net is not None else 0
             self._private = PrivateNetwork(
                 self._private_net, self._private_opt, config=dp,
-                expected_batch_size=dp.sample_rate * self.n_rows + batch_size, noise_generator=self._noise_rng,
+                expected_batch_size=dp.sample_rate * self.n_rows + fake_rows, noise_generator=self._noise_rng,
             )
         elif training_by_sampling and model.conditions.n_columns:
             self._index = RowIndex(model.conditions, self.data)

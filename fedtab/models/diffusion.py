@@ -1,0 +1,266 @@
+"""Tabular diffusion in the style of TabDDPM (Kotelnikov et al., 2023): networks and losses only.
+
+Gaussian diffusion on the tanh spans (scaled scalars), multinomial diffusion (Hoogeboom et al., 2021)
+on every softmax span (categories, Gaussian-mixture modes, missing indicators), one MLP denoiser with
+a sinusoidal timestep embedding that predicts the Gaussian noise and the logits of each span's clean
+category. The denoiser reads real rows: it is the *private network*; there is no public network.
+
+Per-row loss, one timestep per row (drawn from the caller's generator), so it depends on that row
+alone and per-record DP-SGD clipping is exact:
+
+    mean_j (eps_j - eps_hat_j)^2                                          (tanh columns)
+  + mean_spans KL(q(x_{t-1} | x_t, x_0) || q(x_{t-1} | x_t, x0_hat))      (softmax spans; t = 0: -log x0_hat[x_0])
+
+Sampling runs ``sampling_steps`` denoising steps on an evenly strided subsequence of the training
+timesteps (the schedule is re-spaced: alpha'_k = abar(t_k) / abar(t_{k-1})), DDIM updates for the
+tanh columns (``eta`` = 0 deterministic, 1 ancestral) and posterior draws for the spans, all rows of a
+chunk in one batched forward pass per step.
+
+Differences from TabDDPM, and why: numerical values arrive mode-normalised by fedtab's encoder (a
+value within its Gaussian-mixture mode, ``(v - mean_k) / (4 std_k)``) rather than quantile-transformed
+(which needs the raw rows, not federatable); ``numeric_scale`` = 4 restores unit spread within a mode,
+and the mode itself is diffused as a categorical. No class conditioning (the model knows no target).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedtab.errors import ConfigError
+from fedtab.models.base import GenerativeModel
+from fedtab.models.conditions import CondBatch, Conditions
+from fedtab.models.ctgan import SpanLayout
+from fedtab.models.tvae import _check_dims, _check_positive_int
+from fedtab.transform.spans import ACTIVATIONS, ConditionSpan, SpanInfo
+
+SCHEDULES = ("cosine", "linear")
+_NEG = -1e9  # padded slots of the span block: finite, so no NaN from (-inf) - (-inf)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiffusionConfig:
+    """Diffusion and denoiser settings. ``sampling_steps`` <= ``timesteps`` (strided sampler)."""
+
+    timesteps: int = 1000
+    sampling_steps: int = 50
+    schedule: str = "cosine"
+    hidden_dims: tuple[int, ...] = (256, 512, 256)
+    time_embedding_dim: int = 128
+    numeric_scale: float = 4.0
+    eta: float = 0.0
+
+    def __post_init__(self):
+        for name in ("timesteps", "sampling_steps", "time_embedding_dim"):
+            _check_positive_int("DiffusionConfig", name, getattr(self, name))
+        if self.time_embedding_dim % 2:
+            raise ConfigError(f"The 'time_embedding_dim' parameter of DiffusionConfig must be an even int. "
+                              f"Got {self.time_embedding_dim!r} instead.")
+        if self.timesteps < 2 or self.sampling_steps > self.timesteps:
+            raise ConfigError(f"DiffusionConfig needs 2 <= timesteps and sampling_steps <= timesteps. Got "
+                              f"timesteps={self.timesteps!r}, sampling_steps={self.sampling_steps!r} instead.")
+        _check_dims("DiffusionConfig", "hidden_dims", self.hidden_dims)
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"The 'schedule' parameter of DiffusionConfig must be one of {list(SCHEDULES)}. "
+                              f"Got {self.schedule!r} instead.")
+        if not (isinstance(self.numeric_scale, (int, float)) and self.numeric_scale > 0):
+            raise ConfigError(f"The 'numeric_scale' parameter of DiffusionConfig must be a float in (0, inf). "
+                              f"Got {self.numeric_scale!r} instead.")
+        if not (isinstance(self.eta, (int, float)) and 0.0 <= self.eta <= 1.0):
+            raise ConfigError(f"The 'eta' parameter of DiffusionConfig must be a float in [0, 1]. "
+                              f"Got {self.eta!r} instead.")
+
+
+def alpha_bars(timesteps: int, schedule: str) -> torch.Tensor:
+    """abar_t = prod_{s <= t} (1 - beta_s) for t = 0 .. T-1 (float64)."""
+    if schedule == "linear":
+        betas = torch.linspace(1e-4 * 1000 / timesteps, 0.02 * 1000 / timesteps, timesteps, dtype=torch.float64)
+        return torch.cumprod(1 - betas, 0)
+    s = 0.008
+    t = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    return torch.cumprod(1 - betas, 0)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (rows,) -> (rows, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000) * torch.arange(half, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class Denoiser(nn.Module):
+    """TabDDPM's MLPDiffusion: proj(x) + MLP(sinusoid(t)), then (Linear, ReLU) layers, linear head.
+    Only ``nn.Linear`` holds parameters (Opacus ghost clipping computes exact per-row norms)."""
+
+    def __init__(self, data_dim: int, dims: tuple[int, ...], t_dim: int):
+        super().__init__()
+        self.t_dim = t_dim
+        self.time = nn.Sequential(nn.Linear(t_dim, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
+        self.proj = nn.Linear(data_dim, t_dim)
+        layers, d = [], t_dim
+        for h in dims:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            d = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(d, data_dim)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.proj(x) + self.time(timestep_embedding(t, self.t_dim))))
+
+
+class TabDiffusion(GenerativeModel):
+    """Gaussian + multinomial diffusion over spans. Private network: the denoiser; unconditional."""
+
+    name = "diffusion"
+    config_class = DiffusionConfig
+
+    def build(self, spans: list[SpanInfo], condition_spans: list[ConditionSpan], *, seed: int) -> "TabDiffusion":
+        bad = [s for s in spans if s.activation not in ACTIVATIONS or s.dim < 1]
+        if not spans or bad:
+            raise ConfigError(f"TabDiffusion needs a non-empty list of spans with activation in {ACTIVATIONS} "
+                              f"and dim >= 1. Got {bad or spans!r} instead.")
+        cfg = self.config
+        lay = self.layout_ = SpanLayout(spans)
+        self.conditions_ = Conditions(spans, [])  # unconditional: uniform rows, no training-by-sampling
+        self.spans_ = list(spans)
+        self.n_num_ = len(lay.tanh_cols)
+        soft_cols = lay.pad_index[lay.pad_mask]  # encoded columns of the spans, in padded-block order
+        self._soft_cols = soft_cols
+        # Flat soft logit j -> padded slot; padded slots read a dummy column at the end.
+        flat = torch.full(lay.pad_mask.shape, len(soft_cols), dtype=torch.long)
+        flat[lay.pad_mask] = torch.arange(len(soft_cols))
+        self._slot_index = flat
+        self._k = lay.pad_mask.sum(dim=1).double()[None, :, None]  # categories per span
+        self._abar = alpha_bars(cfg.timesteps, cfg.schedule)
+        with torch.random.fork_rng(devices=[]):  # deterministic init, global RNG left as it was
+            torch.manual_seed(seed)
+            self.denoiser_ = Denoiser(lay.dim, cfg.hidden_dims, cfg.time_embedding_dim)
+        return self
+
+    def private_network(self) -> nn.Module:
+        self._check_built()
+        return self.denoiser_
+
+    def networks(self) -> dict[str, nn.Module]:
+        self._check_built()
+        return {"denoiser": self.denoiser_}
+
+    # --- span blocks -------------------------------------------------------------------------------
+    def _block_logits(self, flat: torch.Tensor) -> torch.Tensor:
+        """Flat soft outputs (rows, soft width) -> padded (rows, spans, max_dim), padding -1e9."""
+        ext = torch.cat([flat, torch.zeros(flat.shape[0], 1, dtype=flat.dtype)], dim=1)
+        return ext[:, self._slot_index].masked_fill(~self.layout_.pad_mask, _NEG)
+
+    def _q_probs(self, onehot: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+        """abar * x + (1 - abar) / K per span (padding 0); ``abar`` broadcast as (rows, 1, 1)."""
+        p = abar * onehot + (1 - abar) / self._k
+        return p * self.layout_.pad_mask
+
+    def _posterior(self, x_t: torch.Tensor, x0: torch.Tensor, alpha: torch.Tensor, abar_prev: torch.Tensor):
+        """q(x_{t-1} | x_t, x_0) per span for one-hot ``x_t`` and a distribution ``x0`` (float64)."""
+        p = self._q_probs(x_t, alpha) * self._q_probs(x0, abar_prev)
+        return p / p.sum(dim=2, keepdim=True).clamp_min(1e-30)
+
+    def _draw(self, probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One category per span (Gumbel-max on the probabilities) -> padded one-hot."""
+        u = torch.rand(probs.shape, generator=generator, dtype=torch.float64).clamp_(1e-12, 1.0 - 1e-7)
+        score = torch.log(probs.clamp_min(1e-30)) - torch.log(-torch.log(u))
+        score = score.masked_fill(~self.layout_.pad_mask, -math.inf)
+        return F.one_hot(score.argmax(dim=2), self.layout_.max_dim).double() * self.layout_.pad_mask
+
+    def _net(self, x_num: torch.Tensor, x_cat: torch.Tensor, t: torch.Tensor):
+        """Denoiser on [scaled tanh values | one-hot spans]: (eps_hat, padded x0 logits)."""
+        x = torch.cat([x_num, x_cat[:, self.layout_.pad_mask].float()], dim=1)
+        out = self.denoiser_(x, t)
+        return out[:, : self.n_num_], self._block_logits(out[:, self.n_num_:])
+
+    # --- loss ---------------------------------------------------------------------------------------
+    def private_losses(
+        self, real: torch.Tensor, real_cond: CondBatch, generated=None, *, generator: torch.Generator
+    ) -> torch.Tensor:
+        """One loss per real row at one timestep drawn per row."""
+        lay, n = self.layout_, real.shape[0]
+        t = torch.randint(self.config.timesteps, (n,), generator=generator)
+        abar = self._abar[t]
+        x_num = real[:, lay.tanh_cols] * self.config.numeric_scale
+        eps = torch.randn(x_num.shape, generator=generator)
+        x_num_t = (abar.sqrt()[:, None] * x_num + (1 - abar).sqrt()[:, None] * eps).float()
+        x0_cat = real[:, lay.pad_index].double() * lay.pad_mask
+        x_cat_t = (self._draw(self._q_probs(x0_cat, abar[:, None, None]), generator) if lay.n_soft
+                   else x0_cat)
+        eps_hat, logits = self._net(x_num_t, x_cat_t, t)
+        loss = torch.zeros(n)
+        if self.n_num_:
+            loss = loss + ((eps - eps_hat) ** 2).mean(dim=1)
+        if lay.n_soft:
+            log_x0_hat = torch.log_softmax(logits, dim=2)
+            target = x0_cat.argmax(dim=2, keepdim=True)
+            nll = -log_x0_hat.gather(2, target).squeeze(2)  # (rows, spans)
+            abar_prev = torch.where(t > 0, self._abar[(t - 1).clamp(min=0)], torch.ones_like(abar))
+            alpha = (abar / abar_prev)[:, None, None]
+            q = self._posterior(x_cat_t, x0_cat, alpha, abar_prev[:, None, None])
+            # The model's posterior is linear in x0_hat: computed in float32 so autograd stays cheap.
+            p = self._posterior(x_cat_t.float(), log_x0_hat.exp(), alpha.float(), abar_prev[:, None, None].float())
+            kl = (q * (torch.log(q.clamp_min(1e-30)) - torch.log(p.clamp_min(1e-30)))).sum(dim=2)
+            per_span = torch.where((t == 0)[:, None], nll, kl.float())
+            loss = loss + per_span.mean(dim=1)
+        return loss
+
+    # --- sampling -------------------------------------------------------------------------------------
+    def sampling_timesteps(self) -> torch.Tensor:
+        """The strided training timesteps the sampler visits, increasing (0 and T-1 included)."""
+        cfg = self.config
+        ts = torch.linspace(0, cfg.timesteps - 1, cfg.sampling_steps, dtype=torch.float64).round().long()
+        return torch.unique(ts)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator, chunk: int = 20_000) -> np.ndarray:
+        """``n`` rows: tanh columns in [-1, 1], one-hot spans; ``sampling_steps`` steps per chunk."""
+        self._check_built()
+        was_training = self.denoiser_.training
+        self.denoiser_.eval()
+        try:
+            out = [self._sample_chunk(min(chunk, n - s), generator) for s in range(0, n, chunk)]
+        finally:
+            self.denoiser_.train(was_training)
+        if not out:
+            return np.zeros((0, self.layout_.dim), dtype=np.float32)
+        return torch.cat(out).numpy().astype(np.float32, copy=False)
+
+    def _sample_chunk(self, m: int, generator: torch.Generator) -> torch.Tensor:
+        lay, cfg = self.layout_, self.config
+        ts = self.sampling_timesteps()
+        x_num = torch.randn(m, self.n_num_, generator=generator)
+        uniform = (lay.pad_mask / self._k[0]).expand(m, -1, -1)
+        x_cat = self._draw(uniform, generator) if lay.n_soft else torch.zeros(m, 0, lay.max_dim, dtype=torch.float64)
+        for k in range(len(ts) - 1, -1, -1):
+            t = ts[k]
+            abar = float(self._abar[t])
+            abar_prev = float(self._abar[ts[k - 1]]) if k > 0 else 1.0
+            eps_hat, logits = self._net(x_num, x_cat, t.expand(m))
+            if self.n_num_:
+                x0 = ((x_num - math.sqrt(1 - abar) * eps_hat) / math.sqrt(abar)).clamp(-cfg.numeric_scale,
+                                                                                     cfg.numeric_scale)
+                eps = (x_num - math.sqrt(abar) * x0) / math.sqrt(1 - abar)
+                sigma = cfg.eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+                x_num = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma ** 2, 0.0)) * eps
+                if sigma > 0:
+                    x_num = x_num + sigma * torch.randn(x_num.shape, generator=generator)
+            if lay.n_soft:
+                x0_hat = torch.softmax(logits.double(), dim=2)
+                if k == 0:
+                    probs = x0_hat
+                else:
+                    probs = self._posterior(x_cat, x0_hat, torch.tensor(abar / abar_prev, dtype=torch.float64),
+                                            torch.tensor(abar_prev, dtype=torch.float64))
+                x_cat = self._draw(probs, generator)
+        num = (x_num / cfg.numeric_scale).clamp(-1.0, 1.0)
+        return torch.cat([num, x_cat[:, lay.pad_mask].float()], dim=1)[:, lay.inverse]
