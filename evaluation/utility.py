@@ -62,6 +62,9 @@ def _auc(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
 
 def _fit_score(train: pd.DataFrame, test: pd.DataFrame, target: str, task: str, features: list[str],
                codes: OrdinalCodes, seed: int) -> float:
+    # A feature with no observed value in this training table (a site that never measures it, as
+    # Switzerland's cholesterol) carries no signal and makes the gradient boosting's binning fail.
+    features = [f for f in features if train[f].notna().any()]
     x_tr, x_te = codes.transform(train, features), codes.transform(test, features)
     y_tr, y_te = train[target].to_numpy(), test[target].to_numpy()
     mask = codes.categorical_mask(features)

@@ -94,7 +94,7 @@ def demo_cmd(
     out: Path = typer.Option(Path("fedtab-demo"), "--out", help="Folder for the demo's outputs."),
     epsilon: float = typer.Option(1.0, "--epsilon", help="Privacy budget per hospital (preprocessing included)."),
     rounds: int = typer.Option(10, "--rounds", help="Federated rounds."),
-    rows: int = typer.Option(1000, "--rows", help="Synthetic rows to sample."),
+    rows: Optional[int] = typer.Option(None, "--rows", help="Synthetic rows to sample (default: as many as the hospitals' training rows)."),
     seed: int = typer.Option(0, "--seed"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -108,8 +108,11 @@ def demo_cmd(
     console.print("[bold]fedtab demo finished[/bold]: 4 hospitals trained a DP-CTGAN without pooling rows.")
     for label, path in result.outputs.items():
         console.print(f"  {label}: {path}")
-    if result.verdict is not None:
-        console.print(f"release gate: {'RELEASED' if result.verdict.released else 'REFUSED'}")
+    from fedtab.commands.release import print_verdict
+
+    print_verdict(result.verdict)
+    if not result.verdict.released:
+        console.print("The gate refused this table: nothing was released; the report says why.")
 
 
 def _print_ledger(synth) -> None:

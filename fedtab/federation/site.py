@@ -155,6 +155,10 @@ class SiteWorker:
     def _evaluate(self, body: dict, state: dict) -> dict:
         from fedtab.federation import site_evaluation
 
+        # Self-contained: a fresh transport (e.g. `fedtab evaluate` on a saved model) carries the job
+        # and schema again, so the site sets the same holdout rows aside as during training.
+        state["job"] = body["job"]
+        state["schema"] = TableSchema.from_dict(body["schema"]).to_json()
         train, holdout = self._frames(state)
         schema = TableSchema.from_json(state["schema"])
         return site_evaluation.evaluate_at_site(body, train=train, holdout=holdout, schema=schema,
