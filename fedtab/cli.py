@@ -16,7 +16,8 @@ import typer
 from fedtab import __version__
 from fedtab.commands.common import DEBUG_ENV, exit_code_for
 
-COMMAND_MODULES = ("fedtab.commands.data", "fedtab.commands.model", "fedtab.commands.release")
+COMMAND_MODULES = ("fedtab.commands.data", "fedtab.commands.model", "fedtab.commands.release",
+                   "fedtab.commands.deploy")
 
 app = typer.Typer(
     name="fedtab",

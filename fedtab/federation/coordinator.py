@@ -3,18 +3,25 @@
 schema agreement -> federated encoding (one request per encoding phase) -> training setup (each site
 calibrates its DP-SGD noise to what is left of its budget) -> rounds of local training and
 row-weighted FedAvg -> final ledgers. The coordinator holds no rows, only what sites released.
+
+Fault tolerance (deployments): on a transport with ``request_available`` (Flower), a training round
+averages over the sites that answered; a site that missed a round is left out of later rounds, and
+the run stops with a ``FederationError`` once fewer than ``training.min_sites`` (default: all) remain.
+``on_round`` receives a ``TrainingState`` after every round (the deployment checkpoints it) and
+``resume`` continues from one, skipping the phases it already holds.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from fedtab.config import PrivacySettings, TrainingSettings
+from fedtab.errors import FederationError
 from fedtab.federation import encoding
 from fedtab.federation.agreement import agree_schemas
 from fedtab.federation.aggregation import weighted_average
@@ -52,6 +59,20 @@ class RoundRecord:
 
 
 @dataclass(frozen=True)
+class TrainingState:
+    """Everything the coordinator needs to continue training after ``rounds_done`` rounds."""
+
+    schema: TableSchema
+    encoding: dict
+    site_weights: dict[str, float]
+    noise_multipliers: dict[str, float]
+    weights: dict[str, np.ndarray]
+    history: tuple[RoundRecord, ...]
+    active_sites: tuple[str, ...]
+    rounds_done: int
+
+
+@dataclass(frozen=True)
 class FederationResult:
     schema: TableSchema
     encoding: dict  # TableTransformer.to_dict()
@@ -67,7 +88,44 @@ def _notify(progress: Progress | None, event: str, **info: Any) -> None:
         progress(event, info)
 
 
-def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | None = None) -> FederationResult:
+def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | None = None,
+                   resume: TrainingState | None = None,
+                   on_round: Callable[[TrainingState], None] | None = None) -> FederationResult:
+    state = resume if resume is not None else _prepare(transport, job, progress)
+    if resume is not None:
+        _notify(progress, "phase", name="resumed", rounds_done=resume.rounds_done, sites=list(resume.active_sites))
+    _notify(progress, "phase", name="training", rounds=job.training.rounds, noise_multipliers=state.noise_multipliers)
+    min_sites = job.training.min_sites or len(state.site_weights)
+    for r in range(state.rounds_done, job.training.rounds):
+        t0 = time.perf_counter()
+        body = {"round": r, "weights": state.weights}
+        replies = _train_round(transport, body, list(state.active_sites))
+        order = sorted(replies)  # fixed order: identical sums on every transport
+        if len(order) < min_sites:
+            missing = sorted(set(state.active_sites) - set(order))
+            raise FederationError(
+                f"round {r + 1}: only {len(order)} site(s) answered ({order}; no reply from {missing}) but "
+                f"'training.min_sites' is {min_sites}. Restart the missing sites and run the coordinator "
+                "again with --resume: it continues from the last checkpoint.")
+        weights = weighted_average([replies[s]["weights"] for s in order], [state.site_weights[s] for s in order])
+        losses = {k: float(np.mean([replies[s]["losses"][k] for s in order])) for k in replies[order[0]]["losses"]}
+        eps = {s: float(replies[s]["epsilon"]) for s in order}
+        record = RoundRecord(round=r + 1, losses=losses, epsilon=eps, seconds=time.perf_counter() - t0)
+        state = replace(state, weights=weights, history=state.history + (record,), active_sites=tuple(order),
+                        rounds_done=r + 1)
+        if on_round is not None:
+            on_round(state)
+        _notify(progress, "round", round=r + 1, rounds=job.training.rounds, losses=losses, epsilon=eps)
+
+    ledger_sites = list(state.active_sites)
+    ledgers = {s: r["ledger"] for s, r in _available(transport, LEDGER, {s: {} for s in ledger_sites}).items()}
+    return FederationResult(schema=state.schema, encoding=state.encoding, weights=state.weights, ledgers=ledgers,
+                            history=state.history, site_weights=state.site_weights,
+                            noise_multipliers=state.noise_multipliers)
+
+
+def _prepare(transport: Transport, job: JobSpec, progress: Progress | None) -> TrainingState:
+    """Phases 1-3: schema agreement, federated encoding, training setup."""
     sites = transport.sites
     # Phase 1: schema agreement (schemas only, no statistics: free).
     _notify(progress, "phase", name="schema agreement", sites=sites)
@@ -89,19 +147,18 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
     setup = training.setup_body(job, transformer)
     replies = broadcast(transport, SETUP, setup)
     noise = {s: float(r["noise_multiplier"]) for s, r in replies.items()}
-    global_weights = training.initial_weights(setup)
-    history: list[RoundRecord] = []
-    _notify(progress, "phase", name="training", rounds=job.training.rounds, noise_multipliers=noise)
-    for r in range(job.training.rounds):
-        t0 = time.perf_counter()
-        replies = broadcast(transport, TRAIN, {"round": r, "weights": global_weights})
-        order = sorted(replies)  # fixed order: identical sums on every transport
-        global_weights = weighted_average([replies[s]["weights"] for s in order], [site_weights[s] for s in order])
-        losses = {k: float(np.mean([replies[s]["losses"][k] for s in order])) for k in replies[order[0]]["losses"]}
-        eps = {s: float(replies[s]["epsilon"]) for s in order}
-        history.append(RoundRecord(round=r + 1, losses=losses, epsilon=eps, seconds=time.perf_counter() - t0))
-        _notify(progress, "round", round=r + 1, rounds=job.training.rounds, losses=losses, epsilon=eps)
+    return TrainingState(schema=schema, encoding=transformer.to_dict(), site_weights=site_weights,
+                         noise_multipliers=noise, weights=training.initial_weights(setup), history=(),
+                         active_sites=tuple(sites), rounds_done=0)
 
-    ledgers = {s: r["ledger"] for s, r in broadcast(transport, LEDGER, {}).items()}
-    return FederationResult(schema=schema, encoding=transformer.to_dict(), weights=global_weights, ledgers=ledgers,
-                            history=tuple(history), site_weights=site_weights, noise_multipliers=noise)
+
+def _available(transport: Transport, kind: str, bodies: dict[str, Any]) -> dict[str, Any]:
+    """Replies of the sites that answered (transports without ``request_available``: all or raise)."""
+    request_available = getattr(transport, "request_available", None)
+    if request_available is None:
+        return transport.request(kind, bodies)
+    return request_available(kind, bodies)
+
+
+def _train_round(transport: Transport, body: dict, sites: list[str]) -> dict[str, Any]:
+    return _available(transport, TRAIN, {s: body for s in sites})

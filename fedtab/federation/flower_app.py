@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedtab.errors import FederationError
-from fedtab.federation.transport import error_reply, raise_if_error
+from fedtab.federation.transport import ERROR_KEY, error_reply, raise_if_error
 from fedtab.federation.wire import Packed, pack, unpack
 
 # Wire keys (named once, used on both sides).
@@ -30,8 +30,20 @@ STATE_ARRAYS = "fedtab.state.arrays"
 HELLO = "hello"
 NODE_SITE_KEY = "site-name"  # node config: the site's name (deployment)
 NODE_PARTITION_KEY = "partition-id"  # node config: set by Flower's simulation engine
+UNAVAILABLE_KEY = "unavailable"  # in an error reply: the site could not serve (not: the site refused)
+FLOWER_ERROR_PREFIX = "Flower error: "
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+
+def to_records(kind: str, body: Any):
+    """A fedtab request or reply as a Flower ``RecordDict`` (JSON body + arrays)."""
+    return _to_records(kind, body)
+
+
+def from_records(rd) -> tuple[str, Any]:
+    """(kind, body) of a fedtab message's ``RecordDict``."""
+    return _from_records(rd)
 
 
 def _message_type(kind: str) -> str:
@@ -155,8 +167,8 @@ class FlowerTransport:
         for rep in self._grid.send_and_receive(msgs, timeout=self._timeout):
             nid = rep.metadata.src_node_id
             if rep.has_error():
-                out[nid] = ("error", {"__error__": {"class": "FederationError",
-                                                    "message": f"Flower error: {rep.error.reason}"}})
+                out[nid] = ("error", {ERROR_KEY: {"class": "FederationError",
+                                                  "message": f"{FLOWER_ERROR_PREFIX}{rep.error.reason}"}})
             else:
                 out[nid] = _from_records(rep.content)
         return out
@@ -172,8 +184,29 @@ class FlowerTransport:
             raise FederationError(f"no reply from site(s) {missing} to '{kind}' (timed out or disconnected)")
         return {by_node[nid]: raise_if_error(by_node[nid], body) for nid, (_, body) in sorted(replies.items())}
 
+    def request_available(self, kind: str, bodies: Mapping[str, Any]) -> dict[str, Any]:
+        """Like ``request``, but a site that did not answer (timed out, disconnected, or whose site
+        service is down) is left out of the replies instead of failing the whole request. Errors a
+        site raised itself (a refused budget, bad data) are still raised."""
+        unknown = [s for s in bodies if s not in self._nodes]
+        if unknown:
+            raise FederationError(f"unknown site(s) {unknown}; connected sites: {self.sites}")
+        replies = self._send({self._nodes[s]: (kind, b) for s, b in bodies.items()})
+        by_node = {nid: s for s, nid in self._nodes.items()}
+        out: dict[str, Any] = {}
+        for nid, (_, body) in sorted(replies.items()):
+            if isinstance(body, dict) and ERROR_KEY in body and (
+                    body[ERROR_KEY].get(UNAVAILABLE_KEY) or _is_flower_error(body)):
+                continue
+            out[by_node[nid]] = raise_if_error(by_node[nid], body)
+        return out
+
     def close(self) -> None:
         pass
+
+
+def _is_flower_error(body: dict) -> bool:
+    return str(body[ERROR_KEY].get("message", "")).startswith(FLOWER_ERROR_PREFIX)
 
 
 def run_flower_simulation(

@@ -1,0 +1,60 @@
+"""Deployment commands: ``fedtab coordinator`` and ``fedtab site`` (one process per institution).
+
+Thin wrappers over ``fedtab.deploy.runner``; see the README section "Deploying across institutions".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedtab.commands.common import command, stderr, stdout
+from fedtab.errors import ConfigError
+
+
+def register(app: typer.Typer) -> None:
+    command(app, "coordinator")(coordinator_cmd)
+    command(app, "site")(site_cmd)
+
+
+def coordinator_cmd(
+    config: Path = typer.Argument(..., help="Consortium configuration (TOML): sites, model, privacy, training."),
+    output: Path = typer.Option(..., "--output", "-o", help="Model file to write (e.g. model.fedtab)."),
+    superlink: Optional[str] = typer.Option(None, "--superlink", help="Join a running SuperLink at HOST:PORT "
+                                            "instead of starting one."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this output."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address the started SuperLink listens on."),
+    port: int = typer.Option(9093, "--port", help="Port of the started SuperLink (one port for all its APIs)."),
+    ssl_certfile: Optional[Path] = typer.Option(None, "--ssl-certfile", help="SuperLink TLS certificate (PEM)."),
+    ssl_keyfile: Optional[Path] = typer.Option(None, "--ssl-keyfile", help="SuperLink TLS private key (PEM)."),
+    ssl_ca_certfile: Optional[Path] = typer.Option(None, "--ssl-ca-certfile", help="CA certificate (PEM) that "
+                                                   "signed it; the sites verify the SuperLink with it."),
+    insecure: bool = typer.Option(False, "--insecure", help="No TLS (loopback experiments only)."),
+    round_timeout: float = typer.Option(600.0, "--round-timeout", help="Seconds to wait for a site's reply."),
+) -> None:
+    """Start (or join) a Flower SuperLink and train the consortium's model across the connected sites."""
+    from fedtab.deploy.runner import TLSFiles, run_coordinator
+
+    tls_files = (ssl_certfile, ssl_keyfile, ssl_ca_certfile)
+    if any(tls_files) and not all(tls_files):
+        raise ConfigError("give all three of --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile, or none")
+    tls = TLSFiles(*tls_files) if all(tls_files) else None
+    console = stderr()
+
+    def on_round(r: dict) -> None:
+        console.print(f"round {r['round']} done in {r['seconds']:.1f} s")
+
+    status = run_coordinator(config, output, superlink=superlink, resume=resume, port=port, host=host, tls=tls,
+                             insecure=insecure, round_timeout=round_timeout, on_round=on_round)
+    stdout().print(f"model written to {status['output']} (sites: {', '.join(status.get('sites', []))})")
+
+
+def site_cmd(
+    config: Path = typer.Option(..., "--config", "-c", help="This site's site.toml."),
+) -> None:
+    """Serve this site: its table stays here; a Flower SuperNode connects it to the coordinator."""
+    from fedtab.deploy.runner import run_site
+
+    run_site(config, on_ready=lambda name: stderr().print(f"site '{name}' is serving; stop it with Ctrl-C"))

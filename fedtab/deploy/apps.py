@@ -1,0 +1,54 @@
+"""The Flower app components that ``flwr run`` starts (``fedtab.deploy.runner.APP_PYPROJECT``).
+
+- ``client_app``: runs in Flower's per-message ``flwr-clientapp`` process at a site. It imports no
+  torch and reads no table: it forwards the request to the site service named by the SuperNode's
+  ``--node-config site-socket=...`` and returns its reply.
+- ``server_app``: runs in Flower's ``flwr-serverapp`` process next to the SuperLink. It reads the
+  consortium config named in the run config, runs ``run_federation`` over ``FlowerTransport``,
+  checkpoints after every round, and writes the model file and a status file.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+from fedtab.errors import FederationError
+from fedtab.federation.flower_app import UNAVAILABLE_KEY, from_records, to_records
+from fedtab.federation.transport import ERROR_KEY, error_reply
+
+SOCKET_KEY = "site-socket"  # node config: the site service's Unix socket
+
+client_app = ClientApp()
+
+
+def _forward(msg, context):
+    from fedtab.deploy.ipc import call_site
+
+    kind, body = from_records(msg.content)
+    path = context.node_config.get(SOCKET_KEY)
+    try:
+        if not path:
+            raise FederationError(f"this SuperNode has no '{SOCKET_KEY}' in its --node-config")
+        reply = call_site(str(path), kind, body)
+    except (FederationError, OSError) as e:
+        reply = error_reply(e if isinstance(e, FederationError) else FederationError(str(e)))
+        reply[ERROR_KEY][UNAVAILABLE_KEY] = True
+    return Message(content=to_records(kind, reply), reply_to=msg)
+
+
+client_app.train()(_forward)
+client_app.evaluate()(_forward)
+client_app.query()(_forward)
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def _main(grid, context) -> None:
+    from fedtab.deploy.server import run_server
+
+    cfg = context.run_config
+    run_server(grid, config=str(cfg["fedtab-config"]), output=str(cfg["output"]), workdir=str(cfg["workdir"]),
+               resume=bool(cfg["resume"]), round_timeout=float(cfg["round-timeout"]))

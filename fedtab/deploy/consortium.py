@@ -1,0 +1,35 @@
+"""The consortium config as the coordinator reads it in a deployment.
+
+Same TOML as ``fedtab train`` (``fedtab.config``), except that a site's ``source`` is optional (the
+coordinator never reads a table: each site names its own source in its ``site.toml``) and a site may
+name ``public_key``: its SuperNode authentication public key, registered with the SuperLink.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from fedtab.config import RunConfig, config_from_dict
+from fedtab.errors import ConfigError
+
+AT_SITE = "(read at the site)"
+
+
+def load_consortium(path: str | Path) -> tuple[RunConfig, dict[str, Path]]:
+    """(run config, site name -> public key file) of a consortium TOML."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: configuration file not found.") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML ({e}).") from None
+    keys: dict[str, Path] = {}
+    for name, site in (data.get("sites") or {}).items():
+        if isinstance(site, dict):
+            site.setdefault("source", AT_SITE)
+            key = site.pop("public_key", None)
+            if key is not None:
+                keys[name] = Path(key) if Path(key).is_absolute() else p.parent / key
+    return config_from_dict(data, base_dir=p.parent, source=str(p)), keys

@@ -1,0 +1,92 @@
+"""Child processes of ``fedtab coordinator`` / ``fedtab site``: started in their own process group,
+stopped by that group's id (SIGTERM, then SIGKILL), never by name."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from fedtab.errors import FederationError
+
+DEPLOY_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def start(cmd: list[str], log: Path, *, env: dict | None = None, own_group: bool = True) -> subprocess.Popen:
+    """Start ``cmd`` with output to ``log``. ``own_group=False`` keeps it in the caller's process group,
+    so that killing the caller's group (kill -9 of a whole ``fedtab site``) takes it down too."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=own_group,
+                                env={**os.environ, **DEPLOY_ENV, **(env or {})})
+
+
+def stop(proc: subprocess.Popen, *, grace: float = 10.0) -> None:
+    """Stop ``proc``: its whole process group when it leads one, otherwise the process itself
+    (Flower's own helpers watch their parent's pid and exit with it)."""
+    if proc.poll() is None and os.getpgid(proc.pid) != proc.pid:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        proc.poll()
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            # children of the group may outlive the leader briefly
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _group_alive(pgid):
+                time.sleep(0.1)
+            if not _group_alive(pgid):
+                return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def wait_for_port(address: str, proc: subprocess.Popen, log: Path, *, timeout: float = 120.0) -> None:
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FederationError(f"{Path(log).name}: the process exited with {proc.returncode}:\n{tail(log)}")
+        with socket.socket() as s:
+            s.settimeout(1.0)
+            if s.connect_ex((host, int(port))) == 0:
+                return
+        time.sleep(0.3)
+    raise FederationError(f"nothing listens on {address} after {timeout:.0f} s:\n{tail(log)}")
+
+
+def tail(log: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(Path(log).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"

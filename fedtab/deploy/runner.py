@@ -1,0 +1,207 @@
+"""What ``fedtab coordinator`` and ``fedtab site`` do: start Flower's processes and fedtab's services.
+
+Coordinator: (optionally) a ``flower-superlink`` (TLS, SuperNode authentication), the registration of
+the sites' public keys, then ``flwr run`` of the fedtab app; it follows ``status.json`` and returns
+when the ServerApp has written the model file. Site: the site service on a Unix socket plus a
+``flower-supernode`` whose node config names the site and that socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedtab.deploy import processes
+from fedtab.deploy.server import CHECKPOINT, STATUS
+from fedtab.errors import ConfigError, FederationError
+
+FEDERATION = "fedtab"
+APP_PYPROJECT = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "fedtab-deploy"
+version = "1.0.0"
+description = "fedtab federated synthetic-table training (components live in the installed fedtab)"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "fedtab"
+
+[tool.flwr.app.components]
+serverapp = "fedtab.deploy.apps:server_app"
+clientapp = "fedtab.deploy.apps:client_app"
+
+[tool.flwr.app.config]
+fedtab-config = ""
+output = ""
+workdir = ""
+resume = false
+round-timeout = 600.0
+"""
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """The SuperLink's certificate and key, and the CA certificate that signed it (PEM files)."""
+
+    certfile: Path
+    keyfile: Path
+    ca_certfile: Path
+
+
+def _toml_str(v: object) -> str:
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def run_coordinator(config: Path, output: Path, *, superlink: str | None = None, resume: bool = False,
+                    port: int = 9093, host: str = "127.0.0.1", tls: TLSFiles | None = None,
+                    insecure: bool = False, round_timeout: float = 600.0,
+                    on_round: Callable[[dict], None] | None = None) -> dict:
+    """Run the consortium's training to a model file; returns the final status (rounds, seconds)."""
+    from fedtab.deploy.consortium import load_consortium
+
+    cfg, keys = load_consortium(config)
+    if tls is None and not insecure:
+        raise ConfigError("give the SuperLink's TLS files (--ssl-certfile, --ssl-keyfile, --ssl-ca-certfile) "
+                          "or --insecure for a loopback experiment")
+    missing = [str(k) for k in keys.values() if not k.is_file()]
+    if missing:
+        raise ConfigError(f"public key file(s) not found: {missing}")
+    output = output.resolve()
+    workdir = output.parent / f".{output.name}.run"
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / STATUS).unlink(missing_ok=True)
+    if not resume:
+        (workdir / CHECKPOINT).unlink(missing_ok=True)
+    home = workdir / "flwr-home"
+    env = {"FLWR_HOME": str(home)}
+    started: list[subprocess.Popen] = []
+    try:
+        address = superlink or f"{host}:{port}"
+        if superlink is None:
+            cmd = ["flower-superlink", "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+            cmd += ["--insecure"] if tls is None else ["--ssl-certfile", str(tls.certfile), "--ssl-keyfile",
+                                                       str(tls.keyfile), "--ssl-ca-certfile", str(tls.ca_certfile)]
+            if keys:
+                cmd.append("--enable-supernode-auth")
+            log = workdir / "superlink.log"
+            started.append(processes.start(cmd, log, env=env, own_group=False))
+            processes.wait_for_port(address, started[-1], log)
+        home.mkdir(parents=True, exist_ok=True)
+        conn = f"address = {_toml_str(address)}\n" + (
+            "insecure = true\n" if tls is None else f"root-certificates = {_toml_str(tls.ca_certfile.resolve())}\n")
+        (home / "config.toml").write_text(f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\n{conn}')
+        for name, key in sorted(keys.items()):
+            _flwr(["supernode", "register", str(key.resolve()), FEDERATION, "--name", name], env, workdir)
+        app = workdir / "app"
+        app.mkdir(exist_ok=True)
+        (app / "pyproject.toml").write_text(APP_PYPROJECT)
+        run_cfg = workdir / "run-config.toml"
+        run_cfg.write_text(f"fedtab-config = {_toml_str(Path(config).resolve())}\noutput = {_toml_str(output)}\n"
+                           f"workdir = {_toml_str(workdir)}\nresume = {'true' if resume else 'false'}\n"
+                           f"round-timeout = {float(round_timeout)}\n")
+        log = workdir / "flwr-run.log"
+        run = processes.start(["flwr", "run", str(app), FEDERATION, "--run-config", str(run_cfg), "--stream"],
+                              log, env=env, own_group=False)
+        started.append(run)
+        return _follow(workdir, run, log, on_round)
+    finally:
+        for proc in reversed(started):
+            processes.stop(proc)
+
+
+def _flwr(args: list[str], env: dict, workdir: Path) -> None:
+    res = subprocess.run(["flwr", *args], capture_output=True, text=True, cwd=workdir,
+                         env={**os.environ, **processes.DEPLOY_ENV, **env}, timeout=120)
+    if res.returncode != 0:
+        raise FederationError(f"'flwr {' '.join(args[:2])}' failed ({res.returncode}): {res.stdout[-800:]}"
+                              f"{res.stderr[-800:]}")
+
+
+def _follow(workdir: Path, run: subprocess.Popen, log: Path, on_round) -> dict:
+    seen = 0
+    exited_at = None
+    while True:
+        status = _read_status(workdir)
+        rounds = status.get("rounds", [])
+        for r in rounds[seen:]:
+            if on_round is not None:
+                on_round(r)
+        seen = len(rounds)
+        if status.get("state") == "done":
+            return status
+        if status.get("state") == "failed":
+            raise FederationError(f"the federation failed: {status.get('error')} (logs in {workdir})")
+        if run.poll() is not None:
+            exited_at = exited_at or time.monotonic()
+            if time.monotonic() - exited_at > 10:  # the ServerApp may write its status just after
+                raise FederationError(f"'flwr run' ended ({run.returncode}) without a model:\n{processes.tail(log)}")
+        time.sleep(0.5)
+
+
+def _read_status(workdir: Path) -> dict:
+    try:
+        return json.loads((workdir / STATUS).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def run_site(config_path: Path, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve one site until SIGTERM: the site service plus its SuperNode."""
+    from fedtab.api import _make_worker
+    from fedtab.config import SiteSource
+    from fedtab.deploy.site_service import SiteService, serve
+    from fedtab.deploy.siteconf import load_site_config
+
+    cfg = load_site_config(config_path)
+    state_dir = cfg.state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    worker = _make_worker(cfg.name, SiteSource(source=cfg.source, table=cfg.table))
+    worker.max_epsilon = cfg.max_epsilon
+    service = SiteService(worker, state_dir / "state.fedtab")
+    sock = state_dir / "site.sock"
+    node_config = f"site-name={_toml_str(cfg.name)} site-socket={_toml_str(sock)}"
+    cmd = ["flower-supernode", "--superlink", cfg.superlink, "--node-config", node_config,
+           "--port", str(cfg.port or processes.free_port())]
+    cmd += ["--insecure"] if cfg.insecure else ["--root-certificates", str(cfg.root_certificates)]
+    if cfg.private_key is not None:
+        cmd += ["--auth-supernode-private-key", str(cfg.private_key)]
+    node: list[subprocess.Popen] = []
+    stopping = threading.Event()
+
+    def start_node() -> None:
+        node.append(processes.start(cmd, state_dir / "supernode.log", env={"FLWR_HOME": str(state_dir / "flwr-home")},
+                                    own_group=False))
+        threading.Thread(target=_watch, args=(node[0], stopping), daemon=True).start()
+        if on_ready is not None:
+            on_ready(cfg.name)
+
+    try:
+        serve(service, sock, ready=start_node)
+    finally:
+        stopping.set()
+        for proc in node:
+            processes.stop(proc)
+
+
+def _watch(proc: subprocess.Popen, stopping: threading.Event) -> None:
+    """If the SuperNode dies, stop the site (its service would wait for messages that cannot come)."""
+    import signal
+
+    proc.wait()
+    if not stopping.is_set():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+

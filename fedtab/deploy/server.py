@@ -1,0 +1,59 @@
+"""The coordinator's side inside Flower's ServerApp process: run the federation, checkpoint, save.
+
+Files in ``workdir`` (the coordinator's own disk): ``checkpoint.fedtab`` (after every round, atomic),
+``status.json`` (``running`` / ``done`` / ``failed`` with the error), read by ``fedtab coordinator``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from fedtab.schema import atomic_write_text
+
+CHECKPOINT = "checkpoint.fedtab"
+STATUS = "status.json"
+
+
+def write_status(workdir: Path, state: str, **info) -> None:
+    atomic_write_text(workdir / STATUS, json.dumps({"state": state, **info}))
+
+
+def run_server(grid, *, config: str, output: str, workdir: str, resume: bool, round_timeout: float) -> None:
+    from fedtab.api import FederatedSynthesizer
+    from fedtab.deploy.checkpoint import load_checkpoint, save_checkpoint
+    from fedtab.deploy.consortium import load_consortium
+    from fedtab.errors import FederationError
+    from fedtab.federation.coordinator import run_federation
+    from fedtab.federation.flower_app import FlowerTransport
+
+    wd = Path(workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    write_status(wd, "running")
+    try:
+        cfg, _ = load_consortium(config)
+        synth = FederatedSynthesizer.from_config(cfg)
+        job = synth._job()  # validated settings -> JobSpec (the same as `fedtab train` builds)
+        resume_state = load_checkpoint(wd / CHECKPOINT, job) if resume else None
+        t0 = time.perf_counter()
+        transport = FlowerTransport(grid, expected_sites=len(cfg.sites), timeout=round_timeout)
+        unknown = sorted(set(transport.sites) - set(cfg.sites))
+        if unknown:
+            raise FederationError(f"SuperNodes for site(s) {unknown} joined, but the consortium config names "
+                                  f"only {sorted(cfg.sites)}")
+        rounds: list[dict] = []
+
+        def on_round(state) -> None:
+            save_checkpoint(wd / CHECKPOINT, state, job)
+            rounds.append({"round": state.rounds_done, "seconds": state.history[-1].seconds})
+            write_status(wd, "running", rounds=rounds)
+
+        result = run_federation(transport, job, resume=resume_state, on_round=on_round)
+        synth._set_result(result, job)
+        synth.save(output)
+        write_status(wd, "done", output=output, rounds=rounds, seconds=time.perf_counter() - t0,
+                     sites=sorted(result.ledgers))
+    except BaseException as e:
+        write_status(wd, "failed", error=str(e), error_class=type(e).__name__)
+        raise

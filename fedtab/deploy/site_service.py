@@ -1,0 +1,144 @@
+"""The long-lived site service: one institution's ``SiteWorker`` with persistent, replay-safe state.
+
+Why a service: Flower 1.42 runs every message in a fresh ``flwr-clientapp`` process. The service
+keeps torch, the site's table and its encoded rows in memory, and the ClientApp only forwards each
+request to it over a local Unix socket (``fedtab.deploy.ipc``).
+
+Persistence (the site's privacy ledger must outlive any restart, of the site or of the coordinator):
+
+- the state (agreed job, schema, ledger, training setup) lives in a site-local state file, written
+  atomically *before* the reply leaves the service: a release the ledger does not hold never leaves;
+- every data-dependent reply (``encode``, ``train``) is kept in a replay cache keyed by the SHA-256
+  of its request. The same request again (a coordinator resumed from its checkpoint re-sends the
+  round it was in) gets the recorded reply back: re-releasing the same output costs no budget, and
+  the result is the one an uninterrupted run would have had. A *different* request for a round the
+  ledger already holds is refused, so no coordinator can make a site spend a round twice;
+- a ``schema`` request for the same job (same seed, budget, holdout) keeps the ledger; a new job
+  starts a new ledger (the site's ``max_epsilon`` caps each job, not the sum over jobs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import socketserver
+from pathlib import Path
+from typing import Any
+
+from fedtab.errors import FederationError
+from fedtab.federation.flower_app import HELLO
+from fedtab.federation.site import ENCODE, SCHEMA, TRAIN, SiteWorker
+from fedtab.federation.training import TRAINING_PHASE
+from fedtab.federation.transport import error_reply
+from fedtab.federation.wire import pack
+from fedtab.deploy import ipc
+from fedtab.deploy.state_files import load_state, save_state
+
+STATE_FORMAT = "fedtab.site-state/1"
+REPLAYED = (ENCODE, TRAIN)
+
+
+def request_key(kind: str, body: Any) -> str:
+    p = pack(body)
+    h = hashlib.sha256(kind.encode() + b"\0" + p.json.encode())
+    for name in sorted(p.arrays):
+        a = p.arrays[name]
+        h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _rounds_in_ledger(state: dict) -> set[int]:
+    prefix = f"{TRAINING_PHASE}/round "
+    entries = state.get("ledger", {}).get("entries", [])
+    return {int(e["phase"][len(prefix):]) for e in entries if str(e["phase"]).startswith(prefix)}
+
+
+class SiteService:
+    """Handles requests for one site; ``state_path`` is the site-local state file."""
+
+    def __init__(self, worker: SiteWorker, state_path: str | os.PathLike):
+        self.worker = worker
+        self.state_path = Path(state_path)
+        self.state: dict = load_state(self.state_path, fmt=STATE_FORMAT) or {}
+
+    def handle(self, kind: str, body: Any) -> Any:
+        if kind == HELLO:
+            return {"site": self.worker.name}
+        try:
+            return self._handle(kind, body)
+        except Exception as e:  # noqa: BLE001 - every failure goes back to the coordinator, by class
+            return error_reply(e)
+
+    def _handle(self, kind: str, body: Any) -> Any:
+        work = dict(self.state)  # the worker replaces top-level keys; commit only on success
+        if kind == SCHEMA:
+            key = request_key("job", body["job"])
+            kept = {k: work[k] for k in ("ledger", "replies") if k in work} if work.get("job_key") == key else {}
+            if not kept:
+                work = {}
+            reply = self.worker(kind, body, work)
+            work.update(kept)
+            work["job_key"] = key
+        elif kind in REPLAYED:
+            key = request_key(kind, body)
+            replies = dict(work.get("replies", {}))
+            if key in replies:
+                return replies[key]["reply"]
+            if kind == TRAIN and int(body["round"]) + 1 in _rounds_in_ledger(work):
+                raise FederationError(
+                    f"site '{self.worker.name}' already trained round {int(body['round']) + 1} of this job on "
+                    "another global model; refusing to spend its budget on that round twice")
+            reply = self.worker(kind, body, work)
+            if kind == TRAIN:  # keep only the latest round's update (a resume re-sends at most that one)
+                replies = {k: v for k, v in replies.items() if v["kind"] != TRAIN}
+            replies[key] = {"kind": kind, "reply": reply}
+            work["replies"] = replies
+        else:
+            reply = self.worker(kind, body, work)
+        save_state(self.state_path, work, fmt=STATE_FORMAT)  # persisted before anything is released
+        self.state = work
+        return reply
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        kind, body = ipc.decode_frame(ipc.read_frame(self.request))
+        reply = self.server.service.handle(kind, body)  # type: ignore[attr-defined]
+        self.request.sendall(ipc.encode_frame(kind, reply))
+
+
+def serve(service: SiteService, socket_path: str | os.PathLike, *, ready=None) -> None:
+    """Serve requests one at a time until SIGTERM/SIGINT. ``ready()`` is called once listening."""
+    path = Path(socket_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(str(path))
+            probe.close()
+            raise FederationError(f"another site service is already listening on {path}")
+        except OSError:
+            path.unlink()  # a stale socket left by a killed service
+    old = os.umask(0o177)  # the socket is for this user only
+    try:
+        server = socketserver.UnixStreamServer(str(path), _Handler)
+    finally:
+        os.umask(old)
+    server.service = service  # type: ignore[attr-defined]
+
+    def stop(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        if ready is not None:
+            ready()
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        path.unlink(missing_ok=True)
