@@ -48,9 +48,9 @@ class DiffusionConfig:
     """Diffusion and denoiser settings. ``sampling_steps`` <= ``timesteps`` (strided sampler)."""
 
     timesteps: int = 1000
-    sampling_steps: int = 50
+    sampling_steps: int = 30
     schedule: str = "cosine"
-    hidden_dims: tuple[int, ...] = (256, 512, 256)
+    hidden_dims: tuple[int, ...] = (256, 256)
     time_embedding_dim: int = 128
     numeric_scale: float = 4.0
     eta: float = 0.0
@@ -132,14 +132,21 @@ class TabDiffusion(GenerativeModel):
         self.conditions_ = Conditions(spans, [])  # unconditional: uniform rows, no training-by-sampling
         self.spans_ = list(spans)
         self.n_num_ = len(lay.tanh_cols)
-        soft_cols = lay.pad_index[lay.pad_mask]  # encoded columns of the spans, in padded-block order
-        self._soft_cols = soft_cols
-        # Flat soft logit j -> padded slot; padded slots read a dummy column at the end.
-        flat = torch.full(lay.pad_mask.shape, len(soft_cols), dtype=torch.long)
-        flat[lay.pad_mask] = torch.arange(len(soft_cols))
+        self._soft_cols = lay.pad_index[lay.pad_mask]  # encoded columns of the spans, span by span
+        n_soft = len(self._soft_cols)
+        # Flat soft column j -> padded slot (for an exact per-span log-softmax); padding reads a dummy.
+        flat = torch.full(lay.pad_mask.shape, n_soft, dtype=torch.long)
+        flat[lay.pad_mask] = torch.arange(n_soft)
         self._slot_index = flat
-        self._k = lay.pad_mask.sum(dim=1).double()[None, :, None]  # categories per span
-        self._abar = alpha_bars(cfg.timesteps, cfg.schedule)
+        dims = lay.pad_mask.sum(dim=1)
+        self._span_id = torch.repeat_interleave(torch.arange(lay.n_soft), dims)
+        self._starts = torch.cumsum(dims, 0) - dims
+        self._ends = torch.cumsum(dims, 0) - 1
+        self._pos = (torch.arange(n_soft) - self._starts[self._span_id]).float()  # position within its span
+        self._kmax1 = (dims - 1).float()
+        self._kinv = 1.0 / dims[self._span_id].float()
+        self._member = F.one_hot(self._span_id, lay.n_soft).float() if n_soft else torch.zeros(0, 0)
+        self._abar = alpha_bars(cfg.timesteps, cfg.schedule).float()
         with torch.random.fork_rng(devices=[]):  # deterministic init, global RNG left as it was
             torch.manual_seed(seed)
             self.denoiser_ = Denoiser(lay.dim, cfg.hidden_dims, cfg.time_embedding_dim)
@@ -153,34 +160,42 @@ class TabDiffusion(GenerativeModel):
         self._check_built()
         return {"denoiser": self.denoiser_}
 
-    # --- span blocks -------------------------------------------------------------------------------
-    def _block_logits(self, flat: torch.Tensor) -> torch.Tensor:
-        """Flat soft outputs (rows, soft width) -> padded (rows, spans, max_dim), padding -1e9."""
-        ext = torch.cat([flat, torch.zeros(flat.shape[0], 1, dtype=flat.dtype)], dim=1)
-        return ext[:, self._slot_index].masked_fill(~self.layout_.pad_mask, _NEG)
+    # --- span blocks (flat: the softmax spans' columns side by side, no padding) -------------------
+    def _segsum(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-span sums (rows, spans) of flat soft columns: one small matrix product."""
+        return x @ self._member
 
-    def _q_probs(self, onehot: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-        """abar * x + (1 - abar) / K per span (padding 0); ``abar`` broadcast as (rows, 1, 1)."""
-        p = abar * onehot + (1 - abar) / self._k
-        return p * self.layout_.pad_mask
+    def _q_probs(self, x: torch.Tensor, abar) -> torch.Tensor:
+        """abar * x + (1 - abar) / K, column-wise (``abar``: a float or a (rows, 1) column)."""
+        return abar * x + (1 - abar) * self._kinv
 
-    def _posterior(self, x_t: torch.Tensor, x0: torch.Tensor, alpha: torch.Tensor, abar_prev: torch.Tensor):
-        """q(x_{t-1} | x_t, x_0) per span for one-hot ``x_t`` and a distribution ``x0`` (float64)."""
+    def _posterior(self, x_t: torch.Tensor, x0: torch.Tensor, alpha, abar_prev) -> torch.Tensor:
+        """q(x_{t-1} | x_t, x_0) per span for one-hot ``x_t`` and a distribution ``x0`` (flat)."""
         p = self._q_probs(x_t, alpha) * self._q_probs(x0, abar_prev)
-        return p / p.sum(dim=2, keepdim=True).clamp_min(1e-30)
+        return p / self._segsum(p).clamp_min(1e-30)[:, self._span_id]
 
     def _draw(self, probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One category per span (Gumbel-max on the probabilities) -> padded one-hot."""
-        u = torch.rand(probs.shape, generator=generator, dtype=torch.float64).clamp_(1e-12, 1.0 - 1e-7)
-        score = torch.log(probs.clamp_min(1e-30)) - torch.log(-torch.log(u))
-        score = score.masked_fill(~self.layout_.pad_mask, -math.inf)
-        return F.one_hot(score.argmax(dim=2), self.layout_.max_dim).double() * self.layout_.pad_mask
+        """One category per span from (unnormalised) flat probabilities by inverse CDF -> flat one-hot.
+        One uniform per span; the chosen position is the count of within-span CDF values below it."""
+        cum = torch.cumsum(probs, dim=1)
+        within = cum - (cum - probs)[:, self._starts][:, self._span_id]
+        total = within[:, self._ends]  # (rows, spans)
+        u = torch.rand(total.shape, generator=generator) * total
+        count = self._segsum((within < u[:, self._span_id]).to(probs.dtype))
+        chosen = torch.minimum(count, self._kmax1)
+        return (self._pos == chosen[:, self._span_id]).to(probs.dtype)
 
     def _net(self, x_num: torch.Tensor, x_cat: torch.Tensor, t: torch.Tensor):
-        """Denoiser on [scaled tanh values | one-hot spans]: (eps_hat, padded x0 logits)."""
-        x = torch.cat([x_num, x_cat[:, self.layout_.pad_mask].float()], dim=1)
-        out = self.denoiser_(x, t)
-        return out[:, : self.n_num_], self._block_logits(out[:, self.n_num_:])
+        """Denoiser on [scaled tanh values | flat one-hot spans]: (eps_hat, flat soft logits)."""
+        out = self.denoiser_(torch.cat([x_num, x_cat], dim=1), t)
+        return out[:, : self.n_num_], out[:, self.n_num_:]
+
+    def _log_softmax(self, flat: torch.Tensor) -> torch.Tensor:
+        """Per-span log-softmax of flat logits (through the padded block: exact for any logit range)."""
+        lay = self.layout_
+        ext = torch.cat([flat, torch.zeros(flat.shape[0], 1)], dim=1)
+        block = ext[:, self._slot_index].masked_fill(~lay.pad_mask, _NEG)
+        return torch.log_softmax(block, dim=2)[:, lay.pad_mask]
 
     # --- loss ---------------------------------------------------------------------------------------
     def private_losses(
@@ -189,29 +204,25 @@ class TabDiffusion(GenerativeModel):
         """One loss per real row at one timestep drawn per row."""
         lay, n = self.layout_, real.shape[0]
         t = torch.randint(self.config.timesteps, (n,), generator=generator)
-        abar = self._abar[t]
+        abar = self._abar[t][:, None]
         x_num = real[:, lay.tanh_cols] * self.config.numeric_scale
         eps = torch.randn(x_num.shape, generator=generator)
-        x_num_t = (abar.sqrt()[:, None] * x_num + (1 - abar).sqrt()[:, None] * eps).float()
-        x0_cat = real[:, lay.pad_index].double() * lay.pad_mask
-        x_cat_t = (self._draw(self._q_probs(x0_cat, abar[:, None, None]), generator) if lay.n_soft
-                   else x0_cat)
+        x_num_t = abar.sqrt() * x_num + (1 - abar).sqrt() * eps
+        x0_cat = real[:, self._soft_cols]
+        x_cat_t = self._draw(self._q_probs(x0_cat, abar), generator) if lay.n_soft else x0_cat
         eps_hat, logits = self._net(x_num_t, x_cat_t, t)
         loss = torch.zeros(n)
         if self.n_num_:
             loss = loss + ((eps - eps_hat) ** 2).mean(dim=1)
         if lay.n_soft:
-            log_x0_hat = torch.log_softmax(logits, dim=2)
-            target = x0_cat.argmax(dim=2, keepdim=True)
-            nll = -log_x0_hat.gather(2, target).squeeze(2)  # (rows, spans)
-            abar_prev = torch.where(t > 0, self._abar[(t - 1).clamp(min=0)], torch.ones_like(abar))
-            alpha = (abar / abar_prev)[:, None, None]
-            q = self._posterior(x_cat_t, x0_cat, alpha, abar_prev[:, None, None])
-            # The model's posterior is linear in x0_hat: computed in float32 so autograd stays cheap.
-            p = self._posterior(x_cat_t.float(), log_x0_hat.exp(), alpha.float(), abar_prev[:, None, None].float())
-            kl = (q * (torch.log(q.clamp_min(1e-30)) - torch.log(p.clamp_min(1e-30)))).sum(dim=2)
-            per_span = torch.where((t == 0)[:, None], nll, kl.float())
-            loss = loss + per_span.mean(dim=1)
+            log_x0_hat = self._log_softmax(logits)
+            nll = -self._segsum(x0_cat * log_x0_hat)  # (rows, spans)
+            abar_prev = torch.where(t[:, None] > 0, self._abar[(t - 1).clamp(min=0)][:, None], torch.ones_like(abar))
+            alpha = abar / abar_prev
+            q = self._posterior(x_cat_t, x0_cat, alpha, abar_prev)
+            p = self._posterior(x_cat_t, log_x0_hat.exp(), alpha, abar_prev)
+            kl = self._segsum(q * (torch.log(q.clamp_min(1e-30)) - torch.log(p.clamp_min(1e-30))))
+            loss = loss + torch.where((t == 0)[:, None], nll, kl).mean(dim=1)
         return loss
 
     # --- sampling -------------------------------------------------------------------------------------
@@ -222,7 +233,7 @@ class TabDiffusion(GenerativeModel):
         return torch.unique(ts)
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator, chunk: int = 20_000) -> np.ndarray:
+    def sample(self, n: int, *, generator: torch.Generator, chunk: int = 4096) -> np.ndarray:
         """``n`` rows: tanh columns in [-1, 1], one-hot spans; ``sampling_steps`` steps per chunk."""
         self._check_built()
         was_training = self.denoiser_.training
@@ -239,28 +250,25 @@ class TabDiffusion(GenerativeModel):
         lay, cfg = self.layout_, self.config
         ts = self.sampling_timesteps()
         x_num = torch.randn(m, self.n_num_, generator=generator)
-        uniform = (lay.pad_mask / self._k[0]).expand(m, -1, -1)
-        x_cat = self._draw(uniform, generator) if lay.n_soft else torch.zeros(m, 0, lay.max_dim, dtype=torch.float64)
+        x_cat = self._draw(self._kinv.expand(m, -1), generator) if lay.n_soft else torch.zeros(m, 0)
         for k in range(len(ts) - 1, -1, -1):
-            t = ts[k]
-            abar = float(self._abar[t])
+            abar = float(self._abar[ts[k]])
             abar_prev = float(self._abar[ts[k - 1]]) if k > 0 else 1.0
-            eps_hat, logits = self._net(x_num, x_cat, t.expand(m))
+            eps_hat, logits = self._net(x_num, x_cat, ts[k : k + 1])  # one timestep embedding per step
             if self.n_num_:
-                x0 = ((x_num - math.sqrt(1 - abar) * eps_hat) / math.sqrt(abar)).clamp(-cfg.numeric_scale,
-                                                                                     cfg.numeric_scale)
+                x0 = ((x_num - math.sqrt(1 - abar) * eps_hat) / math.sqrt(abar)).clamp_(-cfg.numeric_scale,
+                                                                                      cfg.numeric_scale)
                 eps = (x_num - math.sqrt(abar) * x0) / math.sqrt(1 - abar)
                 sigma = cfg.eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
                 x_num = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma ** 2, 0.0)) * eps
                 if sigma > 0:
                     x_num = x_num + sigma * torch.randn(x_num.shape, generator=generator)
             if lay.n_soft:
-                x0_hat = torch.softmax(logits.double(), dim=2)
-                if k == 0:
-                    probs = x0_hat
-                else:
-                    probs = self._posterior(x_cat, x0_hat, torch.tensor(abar / abar_prev, dtype=torch.float64),
-                                            torch.tensor(abar_prev, dtype=torch.float64))
+                # Per-span softmax against the row's max (cheaper than a padded block); exp's argument is
+                # floored at -80 so a span far below the row's max keeps tiny but non-zero weights.
+                e = torch.exp((logits - logits.amax(dim=1, keepdim=True)).clamp_(min=-80.0))
+                x0_hat = e / self._segsum(e)[:, self._span_id]
+                probs = x0_hat if k == 0 else self._posterior(x_cat, x0_hat, abar / abar_prev, abar_prev)
                 x_cat = self._draw(probs, generator)
         num = (x_num / cfg.numeric_scale).clamp(-1.0, 1.0)
-        return torch.cat([num, x_cat[:, lay.pad_mask].float()], dim=1)[:, lay.inverse]
+        return torch.cat([num, x_cat], dim=1)[:, lay.inverse]
