@@ -17,6 +17,7 @@ from fedtab.errors import ConfigError
 def register(app: typer.Typer) -> None:
     command(app, "coordinator")(coordinator_cmd)
     command(app, "site")(site_cmd)
+    command(app, "trial-keys")(trial_keys_cmd)
 
 
 def coordinator_cmd(
@@ -57,4 +58,22 @@ def site_cmd(
     """Serve this site: its table stays here; a Flower SuperNode connects it to the coordinator."""
     from fedtab.deploy.runner import run_site
 
-    run_site(config, on_ready=lambda name: stderr().print(f"site '{name}' is serving; stop it with Ctrl-C"))
+    run_site(config, on_event=lambda message: stderr().print(message))
+
+
+def trial_keys_cmd(
+    out: Path = typer.Argument(..., help="Folder for the files."),
+    site: list[str] = typer.Option(..., "--site", help="A site name (repeat for each site)."),
+    host: list[str] = typer.Option(["127.0.0.1", "localhost"], "--host", help="A name or IP address the "
+                                   "SuperLink's certificate is valid for (repeat)."),
+) -> None:
+    """Make a self-signed CA, a SuperLink certificate and one SuperNode key per site (for trials)."""
+    from fedtab.deploy.pki import make_node_key, make_tls
+
+    pki = make_tls(out, hosts=tuple(host))
+    console = stdout()
+    console.print(f"CA certificate: {pki.ca_certfile}\nSuperLink certificate: {pki.certfile}\n"
+                  f"SuperLink key: {pki.keyfile}")
+    for name in site:
+        private, public = make_node_key(out, name)
+        console.print(f"site '{name}': private key {private} (stays at the site), public key {public}")

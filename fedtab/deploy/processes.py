@@ -21,12 +21,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def start(cmd: list[str], log: Path, *, env: dict | None = None, own_group: bool = True) -> subprocess.Popen:
+def start(cmd: list[str], log: Path, *, env: dict | None = None, own_group: bool = True,
+          cwd: Path | None = None) -> subprocess.Popen:
     """Start ``cmd`` with output to ``log``. ``own_group=False`` keeps it in the caller's process group,
     so that killing the caller's group (kill -9 of a whole ``fedtab site``) takes it down too."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=own_group,
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=own_group, cwd=cwd,
                                 env={**os.environ, **DEPLOY_ENV, **(env or {})})
 
 

@@ -158,14 +158,20 @@ def _read_status(workdir: Path) -> dict:
         return {}
 
 
-def run_site(config_path: Path, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve one site until SIGTERM: the site service plus its SuperNode."""
+def run_site(config_path: Path, *, on_event: Callable[[str], None] | None = None,
+             restart_delay: float = 5.0) -> None:
+    """Serve one site until SIGTERM: the site service plus its SuperNode.
+
+    The SuperNode is restarted whenever it exits (the SuperLink restarted, or this site's key was
+    not registered yet); the site service, its table and its ledger stay up meanwhile.
+    """
     from fedtab.api import _make_worker
     from fedtab.config import SiteSource
     from fedtab.deploy.site_service import SiteService, serve
     from fedtab.deploy.siteconf import load_site_config
 
     cfg = load_site_config(config_path)
+    notify = on_event or (lambda msg: None)
     state_dir = cfg.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     worker = _make_worker(cfg.name, SiteSource(source=cfg.source, table=cfg.table))
@@ -178,30 +184,31 @@ def run_site(config_path: Path, *, on_ready: Callable[[str], None] | None = None
     cmd += ["--insecure"] if cfg.insecure else ["--root-certificates", str(cfg.root_certificates)]
     if cfg.private_key is not None:
         cmd += ["--auth-supernode-private-key", str(cfg.private_key)]
+    log = state_dir / "supernode.log"
+    env = {"FLWR_HOME": str(state_dir / "flwr-home")}
+    lock = threading.Lock()
     node: list[subprocess.Popen] = []
     stopping = threading.Event()
 
-    def start_node() -> None:
-        node.append(processes.start(cmd, state_dir / "supernode.log", env={"FLWR_HOME": str(state_dir / "flwr-home")},
-                                    own_group=False))
-        threading.Thread(target=_watch, args=(node[0], stopping), daemon=True).start()
-        if on_ready is not None:
-            on_ready(cfg.name)
+    def keep_node_up() -> None:
+        while not stopping.is_set():
+            with lock:
+                if stopping.is_set():
+                    return
+                node[:] = [processes.start(cmd, log, env=env, own_group=False)]
+            code = node[0].wait()
+            if stopping.wait(0 if stopping.is_set() else restart_delay):
+                return
+            notify(f"the SuperNode exited ({code}); restarting it (log: {log})")
+
+    def ready() -> None:
+        threading.Thread(target=keep_node_up, daemon=True).start()
+        notify(f"site '{cfg.name}' is serving from {state_dir}; stop it with Ctrl-C")
 
     try:
-        serve(service, sock, ready=start_node)
+        serve(service, sock, ready=ready)
     finally:
         stopping.set()
-        for proc in node:
-            processes.stop(proc)
-
-
-def _watch(proc: subprocess.Popen, stopping: threading.Event) -> None:
-    """If the SuperNode dies, stop the site (its service would wait for messages that cannot come)."""
-    import signal
-
-    proc.wait()
-    if not stopping.is_set():
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
+        with lock:
+            for proc in node:
+                processes.stop(proc)
