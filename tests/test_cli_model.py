@@ -1,0 +1,156 @@
+"""The model commands through the CLI: train -> sample -> evaluate -> release, demo, errors, and Flower."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedtab.datasets import HEART_SITES, heart_site_path, load_heart_sites
+
+SCHEMA = heart_site_path("cleveland").parent / "heart_schema.json"
+
+
+def write_config(tmp_path, *, epsilon="1.0", sites=HEART_SITES, rounds=2) -> str:
+    lines = [f"seed = 5\nschema = '{SCHEMA}'\ntarget = 'num'\n[model]\nname = 'ctgan'\n",
+             f"[privacy]\nepsilon = {epsilon}\ndelta = 1e-5\n" if epsilon else "",
+             f"[training]\nrounds = {rounds}\nlocal_epochs = 1.0\nbatch_size = 128\n"]
+    for s in sites:
+        lines.append(f"[sites.{s}]\nsource = '{heart_site_path(s)}'\n")
+    path = tmp_path / "job.toml"
+    path.write_text("".join(lines))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One `fedtab train` run shared by the tests below."""
+    from typer.testing import CliRunner
+
+    from fedtab.cli import app
+
+    tmp = tmp_path_factory.mktemp("cli")
+    cfg = write_config(tmp)
+    result = CliRunner().invoke(app, ["train", cfg, "-o", str(tmp / "m.fedtab"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return tmp, cfg, result
+
+
+def test_train_writes_a_model_and_prints_the_ledger(trained):
+    tmp, _, result = trained
+    assert (tmp / "m.fedtab").exists()
+    assert "model written to" in result.output and "privacy ledger" in result.output
+    for site in HEART_SITES:
+        assert site in result.output
+
+
+def test_sample_writes_csv_and_parquet_with_the_schema_columns(trained, cli):
+    tmp, _, _ = trained
+    out = cli("sample", str(tmp / "m.fedtab"), "-n", "120", "-o", str(tmp / "s.csv"), "--seed", "3")
+    assert out.exit_code == 0, out.output
+    df = pd.read_csv(tmp / "s.csv")
+    assert len(df) == 120 and list(df.columns) == list(load_heart_sites()["hungary"].columns)
+    out = cli("sample", str(tmp / "m.fedtab"), "-n", "120", "-o", str(tmp / "s.parquet"), "--seed", "3")
+    assert out.exit_code == 0 and len(pd.read_parquet(tmp / "s.parquet")) == 120
+    again = cli("sample", str(tmp / "m.fedtab"), "-n", "120", "-o", str(tmp / "s.csv"))
+    assert again.exit_code == 5 and "exists" in again.output  # no silent overwrite
+
+
+def test_sample_refuses_a_tampered_model_with_exit_7(trained, cli):
+    tmp, _, _ = trained
+    data = bytearray((tmp / "m.fedtab").read_bytes())
+    data[-10] ^= 0x55
+    (tmp / "bad.fedtab").write_bytes(bytes(data))
+    out = cli("sample", str(tmp / "bad.fedtab"), "-n", "5", "-o", str(tmp / "x.csv"))
+    assert out.exit_code == 7 and "hash mismatch" in out.output and "Traceback" not in out.output
+    assert not (tmp / "x.csv").exists()
+
+
+def test_evaluate_writes_report_and_figures(trained, cli):
+    tmp, cfg, _ = trained
+    out = cli("evaluate", str(tmp / "m.fedtab"), cfg, "-o", str(tmp / "eval.html"), "-n", "300")
+    assert out.exit_code == 0, out.output
+    figures = json.loads((tmp / "eval.json").read_text())["evaluation"]
+    assert set(figures["sites"]) == set(HEART_SITES)
+    assert 0 <= figures["figures"]["fidelity.quality"] <= 1
+    assert "<svg" in (tmp / "eval.html").read_text()
+
+
+def test_release_refused_names_failed_checks_and_releases_nothing(trained, cli, tmp_path):
+    tmp, cfg, _ = trained
+    policy = tmp_path / "strict.toml"
+    policy.write_text("[fidelity]\nmin_quality = 0.99\n")
+    out = cli("release", cfg, "--model", str(tmp / "m.fedtab"), "--policy", str(policy),
+              "--out", str(tmp_path / "rel"), "-n", "300")
+    assert out.exit_code == 10, out.output
+    assert "Quality score" in out.output and "outside >= 0.99" in out.output
+    assert not (tmp_path / "rel" / "synthetic.csv").exists()
+    audit = json.loads((tmp_path / "rel" / "audit.json").read_text())
+    assert audit["released"] is False and "quality" in audit["failed_checks"]
+    assert audit["sha256"]["synthetic_table"] is None and len(audit["sha256"]["model"]) == 64
+
+
+def test_release_passes_a_lenient_policy_and_writes_the_table(trained, cli, tmp_path):
+    tmp, cfg, _ = trained
+    policy = tmp_path / "lenient.toml"
+    policy.write_text(
+        "[fidelity]\nmin_quality = 0.0\nmax_detection_auc = 1.0\n"
+        "[disclosure]\ndcr_share_min = 0.0\ndcr_share_max = 1.0\nmax_exact_copy_rate = 1.0\nmax_mia_auc = 1.0\n"
+        "max_singling_out_risk = 1.0\nmax_linkability_risk = 1.0\nmax_inference_risk = 1.0\n")
+    out = cli("release", cfg, "--model", str(tmp / "m.fedtab"), "--policy", str(policy),
+              "--out", str(tmp_path / "rel"), "-n", "300")
+    assert out.exit_code == 0, out.output
+    table = pd.read_csv(tmp_path / "rel" / "synthetic.csv")
+    assert len(table) == 300
+    audit = json.loads((tmp_path / "rel" / "audit.json").read_text())
+    assert audit["released"] is True and len(audit["sha256"]["synthetic_table"]) == 64
+
+
+def test_train_config_errors_exit_2(cli, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[privacy]\nepsilon = -3\n")
+    out = cli("train", str(bad), "-o", str(tmp_path / "m.fedtab"))
+    assert out.exit_code == 2 and "'epsilon' must be" in out.output and "'sites' must name" in out.output
+    assert "Traceback" not in out.output
+
+
+def test_site_asking_past_its_budget_stops_before_any_release(tmp_path):
+    from fedtab import errors
+    from fedtab.api import _make_worker
+    from fedtab.federation.coordinator import JobSpec, run_federation
+    from fedtab.federation.transport import InProcessTransport
+    from fedtab.config import PrivacySettings
+    from fedtab.datasets import heart_schema
+
+    sites = load_heart_sites()
+    workers = {s: _make_worker(s, df) for s, df in sites.items()}
+    workers["hungary"].max_epsilon = 0.5  # this hospital allows at most 0.5
+    job = JobSpec(privacy=PrivacySettings(epsilon=1.0), schema=heart_schema())
+    with pytest.raises(errors.ConfigError, match="site 'hungary'.*at most 0.5"):
+        run_federation(InProcessTransport(workers), job)
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_flow(cli, tmp_path):
+    out = cli("demo", "--out", str(tmp_path / "demo"), "--rounds", "2", "--quiet")
+    assert out.exit_code == 0, out.output
+    for name in ("report.html", "report.json", "model.fedtab", "audit.json"):
+        assert (tmp_path / "demo" / name).exists(), name
+    assert "release gate" in out.output
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert set(report["evaluation"]["sites"]) == set(HEART_SITES) and report["verdict"]["checks"]
+
+
+@pytest.mark.slow
+def test_flower_simulation_gives_the_same_model_as_in_process():
+    import fedtab
+    from fedtab.datasets import heart_schema
+
+    sites = load_heart_sites()
+    kw = dict(epsilon=1.0, rounds=2, local_epochs=1.0, batch_size=64, seed=3, schema=heart_schema())
+    a = fedtab.FederatedSynthesizer("ctgan", transport="inprocess", **kw).fit(sites)
+    b = fedtab.FederatedSynthesizer("ctgan", transport="flower", **kw).fit(sites)
+    assert set(a.weights_) == set(b.weights_)
+    assert all(np.array_equal(a.weights_[k], b.weights_[k]) for k in a.weights_)
+    assert {s: l.epsilon for s, l in a.privacy_ledger.items()} == {s: l.epsilon for s, l in b.privacy_ledger.items()}
+    assert a.sample(100, seed=1).equals(b.sample(100, seed=1))
