@@ -17,12 +17,15 @@ from fedtab.schema import TableSchema
 HEART = BUNDLED / "heart_cleveland.csv"
 
 
-def test_readme_main_job_runs_as_a_real_console_command():
-    # The README's install step ends with this command: run it exactly, as a subprocess.
-    out = subprocess.run([sys.executable, "-m", "fedtab", "inspect", "fedtab/data/heart_cleveland.csv"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+@pytest.mark.slow
+def test_readme_main_job_runs_as_a_real_console_command(tmp_path):
+    # The README's install step ends with the main job: run it exactly, as a real console command.
+    install = _readme_blocks("bash")[0].strip()
+    assert install.startswith("pip install torch==2.13.0") and install.endswith("&& fedtab demo")
+    out = subprocess.run([sys.executable, "-m", "fedtab", "demo"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stderr
-    assert "303 rows x 14 columns" in out.stdout and "oldpeak" in out.stdout
+    assert "release gate" in out.stdout and (tmp_path / "fedtab-demo" / "report.html").exists()
 
 
 def test_inspect_table_lists_every_column(cli):
@@ -109,28 +112,48 @@ def test_usage_errors_exit_2_and_version_prints(cli):
     assert cli("--version").output.startswith("fedtab 0.")
 
 
-def _readme_blocks(lang: str) -> list[str]:
+def _readme_blocks(lang: str, *, deployment: bool = False) -> list[str]:
     text = (REPO / "README.md").read_text(encoding="utf-8")
+    # The deployment walk-through starts long-running servers: tests/test_deploy_e2e.py runs it.
+    head, _, deploy = text.partition("## Deploying across institutions")
+    text = deploy if deployment else head
     return [b.split("```", 1)[0] for b in text.split(f"```{lang}\n")[1:]]
 
 
+# Documented non-zero exits: `fedtab release` exits 10 when the gate refuses (and says why).
+DOCUMENTED_EXITS = {"release": {0, 10}}
+
+
 def test_every_readme_fedtab_command_works(cli, tmp_path, monkeypatch):
-    (tmp_path / "fedtab").symlink_to(REPO / "fedtab")  # README paths are relative to the repository root
+    for folder in ("fedtab", "examples"):  # README paths are relative to the repository root
+        (tmp_path / folder).symlink_to(REPO / folder)
     monkeypatch.chdir(tmp_path)
     commands = [line.split("#")[0].split() for block in _readme_blocks("bash") for line in block.splitlines()
                 if line.startswith("fedtab ")]
-    assert len(commands) >= 7
+    assert len(commands) >= 10
     for argv in commands:
         result = cli(*argv[1:])
-        assert result.exit_code == 0, (argv, result.output)
+        assert result.exit_code in DOCUMENTED_EXITS.get(argv[1], {0}), (argv, result.output)
     assert TableSchema.load("heart_schema_from_sdv.json").names == heart_schema().names
+    assert connectors.read_table("heart_synthetic.csv", schema=heart_schema()).shape == (1000, 14)
+    assert (tmp_path / "heart_report.html").exists() and (tmp_path / "heart_release" / "audit.json").exists()
 
 
 def test_readme_python_example_works(tmp_path, monkeypatch):
     (tmp_path / "fedtab").symlink_to(REPO / "fedtab")
     monkeypatch.chdir(tmp_path)
-    [code] = _readme_blocks("python")
+    [code] = [b for b in _readme_blocks("python") if "write_table" in b]
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert set(namespace["sites"]) == {"cleveland", "hungary", "switzerland", "va_long_beach"}
     assert len(connectors.read_table("sqlite:///site.db", table="heart", schema=heart_schema())) == 200
+
+
+def test_readme_api_example_works(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    [code] = [b for b in _readme_blocks("python") if "FederatedSynthesizer" in b]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert len(namespace["table"]) == 500
+    assert all(ledger.epsilon <= 1.0 + 1e-9 for ledger in namespace["synth"].privacy_ledger.values())
+    assert set(namespace["evaluation"].sites) == set(namespace["sites"])
