@@ -22,8 +22,15 @@ towards one side of the loss.
 Modes: ``"ghost"`` (default) uses Opacus' ghost clipping: per-row gradient norms of ``nn.Linear`` layers
 from ``|activation| * |backprop|`` (exact for 2-D inputs), then a second backward of the
 clip-weighted loss; no per-sample gradients are materialised. ``"hooks"`` materialises per-sample
-gradients (exact too, but ~100 MB per step for CTGAN's discriminator at batch 500). See
-``benchmarks/bench_dp_step.py`` for the timings.
+gradients (exact too, but ~100 MB per step for CTGAN's discriminator at batch 500). ``"bk"``
+(book-keeping, Bu et al. 2023) is ghost clipping without the second backward: forward hooks keep each
+``nn.Linear``'s input ``a`` and output ``z``; one backward gives ``g = dloss/dz`` (the backprop chain
+only, no weight gradients); row i's squared gradient norm is ``sum over layers |g_i|^2 (|a_i|^2 + 1)``
+(exact for 2-D inputs; the 1 is the bias); the clipped sum is then ``(c * g)^T a`` per layer, one
+matmul, the same work as a plain backward's weight gradient. A DP step then costs about a plain step
+plus the row norms, instead of a plain step plus a second backward. Opacus' optimizer still adds the
+noise and divides by the expected batch size. Networks whose only parameters are in ``nn.Linear``
+layers (fedtab's discriminators) qualify. See ``benchmarks/bench_ctgan_adult.py`` for the timings.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from torch import nn
 
 from fedtab.errors import ConfigError
 
-GRAD_SAMPLE_MODES = ("ghost", "hooks")
+GRAD_SAMPLE_MODES = ("ghost", "hooks", "bk")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,7 +111,10 @@ class PrivateNetwork:
             generator=noise_generator,
             secure_mode=config.secure_mode,
         )
-        if config.grad_sample_mode == "ghost":
+        if config.grad_sample_mode == "bk":
+            self.hooks = _BookKeeping(module)
+            self.optimizer = DPOptimizerFastGradientClipping(optimizer, **common)
+        elif config.grad_sample_mode == "ghost":
             self.hooks = GradSampleModuleFastGradientClipping(
                 module, loss_reduction="mean", max_grad_norm=config.max_grad_norm, use_ghost_clipping=True
             )
@@ -115,6 +125,8 @@ class PrivateNetwork:
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        if isinstance(self.hooks, _BookKeeping):
+            self.hooks.records = []  # a forward without a private backward must not leak into the next
 
     def backward(self, row_losses: torch.Tensor) -> None:
         """Backward of per-row losses (one forward pass produced them): fills the clipped sum."""
@@ -122,7 +134,9 @@ class PrivateNetwork:
             # Opacus' hooks sit on the first Linear, whose input (the data) needs no gradient; torch then
             # warns that the hook sees output gradients only, which is all Opacus reads. Harmless.
             warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-            if self.config.grad_sample_mode == "ghost":
+            if self.config.grad_sample_mode == "bk":
+                self.hooks.clipped_sum(row_losses, max_grad_norm=self.config.max_grad_norm)
+            elif self.config.grad_sample_mode == "ghost":
                 DPTensorFastGradientClipping(self.hooks, self.optimizer, row_losses, "mean").backward()
             else:
                 row_losses.mean().backward()
@@ -132,8 +146,8 @@ class PrivateNetwork:
         self.optimizer.step()
 
     def per_sample_norms(self) -> torch.Tensor:
-        """Unclipped per-row gradient norms of the last backward (ghost mode; for tests and debugging
-        only: they are not private)."""
+        """Unclipped per-row gradient norms of the last backward (ghost and bk modes; for tests and
+        debugging only: they are not private)."""
         return self.hooks.per_sample_gradient_norms
 
     @contextmanager
@@ -154,3 +168,57 @@ class PrivateNetwork:
     def close(self) -> None:
         """Detach Opacus' hooks from the module (the module stays usable as a plain network)."""
         self.hooks.remove_hooks()
+
+
+class _BookKeeping:
+    """Forward hooks on every ``nn.Linear`` of a module, for exact per-row clipping in one backward
+    (see the module docstring, mode ``"bk"``). Same switch names as Opacus' wrappers."""
+
+    def __init__(self, module: nn.Module):
+        self.layers = [m for m in module.modules() if isinstance(m, nn.Linear)]
+        owned = {id(p) for m in self.layers for p in m.parameters()}
+        stray = [n for n, p in module.named_parameters() if p.requires_grad and id(p) not in owned]
+        if stray:
+            raise ConfigError(f"grad_sample_mode 'bk' needs a network whose parameters all sit in nn.Linear "
+                              f"layers. Got other parameters {stray[:5]} instead; use 'ghost' or 'hooks'.")
+        self.records: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
+        self.hooks_enabled = True
+        self.per_sample_gradient_norms: torch.Tensor | None = None
+        self._handles = [m.register_forward_hook(self._record) for m in self.layers]
+
+    def _record(self, layer: nn.Linear, inputs, output) -> None:
+        if self.hooks_enabled and torch.is_grad_enabled():
+            if inputs[0].dim() != 2:
+                raise ConfigError("grad_sample_mode 'bk' needs 2-D (rows x features) inputs to nn.Linear.")
+            self.records.append((layer, inputs[0].detach(), output))
+
+    def clipped_sum(self, row_losses: torch.Tensor, *, max_grad_norm: float) -> None:
+        """Set each parameter's ``.grad`` to the sum over rows of the row's gradient clipped to
+        ``max_grad_norm`` (Opacus' factor ``min(1, C / (norm + 1e-6))``)."""
+        records, self.records = self.records, []
+        grads = torch.autograd.grad(row_losses.sum(), [z for _, _, z in records])
+        sq = torch.zeros(row_losses.shape[0], dtype=row_losses.dtype)
+        for (layer, a, _), g in zip(records, grads):
+            g2 = (g * g).sum(1)
+            sq += g2 * (a * a).sum(1) + (g2 if layer.bias is not None else 0.0)
+        norms = sq.sqrt()
+        self.per_sample_gradient_norms = norms
+        coef = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        for (layer, a, _), g in zip(records, grads):
+            cg = g * coef[:, None]
+            w = cg.t() @ a
+            layer.weight.grad = w if layer.weight.grad is None else layer.weight.grad + w
+            if layer.bias is not None:
+                b = cg.sum(0)
+                layer.bias.grad = b if layer.bias.grad is None else layer.bias.grad + b
+
+    def disable_hooks(self) -> None:
+        self.hooks_enabled = False
+
+    def enable_hooks(self) -> None:
+        self.hooks_enabled = True
+
+    def remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
