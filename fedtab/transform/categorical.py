@@ -24,7 +24,7 @@ import numpy as np
 
 from fedtab.errors import SchemaError, check_is_fitted
 from fedtab.schema import ColumnSpec
-from fedtab.transform.numerical import MISSING_SIGNIFICANCE_SIGMAS
+from fedtab.transform.numerical import has_missing_slot
 from fedtab.transform.spans import SpanInfo
 
 
@@ -39,7 +39,7 @@ class CategoricalColumnTransformer:
         """``counts`` has one entry per category, plus one for 'other' when ``other`` is true."""
         self.categories_ = [str(c) for c in categories]
         self.has_other_ = bool(other)
-        self.has_missing_ = bool(self.spec.nullable and missing > 0 and missing > MISSING_SIGNIFICANCE_SIGMAS * noise_sd)
+        self.has_missing_ = has_missing_slot(self.spec, missing=missing, noise_sd=noise_sd)
         counts = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
         if self.has_missing_:
             counts = np.append(counts, max(float(missing), 0.0))
