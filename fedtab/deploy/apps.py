@@ -51,4 +51,5 @@ def _main(grid, context) -> None:
 
     cfg = context.run_config
     run_server(grid, config=str(cfg["fedtab-config"]), output=str(cfg["output"]), workdir=str(cfg["workdir"]),
-               resume=bool(cfg["resume"]), round_timeout=float(cfg["round-timeout"]))
+               resume=bool(cfg["resume"]), round_timeout=float(cfg["round-timeout"]),
+               attempt=str(cfg.get("attempt", "")))

@@ -91,3 +91,24 @@ def tail(log: Path, n: int = 20) -> str:
         return "\n".join(Path(log).read_text(errors="replace").splitlines()[-n:])
     except OSError:
         return "(no log)"
+
+
+def stop_all(procs: list[subprocess.Popen], *, grace: float = 15.0) -> None:
+    """Stop several process-group leaders at once: SIGTERM to every group, then SIGKILL what is left."""
+    groups = []
+    for proc in procs:
+        try:
+            groups.append((proc, os.getpgid(proc.pid)))
+            os.killpg(groups[-1][1], signal.SIGTERM)
+        except ProcessLookupError:
+            proc.poll()
+    deadline = time.monotonic() + grace
+    for proc, pgid in groups:
+        while time.monotonic() < deadline and (proc.poll() is None or _group_alive(pgid)):
+            time.sleep(0.1)
+        if _group_alive(pgid):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()

@@ -13,6 +13,7 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ output = ""
 workdir = ""
 resume = false
 round-timeout = 600.0
+attempt = ""
 """
 
 
@@ -87,6 +89,8 @@ def run_coordinator(config: Path, output: Path, *, superlink: str | None = None,
         (workdir / CHECKPOINT).unlink(missing_ok=True)
     home = workdir / "flwr-home"
     env = {"FLWR_HOME": str(home)}
+    # Statuses carry this attempt's id: a ServerApp orphaned by a killed coordinator may still write.
+    attempt = uuid.uuid4().hex
     started: list[subprocess.Popen] = []
     try:
         address = superlink or f"{host}:{port}"
@@ -111,12 +115,12 @@ def run_coordinator(config: Path, output: Path, *, superlink: str | None = None,
         run_cfg = workdir / "run-config.toml"
         run_cfg.write_text(f"fedtab-config = {_toml_str(Path(config).resolve())}\noutput = {_toml_str(output)}\n"
                            f"workdir = {_toml_str(workdir)}\nresume = {'true' if resume else 'false'}\n"
-                           f"round-timeout = {float(round_timeout)}\n")
+                           f"round-timeout = {float(round_timeout)}\nattempt = {_toml_str(attempt)}\n")
         log = workdir / "flwr-run.log"
         run = processes.start(["flwr", "run", str(app), FEDERATION, "--run-config", str(run_cfg), "--stream"],
                               log, env=env, own_group=False)
         started.append(run)
-        return _follow(workdir, run, log, on_round)
+        return _follow(workdir, run, log, on_round, attempt)
     finally:
         for proc in reversed(started):
             processes.stop(proc)
@@ -130,11 +134,13 @@ def _flwr(args: list[str], env: dict, workdir: Path) -> None:
                               f"{res.stderr[-800:]}")
 
 
-def _follow(workdir: Path, run: subprocess.Popen, log: Path, on_round) -> dict:
+def _follow(workdir: Path, run: subprocess.Popen, log: Path, on_round, attempt: str) -> dict:
     seen = 0
     exited_at = None
     while True:
         status = _read_status(workdir)
+        if status.get("attempt") != attempt:
+            status = {}
         rounds = status.get("rounds", [])
         for r in rounds[seen:]:
             if on_round is not None:

@@ -16,11 +16,14 @@ CHECKPOINT = "checkpoint.fedtab"
 STATUS = "status.json"
 
 
-def write_status(workdir: Path, state: str, **info) -> None:
-    atomic_write_text(workdir / STATUS, json.dumps({"state": state, **info}))
+def write_status(workdir: Path, attempt: str, state: str, **info) -> None:
+    """``attempt`` names the coordinator run that reads it (a ServerApp orphaned by a killed
+    coordinator may still write here; the resumed coordinator ignores it)."""
+    atomic_write_text(workdir / STATUS, json.dumps({"state": state, "attempt": attempt, **info}))
 
 
-def run_server(grid, *, config: str, output: str, workdir: str, resume: bool, round_timeout: float) -> None:
+def run_server(grid, *, config: str, output: str, workdir: str, resume: bool, round_timeout: float,
+               attempt: str = "") -> None:
     from fedtab.api import FederatedSynthesizer
     from fedtab.deploy.checkpoint import load_checkpoint, save_checkpoint
     from fedtab.deploy.consortium import load_consortium
@@ -30,14 +33,16 @@ def run_server(grid, *, config: str, output: str, workdir: str, resume: bool, ro
 
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
-    write_status(wd, "running")
+    write_status(wd, attempt, "running")
     try:
         cfg, _ = load_consortium(config)
         synth = FederatedSynthesizer.from_config(cfg)
         job = synth._job()  # validated settings -> JobSpec (the same as `fedtab train` builds)
         resume_state = load_checkpoint(wd / CHECKPOINT, job) if resume else None
         t0 = time.perf_counter()
-        transport = FlowerTransport(grid, expected_sites=len(cfg.sites), timeout=round_timeout)
+        # A resumed run waits for the sites that were still training (a site lost earlier may stay away).
+        expected = len(resume_state.active_sites) if resume_state is not None else len(cfg.sites)
+        transport = FlowerTransport(grid, expected_sites=expected, timeout=round_timeout)
         unknown = sorted(set(transport.sites) - set(cfg.sites))
         if unknown:
             raise FederationError(f"SuperNodes for site(s) {unknown} joined, but the consortium config names "
@@ -47,13 +52,13 @@ def run_server(grid, *, config: str, output: str, workdir: str, resume: bool, ro
         def on_round(state) -> None:
             save_checkpoint(wd / CHECKPOINT, state, job)
             rounds.append({"round": state.rounds_done, "seconds": state.history[-1].seconds})
-            write_status(wd, "running", rounds=rounds)
+            write_status(wd, attempt, "running", rounds=rounds)
 
         result = run_federation(transport, job, resume=resume_state, on_round=on_round)
         synth._set_result(result, job)
         synth.save(output)
-        write_status(wd, "done", output=output, rounds=rounds, seconds=time.perf_counter() - t0,
+        write_status(wd, attempt, "done", output=output, rounds=rounds, seconds=time.perf_counter() - t0,
                      sites=sorted(result.ledgers))
     except BaseException as e:
-        write_status(wd, "failed", error=str(e), error_class=type(e).__name__)
+        write_status(wd, attempt, "failed", error=str(e), error_class=type(e).__name__)
         raise

@@ -1,0 +1,245 @@
+"""The deployment's logic without Flower processes: the site service's persistent, replay-safe state,
+checkpoint + resume after a coordinator kill, dropouts under ``training.min_sites``, FlowerTransport's
+tolerance of missing replies, the site.toml / consortium readers and the local IPC frames."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from fedtab.api import FederatedSynthesizer, _make_worker
+from fedtab.config import SiteSource
+from fedtab.datasets import heart_schema, heart_site_path
+from fedtab.deploy import ipc
+from fedtab.deploy.checkpoint import load_checkpoint, save_checkpoint
+from fedtab.deploy.consortium import load_consortium
+from fedtab.deploy.site_service import SiteService
+from fedtab.deploy.siteconf import load_site_config
+from fedtab.errors import ConfigError, FederationError
+from fedtab.federation.coordinator import run_federation
+from fedtab.federation.transport import raise_if_error
+from fedtab.federation.wire import pack, unpack
+
+SITES = ("cleveland", "hungary", "switzerland")
+ROUNDS = 3
+
+
+class ServiceTransport:
+    """Sites behind SiteService (as in a deployment), in this process; ``drop`` loses replies."""
+
+    def __init__(self, services: dict[str, SiteService], drop=lambda kind, body, site: False):
+        self.services, self.drop = services, drop
+
+    @property
+    def sites(self):
+        return list(self.services)
+
+    def request(self, kind, bodies):
+        out = self.request_available(kind, bodies)
+        assert set(out) == set(bodies)
+        return out
+
+    def request_available(self, kind, bodies):
+        out = {}
+        for site, body in bodies.items():
+            reply = self.services[site].handle(kind, unpack(pack(body)))
+            if not self.drop(kind, body, site):
+                out[site] = raise_if_error(site, unpack(pack(reply)))
+        return out
+
+    def close(self):
+        pass
+
+
+def services(state_dir: Path) -> dict[str, SiteService]:
+    return {s: SiteService(_make_worker(s, SiteSource(str(heart_site_path(s)))), state_dir / f"{s}.fedtab")
+            for s in SITES}
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return FederatedSynthesizer(epsilon=1.0, rounds=ROUNDS, seed=0, schema=heart_schema())
+
+
+@pytest.fixture(scope="module")
+def reference(synth):
+    """The uninterrupted in-process run."""
+    return FederatedSynthesizer(epsilon=1.0, rounds=ROUNDS, seed=0, schema=heart_schema()).fit(
+        {s: str(heart_site_path(s)) for s in SITES})
+
+
+def training_rounds(ledger: dict) -> list[str]:
+    return [e["phase"] for e in ledger["entries"] if e["phase"].startswith("training/")]
+
+
+def test_resume_after_a_coordinator_kill_gives_the_same_model_and_spends_no_round_twice(tmp_path, synth, reference):
+    job = synth._job()
+    ckpt = tmp_path / "checkpoint.fedtab"
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_round_2_training(state):
+        save_checkpoint(ckpt, state, job)
+        if state.rounds_done == 2:
+            raise Killed  # as if kill -9 hit after the checkpoint of round 2 ...
+
+    with pytest.raises(Killed):
+        run_federation(ServiceTransport(services(tmp_path)), job, on_round=kill_after_round_2_training)
+    # ... and round 3 had already been trained at one site before the kill: a resumed coordinator
+    # re-sends it; that site must replay its recorded update, not train (and spend) again.
+    resumed_from = load_checkpoint(ckpt, job)
+    assert resumed_from.rounds_done == 2
+    early = services(tmp_path)["hungary"]
+    early.handle("train", {"round": 2, "weights": resumed_from.weights})
+    # Every site restarts too: a fresh service reads its ledger back from its state file.
+    result = run_federation(ServiceTransport(services(tmp_path)), job, resume=resumed_from)
+    for name, w in reference.weights_.items():
+        assert np.array_equal(result.weights[name], w), name
+    for s in SITES:
+        assert training_rounds(result.ledgers[s]) == [f"training/round {r}" for r in range(1, ROUNDS + 1)]
+        assert result.ledgers[s]["epsilon"] == pytest.approx(reference.ledgers_[s].epsilon)
+    assert [h.round for h in result.history] == [1, 2, 3]
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path, synth, reference):
+    job = synth._job()
+    state = None
+
+    def keep(s):
+        nonlocal state
+        state = s
+
+    run_federation(ServiceTransport(services(tmp_path)), replace(job, training=replace(job.training, rounds=1)),
+                   on_round=keep)
+    save_checkpoint(tmp_path / "c.fedtab", state, job)
+    with pytest.raises(FederationError, match="another configuration"):
+        load_checkpoint(tmp_path / "c.fedtab", replace(job, seed=1))
+    assert load_checkpoint(tmp_path / "absent.fedtab", job) is None
+
+
+def test_a_site_refuses_to_train_a_recorded_round_on_another_model(tmp_path, synth):
+    svc = services(tmp_path)
+    job = synth._job()
+    state = {}
+    run_federation(ServiceTransport(svc), replace(job, training=replace(job.training, rounds=1)),
+                   on_round=lambda s: state.update(s=s))
+    other = {k: v + 1 if np.issubdtype(v.dtype, np.floating) else v for k, v in state["s"].weights.items()}
+    reply = svc["cleveland"].handle("train", {"round": 0, "weights": other})
+    assert "already trained round 1" in reply["__error__"]["message"]
+    assert training_rounds(svc["cleveland"].state["ledger"]) == ["training/round 1"]
+
+
+def test_a_site_lost_mid_training_leaves_the_others_going_and_its_ledger_exact(tmp_path, synth, reference):
+    job = replace(synth._job(), training=replace(synth._job().training, min_sites=2))
+
+    def lose_switzerland_from_round_2(kind, body, site):
+        return site == "switzerland" and kind == "train" and body["round"] >= 1
+
+    svc = services(tmp_path)
+    result = run_federation(ServiceTransport(svc, lose_switzerland_from_round_2), job)
+    assert [sorted(h.epsilon) for h in result.history] == [list(SITES), ["cleveland", "hungary"],
+                                                           ["cleveland", "hungary"]]
+    assert sorted(result.ledgers) == ["cleveland", "hungary"]
+    # switzerland's own ledger (on its disk) holds round 1 and the round 2 whose reply was lost in
+    # transit (it was spent: the update left the site), and nothing after it was dropped.
+    swiss = SiteService(_make_worker("switzerland", SiteSource("x")), tmp_path / "switzerland.fedtab").state
+    assert training_rounds(swiss["ledger"]) == ["training/round 1", "training/round 2"]
+    assert not all(np.array_equal(result.weights[k], v) for k, v in reference.weights_.items())
+
+    strict = replace(job, training=replace(job.training, min_sites=3))
+    with pytest.raises(FederationError, match="only 2 site\\(s\\) answered.*min_sites' is 3"):
+        run_federation(ServiceTransport(services(tmp_path / "b"), lose_switzerland_from_round_2), strict)
+
+
+def test_the_same_job_again_keeps_the_ledger_and_a_new_job_starts_a_new_one(tmp_path, synth):
+    svc = services(tmp_path)["cleveland"]
+    job = synth._job()
+    body = {"job": job.site_job(), "schema": heart_schema().to_dict()}
+    svc.handle("schema", body)
+    svc.state["ledger"]["entries"].append({"phase": "training/round 1"})  # as if a round had been spent
+    svc.handle("schema", body)
+    assert len(svc.state["ledger"]["entries"]) == 1
+    svc.handle("schema", {**body, "job": {**job.site_job(), "seed": 7}})
+    assert svc.state["ledger"]["entries"] == []
+
+
+class FakeGrid:
+    """Just enough of Flower's Grid: all say hello; then node 1 answers, node 2's site service is down,
+    node 3 never answers (timed out)."""
+
+    def get_node_ids(self):
+        return [1, 2, 3]
+
+    def send_and_receive(self, msgs, timeout=None):
+        from fedtab.federation.flower_app import from_records, to_records
+
+        names = {1: "a", 2: "b", 3: "c"}
+        for m in msgs:
+            nid = m.metadata.dst_node_id
+            kind, _ = from_records(m.content)
+            if kind == "hello":
+                body = {"site": names[nid]}
+            elif nid == 1:
+                body = {"ok": np.arange(3)}
+            elif nid == 2:
+                body = {"__error__": {"class": "FederationError", "message": "service down", "unavailable": True}}
+            else:
+                continue
+            yield SimpleNamespace(metadata=SimpleNamespace(src_node_id=nid), has_error=lambda: False,
+                                  content=to_records(kind, body))
+
+
+def test_flower_transport_averages_over_the_sites_that_answered(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedtab.federation.flower_app import FlowerTransport
+
+    for attr in ("_run_id", "_node_id", "_task_id"):  # Flower sets these inside a ServerApp process
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+
+    t = FlowerTransport(FakeGrid(), expected_sites=1)
+    assert t.sites == ["a", "b", "c"]
+    out = t.request_available("train", {"a": {}, "b": {}, "c": {}})
+    assert list(out) == ["a"] and np.array_equal(out["a"]["ok"], np.arange(3))
+    with pytest.raises(FederationError, match=r"no reply from site\(s\) \['c'\]"):
+        t.request("train", {"a": {}, "c": {}})  # the strict request (every phase but training) fails
+    with pytest.raises(FederationError, match="site 'b': service down"):
+        t.request("train", {"a": {}, "b": {}})
+
+
+def test_site_config_reports_every_problem_and_resolves_paths(tmp_path):
+    p = tmp_path / "site.toml"
+    p.write_text('name = "a"\nsource = "a.csv"\nsuperlink = "127.0.0.1:9093"\n[tls]\nroot_certificates = "ca.pem"\n'
+                 '[auth]\nprivate_key = "keys/a"\n')
+    cfg = load_site_config(p)
+    assert cfg.source == str(tmp_path / "a.csv") and cfg.root_certificates == tmp_path / "ca.pem"
+    assert cfg.private_key == tmp_path / "keys/a" and cfg.state_dir == tmp_path / "fedtab-site-a"
+    p.write_text('name = "a"\nmax_epsilon = -1\nbogus = 1\n')
+    with pytest.raises(ConfigError) as ei:
+        load_site_config(p)
+    msg = str(ei.value)
+    for part in ("unknown key 'bogus'", "'source' must be", "'superlink' must be", "'max_epsilon'",
+                 "root_certificates"):
+        assert part in msg
+
+
+def test_consortium_sites_need_no_source_and_may_name_public_keys(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[training]\nmin_sites = 2\n[sites.a]\npublic_key = "keys/a.pub"\n[sites.b]\n')
+    cfg, keys = load_consortium(p)
+    assert sorted(cfg.sites) == ["a", "b"] and keys == {"a": tmp_path / "keys/a.pub"}
+    assert cfg.training.min_sites == 2
+
+
+def test_ipc_frames_round_trip_arrays_and_refuse_object_arrays():
+    body = {"w": {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}, "n": 3, "eps": float("inf")}
+    kind, out = ipc.decode_frame(ipc.encode_frame("train", body)[8:])
+    assert kind == "train" and out["n"] == 3 and out["eps"] == float("inf")
+    assert np.array_equal(out["w"]["x"], body["w"]["x"]) and out["w"]["x"].dtype == np.float32
+    with pytest.raises(FederationError, match="not running"):
+        ipc.call_site("/nonexistent/site.sock", "hello", {})
