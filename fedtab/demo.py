@@ -34,7 +34,8 @@ def run_demo(out: str | Path, *, epsilon: float | None = 1.0, rounds: int = 10, 
     out = Path(out)
     sites = load_heart_sites()
     synth = FederatedSynthesizer(
-        "ctgan", epsilon=epsilon, delta=1e-5, rounds=rounds, local_epochs=4.0, batch_size=64, seed=seed,
+        "ctgan", epsilon=epsilon, delta=1e-5, rounds=rounds, local_epochs=2.0, batch_size=256, seed=seed,
+        preprocessing_share=0.3,
         schema=heart_schema(), progress=progress,
     ).fit(sites)
     if progress is not None:
