@@ -34,11 +34,16 @@ from fedtab.transform.spans import ACTIVATIONS, ConditionSpan, SpanInfo, span_of
 
 @dataclass(frozen=True, kw_only=True)
 class CTGANConfig:
-    """Network sizes and loss settings (CTGAN's defaults, pac fixed to 1)."""
+    """Network sizes and loss settings (CTGAN's defaults, pac fixed to 1, hidden layers 128 wide).
+
+    128-wide layers instead of CTGAN's 256: on Adult (4 federated sites, 10 epochs) the quality score
+    was 0.757 vs 0.726 at the federation's lr 1e-3 (0.747 vs 0.754 at 2e-4) for ~1.5x less time per
+    epoch, and under DP the noise added to the discriminator's gradient grows with its parameter count
+    (~2.7x fewer here)."""
 
     embedding_dim: int = 128
-    generator_dim: tuple[int, ...] = (256, 256)
-    discriminator_dim: tuple[int, ...] = (256, 256)
+    generator_dim: tuple[int, ...] = (128, 128)
+    discriminator_dim: tuple[int, ...] = (128, 128)
     dropout: float = 0.5
     leaky_slope: float = 0.2
     tau: float = 0.2
