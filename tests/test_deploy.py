@@ -243,3 +243,38 @@ def test_ipc_frames_round_trip_arrays_and_refuse_object_arrays():
     assert np.array_equal(out["w"]["x"], body["w"]["x"]) and out["w"]["x"].dtype == np.float32
     with pytest.raises(FederationError, match="not running"):
         ipc.call_site("/nonexistent/site.sock", "hello", {})
+
+
+def test_consortium_refuses_more_min_sites_than_sites(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[training]\nmin_sites = 3\n[sites.a]\n[sites.b]\n')
+    with pytest.raises(ConfigError, match="'training.min_sites' is 3 but only 2"):
+        load_consortium(p)
+
+
+def test_cli_coordinator_and_site_report_configuration_errors_with_exit_codes(cli, tmp_path):
+    (tmp_path / "c.toml").write_text('[sites.a]\n[sites.b]\n')
+    result = cli("coordinator", tmp_path / "c.toml", "-o", tmp_path / "m.fedtab")
+    assert result.exit_code == ConfigError.exit_code and "--insecure" in result.output
+    result = cli("coordinator", tmp_path / "c.toml", "-o", tmp_path / "m.fedtab", "--ssl-certfile", "x.pem")
+    assert result.exit_code == ConfigError.exit_code and "all three" in result.output
+    (tmp_path / "s.toml").write_text('name = "a"\n')
+    result = cli("site", "--config", tmp_path / "s.toml")
+    assert result.exit_code == ConfigError.exit_code and "'source' must be" in result.output
+    assert not (tmp_path / ".m.fedtab.run").exists()  # nothing started
+
+
+def test_cli_trial_keys_makes_a_ca_signed_certificate_and_node_keys(cli, tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    result = cli("trial-keys", tmp_path / "keys", "--site", "a", "--site", "b")
+    assert result.exit_code == 0, result.output
+    ca = x509.load_pem_x509_certificate((tmp_path / "keys/ca.pem").read_bytes())
+    cert = x509.load_pem_x509_certificate((tmp_path / "keys/server.pem").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "127.0.0.1" in [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    load_ssh_private_key((tmp_path / "keys/a").read_bytes(), password=None)
+    assert (tmp_path / "keys/b.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert oct((tmp_path / "keys/a").stat().st_mode & 0o777) == "0o600"

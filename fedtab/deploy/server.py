@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from fedtab.schema import atomic_write_text
@@ -37,7 +38,8 @@ def run_server(grid, *, config: str, output: str, workdir: str, resume: bool, ro
     try:
         cfg, _ = load_consortium(config)
         synth = FederatedSynthesizer.from_config(cfg)
-        job = synth._job()  # validated settings -> JobSpec (the same as `fedtab train` builds)
+        job = synth._job()  # validated settings -> JobSpec (the same as `fedtab train` builds) ...
+        job = replace(job, training=replace(job.training, min_sites=cfg.training.min_sites))  # ... + min_sites
         resume_state = load_checkpoint(wd / CHECKPOINT, job) if resume else None
         t0 = time.perf_counter()
         # A resumed run waits for the sites that were still training (a site lost earlier may stay away).
