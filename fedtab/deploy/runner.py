@@ -108,7 +108,9 @@ def run_coordinator(config: Path, output: Path, *, superlink: str | None = None,
             "insecure = true\n" if tls is None else f"root-certificates = {_toml_str(tls.ca_certfile.resolve())}\n")
         (home / "config.toml").write_text(f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\n{conn}')
         for name, key in sorted(keys.items()):
-            _flwr(["supernode", "register", str(key.resolve()), FEDERATION, "--name", name], env, workdir)
+            # A joined SuperLink may know the key from an earlier run: that is not an error.
+            _flwr(["supernode", "register", str(key.resolve()), FEDERATION, "--name", name], env, workdir,
+                  tolerate="already" if superlink is not None else None)
         app = workdir / "app"
         app.mkdir(exist_ok=True)
         (app / "pyproject.toml").write_text(APP_PYPROJECT)
@@ -126,10 +128,10 @@ def run_coordinator(config: Path, output: Path, *, superlink: str | None = None,
             processes.stop(proc)
 
 
-def _flwr(args: list[str], env: dict, workdir: Path) -> None:
+def _flwr(args: list[str], env: dict, workdir: Path, *, tolerate: str | None = None) -> None:
     res = subprocess.run(["flwr", *args], capture_output=True, text=True, cwd=workdir,
                          env={**os.environ, **processes.DEPLOY_ENV, **env}, timeout=120)
-    if res.returncode != 0:
+    if res.returncode != 0 and not (tolerate and tolerate in (res.stdout + res.stderr).lower()):
         raise FederationError(f"'flwr {' '.join(args[:2])}' failed ({res.returncode}): {res.stdout[-800:]}"
                               f"{res.stderr[-800:]}")
 
