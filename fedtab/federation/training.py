@@ -121,7 +121,7 @@ def train_one_round(setup: dict[str, Any], data: np.ndarray, weights: dict[str, 
                          grad_sample_mode=GRAD_SAMPLE_MODE)
         ledger.spend(phase=f"{TRAINING_PHASE}/round {round_index + 1}", mechanism="subsampled_gaussian",
                      noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate, steps=steps,
-                     target="discriminator DP-SGD")
+                     target=f"{setup['model']} DP-SGD on the network that reads rows")
     else:
         ledger.spend(phase=f"{TRAINING_PHASE}/round {round_index + 1}", mechanism="exact",
                      noise_multiplier=0.0, steps=steps, target="non-DP training")
