@@ -290,7 +290,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/work/shared/data/adult.csv")
     ap.add_argument("--epochs", type=int, default=10, help="E (10: ~6 min on a quiet 2-core machine, ~15 busy)")
-    ap.add_argument("--rounds", type=int, default=None, help="federated rounds (default: E / 2)")
+    ap.add_argument("--rounds", type=int, default=None, help="federated rounds (default: E, one local epoch per round; "
+                    "on Adult E=10 quality was 0.798 at 10x1, 0.757 at 5x2, 0.777 at 2x5)")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--dp-batch", type=int, default=1000,
                     help="fedtab batch size under DP (1000 beat 250/500/2000/3000 on Adult at eps=1, E=10)")
@@ -306,7 +307,7 @@ def main() -> None:
     if args.quick:
         raw = raw.sample(n=4000, random_state=args.seed).reset_index(drop=True)
         args.epochs, args.rounds, args.dp_batch = 2, 2, args.batch
-    rounds = args.rounds or max(1, args.epochs // 2)
+    rounds = args.rounds or args.epochs
     train_raw, test_raw = split(raw, seed=args.seed)
     train, test = clean(train_raw), clean(test_raw)
     sites = age_sites(train_raw)
