@@ -352,7 +352,8 @@ def main() -> None:
     stem = Path(args.out) if args.out else RESULTS / ("bench_ctgan_adult_quick" if args.quick else "bench_ctgan_adult")
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    md = (f"# {res['benchmark']}\n\nCommand: `{res['command']}`\n\nE = {args.epochs} epochs, batch {args.batch}, "
+    md = (f"# {res['benchmark']}\n\nCommand: `{res['command']}`\n\nE = {args.epochs} epochs, batch {args.batch} "
+          f"(DP: {res['dp_batch_size']}), "
           f"{rounds} rounds x {args.epochs / rounds:g} local epochs; sites: {res['site_split']} "
           f"({res['rows']['sites']}); {res['threads']} threads.\n\n{text}\n\nTargets: `{json.dumps(res['targets'])}`"
           f"\n\nVersions: `{json.dumps(res['versions'])}`\n\nDetails: {stem.with_suffix('.json').name}\n")
