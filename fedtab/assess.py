@@ -46,38 +46,45 @@ def evaluate(model, sites: Mapping, *, synthetic: pd.DataFrame | None = None, n:
     holdout split. ``synthetic``: the table to score (default: ``n`` rows sampled from the model,
     ``n`` defaulting to the sites' total training rows as the sites reported them).
     """
-    from evaluation import combine
-    from evaluation.plain import from_plain
-    from evaluation.site import SiteEvaluation
     from fedtab.api import _make_worker, _site_source
-    from fedtab.federation.site import EVALUATE
-    from fedtab.federation.site_evaluation import frame_to_bytes
-    from fedtab.federation.transport import broadcast
 
     synth = _synthesizer(model)
-    job = synth.job_
-    if target is not None and target not in synth.schema_:
-        raise ConfigError(f"The 'target' column {target!r} is not in the schema; columns: {synth.schema_.names}.")
     if synthetic is None:
-        n = n or max(2, int(round(sum(synth.result_.site_weights.values()))))
-        synthetic = synth.sample(n, seed=seed)
-    body = {"job": {**_site_job(job)}, "schema": synth.schema_.to_dict(),
-            "synthetic": frame_to_bytes(synthetic), "target": target}
+        synthetic = synth.sample(_default_rows(synth, n), seed=seed)
     factories = {str(k): functools.partial(_make_worker, str(k), _site_source(k, v)) for k, v in sites.items()}
 
     def ask(t):
-        return broadcast(t, EVALUATE, body)
+        return evaluate_on(t, synth, synthetic, target=target)
 
     if transport == "flower":
         from fedtab.federation.flower_app import run_flower_simulation
 
-        replies = run_flower_simulation(ask, factories)
-    else:
-        from fedtab.federation.transport import InProcessTransport
+        return run_flower_simulation(ask, factories)
+    from fedtab.federation.transport import InProcessTransport
 
-        replies = ask(InProcessTransport({k: f() for k, f in factories.items()}))
+    return ask(InProcessTransport({k: f() for k, f in factories.items()}))
+
+
+def evaluate_on(transport, synth, synthetic: pd.DataFrame, *, target: str | None = None, sites=None):
+    """Federated evaluation over an open transport (in-process, Flower simulation or a deployment)."""
+    from evaluation import combine
+    from evaluation.plain import from_plain
+    from evaluation.site import SiteEvaluation
+    from fedtab.federation.site import EVALUATE
+    from fedtab.federation.site_evaluation import frame_to_bytes
+    from fedtab.federation.transport import broadcast
+
+    if target is not None and target not in synth.schema_:
+        raise ConfigError(f"The 'target' column {target!r} is not in the schema; columns: {synth.schema_.names}.")
+    body = {"job": _site_job(synth.job_), "schema": synth.schema_.to_dict(),
+            "synthetic": frame_to_bytes(synthetic), "target": target}
+    replies = broadcast(transport, EVALUATE, body, sites=sites)
     results = {s: from_plain(SiteEvaluation, r["evaluation"]) for s, r in sorted(replies.items())}
     return combine(results, {s: int(r["rows"]) for s, r in sorted(replies.items())})
+
+
+def _default_rows(synth, n: int | None) -> int:
+    return n or max(2, int(round(sum(synth.result_.site_weights.values()))))
 
 
 def _site_job(job) -> dict:
@@ -94,19 +101,26 @@ def release(model, sites: Mapping, out_dir: str | os.PathLike, *, policy=None, n
     Always writes the report (HTML + JSON) and an audit record; writes the synthetic table only
     when every check passes. Raises ``ReleaseRefusedError`` naming every failed check otherwise.
     """
+    synth = _synthesizer(model)
+    table = synth.sample(_default_rows(synth, n), seed=seed)
+    ev = evaluate(synth, sites, synthetic=table, target=target, seed=seed, transport=transport)
+    return gate_and_write(synth, table, ev, out_dir, policy=policy, model_path=model_path)
+
+
+def gate_and_write(synth, table: pd.DataFrame, ev, out_dir: str | os.PathLike, *, policy=None,
+                   model_path: str | os.PathLike | None = None) -> ReleaseResult:
+    """Apply the release gate to an evaluated table and write the report, audit record and, if released,
+    the table (``ReleaseRefusedError`` naming every failed check otherwise)."""
     import connectors
     from evaluation.report import write_json, write_report
     from fedtab.release import ReleasePolicy, audit_record, decide, write_audit
 
-    synth = _synthesizer(model)
     policy_path = None
     if policy is None or isinstance(policy, (str, os.PathLike)):
         policy_path = policy
         policy = ReleasePolicy.load(policy)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = synth.sample(n or max(2, int(round(sum(synth.result_.site_weights.values())))), seed=seed)
-    ev = evaluate(synth, sites, synthetic=table, target=target, seed=seed, transport=transport)
     ledger = {s: led.to_dict() for s, led in synth.privacy_ledger.items()}
     epsilons = {s: (led.epsilon if led.is_dp else float("inf")) for s, led in synth.privacy_ledger.items()}
     verdict = decide(policy, ev, epsilons)
