@@ -34,6 +34,11 @@ def coordinator_cmd(
                                                    "signed it; the sites verify the SuperLink with it."),
     insecure: bool = typer.Option(False, "--insecure", help="No TLS (loopback experiments only)."),
     round_timeout: float = typer.Option(600.0, "--round-timeout", help="Seconds to wait for a site's reply."),
+    release: Optional[Path] = typer.Option(None, "--release", help="After training, evaluate at the sites and "
+                                           "apply the release gate; write report, audit record and (if released) "
+                                           "the synthetic table in this folder. Exit code 10 if refused."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Release policy (TOML) for --release; default: "
+                                          "the shipped one."),
 ) -> None:
     """Start (or join) a Flower SuperLink and train the consortium's model across the connected sites."""
     from fedtab.deploy.runner import TLSFiles, run_coordinator
@@ -48,8 +53,26 @@ def coordinator_cmd(
         console.print(f"round {r['round']} done in {r['seconds']:.1f} s")
 
     status = run_coordinator(config, output, superlink=superlink, resume=resume, port=port, host=host, tls=tls,
-                             insecure=insecure, round_timeout=round_timeout, on_round=on_round)
+                             insecure=insecure, round_timeout=round_timeout, on_round=on_round,
+                             release_dir=release, policy=policy)
     stdout().print(f"model written to {status['output']} (sites: {', '.join(status.get('sites', []))})")
+    verdict = status.get("verdict")
+    if verdict is not None:
+        _report_verdict(verdict)
+
+
+def _report_verdict(verdict: dict) -> None:
+    from fedtab.errors import ReleaseRefusedError
+    from fedtab.release import Check, Verdict
+    from fedtab.commands.release import print_verdict
+
+    checks = tuple(Check(*c) for c in verdict["checks"])
+    print_verdict(Verdict(released=verdict["released"], checks=checks))
+    stdout().print(f"report, audit record{' and synthetic table' if verdict['released'] else ''}: "
+                   f"{verdict['release_dir']}")
+    if not verdict["released"]:
+        failed = "\n".join(f"  - {c.message}" for c in checks if not c.passed)
+        raise ReleaseRefusedError(f"the release gate refused the synthetic table; nothing was released:\n{failed}")
 
 
 def site_cmd(

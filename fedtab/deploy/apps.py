@@ -52,4 +52,5 @@ def _main(grid, context) -> None:
     cfg = context.run_config
     run_server(grid, config=str(cfg["fedtab-config"]), output=str(cfg["output"]), workdir=str(cfg["workdir"]),
                resume=bool(cfg["resume"]), round_timeout=float(cfg["round-timeout"]),
-               attempt=str(cfg.get("attempt", "")))
+               attempt=str(cfg.get("attempt", "")), release_dir=str(cfg.get("release-dir", "")),
+               policy=str(cfg.get("policy", "")))

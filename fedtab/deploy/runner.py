@@ -49,6 +49,8 @@ fedtab-config = ""
 output = ""
 workdir = ""
 resume = false
+release-dir = ""
+policy = ""
 round-timeout = 600.0
 attempt = ""
 """
@@ -70,7 +72,8 @@ def _toml_str(v: object) -> str:
 def run_coordinator(config: Path, output: Path, *, superlink: str | None = None, resume: bool = False,
                     port: int = 9093, host: str = "127.0.0.1", tls: TLSFiles | None = None,
                     insecure: bool = False, round_timeout: float = 600.0,
-                    on_round: Callable[[dict], None] | None = None) -> dict:
+                    on_round: Callable[[dict], None] | None = None, release_dir: Path | None = None,
+                    policy: Path | None = None) -> dict:
     """Run the consortium's training to a model file; returns the final status (rounds, seconds)."""
     from fedtab.deploy.consortium import load_consortium
 
@@ -117,7 +120,9 @@ def run_coordinator(config: Path, output: Path, *, superlink: str | None = None,
         run_cfg = workdir / "run-config.toml"
         run_cfg.write_text(f"fedtab-config = {_toml_str(Path(config).resolve())}\noutput = {_toml_str(output)}\n"
                            f"workdir = {_toml_str(workdir)}\nresume = {'true' if resume else 'false'}\n"
-                           f"round-timeout = {float(round_timeout)}\nattempt = {_toml_str(attempt)}\n")
+                           f"round-timeout = {float(round_timeout)}\nattempt = {_toml_str(attempt)}\n"
+                           f"release-dir = {_toml_str(Path(release_dir).resolve() if release_dir else '')}\n"
+                           f"policy = {_toml_str(Path(policy).resolve() if policy else '')}\n")
         log = workdir / "flwr-run.log"
         run = processes.start(["flwr", "run", str(app), FEDERATION, "--run-config", str(run_cfg), "--stream"],
                               log, env=env, own_group=False)

@@ -24,7 +24,7 @@ def write_status(workdir: Path, attempt: str, state: str, **info) -> None:
 
 
 def run_server(grid, *, config: str, output: str, workdir: str, resume: bool, round_timeout: float,
-               attempt: str = "") -> None:
+               attempt: str = "", release_dir: str = "", policy: str = "") -> None:
     from fedtab.api import FederatedSynthesizer
     from fedtab.deploy.checkpoint import load_checkpoint, save_checkpoint
     from fedtab.deploy.consortium import load_consortium
@@ -59,8 +59,29 @@ def run_server(grid, *, config: str, output: str, workdir: str, resume: bool, ro
         result = run_federation(transport, job, resume=resume_state, on_round=on_round)
         synth._set_result(result, job)
         synth.save(output)
+        verdict = _release(transport, synth, cfg, sites=sorted(result.ledgers), release_dir=release_dir,
+                           policy=policy, model_path=output) if release_dir else None
         write_status(wd, attempt, "done", output=output, rounds=rounds, seconds=time.perf_counter() - t0,
-                     sites=sorted(result.ledgers))
+                     sites=sorted(result.ledgers), verdict=verdict)
     except BaseException as e:
         write_status(wd, attempt, "failed", error=str(e), error_class=type(e).__name__)
         raise
+
+
+def _release(transport, synth, cfg, *, sites: list[str], release_dir: str, policy: str, model_path: str) -> dict:
+    """Evaluation at the sites that trained, over the same Flower connection, then the release gate.
+
+    Returns the verdict as a dict (for the status file); the report, audit record and (if released)
+    the synthetic table are in ``release_dir``.
+    """
+    from fedtab.assess import evaluate_on, gate_and_write
+    from fedtab.errors import ReleaseRefusedError
+
+    table = synth.sample(max(2, int(round(sum(synth.result_.site_weights.values())))), seed=cfg.seed)
+    ev = evaluate_on(transport, synth, table, target=cfg.target, sites=sites)
+    try:
+        result = gate_and_write(synth, table, ev, release_dir, policy=policy or None, model_path=model_path)
+    except ReleaseRefusedError as refused:
+        result = refused.result
+    return {"released": result.verdict.released, "release_dir": str(release_dir),
+            "checks": [[c.name, c.value, c.threshold, c.passed, c.message] for c in result.verdict.checks]}
