@@ -16,8 +16,6 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-
 from fedtab.errors import FederationError
 from fedtab.federation.transport import ERROR_KEY, error_reply, raise_if_error
 from fedtab.federation.wire import Packed, pack, unpack

@@ -19,7 +19,8 @@ flat ``name -> tensor`` dict of plain float tensors (safetensors-friendly, avera
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -28,6 +29,20 @@ from torch import nn
 from fedtab.errors import ModelFileError, NotFittedError
 from fedtab.models.conditions import CondBatch, Conditions
 from fedtab.transform.spans import ConditionSpan, SpanInfo
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Use ``module`` without training it: its trainable parameters get no ``.grad`` inside the block
+    (a GAN's generator step reads the discriminator but must not update it)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 class GenerativeModel(ABC):

@@ -48,6 +48,7 @@ from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClippi
 from torch import nn
 
 from fedtab.errors import ConfigError
+from fedtab.models.base import frozen
 
 GRAD_SAMPLE_MODES = ("ghost", "hooks", "bk")
 
@@ -154,15 +155,11 @@ class PrivateNetwork:
     def public_phase(self) -> Iterator[None]:
         """For the generator's step: the network is used, not trained. Hooks off (no activations,
         norms or per-sample gradients are recorded) and parameters frozen (no ``.grad`` either)."""
-        params = [p for p in self.module.parameters() if p.requires_grad]
         self.hooks.disable_hooks()
-        for p in params:
-            p.requires_grad_(False)
         try:
-            yield
+            with frozen(self.module):
+                yield
         finally:
-            for p in params:
-                p.requires_grad_(True)
             self.hooks.enable_hooks()
 
     def close(self) -> None:

@@ -13,16 +13,14 @@ when ``dp`` is given) and one public step (e.g. the generator, trained only thro
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from fedtab.errors import ConfigError, DataValidationError, Problem
-from fedtab.models.base import GenerativeModel
+from fedtab.models.base import GenerativeModel, frozen
 from fedtab.models.conditions import RowIndex
 from fedtab.privacy.dpsgd import DPSGDConfig, PrivateNetwork, poisson_sample
 
@@ -74,18 +72,6 @@ def _check_data(data: np.ndarray, width: int) -> None:
         problems.append(Problem(None, "non-finite values (NaN or inf)", rows=bad, expected="finite floats"))
     if problems:
         raise DataValidationError("LocalTrainer data", problems)
-
-
-@contextmanager
-def _frozen(module: nn.Module) -> Iterator[None]:
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 class LocalTrainer:
@@ -187,7 +173,7 @@ class LocalTrainer:
         if self._public_net is not None:
             # The public network learns only through the private one: freeze it (and under DP switch
             # Opacus' hooks off) so this step leaves no gradient or per-sample state on it.
-            phase = self._private.public_phase() if self._private is not None else _frozen(self._private_net)
+            phase = self._private.public_phase() if self._private is not None else frozen(self._private_net)
             with phase:
                 self._public_opt.zero_grad(set_to_none=True)
                 loss = model.public_loss(generated, generator=g)
