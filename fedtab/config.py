@@ -119,18 +119,23 @@ def check_settings(*, model: str, privacy: PrivacySettings, training: TrainingSe
     return p
 
 
+def read_toml(path: str | Path, *, what: str = "configuration file") -> dict:
+    """A TOML file as a dict, or a ConfigError naming the file and what went wrong."""
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: {what} not found.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read the {what} ({e}).") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML ({e}).") from None
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a run configuration TOML file."""
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: configuration file not found.") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read the configuration file ({e}).") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML ({e}).") from None
-    return config_from_dict(data, base_dir=p.parent, source=str(p))
+    return config_from_dict(read_toml(p), base_dir=p.parent, source=str(p))
 
 
 _TOP = {"seed", "schema", "missing_markers", "holdout", "target", "model", "privacy", "training", "sites"}

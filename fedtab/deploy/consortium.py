@@ -7,10 +7,9 @@ name ``public_key``: its SuperNode authentication public key, registered with th
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
-from fedtab.config import RunConfig, config_from_dict
+from fedtab.config import RunConfig, config_from_dict, read_toml
 from fedtab.errors import ConfigError
 
 AT_SITE = "(read at the site)"
@@ -19,12 +18,7 @@ AT_SITE = "(read at the site)"
 def load_consortium(path: str | Path) -> tuple[RunConfig, dict[str, Path]]:
     """(run config, site name -> public key file) of a consortium TOML."""
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: configuration file not found.") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML ({e}).") from None
+    data = read_toml(p)
     keys: dict[str, Path] = {}
     for name, site in (data.get("sites") or {}).items():
         if isinstance(site, dict):

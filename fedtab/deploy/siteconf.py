@@ -19,10 +19,10 @@ Example (paths are relative to the file)::
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedtab.config import read_toml
 from fedtab.errors import ConfigError
 
 _KEYS = {"name", "source", "table", "max_epsilon", "superlink", "state_dir", "tls", "auth", "port"}
@@ -44,12 +44,7 @@ class SiteConfig:
 
 def load_site_config(path: str | Path) -> SiteConfig:
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: site configuration not found.") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML ({e}).") from None
+    data = read_toml(p, what="site configuration")
     base = p.parent
     problems = [f"unknown key '{k}'; allowed: {sorted(_KEYS)}" for k in sorted(set(data) - _KEYS)]
     for key in ("name", "source", "superlink"):
