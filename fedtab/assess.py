@@ -50,7 +50,7 @@ def evaluate(model, sites: Mapping, *, synthetic: pd.DataFrame | None = None, n:
 
     synth = _synthesizer(model)
     if synthetic is None:
-        synthetic = synth.sample(_default_rows(synth, n), seed=seed)
+        synthetic = synth.sample(default_rows(synth, n), seed=seed)
     factories = {str(k): functools.partial(_make_worker, str(k), _site_source(k, v)) for k, v in sites.items()}
 
     def ask(t):
@@ -76,21 +76,16 @@ def evaluate_on(transport, synth, synthetic: pd.DataFrame, *, target: str | None
 
     if target is not None and target not in synth.schema_:
         raise ConfigError(f"The 'target' column {target!r} is not in the schema; columns: {synth.schema_.names}.")
-    body = {"job": _site_job(synth.job_), "schema": synth.schema_.to_dict(),
+    body = {"job": synth.job_.site_job(), "schema": synth.schema_.to_dict(),
             "synthetic": frame_to_bytes(synthetic), "target": target}
     replies = broadcast(transport, EVALUATE, body, sites=sites)
     results = {s: from_plain(SiteEvaluation, r["evaluation"]) for s, r in sorted(replies.items())}
     return combine(results, {s: int(r["rows"]) for s, r in sorted(replies.items())})
 
 
-def _default_rows(synth, n: int | None) -> int:
+def default_rows(synth, n: int | None = None) -> int:
+    """Rows to sample: ``n``, or the sites' total training rows as they reported them (noisy under DP)."""
     return n or max(2, int(round(sum(synth.result_.site_weights.values()))))
-
-
-def _site_job(job) -> dict:
-    from fedtab.federation.coordinator import JobSpec
-
-    return JobSpec.site_job(job)
 
 
 def release(model, sites: Mapping, out_dir: str | os.PathLike, *, policy=None, n: int | None = None,
@@ -102,7 +97,7 @@ def release(model, sites: Mapping, out_dir: str | os.PathLike, *, policy=None, n
     when every check passes. Raises ``ReleaseRefusedError`` naming every failed check otherwise.
     """
     synth = _synthesizer(model)
-    table = synth.sample(_default_rows(synth, n), seed=seed)
+    table = synth.sample(default_rows(synth, n), seed=seed)
     ev = evaluate(synth, sites, synthetic=table, target=target, seed=seed, transport=transport)
     return gate_and_write(synth, table, ev, out_dir, policy=policy, model_path=model_path)
 

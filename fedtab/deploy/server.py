@@ -74,10 +74,10 @@ def _release(transport, synth, cfg, *, sites: list[str], release_dir: str, polic
     Returns the verdict as a dict (for the status file); the report, audit record and (if released)
     the synthetic table are in ``release_dir``.
     """
-    from fedtab.assess import evaluate_on, gate_and_write
+    from fedtab.assess import default_rows, evaluate_on, gate_and_write
     from fedtab.errors import ReleaseRefusedError
 
-    table = synth.sample(max(2, int(round(sum(synth.result_.site_weights.values())))), seed=cfg.seed)
+    table = synth.sample(default_rows(synth), seed=cfg.seed)
     ev = evaluate_on(transport, synth, table, target=cfg.target, sites=sites)
     try:
         result = gate_and_write(synth, table, ev, release_dir, policy=policy or None, model_path=model_path)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fedtab import errors
-from fedtab.federation.wire import Packed, pack, unpack
+from fedtab.federation.wire import pack, unpack
 
 ERROR_KEY = "__error__"
 
@@ -83,17 +83,14 @@ class InProcessTransport:
         for site, body in bodies.items():
             if site not in self._workers:
                 raise errors.FederationError(f"unknown site '{site}'; known sites: {self.sites}")
-            sent = _roundtrip(pack(body))
+            sent = unpack(pack(body))
             try:
                 reply = self._workers[site](kind, sent, self._state[site])
             except errors.FedtabError as e:
                 reply = error_reply(e)
-            replies[site] = raise_if_error(site, _roundtrip(pack(reply)))
+            replies[site] = raise_if_error(site, unpack(pack(reply)))
         return replies
 
     def close(self) -> None:
         self._state.clear()
 
-
-def _roundtrip(p: Packed) -> Any:
-    return unpack(p)
