@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for fedtab and evaluation
+
 import numpy as np
-import pandas as pd
 import torch
-from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 
 import fedtab
@@ -39,14 +40,12 @@ from evaluation.fidelity import quality_report
 from evaluation.utility import evaluate_utility
 from fedtab.federation import training
 from fedtab.models.registry import available_models
-from fedtab.schema import ColumnSpec, TableSchema, atomic_write_text
+from fedtab.schema import atomic_write_text
+
+from _data import load_adult, load_heart  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
-ADULT = Path("/work/shared/data/adult.csv")
 OUT = ROOT / "benchmarks" / "results"
-# Public bounds (documented ranges of the census fields), so no budget is spent on them.
-ADULT_BOUNDS = {"age": (17, 90), "fnlwgt": (10_000, 1_500_000), "education-num": (1, 16),
-                "capital-gain": (0, 99_999), "capital-loss": (0, 4_356), "hours-per-week": (1, 99)}
 # Training length per (dataset, model): rounds x local epochs; tuned within the time available.
 PLAN = {
     ("adult", "ctgan"): dict(rounds=4, local_epochs=1.0, batch_size=500),
@@ -57,38 +56,6 @@ PLAN = {
     ("heart", "diffusion"): dict(rounds=5, local_epochs=20.0, batch_size=64),
 }
 EPSILONS = (None, 10.0, 1.0)
-
-
-def load_adult():
-    raw = pd.read_csv(ADULT, keep_default_na=False, dtype=str)
-    cols, typed = [], {}
-    for c in raw.columns:
-        if c in ADULT_BOUNDS:
-            lo, hi = ADULT_BOUNDS[c]
-            cols.append(ColumnSpec(c, "numerical", "int", lower=float(lo), upper=float(hi)))
-            typed[c] = pd.to_numeric(raw[c]).clip(lo, hi).astype("Int64")
-        else:
-            cols.append(ColumnSpec(c, "categorical"))
-            v = raw[c].str.strip()
-            typed[c] = v.where(v != "?", None).astype("object")
-    table, schema = pd.DataFrame(typed), TableSchema(columns=tuple(cols), name="adult")
-    train, test = train_test_split(table, test_size=0.2, stratify=table["income"], random_state=0)
-    quartile = pd.qcut(train["age"].astype(float), 4, labels=False, duplicates="drop")
-    sites = {f"age_q{q + 1}": train[quartile == q].reset_index(drop=True) for q in range(4)}
-    return sites, train.reset_index(drop=True), test.reset_index(drop=True), schema, "income", None
-
-
-def load_heart():
-    sites, schema = fedtab.datasets.load_heart_sites(), fedtab.datasets.heart_schema()
-    train_sites, tests = {}, []
-    for name, df in sites.items():
-        y = df["num"].astype(str) != "0"
-        tr, te = train_test_split(df, test_size=0.2, stratify=y, random_state=0)
-        train_sites[name] = tr.reset_index(drop=True)
-        tests.append(te)
-    train = pd.concat(train_sites.values(), ignore_index=True)
-    derive = lambda f: f.assign(num=np.where(f["num"].astype(str) == "0", "0", ">0"))  # noqa: E731
-    return train_sites, train, pd.concat(tests, ignore_index=True), schema, "num", derive
 
 
 def score(real_train, test, synth, schema, target, derive, seed=0):
