@@ -43,6 +43,7 @@ def kinds_of(schema: TableSchema) -> Kinds:
 def to_plain(df: pd.DataFrame, schema: TableSchema) -> pd.DataFrame:
     """Typed table (schema dtype contract) -> plain frame in schema column order, id columns dropped."""
     out = {}
+    df = df.reset_index(drop=True)  # a user's frame may carry any index, duplicates included
     for spec in schema.columns:
         s = df[spec.name]
         if spec.type == "numerical":

@@ -77,6 +77,9 @@ def sample_cmd(
     table: Optional[str] = typer.Option(None, "--table", "-t", help="Table name, for a database URL."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (default: the model's seed)."),
     replace: bool = typer.Option(False, "--replace", help="Overwrite an existing output."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
+                                   help="Match every column's marginal to the one the sites agreed on "
+                                        "(post-processing, no privacy cost; default on)."),
 ) -> None:
     """Sample N synthetic rows from a model file."""
     import connectors
@@ -85,7 +88,7 @@ def sample_cmd(
     if n < 1:
         raise ConfigError(f"The '-n' option must be a whole number >= 1. Got {n} instead.")
     synth = load(model)
-    frame = synth.sample(n, seed=seed)
+    frame = synth.sample(n, seed=seed, calibrate=calibrate)
     connectors.write_table(frame, output, table=table, if_exists="replace" if replace else "fail")
     stdout().print(f"{len(frame)} synthetic rows written to {output}")
 

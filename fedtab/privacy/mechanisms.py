@@ -90,3 +90,27 @@ def stability_threshold(*, sigma: float, delta: float, sensitivity: float = 1.0)
 def clip_counts(counts) -> np.ndarray:
     """Post-processing of noisy counts: negative counts become 0 (free under DP)."""
     return np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
+
+
+def norm_sub(counts) -> np.ndarray:
+    """Post-processing of noisy counts (free under DP): non-negative counts with the same total.
+
+    Clipping negatives to 0 leaves the noise of every empty cell as positive mass: with a few hundred
+    rows and noise of tens per cell, a histogram's far tails end up holding most of the mass (measured on
+    the heart hospitals at epsilon 1: synthetic cholesterol up to 880). Norm-sub (Wang et al., "Locally
+    Differentially Private Frequency Estimation with Consistency", NDSS 2020) subtracts one constant
+    ``d`` from every cell and clips at 0, with ``d`` chosen so the total stays the noisy total (an
+    unbiased estimate of the row count): cells whose noisy count is within the noise of 0 become 0.
+    Exact counts (no noise, none negative) come back unchanged.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    total = float(c.sum())
+    if c.size == 0 or total <= 0:
+        return np.zeros_like(c)
+    if c.min() >= 0:
+        return c.copy()
+    desc = np.sort(c)[::-1]
+    # Largest k such that the k biggest cells minus their common shift d stay positive.
+    shifts = (np.cumsum(desc) - total) / np.arange(1, c.size + 1)
+    k = int(np.max(np.flatnonzero(desc - shifts > 0))) + 1
+    return np.clip(c - shifts[k - 1], 0.0, None)

@@ -119,23 +119,33 @@ class TableTransformer:
                 blocks.append(col.transform(category_values(series, col.spec)))
         return np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
 
-    def inverse_transform(self, data: np.ndarray) -> pd.DataFrame:
+    def inverse_transform(self, data: np.ndarray, *, calibrate_rows: int | None = None,
+                          rng: np.random.Generator | None = None) -> pd.DataFrame:
         """Matrix (rows x ``output_dim``; generator outputs after their activations) -> typed table in
-        schema order, id columns absent."""
+        schema order, id columns absent.
+
+        ``calibrate_rows=n`` (with an ``rng``): pick ``n`` of the rows and match every column's marginal
+        to the fitted one (``fedtab.transform.calibration``; post-processing, no privacy cost).
+        """
         check_is_fitted(self, "columns_")
         data = np.asarray(data)
         if data.ndim != 2 or data.shape[1] != self.output_dim_:
             raise ConfigError(f"inverse_transform expects a 2-D array with {self.output_dim_} columns; "
                               f"got shape {data.shape}.")
-        out, pos = {}, 0
-        index = pd.RangeIndex(len(data))
+        decoded, pos = {}, 0
         for col in self.columns_:
-            block = data[:, pos:pos + col.output_dim]
+            decoded[col.spec.name] = col.inverse_transform(data[:, pos:pos + col.output_dim])
             pos += col.output_dim
-            if isinstance(col, NumericalColumnTransformer):
-                out[col.spec.name] = numeric_series(col.inverse_transform(block), col.spec, index)
-            else:
-                out[col.spec.name] = category_series(col.inverse_transform(block), col.spec, index)
+        if calibrate_rows is not None:
+            from fedtab.transform.calibration import calibrate
+
+            decoded = calibrate(self.columns_, decoded, int(calibrate_rows),
+                                rng if rng is not None else np.random.default_rng(0))
+        index = pd.RangeIndex(len(next(iter(decoded.values()))))
+        out = {}
+        for col in self.columns_:
+            series = numeric_series if isinstance(col, NumericalColumnTransformer) else category_series
+            out[col.spec.name] = series(decoded[col.spec.name], col.spec, index)
         return pd.DataFrame(out, index=index)
 
     # -- serialisation: JSON config + named float arrays (for JSON + safetensors; no pickle) ----------
