@@ -89,13 +89,8 @@ def test_fit_returns_self_and_samples_respect_the_schema(fits, heart, model, set
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
-def test_missing_share_roughly_preserved(fits, model, request):
+def test_missing_share_roughly_preserved(fits, model):
     """Needs a trained model (the 2-round fits above have not learned the shares yet): slow."""
-    if model == "diffusion":
-        # Known gap (issue 5 open): the small federated diffusion model gives chol 4-5% missing where the
-        # hospitals have 22% (Switzerland never measures it); sampling steps 10 or 100 make no difference.
-        request.applymarker(pytest.mark.xfail(reason="diffusion does not yet learn site-specific missing shares",
-                                              strict=False))
     synth, _, sites = fits(model, "trained4")
     real = pd.concat(sites.values(), ignore_index=True)
     df = synth.sample(2000, seed=5)

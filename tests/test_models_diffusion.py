@@ -26,7 +26,8 @@ def built(seed: int = 0, config: DiffusionConfig = SMALL) -> TabDiffusion:
     (dict(timesteps=1), "timesteps"), (dict(sampling_steps=0), "sampling_steps"),
     (dict(timesteps=10, sampling_steps=20), "sampling_steps"), (dict(hidden_dims=(0,)), "hidden_dims"),
     (dict(schedule="quadratic"), "schedule"), (dict(numeric_scale=-1.0), "numeric_scale"),
-    (dict(eta=2.0), "eta"), (dict(time_embedding_dim=15), "time_embedding_dim")])
+    (dict(eta=2.0), "eta"), (dict(time_embedding_dim=15), "time_embedding_dim"), (dict(ce_weight=-1.0), "ce_weight"),
+    (dict(learning_rate=-1e-3), "learning_rate"), (dict(adam_betas=(1.5, 0.9)), "adam_betas")])
 def test_config_rejects_bad_values_with_the_parameter_name(kwargs, name):
     with pytest.raises(ConfigError, match=name):
         DiffusionConfig(**kwargs)

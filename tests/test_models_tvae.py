@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from fedtab.errors import ConfigError
 from fedtab.models.registry import create_model
 from fedtab.models.tvae import TVAE, TVAEConfig
 from fedtab.privacy.dpsgd import DPSGDConfig
-from fedtab.training.loop import LocalTrainer
+from fedtab.training.loop import LocalTrainer, OptimizerConfig
 from tests.test_models_ctgan import _one_thread, make_dataset  # noqa: F401
 
 SMALL = TVAEConfig(embedding_dim=8, compress_dims=(32,), decompress_dims=(32,))
@@ -22,7 +24,9 @@ def built(seed: int = 0, config: TVAEConfig = SMALL) -> TVAE:
 
 
 @pytest.mark.parametrize("kwargs", [dict(embedding_dim=0), dict(compress_dims=()), dict(decompress_dims=(8, -1)),
-                                    dict(loss_factor=0.0), dict(min_sigma=1.5), dict(categorical="mode")])
+                                    dict(loss_factor=0.0), dict(min_sigma=1.5), dict(categorical="mode"),
+                                    dict(learning_rate=0.0), dict(adam_betas=(0.9, 1.0)),
+                                    dict(numeric_noise="yes")])
 def test_config_rejects_bad_values_with_the_parameter_name(kwargs):
     with pytest.raises(ConfigError, match=list(kwargs)[0]):
         TVAEConfig(**kwargs)
@@ -33,6 +37,13 @@ def test_config_is_frozen_and_keyword_only():
         TVAEConfig(8)  # noqa
     with pytest.raises(AttributeError):
         SMALL.embedding_dim = 3  # type: ignore[misc]
+
+
+def test_optimizer_options_carry_the_configured_adam_settings():
+    opts = TVAE(TVAEConfig(learning_rate=3e-3, adam_betas=(0.8, 0.99))).optimizer_options()
+    assert opts == {"private_lr": 3e-3, "public_lr": 3e-3, "betas": (0.8, 0.99)}
+    # every key is a field the training loop's optimizer config knows
+    assert set(opts) <= {f.name for f in dataclasses.fields(OptimizerConfig)}
 
 
 def test_registered_unconditional_and_private_only():

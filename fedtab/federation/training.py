@@ -35,6 +35,7 @@ GRAD_SAMPLE_MODE = "bk"
 # is short for CTGAN's 2e-4: a larger step reaches a better model in the same number of epochs.
 # On Adult (4 sites, 10 epochs) 1e-3 lifted TSTR ROC-AUC from 0.54 to 0.75 at the same quality score
 # (benchmarks/bench_ctgan_adult.py).
+# A model may ask for other Adam settings (``GenerativeModel.optimizer_options``: TVAE, diffusion).
 OPTIMIZER = OptimizerConfig(private_lr=1e-3, public_lr=1e-3)
 
 
@@ -127,7 +128,7 @@ def train_one_round(setup: dict[str, Any], data: np.ndarray, weights: dict[str, 
                      noise_multiplier=0.0, steps=steps, target="non-DP training")
     with torch_threads(1):
         trainer = LocalTrainer(model, data, batch_size=int(setup["batch_size"]), dp=dp, seed=seed,
-                               optimizer=OPTIMIZER)
+                               optimizer=dataclasses.replace(OPTIMIZER, **model.optimizer_options()))
         trainer.set_weights({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
         stats = trainer.train(steps)
     out = {k: v.detach().numpy() for k, v in trainer.get_weights().items()}

@@ -111,6 +111,13 @@ class GenerativeModel(ABC):
         """Scalar loss of the public network for the output of ``generate``."""
         raise NotImplementedError(f"{type(self).__name__} has no public network.")
 
+    # --- training settings ---------------------------------------------------------------------------
+    def optimizer_options(self) -> dict[str, Any]:
+        """Adam settings this model asks the training loop for, as ``OptimizerConfig`` fields (e.g.
+        ``{"private_lr": 2e-3, "betas": (0.9, 0.999)}``); empty means the federation's defaults. A
+        model whose loss has another scale than a GAN's (a VAE, a denoiser) needs its own step size."""
+        return {}
+
     # --- sampling -----------------------------------------------------------------------------------
     @abstractmethod
     def sample(self, n: int, *, generator: torch.Generator) -> np.ndarray:

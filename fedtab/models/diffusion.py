@@ -9,10 +9,16 @@ Per-row loss, one timestep per row (drawn from the caller's generator), so it de
 alone and per-record DP-SGD clipping is exact:
 
     mean_j (eps_j - eps_hat_j)^2                                          (tanh columns)
-  + mean_spans KL(q(x_{t-1} | x_t, x_0) || q(x_{t-1} | x_t, x0_hat))      (softmax spans; t = 0: -log x0_hat[x_0])
+  + mean_spans KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))               (softmax spans; t = 0: -log x0_hat[x_0])
+  + ce_weight * mean_spans -log x0_hat[x_0]                              (every t)
 
-Sampling runs ``sampling_steps`` denoising steps on an evenly strided subsequence of the training
-timesteps (the schedule is re-spaced: alpha'_k = abar(t_k) / abar(t_{k-1})), DDIM updates for the
+The cross-entropy term trains x0_hat to be p(x0 | x_t) at every timestep: the KL alone gives a weak
+signal at most timesteps (two nearby posteriors), and on Adult (4 sites, 30 epochs) the model then
+learned little of how the target depends on the other columns (TSTR ROC-AUC 0.65; 0.88 with the
+term). ``p(x_{t-1} | x_t)`` is the exact mixture of posteriors under that x0_hat (``_reverse``).
+
+Sampling runs ``sampling_steps`` (default 10: on Adult 10 and 30 steps scored the same) denoising
+steps on an evenly strided subsequence of the training timesteps (the schedule is re-spaced: alpha'_k = abar(t_k) / abar(t_{k-1})), DDIM updates for the
 tanh columns (``eta`` = 0 deterministic, 1 ancestral) and posterior draws for the spans, all rows of a
 chunk in one batched forward pass per step.
 
@@ -36,7 +42,7 @@ from fedtab.errors import ConfigError
 from fedtab.models.base import GenerativeModel
 from fedtab.models.conditions import CondBatch, Conditions
 from fedtab.models.ctgan import SpanLayout
-from fedtab.models.tvae import _check_dims, _check_positive_int
+from fedtab.models.tvae import _check_adam, _check_dims, _check_positive_int, optimizer_options
 from fedtab.transform.spans import ACTIVATIONS, ConditionSpan, SpanInfo
 
 SCHEDULES = ("cosine", "linear")
@@ -48,12 +54,15 @@ class DiffusionConfig:
     """Diffusion and denoiser settings. ``sampling_steps`` <= ``timesteps`` (strided sampler)."""
 
     timesteps: int = 1000
-    sampling_steps: int = 30
+    sampling_steps: int = 10
     schedule: str = "cosine"
     hidden_dims: tuple[int, ...] = (256, 256)
     time_embedding_dim: int = 128
     numeric_scale: float = 4.0
     eta: float = 0.0
+    ce_weight: float = 1.0
+    learning_rate: float = 1e-3
+    adam_betas: tuple[float, float] = (0.5, 0.9)
 
     def __post_init__(self):
         for name in ("timesteps", "sampling_steps", "time_embedding_dim"):
@@ -65,12 +74,16 @@ class DiffusionConfig:
             raise ConfigError(f"DiffusionConfig needs 2 <= timesteps and sampling_steps <= timesteps. Got "
                               f"timesteps={self.timesteps!r}, sampling_steps={self.sampling_steps!r} instead.")
         _check_dims("DiffusionConfig", "hidden_dims", self.hidden_dims)
+        _check_adam("DiffusionConfig", self.learning_rate, self.adam_betas)
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"The 'schedule' parameter of DiffusionConfig must be one of {list(SCHEDULES)}. "
                               f"Got {self.schedule!r} instead.")
         if not (isinstance(self.numeric_scale, (int, float)) and self.numeric_scale > 0):
             raise ConfigError(f"The 'numeric_scale' parameter of DiffusionConfig must be a float in (0, inf). "
                               f"Got {self.numeric_scale!r} instead.")
+        if not (isinstance(self.ce_weight, (int, float)) and self.ce_weight >= 0):
+            raise ConfigError(f"The 'ce_weight' parameter of DiffusionConfig must be a float in [0, inf). "
+                              f"Got {self.ce_weight!r} instead.")
         if not (isinstance(self.eta, (int, float)) and 0.0 <= self.eta <= 1.0):
             raise ConfigError(f"The 'eta' parameter of DiffusionConfig must be a float in [0, 1]. "
                               f"Got {self.eta!r} instead.")
@@ -160,6 +173,9 @@ class TabDiffusion(GenerativeModel):
         self._check_built()
         return {"denoiser": self.denoiser_}
 
+    def optimizer_options(self) -> dict:
+        return optimizer_options(self.config)
+
     # --- span blocks (flat: the softmax spans' columns side by side, no padding) -------------------
     def _segsum(self, x: torch.Tensor) -> torch.Tensor:
         """Per-span sums (rows, spans) of flat soft columns: one small matrix product."""
@@ -169,10 +185,21 @@ class TabDiffusion(GenerativeModel):
         """abar * x + (1 - abar) / K, column-wise (``abar``: a float or a (rows, 1) column)."""
         return abar * x + (1 - abar) * self._kinv
 
-    def _posterior(self, x_t: torch.Tensor, x0: torch.Tensor, alpha, abar_prev) -> torch.Tensor:
-        """q(x_{t-1} | x_t, x_0) per span for one-hot ``x_t`` and a distribution ``x0`` (flat)."""
+    def _posterior(self, x_t: torch.Tensor, x0: torch.Tensor, alpha, abar_prev, *, normalise: bool = True):
+        """q(x_{t-1} | x_t, x_0) per span for one-hot ``x_t`` and a distribution ``x0`` (flat); the
+        sampler's draw takes it unnormalised (one pass less per step)."""
         p = self._q_probs(x_t, alpha) * self._q_probs(x0, abar_prev)
-        return p / self._segsum(p).clamp_min(1e-30)[:, self._span_id]
+        return p / self._segsum(p).clamp_min(1e-30)[:, self._span_id] if normalise else p
+
+    def _reverse(self, x_t: torch.Tensor, x0_hat: torch.Tensor, abar, abar_prev, *, normalise: bool = True):
+        """p(x_{t-1} | x_t) = sum_x0 q(x_{t-1} | x_t, x0) p(x0 | x_t) for a predicted distribution
+        ``x0_hat`` = p(x0 | x_t) (the cross-entropy term trains it to be that). The posterior is linear
+        in x0 up to its normaliser q(x_t | x0), so weighting x0_hat by 1 / q(x_t | x0) makes the plug-in
+        exact; plugging x0_hat in directly (Hoogeboom et al.) over-weights x0 = x_t by up to
+        1 + K abar / (1 - abar), which keeps the starting noise and pulls the marginals towards uniform."""
+        w = x0_hat / self._q_probs(x_t, abar)
+        w = w / self._segsum(w)[:, self._span_id]
+        return self._posterior(x_t, w, abar / abar_prev, abar_prev, normalise=normalise)
 
     def _draw(self, probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One category per span from (unnormalised) flat probabilities by inverse CDF -> flat one-hot.
@@ -220,9 +247,9 @@ class TabDiffusion(GenerativeModel):
             abar_prev = torch.where(t[:, None] > 0, self._abar[(t - 1).clamp(min=0)][:, None], torch.ones_like(abar))
             alpha = abar / abar_prev
             q = self._posterior(x_cat_t, x0_cat, alpha, abar_prev)
-            p = self._posterior(x_cat_t, log_x0_hat.exp(), alpha, abar_prev)
+            p = self._reverse(x_cat_t, log_x0_hat.exp(), abar, abar_prev)
             kl = self._segsum(q * (torch.log(q.clamp_min(1e-30)) - torch.log(p.clamp_min(1e-30))))
-            loss = loss + torch.where((t == 0)[:, None], nll, kl).mean(dim=1)
+            loss = loss + torch.where((t == 0)[:, None], nll, kl).mean(dim=1) + self.config.ce_weight * nll.mean(dim=1)
         return loss
 
     # --- sampling -------------------------------------------------------------------------------------
@@ -232,8 +259,8 @@ class TabDiffusion(GenerativeModel):
         ts = torch.linspace(0, cfg.timesteps - 1, cfg.sampling_steps, dtype=torch.float64).round().long()
         return torch.unique(ts)
 
-    @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator, chunk: int = 4096) -> np.ndarray:
+    @torch.inference_mode()
+    def sample(self, n: int, *, generator: torch.Generator, chunk: int = 16_384) -> np.ndarray:
         """``n`` rows: tanh columns in [-1, 1], one-hot spans; ``sampling_steps`` steps per chunk."""
         self._check_built()
         was_training = self.denoiser_.training
@@ -268,7 +295,7 @@ class TabDiffusion(GenerativeModel):
                 # floored at -80 so a span far below the row's max keeps tiny but non-zero weights.
                 e = torch.exp((logits - logits.amax(dim=1, keepdim=True)).clamp_(min=-80.0))
                 x0_hat = e / self._segsum(e)[:, self._span_id]
-                probs = x0_hat if k == 0 else self._posterior(x_cat, x0_hat, abar / abar_prev, abar_prev)
+                probs = x0_hat if k == 0 else self._reverse(x_cat, x0_hat, abar, abar_prev, normalise=False)
                 x_cat = self._draw(probs, generator)
         num = (x_num / cfg.numeric_scale).clamp(-1.0, 1.0)
         return torch.cat([num, x_cat], dim=1)[:, lay.inverse]

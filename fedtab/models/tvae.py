@@ -17,6 +17,10 @@ Differences from the reference implementation, and why:
 * **Span losses are batched**: all softmax spans padded into one ``(rows, spans, max_dim)`` block.
 * **Sampling draws categories from the decoder's softmax** (``categorical = "sample"``, the default)
   rather than taking the arg-max, which collapses rare categories; ``"argmax"`` is the reference's way.
+* ``numeric_noise`` (off by default) adds the decoder's learned sigma to the sampled tanh values, as
+  the reference's decoding does; on Adult (4 sites, 100 epochs) it scored slightly lower (quality
+  0.856 vs 0.863, TSTR 0.853 vs 0.858).
+* Adam with the reference's settings (``learning_rate`` 1e-3, betas 0.9/0.999; ``optimizer_options``).
 * The reparameterisation noise and the sampling draws come from the caller's ``torch.Generator``.
 """
 
@@ -60,6 +64,11 @@ class TVAEConfig:
     loss_factor: float = 2.0
     min_sigma: float = 0.01
     categorical: str = "sample"
+    numeric_noise: bool = False
+    # Adam settings of the reference TVAE (lr 1e-3, PyTorch's default betas); a federation's GAN
+    # defaults (betas 0.5, 0.9) are tuned for an adversarial game, not for a likelihood.
+    learning_rate: float = 1e-3
+    adam_betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self):
         _check_positive_int("TVAEConfig", "embedding_dim", self.embedding_dim)
@@ -71,9 +80,30 @@ class TVAEConfig:
         if not (isinstance(self.min_sigma, (int, float)) and 0 < self.min_sigma < 1):
             raise ConfigError(f"The 'min_sigma' parameter of TVAEConfig must be a float in (0, 1). "
                               f"Got {self.min_sigma!r} instead.")
+        _check_adam("TVAEConfig", self.learning_rate, self.adam_betas)
+        if not isinstance(self.numeric_noise, bool):
+            raise ConfigError(f"The 'numeric_noise' parameter of TVAEConfig must be a bool. "
+                              f"Got {self.numeric_noise!r} instead.")
         if self.categorical not in CATEGORICAL_SAMPLING:
             raise ConfigError(f"The 'categorical' parameter of TVAEConfig must be one of "
                               f"{list(CATEGORICAL_SAMPLING)}. Got {self.categorical!r} instead.")
+
+
+def _check_adam(owner: str, learning_rate, betas) -> None:
+    if not (isinstance(learning_rate, (int, float)) and not isinstance(learning_rate, bool) and learning_rate > 0):
+        raise ConfigError(f"The 'learning_rate' parameter of {owner} must be a float in (0, inf). "
+                          f"Got {learning_rate!r} instead.")
+    if not (isinstance(betas, tuple) and len(betas) == 2
+            and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+        raise ConfigError(f"The 'adam_betas' parameter of {owner} must be a pair of floats in [0, 1). "
+                          f"Got {betas!r} instead.")
+
+
+def optimizer_options(config) -> dict:
+    """The Adam settings of a model config with ``learning_rate`` and ``adam_betas`` (one step size:
+    these models have one network)."""
+    return {"private_lr": float(config.learning_rate), "public_lr": float(config.learning_rate),
+            "betas": tuple(float(b) for b in config.adam_betas)}
 
 
 def mlp(in_dim: int, dims: tuple[int, ...]) -> tuple[nn.Sequential, int]:
@@ -134,6 +164,9 @@ class TVAE(GenerativeModel):
         self._check_built()
         return {"vae": self.vae_}
 
+    def optimizer_options(self) -> dict:
+        return optimizer_options(self.config)
+
     def _sigma(self, n: int) -> torch.Tensor:
         ones = torch.ones(n, 1)
         return torch.exp(self.vae_.log_sigma(ones)).clamp(min=self.config.min_sigma, max=1.0)
@@ -169,7 +202,11 @@ class TVAE(GenerativeModel):
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
             raw = self.vae_.decode(torch.randn(m, self.config.embedding_dim, generator=generator))
-            parts = [torch.tanh(raw[:, layout.tanh_cols])]
+            values = torch.tanh(raw[:, layout.tanh_cols])
+            if self.config.numeric_noise and len(layout.tanh_cols):
+                # The decoder's Gaussian: mean tanh(raw), learned sigma (as the reference's decoding)
+                values = (values + self._sigma(m) * torch.randn(values.shape, generator=generator)).clamp(-1.0, 1.0)
+            parts = [values]
             if layout.n_soft:
                 logits = raw[:, layout.pad_index].masked_fill(~layout.pad_mask, float("-inf"))
                 if self.config.categorical == "sample":
