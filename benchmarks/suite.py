@@ -181,7 +181,7 @@ COLUMNS = [("method", "method"), ("sites", "sites"), ("epsilon", "ε target"), (
            ("tstr_auc", "TSTR AUC"), ("detection_auc", "detection AUC"), ("dcr_share", "DCR share"),
            ("mia_auc", "MIA AUC"), ("fit_seconds", "fit s"), ("peak_rss_mib", "peak MiB"),
            ("sample_rows_per_s", "sample rows/s"), ("federation_overhead_seconds", "fed. overhead s"),
-           ("status", "status")]
+           ("status", "status"), ("commit", "commit")]
 
 
 def _cell(key: str, v) -> str:
@@ -198,8 +198,9 @@ def _cell(key: str, v) -> str:
 def markdown(meta: dict, rows: list[dict]) -> str:
     trtr = next((r["trtr_auc"] for r in rows if r.get("trtr_auc") is not None), None)
     lines = [f"# fedtab against the anchors: {meta['dataset']}{' (quick smoke run)' if meta['quick'] else ''}", "",
-             f"Command: `{meta['command']}`  ", f"Date (UTC): {meta['started']} to {meta['updated']}  ",
-             f"Commit: {meta['commit']}  ", f"Machine: {meta['machine']}  ",
+             "Commands (in order; a later `--merge` run replaces the rows it reran):  ",
+             *[f"`{c}`  " for c in meta["commands"]], f"Date (UTC): {meta['started']} to {meta['updated']}  ",
+             f"Commit at start: {meta['commit']} (each row's own in the last column)  ", f"Machine: {meta['machine']}  ",
              f"Split: {meta['split']}  ", f"TRTR ROC-AUC (real training rows -> test rows): "
              f"{trtr if trtr is not None else 'n/a'}", "",
              "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -218,9 +219,13 @@ def markdown(meta: dict, rows: list[dict]) -> str:
 
 
 def git_commit() -> str:
+    """HEAD, plus "+dirty" when fedtab's or evaluation's files differ from it (the tree is shared with
+    engineers who commit while a long run goes on: each row records the code it ran on)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
+        git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,  # noqa: E731
+                                        timeout=10).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD") or "unknown"
+        return head + ("+dirty" if git("status", "--porcelain", "-uno", "--", "fedtab", "evaluation") else "")
     except OSError:
         return "unknown"
 
@@ -243,29 +248,36 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true", help="keep earlier rows of the results file not rerun")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per method (default: the plan's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--note", action="append", default=[], help="a line for the notes (e.g. machine load)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
     plan = PLANS["quick" if args.quick else args.dataset]
     timeout = args.timeout or plan["timeout"]
     methods = methods_for(plan)
+    order = {m["key"]: i for i, m in enumerate(methods)}  # the table keeps the plan's order
     if args.only:
         wanted = [w.strip() for w in args.only.split(",") if w.strip()]
         methods = [m for m in methods if any(w in m["key"] for w in wanted)]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"suite_{args.dataset}{'_quick' if args.quick else ''}"
-    rows = []
+    rows, earlier = [], None
+    command = "python benchmarks/suite.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.merge and stem.with_suffix(".json").exists():
         rerun = {m["key"] for m in methods}
-        rows = [r for r in json.loads(stem.with_suffix(".json").read_text())["rows"] if r["key"] not in rerun]
+        earlier = json.loads(stem.with_suffix(".json").read_text())
+        rows = [r for r in earlier["rows"] if r["key"] not in rerun]
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
     meta = {"dataset": args.dataset, "quick": args.quick,
-            "command": "python benchmarks/suite.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-            "started": started, "commit": git_commit(), "seed": args.seed, "timeout_seconds": timeout,
+            "commands": (earlier["meta"].get("commands", [earlier["meta"].get("command")]) if earlier else [])
+            + [command],
+            "started": earlier["meta"]["started"] if earlier else started, "commit": git_commit(), "seed": args.seed, "timeout_seconds": timeout,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared; load average "
                        f"{os.getloadavg()[0]:.1f} at start), no GPU, one torch/BLAS thread per method",
-            "versions": main_versions(), "anchor_versions": {}, "notes": list(plan["notes"]) + [
-                f"per-method timeout {timeout:.0f} s (a method past it is recorded as a timeout)"]}
+            "versions": main_versions(), "anchor_versions": dict(earlier["meta"]["anchor_versions"]) if earlier else {},
+            "notes": list(plan["notes"]) + [
+                f"per-method timeout {timeout:.0f} s (a method past it is recorded as a timeout)"]
+            + (earlier["meta"]["notes"][len(plan["notes"]) + 1:] if earlier else []) + args.note}
     with tempfile.TemporaryDirectory(prefix="fedtab_suite_") as tmp:
         work = Path(tmp)
         data = prepare(args.dataset, plan, work, args.seed)
@@ -275,7 +287,8 @@ def main() -> None:
         for m in methods:
             print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {m['key']} ...", flush=True)
             row = {"key": m["key"], "method": m["label"], "family": m["family"], "model": m["model"],
-                   "sites": m["sites"], "epsilon": m["epsilon"], "settings": m["settings"]}
+                   "sites": m["sites"], "epsilon": m["epsilon"], "settings": m["settings"],
+                   "commit": git_commit(), "started": datetime.now(timezone.utc).strftime("%H:%M:%S")}
             result, synth = run_method(m, data, work, seed=args.seed, timeout=timeout)
             row.update(result)
             if synth is not None:
@@ -285,7 +298,7 @@ def main() -> None:
                     row["status"] = f"scoring failed: {type(exc).__name__}: {exc}"[:400]
             if row.get("versions"):
                 meta["anchor_versions"][m["family"]] = row.pop("versions")
-            rows = [r for r in rows if r["key"] != m["key"]] + [row]
+            rows = sorted([r for r in rows if r["key"] != m["key"]] + [row], key=lambda r: order.get(r["key"], 1e9))
             meta["updated"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
             print("   " + json.dumps({k: row.get(k) for k in ("status", "quality", "tstr_auc", "fit_seconds")}),
                   flush=True)
