@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import Mapping
 
+from evaluation.consortium import ConsortiumQuality, consortium_quality
 from evaluation.site import SiteEvaluation
 from fedtab.errors import ConfigError
 
@@ -17,6 +18,7 @@ class Evaluation:
     sites: Mapping[str, SiteEvaluation]
     weights: Mapping[str, int]
     figures: Mapping[str, float | None]
+    consortium: ConsortiumQuality | None = None  # the table against the union of the sites' rows
 
     def site_figures(self) -> dict[str, dict[str, float | None]]:
         return {name: s.figures() for name, s in self.sites.items()}
@@ -32,7 +34,8 @@ class Evaluation:
         return {
             "figures": dict(self.figures),
             "weights": dict(self.weights),
-            "sites": {name: s.to_dict() for name, s in self.sites.items()},
+            "consortium": None if self.consortium is None else asdict(self.consortium),
+            "sites": {name: s.to_dict(counts=False) for name, s in self.sites.items()},
         }
 
 
@@ -45,10 +48,14 @@ def weighted_mean(values: Mapping[str, float | None], weights: Mapping[str, int]
     return sum(v * w for v, w in pairs) / total
 
 
-def combine(site_results: Mapping[str, SiteEvaluation], weights: Mapping[str, int]) -> Evaluation:
+def combine(site_results: Mapping[str, SiteEvaluation], weights: Mapping[str, int], *,
+            synthetic=None, kinds=None) -> Evaluation:
     """Row-weighted mean of each figure across sites (a site lacking a figure does not count for it).
 
     ``weights`` is usually each site's number of training rows. Per-site results are kept unchanged.
+    With the ``synthetic`` table (plain frame, see ``evaluation._tables.to_plain``) and its ``kinds``,
+    and consortium counts from every site, the table is also scored against the union of the sites'
+    rows (``evaluation.consortium``): figures ``fidelity.consortium_*``.
     """
     if not site_results:
         raise ConfigError("combine: 'site_results' is empty; expected at least one site's evaluation.")
@@ -62,8 +69,16 @@ def combine(site_results: Mapping[str, SiteEvaluation], weights: Mapping[str, in
     per_site = {name: s.figures() for name, s in site_results.items()}
     names = list(next(iter(per_site.values())))
     figures = {f: weighted_mean({s: per_site[s].get(f) for s in per_site}, weights) for f in names}
+    union = None
+    counts = [s.consortium for s in site_results.values()]
+    if synthetic is not None and kinds is not None and all(c is not None for c in counts):
+        union = consortium_quality(counts, synthetic, kinds)
+        figures.update({"fidelity.consortium_quality": union.quality,
+                        "fidelity.consortium_column_shapes": union.column_shapes,
+                        "fidelity.consortium_column_pair_trends": union.column_pair_trends})
     return Evaluation(
         sites=MappingProxyType(dict(site_results)),
         weights=MappingProxyType(dict(weights)),
         figures=MappingProxyType(figures),
+        consortium=union,
     )

@@ -15,6 +15,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from evaluation._tables import kinds_of, to_plain
+from evaluation.consortium import ConsortiumCounts, consortium_counts
 from evaluation.disclosure import DisclosureOptions, DisclosureResult, evaluate_disclosure
 from evaluation.fidelity import FidelityResult, evaluate_fidelity
 from evaluation.marginals import Marginal, column_marginals
@@ -52,6 +53,9 @@ class SiteEvaluation:
     marginals: tuple[Marginal, ...]
     timings: tuple[tuple[str, float], ...]  # component -> seconds
     options: EvaluationOptions
+    # Counts of the site's training rows on a grid read off the synthetic table: what the coordinator
+    # sums to score the table against the union of the sites (``evaluation.consortium``).
+    consortium: ConsortiumCounts | None = None
 
     def figures(self) -> dict[str, float | None]:
         """The headline figures, flat: what the aggregate averages and the release gate reads."""
@@ -77,8 +81,11 @@ class SiteEvaluation:
             out[f"disclosure.{name}_risk_ci_high"] = r.ci_high if r else None
         return out
 
-    def to_dict(self) -> dict:
+    def to_dict(self, *, counts: bool = True) -> dict:
+        """Plain form: what a site sends (``counts=True``); reports leave the consortium counts out."""
         d = asdict(self)
+        if not counts:
+            d.pop("consortium", None)
         d["utility"] = self.utility.to_dict() if self.utility else None
         d["timings"] = dict(self.timings)
         d["figures"] = self.figures()
@@ -151,7 +158,11 @@ def _evaluate(real_train, real_holdout, synthetic, schema, *, target, seed, opti
                             max_levels=options.marginal_max_levels, min_cell=options.min_cell)
     timings.append(("marginals", time.perf_counter() - t))
 
+    t = time.perf_counter()
+    counts = consortium_counts(train, synth, kinds)
+    timings.append(("consortium_counts", time.perf_counter() - t))
+
     return SiteEvaluation(
         n_train=len(train), n_holdout=len(holdout), n_synthetic=len(synth), fidelity=fid, utility=util,
-        disclosure=disc, marginals=marg, timings=tuple(timings), options=options,
+        disclosure=disc, marginals=marg, timings=tuple(timings), options=options, consortium=counts,
     )

@@ -80,7 +80,10 @@ def evaluate_on(transport, synth, synthetic: pd.DataFrame, *, target: str | None
             "synthetic": frame_to_bytes(synthetic), "target": target}
     replies = broadcast(transport, EVALUATE, body, sites=sites)
     results = {s: from_plain(SiteEvaluation, r["evaluation"]) for s, r in sorted(replies.items())}
-    return combine(results, {s: int(r["rows"]) for s, r in sorted(replies.items())})
+    from evaluation._tables import kinds_of, to_plain
+
+    return combine(results, {s: int(r["rows"]) for s, r in sorted(replies.items())},
+                   synthetic=to_plain(synthetic, synth.schema_), kinds=kinds_of(synth.schema_))
 
 
 def default_rows(synth, n: int | None = None) -> int:

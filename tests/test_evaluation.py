@@ -78,7 +78,7 @@ def test_site_result_holds_aggregates_only():
 def test_timings_cover_every_component():
     names = dict(independent_evaluation().timings)
     assert set(names) == {"fidelity.quality_report", "fidelity.detection", "utility",
-                          "disclosure.distances_mia", "disclosure.anonymeter", "marginals"}
+                          "disclosure.distances_mia", "disclosure.anonymeter", "marginals", "consortium_counts"}
     assert all(v >= 0 for v in names.values())
 
 

@@ -3,8 +3,11 @@
 The synthetic table travels as Parquet bytes (typed columns survive; no pickle). The site scores it
 against its own training rows and its own holdout rows (set aside before training, same seeded
 split), and replies with ``SiteEvaluation.to_dict()``: scores, rates, binned histograms, suppressed
-small cells — never a row. These figures are not noised: the release gate reads them at the sites'
-own request; they are listed in the report for the data protection officer to see what left.
+small cells, and counts of the training rows on a grid read off the synthetic table (one histogram per
+column, one contingency table per column pair: the coordinator sums them to score the table against
+the union of the sites, see ``evaluation.consortium``; they are not written into the report) — never
+a row. These figures are not noised: the release gate reads them at the sites' own request; the
+report lists the figures for the data protection officer to see what left.
 """
 
 from __future__ import annotations
