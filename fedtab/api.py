@@ -136,14 +136,18 @@ class FederatedSynthesizer:
         check_is_fitted(self, "ledgers_")
         return self.ledgers_
 
-    def sample(self, n: int, *, seed: int | None = None, calibrate: bool = True) -> pd.DataFrame:
+    def sample(self, n: int, *, seed: int | None = None, calibrate: bool = True,
+               quantile_map: bool = False) -> pd.DataFrame:
         """``n`` synthetic rows in the agreed schema (id columns get fresh synthetic ids).
 
-        ``calibrate`` (default): the model draws ``CALIBRATION_OVERSAMPLE`` x n rows and ``n`` of them
-        are kept and adjusted so every column's marginal matches the one the sites agreed on in the
-        encoding phase (``fedtab.transform.calibration``: post-processing, no privacy cost). Measured on
-        the heart hospitals: sdmetrics quality of the pooled table 0.79 -> 0.85 without DP, 0.61 -> 0.73
-        at epsilon 1. ``calibrate=False`` returns the generator's raw rows.
+        ``calibrate`` (default): the model draws ``CALIBRATION_OVERSAMPLE`` x n rows and raking weights
+        pick ``n`` of them so every category share and missing share matches the marginals the sites
+        agreed on in the encoding phase (``fedtab.transform.calibration``: post-processing, no privacy
+        cost). Measured: Adult (4 sites, non-DP, short run) quality 0.757 -> 0.816, TSTR 0.493 -> 0.528.
+        ``quantile_map`` also maps every numerical column onto its agreed distribution (a Gaussian
+        mixture): it helps tiny DP sites (heart hospitals at epsilon 1: pooled quality 0.666 -> 0.701)
+        but hurts where a column has point masses the mixture cannot hold (Adult's capital gain: TSTR
+        0.528 -> 0.398), hence off by default. ``calibrate=False`` returns the generator's raw rows.
         """
         check_is_fitted(self, "weights_")
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -156,7 +160,7 @@ class FederatedSynthesizer:
                                                       self.transformer_, self.weights_, seed=self.seed)
         if calibrate:
             encoded = training.sample_encoded(self._model, CALIBRATION_OVERSAMPLE * int(n), seed=seed)
-            frame = self.transformer_.inverse_transform(encoded, calibrate_rows=int(n),
+            frame = self.transformer_.inverse_transform(encoded, calibrate_rows=int(n), quantile_map=quantile_map,
                                                         rng=np.random.default_rng([int(seed), 1]))
         else:
             encoded = training.sample_encoded(self._model, int(n), seed=seed)

@@ -52,8 +52,10 @@ def test_calibration_matches_marginals_keeps_ranks_and_is_reproducible():
     x = 60 + 10 * (c == "b") + 20 * (c == "c") + rng.normal(0, 3, m)
     x[rng.random(m) < 0.5] = np.nan
     decoded = {"x": x, "c": c}
-    out = calibrate(tr.columns_, decoded, 1000, np.random.default_rng(1))
-    again = calibrate(tr.columns_, decoded, 1000, np.random.default_rng(1))
+    out = calibrate(tr.columns_, decoded, 1000, np.random.default_rng(1), numerical=True)
+    again = calibrate(tr.columns_, decoded, 1000, np.random.default_rng(1), numerical=True)
+    kept = calibrate(tr.columns_, decoded, 1000, np.random.default_rng(1))
+    assert set(kept["x"][~np.isnan(kept["x"])]) <= set(x[~np.isnan(x)])  # raking alone keeps the values
     assert np.array_equal(out["x"], again["x"], equal_nan=True) and np.array_equal(out["c"], again["c"])
     freqs = pd.Series(out["c"]).value_counts(normalize=True)
     assert abs(freqs["a"] - 0.6) < 0.05 and abs(freqs["c"] - 0.1) < 0.05

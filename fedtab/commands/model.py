@@ -80,6 +80,9 @@ def sample_cmd(
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
                                    help="Match every column's marginal to the one the sites agreed on "
                                         "(post-processing, no privacy cost; default on)."),
+    quantile_map: bool = typer.Option(False, "--quantile-map",
+                                      help="Also map numerical columns onto the agreed distributions "
+                                           "(helps tiny DP sites; can hurt columns with point masses)."),
 ) -> None:
     """Sample N synthetic rows from a model file."""
     import connectors
@@ -88,7 +91,7 @@ def sample_cmd(
     if n < 1:
         raise ConfigError(f"The '-n' option must be a whole number >= 1. Got {n} instead.")
     synth = load(model)
-    frame = synth.sample(n, seed=seed, calibrate=calibrate)
+    frame = synth.sample(n, seed=seed, calibrate=calibrate, quantile_map=quantile_map)
     connectors.write_table(frame, output, table=table, if_exists="replace" if replace else "fail")
     stdout().print(f"{len(frame)} synthetic rows written to {output}")
 

@@ -11,8 +11,10 @@ marginals while keeping as much of the generator's joint structure as it can:
 2. raking (iterative proportional fitting) gives each candidate a weight so that the weighted
    category frequencies and missing shares match the targets;
 3. n distinct rows are drawn with those weights (systematic PPS sampling);
-4. every numerical column is quantile-mapped onto its target distribution: a value keeps its rank
-   among the synthetic values, so rank correlations are those the generator learned.
+4. optionally (``numerical=True``), every numerical column is quantile-mapped onto its target
+   distribution: a value keeps its rank among the synthetic values, so rank correlations are those the
+   generator learned. Off by default: the target is the column's Gaussian mixture, which cannot hold a
+   point mass (Adult's capital gain is 0 for 92% of rows) and measurably hurt utility there.
 
 Everything here reads only the transformer (already released statistics) and the generated rows,
 so under DP it is post-processing: no privacy cost. Same ``rng`` state, same rows.
@@ -98,7 +100,8 @@ def mixture_ppf(col: NumericalColumnTransformer, u: np.ndarray) -> np.ndarray:
     return np.interp(u, cdf, grid)
 
 
-def calibrate(columns: list, decoded: dict[str, np.ndarray], n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def calibrate(columns: list, decoded: dict[str, np.ndarray], n: int, rng: np.random.Generator, *,
+              numerical: bool = False) -> dict[str, np.ndarray]:
     """Pick ``n`` of the decoded candidate rows and quantile-map their numerical values (see module doc).
 
     ``columns``: the transformer's fitted column transformers; ``decoded``: column name -> decoded
@@ -117,7 +120,7 @@ def calibrate(columns: list, decoded: dict[str, np.ndarray], n: int, rng: np.ran
     out = {}
     for col in columns:
         values = decoded[col.spec.name][keep]
-        if isinstance(col, NumericalColumnTransformer):
+        if numerical and isinstance(col, NumericalColumnTransformer):
             values = values.astype(np.float64, copy=True)
             present = ~np.isnan(values)
             k = int(present.sum())

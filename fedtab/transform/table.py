@@ -120,12 +120,13 @@ class TableTransformer:
         return np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
 
     def inverse_transform(self, data: np.ndarray, *, calibrate_rows: int | None = None,
-                          rng: np.random.Generator | None = None) -> pd.DataFrame:
+                          rng: np.random.Generator | None = None, quantile_map: bool = False) -> pd.DataFrame:
         """Matrix (rows x ``output_dim``; generator outputs after their activations) -> typed table in
         schema order, id columns absent.
 
-        ``calibrate_rows=n`` (with an ``rng``): pick ``n`` of the rows and match every column's marginal
-        to the fitted one (``fedtab.transform.calibration``; post-processing, no privacy cost).
+        ``calibrate_rows=n`` (with an ``rng``): pick ``n`` of the rows so that category and missing shares
+        match the fitted ones, and with ``quantile_map`` map numerical values onto the fitted
+        distributions too (``fedtab.transform.calibration``; post-processing, no privacy cost).
         """
         check_is_fitted(self, "columns_")
         data = np.asarray(data)
@@ -140,7 +141,7 @@ class TableTransformer:
             from fedtab.transform.calibration import calibrate
 
             decoded = calibrate(self.columns_, decoded, int(calibrate_rows),
-                                rng if rng is not None else np.random.default_rng(0))
+                                rng if rng is not None else np.random.default_rng(0), numerical=quantile_map)
         index = pd.RangeIndex(len(next(iter(decoded.values()))))
         out = {}
         for col in self.columns_:
