@@ -93,14 +93,15 @@ def default_rows(synth, n: int | None = None) -> int:
 
 def release(model, sites: Mapping, out_dir: str | os.PathLike, *, policy=None, n: int | None = None,
             target: str | None = None, seed: int | None = None, transport: str = "inprocess",
-            model_path: str | os.PathLike | None = None) -> ReleaseResult:
+            model_path: str | os.PathLike | None = None, quantile_map: bool = False) -> ReleaseResult:
     """Sample, evaluate at the sites, apply the release gate, write the outputs.
 
     Always writes the report (HTML + JSON) and an audit record; writes the synthetic table only
     when every check passes. Raises ``ReleaseRefusedError`` naming every failed check otherwise.
+    ``quantile_map``: see ``FederatedSynthesizer.sample``.
     """
     synth = _synthesizer(model)
-    table = synth.sample(default_rows(synth, n), seed=seed)
+    table = synth.sample(default_rows(synth, n), seed=seed, quantile_map=quantile_map)
     ev = evaluate(synth, sites, synthetic=table, target=target, seed=seed, transport=transport)
     return gate_and_write(synth, table, ev, out_dir, policy=policy, model_path=model_path)
 
