@@ -11,7 +11,7 @@ EPSILONS = (None, 1.0, 3.0, 10.0)
 
 PLANS = {
     "heart": {
-        "timeout": 900, "train_rows": None, "sites": (4, 1), "epsilons": EPSILONS,
+        "timeout": 900, "train_rows": None, "sites": (4, 1), "epsilons": EPSILONS, "last": ("smartnoise-aim",),
         "fedtab": {"ctgan": dict(rounds=5, local_epochs=10.0, batch_size=64),
                    "tvae": dict(rounds=5, local_epochs=20.0, batch_size=64),
                    "diffusion": dict(rounds=5, local_epochs=20.0, batch_size=64)},
