@@ -17,8 +17,10 @@ signal at most timesteps (two nearby posteriors), and on Adult (4 sites, 30 epoc
 learned little of how the target depends on the other columns (TSTR ROC-AUC 0.65; 0.88 with the
 term). ``p(x_{t-1} | x_t)`` is the exact mixture of posteriors under that x0_hat (``_reverse``).
 
-Sampling runs ``sampling_steps`` (default 10: on Adult 10 and 30 steps scored the same) denoising
-steps on an evenly strided subsequence of the training timesteps (the schedule is re-spaced: alpha'_k = abar(t_k) / abar(t_{k-1})), DDIM updates for the
+Sampling runs ``sampling_steps`` denoising steps (default 6; on Adult's federated model, one thread:
+4 steps 14,000 rows/s, raw quality 0.849; 6 steps 11,000 rows/s, 0.895; 10 steps 5,700 rows/s, 0.905;
+30 steps scored as 10; TSTR 0.87-0.88 throughout) on an evenly strided subsequence of the training
+timesteps (the schedule is re-spaced: alpha'_k = abar(t_k) / abar(t_{k-1})), DDIM updates for the
 tanh columns (``eta`` = 0 deterministic, 1 ancestral) and posterior draws for the spans, all rows of a
 chunk in one batched forward pass per step.
 
@@ -54,7 +56,7 @@ class DiffusionConfig:
     """Diffusion and denoiser settings. ``sampling_steps`` <= ``timesteps`` (strided sampler)."""
 
     timesteps: int = 1000
-    sampling_steps: int = 10
+    sampling_steps: int = 6
     schedule: str = "cosine"
     hidden_dims: tuple[int, ...] = (256, 256)
     time_embedding_dim: int = 128
