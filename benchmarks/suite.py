@@ -184,6 +184,25 @@ COLUMNS = [("method", "method"), ("sites", "sites"), ("epsilon", "ε target"), (
            ("status", "status"), ("commit", "commit")]
 
 
+METHOD_NOTES = [
+    "fedtab: `FederatedSynthesizer(model, epsilon, delta=1e-5, rounds, local_epochs, batch_size, seed=0, "
+    "holdout=0.0)` in process; 1 site = the pooled training rows as one site; epsilon spent = the largest "
+    "site ledger (preprocessing included). A commit ending in +dirty: other engineers' uncommitted edits "
+    "to fedtab/ or evaluation/ were in the shared tree when the row ran.",
+    "SDV 2.0 (non-DP), sdtypes set from the schema; CTGAN and TVAE with the epochs and batch above.",
+    "synthcity TabDDPM (`ddpm`, non-DP), its defaults but the iterations above, conditioned on the target; "
+    "it takes numbers only, so categories go in as integer codes (rounded back) and a missing number is "
+    "filled with the median; a stand-in torchvision module is used because PyPI has no CPU torchvision "
+    "for torch 2.13 (TabDDPM never calls it; benchmarks/anchors/_torchvision_stub.py).",
+    "smartnoise-synth (same epsilon, delta 1e-5): numerical columns get the schema's public bounds "
+    "(MinMax for DPCTGAN, 10 equal bins for MST/AIM), so the preprocessor spends nothing (its odometer "
+    "is read back and added); like smartnoise itself, the category lists are read from the rows at no "
+    "privacy cost (fedtab pays for its category release). MST/AIM spend exactly their budget. DPCTGAN "
+    "(sigma 5) checks its budget only before each epoch: its spend is recomputed from the epochs it "
+    "trained and can pass the target; with the epoch cap it may also stop below it.",
+]
+
+
 def _cell(key: str, v) -> str:
     if v is None:
         return "" if key != "epsilon" else "non-DP"
@@ -210,6 +229,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     lines += ["", "## Versions", "", f"- main environment: `{json.dumps(meta['versions'])}`"]
     for family, v in sorted(meta["anchor_versions"].items()):
         lines.append(f"- {family}: `{json.dumps(v)}`")
+    lines += ["", "## How each method is run", "", *[f"- {n}" for n in METHOD_NOTES]]
     lines += ["", "Ideal values: quality 1; TSTR AUC as close to TRTR as possible; detection AUC 0.5 (1 = "
               "trivially told apart); DCR share 0.5 (above: closer to training rows than to unseen rows); MIA "
               "AUC 0.5. Peak MiB: max RSS of the method's own process (fit + sample). Federation overhead: "
@@ -249,6 +269,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=None, help="seconds per method (default: the plan's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--note", action="append", default=[], help="a line for the notes (e.g. machine load)")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the markdown from the JSON, run nothing")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
     plan = PLANS["quick" if args.quick else args.dataset]
@@ -261,6 +282,10 @@ def main() -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"suite_{args.dataset}{'_quick' if args.quick else ''}"
+    if args.render_only:
+        saved = json.loads(stem.with_suffix(".json").read_text())
+        atomic_write_text(stem.with_suffix(".md"), markdown(saved["meta"], saved["rows"]))
+        return
     rows, earlier = [], None
     command = "python benchmarks/suite.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.merge and stem.with_suffix(".json").exists():
