@@ -284,6 +284,8 @@ def main() -> None:
     stem = out_dir / f"suite_{args.dataset}{'_quick' if args.quick else ''}"
     if args.render_only:
         saved = json.loads(stem.with_suffix(".json").read_text())
+        saved["meta"]["notes"] += [n for n in args.note if n not in saved["meta"]["notes"]]
+        atomic_write_text(stem.with_suffix(".json"), json.dumps(saved, indent=1, default=_json_default))
         atomic_write_text(stem.with_suffix(".md"), markdown(saved["meta"], saved["rows"]))
         return
     rows, earlier = [], None
