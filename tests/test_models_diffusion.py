@@ -9,9 +9,9 @@ import torch
 from fedtab.errors import ConfigError
 from fedtab.models.diffusion import DiffusionConfig, TabDiffusion, alpha_bars
 from fedtab.models.registry import create_model
-from fedtab.privacy.dpsgd import DPSGDConfig
-from fedtab.training.loop import LocalTrainer, OptimizerConfig
+from fedtab.training.loop import OptimizerConfig
 from fedtab.transform.spans import SpanInfo
+from tests.model_checks import check_dp_clips_every_real_row, check_learns_the_marginals
 from tests.test_models_ctgan import _one_thread, make_dataset  # noqa: F401
 
 SMALL = DiffusionConfig(timesteps=100, sampling_steps=20, hidden_dims=(64, 64), time_embedding_dim=16)
@@ -87,26 +87,12 @@ def test_loss_of_a_row_does_not_depend_on_the_other_rows():
 
 
 def test_learns_the_marginals_in_the_one_loop():
-    data, _, _ = make_dataset(2000)
     model = built(config=DiffusionConfig(timesteps=100, sampling_steps=25, hidden_dims=(64, 64), time_embedding_dim=16))
-    trainer = LocalTrainer(model, data, batch_size=100, seed=0, optimizer=OptimizerConfig(private_lr=2e-3))
-    first = trainer.train(20).private_loss
-    last = trainer.train(300).private_loss
-    assert last < first
-    rows = model.sample(4000, generator=torch.Generator().manual_seed(2))
-    assert abs(rows[:, 4].mean() - data[:, 4].mean()) < 0.07  # 20% category of column a
-    assert np.abs(rows[:, 5:8].mean(0) - data[:, 5:8].mean(0)).max() < 0.08
+    check_learns_the_marginals(model, steps=300, category_tolerance=0.07, optimizer=OptimizerConfig(private_lr=2e-3))
 
 
 def test_dp_training_clips_every_row_and_spends_no_fake_rows():
-    data, _, _ = make_dataset(1000)
-    dp = DPSGDConfig(noise_multiplier=0.0, max_grad_norm=0.1, sample_rate=0.05)
-    trainer = LocalTrainer(built(), data, batch_size=50, dp=dp, seed=0)
-    assert trainer._private.optimizer.expected_batch_size == pytest.approx(50)
-    trainer.train(3)
-    norms = trainer._private.per_sample_norms()
-    assert norms.numel() > 0 and torch.all(norms > 0)
-    assert all(torch.isfinite(v).all() for v in trainer.get_weights().values())
+    check_dp_clips_every_real_row(built())
 
 
 def test_same_seed_same_samples_other_seed_differs():

@@ -11,8 +11,8 @@ import torch
 from fedtab.errors import ConfigError
 from fedtab.models.registry import create_model
 from fedtab.models.tvae import TVAE, TVAEConfig
-from fedtab.privacy.dpsgd import DPSGDConfig
 from fedtab.training.loop import LocalTrainer, OptimizerConfig
+from tests.model_checks import check_dp_clips_every_real_row, check_learns_the_marginals
 from tests.test_models_ctgan import _one_thread, make_dataset  # noqa: F401
 
 SMALL = TVAEConfig(embedding_dim=8, compress_dims=(32,), decompress_dims=(32,))
@@ -80,27 +80,13 @@ def test_loss_of_a_row_does_not_depend_on_the_other_rows():
 
 
 def test_learns_the_marginals_in_the_one_loop():
-    data, _, _ = make_dataset(2000)
     model = built(config=TVAEConfig(embedding_dim=16, compress_dims=(64,), decompress_dims=(64,)))
-    trainer = LocalTrainer(model, data, batch_size=100, seed=0)
-    first = trainer.train(20).private_loss
-    last = trainer.train(250).private_loss
-    assert last < first
-    rows = model.sample(4000, generator=torch.Generator().manual_seed(2))
-    assert abs(rows[:, 4].mean() - data[:, 4].mean()) < 0.06  # 20% category of column a
-    assert np.abs(rows[:, 5:8].mean(0) - data[:, 5:8].mean(0)).max() < 0.08
+    check_learns_the_marginals(model, steps=250, category_tolerance=0.06)
 
 
 def test_dp_training_clips_every_row_and_spends_no_fake_rows():
-    data, _, _ = make_dataset(1000)
-    dp = DPSGDConfig(noise_multiplier=0.0, max_grad_norm=0.1, sample_rate=0.05)
-    trainer = LocalTrainer(built(), data, batch_size=50, dp=dp, seed=0)
-    # The expected batch is the Poisson rows only: TVAE has no generated rows.
-    assert trainer._private.optimizer.expected_batch_size == pytest.approx(50)
-    trainer.train(3)
-    norms = trainer._private.per_sample_norms()
-    assert norms.numel() > 0 and torch.all(norms > 0)
-    assert all(torch.isfinite(v).all() for v in trainer.get_weights().values())
+    # TVAE has no generated rows at all.
+    check_dp_clips_every_real_row(built())
 
 
 def test_same_seed_same_weights_and_samples():
