@@ -6,6 +6,7 @@ Each (model, setting) is fitted once per module (small rounds and epochs; small 
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -122,6 +123,11 @@ def test_save_load_round_trip_gives_identical_samples(fits, model, tmp_path):
     loaded = fedtab.load(path)
     assert loaded.model == model
     pd.testing.assert_frame_equal(synth.sample(300, seed=11), loaded.sample(300, seed=11))
+    # The manifest is strict JSON (non-finite floats are tagged by the wire format, never written bare).
+    from fedtab.modelfile import _read_metadata
+
+    manifest = _read_metadata(path.read_bytes())["manifest"]
+    json.loads(manifest, parse_constant=lambda c: pytest.fail(f"{c} in the model file's JSON"))
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -132,7 +132,10 @@ def train_one_round(setup: dict[str, Any], data: np.ndarray, weights: dict[str, 
         trainer.set_weights({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
         stats = trainer.train(steps)
     out = {k: v.detach().numpy() for k, v in trainer.get_weights().items()}
-    return {"weights": out, "losses": {"private": stats.private_loss, "public": stats.public_loss},
+    # A model without a public network (TVAE, diffusion) has no public loss: left out of the round's
+    # losses (the progress bar and the model file's history showed 'public nan').
+    losses = {k: v for k, v in (("private", stats.private_loss), ("public", stats.public_loss)) if math.isfinite(v)}
+    return {"weights": out, "losses": losses,
             "epsilon": ledger.epsilon if ledger.is_dp else float("inf"), "steps": stats.steps}
 
 
