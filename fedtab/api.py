@@ -158,13 +158,9 @@ class FederatedSynthesizer:
         if self._model is None:
             self._model = training.model_from_weights(self.job_.model, self.job_.model_options,
                                                       self.transformer_, self.weights_, seed=self.seed)
-        if calibrate:
-            encoded = training.sample_encoded(self._model, CALIBRATION_OVERSAMPLE * int(n), seed=seed)
-            frame = self.transformer_.inverse_transform(encoded, calibrate_rows=int(n), quantile_map=quantile_map,
-                                                        rng=np.random.default_rng([int(seed), 1]))
-        else:
-            encoded = training.sample_encoded(self._model, int(n), seed=seed)
-            frame = self.transformer_.inverse_transform(encoded)
+        encoded = training.sample_encoded(self._model, (CALIBRATION_OVERSAMPLE if calibrate else 1) * int(n), seed=seed)
+        frame = self.transformer_.inverse_transform(encoded, calibrate_rows=int(n) if calibrate else None,
+                                                    quantile_map=quantile_map, rng=np.random.default_rng([int(seed), 1]))
         return _with_ids(frame, self.schema_, seed=seed)
 
     def save(self, path: str | os.PathLike) -> Path:

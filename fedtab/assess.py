@@ -68,6 +68,7 @@ def evaluate(model, sites: Mapping, *, synthetic: pd.DataFrame | None = None, n:
 def evaluate_on(transport, synth, synthetic: pd.DataFrame, *, target: str | None = None, sites=None):
     """Federated evaluation over an open transport (in-process, Flower simulation or a deployment)."""
     from evaluation import combine
+    from evaluation._tables import kinds_of, to_plain
     from evaluation.plain import from_plain
     from evaluation.site import SiteEvaluation
     from fedtab.federation.site import EVALUATE
@@ -80,8 +81,6 @@ def evaluate_on(transport, synth, synthetic: pd.DataFrame, *, target: str | None
             "synthetic": frame_to_bytes(synthetic), "target": target}
     replies = broadcast(transport, EVALUATE, body, sites=sites)
     results = {s: from_plain(SiteEvaluation, r["evaluation"]) for s, r in sorted(replies.items())}
-    from evaluation._tables import kinds_of, to_plain
-
     return combine(results, {s: int(r["rows"]) for s, r in sorted(replies.items())},
                    synthetic=to_plain(synthetic, synth.schema_), kinds=kinds_of(synth.schema_))
 

@@ -136,7 +136,7 @@ def test_calibrated_samples_follow_the_agreed_marginals_better_than_raw_ones(sit
         for col in model.transformer_.columns_:
             if not isinstance(col, CategoricalColumnTransformer):
                 continue
-            labels = list(col.categories_) + ([col.other_label] if col.has_other_ else []) + ([None] if col.has_missing_ else [])
+            labels = col.labels
             values = [None if v is None or v is pd.NA else str(v) for v in frame[col.spec.name].astype(object)]
             got = np.array([sum(v == label for v in values) for label in labels]) / len(values)
             out.append(0.5 * np.abs(got - col.frequencies_).sum())

@@ -35,12 +35,9 @@ PPF_GRID = 4001
 
 
 def _category_codes(col: CategoricalColumnTransformer, values: np.ndarray) -> np.ndarray:
-    labels = list(col.categories_) + ([col.other_label] if col.has_other_ else [])
-    index = {label: i for i, label in enumerate(labels)}
-    missing_code = len(labels) if col.has_missing_ else None
-    fallback = len(labels) - 1 if col.has_other_ else 0
-    return np.array([(missing_code if missing_code is not None else fallback) if v is None else index.get(v, fallback)
-                     for v in values], dtype=np.int64)
+    """Slot of each decoded value (decoded values are always one of the column's labels)."""
+    index = {label: i for i, label in enumerate(col.labels)}
+    return np.array([index[v] for v in values], dtype=np.int64)
 
 
 def raking_weights(codes: list[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:

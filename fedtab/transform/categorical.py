@@ -91,12 +91,16 @@ class CategoricalColumnTransformer:
         out[np.arange(len(values)), slots] = 1.0
         return out
 
+    @property
+    def labels(self) -> list:
+        """What each slot decodes to, in slot order (``frequencies_`` has one entry per label)."""
+        check_is_fitted(self, "frequencies_")
+        return list(self.categories_) + ([self.other_label] if self.has_other_ else []) \
+            + ([None] if self.has_missing_ else [])
+
     def inverse_transform(self, block: np.ndarray) -> np.ndarray:
         """one-hot (or softmax) block -> object array of str/None."""
-        check_is_fitted(self, "frequencies_")
-        labels = list(self.categories_) + ([self.other_label] if self.has_other_ else []) \
-            + ([None] if self.has_missing_ else [])
-        table = np.array(labels, dtype=object)
+        table = np.array(self.labels, dtype=object)
         return table[np.argmax(block, axis=1)]
 
     # -- serialisation ---------------------------------------------------------------------------

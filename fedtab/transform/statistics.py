@@ -15,7 +15,7 @@ import pandas as pd
 
 from fedtab.errors import ConfigError, SchemaError
 from fedtab.privacy.ledger import PrivacyLedger
-from fedtab.privacy.mechanisms import clip_counts, gaussian_noise, norm_sub
+from fedtab.privacy.mechanisms import gaussian_noise, norm_sub
 from fedtab.schema import ColumnSpec
 from fedtab.transform.plan import (
     F_CATEGORIES, F_COUNTS, F_EDGES, F_KEYS, F_LOWER, F_MAX, F_MIN, F_MISSING, F_NOISE_SD, F_OTHER, F_UPPER,
@@ -227,7 +227,7 @@ def merge_statistics(plan: EncodingPlan, phase: str, site_stats: list[dict[str, 
         # keeps it non-negative with its noisy total, zeroing the cells that only hold noise.
         cells = sum(np.asarray(s[wire_key(name, F_COUNTS)], dtype=np.float64) for s in site_stats)
         missing = float(sum(s[wire_key(name, F_MISSING)] for s in site_stats))
-        merged = norm_sub(np.append(cells, missing)) if plan.dp is not None else clip_counts(np.append(cells, missing))
+        merged = norm_sub(np.append(cells, missing))  # exact (non-DP) counts come back unchanged
         out[wire_key(name, F_COUNTS)] = merged[:-1]
         out[wire_key(name, F_MISSING)] = float(merged[-1])
         out[wire_key(name, F_NOISE_SD)] = noise_sd
