@@ -42,13 +42,18 @@ class FederatedSynthesizer:
     Parameters (all keyword-only except ``model``) follow ``fedtab.config``: ``epsilon`` is each
     site's total budget, preprocessing included (``None``: non-DP mode, exact statistics, still no
     rows leave a site); ``rounds`` federated rounds of ``local_epochs`` local passes each.
+    ``target``: the column that matters most downstream (e.g. the label a model will be trained on):
+    the encoding also measures its two-way table with every other column (under DP from the same
+    preprocessing budget) and ``sample`` calibrates the rows onto those tables, so how the other
+    columns relate to it survives DP-SGD's noise.
     """
 
     def __init__(self, model: str = "ctgan", *, epsilon: float | None = None, delta: float = 1e-5,
                  rounds: int = 5, local_epochs: float = 1.0, batch_size: int = 500, max_grad_norm: float = 1.0,
                  preprocessing_share: float = 0.1, seed: int = 0, schema: TableSchema | str | None = None,
                  missing_markers: tuple[str, ...] = ("?",), holdout: float = 0.2, transport: str = "inprocess",
-                 model_options: Mapping[str, Any] | None = None, progress: Progress | None = None):
+                 model_options: Mapping[str, Any] | None = None, target: str | None = None,
+                 progress: Progress | None = None):
         self.model = model
         self.epsilon = epsilon
         self.delta = delta
@@ -63,6 +68,7 @@ class FederatedSynthesizer:
         self.holdout = holdout
         self.transport = transport
         self.model_options = model_options
+        self.target = target
         self.progress = progress
 
     # -- configuration --------------------------------------------------------------------------
@@ -75,12 +81,14 @@ class FederatedSynthesizer:
             problems.append(f"'transport' must be one of {list(TRANSPORTS)}. Got {self.transport!r} instead.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             problems.append(f"'seed' must be a whole number >= 0. Got {self.seed!r} instead.")
+        if self.target is not None and not isinstance(self.target, str):
+            problems.append(f"'target' must be a column name or None. Got {self.target!r} instead.")
         if problems:
             raise ConfigError("Invalid FederatedSynthesizer parameters:\n" + "\n".join(f"  - {p}" for p in problems))
         schema = TableSchema.load(self.schema) if isinstance(self.schema, (str, os.PathLike)) else self.schema
         return JobSpec(model=self.model, model_options=dict(self.model_options or {}), privacy=privacy,
                        training=training, seed=self.seed, holdout=self.holdout,
-                       missing_markers=tuple(self.missing_markers), schema=schema)
+                       missing_markers=tuple(self.missing_markers), schema=schema, target=self.target)
 
     @classmethod
     def from_config(cls, config: RunConfig, *, transport: str = "inprocess",
@@ -90,7 +98,7 @@ class FederatedSynthesizer:
                    local_epochs=config.training.local_epochs, batch_size=config.training.batch_size,
                    max_grad_norm=config.training.max_grad_norm, seed=config.seed, schema=config.schema_path,
                    missing_markers=config.missing_markers, holdout=config.holdout, transport=transport,
-                   model_options=config.model_options, progress=progress)
+                   model_options=config.model_options, target=config.target, progress=progress)
 
     # -- fitting ----------------------------------------------------------------------------------
     def fit(self, sites: Mapping[str, SiteInput]) -> "FederatedSynthesizer":
@@ -137,7 +145,7 @@ class FederatedSynthesizer:
         return self.ledgers_
 
     def sample(self, n: int, *, seed: int | None = None, calibrate: bool = True,
-               quantile_map: bool = False) -> pd.DataFrame:
+               quantile_map: bool = False, relabel: bool | None = None) -> pd.DataFrame:
         """``n`` synthetic rows in the agreed schema (id columns get fresh synthetic ids).
 
         ``calibrate`` (default): the model draws ``CALIBRATION_OVERSAMPLE`` x n rows and raking weights
@@ -148,6 +156,11 @@ class FederatedSynthesizer:
         mixture): it helps tiny DP sites (heart hospitals at epsilon 1: pooled quality 0.666 -> 0.701)
         but hurts where a column has point masses the mixture cannot hold (Adult's capital gain: TSTR
         0.528 -> 0.398), hence off by default. ``calibrate=False`` returns the generator's raw rows.
+
+        With a ``target`` (its two-way tables measured in the encoding), calibration also rakes the rows
+        onto those tables; ``relabel`` instead draws each row's target again from them (naive Bayes over
+        the tables) and rakes on the one-way marginals. ``None`` (default): relabel when the model was
+        trained under DP, where the tables know the target's relations better than the generator.
         """
         check_is_fitted(self, "weights_")
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -158,9 +171,12 @@ class FederatedSynthesizer:
         if self._model is None:
             self._model = training.model_from_weights(self.job_.model, self.job_.model_options,
                                                       self.transformer_, self.weights_, seed=self.seed)
+        if relabel is None:
+            relabel = self.transformer_.plan_.dp is not None
         encoded = training.sample_encoded(self._model, (CALIBRATION_OVERSAMPLE if calibrate else 1) * int(n), seed=seed)
         frame = self.transformer_.inverse_transform(encoded, calibrate_rows=int(n) if calibrate else None,
-                                                    quantile_map=quantile_map, rng=np.random.default_rng([int(seed), 1]))
+                                                    quantile_map=quantile_map, relabel=bool(relabel),
+                                                    rng=np.random.default_rng([int(seed), 1]))
         return _with_ids(frame, self.schema_, seed=seed)
 
     def save(self, path: str | os.PathLike) -> Path:

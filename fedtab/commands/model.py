@@ -83,6 +83,9 @@ def sample_cmd(
     quantile_map: bool = typer.Option(False, "--quantile-map",
                                       help="Also map numerical columns onto the agreed distributions "
                                            "(helps tiny DP sites; can hurt columns with point masses)."),
+    relabel: Optional[bool] = typer.Option(None, "--relabel/--no-relabel",
+                                           help="For a model trained with a target: draw the target again "
+                                                "from its two-way tables (default: on for DP models)."),
 ) -> None:
     """Sample N synthetic rows from a model file."""
     import connectors
@@ -91,7 +94,7 @@ def sample_cmd(
     if n < 1:
         raise ConfigError(f"The '-n' option must be a whole number >= 1. Got {n} instead.")
     synth = load(model)
-    frame = synth.sample(n, seed=seed, calibrate=calibrate, quantile_map=quantile_map)
+    frame = synth.sample(n, seed=seed, calibrate=calibrate, quantile_map=quantile_map, relabel=relabel)
     connectors.write_table(frame, output, table=table, if_exists="replace" if replace else "fail")
     stdout().print(f"{len(frame)} synthetic rows written to {output}")
 

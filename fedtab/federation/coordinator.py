@@ -44,6 +44,7 @@ class JobSpec:
     holdout: float = 0.2
     missing_markers: tuple[str, ...] = ("?",)
     schema: TableSchema | None = None
+    target: str | None = None  # its two-way tables with the other columns are released (calibration)
 
     def site_job(self) -> dict:
         return {"seed": self.seed, "holdout": self.holdout, "missing_markers": list(self.missing_markers),

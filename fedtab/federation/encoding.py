@@ -5,16 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fedtab.transform.plan import F_COUNTS, F_MISSING, EncodingDP, EncodingPlan, wire_key
+from fedtab.transform.plan import (
+    F_COUNTS, F_MISSING, PHASE_HISTOGRAM, PHASE_PAIRS, EncodingDP, EncodingPlan, target_pairs, wire_key,
+)
 from fedtab.transform.statistics import merge_statistics, phase_request, site_statistics  # noqa: F401 (site side)
 from fedtab.transform.table import TableTransformer
 
 
 def make_plan(schema, job) -> EncodingPlan:
-    """The public encoding plan for a job: under DP, ``preprocessing_share`` of each site's epsilon."""
+    """The public encoding plan for a job: under DP, ``preprocessing_share`` of each site's epsilon;
+    with a ``target``, its two-way table against every other column (for the sampler's calibration)."""
     pre = job.privacy.preprocessing_epsilon
     dp = None if pre is None else EncodingDP(epsilon=pre, delta=job.privacy.delta)
-    return EncodingPlan(schema, dp=dp, seed=job.seed)
+    return EncodingPlan(schema, dp=dp, seed=job.seed, pairs=target_pairs(schema, job.target))
 
 
 def plan_to_dict(plan: EncodingPlan) -> dict:
@@ -32,15 +35,17 @@ def run_encoding(plan: EncodingPlan, ask: Callable[[str, dict], dict[str, dict]]
     release of the first encoded column (a record is in exactly one cell, missing included), so the
     weights cost no extra privacy budget (post-processing).
     """
-    merged = None
-    releases: dict[str, dict] = {}
+    merged: dict[str, dict] = {}
+    releases: dict[str, dict[str, dict]] = {}
+    previous = None
     for phase in plan.phases():
-        releases = ask(phase, phase_request(plan, phase, merged))
-        merged = merge_statistics(plan, phase, [releases[s] for s in sorted(releases)])
+        releases[phase] = ask(phase, phase_request(plan, phase, previous))
+        merged[phase] = previous = merge_statistics(plan, phase, [releases[phase][s] for s in sorted(releases[phase])])
     first = plan.columns[0].name
     weights = {s: max(1.0, float(sum(r[wire_key(first, F_COUNTS)])) + float(r[wire_key(first, F_MISSING)]))
-               for s, r in releases.items()}
-    return TableTransformer().fit_from_statistics(plan, merged), weights
+               for s, r in releases[PHASE_HISTOGRAM].items()}
+    transformer = TableTransformer().fit_from_statistics(plan, merged[PHASE_HISTOGRAM], pairs=merged.get(PHASE_PAIRS))
+    return transformer, weights
 
 
 def transformer_from_dict(data: dict[str, Any]) -> TableTransformer:

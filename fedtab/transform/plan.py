@@ -15,8 +15,10 @@ Phases (each: coordinator request -> ``site_statistics`` -> ``merge_statistics``
                if its noisy count passes :func:`~fedtab.privacy.mechanisms.stability_threshold`.
 ``histogram``  every encoded column: counts over the now-public layout (numerical bins, or
                categories + an 'other' cell + a missing cell), Gaussian-noised under DP.
+``pairs``      only when the plan names column ``pairs``: one two-way table per pair over coarse cells
+               read off the merged histograms (``fedtab.transform.pairs``), Gaussian-noised under DP.
 
-Budget split: ``R`` releases per site (one per column and phase); each is a Gaussian mechanism with
+Budget split: ``R`` releases per site (one per column and phase, one per pair); each is a Gaussian mechanism with
 L2 sensitivity 1 (a record moves one count by one) and the same noise multiplier ``z``; ``z`` is the
 smallest for which R such releases compose to ``epsilon`` at ``delta * (1 - threshold_delta_share)``
 (Opacus RDP). The rest of delta pays for the thresholds of the DP set unions, split evenly.
@@ -36,7 +38,8 @@ from fedtab.schema import ColumnSpec, TableSchema
 
 PHASE_DOMAIN = "domain"
 PHASE_HISTOGRAM = "histogram"
-PHASES = (PHASE_DOMAIN, PHASE_HISTOGRAM)
+PHASE_PAIRS = "pairs"
+PHASES = (PHASE_DOMAIN, PHASE_HISTOGRAM, PHASE_PAIRS)
 LEDGER_PHASE_PREFIX = "encoding/"
 PLAN_FORMAT = "fedtab.encoding_plan/1"
 
@@ -90,6 +93,8 @@ class EncodingPlan:
     cells mean less noise per cell). Integer columns (and floats with a ``precision``) whose grid
     fits in ``bins`` cells get one cell per representable value.
     ``other_label``: what the 'other' bucket (categories dropped by the DP threshold) decodes to.
+    ``pairs``: column pairs whose two-way tables are released too (for the sampler's calibration);
+    :func:`target_pairs` gives a target column against every other one.
     """
 
     schema: TableSchema
@@ -99,8 +104,23 @@ class EncodingPlan:
     weight_threshold: float = 0.005
     other_label: str = "<other>"
     seed: int = 0
+    pairs: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "pairs", tuple(tuple(p) for p in self.pairs))
+        encoded = {c.name for c in self.columns}
+        seen = set()
+        for pair in self.pairs:
+            if len(pair) != 2 or pair[0] == pair[1] or not all(isinstance(c, str) for c in pair):
+                raise ConfigError(f"The 'pairs' parameter of EncodingPlan must hold pairs of two different column "
+                                  f"names. Got {pair!r} instead.")
+            bad = [c for c in pair if c not in encoded]
+            if bad:
+                raise ConfigError(f"The pair {list(pair)} names column(s) {bad} that are not encoded columns of the "
+                                  f"schema ({sorted(encoded)[:10]}); id columns are never encoded.")
+            if frozenset(pair) in seen:
+                raise ConfigError(f"The pair {list(pair)} is named twice in 'pairs'.")
+            seen.add(frozenset(pair))
         if self.bins is not None and (isinstance(self.bins, bool) or not isinstance(self.bins, int) or self.bins < 2):
             raise ConfigError(f"The 'bins' parameter of EncodingPlan must be an int >= 2 or None. Got {self.bins!r} instead.")
         if not isinstance(self.max_modes, int) or self.max_modes < 1:
@@ -141,12 +161,13 @@ class EncodingPlan:
         return tuple(c for c in self.columns if self.needs_domain(c))
 
     def phases(self) -> tuple[str, ...]:
-        return PHASES if self.domain_columns() else (PHASE_HISTOGRAM,)
+        return tuple(p for p in PHASES if (p != PHASE_DOMAIN or self.domain_columns()) and (p != PHASE_PAIRS or self.pairs))
 
     def releases(self, phase: str | None = None) -> int:
         """Number of Gaussian releases per site in ``phase`` (all phases when None)."""
-        n_dom, n_hist = len(self.domain_columns()), len(self.columns)
-        return {PHASE_DOMAIN: n_dom, PHASE_HISTOGRAM: n_hist, None: n_dom + n_hist}[phase]
+        n_dom, n_hist, n_pairs = len(self.domain_columns()), len(self.columns), len(self.pairs)
+        return {PHASE_DOMAIN: n_dom, PHASE_HISTOGRAM: n_hist, PHASE_PAIRS: n_pairs,
+                None: n_dom + n_hist + n_pairs}[phase]
 
     def threshold_columns(self) -> tuple[ColumnSpec, ...]:
         return tuple(c for c in self.domain_columns() if c.type == "categorical")
@@ -187,7 +208,7 @@ class EncodingPlan:
                                            "threshold_delta_share": self.dp.threshold_delta_share}
         return {"format": PLAN_FORMAT, "schema": self.schema.to_dict(), "dp": dp, "bins": self.bins,
                 "max_modes": self.max_modes, "weight_threshold": self.weight_threshold,
-                "other_label": self.other_label, "seed": self.seed}
+                "other_label": self.other_label, "seed": self.seed, "pairs": [list(p) for p in self.pairs]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EncodingPlan":
@@ -196,4 +217,16 @@ class EncodingPlan:
         dp = None if data["dp"] is None else EncodingDP(**data["dp"])
         return cls(schema=TableSchema.from_dict(data["schema"], source="encoding plan"), dp=dp,
                    bins=data["bins"], max_modes=data["max_modes"], weight_threshold=data["weight_threshold"],
-                   other_label=data["other_label"], seed=data["seed"])
+                   other_label=data["other_label"], seed=data["seed"],
+                   pairs=tuple(tuple(p) for p in data.get("pairs", [])))
+
+
+def target_pairs(schema: TableSchema, target: str | None) -> tuple[tuple[str, str], ...]:
+    """``(target, c)`` for every other encoded column ``c`` (empty when ``target`` is None)."""
+    if target is None:
+        return ()
+    encoded = [c.name for c in schema.columns if c.type != "id"]
+    if target not in encoded:
+        raise ConfigError(f"The target column '{target}' is not an encoded column of the schema "
+                          f"({encoded[:10]}{'...' if len(encoded) > 10 else ''}). Name one of them, or none.")
+    return tuple((target, c) for c in encoded if c != target)

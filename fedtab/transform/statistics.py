@@ -19,8 +19,9 @@ from fedtab.privacy.mechanisms import gaussian_noise, norm_sub
 from fedtab.schema import ColumnSpec
 from fedtab.transform.plan import (
     F_CATEGORIES, F_COUNTS, F_EDGES, F_KEYS, F_LOWER, F_MAX, F_MIN, F_MISSING, F_NOISE_SD, F_OTHER, F_UPPER,
-    KEY_N_SITES, KEY_PHASE, LEDGER_PHASE_PREFIX, PHASE_DOMAIN, PHASE_HISTOGRAM, EncodingPlan, wire_key,
+    KEY_N_SITES, KEY_PHASE, LEDGER_PHASE_PREFIX, PHASE_DOMAIN, PHASE_HISTOGRAM, PHASE_PAIRS, EncodingPlan, wire_key,
 )
+from fedtab.transform.pairs import F_PAIR_EDGES, CellLayout, coarse_edges, pair_counts, pair_key
 from fedtab.transform.values import category_values, numeric_values
 
 # Public layout for DP bounds: cells between -2^50 .. -2^-8, 0, 2^-8 .. 2^50 (SmartNoise-style approx bounds).
@@ -94,6 +95,8 @@ def phase_request(plan: EncodingPlan, phase: str, merged_domain: dict[str, Any] 
     """What the coordinator asks of every site in ``phase`` (public: depends only on plan and merges)."""
     if phase == PHASE_DOMAIN:
         return {KEY_PHASE: PHASE_DOMAIN}
+    if phase == PHASE_PAIRS:
+        return _pairs_request(plan, merged_domain or {})
     if phase != PHASE_HISTOGRAM:
         raise ConfigError(f"Unknown encoding phase {phase!r}; expected one of {list(plan.phases())}.")
     merged_domain = merged_domain or {}
@@ -112,6 +115,32 @@ def phase_request(plan: EncodingPlan, phase: str, merged_domain: dict[str, Any] 
             req[wire_key(spec.name, F_CATEGORIES)] = [str(c) for c in cats]
             req[wire_key(spec.name, F_OTHER)] = int(plan.uses_other(spec))
     return req
+
+
+def _pairs_request(plan: EncodingPlan, merged_histogram: dict[str, Any]) -> dict[str, Any]:
+    """The pairs phase's layouts: categories as in the histogram phase, numerical cells of about equal
+    mass read off the merged histograms (public: post-processing of released counts)."""
+    if merged_histogram.get(KEY_PHASE) != PHASE_HISTOGRAM:
+        raise ConfigError(f"The '{PHASE_PAIRS}' phase needs the merged '{PHASE_HISTOGRAM}' statistics.")
+    req: dict[str, Any] = {KEY_PHASE: PHASE_PAIRS}
+    by_name = {c.name: c for c in plan.columns}
+    for name in dict.fromkeys(c for pair in plan.pairs for c in pair):
+        if by_name[name].type in ("numerical", "datetime"):
+            req[wire_key(name, F_PAIR_EDGES)] = coarse_edges(merged_histogram[wire_key(name, F_EDGES)],
+                                                             merged_histogram[wire_key(name, F_COUNTS)])
+        else:
+            req[wire_key(name, F_CATEGORIES)] = list(merged_histogram[wire_key(name, F_CATEGORIES)])
+            req[wire_key(name, F_OTHER)] = int(merged_histogram[wire_key(name, F_OTHER)])
+    return req
+
+
+def cell_layout(plan: EncodingPlan, request: dict[str, Any], column: str) -> CellLayout:
+    """One column's cells in the two-way tables, from a pairs-phase request."""
+    spec = next(c for c in plan.columns if c.name == column)
+    if spec.type in ("numerical", "datetime"):
+        return CellLayout(column, "numerical", edges=np.asarray(request[wire_key(column, F_PAIR_EDGES)], dtype=np.float64))
+    return CellLayout(column, "categorical", categories=tuple(request[wire_key(column, F_CATEGORIES)]),
+                      other=bool(request[wire_key(column, F_OTHER)]))
 
 
 # -- site -------------------------------------------------------------------------------------
@@ -137,6 +166,8 @@ def site_statistics(
                                delta_cost=plan.threshold_delta * len(thr_cols),
                                target=f"{steps} release(s) of this and later phases")
     out: dict[str, Any] = {KEY_PHASE: phase}
+    if phase == PHASE_PAIRS:
+        return {**out, **_pair_releases(df, plan, request, ledger=ledger, rng=rng)}
     for spec in specs:
         if spec.name not in df.columns:
             raise SchemaError(f"Column '{spec.name}' of the encoding plan is missing from the site's table.")
@@ -152,6 +183,23 @@ def site_statistics(
             out.update(_domain_release(spec, x, plan, rng) if numeric else _union_release(spec, x, plan, rng))
         else:
             out.update(_histogram_release(spec, x, plan, request, rng))
+    return out
+
+
+def _pair_releases(df, plan, request, *, ledger, rng) -> dict[str, Any]:
+    layouts = {name: cell_layout(plan, request, name) for name in dict.fromkeys(c for p in plan.pairs for c in p)}
+    codes = {}
+    for name, lay in layouts.items():
+        if name not in df.columns:
+            raise SchemaError(f"Column '{name}' of the encoding plan is missing from the site's table.")
+        spec = next(c for c in plan.columns if c.name == name)
+        x = numeric_values(df[name], spec) if lay.kind == "numerical" else category_values(df[name], spec)
+        codes[name] = lay.codes(x)
+    out = {}
+    for i, (a, b) in enumerate(plan.pairs):
+        ledger.spend(phase=LEDGER_PHASE_PREFIX + PHASE_PAIRS, target=f"{a} x {b}", noise_multiplier=plan.noise_multiplier,
+                     sensitivity=1.0, mechanism="gaussian" if plan.dp is not None else "exact")
+        out[pair_key(i, F_COUNTS)] = _noised(pair_counts(layouts[a], layouts[b], codes[a], codes[b]), plan, rng)
     return out
 
 
@@ -213,6 +261,15 @@ def merge_statistics(plan: EncodingPlan, phase: str, site_stats: list[dict[str, 
     if phase == PHASE_DOMAIN:
         for spec in plan.domain_columns():
             out.update(_merge_domain(spec, plan, site_stats, noise_sd))
+        return out
+    if phase == PHASE_PAIRS:
+        for i in range(len(plan.pairs)):
+            sizes = {len(np.asarray(s[pair_key(i, F_COUNTS)])) for s in site_stats}
+            if len(sizes) != 1:
+                raise ConfigError(f"Pair {list(plan.pairs[i])}: sites sent tables of different sizes {sorted(sizes)}.")
+            out[pair_key(i, F_COUNTS)] = norm_sub(sum(np.asarray(s[pair_key(i, F_COUNTS)], dtype=np.float64)
+                                                      for s in site_stats))
+            out[pair_key(i, F_NOISE_SD)] = noise_sd
         return out
     for spec in plan.columns:
         name = spec.name

@@ -29,10 +29,11 @@ from fedtab.transform.categorical import CategoricalColumnTransformer
 from fedtab.transform.numerical import NumericalColumnTransformer
 from fedtab.transform.plan import (
     F_CATEGORIES, F_COUNTS, F_EDGES, F_LOWER, F_MISSING, F_NOISE_SD, F_OTHER, F_UPPER, KEY_PHASE,
-    PHASE_HISTOGRAM, EncodingDP, EncodingPlan, wire_key,
+    PHASE_HISTOGRAM, PHASE_PAIRS, EncodingDP, EncodingPlan, wire_key,
 )
+from fedtab.transform.pairs import PairTable, pair_key
 from fedtab.transform.spans import ConditionSpan, SpanInfo, span_offsets
-from fedtab.transform.statistics import merge_statistics, phase_request, site_statistics
+from fedtab.transform.statistics import cell_layout, merge_statistics, phase_request, site_statistics
 from fedtab.transform.values import category_series, category_values, numeric_series, numeric_values
 
 TRANSFORMER_FORMAT = "fedtab.table_transformer/1"
@@ -48,11 +49,16 @@ class TableTransformer:
     def __init__(self):
         pass  # everything is learned from the plan and the merged statistics in fit_from_statistics
 
-    def fit_from_statistics(self, plan: EncodingPlan, merged: dict[str, Any]) -> "TableTransformer":
-        """Fit every column from the merged statistics of the last phase (``histogram``)."""
+    def fit_from_statistics(self, plan: EncodingPlan, merged: dict[str, Any],
+                            pairs: dict[str, Any] | None = None) -> "TableTransformer":
+        """Fit every column from the merged ``histogram`` statistics; keep the merged two-way tables of
+        the ``pairs`` phase when the plan names pairs."""
         if merged.get(KEY_PHASE) != PHASE_HISTOGRAM:
             raise ConfigError(f"fit_from_statistics needs the merged '{PHASE_HISTOGRAM}' statistics, "
                               f"got phase {merged.get(KEY_PHASE)!r}.")
+        if bool(plan.pairs) != (pairs is not None) or (pairs is not None and pairs.get(KEY_PHASE) != PHASE_PAIRS):
+            raise ConfigError(f"fit_from_statistics needs the merged '{PHASE_PAIRS}' statistics exactly when the "
+                              f"plan names pairs (it names {len(plan.pairs)}).")
         columns = []
         for spec in plan.columns:
             k = lambda f: merged[wire_key(spec.name, f)]  # noqa: E731
@@ -65,12 +71,23 @@ class TableTransformer:
                 col.fit_from_counts(k(F_CATEGORIES), k(F_COUNTS), other=bool(k(F_OTHER)), missing=k(F_MISSING),
                                     noise_sd=k(F_NOISE_SD))
             columns.append(col)
-        self._set_fitted(plan, columns)
+        tables = []
+        if plan.pairs:
+            request = phase_request(plan, PHASE_PAIRS, merged)
+            for i, (a, b) in enumerate(plan.pairs):
+                table = PairTable(cell_layout(plan, request, a), cell_layout(plan, request, b),
+                                  counts=np.asarray(pairs[pair_key(i, F_COUNTS)], dtype=np.float64),
+                                  noise_sd=float(pairs[pair_key(i, F_NOISE_SD)]))
+                if plan.dp is not None:  # exact tables already agree with the exact histograms
+                    table = table.with_margins(_cell_margin(table.a, merged), _cell_margin(table.b, merged))
+                tables.append(table)
+        self._set_fitted(plan, columns, tables)
         return self
 
-    def _set_fitted(self, plan: EncodingPlan, columns: list) -> None:
+    def _set_fitted(self, plan: EncodingPlan, columns: list, pair_tables: list[PairTable]) -> None:
         self.plan_ = plan
         self.columns_ = columns
+        self.pair_tables_ = list(pair_tables)
         self.spans_ = [s for c in columns for s in c.spans]
         offsets = span_offsets(self.spans_)
         conditions, i = [], 0
@@ -120,13 +137,15 @@ class TableTransformer:
         return np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
 
     def inverse_transform(self, data: np.ndarray, *, calibrate_rows: int | None = None,
-                          rng: np.random.Generator | None = None, quantile_map: bool = False) -> pd.DataFrame:
+                          rng: np.random.Generator | None = None, quantile_map: bool = False,
+                          relabel: bool = False) -> pd.DataFrame:
         """Matrix (rows x ``output_dim``; generator outputs after their activations) -> typed table in
         schema order, id columns absent.
 
         ``calibrate_rows=n`` (with an ``rng``): pick ``n`` of the rows so that category and missing shares
-        match the fitted ones, and with ``quantile_map`` map numerical values onto the fitted
-        distributions too (``fedtab.transform.calibration``; post-processing, no privacy cost).
+        (and the two-way tables of the plan's pairs) match the fitted ones, and with ``quantile_map`` map numerical values onto the fitted
+        distributions too, and with ``relabel`` draw the target column again from the two-way tables
+        (``fedtab.transform.calibration``; post-processing, no privacy cost).
         """
         check_is_fitted(self, "columns_")
         data = np.asarray(data)
@@ -141,7 +160,8 @@ class TableTransformer:
             from fedtab.transform.calibration import calibrate
 
             decoded = calibrate(self.columns_, decoded, int(calibrate_rows),
-                                rng if rng is not None else np.random.default_rng(0), numerical=quantile_map)
+                                rng if rng is not None else np.random.default_rng(0), numerical=quantile_map,
+                                pair_tables=self.pair_tables_, other_label=self.plan_.other_label, relabel=relabel)
         index = pd.RangeIndex(len(next(iter(decoded.values()))))
         out = {}
         for col in self.columns_:
@@ -161,8 +181,13 @@ class TableTransformer:
                     arrays[f"{i}/{key}"] = np.ascontiguousarray(value, dtype=np.float64)
                     d[key] = {"array": f"{i}/{key}"}
             config_cols.append(d)
-        return {"config": {"format": TRANSFORMER_FORMAT, "plan": self.plan_.to_dict(), "columns": config_cols},
-                "arrays": arrays}
+        config_pairs = []
+        for i, table in enumerate(self.pair_tables_):
+            d, arr = table.to_dict()
+            config_pairs.append({**d, "arrays": {k: f"pair{i}/{k}" for k in arr}})
+            arrays.update({f"pair{i}/{k}": v for k, v in arr.items()})
+        return {"config": {"format": TRANSFORMER_FORMAT, "plan": self.plan_.to_dict(), "columns": config_cols,
+                           "pairs": config_pairs}, "arrays": arrays}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TableTransformer":
@@ -176,14 +201,32 @@ class TableTransformer:
             d = {k: (np.asarray(arrays[v["array"]]) if isinstance(v, dict) and "array" in v else v) for k, v in d.items()}
             kind = NumericalColumnTransformer if d["kind"] == "numerical" else CategoricalColumnTransformer
             columns.append(kind.from_dict(d, spec))
+        tables = [PairTable.from_dict(d, {k: np.asarray(arrays[name]) for k, name in d["arrays"].items()})
+                  for d in config.get("pairs", [])]
+        if len(tables) != len(plan.pairs):
+            raise ConfigError(f"The table transformer's plan names {len(plan.pairs)} pair(s) but it holds "
+                              f"{len(tables)} two-way table(s): the file is damaged or was edited.")
         self = cls()
-        self._set_fitted(plan, columns)
+        self._set_fitted(plan, columns, tables)
         return self
+
+
+def _cell_margin(layout, merged: dict[str, Any]) -> np.ndarray:
+    """A column's merged one-way counts over its two-way-table cells (missing last)."""
+    counts = np.clip(np.asarray(merged[wire_key(layout.column, F_COUNTS)], dtype=np.float64), 0.0, None)
+    missing = max(float(merged[wire_key(layout.column, F_MISSING)]), 0.0)
+    if layout.kind == "numerical":
+        edges = np.asarray(merged[wire_key(layout.column, F_EDGES)], dtype=np.float64)
+        cell = np.clip(np.searchsorted(layout.edges, 0.5 * (edges[:-1] + edges[1:]), side="right") - 1,
+                       0, len(layout.edges) - 2)
+        return np.append(np.bincount(cell, weights=counts, minlength=len(layout.edges) - 1), missing)
+    return np.append(counts, missing)  # categories (+ 'other'), then missing: the histogram's own order
 
 
 def fit_federated(
     site_frames: dict[str, pd.DataFrame], schema: TableSchema, *, dp: EncodingDP | None = None,
     ledgers: dict[str, PrivacyLedger] | None = None, seed: int = 0, bins: int | None = None,
+    pairs: tuple[tuple[str, str], ...] = (),
 ) -> TableTransformer:
     """Run every encoding phase in-process over ``site_frames`` (site name -> typed table).
 
@@ -192,15 +235,16 @@ def fit_federated(
     """
     if not site_frames:
         raise ConfigError("fit_federated needs at least one site's table.")
-    plan = EncodingPlan(schema, dp=dp, bins=bins, seed=seed)
+    plan = EncodingPlan(schema, dp=dp, bins=bins, seed=seed, pairs=pairs)
     if ledgers is None:
         ledgers = {s: PrivacyLedger(s, epsilon_budget=None if dp is None else dp.epsilon,
                                     delta=None if dp is None else dp.delta) for s in site_frames}
     rngs = {s: np.random.default_rng([seed, i]) for i, s in enumerate(site_frames)}
-    merged = None
+    merged: dict[str, dict] = {}
+    previous = None
     for phase in plan.phases():
-        request = phase_request(plan, phase, merged)
+        request = phase_request(plan, phase, previous)
         stats = [site_statistics(df, plan, phase, request, ledger=ledgers[s], rng=rngs[s])
                  for s, df in site_frames.items()]
-        merged = merge_statistics(plan, phase, stats)
-    return TableTransformer().fit_from_statistics(plan, merged)
+        merged[phase] = previous = merge_statistics(plan, phase, stats)
+    return TableTransformer().fit_from_statistics(plan, merged[PHASE_HISTOGRAM], pairs=merged.get(PHASE_PAIRS))

@@ -1,0 +1,171 @@
+"""Two-way tables in the encoding (``EncodingPlan.pairs`` / ``target``) and calibration onto them."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fedtab
+from fedtab.errors import ConfigError
+from fedtab.privacy.ledger import PrivacyLedger
+from fedtab.schema import ColumnSpec, TableSchema
+from fedtab.transform import EncodingDP, fit_federated
+from fedtab.transform.calibration import calibrate
+from fedtab.transform.pairs import coarse_edges
+from fedtab.transform.plan import EncodingPlan, target_pairs
+from fedtab.transform.table import TableTransformer
+
+SCHEMA = TableSchema(columns=(
+    ColumnSpec("id", "id"),
+    ColumnSpec("age", "numerical", "int", lower=0.0, upper=99.0),
+    ColumnSpec("town", "categorical", categories=("north", "south", "east")),
+    ColumnSpec("sick", "categorical"),
+), name="pairs")
+
+
+def _sites(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = {}
+    for k, name in enumerate(("a", "b")):
+        age = rng.integers(20, 90, n)
+        sick = np.where(rng.random(n) < (age - 15) / 90, "yes", "no").astype(object)
+        age = age.astype(float)
+        age[rng.random(n) < 0.1] = np.nan
+        frames[name] = pd.DataFrame({
+            "id": np.arange(n) + k * n, "age": pd.array(age, dtype="Float64").astype("Int64"),
+            "town": rng.choice(["north", "south", "east"], n, p=[0.5, 0.3, 0.2]).astype(object),
+            "sick": sick})
+    return frames
+
+
+def test_plan_validates_pairs_and_target():
+    assert target_pairs(SCHEMA, "sick") == (("sick", "age"), ("sick", "town"))
+    assert target_pairs(SCHEMA, None) == ()
+    with pytest.raises(ConfigError, match="'nope'.*not an encoded column"):
+        target_pairs(SCHEMA, "nope")
+    with pytest.raises(ConfigError, match=r"\['id'\].*id columns are never encoded"):
+        EncodingPlan(SCHEMA, pairs=(("id", "age"),))
+    with pytest.raises(ConfigError, match="named twice"):
+        EncodingPlan(SCHEMA, pairs=(("age", "town"), ("town", "age")))
+    with pytest.raises(ConfigError, match="two different column"):
+        EncodingPlan(SCHEMA, pairs=(("age", "age"),))
+    plan = EncodingPlan(SCHEMA, pairs=(("sick", "age"),))
+    assert plan.phases()[-1] == "pairs" and plan.releases("pairs") == 1
+    assert EncodingPlan.from_dict(plan.to_dict()).pairs == (("sick", "age"),)
+    assert "pairs" not in EncodingPlan(SCHEMA).phases()
+
+
+def test_coarse_edges_keep_a_point_mass_in_one_cell_and_split_the_rest_evenly():
+    edges = np.arange(101.0)
+    counts = np.r_[[900.0], np.full(99, 1.0)]  # 90% of the mass in the first cell
+    out = coarse_edges(edges, counts, cells=10)
+    assert out[0] == 0 and out[-1] == 100 and out[1] == 1  # the point mass is a cell of its own
+    assert np.all(np.diff(out) > 0) and set(out) <= set(edges)
+    flat = coarse_edges(edges, np.ones(100), cells=10)
+    assert np.allclose(np.diff(flat), 10)
+
+
+def test_exact_pair_tables_are_the_pooled_crosstab_and_survive_serialisation():
+    sites = _sites()
+    tt = fit_federated(sites, SCHEMA, pairs=target_pairs(SCHEMA, "sick"))
+    sick_age, sick_town = tt.pair_tables_
+    pooled = pd.concat(sites.values(), ignore_index=True)
+    # sick x town: categories of 'sick' are learned (sorted), no 'other' without DP; last cell missing.
+    assert sick_town.a.categories == ("no", "yes") and sick_town.b.categories == ("north", "south", "east")
+    table = sick_town.counts.reshape(sick_town.a.size, sick_town.b.size)
+    expected = pd.crosstab(pooled["sick"], pooled["town"]).loc[["no", "yes"], ["north", "south", "east"]].to_numpy()
+    assert np.array_equal(table[:2, :3], expected) and table[:, 3].sum() == 0 and table[2].sum() == 0
+    # sick x age: the age cells partition the rows, missing ages in the last cell.
+    age_table = sick_age.counts.reshape(sick_age.a.size, sick_age.b.size)
+    assert age_table.sum() == len(pooled) and age_table[:, -1].sum() == pooled["age"].isna().sum()
+    assert age_table[1, :-1].argmax() > age_table[0, :-1].argmax()  # the sick are older
+    saved = tt.to_dict()
+    again = TableTransformer.from_dict(saved).to_dict()
+    assert again["config"] == saved["config"] and saved["arrays"].keys() == again["arrays"].keys()
+    assert all(np.array_equal(saved["arrays"][k], again["arrays"][k]) for k in saved["arrays"])
+    damaged = tt.to_dict()
+    damaged["config"]["pairs"] = []
+    with pytest.raises(ConfigError, match="names 2 pair"):
+        TableTransformer.from_dict(damaged)
+
+
+def test_dp_pair_tables_are_charged_on_each_ledger_within_the_budget():
+    sites = _sites()
+    dp = EncodingDP(epsilon=1.0, delta=1e-5)
+    ledgers = {s: PrivacyLedger(s, epsilon_budget=1.0, delta=1e-5) for s in sites}
+    tt = fit_federated(sites, SCHEMA, dp=dp, ledgers=ledgers, pairs=target_pairs(SCHEMA, "sick"))
+    for ledger in ledgers.values():
+        pair_entries = [e for e in ledger.entries if e.phase == "encoding/pairs"]
+        assert [e.target for e in pair_entries] == ["sick x age", "sick x town"]
+        assert ledger.epsilon <= 1.0 + 1e-9
+    assert all(t.noise_sd > 0 and t.counts.min() >= 0 for t in tt.pair_tables_)
+    # Under DP 'sick' was learned through the DP set union: its table has an 'other' cell.
+    assert tt.pair_tables_[0].a.other
+
+
+def test_calibration_onto_a_pair_table_restores_the_relation_with_the_target():
+    sites = _sites()
+    tt = fit_federated(sites, SCHEMA, pairs=(("sick", "town"),))
+    # Target relation: make 'sick' depend strongly on town in the agreed table.
+    table = tt.pair_tables_[0]
+    counts = table.counts.reshape(table.a.size, table.b.size).copy()
+    counts[:2, :3] = [[900, 100, 500], [100, 900, 500]]
+    tt.pair_tables_[0] = type(table)(table.a, table.b, counts.ravel(), table.noise_sd)
+    rng = np.random.default_rng(3)
+    m = 6000  # candidates where sick and town are independent
+    decoded = {"age": rng.integers(20, 90, m).astype(float),
+               "town": rng.choice(np.array(["north", "south", "east"], dtype=object), m),
+               "sick": rng.choice(np.array(["no", "yes"], dtype=object), m)}
+    out = calibrate(tt.columns_, decoded, 2000, np.random.default_rng(1), pair_tables=tt.pair_tables_)
+    share = pd.crosstab(out["town"], out["sick"], normalize="index")["yes"]
+    assert share["south"] > 0.75 and share["north"] < 0.25 and abs(share["east"] - 0.5) < 0.1
+    plain = calibrate(tt.columns_, decoded, 2000, np.random.default_rng(1))
+    assert abs(pd.crosstab(plain["town"], plain["sick"], normalize="index")["yes"]["south"] - 0.5) < 0.1
+
+
+def test_synthesizer_target_releases_pairs_and_its_model_file_keeps_them(tmp_path):
+    sites = {k: v.drop(columns=["id"]) for k, v in _sites(n=400).items()}
+    with pytest.raises(ConfigError, match="'nope'"):
+        fedtab.FederatedSynthesizer("tvae", rounds=1, target="nope", holdout=0.0).fit(sites)
+    synth = fedtab.FederatedSynthesizer("tvae", epsilon=4.0, rounds=1, local_epochs=1, batch_size=200,
+                                        target="sick", holdout=0.0, seed=2).fit(sites)
+    assert [(t.a.column, t.b.column) for t in synth.transformer_.pair_tables_] == [("sick", "age"), ("sick", "town")]
+    assert all(led.epsilon <= 4.0 + 1e-9 for led in synth.privacy_ledger.values())
+    path = tmp_path / "m.fedtab"
+    synth.save(path)
+    loaded = fedtab.load(path)
+    pd.testing.assert_frame_equal(synth.sample(300, seed=4), loaded.sample(300, seed=4))
+
+
+def test_dp_tables_take_their_margins_from_the_one_way_histograms():
+    sites = _sites()
+    ledgers = {s: PrivacyLedger(s, epsilon_budget=0.5, delta=1e-5) for s in sites}
+    tt = fit_federated(sites, SCHEMA, dp=EncodingDP(epsilon=0.5, delta=1e-5), ledgers=ledgers,
+                       pairs=target_pairs(SCHEMA, "sick"))
+    sick = next(c for c in tt.columns_ if c.spec.name == "sick")
+    for table in tt.pair_tables_:
+        margin = table.counts.reshape(table.a.size, table.b.size).sum(axis=1)
+        share = margin / margin.sum()
+        # 'sick' cells: its categories, 'other', missing; the one-way release has no missing slot here.
+        one_way = np.append(sick.frequencies_, [0.0] * (table.a.size - len(sick.frequencies_)))
+        assert np.allclose(share, one_way, atol=1e-6)
+
+
+def test_relabelling_draws_the_target_from_the_tables():
+    sites = _sites()
+    tt = fit_federated(sites, SCHEMA, pairs=target_pairs(SCHEMA, "sick"))
+    rng = np.random.default_rng(4)
+    m = 6000  # candidates whose 'sick' ignores age entirely
+    decoded = {"age": rng.integers(20, 90, m).astype(float),
+               "town": rng.choice(np.array(["north", "south", "east"], dtype=object), m),
+               "sick": rng.choice(np.array(["no", "yes"], dtype=object), m)}
+    out = calibrate(tt.columns_, decoded, 2000, np.random.default_rng(1), pair_tables=tt.pair_tables_, relabel=True)
+    frame = pd.DataFrame(out)
+    young, old = frame[frame["age"] < 40], frame[frame["age"] >= 70]
+    # Real rows: P(sick) rises from ~0.2 at 25 to ~0.8 at 80; relabelled rows follow, raw ones do not.
+    assert (old["sick"] == "yes").mean() - (young["sick"] == "yes").mean() > 0.35
+    again = calibrate(tt.columns_, decoded, 2000, np.random.default_rng(1), pair_tables=tt.pair_tables_, relabel=True)
+    assert np.array_equal(out["sick"], again["sick"])
+    with pytest.raises(ConfigError, match="all pair the target"):
+        calibrate(tt.columns_, decoded, 2000, np.random.default_rng(1),
+                  pair_tables=[tt.pair_tables_[0], type(tt.pair_tables_[1])(tt.pair_tables_[1].b, tt.pair_tables_[1].a,
+                                                                             tt.pair_tables_[1].counts)], relabel=True)
