@@ -10,7 +10,7 @@ from fedtab.errors import NotFittedError, SchemaError
 from fedtab.privacy import PrivacyLedger
 from fedtab.schema import ColumnSpec, TableSchema
 from fedtab.transform import (
-    PHASE_DOMAIN, PHASE_HISTOGRAM, EncodingPlan, TableTransformer, fit_federated, merge_statistics, phase_request,
+    PHASE_DOMAIN, PHASE_HISTOGRAM, EncodingDP, EncodingPlan, TableTransformer, fit_federated, merge_statistics, phase_request,
     site_statistics, span_offsets,
 )
 from fedtab.transform.numerical import NumericalColumnTransformer, histogram_points
@@ -132,3 +132,21 @@ def test_unfitted_and_unknown_values_fail_clearly():
     bad.loc[0, "ward"] = "zzz"
     with pytest.raises(SchemaError, match="'ward'.*'zzz'"):
         tt.transform(bad)
+
+
+def test_a_point_mass_at_zero_or_the_floor_gets_its_own_cell_and_mode():
+    from fedtab.transform.statistics import histogram_edges
+
+    spec = ColumnSpec("gain", "numerical", "int", lower=0.0, upper=99_999.0)
+    edges = histogram_edges(spec, 0.0, 99_999.0, 40)
+    assert len(edges) == 41 and np.all(np.diff(edges) > 0) and list(edges[:2]) == [-0.5, 0.5]
+    signed = histogram_edges(ColumnSpec("b", "numerical", "int", lower=-100.0, upper=900.0), -100.0, 900.0, 40)
+    assert {-100.5, -99.5, -0.5, 0.5} <= set(signed)  # the floor and 0 each hold one integer
+    rng = np.random.default_rng(0)
+    gain = np.where(rng.random(4000) < 0.92, 0, rng.integers(1_000, 20_000, 4000))
+    schema = TableSchema(columns=(spec,), name="t")
+    tt = fit_federated({"s": pd.DataFrame({"gain": pd.array(gain, dtype="Int64")})}, schema,
+                       dp=EncodingDP(epsilon=1.0, delta=1e-5))
+    col = tt.columns_[0]
+    zero = np.abs(col.means_) < 1.0
+    assert zero.any() and col.weights_[zero].sum() > 0.85 and col.stds_[zero].max() < 1.0

@@ -61,13 +61,26 @@ def grid_step(spec: ColumnSpec) -> float | None:
 
 
 def histogram_edges(spec: ColumnSpec, lower: float, upper: float, bins: int) -> np.ndarray:
-    """Cell edges over [lower, upper]: one cell per grid value when the grid fits in ``bins`` cells."""
+    """Cell edges over [lower, upper]: one cell per grid value when the grid fits in ``bins`` cells.
+
+    Otherwise ``bins`` cells of equal width, except that on a grid (integers, fixed precision) the lower
+    bound and 0 get a cell of one grid value each: counts and amounts are often exactly 0 or at
+    their floor (Adult's capital gain is 0 in 92% of rows) and an equal-width cell 2,500 wide hid that
+    point mass from the mixture, so the synthetic values spread over the cell (KS complement 0.43).
+    """
     step = grid_step(spec)
-    if step is not None:
-        n = int(round((upper - lower) / step)) + 1
-        if n <= bins:
-            return lower - step / 2 + step * np.arange(n + 1)
-    return np.linspace(lower, upper, bins + 1)
+    if step is None:
+        return np.linspace(lower, upper, bins + 1)
+    n = int(round((upper - lower) / step)) + 1
+    if n <= bins:
+        return lower - step / 2 + step * np.arange(n + 1)
+    points = sorted({lower} | ({0.0} if lower < 0.0 < upper else set()))
+    cells = [(v - step / 2, v + step / 2) for v in points]
+    edges = np.linspace(lower - step / 2, upper + step / 2, bins + 1 - len(points))
+    inside = np.zeros(len(edges), dtype=bool)
+    for lo, hi in cells:
+        inside |= (edges > lo - step / 4) & (edges < hi + step / 4)
+    return np.unique(np.concatenate([edges[~inside], [e for c in cells for e in c], [lower - step / 2]]))
 
 
 def histogram_counts(x: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, float]:
