@@ -169,3 +169,17 @@ def test_relabelling_draws_the_target_from_the_tables():
         calibrate(tt.columns_, decoded, 2000, np.random.default_rng(1),
                   pair_tables=[tt.pair_tables_[0], type(tt.pair_tables_[1])(tt.pair_tables_[1].b, tt.pair_tables_[1].a,
                                                                              tt.pair_tables_[1].counts)], relabel=True)
+
+
+def test_relabelling_only_draws_values_the_target_can_take():
+    schema = TableSchema(columns=(ColumnSpec("age", "numerical", "int", lower=0.0, upper=99.0),
+                                  ColumnSpec("sick", "categorical", categories=("no", "yes"), nullable=False)), name="t")
+    sites = {k: v[["age", "sick"]].assign(age=v["age"].fillna(50)) for k, v in _sites(n=300).items()}
+    tt = fit_federated(sites, schema, dp=EncodingDP(epsilon=0.2, delta=1e-5), pairs=target_pairs(schema, "sick"))
+    sick = next(c for c in tt.columns_ if c.spec.name == "sick")
+    assert None not in sick.labels and tt.pair_tables_[0].a.size == 3  # the table still has a missing cell
+    rng = np.random.default_rng(0)
+    decoded = {"age": rng.integers(20, 90, 3000).astype(float),
+               "sick": rng.choice(np.array(["no", "yes"], dtype=object), 3000)}
+    out = calibrate(tt.columns_, decoded, 1000, np.random.default_rng(1), pair_tables=tt.pair_tables_, relabel=True)
+    assert set(out["sick"]) <= {"no", "yes"}

@@ -107,13 +107,14 @@ def mixture_ppf(col: NumericalColumnTransformer, u: np.ndarray) -> np.ndarray:
 
 
 def relabel_target(decoded: dict[str, np.ndarray], pair_tables: list[PairTable], rng: np.random.Generator, *,
-                   other_label: str | None = None) -> np.ndarray:
+                   other_label: str | None = None, labels: list | None = None) -> np.ndarray:
     """Draw each row's target value again from the naive-Bayes posterior of the two-way tables.
 
     All tables must pair the same first column (the target ``y``) with other columns ``x_j``:
     P(y | x) ~ P(y) * prod_j P(x_j | y), every factor read off the merged tables (post-processing).
     Each cell gets half the tables' noise scale as a pseudo-count, so a cell that norm-sub emptied
-    does not veto a value outright. Returns the new target values (same labels as decoded values).
+    does not veto a value outright. ``labels``: the values the target may take (its transformer's
+    slots; e.g. no missing value where the encoding has no missing slot). Returns the new values.
     """
     target = pair_tables[0].a
     if any(t.a.column != target.column for t in pair_tables):
@@ -129,11 +130,15 @@ def relabel_target(decoded: dict[str, np.ndarray], pair_tables: list[PairTable],
     prior = np.clip(np.asarray(pair_tables[0].counts, dtype=np.float64).reshape(target.size, -1).sum(axis=1), 0.0, None)
     with np.errstate(divide="ignore"):
         log_post += np.log(prior / prior.sum())[None, :]
+    cells = list(target.categories) + ([other_label] if target.other else []) + [None]
+    allowed = np.array([labels is None or c in labels for c in cells])
+    if not (prior[allowed] > 0).any():  # the tables give none of the target's values any mass
+        return np.asarray(decoded[target.column], dtype=object)
+    log_post[:, ~allowed] = -np.inf
     post = np.exp(log_post - log_post.max(axis=1, keepdims=True))
     cum = np.cumsum(post / post.sum(axis=1, keepdims=True), axis=1)
     pick = np.minimum((cum < rng.random(m)[:, None]).sum(axis=1), target.size - 1)
-    labels = np.array(list(target.categories) + ([other_label] if target.other else []) + [None], dtype=object)
-    return labels[pick]
+    return np.array(cells, dtype=object)[pick]
 
 
 def calibrate(columns: list, decoded: dict[str, np.ndarray], n: int, rng: np.random.Generator, *,
@@ -144,11 +149,13 @@ def calibrate(columns: list, decoded: dict[str, np.ndarray], n: int, rng: np.ran
     ``columns``: the transformer's fitted column transformers; ``decoded``: column name -> decoded
     values (float64 with NaN for numerical, object str/None for categorical), all of one length >= n;
     ``pair_tables``: merged two-way tables to rake on as well (``other_label``: what a decoded 'other'
-    slot holds). ``relabel``: draw the target again from the tables (:func:`relabel_target`) and rake
-    on the one-way marginals only.
+    slot holds). ``relabel``: draw a categorical target again from the tables (:func:`relabel_target`)
+    and rake on the one-way marginals only.
     """
-    if relabel and pair_tables:
-        decoded = {**decoded, pair_tables[0].a.column: relabel_target(decoded, pair_tables, rng, other_label=other_label)}
+    target = next((c for c in columns if pair_tables and c.spec.name == pair_tables[0].a.column), None)
+    if relabel and isinstance(target, CategoricalColumnTransformer):  # a numerical target is raked on, not redrawn
+        decoded = {**decoded, target.spec.name: relabel_target(decoded, pair_tables, rng, other_label=other_label,
+                                                               labels=target.labels)}
         pair_tables = ()
     m = len(next(iter(decoded.values())))
     targets = []
