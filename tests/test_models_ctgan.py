@@ -162,3 +162,76 @@ def test_unbuilt_model_and_registry():
         create_model("gan9000")
     with pytest.raises(ConfigError, match="dropout"):
         CTGANConfig(dropout=1.5)
+
+
+def _spans_of_mixed_widths():
+    return [SpanInfo(1, "tanh", "x", "value"), SpanInfo(3, "softmax", "x", "mode"), SpanInfo(2, "softmax", "a", "category"),
+            SpanInfo(1, "tanh", "y", "value"), SpanInfo(3, "softmax", "y", "mode"), SpanInfo(5, "softmax", "b", "category")]
+
+
+def test_batched_activations_match_span_by_span_and_their_gradient():
+    """The grouped gumbel-softmax (one autograd node, hand-written backward) equals tanh / softmax((raw +
+    noise) / tau) span by span, in value and in gradient."""
+    from fedtab.models.ctgan import SpanLayout, _Activate
+
+    spans = _spans_of_mixed_widths()
+    layout = SpanLayout(spans)
+    assert [w for _, _, w in layout.groups] == [3, 2, 5]  # widths grouped: the two 3-wide spans side by side
+    raw = torch.randn(7, layout.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    noise = torch.randn(7, layout.dim - layout.n_tanh, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    rows = _Activate.apply(raw, noise, layout, 0.2)
+    noise_by_column = torch.zeros(7, layout.dim, dtype=torch.float64)
+    noise_by_column[:, layout.order[layout.n_tanh:]] = noise
+    parts = []
+    for off, s in zip(span_offsets(spans), spans):
+        block = raw[:, off : off + s.dim]
+        parts.append(torch.tanh(block) if s.activation == "tanh"
+                     else torch.softmax((block + noise_by_column[:, off : off + s.dim]) / 0.2, dim=1))
+    expected = torch.cat(parts, dim=1)
+    torch.testing.assert_close(rows, expected, rtol=0, atol=1e-12)
+    weights = torch.randn(7, layout.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    (got,) = torch.autograd.grad((rows * weights).sum(), raw)
+    (want,) = torch.autograd.grad((expected * weights).sum(), raw)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda r: _Activate.apply(r, noise, layout, 0.2), (raw,))
+
+
+def test_generator_without_concatenation_is_the_residual_network():
+    """Generator.forward(z, hot) (weight slices, condition read as weight columns) is CTGAN's residual
+    network on cat([z, one_hot(hot)]): same outputs, same parameter gradients."""
+    import torch.nn.functional as F
+
+    from fedtab.models.ctgan import Generator
+
+    torch.manual_seed(0)
+    net = Generator(16 + 7, (32, 32), 11).double()
+    z = torch.randn(9, 16, dtype=torch.float64)
+    hot = torch.tensor([0, 6, 3, 3, 1, 2, 5, 4, 0])
+    x = torch.cat([z, F.one_hot(hot, 7).double()], dim=1)
+
+    def reference(x):
+        for block in net.blocks:
+            x = torch.cat([torch.relu(block.bn(block.fc(x))), x], dim=1)
+        return net.head(x)
+
+    out, expected = net(z, hot), reference(x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(net(x), expected, rtol=0, atol=1e-12)  # dense input: same network
+    w = torch.randn_like(out)
+    got = torch.autograd.grad((out * w).sum(), list(net.parameters()))
+    want = torch.autograd.grad((expected * w).sum(), list(net.parameters()))
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.8])
+def test_dropout_scales_are_zero_or_inverse_keep_with_the_keep_rate(keep):
+    from fedtab.models.ctgan import dropout_scale
+
+    scale = dropout_scale((400, 50), keep, generator=torch.Generator().manual_seed(0))
+    assert scale.shape == (400, 50) and scale.dtype == torch.float32
+    kept = scale > 0
+    assert torch.all(scale[kept] == 1.0 / keep) and torch.all(scale[~kept] == 0.0)
+    assert abs(kept.float().mean().item() - keep) < 0.01
+    again = dropout_scale((400, 50), keep, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(scale, again)

@@ -106,11 +106,12 @@ class Conditions:
         return self.one_hot(column, _draw(self._cdf, column, generator))
 
     def categories_of(self, rows: torch.Tensor) -> torch.Tensor:
-        """Category index of every row in every condition column: (rows x columns), argmax of each span."""
-        idx = (self.row_offsets[:, None] + torch.arange(self.max_dim)[None, :]).clamp(max=rows.shape[1] - 1)
-        block = rows[:, idx]  # (rows, columns, max_dim)
-        block = block.masked_fill(~self.pad_mask, float("-inf"))
-        return block.argmax(dim=2)
+        """Category index of every row in every condition column: (rows x columns), argmax of each span.
+        One argmax per column over its slice (a padded (rows, columns, max_dim) gather was ~20x slower:
+        every federated round builds a ``RowIndex`` over all the site's rows)."""
+        if not self.n_columns:
+            return torch.zeros(rows.shape[0], 0, dtype=torch.long)
+        return torch.stack([rows[:, c.offset : c.offset + c.dim].argmax(dim=1) for c in self.spans], dim=1)
 
     def from_rows(self, rows: torch.Tensor, *, generator: torch.Generator) -> CondBatch:
         """Column uniform per row, category read off the row's own one-hot block."""

@@ -11,8 +11,12 @@ Differences from the reference implementation, and why:
   layer, so a DP step costs about two backward passes. Per-record clipping bounds every row's influence
   on D, which also plays the regulariser's part that the penalty played.
 * **pac = 1**: packing rows makes the privacy unit a pack, not a record.
-* **Span-wise activations are batched**: all tanh columns in one op, all softmax spans padded into one
-  ``(rows, spans, max_dim)`` block for one gumbel-softmax, instead of a Python loop over spans.
+* **Span-wise activations are batched**: the softmax spans are grouped by width, so a gumbel-softmax
+  is one op per distinct width over a contiguous ``(rows, spans, width)`` view, and the activations
+  are one autograd node with a hand-written backward (``_Activate``), instead of a loop over spans.
+* **No concatenation in the generator**: its residual concatenations and the one-hot condition are
+  never built; each layer sums per-part products and reads the condition's weight column
+  (``_LinearOverParts``). Same function and parameters, a fifth fewer multiply-adds per step.
 * **Dropout masks and Gumbel noise come from the caller's ``torch.Generator``**, so training is bitwise
   reproducible from the trainer's seed without touching torch's global RNG.
 """
@@ -73,21 +77,29 @@ def gumbel(shape: tuple[int, ...], *, generator: torch.Generator) -> torch.Tenso
     return -torch.log(-torch.log(u))
 
 
-_BITS = torch.arange(8, dtype=torch.uint8)
+# Byte value -> its 8 bits as dropout scales {0, 1/keep} for keep = 0.5 (CTGAN's dropout).
+_HALF_SCALES = (((torch.arange(256)[:, None] >> torch.arange(8)) & 1) * 2.0).float()
 
 
-def keep_mask(shape: tuple[int, int], keep: float, *, generator: torch.Generator) -> torch.Tensor:
-    """Boolean dropout mask, True with probability ``keep``. For keep = 0.5 (CTGAN's dropout) each
-    random byte gives 8 mask bits: several times faster than one uniform draw per unit."""
+def dropout_scale(shape: tuple[int, int], keep: float, *, generator: torch.Generator) -> torch.Tensor:
+    """Inverted-dropout multipliers: 1/keep with probability ``keep``, else 0 (float). For keep = 0.5
+    each random byte gives 8 units through one table lookup: several times cheaper than a uniform
+    draw per unit."""
     if keep == 0.5:
         n = shape[0] * shape[1]
         words = torch.randint(0, 256, ((n + 7) // 8,), dtype=torch.uint8, generator=generator)
-        return ((words[:, None] >> _BITS) & 1).view(-1)[:n].view(shape).bool()
-    return torch.rand(shape, generator=generator) < keep
+        return F.embedding(words.long(), _HALF_SCALES).view(-1)[:n].view(shape)
+    return (torch.rand(shape, generator=generator) < keep).float().mul_(1.0 / keep)
 
 
 class SpanLayout:
-    """Where the tanh columns and the softmax spans are, for batched output activations."""
+    """Where the tanh columns and the softmax spans are, for batched output activations.
+
+    Two layouts of the same spans: a padded ``(spans, max_dim)`` block (``pad_index``/``pad_mask``, for
+    per-row gathers) and a *grouped* order (``order``): the tanh columns, then the softmax spans grouped
+    by width, so that each group is one contiguous ``(rows, spans_in_group, width)`` view and a
+    gumbel-softmax needs no gather, no padding and no scatter in the backward pass.
+    """
 
     def __init__(self, spans: list[SpanInfo]):
         tanh_cols, soft = [], []
@@ -108,26 +120,86 @@ class SpanLayout:
         order = torch.cat([self.tanh_cols, self.pad_index[self.pad_mask]])
         self.inverse = torch.argsort(order)  # from [tanh | softmax-spans] order back to the row's order
         self.n_soft = len(soft)
+        # Grouped order: tanh columns, then the spans of each width side by side (widths in order of
+        # first appearance, spans in row order within a group).
+        self.n_tanh = len(tanh_cols)
+        widths = list(dict.fromkeys(d for _, d in soft))
+        grouped, self.groups, start = list(tanh_cols), [], 0
+        for w in widths:
+            group = [o for o, d in soft if d == w]
+            self.groups.append((start, len(group), w))  # (first soft column, spans, width)
+            for o in group:
+                grouped.extend(range(o, o + w))
+            start += len(group) * w
+        self.order = torch.tensor(grouped, dtype=torch.long)  # grouped position -> row column
+        self.order_inverse = torch.argsort(self.order)  # row column -> grouped position
+        # Soft column (grouped order) -> its span; per-span sums of soft columns as one matrix product.
+        widths_in_order = torch.tensor([w for _, k, w in self.groups for _ in range(k)], dtype=torch.long)
+        self.soft_span_id = torch.repeat_interleave(torch.arange(self.n_soft), widths_in_order)
+        self.soft_member = (F.one_hot(self.soft_span_id, self.n_soft).float() if self.n_soft
+                            else torch.zeros(0, 0))  # (soft columns, spans)
 
     def span_logits(self, raw: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
         """Each row's logits of one softmax span (index ``span[i]`` for row i), padded with -inf."""
         block = raw.gather(1, self.pad_index[span])
         return block.masked_fill(~self.pad_mask[span], float("-inf"))
 
+    def activate_grouped(self, grouped: torch.Tensor, noise: torch.Tensor, *, tau: float, hard: bool) -> torch.Tensor:
+        """The activations of rows in grouped order (no autograd): tanh, then per span a softmax of
+        ``(logits + noise) / tau`` or, when ``hard``, the one-hot of its argmax (gumbel-max)."""
+        n, t = grouped.shape[0], self.n_tanh
+        out = torch.empty_like(grouped)
+        torch.tanh(grouped[:, :t], out=out[:, :t])
+        if self.n_soft:
+            z = grouped[:, t:] + noise
+            if not hard:
+                z.div_(tau)
+            soft = out[:, t:]
+            for start, k, w in self.groups:
+                block = z[:, start : start + k * w].view(n, k, w)
+                dest = soft[:, start : start + k * w].view(n, k, w)
+                if hard:
+                    dest.copy_(F.one_hot(block.argmax(dim=2), w))
+                else:
+                    dest.copy_(torch.softmax(block, dim=2))
+        return out
+
     def activate(self, raw: torch.Tensor, *, tau: float, generator: torch.Generator, hard: bool) -> torch.Tensor:
         """tanh on tanh columns; gumbel-softmax (soft, temperature ``tau``) or one-hot gumbel-max
-        (``hard``: an exact categorical sample) on every softmax span."""
-        parts = [torch.tanh(raw[:, self.tanh_cols])]
-        if self.n_soft:
-            # Noise per encoded column (not per padded slot), then one padded block for all spans.
-            noisy = raw + gumbel((raw.shape[0], self.dim), generator=generator)
-            noisy = noisy[:, self.pad_index].masked_fill(~self.pad_mask, float("-inf"))
-            if hard:
-                y = F.one_hot(noisy.argmax(dim=2), self.max_dim).to(raw.dtype)
-            else:
-                y = torch.softmax(noisy / tau, dim=2)
-            parts.append(y[:, self.pad_mask])
-        return torch.cat(parts, dim=1)[:, self.inverse]
+        (``hard``: an exact categorical sample) on every softmax span. Differentiable in ``raw``."""
+        noise = gumbel((raw.shape[0], self.dim - self.n_tanh), generator=generator)
+        if hard or not raw.requires_grad:
+            grouped = self.activate_grouped(raw.index_select(1, self.order), noise, tau=tau, hard=hard)
+            return grouped.index_select(1, self.order_inverse)
+        return _Activate.apply(raw, noise, self, tau)
+
+
+class _Activate(torch.autograd.Function):
+    """Gumbel-softmax activations as one autograd node. Forward: permute the raw outputs into the
+    grouped order, activate, permute back. Backward: the same two permutations (gathers, where
+    autograd's own index backward is a scatter) and, per span, the softmax gradient
+    ``y * (g - sum_span(g * y)) / tau`` with the span sums as one matrix product."""
+
+    @staticmethod
+    def forward(ctx, raw, noise, layout: SpanLayout, tau: float):
+        y = layout.activate_grouped(raw.index_select(1, layout.order), noise, tau=tau, hard=False)
+        ctx.save_for_backward(y)
+        ctx.layout, ctx.tau = layout, tau
+        return y.index_select(1, layout.order_inverse)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        lay, t = ctx.layout, ctx.layout.n_tanh
+        g = grad.index_select(1, lay.order)
+        out = torch.empty_like(g)
+        yt = y[:, :t]
+        torch.mul(g[:, :t], 1.0 - yt * yt, out=out[:, :t])
+        if lay.n_soft:
+            ys, gs = y[:, t:], g[:, t:]
+            span_sum = ((gs * ys) @ lay.soft_member.to(gs.dtype)).index_select(1, lay.soft_span_id)
+            torch.mul(gs - span_sum, ys, out=out[:, t:]).div_(ctx.tau)
+        return out.index_select(1, lay.order_inverse), None, None, None
 
 
 @dataclass(frozen=True)
@@ -143,18 +215,59 @@ class Generated:
 
 
 class _Residual(nn.Module):
+    """One residual block's parameters: ``relu(bn(fc(x)))`` is concatenated before ``x`` (applied by
+    ``Generator.forward``)."""
+
     def __init__(self, i: int, o: int):
         super().__init__()
         self.fc = nn.Linear(i, o)
         self.bn = nn.BatchNorm1d(o)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.relu(self.bn(self.fc(x))), x], dim=1)
+
+class _LinearOverParts(torch.autograd.Function):
+    """``F.linear(cat(parts + [one_hot(hot)], dim=1), weight, bias)`` as one autograd node, without the
+    concatenation: one product per part with its slice of the weight, and the one-hot block, given as
+    each row's hot column ``hot``, read as weight columns instead of multiplied. The backward computes
+    input gradients only for the parts that need them (not for the latent and condition columns) and
+    writes each part's weight gradient into its slice of one buffer."""
+
+    @staticmethod
+    def forward(ctx, weight, bias, hot, *parts):
+        out, col = None, 0
+        for part in parts:
+            wt = weight[:, col : col + part.shape[1]].t()
+            out = torch.addmm(bias, part, wt) if out is None else out.addmm_(part, wt)
+            col += part.shape[1]
+        if hot is not None:
+            out.add_(weight[:, col:].t().index_select(0, hot))
+        ctx.save_for_backward(weight, hot, *parts)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, hot, *parts = ctx.saved_tensors
+        grad_weight = torch.empty_like(weight)
+        grad_parts, col = [], 0
+        for i, part in enumerate(parts):
+            k = part.shape[1]
+            torch.mm(grad.t(), part, out=grad_weight[:, col : col + k])
+            grad_parts.append(grad @ weight[:, col : col + k] if ctx.needs_input_grad[3 + i] else None)
+            col += k
+        if hot is not None:
+            block = grad_weight[:, col:]
+            block.zero_()
+            block.t().index_add_(0, hot, grad)
+        return grad_weight, grad.sum(0), None, *grad_parts
 
 
 class Generator(nn.Module):
     """CTGAN's generator: residual blocks (Linear, BatchNorm, ReLU, concat input), then a linear head
-    producing raw (pre-activation) values for every encoded column."""
+    producing raw (pre-activation) values for every encoded column.
+
+    The input is ``[x | one-hot condition]``; ``forward(x, hot)`` takes the condition as each row's hot
+    column index (``None``: ``x`` is the whole input). The concatenations are never built (see
+    ``_LinearOverParts``): same function and parameters, a third fewer multiply-adds in the generator
+    (a fifth fewer per training step on Adult)."""
 
     def __init__(self, in_dim: int, dims: tuple[int, ...], out_dim: int):
         super().__init__()
@@ -165,8 +278,11 @@ class Generator(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(d, out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(x))
+    def forward(self, x: torch.Tensor, hot: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [x]  # the residual concatenation, newest features first: [h_k, ..., h_1, x]
+        for block in self.blocks:
+            parts.insert(0, torch.relu(block.bn(_LinearOverParts.apply(block.fc.weight, block.fc.bias, hot, *parts))))
+        return _LinearOverParts.apply(self.head.weight, self.head.bias, hot, *parts)
 
 
 class Discriminator(nn.Module):
@@ -188,8 +304,9 @@ class Discriminator(nn.Module):
         for layer in self.hidden:
             x = F.leaky_relu(layer(x), self.slope)
             if self.training and self.dropout > 0:
-                # A row's mask touches only that row: per-sample gradients stay exact.
-                x = x * keep_mask(tuple(x.shape), keep, generator=generator) / keep
+                # A row's mask touches only that row: per-sample gradients stay exact. In place: the
+                # activation's backward reads its input, not this output.
+                x = x.mul_(dropout_scale(tuple(x.shape), keep, generator=generator))
         return self.out(x).squeeze(1)
 
 
@@ -233,7 +350,8 @@ class CTGAN(GenerativeModel):
 
     def _raw(self, cond: CondBatch, generator: torch.Generator) -> torch.Tensor:
         z = torch.randn(len(cond), self.config.embedding_dim, generator=generator)
-        return self.generator_(torch.cat([z, cond.vector], dim=1))
+        hot = self.conditions_.cond_offsets[cond.column] + cond.category if self.conditions_.dim else None
+        return self.generator_(z, hot)
 
     def generate(self, cond: CondBatch, *, generator: torch.Generator) -> Generated:
         raw = self._raw(cond, generator)
@@ -249,11 +367,13 @@ class CTGAN(GenerativeModel):
         the site's rows under DP (the trainer's job). One forward pass over [real; fake]: ghost clipping
         forbids two passes before a backward.
         """
-        fake = torch.cat([generated.rows.detach(), generated.cond.vector], dim=1)
-        x = torch.cat([torch.cat([real, real_cond.vector], dim=1), fake])
+        n_real, d = real.shape
+        x = real.new_empty(n_real + len(generated), d + self.conditions_.dim)  # [real; fake], one copy each
+        x[:n_real, :d], x[:n_real, d:] = real, real_cond.vector
+        x[n_real:, :d], x[n_real:, d:] = generated.rows.detach(), generated.cond.vector
         logits = self.discriminator_(x, generator=generator)
         sign = torch.ones_like(logits)
-        sign[: real.shape[0]] = -1.0
+        sign[:n_real] = -1.0
         return F.softplus(sign * logits)
 
     def public_loss(self, generated: Generated, *, generator: torch.Generator) -> torch.Tensor:

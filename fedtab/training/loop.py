@@ -114,7 +114,9 @@ class LocalTrainer:
 
         self._private_net = model.private_network()
         self._public_net = model.public_network()
-        adam = dict(betas=optimizer.betas, weight_decay=optimizer.weight_decay)
+        # fused: one kernel per step for all of a network's parameters (CPU since torch 2.4) where the
+        # default loops over them: about half the optimizer time of a CTGAN step on Adult.
+        adam = dict(betas=optimizer.betas, weight_decay=optimizer.weight_decay, fused=True)
         self._private_opt = torch.optim.Adam(self._private_net.parameters(), lr=optimizer.private_lr, **adam)
         self._public_opt = (torch.optim.Adam(self._public_net.parameters(), lr=optimizer.public_lr, **adam)
                             if self._public_net is not None else None)
@@ -148,10 +150,11 @@ class LocalTrainer:
             return real, cond.from_rows(real, generator=g), cond.from_frequencies(self.batch_size, generator=g)
         if self._index is not None:
             idx, real_cond = self._index.sample(self.batch_size, generator=g)
+            real = self.data.index_select(0, idx)
         else:
-            idx = torch.randint(self.n_rows, (self.batch_size,), generator=g)
-            real_cond = cond.from_rows(self.data[idx], generator=g)
-        return self.data[idx], real_cond, real_cond  # non-DP: fake rows share the real conditions (CTGAN)
+            real = self.data.index_select(0, torch.randint(self.n_rows, (self.batch_size,), generator=g))
+            real_cond = cond.from_rows(real, generator=g)
+        return real, real_cond, real_cond  # non-DP: fake rows share the real conditions (CTGAN)
 
     def _step(self) -> StepInfo:
         g, model = self._rng, self.model
