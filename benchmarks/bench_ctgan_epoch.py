@@ -1,116 +1,128 @@
-"""Time per epoch: fedtab's CTGAN (non-DP, and DP-SGD) vs ctgan.CTGAN (the engine of SDV's CTGANSynthesizer).
+"""Time per local training step of fedtab's CTGAN on one Adult site, and where it goes (torch.profiler).
 
-Adult (/work/shared/data/adult.csv), the first 26,048 rows (80%), batch size 500, epochs of
-rows // 500 steps each. Both models train on the same encoded matrix: ctgan's own DataTransformer
-(benchmarks may import ctgan; fedtab/ never does) is fitted once, outside the timings; for ctgan the
-fitted transformer is handed in so its ``fit`` times the training epochs (plus building its DataSampler).
-One thread each (``--threads``): fair, and faster on a shared 2-core machine. Timed in the same run.
+The rows are encoded exactly as the federation encodes them: a one-round federated fit of
+``bench_ctgan_adult.py``'s 4 age-quartile sites records the first site's encoded matrix and training
+setup (the encoding is not timed). A ``LocalTrainer`` is then built as a federated round builds it (the
+federation's Adam settings, one thread) and timed over blocks of steps, interleaved across the batch
+sizes asked for (same machine load for each); the median block is reported, with the projected local
+training time of one epoch over the 4 sites (each site runs ceil(rows / batch) steps per epoch). The
+whole-system comparison with SDV (same run, same rows) is ``bench_ctgan_adult.py``; this one is for
+finding the hot spots of a step.
 
-    python benchmarks/bench_ctgan_epoch.py [--epochs 2]
+    python benchmarks/bench_ctgan_epoch.py [--batches 500,1000] [--dp] [--profile-steps 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from fedtab.models.ctgan import CTGAN
-from fedtab.privacy.dpsgd import DPSGDConfig
-from fedtab.training.loop import LocalTrainer
-from fedtab.transform.spans import ConditionSpan, SpanInfo, span_offsets
-
-DISCRETE = ["workclass", "education", "marital-status", "occupation", "relationship", "race", "sex",
-            "native-country", "income"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_ctgan_adult as adult  # noqa: E402  (the same data, split and sites)
 
 
-def encode(df: pd.DataFrame):
-    from ctgan.data_transformer import DataTransformer  # reference encoder, benchmark only
+def encoded_site(data_path: str, seed: int) -> tuple[dict, np.ndarray, dict[str, int]]:
+    """(training setup, encoded rows) of the first site, as the federation produces them; site sizes."""
+    import fedtab
+    from fedtab.federation import training
 
-    tr = DataTransformer()
-    tr.fit(df, DISCRETE)
-    matrix = tr.transform(df).astype(np.float32)
-    spans, conds = [], []
-    for info in tr._column_transform_info_list:
-        for k, s in enumerate(info.output_info):
-            role = "category" if info.column_type == "discrete" else ("value" if k == 0 else "mode")
-            spans.append(SpanInfo(s.dim, s.activation_fn, info.column_name, role))
-    for off, s in zip(span_offsets(spans), spans):
-        if s.role == "category":
-            conds.append(ConditionSpan(s.column, off, s.dim, matrix[:, off : off + s.dim].mean(axis=0)))
-    return tr, matrix, spans, conds
+    raw = adult.load_adult(data_path)
+    train_raw, _ = adult.split(raw, seed=seed)
+    sites = adult.age_sites(train_raw)
+    seen: dict = {}
+    original = training.train_one_round
 
+    def recording(setup, data, weights, **kw):
+        seen.setdefault("site", (setup, data))
+        return original(setup, data, weights, **kw)
 
-def time_fedtab(matrix, spans, conds, *, epochs: int, batch: int, dp: DPSGDConfig | None) -> float:
-    model = CTGAN().build(spans, conds, seed=0)
-    trainer = LocalTrainer(model, matrix, batch_size=batch, dp=dp, seed=0)
-    steps = max(len(matrix) // batch, 1)
-    trainer.train(3)  # warm-up
-    t0 = time.perf_counter()
-    trainer.train(steps * epochs)
-    return (time.perf_counter() - t0) / epochs
-
-
-def time_ctgan(df, transformer, matrix, *, epochs: int, batch: int) -> float:
-    import ctgan.synthesizers.ctgan as ref
-
-    class Prefitted:  # hand the already-fitted transformer to ctgan's fit
-        def __new__(cls):
-            return transformer
-
-    original_fit, original_transform = transformer.fit, transformer.transform
-    transformer.fit = lambda *a, **k: None
-    transformer.transform = lambda *a, **k: matrix.astype(np.float64)
-    saved, ref.DataTransformer = ref.DataTransformer, Prefitted
+    training.train_one_round = recording
     try:
-        model = ref.CTGAN(epochs=epochs, batch_size=batch, cuda=False)
-        t0 = time.perf_counter()
-        model.fit(df, DISCRETE)
-        return (time.perf_counter() - t0) / epochs
+        fedtab.FederatedSynthesizer("ctgan", rounds=1, local_epochs=0.001, seed=seed, holdout=0.0,
+                                    missing_markers=("?",)).fit(sites)
     finally:
-        ref.DataTransformer = saved
-        transformer.fit, transformer.transform = original_fit, original_transform
+        training.train_one_round = original
+    setup, data = seen["site"]
+    return setup, data, {s: len(f) for s, f in sites.items()}
+
+
+def make_trainer(setup: dict, data: np.ndarray, *, batch: int, dp: bool, seed: int):
+    from fedtab.federation import training
+    from fedtab.privacy.dpsgd import DPSGDConfig
+    from fedtab.training.loop import LocalTrainer
+    from fedtab.transform.table import TableTransformer
+
+    model = training.build_model(setup, TableTransformer.from_dict(setup["transformer"]))
+    config = (DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=min(1.0, batch / len(data)),
+                          grad_sample_mode=training.GRAD_SAMPLE_MODE) if dp else None)
+    optimizer = dataclasses.replace(training.OPTIMIZER, **model.optimizer_options())
+    return LocalTrainer(model, data, batch_size=batch, dp=config, seed=seed, optimizer=optimizer)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/work/shared/data/adult.csv")
-    ap.add_argument("--rows", type=int, default=26048)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=500)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batches", default="500,1000", help="comma-separated batch sizes, timed interleaved")
+    ap.add_argument("--dp", action="store_true", help="also time DP-SGD (book-keeping clipping) steps")
+    ap.add_argument("--blocks", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10, help="steps per timed block")
+    ap.add_argument("--profile-steps", type=int, default=20, help="steps under torch.profiler (0: none)")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_ctgan_epoch.json"))
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    df = pd.read_csv(args.data, skipinitialspace=True).head(args.rows)
-    t0 = time.perf_counter()
-    transformer, matrix, spans, conds = encode(df)
-    print(f"encoded {matrix.shape} with ctgan's DataTransformer in {time.perf_counter() - t0:.1f}s (not timed below)")
-    dp = DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=args.batch / len(matrix))
-    fed1 = time_fedtab(matrix, spans, conds, epochs=args.epochs, batch=args.batch, dp=None)
-    ref = time_ctgan(df, transformer, matrix, epochs=args.epochs, batch=args.batch)
-    fed2 = time_fedtab(matrix, spans, conds, epochs=args.epochs, batch=args.batch, dp=None)
-    fed_dp = time_fedtab(matrix, spans, conds, epochs=args.epochs, batch=args.batch, dp=dp)
-    fed = (fed1 + fed2) / 2
-    result = {
-        "benchmark": "seconds per epoch, Adult", "rows": len(matrix), "encoded_width": matrix.shape[1],
-        "batch_size": args.batch, "epochs_timed": args.epochs, "threads": args.threads,
-        "ctgan_reference_s_per_epoch": round(ref, 3),
-        "fedtab_ctgan_s_per_epoch": round(fed, 3), "fedtab_runs": [round(fed1, 3), round(fed2, 3)],
-        "fedtab_ctgan_dp_s_per_epoch": round(fed_dp, 3),
-        "ratio_fedtab_over_reference": round(fed / ref, 3),
-        "ratio_fedtab_dp_over_reference": round(fed_dp / ref, 3),
-        "target_ratio": 0.2,
-    }
-    print(f"{'model':<34}{'s/epoch':>10}{'x ref':>8}")
-    print(f"{'ctgan.CTGAN (SDV engine, pac=10)':<34}{ref:>10.2f}{1.0:>8.2f}")
-    print(f"{'fedtab CTGAN':<34}{fed:>10.2f}{fed / ref:>8.2f}")
-    print(f"{'fedtab CTGAN, DP-SGD (ghost)':<34}{fed_dp:>10.2f}{fed_dp / ref:>8.2f}")
+    torch.set_num_threads(1)
+    setup, data, site_rows = encoded_site(args.data, args.seed)
+    batches = [int(b) for b in args.batches.split(",")]
+    trainers = {(b, dp): make_trainer(setup, data, batch=b, dp=dp, seed=args.seed)
+                for b in batches for dp in ((False, True) if args.dp else (False,))}
+    for t in trainers.values():
+        t.train(3)  # warm-up: optimizer state, first-call allocations
+    times: dict = {k: [] for k in trainers}
+    for _ in range(args.blocks):
+        for key, t in trainers.items():
+            t0 = time.perf_counter()
+            t.train(args.steps)
+            times[key].append((time.perf_counter() - t0) / args.steps)
+    rows = []
+    for (batch, dp), ts in times.items():
+        step = statistics.median(ts)
+        steps_per_epoch = sum(math.ceil(n / batch) for n in site_rows.values())
+        rows.append({"batch_size": batch, "dp": dp, "ms_per_step": round(step * 1e3, 2),
+                     "ms_per_step_min": round(min(ts) * 1e3, 2), "steps_per_epoch_4_sites": steps_per_epoch,
+                     "local_s_per_epoch": round(step * steps_per_epoch, 3)})
+    result = {"benchmark": "fedtab CTGAN local training step, one Adult site (encoded by the federation)",
+              "site_rows": int(data.shape[0]), "encoded_width": int(data.shape[1]), "site_rows_all": site_rows,
+              "model_options": setup["model_options"], "threads": 1, "blocks": args.blocks,
+              "steps_per_block": args.steps, "timings": rows}
+    print(f"{'batch':>6} {'DP':>4} {'ms/step':>9} {'min':>7} {'steps/epoch':>12} {'local s/epoch':>14}")
+    for r in rows:
+        print(f"{r['batch_size']:>6} {str(r['dp']):>4} {r['ms_per_step']:>9.2f} {r['ms_per_step_min']:>7.2f} "
+              f"{r['steps_per_epoch_4_sites']:>12} {r['local_s_per_epoch']:>14.3f}")
+    if args.profile_steps:
+        from torch.profiler import ProfilerActivity, profile
+
+        trainer = trainers[(batches[0], False)]
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            trainer.train(args.profile_steps)
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events)
+        top = [{"op": e.key, "self_ms_per_step": round(e.self_cpu_time_total / 1e3 / args.profile_steps, 3),
+                "share": round(e.self_cpu_time_total / total, 3), "calls_per_step": e.count / args.profile_steps}
+               for e in events[:15]]
+        result["profile"] = {"batch_size": batches[0], "steps": args.profile_steps, "top_ops_by_self_time": top}
+        print(f"\ntop ops by self CPU time (batch {batches[0]}, non-DP, {args.profile_steps} steps):")
+        for t in top:
+            print(f"  {t['op']:<40} {t['self_ms_per_step']:>7.3f} ms/step  {t['share']:>6.1%}  "
+                  f"{t['calls_per_step']:g} calls/step")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
