@@ -13,7 +13,8 @@ utility target, and ``derive`` (a function applied to plain frames before utilit
   dropped because it leaks the outcome): stratified 80/20 on ``y``, the 80% cut into 4 sites by age
   quartile, like Adult.
 
-Numerical bounds are public (documented ranges of the fields), so no privacy budget is spent on them.
+Numerical bounds and category lists are public (documented ranges and codes of the fields), so no
+privacy budget is spent on them (declared in the schema).
 """
 
 from __future__ import annotations
@@ -44,9 +45,12 @@ def _typed(raw: pd.DataFrame, bounds: dict, missing: str, name: str) -> tuple[pd
             cols.append(ColumnSpec(c, "numerical", "int", lower=float(lo), upper=float(hi)))
             typed[c] = pd.to_numeric(raw[c]).clip(lo, hi).astype("Int64")
         else:
-            cols.append(ColumnSpec(c, "categorical"))
             v = raw[c].str.strip()
-            typed[c] = v.where(v != missing, None).astype("object")
+            v = v.where(v != missing, None)
+            # Census / bank field codes are public (the data sets' documentation lists them): declared,
+            # as the anchors get them, so no budget goes to learning the domain and no category is lost.
+            cols.append(ColumnSpec(c, "categorical", categories=tuple(sorted(v.dropna().unique()))))
+            typed[c] = v.astype("object")
     return pd.DataFrame(typed), TableSchema(columns=tuple(cols), name=name)
 
 

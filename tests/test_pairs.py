@@ -83,8 +83,9 @@ def test_exact_pair_tables_are_the_pooled_crosstab_and_survive_serialisation():
     assert again["config"] == saved["config"] and saved["arrays"].keys() == again["arrays"].keys()
     assert all(np.array_equal(saved["arrays"][k], again["arrays"][k]) for k in saved["arrays"])
     damaged = tt.to_dict()
-    damaged["config"]["pairs"] = []
-    with pytest.raises(ConfigError, match="names 2 pair"):
+    damaged["config"]["pairs"][0]["b"]["column"] = "town"  # a (sick, town) table twice, none of (sick, age)
+    damaged["config"]["pairs"][0]["a"]["column"] = "age"
+    with pytest.raises(ConfigError, match="pairs its plan does not name"):
         TableTransformer.from_dict(damaged)
 
 
@@ -100,6 +101,16 @@ def test_dp_pair_tables_are_charged_on_each_ledger_within_the_budget():
     assert all(t.noise_sd > 0 and t.counts.min() >= 0 for t in tt.pair_tables_)
     # Under DP 'sick' was learned through the DP set union: its table has an 'other' cell.
     assert tt.pair_tables_[0].a.other
+
+
+def test_pairs_whose_tables_would_be_mostly_noise_are_not_measured_and_cost_nothing():
+    sites = {k: v.head(150) for k, v in _sites().items()}  # 300 rows: cells of a few rows against noise sd ~100
+    ledgers = {s: PrivacyLedger(s, epsilon_budget=0.3, delta=1e-5) for s in sites}
+    tt = fit_federated(sites, SCHEMA, dp=EncodingDP(epsilon=0.3, delta=1e-5), ledgers=ledgers,
+                       pairs=target_pairs(SCHEMA, "sick"))
+    assert tt.pair_tables_ == []
+    assert all(not [e for e in led.entries if e.phase == "encoding/pairs"] for led in ledgers.values())
+    assert TableTransformer.from_dict(tt.to_dict()).pair_tables_ == []
 
 
 def test_calibration_onto_a_pair_table_restores_the_relation_with_the_target():
@@ -123,13 +134,14 @@ def test_calibration_onto_a_pair_table_restores_the_relation_with_the_target():
 
 
 def test_synthesizer_target_releases_pairs_and_its_model_file_keeps_them(tmp_path):
-    sites = {k: v.drop(columns=["id"]) for k, v in _sites(n=400).items()}
+    sites = {k: v.drop(columns=["id"]) for k, v in _sites(n=1500).items()}
     with pytest.raises(ConfigError, match="'nope'"):
         fedtab.FederatedSynthesizer("tvae", rounds=1, target="nope", holdout=0.0).fit(sites)
-    synth = fedtab.FederatedSynthesizer("tvae", epsilon=4.0, rounds=1, local_epochs=1, batch_size=200,
-                                        target="sick", holdout=0.0, seed=2).fit(sites)
+    synth = fedtab.FederatedSynthesizer("tvae", epsilon=4.0, rounds=1, local_epochs=1, batch_size=500,
+                                        preprocessing_share=0.5, target="sick", holdout=0.0, seed=2).fit(sites)
     assert [(t.a.column, t.b.column) for t in synth.transformer_.pair_tables_] == [("sick", "age"), ("sick", "town")]
     assert all(led.epsilon <= 4.0 + 1e-9 for led in synth.privacy_ledger.values())
+    assert all(len([e for e in led.entries if e.phase == "encoding/pairs"]) == 2 for led in synth.privacy_ledger.values())
     path = tmp_path / "m.fedtab"
     synth.save(path)
     loaded = fedtab.load(path)
@@ -174,8 +186,8 @@ def test_relabelling_draws_the_target_from_the_tables():
 def test_relabelling_only_draws_values_the_target_can_take():
     schema = TableSchema(columns=(ColumnSpec("age", "numerical", "int", lower=0.0, upper=99.0),
                                   ColumnSpec("sick", "categorical", categories=("no", "yes"), nullable=False)), name="t")
-    sites = {k: v[["age", "sick"]].assign(age=v["age"].fillna(50)) for k, v in _sites(n=300).items()}
-    tt = fit_federated(sites, schema, dp=EncodingDP(epsilon=0.2, delta=1e-5), pairs=target_pairs(schema, "sick"))
+    sites = {k: v[["age", "sick"]].assign(age=v["age"].fillna(50)) for k, v in _sites(n=1500).items()}
+    tt = fit_federated(sites, schema, dp=EncodingDP(epsilon=1.0, delta=1e-5), pairs=target_pairs(schema, "sick"))
     sick = next(c for c in tt.columns_ if c.spec.name == "sick")
     assert None not in sick.labels and tt.pair_tables_[0].a.size == 3  # the table still has a missing cell
     rng = np.random.default_rng(0)

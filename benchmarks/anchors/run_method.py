@@ -65,10 +65,14 @@ def run_fedtab(spec: dict) -> dict:
 
     s = spec["settings"]
     sites = {name: pd.read_parquet(path) for name, path in spec["sites"].items()}
+    # The utility target is declared, as a user would (its two-way tables are measured in the encoding;
+    # sampling calibrates onto them, under DP redraws the target from them); under DP 30% of each
+    # site's epsilon goes to the encoding (benchmarks/bench_models.py: DP_PREPROCESSING_SHARE).
+    dp_share = {"preprocessing_share": s.get("preprocessing_share", 0.3)} if spec["epsilon"] is not None else {}
     synth = fedtab.FederatedSynthesizer(
         spec["model"], epsilon=spec["epsilon"], delta=s["delta"], rounds=s["rounds"],
         local_epochs=s["local_epochs"], batch_size=s["batch_size"], seed=spec["seed"],
-        schema=TableSchema.load(spec["schema"]), holdout=0.0)
+        schema=TableSchema.load(spec["schema"]), holdout=0.0, target=spec.get("target"), **dp_share)
     t0 = time.perf_counter()
     synth.fit(sites)
     fit_s = time.perf_counter() - t0

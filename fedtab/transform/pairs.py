@@ -9,6 +9,8 @@ module lets the encoding measure them too, and the sampler rake its candidate ro
 * ``EncodingPlan.pairs`` names the column pairs (``FederatedSynthesizer(target="income")`` asks for
   the target against every other column). They are one more encoding phase, ``pairs``, after
   ``histogram``, because its coarse numerical cells are read off the merged histogram (public).
+* The coordinator asks only for the pairs whose tables would carry signal (``MIN_PAIR_SNR``; the
+  budget of the others is not spent, so DP-SGD gets it).
 * Each site releases, per pair, one count vector over the pair's cells (a record is in exactly one
   cell: L2 sensitivity 1, the same Gaussian mechanism and ledger entry kind as a histogram).
 * The coordinator sums the sites' vectors and norm-subs them (post-processing), like histograms.
@@ -30,8 +32,20 @@ import numpy as np
 from fedtab.errors import SchemaError
 
 PAIR_CELLS = 10  # cells per numerical column in a two-way table (fewer cells, less noise per cell)
+# A pair is measured only when its merged cells would hold on average at least this many times the
+# noise sd (rows / (cells x noise sd), all public before the phase). Below it the table is mostly
+# noise and its budget is better left to DP-SGD: measured at epsilon 1 (30% to the encoding) on the
+# heart hospitals (735 rows) every pair scores 0.09-0.32 and redrawing the target from such tables
+# cut diffusion's TSTR from 0.70 to 0.44; on Adult (26,048 rows) they score 1.6-22.
+MIN_PAIR_SNR = 1.0
 F_PAIR_EDGES = "pair_edges"
 PAIR_PREFIX = "@pair"
+KEY_PAIRS_MEASURED = "@pairs/measured"
+
+
+def measured_pairs(request: dict) -> list[int]:
+    """Indices (into ``EncodingPlan.pairs``) of the pairs a pairs-phase request asks the sites for."""
+    return [int(i) for i in np.asarray(request.get(KEY_PAIRS_MEASURED, []), dtype=np.int64)]
 
 
 def pair_key(i: int, field_name: str) -> str:

@@ -21,7 +21,10 @@ from fedtab.transform.plan import (
     F_CATEGORIES, F_COUNTS, F_EDGES, F_KEYS, F_LOWER, F_MAX, F_MIN, F_MISSING, F_NOISE_SD, F_OTHER, F_UPPER,
     KEY_N_SITES, KEY_PHASE, LEDGER_PHASE_PREFIX, PHASE_DOMAIN, PHASE_HISTOGRAM, PHASE_PAIRS, EncodingPlan, wire_key,
 )
-from fedtab.transform.pairs import F_PAIR_EDGES, CellLayout, coarse_edges, pair_counts, pair_key
+from fedtab.transform.pairs import (
+    F_PAIR_EDGES, KEY_PAIRS_MEASURED, MIN_PAIR_SNR, PAIR_PREFIX, CellLayout, coarse_edges, measured_pairs, pair_counts,
+    pair_key,
+)
 from fedtab.transform.values import category_values, numeric_values
 
 # Public layout for DP bounds: cells between -2^50 .. -2^-8, 0, 2^-8 .. 2^50 (SmartNoise-style approx bounds).
@@ -138,12 +141,33 @@ def _pairs_request(plan: EncodingPlan, merged_histogram: dict[str, Any]) -> dict
     req: dict[str, Any] = {KEY_PHASE: PHASE_PAIRS}
     by_name = {c.name: c for c in plan.columns}
     for name in dict.fromkeys(c for pair in plan.pairs for c in pair):
-        if by_name[name].type in ("numerical", "datetime"):
-            req[wire_key(name, F_PAIR_EDGES)] = coarse_edges(merged_histogram[wire_key(name, F_EDGES)],
-                                                             merged_histogram[wire_key(name, F_COUNTS)])
-        else:
-            req[wire_key(name, F_CATEGORIES)] = list(merged_histogram[wire_key(name, F_CATEGORIES)])
-            req[wire_key(name, F_OTHER)] = int(merged_histogram[wire_key(name, F_OTHER)])
+        req.update(_pair_layout(by_name[name], merged_histogram))
+    first = plan.columns[0].name
+    rows = float(np.sum(merged_histogram[wire_key(first, F_COUNTS)]) + merged_histogram[wire_key(first, F_MISSING)])
+    noise_sd = float(merged_histogram[wire_key(first, F_NOISE_SD)])
+    req[KEY_PAIRS_MEASURED] = np.array(
+        [i for i, (a, b) in enumerate(plan.pairs)
+         if noise_sd == 0 or rows / (_cells(req, by_name[a]) * _cells(req, by_name[b]) * noise_sd) >= MIN_PAIR_SNR],
+        dtype=np.int64)
+    return req
+
+
+def _cells(req: dict[str, Any], spec: ColumnSpec) -> int:
+    """Cells of a column in the two-way tables (missing included)."""
+    if spec.type in ("numerical", "datetime"):
+        return len(req[wire_key(spec.name, F_PAIR_EDGES)])  # len(edges) - 1 cells + missing
+    return len(req[wire_key(spec.name, F_CATEGORIES)]) + int(req[wire_key(spec.name, F_OTHER)]) + 1
+
+
+def _pair_layout(spec: ColumnSpec, merged_histogram: dict[str, Any]) -> dict[str, Any]:
+    name = spec.name
+    req: dict[str, Any] = {}
+    if spec.type in ("numerical", "datetime"):
+        req[wire_key(name, F_PAIR_EDGES)] = coarse_edges(merged_histogram[wire_key(name, F_EDGES)],
+                                                         merged_histogram[wire_key(name, F_COUNTS)])
+    else:
+        req[wire_key(name, F_CATEGORIES)] = list(merged_histogram[wire_key(name, F_CATEGORIES)])
+        req[wire_key(name, F_OTHER)] = int(merged_histogram[wire_key(name, F_OTHER)])
     return req
 
 
@@ -209,7 +233,8 @@ def _pair_releases(df, plan, request, *, ledger, rng) -> dict[str, Any]:
         x = numeric_values(df[name], spec) if lay.kind == "numerical" else category_values(df[name], spec)
         codes[name] = lay.codes(x)
     out = {}
-    for i, (a, b) in enumerate(plan.pairs):
+    for i in measured_pairs(request):
+        a, b = plan.pairs[i]
         ledger.spend(phase=LEDGER_PHASE_PREFIX + PHASE_PAIRS, target=f"{a} x {b}", noise_multiplier=plan.noise_multiplier,
                      sensitivity=1.0, mechanism="gaussian" if plan.dp is not None else "exact")
         out[pair_key(i, F_COUNTS)] = _noised(pair_counts(layouts[a], layouts[b], codes[a], codes[b]), plan, rng)
@@ -276,7 +301,7 @@ def merge_statistics(plan: EncodingPlan, phase: str, site_stats: list[dict[str, 
             out.update(_merge_domain(spec, plan, site_stats, noise_sd))
         return out
     if phase == PHASE_PAIRS:
-        for i in range(len(plan.pairs)):
+        for i in sorted({int(k[len(PAIR_PREFIX):].split("/")[0]) for k in site_stats[0] if k.startswith(PAIR_PREFIX)}):
             sizes = {len(np.asarray(s[pair_key(i, F_COUNTS)])) for s in site_stats}
             if len(sizes) != 1:
                 raise ConfigError(f"Pair {list(plan.pairs[i])}: sites sent tables of different sizes {sorted(sizes)}.")

@@ -31,7 +31,7 @@ from fedtab.transform.plan import (
     F_CATEGORIES, F_COUNTS, F_EDGES, F_LOWER, F_MISSING, F_NOISE_SD, F_OTHER, F_UPPER, KEY_PHASE,
     PHASE_HISTOGRAM, PHASE_PAIRS, EncodingDP, EncodingPlan, wire_key,
 )
-from fedtab.transform.pairs import PairTable, pair_key
+from fedtab.transform.pairs import PairTable, measured_pairs, pair_key
 from fedtab.transform.spans import ConditionSpan, SpanInfo, span_offsets
 from fedtab.transform.statistics import cell_layout, merge_statistics, phase_request, site_statistics
 from fedtab.transform.values import category_series, category_values, numeric_series, numeric_values
@@ -74,7 +74,8 @@ class TableTransformer:
         tables = []
         if plan.pairs:
             request = phase_request(plan, PHASE_PAIRS, merged)
-            for i, (a, b) in enumerate(plan.pairs):
+            for i in measured_pairs(request):
+                a, b = plan.pairs[i]
                 table = PairTable(cell_layout(plan, request, a), cell_layout(plan, request, b),
                                   counts=np.asarray(pairs[pair_key(i, F_COUNTS)], dtype=np.float64),
                                   noise_sd=float(pairs[pair_key(i, F_NOISE_SD)]))
@@ -203,9 +204,11 @@ class TableTransformer:
             columns.append(kind.from_dict(d, spec))
         tables = [PairTable.from_dict(d, {k: np.asarray(arrays[name]) for k, name in d["arrays"].items()})
                   for d in config.get("pairs", [])]
-        if len(tables) != len(plan.pairs):
-            raise ConfigError(f"The table transformer's plan names {len(plan.pairs)} pair(s) but it holds "
-                              f"{len(tables)} two-way table(s): the file is damaged or was edited.")
+        named = {frozenset(p) for p in plan.pairs}
+        if any(frozenset((t.a.column, t.b.column)) not in named for t in tables):
+            raise ConfigError(f"The table transformer holds two-way tables of pairs its plan does not name "
+                              f"({[(t.a.column, t.b.column) for t in tables]} vs {list(plan.pairs)}): the file "
+                              "is damaged or was edited.")
         self = cls()
         self._set_fitted(plan, columns, tables)
         return self
