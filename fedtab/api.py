@@ -45,7 +45,8 @@ class FederatedSynthesizer:
     ``target``: the column that matters most downstream (e.g. the label a model will be trained on):
     the encoding also measures its two-way table with every other column (under DP from the same
     preprocessing budget) and ``sample`` calibrates the rows onto those tables, so how the other
-    columns relate to it survives DP-SGD's noise.
+    columns relate to it survives DP-SGD's noise. ``parallel_sites``: with the in-process transport,
+    how many sites work side by side (default: one per core; the result does not depend on it).
     """
 
     def __init__(self, model: str = "ctgan", *, epsilon: float | None = None, delta: float = 1e-5,
@@ -53,7 +54,7 @@ class FederatedSynthesizer:
                  preprocessing_share: float = 0.1, seed: int = 0, schema: TableSchema | str | None = None,
                  missing_markers: tuple[str, ...] = ("?",), holdout: float = 0.2, transport: str = "inprocess",
                  model_options: Mapping[str, Any] | None = None, target: str | None = None,
-                 progress: Progress | None = None):
+                 parallel_sites: int | None = None, progress: Progress | None = None):
         self.model = model
         self.epsilon = epsilon
         self.delta = delta
@@ -69,6 +70,7 @@ class FederatedSynthesizer:
         self.transport = transport
         self.model_options = model_options
         self.target = target
+        self.parallel_sites = parallel_sites
         self.progress = progress
 
     # -- configuration --------------------------------------------------------------------------
@@ -83,6 +85,9 @@ class FederatedSynthesizer:
             problems.append(f"'seed' must be a whole number >= 0. Got {self.seed!r} instead.")
         if self.target is not None and not isinstance(self.target, str):
             problems.append(f"'target' must be a column name or None. Got {self.target!r} instead.")
+        if self.parallel_sites is not None and (isinstance(self.parallel_sites, bool)
+                                                or not isinstance(self.parallel_sites, int) or self.parallel_sites < 1):
+            problems.append(f"'parallel_sites' must be a whole number >= 1 or None. Got {self.parallel_sites!r} instead.")
         if problems:
             raise ConfigError("Invalid FederatedSynthesizer parameters:\n" + "\n".join(f"  - {p}" for p in problems))
         schema = TableSchema.load(self.schema) if isinstance(self.schema, (str, os.PathLike)) else self.schema
@@ -117,7 +122,8 @@ class FederatedSynthesizer:
         else:
             from fedtab.federation.transport import InProcessTransport
 
-            transport = InProcessTransport({name: f() for name, f in factories.items()})
+            transport = InProcessTransport({name: f() for name, f in factories.items()},
+                                           max_parallel=self.parallel_sites)
             try:
                 result = run_federation(transport, job, progress=self.progress)
             finally:

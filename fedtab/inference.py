@@ -67,11 +67,19 @@ def plain(values: pd.Series) -> pd.Series:
     return values
 
 
+def _stripped(values: pd.Series) -> pd.Series:
+    """``values.astype(str).str.strip()``, computed once per distinct value (a categorical column of
+    26,000 rows holds a few dozen), then spread back over the rows."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    text = pd.Series(uniques, dtype=object).astype(str).str.strip().to_numpy(dtype=object)
+    return pd.Series(text[codes], index=values.index, dtype=object)
+
+
 def missing_mask(values: pd.Series, markers: Iterable[str]) -> pd.Series:
     """True where a cell is missing: NA, empty/blank text, or text equal to a marker once stripped."""
     mask = values.isna()
     if values.dtype == object:
-        text = values.where(~mask, "").astype(str).str.strip()
+        text = _stripped(values.where(~mask, ""))
         mask = mask | (text == "") | text.isin(list(markers))
     return mask
 
@@ -79,7 +87,7 @@ def missing_mask(values: pd.Series, markers: Iterable[str]) -> pd.Series:
 def as_text(values: pd.Series) -> pd.Series:
     """Non-missing values as stripped text; integral floats lose their '.0' (SQL gives float ints)."""
     if values.dtype == object:
-        return values.astype(str).str.strip()
+        return _stripped(values)
     if pd.api.types.is_bool_dtype(values.dtype):
         return values.map({True: "true", False: "false"}).astype(str)
     if pd.api.types.is_float_dtype(values.dtype):
@@ -112,7 +120,10 @@ class ColumnProfile:
         text = as_text(values[~miss])
         if text.empty:
             return
-        self.distinct.update(text.unique().tolist())
+        # Every test below is an all()/max() over values: run it on the distinct values only (Adult's
+        # categorical columns: a few dozen instead of 26,000; schema inference took 10% of a fit).
+        text = pd.Series(text.unique(), dtype=object)
+        self.distinct.update(text.tolist())
         if self.all_int:
             self.all_int = bool(text.str.fullmatch(_INT).all())
         if self.all_real and not self.all_int:

@@ -76,7 +76,10 @@ def initial_weights(setup: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def steps_per_round(setup: dict[str, Any], n_rows: int) -> int:
-    return max(1, int(math.ceil(float(setup["local_epochs"]) * n_rows / int(setup["batch_size"]))))
+    """``local_epochs x rows / batch`` rounded to the nearest whole step (at least one): a round trains
+    the stated epochs to within half a step (rounding up made Adult's 6,512-row sites train 1.075
+    epochs per stated epoch at batch 500)."""
+    return max(1, int(math.floor(float(setup["local_epochs"]) * n_rows / int(setup["batch_size"]) + 0.5)))
 
 
 def site_training_plan(setup: dict[str, Any], *, n_rows: int, ledger: PrivacyLedger) -> dict[str, Any]:

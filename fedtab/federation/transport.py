@@ -13,10 +13,13 @@ fedtab error (a ``DataValidationError`` at site 'hungary' stays a ``DataValidati
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from fedtab import errors
+from fedtab.federation.training import torch_threads
 from fedtab.federation.wire import pack, unpack
 
 ERROR_KEY = "__error__"
@@ -69,27 +72,41 @@ class InProcessTransport:
     default too, and both transports give bit-identical results for the same seed.
     """
 
-    def __init__(self, workers: Mapping[str, Callable[[str, Any, dict], Any]]):
+    def __init__(self, workers: Mapping[str, Callable[[str, Any, dict], Any]], *, max_parallel: int | None = None):
         # workers: site name -> handle(kind, body, state) -> reply
         self._workers = dict(workers)
         self._state: dict[str, dict] = {name: {} for name in self._workers}
+        # Sites handle a request side by side, as separate institutions would, up to one per core.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.max_parallel = max(1, min(len(self._workers), max_parallel or cores))
 
     @property
     def sites(self) -> list[str]:
         return list(self._workers)
 
     def request(self, kind: str, bodies: Mapping[str, Any]) -> dict[str, Any]:
-        replies: dict[str, Any] = {}
-        for site, body in bodies.items():
-            if site not in self._workers:
-                raise errors.FederationError(f"unknown site '{site}'; known sites: {self.sites}")
-            sent = unpack(pack(body))
+        unknown = [s for s in bodies if s not in self._workers]
+        if unknown:
+            raise errors.FederationError(f"unknown site '{unknown[0]}'; known sites: {self.sites}")
+
+        def handle(site: str) -> Any:
             try:
-                reply = self._workers[site](kind, sent, self._state[site])
+                reply = self._workers[site](kind, unpack(pack(bodies[site])), self._state[site])
             except errors.FedtabError as e:
                 reply = error_reply(e)
-            replies[site] = raise_if_error(site, unpack(pack(reply)))
-        return replies
+            return unpack(pack(reply))
+
+        sites = list(bodies)
+        if self.max_parallel > 1 and len(sites) > 1:
+            # Each site's work is single-threaded in torch (one intra-op thread, set here once for all:
+            # a site restoring the thread count while another trains would change the other's sums),
+            # draws from its own generators and holds its own state, so running sites in threads gives
+            # bit-identical results; torch's kernels release the GIL, so sites overlap on the cores.
+            with torch_threads(1), ThreadPoolExecutor(self.max_parallel) as pool:
+                raw = dict(zip(sites, pool.map(handle, sites)))
+        else:
+            raw = {site: handle(site) for site in sites}
+        return {site: raise_if_error(site, raw[site]) for site in sites}
 
     def close(self) -> None:
         self._state.clear()
