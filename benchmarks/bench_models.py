@@ -12,9 +12,10 @@ Metrics: sdmetrics 0.32 QualityReport on 5,000 training rows vs 5,000 synthetic 
 fidelity.quality_report``); TSTR ROC-AUC (``evaluation.utility``: HistGradientBoosting trained on the
 synthetic rows, tested on the real 20%; target ``income``, and ``num > 0`` for heart); fit time (the
 whole federation, in process); sampling rows/s of ``FederatedSynthesizer.sample`` (model + decoding)
-and of the model alone. Local training and sampling run on ONE torch thread (the federation pins
-local training to one thread; sampling is pinned too), the evaluation's gradient boosting on one
-OpenMP thread. The machine is a shared 2-core box: timings carry that noise.
+and of the model alone. Local training runs on one torch thread per site, with the sites side by
+side up to one per core (the in-process transport's default); sampling on one torch thread; the
+evaluation's gradient boosting on one OpenMP thread. The machine is a shared 2-core box: timings
+carry that noise.
 
     python benchmarks/bench_models.py [--datasets adult heart] [--models ctgan tvae diffusion]
         [--epsilons none 10 1] [--rounds-scale 1.0] [--out bench_models]
