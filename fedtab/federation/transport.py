@@ -79,6 +79,7 @@ class InProcessTransport:
         # Sites handle a request side by side, as separate institutions would, up to one per core.
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.max_parallel = max(1, min(len(self._workers), max_parallel or cores))
+        self._kinds_seen: set[str] = set()
 
     @property
     def sites(self) -> list[str]:
@@ -97,7 +98,11 @@ class InProcessTransport:
             return unpack(pack(reply))
 
         sites = list(bodies)
-        if self.max_parallel > 1 and len(sites) > 1:
+        # The first request of a kind runs site after site: it is where libraries get imported lazily
+        # (opacus, sdmetrics -> polars), and two threads importing one module at once can see it half
+        # initialised (measured: the demo's evaluation failed on 'polars'). Training rounds repeat.
+        first, self._kinds_seen = kind not in self._kinds_seen, self._kinds_seen | {kind}
+        if self.max_parallel > 1 and len(sites) > 1 and not first:
             # Each site's work is single-threaded in torch (one intra-op thread, set here once for all:
             # a site restoring the thread count while another trains would change the other's sums),
             # draws from its own generators and holds its own state, so running sites in threads gives
