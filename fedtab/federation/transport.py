@@ -23,6 +23,9 @@ from fedtab.federation.training import torch_threads
 from fedtab.federation.wire import pack, unpack
 
 ERROR_KEY = "__error__"
+# Requests the in-process transport hands to several sites at once: training rounds (torch releases the
+# GIL; the rest, pandas and evaluation libraries, gains little and was not written for threads).
+PARALLEL_KINDS = frozenset({"train"})
 
 
 class Transport(Protocol):
@@ -98,19 +101,23 @@ class InProcessTransport:
             return unpack(pack(reply))
 
         sites = list(bodies)
-        # The first request of a kind runs site after site: it is where libraries get imported lazily
-        # (opacus, sdmetrics -> polars), and two threads importing one module at once can see it half
-        # initialised (measured: the demo's evaluation failed on 'polars'). Training rounds repeat.
-        first, self._kinds_seen = kind not in self._kinds_seen, self._kinds_seen | {kind}
-        if self.max_parallel > 1 and len(sites) > 1 and not first:
+        raw: dict[str, Any] = {}
+        if sites and kind not in self._kinds_seen:
+            # The first request of a kind is where libraries get imported lazily (opacus, sdmetrics ->
+            # polars), and two threads importing one module at once can see it half initialised
+            # (measured: the demo's evaluation failed on 'polars'): one site goes first, alone.
+            self._kinds_seen.add(kind)
+            raw[sites[0]] = handle(sites[0])
+        rest = [site for site in sites if site not in raw]
+        if self.max_parallel > 1 and len(rest) > 1 and kind in PARALLEL_KINDS:
             # Each site's work is single-threaded in torch (one intra-op thread, set here once for all:
             # a site restoring the thread count while another trains would change the other's sums),
             # draws from its own generators and holds its own state, so running sites in threads gives
             # bit-identical results; torch's kernels release the GIL, so sites overlap on the cores.
             with torch_threads(1), ThreadPoolExecutor(self.max_parallel) as pool:
-                raw = dict(zip(sites, pool.map(handle, sites)))
+                raw.update(zip(rest, pool.map(handle, rest)))
         else:
-            raw = {site: handle(site) for site in sites}
+            raw.update((site, handle(site)) for site in rest)
         return {site: raise_if_error(site, raw[site]) for site in sites}
 
     def close(self) -> None:
