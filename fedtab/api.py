@@ -151,7 +151,7 @@ class FederatedSynthesizer:
         return self.ledgers_
 
     def sample(self, n: int, *, seed: int | None = None, calibrate: bool = True,
-               quantile_map: bool = False, relabel: bool | None = None) -> pd.DataFrame:
+               quantile_map: bool = False, relabel: bool = True) -> pd.DataFrame:
         """``n`` synthetic rows in the agreed schema (id columns get fresh synthetic ids).
 
         ``calibrate`` (default): the model draws ``CALIBRATION_OVERSAMPLE`` x n rows and raking weights
@@ -163,10 +163,13 @@ class FederatedSynthesizer:
         but hurts where a column has point masses the mixture cannot hold (Adult's capital gain: TSTR
         0.528 -> 0.398), hence off by default. ``calibrate=False`` returns the generator's raw rows.
 
-        With a ``target`` (its two-way tables measured in the encoding), calibration also rakes the rows
-        onto those tables; ``relabel`` instead draws each row's target again from them (naive Bayes over
-        the tables) and rakes on the one-way marginals. ``None`` (default): relabel when the model was
-        trained under DP, where the tables know the target's relations better than the generator.
+        With a categorical ``target`` (its two-way tables measured in the encoding), ``relabel`` (default)
+        draws each row's target again from those tables (naive Bayes over them) and rakes on the one-way
+        marginals; ``relabel=False`` keeps the generator's target and rakes the rows onto the tables.
+        Measured on Adult (4 sites), quality / TSTR redrawn vs raked: non-DP CTGAN 0.824 / 0.881 vs
+        0.822 / 0.854, TVAE 0.921 / 0.881 vs 0.917 / 0.865, diffusion 0.931 / 0.882 vs 0.918 / 0.865;
+        at epsilon 1 CTGAN 0.780 / 0.870 vs 0.764 / 0.791. The price: the target follows the tables'
+        pairwise relations, so interactions of two columns with the target are the generator's no more.
         """
         check_is_fitted(self, "weights_")
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -177,8 +180,6 @@ class FederatedSynthesizer:
         if self._model is None:
             self._model = training.model_from_weights(self.job_.model, self.job_.model_options,
                                                       self.transformer_, self.weights_, seed=self.seed)
-        if relabel is None:
-            relabel = self.transformer_.plan_.dp is not None
         encoded = training.sample_encoded(self._model, (CALIBRATION_OVERSAMPLE if calibrate else 1) * int(n), seed=seed)
         frame = self.transformer_.inverse_transform(encoded, calibrate_rows=int(n) if calibrate else None,
                                                     quantile_map=quantile_map, relabel=bool(relabel),

@@ -83,9 +83,9 @@ def sample_cmd(
     quantile_map: bool = typer.Option(False, "--quantile-map",
                                       help="Also map numerical columns onto the agreed distributions "
                                            "(helps tiny DP sites; can hurt columns with point masses)."),
-    relabel: Optional[bool] = typer.Option(None, "--relabel/--no-relabel",
-                                           help="For a model trained with a target: draw the target again "
-                                                "from its two-way tables (default: on for DP models)."),
+    relabel: bool = typer.Option(True, "--relabel/--no-relabel",
+                                 help="For a model trained with a target: draw the target again from its "
+                                      "two-way tables (default), or keep the generator's and rake onto them."),
 ) -> None:
     """Sample N synthetic rows from a model file."""
     import connectors
