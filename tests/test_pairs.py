@@ -146,6 +146,8 @@ def test_synthesizer_target_releases_pairs_and_its_model_file_keeps_them(tmp_pat
     synth.save(path)
     loaded = fedtab.load(path)
     pd.testing.assert_frame_equal(synth.sample(300, seed=4), loaded.sample(300, seed=4))
+    kept = synth.sample(300, seed=4, relabel=False)  # the generator's target, raked onto the tables
+    assert set(kept["sick"].dropna()) <= {"no", "yes", "<other>"} and not kept["sick"].equals(synth.sample(300, seed=4)["sick"])
 
 
 def test_dp_tables_take_their_margins_from_the_one_way_histograms():
