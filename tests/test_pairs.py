@@ -197,3 +197,13 @@ def test_relabelling_only_draws_values_the_target_can_take():
                "sick": rng.choice(np.array(["no", "yes"], dtype=object), 3000)}
     out = calibrate(tt.columns_, decoded, 1000, np.random.default_rng(1), pair_tables=tt.pair_tables_, relabel=True)
     assert set(out["sick"]) <= {"no", "yes"}
+
+
+def test_progress_says_how_many_target_tables_were_measured():
+    sites = {k: v.drop(columns=["id"]).head(200) for k, v in _sites().items()}
+    events = []
+    fedtab.FederatedSynthesizer("tvae", epsilon=1.0, rounds=1, local_epochs=0.5, batch_size=100, target="sick",
+                                holdout=0.0, progress=lambda e, info: events.append(info)).fit(sites)
+    tables = [i for i in events if "measured" in i]
+    assert len(tables) == 1 and tables[0]["named"] == 2 and tables[0]["measured"] == 0
+    assert "0 of 2 two-way tables measured" in tables[0]["name"] and "preprocessing_share" in tables[0]["name"]
