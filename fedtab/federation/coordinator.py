@@ -146,7 +146,7 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None) -> T
         _notify(progress, "phase", measured=measured, named=len(plan.pairs),
                 name=f"target '{job.target}': {measured} of {len(plan.pairs)} two-way tables measured"
                      + ("" if measured == len(plan.pairs) else
-                        " (the others would not stand above the DP noise: more rows or a larger "
+                        " (the rest would not stand above the DP noise: more rows or a larger "
                         "preprocessing_share would measure them)"))
 
     # Phase 3: each site calibrates its DP-SGD noise to its remaining budget.
