@@ -14,8 +14,9 @@ module lets the encoding measure them too, and the sampler rake its candidate ro
 * Each site releases, per pair, one count vector over the pair's cells (a record is in exactly one
   cell: L2 sensitivity 1, the same Gaussian mechanism and ledger entry kind as a histogram).
 * The coordinator sums the sites' vectors and norm-subs them (post-processing), like histograms.
-* ``PairTable`` keeps the merged table in the transformer (and its model file) and codes decoded rows
-  into its cells, so ``calibration.calibrate`` can rake on it.
+* ``PairTable`` keeps the merged table in the transformer (and its model file; under DP fitted to the
+  one-way histograms) and codes decoded rows into its cells, so ``calibration.calibrate`` can redraw
+  the target from the tables (the default) or rake the rows onto them.
 
 Cells of one column: a categorical column's categories, then 'other' (when the plan uses it), then
 missing; a numerical column's ``PAIR_CELLS`` cells of about equal mass (edges taken from the merged
