@@ -140,23 +140,17 @@ def _pairs_request(plan: EncodingPlan, merged_histogram: dict[str, Any]) -> dict
         raise ConfigError(f"The '{PHASE_PAIRS}' phase needs the merged '{PHASE_HISTOGRAM}' statistics.")
     req: dict[str, Any] = {KEY_PHASE: PHASE_PAIRS}
     by_name = {c.name: c for c in plan.columns}
-    for name in dict.fromkeys(c for pair in plan.pairs for c in pair):
+    named = list(dict.fromkeys(c for pair in plan.pairs for c in pair))
+    for name in named:
         req.update(_pair_layout(by_name[name], merged_histogram))
     first = plan.columns[0].name
     rows = float(np.sum(merged_histogram[wire_key(first, F_COUNTS)]) + merged_histogram[wire_key(first, F_MISSING)])
     noise_sd = float(merged_histogram[wire_key(first, F_NOISE_SD)])
+    size = {name: cell_layout(plan, req, name).size for name in named}
     req[KEY_PAIRS_MEASURED] = np.array(
         [i for i, (a, b) in enumerate(plan.pairs)
-         if noise_sd == 0 or rows / (_cells(req, by_name[a]) * _cells(req, by_name[b]) * noise_sd) >= MIN_PAIR_SNR],
-        dtype=np.int64)
+         if noise_sd == 0 or rows / (size[a] * size[b] * noise_sd) >= MIN_PAIR_SNR], dtype=np.int64)
     return req
-
-
-def _cells(req: dict[str, Any], spec: ColumnSpec) -> int:
-    """Cells of a column in the two-way tables (missing included)."""
-    if spec.type in ("numerical", "datetime"):
-        return len(req[wire_key(spec.name, F_PAIR_EDGES)])  # len(edges) - 1 cells + missing
-    return len(req[wire_key(spec.name, F_CATEGORIES)]) + int(req[wire_key(spec.name, F_OTHER)]) + 1
 
 
 def _pair_layout(spec: ColumnSpec, merged_histogram: dict[str, Any]) -> dict[str, Any]:
@@ -224,7 +218,8 @@ def site_statistics(
 
 
 def _pair_releases(df, plan, request, *, ledger, rng) -> dict[str, Any]:
-    layouts = {name: cell_layout(plan, request, name) for name in dict.fromkeys(c for p in plan.pairs for c in p)}
+    measured = measured_pairs(request)
+    layouts = {name: cell_layout(plan, request, name) for i in measured for name in plan.pairs[i]}
     codes = {}
     for name, lay in layouts.items():
         if name not in df.columns:
@@ -233,7 +228,7 @@ def _pair_releases(df, plan, request, *, ledger, rng) -> dict[str, Any]:
         x = numeric_values(df[name], spec) if lay.kind == "numerical" else category_values(df[name], spec)
         codes[name] = lay.codes(x)
     out = {}
-    for i in measured_pairs(request):
+    for i in measured:
         a, b = plan.pairs[i]
         ledger.spend(phase=LEDGER_PHASE_PREFIX + PHASE_PAIRS, target=f"{a} x {b}", noise_multiplier=plan.noise_multiplier,
                      sensitivity=1.0, mechanism="gaussian" if plan.dp is not None else "exact")
