@@ -182,7 +182,7 @@ class FederatedSynthesizer:
                                                       self.transformer_, self.weights_, seed=self.seed)
         encoded = training.sample_encoded(self._model, (CALIBRATION_OVERSAMPLE if calibrate else 1) * int(n), seed=seed)
         frame = self.transformer_.inverse_transform(encoded, calibrate_rows=int(n) if calibrate else None,
-                                                    quantile_map=quantile_map, relabel=bool(relabel),
+                                                    quantile_map=quantile_map, relabel=relabel,
                                                     rng=np.random.default_rng([int(seed), 1]))
         return _with_ids(frame, self.schema_, seed=seed)
 

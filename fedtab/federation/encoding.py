@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fedtab.transform.plan import (
-    F_COUNTS, F_MISSING, PHASE_HISTOGRAM, PHASE_PAIRS, EncodingDP, EncodingPlan, target_pairs, wire_key,
-)
-from fedtab.transform.statistics import merge_statistics, phase_request, site_statistics  # noqa: F401 (site side)
-from fedtab.transform.table import TableTransformer
+from fedtab.transform.plan import F_COUNTS, F_MISSING, EncodingDP, EncodingPlan, target_pairs, wire_key
+from fedtab.transform.statistics import site_statistics  # noqa: F401 (site side: encoding.site_statistics)
+from fedtab.transform.table import TableTransformer, run_phases
 
 
 def make_plan(schema, job) -> EncodingPlan:
@@ -35,16 +33,10 @@ def run_encoding(plan: EncodingPlan, ask: Callable[[str, dict], dict[str, dict]]
     release of the first encoded column (a record is in exactly one cell, missing included), so the
     weights cost no extra privacy budget (post-processing).
     """
-    merged: dict[str, dict] = {}
-    releases: dict[str, dict[str, dict]] = {}
-    previous = None
-    for phase in plan.phases():
-        releases[phase] = ask(phase, phase_request(plan, phase, previous))
-        merged[phase] = previous = merge_statistics(plan, phase, [releases[phase][s] for s in sorted(releases[phase])])
+    transformer, histogram = run_phases(plan, ask)
     first = plan.columns[0].name
     weights = {s: max(1.0, float(sum(r[wire_key(first, F_COUNTS)])) + float(r[wire_key(first, F_MISSING)]))
-               for s, r in releases[PHASE_HISTOGRAM].items()}
-    transformer = TableTransformer().fit_from_statistics(plan, merged[PHASE_HISTOGRAM], pairs=merged.get(PHASE_PAIRS))
+               for s, r in histogram.items()}
     return transformer, weights
 
 

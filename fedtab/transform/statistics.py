@@ -22,7 +22,7 @@ from fedtab.transform.plan import (
     KEY_N_SITES, KEY_PHASE, LEDGER_PHASE_PREFIX, PHASE_DOMAIN, PHASE_HISTOGRAM, PHASE_PAIRS, EncodingPlan, wire_key,
 )
 from fedtab.transform.pairs import (
-    F_PAIR_EDGES, KEY_PAIRS_MEASURED, MIN_PAIR_SNR, PAIR_PREFIX, CellLayout, coarse_edges, measured_pairs, pair_counts,
+    F_PAIR_EDGES, KEY_PAIRS_MEASURED, MIN_PAIR_SNR, CellLayout, coarse_edges, measured_pairs, pair_counts,
     pair_key,
 )
 from fedtab.transform.values import category_values, numeric_values
@@ -296,7 +296,7 @@ def merge_statistics(plan: EncodingPlan, phase: str, site_stats: list[dict[str, 
             out.update(_merge_domain(spec, plan, site_stats, noise_sd))
         return out
     if phase == PHASE_PAIRS:
-        for i in sorted({int(k[len(PAIR_PREFIX):].split("/")[0]) for k in site_stats[0] if k.startswith(PAIR_PREFIX)}):
+        for i in (i for i in range(len(plan.pairs)) if pair_key(i, F_COUNTS) in site_stats[0]):  # the measured ones
             sizes = {len(np.asarray(s[pair_key(i, F_COUNTS)])) for s in site_stats}
             if len(sizes) != 1:
                 raise ConfigError(f"Pair {list(plan.pairs[i])}: sites sent tables of different sizes {sorted(sizes)}.")

@@ -11,8 +11,8 @@ Federation protocol (the coordinator and the sites exchange only flat dicts of a
         merged = merge_statistics(plan, phase, stats)                       # coordinator, pure
     transformer = TableTransformer().fit_from_statistics(plan, merged)
 
-:func:`fit_federated` runs exactly this in one process (tests, benchmarks); the federation engine
-calls the same functions through its transports.
+:func:`run_phases` is this loop; :func:`fit_federated` runs it in one process (tests, benchmarks) and
+the federation engine through its transports.
 """
 
 from __future__ import annotations
@@ -218,12 +218,26 @@ def _cell_margin(layout, merged: dict[str, Any]) -> np.ndarray:
     """A column's merged one-way counts over its two-way-table cells (missing last)."""
     counts = np.clip(np.asarray(merged[wire_key(layout.column, F_COUNTS)], dtype=np.float64), 0.0, None)
     missing = max(float(merged[wire_key(layout.column, F_MISSING)]), 0.0)
-    if layout.kind == "numerical":
+    if layout.kind == "numerical":  # each histogram cell goes to the coarse cell of its midpoint
         edges = np.asarray(merged[wire_key(layout.column, F_EDGES)], dtype=np.float64)
-        cell = np.clip(np.searchsorted(layout.edges, 0.5 * (edges[:-1] + edges[1:]), side="right") - 1,
-                       0, len(layout.edges) - 2)
-        return np.append(np.bincount(cell, weights=counts, minlength=len(layout.edges) - 1), missing)
+        cells = layout.codes(0.5 * (edges[:-1] + edges[1:]))
+        return np.append(np.bincount(cells, weights=counts, minlength=layout.size - 1), missing)
     return np.append(counts, missing)  # categories (+ 'other'), then missing: the histogram's own order
+
+
+def run_phases(plan: EncodingPlan, ask) -> tuple["TableTransformer", dict[str, dict]]:
+    """Every encoding phase: ``ask(phase, request) -> {site: release}``, merged in site-name order (the
+    same sums whichever transport or order the sites answer in); then the fit. Returns the fitted
+    transformer and the sites' ``histogram`` releases."""
+    merged: dict[str, dict] = {}
+    previous, histogram = None, {}
+    for phase in plan.phases():
+        releases = ask(phase, phase_request(plan, phase, previous))
+        merged[phase] = previous = merge_statistics(plan, phase, [releases[s] for s in sorted(releases)])
+        if phase == PHASE_HISTOGRAM:
+            histogram = releases
+    transformer = TableTransformer().fit_from_statistics(plan, merged[PHASE_HISTOGRAM], pairs=merged.get(PHASE_PAIRS))
+    return transformer, histogram
 
 
 def fit_federated(
@@ -243,11 +257,6 @@ def fit_federated(
         ledgers = {s: PrivacyLedger(s, epsilon_budget=None if dp is None else dp.epsilon,
                                     delta=None if dp is None else dp.delta) for s in site_frames}
     rngs = {s: np.random.default_rng([seed, i]) for i, s in enumerate(site_frames)}
-    merged: dict[str, dict] = {}
-    previous = None
-    for phase in plan.phases():
-        request = phase_request(plan, phase, previous)
-        stats = [site_statistics(df, plan, phase, request, ledger=ledgers[s], rng=rngs[s])
-                 for s, df in site_frames.items()]
-        merged[phase] = previous = merge_statistics(plan, phase, stats)
-    return TableTransformer().fit_from_statistics(plan, merged[PHASE_HISTOGRAM], pairs=merged.get(PHASE_PAIRS))
+    return run_phases(plan, lambda phase, request: {
+        s: site_statistics(df, plan, phase, request, ledger=ledgers[s], rng=rngs[s]) for s, df in site_frames.items()
+    })[0]
