@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fedtab.transform.plan import F_COUNTS, F_MISSING, EncodingDP, EncodingPlan, target_pairs, wire_key
-from fedtab.transform.statistics import site_statistics  # noqa: F401 (site side: encoding.site_statistics)
+from fedtab.transform.plan import EncodingDP, EncodingPlan, target_pairs
+from fedtab.transform.statistics import histogram_rows, site_statistics  # noqa: F401 (site side: encoding.site_statistics)
 from fedtab.transform.table import TableTransformer, run_phases
 
 
@@ -30,13 +30,10 @@ def run_encoding(plan: EncodingPlan, ask: Callable[[str, dict], dict[str, dict]]
     """Run every phase: ``ask(phase, request) -> {site: release}``; merge; fit.
 
     Also returns each site's FedAvg weight: its (noisy, under DP) row count read off its histogram
-    release of the first encoded column (a record is in exactly one cell, missing included), so the
-    weights cost no extra privacy budget (post-processing).
+    release (``histogram_rows``), so the weights cost no extra privacy budget (post-processing).
     """
     transformer, histogram = run_phases(plan, ask)
-    first = plan.columns[0].name
-    weights = {s: max(1.0, float(sum(r[wire_key(first, F_COUNTS)])) + float(r[wire_key(first, F_MISSING)]))
-               for s, r in histogram.items()}
+    weights = {s: max(1.0, histogram_rows(plan, r)) for s, r in histogram.items()}
     return transformer, weights
 
 
