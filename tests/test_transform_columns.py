@@ -150,3 +150,23 @@ def test_a_point_mass_at_zero_or_the_floor_gets_its_own_cell_and_mode():
     col = tt.columns_[0]
     zero = np.abs(col.means_) < 1.0
     assert zero.any() and col.weights_[zero].sum() > 0.85 and col.stds_[zero].max() < 1.0
+
+
+def test_a_point_mass_does_not_take_the_modes_that_the_other_values_need():
+    """Adult's capital gain: 0 in 92% of rows, the rest in separate clusters. Modes started at quantiles
+    of the counts all sat on the point mass, and one mode of std ~22,500 held every other value."""
+    from fedtab.transform.statistics import histogram_edges
+
+    spec = ColumnSpec("gain", "numerical", "int", lower=0.0, upper=99_999.0)
+    edges = histogram_edges(spec, 0.0, 99_999.0, 200)
+    rng = np.random.default_rng(0)
+    n = 30_000
+    values = np.concatenate([np.zeros(int(0.92 * n)), rng.normal(3_000, 400, int(0.04 * n)),
+                             rng.normal(15_000, 300, int(0.03 * n)), np.full(int(0.01 * n), 99_999.0)])
+    counts = np.histogram(np.clip(values, 0, 99_999), edges)[0].astype(float)
+    col = NumericalColumnTransformer(spec).fit_from_histogram(edges, counts, lower=0.0, upper=99_999.0)
+    assert np.sum(np.abs(col.means_) < 1.0) == 1  # one mode for the point mass, not several copies
+    for centre, share in ((0.0, 0.92), (3_000.0, 0.04), (15_000.0, 0.03), (99_999.0, 0.01)):
+        near = np.abs(col.means_ - centre) < 1_000
+        assert near.any() and col.stds_[near].max() < 1_000, (centre, col.means_, col.stds_)
+        assert col.weights_[near].sum() == pytest.approx(share, abs=0.01)
