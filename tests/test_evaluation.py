@@ -32,6 +32,22 @@ def test_independent_sample_scores_as_indistinguishable_and_private():
     assert f["utility.synthetic_score"] > 0.8 and f["utility.ratio"] > 0.8
 
 
+def test_inference_risk_averages_draws_of_the_attacked_training_rows():
+    """The holdout (230 rows) caps the attacks; the 460 training rows give two draws of attacked rows,
+    averaged (a single draw decided the risk at small sites); the control attack draws from the holdout."""
+    from evaluation._tables import kinds_of, to_plain
+    from evaluation.disclosure import DisclosureOptions, evaluate_disclosure
+    from tests.test_evaluation_data import HEART_SCHEMA, heart_splits
+
+    ev = independent_evaluation()
+    inf = ev.disclosure.inference
+    assert inf.n_attacks == 2 * 200 and 0.0 <= inf.ci_low <= inf.value <= inf.ci_high
+    train, holdout, other = (to_plain(f, HEART_SCHEMA) for f in heart_splits())
+    one = evaluate_disclosure(train, holdout, other, kinds_of(HEART_SCHEMA), target="disease", seed=0,
+                              options=DisclosureOptions(inference_repeats=1)).inference
+    assert one.n_attacks == 200 and one.control_rate == pytest.approx(inf.control_rate, abs=0.05)
+
+
 def test_copied_training_rows_are_flagged_by_every_disclosure_figure():
     f = copying_evaluation().figures()
     assert f["disclosure.exact_copy_rate"] == 1.0
