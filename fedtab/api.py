@@ -14,6 +14,7 @@ simulation engine, one SuperNode per site). Both give the same model for the sam
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Mapping
@@ -132,7 +133,7 @@ class FederatedSynthesizer:
         return self
 
     def _set_result(self, result: FederationResult, job: JobSpec) -> None:
-        from fedtab.federation import encoding
+        from fedtab.federation import encoding, training
 
         self.schema_ = result.schema
         self.transformer_ = encoding.transformer_from_dict(result.encoding)
@@ -140,7 +141,8 @@ class FederatedSynthesizer:
         self.ledgers_ = {s: PrivacyLedger.from_dict(d) for s, d in result.ledgers.items()}
         self.history_ = result.history
         self.result_ = result
-        self.job_ = job
+        # The options the sites trained with (a declared target may condition the model): saved with it.
+        self.job_ = dataclasses.replace(job, model_options=training.resolve_model_options(job, self.transformer_))
         self._model = None
 
     # -- using the model ----------------------------------------------------------------------------
@@ -151,7 +153,7 @@ class FederatedSynthesizer:
         return self.ledgers_
 
     def sample(self, n: int, *, seed: int | None = None, calibrate: bool = True,
-               quantile_map: bool = False, relabel: bool = True) -> pd.DataFrame:
+               quantile_map: bool = False, relabel: bool | None = None) -> pd.DataFrame:
         """``n`` synthetic rows in the agreed schema (id columns get fresh synthetic ids).
 
         ``calibrate`` (default): the model draws ``CALIBRATION_OVERSAMPLE`` x n rows and raking weights
@@ -163,9 +165,12 @@ class FederatedSynthesizer:
         but hurts where a column has point masses the mixture cannot hold (Adult's capital gain: TSTR
         0.528 -> 0.398), hence off by default. ``calibrate=False`` returns the generator's raw rows.
 
-        With a categorical ``target`` (its two-way tables measured in the encoding), ``relabel`` (default)
+        With a categorical ``target`` (its two-way tables measured in the encoding), ``relabel=True``
         draws each row's target again from those tables (naive Bayes over them) and rakes on the one-way
         marginals; ``relabel=False`` keeps the generator's target and rakes the rows onto the tables.
+        The default (None) relabels unless the model is conditioned on the target (diffusion with a
+        declared target: it draws the target from the agreed frequencies first, then the row for it;
+        measured on Adult, 4 sites, non-DP, over 3 sampling seeds: kept 0.949 / 0.892, redrawn 0.941 / 0.885).
         Measured on Adult (4 sites), quality / TSTR redrawn vs raked: non-DP CTGAN 0.824 / 0.881 vs
         0.822 / 0.854, TVAE 0.921 / 0.881 vs 0.917 / 0.865, diffusion 0.931 / 0.882 vs 0.918 / 0.865;
         at epsilon 1 CTGAN 0.780 / 0.870 vs 0.764 / 0.791. The price: the target follows the tables'
@@ -180,6 +185,8 @@ class FederatedSynthesizer:
         if self._model is None:
             self._model = training.model_from_weights(self.job_.model, self.job_.model_options,
                                                       self.transformer_, self.weights_, seed=self.seed)
+        if relabel is None:
+            relabel = self.job_.model_options.get("condition_column") is None
         encoded = training.sample_encoded(self._model, (CALIBRATION_OVERSAMPLE if calibrate else 1) * int(n), seed=seed)
         frame = self.transformer_.inverse_transform(encoded, calibrate_rows=int(n) if calibrate else None,
                                                     quantile_map=quantile_map, relabel=relabel,

@@ -99,3 +99,42 @@ def test_same_seed_same_samples_other_seed_differs():
     model = built()
     a, b, c = (model.sample(200, generator=torch.Generator().manual_seed(s)) for s in (0, 0, 1))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_conditioned_on_a_column_draws_it_from_the_agreed_frequencies_and_learns_the_rest_for_it():
+    from fedtab.training.loop import LocalTrainer
+
+    data, spans, conds = make_dataset(2000)
+    b = data[:, 5:8].argmax(1)
+    # Make column a depend on b: a = 1 for 80% of b = 2 rows, 5% of the others.
+    rng = np.random.default_rng(1)
+    a = (rng.random(len(b)) < np.where(b == 2, 0.8, 0.05)).astype(int)
+    data[:, 3:5] = 0.0
+    data[np.arange(len(a)), 3 + a] = 1.0
+    cfg = DiffusionConfig(timesteps=100, sampling_steps=25, hidden_dims=(64, 64), time_embedding_dim=16,
+                          condition_column="b")
+    model = TabDiffusion(cfg).build(spans, conds, seed=0)
+    rows = model.sample(4000, generator=torch.Generator().manual_seed(0))
+    # Untrained: the condition already follows the agreed frequencies (0.5, 0.3, 0.2), exactly one-hot.
+    assert np.abs(rows[:, 5:8].mean(0) - [0.5, 0.3, 0.2]).max() < 0.03 and np.all(rows[:, 5:8].sum(1) == 1)
+    LocalTrainer(model, data, batch_size=100, seed=0, optimizer=OptimizerConfig(private_lr=2e-3)).train(400)
+    rows = model.sample(4000, generator=torch.Generator().manual_seed(2))
+    cond = rows[:, 5:8].argmax(1)
+    share = [rows[cond == k, 4].mean() for k in range(3)]
+    assert share[2] > 0.6 and max(share[0], share[1]) < 0.2, share
+    # The clean condition is an input, not something to learn: its span adds nothing to the loss.
+    x = torch.from_numpy(data[:64])
+    flipped = x.clone()
+    flipped[:, 5:8] = torch.roll(flipped[:, 5:8], 1, dims=1)
+    empty = model.conditions.empty(64)
+    loss = model.private_losses(x, empty, None, generator=torch.Generator().manual_seed(3))
+    assert torch.all(torch.isfinite(loss)) and loss.shape == (64,)
+    assert not torch.allclose(loss, model.private_losses(flipped, empty, None, generator=torch.Generator().manual_seed(3)))
+
+
+def test_condition_column_must_be_a_categorical_column():
+    _, spans, conds = make_dataset(10)
+    with pytest.raises(ConfigError, match="'x' is not a categorical column.*'a', 'b'"):
+        TabDiffusion(DiffusionConfig(condition_column="x")).build(spans, conds, seed=0)
+    with pytest.raises(ConfigError, match="condition_column"):
+        DiffusionConfig(condition_column="")

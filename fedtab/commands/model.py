@@ -83,9 +83,10 @@ def sample_cmd(
     quantile_map: bool = typer.Option(False, "--quantile-map",
                                       help="Also map numerical columns onto the agreed distributions "
                                            "(helps tiny DP sites; can hurt columns with point masses)."),
-    relabel: bool = typer.Option(True, "--relabel/--no-relabel",
-                                 help="For a model trained with a target: draw the target again from its "
-                                      "two-way tables (default), or keep the generator's and rake onto them."),
+    relabel: Optional[bool] = typer.Option(None, "--relabel/--no-relabel",
+                                           help="For a model trained with a target: draw the target again from "
+                                                "its two-way tables, or keep the generator's and rake onto them "
+                                                "(default: redraw, unless the model is conditioned on the target)."),
 ) -> None:
     """Sample N synthetic rows from a model file."""
     import connectors
