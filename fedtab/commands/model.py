@@ -86,7 +86,7 @@ def sample_cmd(
     relabel: Optional[bool] = typer.Option(None, "--relabel/--no-relabel",
                                            help="For a model trained with a target: draw the target again from "
                                                 "its two-way tables, or keep the generator's and rake onto them "
-                                                "(default: redraw, unless the model is conditioned on the target)."),
+                                                "(default: redraw, unless a non-DP model is conditioned on the target)."),
 ) -> None:
     """Sample N synthetic rows from a model file."""
     import connectors
