@@ -170,3 +170,10 @@ def test_a_point_mass_does_not_take_the_modes_that_the_other_values_need():
         near = np.abs(col.means_ - centre) < 1_000
         assert near.any() and col.stds_[near].max() < 1_000, (centre, col.means_, col.stds_)
         assert col.weights_[near].sum() == pytest.approx(share, abs=0.01)
+
+
+def test_decoded_values_at_a_precision_never_read_minus_zero():
+    from fedtab.transform.values import numeric_series
+
+    out = numeric_series(np.array([-0.04, 0.04, -0.06, np.nan]), ColumnSpec("oldpeak", "numerical", "float", precision=1))
+    assert out.astype(str).tolist() == ["0.0", "0.0", "-0.1", "nan"]

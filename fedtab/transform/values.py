@@ -54,7 +54,7 @@ def numeric_series(values: np.ndarray, spec: ColumnSpec, index=None) -> pd.Serie
         arr[np.isnan(values)] = pd.NA
         return pd.Series(arr, index=index, name=spec.name)
     if spec.precision is not None:
-        values = np.round(values, spec.precision)
+        values = np.round(values, spec.precision) + 0.0  # + 0.0: -0.04 rounds to -0.0, written "-0.0"
     return pd.Series(values.astype("float64"), index=index, name=spec.name)
 
 
