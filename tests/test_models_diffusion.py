@@ -122,7 +122,7 @@ def test_conditioned_on_a_column_draws_it_from_the_agreed_frequencies_and_learns
     cond = rows[:, 5:8].argmax(1)
     share = [rows[cond == k, 4].mean() for k in range(3)]
     assert share[2] > 0.6 and max(share[0], share[1]) < 0.2, share
-    # The clean condition is an input, not something to learn: its span adds nothing to the loss.
+    # The clean condition is an input of the denoiser: another condition, another loss.
     x = torch.from_numpy(data[:64])
     flipped = x.clone()
     flipped[:, 5:8] = torch.roll(flipped[:, 5:8], 1, dims=1)

@@ -42,8 +42,8 @@ OPTIMIZER = OptimizerConfig(private_lr=1e-3, public_lr=1e-3)
 def resolve_model_options(job, transformer: TableTransformer) -> dict[str, Any]:
     """The job's model options with what the declared ``target`` implies filled in: a model whose
     config has ``condition_column`` (diffusion) is conditioned on a categorical target, as TabDDPM
-    conditions on the class label (measured on Adult, 4 sites, non-DP diffusion: TSTR 0.885 -> 0.89,
-    see benchmarks/results/bench_models.md). An option the user set is kept. Pure: the coordinator's
+    conditions on the class label (see ``fedtab.models.diffusion``). An option the user set is kept
+    (``condition_column = None`` turns it off). Pure: the coordinator's
     setup and the saved model file carry the result, so a loaded model needs no target."""
     options = dict(job.model_options)
     target = getattr(job, "target", None)
