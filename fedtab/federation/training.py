@@ -46,7 +46,7 @@ def resolve_model_options(job, transformer: TableTransformer) -> dict[str, Any]:
     (``condition_column = None`` turns it off). Pure: the coordinator's
     setup and the saved model file carry the result, so a loaded model needs no target."""
     options = dict(job.model_options)
-    target = getattr(job, "target", None)
+    target = job.target
     fields = {f.name for f in dataclasses.fields(get_model_class(job.model).config_class)}
     if (target is not None and "condition_column" in fields and "condition_column" not in options
             and any(c.column == target for c in transformer.condition_spans)):

@@ -186,7 +186,7 @@ class TabDiffusion(GenerativeModel):
         step, as TabDDPM's class label) and sampling draws it first from the agreed frequencies."""
         name = self.config.condition_column
         self._cond_cols = torch.zeros(0, dtype=torch.long)  # flat soft columns of the condition span
-        self._span_weight = torch.ones(self.layout_.n_soft)  # spans the loss averages over
+        self._span_weight = torch.full((self.layout_.n_soft,), 1.0 / max(1, self.layout_.n_soft))  # loss: mean over spans
         if name is None:
             return
         cond = [c for c in condition_spans if c.column == name]
@@ -201,6 +201,7 @@ class TabDiffusion(GenerativeModel):
         freq = np.clip(np.asarray(cond.frequencies, dtype=np.float64), 0.0, None)
         self._cond_freq = torch.as_tensor(freq if freq.sum() > 0 else np.ones_like(freq)).float()
         self._span_weight[span_k] = 0.0
+        self._span_weight /= self._span_weight.sum().clamp_min(1e-12)  # mean over the other spans
 
     def private_network(self) -> nn.Module:
         self._check_built()
@@ -293,7 +294,7 @@ class TabDiffusion(GenerativeModel):
             q = self._posterior(x_cat_t, x0_cat, alpha, abar_prev)
             p = self._reverse(x_cat_t, log_x0_hat.exp(), abar, abar_prev)
             kl = self._segsum(q * (torch.log(q.clamp_min(1e-30)) - torch.log(p.clamp_min(1e-30))))
-            w = self._span_weight / self._span_weight.sum().clamp_min(1.0)
+            w = self._span_weight
             loss = loss + torch.where((t == 0)[:, None], nll, kl) @ w + self.config.ce_weight * (nll @ w)
         return loss
 
