@@ -65,3 +65,25 @@ def test_calibration_matches_marginals_keeps_ranks_and_is_reproducible():
     # The generator's dependence survives: x is still larger for c == 'c' than for c == 'a'.
     by = pd.DataFrame(out).dropna().groupby("c")["x"].mean()
     assert by["c"] > by["a"]
+
+
+def test_norm_sub_to_a_better_total_reaches_that_total():
+    noisy = gaussian_noise(np.r_[np.full(5, 100.0), np.zeros(35)], sigma=20.0, rng=np.random.default_rng(0))
+    for total in (300.0, 500.0, 900.0):
+        out = norm_sub(noisy, total=total)
+        assert out.min() >= 0 and np.isclose(out.sum(), total)
+
+
+def test_missing_scores_give_the_exact_missing_share_to_the_rows_the_generator_leaned_missing():
+    tr = _transformer()  # x: 20% missing
+    rng = np.random.default_rng(3)
+    m = 3000
+    c = rng.choice(np.array(["a", "b", "c"], dtype=object), m)
+    value = rng.normal(30, 5, m)
+    score = rng.normal(0, 1, m) + 1.0  # the generator says "missing" for ~84% of rows
+    x = np.where(score > 0, np.nan, value)
+    out = calibrate(tr.columns_, {"x": x, "c": c}, 1000, np.random.default_rng(1), missing_scores={"x": (value, score)})
+    assert np.isnan(out["x"]).sum() == round(tr.columns_[0].missing_share_ * 1000)
+    # Without the scores, raking cannot get there from 84% missing candidates.
+    plain = calibrate(tr.columns_, {"x": x, "c": c}, 1000, np.random.default_rng(1))
+    assert np.isnan(plain["x"]).mean() > 0.3

@@ -177,3 +177,32 @@ def test_decoded_values_at_a_precision_never_read_minus_zero():
 
     out = numeric_series(np.array([-0.04, 0.04, -0.06, np.nan]), ColumnSpec("oldpeak", "numerical", "float", precision=1))
     assert out.astype(str).tolist() == ["0.0", "0.0", "-0.1", "nan"]
+
+
+def test_under_dp_the_mixture_is_fitted_to_the_unclipped_counts_and_invents_no_tail_modes():
+    from fedtab.transform.numerical import fit_mixture, fit_mixture_noisy
+
+    rng = np.random.default_rng(0)
+    # 735 values: 40% at exactly 0, the rest around 1.2 (ST depression-like), 40 cells over [-10, 10],
+    # 0 in the middle of a cell (as the plan's grid-aware edges put it).
+    x = np.r_[np.zeros(294), rng.normal(1.2, 0.8, 441)]
+    edges = np.linspace(-10.25, 9.75, 41)
+    exact = np.histogram(x, edges)[0].astype(float)
+    outside = {"em": [], "ls": []}
+    for seed in range(8):
+        noisy = exact + np.random.default_rng(seed).normal(0, 57.0, exact.size)  # the heart demo's noise
+        m, s, w = fit_mixture_noisy(edges, noisy, noise_sd=57.0, rows=735, max_modes=10, weight_threshold=0.005)
+        outside["ls"].append(float(np.sum(w * _mass_beyond(m, s, -3.0, 5.0))))
+        m, s, w = fit_mixture(edges, noisy, max_modes=10, weight_threshold=0.005, spread_point_masses=False)
+        outside["em"].append(float(np.sum(w * _mass_beyond(m, s, -3.0, 5.0))))
+    # EM on clipped counts puts a large share where no value lies; the least-squares fit far less.
+    assert np.mean(outside["em"]) > 0.15 and np.mean(outside["ls"]) < 0.5 * np.mean(outside["em"])
+    # With less noise the point mass gets its own narrow mode, holding about its cell's 44%.
+    noisy = exact + np.random.default_rng(0).normal(0, 15.0, exact.size)
+    m, s, w = fit_mixture_noisy(edges, noisy, noise_sd=15.0, rows=735, max_modes=10, weight_threshold=0.005)
+    assert 0.3 < w[(np.abs(m) < 0.25) & (s < 0.25)].sum() < 0.6
+
+
+def _mass_beyond(means, stds, lo, hi):
+    from scipy.special import ndtr
+    return ndtr((lo - means) / stds) + 1.0 - ndtr((hi - means) / stds)

@@ -92,7 +92,7 @@ def clip_counts(counts) -> np.ndarray:
     return np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
 
 
-def norm_sub(counts) -> np.ndarray:
+def norm_sub(counts, total: float | None = None) -> np.ndarray:
     """Post-processing of noisy counts (free under DP): non-negative counts with the same total.
 
     Clipping negatives to 0 leaves the noise of every empty cell as positive mass: with a few hundred
@@ -101,14 +101,18 @@ def norm_sub(counts) -> np.ndarray:
     Differentially Private Frequency Estimation with Consistency", NDSS 2020) subtracts one constant
     ``d`` from every cell and clips at 0, with ``d`` chosen so the total stays the noisy total (an
     unbiased estimate of the row count): cells whose noisy count is within the noise of 0 become 0.
-    Exact counts (no noise, none negative) come back unchanged.
+    Exact counts (no noise, none negative) come back unchanged. ``total``: a better estimate of the
+    total than the counts' own sum (whose noise grows with the number of cells), e.g. the row count
+    read off every column of a table; the counts then sum to it (a constant added where it is larger).
     """
     c = np.asarray(counts, dtype=np.float64)
-    total = float(c.sum())
+    if total is None:
+        total = float(c.sum())
+        if c.size and c.min() >= 0:
+            return c.copy()
+    total = float(total)
     if c.size == 0 or total <= 0:
         return np.zeros_like(c)
-    if c.min() >= 0:
-        return c.copy()
     desc = np.sort(c)[::-1]
     # Largest k such that the k biggest cells minus their common shift d stay positive.
     shifts = (np.cumsum(desc) - total) / np.arange(1, c.size + 1)

@@ -143,14 +143,20 @@ def relabel_target(decoded: dict[str, np.ndarray], pair_tables: list[PairTable],
 
 def calibrate(columns: list, decoded: dict[str, np.ndarray], n: int, rng: np.random.Generator, *,
               numerical: bool = False, pair_tables: list[PairTable] = (),
-              other_label: str | None = None, relabel: bool = False) -> dict[str, np.ndarray]:
+              other_label: str | None = None, relabel: bool = False,
+              missing_scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
     """Pick ``n`` of the decoded candidate rows and quantile-map their numerical values (see module doc).
 
     ``columns``: the transformer's fitted column transformers; ``decoded``: column name -> decoded
     values (float64 with NaN for numerical, object str/None for categorical), all of one length >= n;
     ``pair_tables``: merged two-way tables to rake on as well (``other_label``: what a decoded 'other'
     slot holds). ``relabel``: draw a categorical target again from the tables (:func:`relabel_target`)
-    and rake on the one-way marginals only.
+    and rake on the one-way marginals only. ``missing_scores``: numerical column -> (each candidate's
+    value as if present, its missing score; ``NumericalColumnTransformer.decode_parts``); the picked
+    rows then get exactly the column's missing share, the rows of highest score being the missing ones.
+    Raking alone cannot do that when the generator's share is far off: at epsilon 1 on the heart
+    hospitals DP-SGD left 67-87% of blood pressure, cholesterol and ST depression missing (real: 6-22%),
+    and fewer than 1% of the candidates had all three.
     """
     target = next((c for c in columns if pair_tables and c.spec.name == pair_tables[0].a.column), None)
     if relabel and isinstance(target, CategoricalColumnTransformer):  # a numerical target is raked on, not redrawn
@@ -175,6 +181,13 @@ def calibrate(columns: list, decoded: dict[str, np.ndarray], n: int, rng: np.ran
     out = {}
     for col in columns:
         values = decoded[col.spec.name][keep]
+        if missing_scores and col.spec.name in missing_scores:
+            present_values, score = missing_scores[col.spec.name]
+            values = present_values[keep].copy()
+            n_missing = int(round(float(col.missing_share_) * len(values)))
+            # Highest score first, ties broken at random; the top n_missing rows are the missing ones.
+            order = np.lexsort((rng.random(len(values)), -score[keep]))
+            values[order[:n_missing]] = np.nan
         if numerical and isinstance(col, NumericalColumnTransformer):
             values = values.astype(np.float64, copy=True)
             present = ~np.isnan(values)

@@ -56,6 +56,7 @@ F_CATEGORIES = "categories"
 F_OTHER = "other"
 F_MISSING = "missing"
 F_NOISE_SD = "noise_sd"
+F_RAW = "raw_counts"  # merged statistics only: the summed noisy cells before norm-sub
 
 BOOLEAN_CATEGORIES = ("False", "True")
 DEFAULT_BINS = 200

@@ -28,12 +28,12 @@ from fedtab.schema import TableSchema
 from fedtab.transform.categorical import CategoricalColumnTransformer
 from fedtab.transform.numerical import NumericalColumnTransformer
 from fedtab.transform.plan import (
-    F_CATEGORIES, F_COUNTS, F_EDGES, F_LOWER, F_MISSING, F_NOISE_SD, F_OTHER, F_UPPER, KEY_PHASE,
+    F_CATEGORIES, F_COUNTS, F_EDGES, F_LOWER, F_MISSING, F_NOISE_SD, F_OTHER, F_RAW, F_UPPER, KEY_PHASE,
     PHASE_HISTOGRAM, PHASE_PAIRS, EncodingDP, EncodingPlan, wire_key,
 )
 from fedtab.transform.pairs import PairTable, measured_pairs, pair_key
 from fedtab.transform.spans import ConditionSpan, SpanInfo, span_offsets
-from fedtab.transform.statistics import cell_layout, merge_statistics, phase_request, site_statistics
+from fedtab.transform.statistics import cell_layout, histogram_rows, merge_statistics, phase_request, site_statistics
 from fedtab.transform.values import category_series, category_values, numeric_series, numeric_values
 
 TRANSFORMER_FORMAT = "fedtab.table_transformer/1"
@@ -60,12 +60,15 @@ class TableTransformer:
             raise ConfigError(f"fit_from_statistics needs the merged '{PHASE_PAIRS}' statistics exactly when the "
                               f"plan names pairs (it names {len(plan.pairs)}).")
         columns = []
+        n_rows = histogram_rows(plan, merged)
         for spec in plan.columns:
             k = lambda f: merged[wire_key(spec.name, f)]  # noqa: E731
             if _is_numeric(spec):
                 col = NumericalColumnTransformer(spec, max_modes=plan.max_modes, weight_threshold=plan.weight_threshold)
-                col.fit_from_histogram(k(F_EDGES), k(F_COUNTS), lower=k(F_LOWER), upper=k(F_UPPER),
-                                       missing=k(F_MISSING), noise_sd=k(F_NOISE_SD))
+                noisy = plan.dp is not None and wire_key(spec.name, F_RAW) in merged
+                col.fit_from_histogram(k(F_EDGES), k(F_RAW) if noisy else k(F_COUNTS), lower=k(F_LOWER),
+                                       upper=k(F_UPPER), missing=k(F_MISSING), noise_sd=k(F_NOISE_SD),
+                                       rows=max(n_rows - float(k(F_MISSING)), 1.0) if noisy else None)
             else:
                 col = CategoricalColumnTransformer(spec, other_label=plan.other_label)
                 col.fit_from_counts(k(F_CATEGORIES), k(F_COUNTS), other=bool(k(F_OTHER)), missing=k(F_MISSING),
@@ -153,16 +156,20 @@ class TableTransformer:
         if data.ndim != 2 or data.shape[1] != self.output_dim_:
             raise ConfigError(f"inverse_transform expects a 2-D array with {self.output_dim_} columns; "
                               f"got shape {data.shape}.")
-        decoded, pos = {}, 0
+        decoded, latent, pos = {}, {}, 0
         for col in self.columns_:
-            decoded[col.spec.name] = col.inverse_transform(data[:, pos:pos + col.output_dim])
+            block = data[:, pos:pos + col.output_dim]
+            decoded[col.spec.name] = col.inverse_transform(block)
+            if isinstance(col, NumericalColumnTransformer) and col.has_missing_:
+                latent[col.spec.name] = col.decode_parts(block)
             pos += col.output_dim
         if calibrate_rows is not None:
             from fedtab.transform.calibration import calibrate
 
             decoded = calibrate(self.columns_, decoded, int(calibrate_rows),
                                 rng if rng is not None else np.random.default_rng(0), numerical=quantile_map,
-                                pair_tables=self.pair_tables_, other_label=self.plan_.other_label, relabel=relabel)
+                                pair_tables=self.pair_tables_, other_label=self.plan_.other_label, relabel=relabel,
+                                missing_scores=latent)
         index = pd.RangeIndex(len(next(iter(decoded.values()))))
         out = {}
         for col in self.columns_:
