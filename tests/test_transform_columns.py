@@ -206,3 +206,30 @@ def test_under_dp_the_mixture_is_fitted_to_the_unclipped_counts_and_invents_no_t
 def _mass_beyond(means, stds, lo, hi):
     from scipy.special import ndtr
     return ndtr((lo - means) / stds) + 1.0 - ndtr((hi - means) / stds)
+
+
+def test_heaped_values_release_a_rounding_profile_and_generated_values_follow_it():
+    from fedtab.transform.statistics import rounding_counts
+
+    spec = ColumnSpec("bp", "numerical", "int", lower=50.0, upper=300.0)
+    rng = np.random.default_rng(0)
+    # Blood-pressure-like: 65% recorded as a multiple of 10, the rest to the unit.
+    bp = np.where(rng.random(2000) < 0.65, np.round(rng.normal(130, 18, 2000), -1), np.round(rng.normal(130, 18, 2000)))
+    profile = rounding_counts(bp, spec)
+    assert profile.sum() == 2000 and profile[0] / 2000 > 0.65
+    schema = TableSchema(columns=(spec,), name="t")
+    plan = EncodingPlan(schema, dp=EncodingDP(epsilon=1.0, delta=1e-5))
+    assert [c.name for c in plan.rounding_columns()] == ["bp"] and plan.releases() == 2
+    assert EncodingPlan(schema, dp=plan.dp, rounding=False).releases() == 1
+    assert EncodingPlan(TableSchema(columns=(ColumnSpec("bp", "numerical", "int", lower=0.0, upper=30.0),), name="t"),
+                        dp=plan.dp).rounding_columns() == ()  # one cell per value: the histogram shows heaping
+    tt = fit_federated({"a": pd.DataFrame({"bp": pd.array(bp[:1000].astype(int), dtype="Int64")}),
+                        "b": pd.DataFrame({"bp": pd.array(bp[1000:].astype(int), dtype="Int64")})}, schema,
+                       dp=plan.dp)
+    col = tt.columns_[0]
+    smooth = np.clip(rng.normal(130, 18, 4000), 50, 300)
+    out = col.apply_rounding(smooth, np.random.default_rng(1))
+    assert abs(np.mean(out % 10 == 0) - profile[0] / 2000) < 0.08  # smooth values would give 0.10
+    assert np.abs(out - smooth).max() <= 5.0 and out.min() >= 50 and out.max() <= 300
+    again = NumericalColumnTransformer.from_dict(col.to_dict(), spec)  # kept in the model file
+    assert np.array_equal(again.apply_rounding(smooth, np.random.default_rng(1)), out)

@@ -18,6 +18,7 @@ import numpy as np
 
 from fedtab.errors import check_is_fitted
 from fedtab.schema import ColumnSpec
+from fedtab.transform.plan import ROUNDING_STEPS
 from fedtab.transform.spans import SpanInfo
 
 STD_MULTIPLIER = 4.0
@@ -254,6 +255,7 @@ class NumericalColumnTransformer:
         (EM on exact counts, :func:`fit_mixture`; least squares on noisy ones, :func:`fit_mixture_noisy`)."""
         edges = np.asarray(edges, dtype=np.float64)
         counts = np.asarray(counts, dtype=np.float64)
+        self.rounding_ = None  # fit_rounding sets it
         if noise_sd > 0:
             self.means_, self.stds_, self.weights_ = fit_mixture_noisy(
                 edges, counts, noise_sd=noise_sd, rows=counts.sum() if rows is None else rows, max_modes=self.max_modes,
@@ -266,6 +268,40 @@ class NumericalColumnTransformer:
         self.missing_share_ = missing / total if total > 0 else 0.0
         self.has_missing_ = has_missing_slot(self.spec, missing=missing, noise_sd=noise_sd)
         return self
+
+    def fit_rounding(self, counts, *, step: float) -> "NumericalColumnTransformer":
+        """Learn how decoded values round from a rounding profile (``statistics.rounding_counts``: how many
+        values are multiples of 10, 5, 2 grid steps ``step``, or none). A value rounded to a multiple of
+        5 steps is one of 10 half the time, and an unrounded one lands in the four classes with shares
+        (0.1, 0.1, 0.4, 0.4): the probabilities of rounding to 10, 5, 2 or 1 steps are the non-negative
+        least-squares solution that reproduces the profile's shares."""
+        from scipy.optimize import nnls
+
+        p = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
+        if p.sum() <= 0:
+            self.rounding_ = None
+            return self
+        mix = np.array([[1.0, 0.5, 0.2, 0.1], [0.0, 0.5, 0.0, 0.1], [0.0, 0.0, 0.8, 0.4], [0.0, 0.0, 0.0, 0.4]])
+        q = np.clip(nnls(mix, p / p.sum())[0], 0.0, None)
+        self.rounding_ = (q / q.sum() if q.sum() > 0 else np.array([0.0, 0.0, 0.0, 1.0]), float(step))
+        return self
+
+    def apply_rounding(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Round each present value to a multiple of 10, 5, 2 or 1 grid steps, drawn with the learned
+        probabilities, inside the bounds (no-op when no profile was learned)."""
+        if getattr(self, "rounding_", None) is None:
+            return values
+        q, step = self.rounding_
+        out = np.asarray(values, dtype=np.float64).copy()
+        present = np.flatnonzero(~np.isnan(out))
+        unit = np.asarray(ROUNDING_STEPS, dtype=np.float64)[rng.choice(len(q), size=present.size, p=q)] * step
+        rounded = np.round(out[present] / unit) * unit
+        # A multiple beyond a bound moves one unit inwards; if that one is out too, the value stays.
+        rounded = np.where(rounded > self.upper_, rounded - unit, rounded)
+        rounded = np.where(rounded < self.lower_, rounded + unit, rounded)
+        ok = (rounded >= self.lower_) & (rounded <= self.upper_)
+        out[present] = np.where(ok, rounded, out[present])
+        return out
 
     @property
     def spans(self) -> list[SpanInfo]:
@@ -326,7 +362,9 @@ class NumericalColumnTransformer:
                 "weight_threshold": self.weight_threshold,
                 "means": self.means_, "stds": self.stds_, "weights": self.weights_,
                 "lower": self.lower_, "upper": self.upper_, "missing_share": self.missing_share_,
-                "has_missing": int(self.has_missing_)}
+                "has_missing": int(self.has_missing_),
+                **({} if getattr(self, "rounding_", None) is None else
+                   {"rounding": self.rounding_[0], "rounding_step": self.rounding_[1]})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], spec: ColumnSpec) -> "NumericalColumnTransformer":
@@ -337,4 +375,6 @@ class NumericalColumnTransformer:
         self.lower_, self.upper_ = float(data["lower"]), float(data["upper"])
         self.missing_share_ = float(data["missing_share"])
         self.has_missing_ = bool(data["has_missing"])
+        self.rounding_ = None if "rounding" not in data else (np.asarray(data["rounding"], dtype=np.float64),
+                                                               float(data["rounding_step"]))
         return self

@@ -57,6 +57,9 @@ F_OTHER = "other"
 F_MISSING = "missing"
 F_NOISE_SD = "noise_sd"
 F_RAW = "raw_counts"  # merged statistics only: the summed noisy cells before norm-sub
+F_ROUNDING = "rounding"
+# A value's rounding class: a multiple of 10, of 5 (not 10), of 2 (not 10) grid steps, or none of them.
+ROUNDING_STEPS = (10, 5, 2, 1)
 
 BOOLEAN_CATEGORIES = ("False", "True")
 DEFAULT_BINS = 200
@@ -96,6 +99,12 @@ class EncodingPlan:
     ``other_label``: what the 'other' bucket (categories dropped by the DP threshold) decodes to.
     ``pairs``: column pairs whose two-way tables are released too (for the sampler's calibration);
     :func:`target_pairs` gives a target column against every other one.
+    ``rounding`` (None: under DP only, where cells are coarse; the non-DP figures were measured
+    without it): numerical columns on a grid (integers, fixed precision) too fine for one cell per
+    value also release how their values round (4 counts: multiples of 10, 5, 2 grid steps, other) in
+    the histogram phase, and decoded values are rounded to match (``NumericalColumnTransformer``).
+    Measured values often heap on round numbers: 65% of the heart hospitals' blood pressures are
+    multiples of 10, and that alone told real from smooth synthetic values at ROC-AUC 0.83.
     """
 
     schema: TableSchema
@@ -106,6 +115,7 @@ class EncodingPlan:
     other_label: str = "<other>"
     seed: int = 0
     pairs: tuple[tuple[str, str], ...] = ()
+    rounding: bool | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "pairs", tuple(tuple(p) for p in self.pairs))
@@ -164,9 +174,24 @@ class EncodingPlan:
     def phases(self) -> tuple[str, ...]:
         return tuple(p for p in PHASES if (p != PHASE_DOMAIN or self.domain_columns()) and (p != PHASE_PAIRS or self.pairs))
 
+    def rounding_columns(self) -> tuple[ColumnSpec, ...]:
+        """Numerical columns that release a rounding profile (see ``rounding``)."""
+        if not (self.dp is not None if self.rounding is None else self.rounding):
+            return ()
+        out = []
+        for c in self.columns:
+            step = 1.0 if c.is_integer else (10.0 ** -c.precision if c.type == "numerical" and c.precision is not None
+                                             else None)
+            if c.type != "numerical" or step is None:
+                continue
+            if c.lower is None or c.upper is None or round((c.upper - c.lower) / step) + 1 > self.n_bins:
+                out.append(c)
+        return tuple(out)
+
     def releases(self, phase: str | None = None) -> int:
         """Number of Gaussian releases per site in ``phase`` (all phases when None)."""
-        n_dom, n_hist, n_pairs = len(self.domain_columns()), len(self.columns), len(self.pairs)
+        n_dom, n_pairs = len(self.domain_columns()), len(self.pairs)
+        n_hist = len(self.columns) + len(self.rounding_columns())
         return {PHASE_DOMAIN: n_dom, PHASE_HISTOGRAM: n_hist, PHASE_PAIRS: n_pairs,
                 None: n_dom + n_hist + n_pairs}[phase]
 
@@ -209,7 +234,8 @@ class EncodingPlan:
                                            "threshold_delta_share": self.dp.threshold_delta_share}
         return {"format": PLAN_FORMAT, "schema": self.schema.to_dict(), "dp": dp, "bins": self.bins,
                 "max_modes": self.max_modes, "weight_threshold": self.weight_threshold,
-                "other_label": self.other_label, "seed": self.seed, "pairs": [list(p) for p in self.pairs]}
+                "other_label": self.other_label, "seed": self.seed, "pairs": [list(p) for p in self.pairs],
+                "rounding": self.rounding}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EncodingPlan":
@@ -219,7 +245,8 @@ class EncodingPlan:
         return cls(schema=TableSchema.from_dict(data["schema"], source="encoding plan"), dp=dp,
                    bins=data["bins"], max_modes=data["max_modes"], weight_threshold=data["weight_threshold"],
                    other_label=data["other_label"], seed=data["seed"],
-                   pairs=tuple(tuple(p) for p in data.get("pairs", [])))
+                   pairs=tuple(tuple(p) for p in data.get("pairs", [])),
+                   rounding=data.get("rounding", False))  # plans written before it had none
 
 
 def target_pairs(schema: TableSchema, target: str | None) -> tuple[tuple[str, str], ...]:

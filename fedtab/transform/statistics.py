@@ -18,7 +18,7 @@ from fedtab.privacy.ledger import PrivacyLedger
 from fedtab.privacy.mechanisms import gaussian_noise, norm_sub
 from fedtab.schema import ColumnSpec
 from fedtab.transform.plan import (
-    F_CATEGORIES, F_COUNTS, F_EDGES, F_KEYS, F_LOWER, F_MAX, F_MIN, F_MISSING, F_NOISE_SD, F_OTHER, F_RAW, F_UPPER,
+    F_CATEGORIES, F_COUNTS, F_EDGES, F_KEYS, F_LOWER, F_MAX, F_MIN, F_MISSING, F_NOISE_SD, F_OTHER, F_RAW, F_ROUNDING, F_UPPER,
     KEY_N_SITES, KEY_PHASE, LEDGER_PHASE_PREFIX, PHASE_DOMAIN, PHASE_HISTOGRAM, PHASE_PAIRS, EncodingPlan, wire_key,
 )
 from fedtab.transform.pairs import (
@@ -230,7 +230,20 @@ def site_statistics(
             out.update(_domain_release(spec, x, plan, rng) if numeric else _union_release(spec, x, plan, rng))
         else:
             out.update(_histogram_release(spec, x, plan, request, rng))
+    if phase == PHASE_HISTOGRAM:
+        for spec in plan.rounding_columns():
+            ledger.spend(phase=ledger_phase, target=f"{spec.name} rounding", noise_multiplier=z, sensitivity=1.0,
+                         mechanism="gaussian" if dp else "exact")
+            out[wire_key(spec.name, F_ROUNDING)] = _noised(rounding_counts(numeric_values(df[spec.name], spec), spec),
+                                                           plan, rng)
     return out
+
+
+def rounding_counts(x: np.ndarray, spec: ColumnSpec) -> np.ndarray:
+    """How many present values are multiples of 10, 5 (not 10), 2 (not 10) grid steps, or none of them."""
+    k = np.round(x[~np.isnan(x)] / grid_step(spec)).astype(np.int64)
+    by10, by5, by2 = k % 10 == 0, k % 5 == 0, k % 2 == 0
+    return np.array([by10.sum(), (by5 & ~by10).sum(), (by2 & ~by10).sum(), (~by5 & ~by2).sum()], dtype=np.float64)
 
 
 def _pair_releases(df, plan, request, *, ledger, rng) -> dict[str, Any]:
@@ -348,6 +361,9 @@ def merge_statistics(plan: EncodingPlan, phase: str, site_stats: list[dict[str, 
         out[wire_key(name, F_NOISE_SD)] = noise_sd
         if plan.dp is not None and spec.type in ("numerical", "datetime"):
             out[wire_key(name, F_RAW)] = raw[name][:-1]
+    for spec in plan.rounding_columns():
+        out[wire_key(spec.name, F_ROUNDING)] = norm_sub(sum(np.asarray(s[wire_key(spec.name, F_ROUNDING)], dtype=np.float64)
+                                                            for s in site_stats))
     return out
 
 

@@ -28,12 +28,14 @@ from fedtab.schema import TableSchema
 from fedtab.transform.categorical import CategoricalColumnTransformer
 from fedtab.transform.numerical import NumericalColumnTransformer
 from fedtab.transform.plan import (
-    F_CATEGORIES, F_COUNTS, F_EDGES, F_LOWER, F_MISSING, F_NOISE_SD, F_OTHER, F_RAW, F_UPPER, KEY_PHASE,
+    F_CATEGORIES, F_COUNTS, F_EDGES, F_LOWER, F_MISSING, F_NOISE_SD, F_OTHER, F_RAW, F_ROUNDING, F_UPPER, KEY_PHASE,
     PHASE_HISTOGRAM, PHASE_PAIRS, EncodingDP, EncodingPlan, wire_key,
 )
 from fedtab.transform.pairs import PairTable, measured_pairs, pair_key
 from fedtab.transform.spans import ConditionSpan, SpanInfo, span_offsets
-from fedtab.transform.statistics import cell_layout, histogram_rows, merge_statistics, phase_request, site_statistics
+from fedtab.transform.statistics import (
+    cell_layout, grid_step, histogram_rows, merge_statistics, phase_request, site_statistics,
+)
 from fedtab.transform.values import category_series, category_values, numeric_series, numeric_values
 
 TRANSFORMER_FORMAT = "fedtab.table_transformer/1"
@@ -69,6 +71,8 @@ class TableTransformer:
                 col.fit_from_histogram(k(F_EDGES), k(F_RAW) if noisy else k(F_COUNTS), lower=k(F_LOWER),
                                        upper=k(F_UPPER), missing=k(F_MISSING), noise_sd=k(F_NOISE_SD),
                                        rows=max(n_rows - float(k(F_MISSING)), 1.0) if noisy else None)
+                if wire_key(spec.name, F_ROUNDING) in merged:
+                    col.fit_rounding(k(F_ROUNDING), step=grid_step(spec))
             else:
                 col = CategoricalColumnTransformer(spec, other_label=plan.other_label)
                 col.fit_from_counts(k(F_CATEGORIES), k(F_COUNTS), other=bool(k(F_OTHER)), missing=k(F_MISSING),
@@ -149,7 +153,9 @@ class TableTransformer:
         ``calibrate_rows=n`` (with an ``rng``): pick ``n`` of the rows so that category and missing shares
         (and the two-way tables of the plan's pairs) match the fitted ones, and with ``quantile_map`` map numerical values onto the fitted
         distributions too, and with ``relabel`` draw the target column again from the two-way tables
-        (``fedtab.transform.calibration``; post-processing, no privacy cost).
+        (``fedtab.transform.calibration``; post-processing, no privacy cost). Given an ``rng`` (generated
+        rows), numerical columns with a learned rounding profile are rounded to it
+        (``NumericalColumnTransformer.apply_rounding``).
         """
         check_is_fitted(self, "columns_")
         data = np.asarray(data)
@@ -170,6 +176,10 @@ class TableTransformer:
                                 rng if rng is not None else np.random.default_rng(0), numerical=quantile_map,
                                 pair_tables=self.pair_tables_, other_label=self.plan_.other_label, relabel=relabel,
                                 missing_scores=latent)
+        if rng is not None:  # generated rows; a plain round trip keeps its values
+            for col in self.columns_:
+                if isinstance(col, NumericalColumnTransformer):
+                    decoded[col.spec.name] = col.apply_rounding(decoded[col.spec.name], rng)
         index = pd.RangeIndex(len(next(iter(decoded.values()))))
         out = {}
         for col in self.columns_:
