@@ -16,6 +16,7 @@ from fedtab.errors import PrivacyBudgetError
 from fedtab.privacy import PrivacyLedger
 from fedtab.privacy.accountant import RDP_ORDERS
 from fedtab.transform import EncodingDP, fit_federated
+from fedtab.transform.plan import ROUNDING_NOISE_FACTOR
 from tests.test_transform_data import (
     ADULT_SCHEMA, HEART_SCHEMA, adult_table, binned_tvd, heart_table, split_adult, split_heart,
 )
@@ -132,12 +133,15 @@ def test_frequent_categories_survive_when_the_budget_allows():
 def test_ledger_epsilon_equals_an_independent_accountant_computation(adult_dp):
     _, _, ledgers, tt = adult_dp
     plan = tt.plan_
-    releases = plan.releases()
+    releases, profiles = plan.releases(), len(plan.rounding_columns())
+    assert profiles > 0  # Adult's age, fnlwgt, capital gain and loss, hours per week
     extra_delta = plan.threshold_delta * len(plan.threshold_columns())
-    rdp = opacus_rdp.compute_rdp(q=1.0, noise_multiplier=plan.noise_multiplier, steps=releases, orders=list(RDP_ORDERS))
+    rdp = opacus_rdp.compute_rdp(q=1.0, noise_multiplier=plan.noise_multiplier, steps=releases, orders=list(RDP_ORDERS)) \
+        + opacus_rdp.compute_rdp(q=1.0, noise_multiplier=plan.noise_multiplier * ROUNDING_NOISE_FACTOR, steps=profiles,
+                                 orders=list(RDP_ORDERS))
     expected, _ = opacus_rdp.get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=DP_PRE.delta - extra_delta)
     for site, ledger in ledgers.items():
-        assert len(ledger.entries) == releases
+        assert len(ledger.entries) == releases + profiles
         assert ledger.epsilon == pytest.approx(expected, rel=1e-9), site
         assert ledger.epsilon <= DP_PRE.epsilon
         assert ledger.delta_spent == pytest.approx(extra_delta)

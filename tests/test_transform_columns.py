@@ -219,8 +219,12 @@ def test_heaped_values_release_a_rounding_profile_and_generated_values_follow_it
     assert profile.sum() == 2000 and profile[0] / 2000 > 0.65
     schema = TableSchema(columns=(spec,), name="t")
     plan = EncodingPlan(schema, dp=EncodingDP(epsilon=1.0, delta=1e-5))
-    assert [c.name for c in plan.rounding_columns()] == ["bp"] and plan.releases() == 2
-    assert EncodingPlan(schema, dp=plan.dp, rounding=False).releases() == 1
+    assert [c.name for c in plan.rounding_columns()] == ["bp"] and plan.releases() == 1
+    # The profile is noised at twice the histogram's multiplier: it costs a quarter of a release.
+    plain = EncodingPlan(schema, dp=plan.dp, rounding=False)
+    assert plain.rounding_columns() == () and plan.noise_multiplier > plain.noise_multiplier
+    assert plan.noise_multiplier < EncodingPlan(TableSchema(columns=(spec, ColumnSpec("y", "boolean")), name="t"),
+                                                dp=plan.dp, rounding=False).noise_multiplier
     assert EncodingPlan(TableSchema(columns=(ColumnSpec("bp", "numerical", "int", lower=0.0, upper=30.0),), name="t"),
                         dp=plan.dp).rounding_columns() == ()  # one cell per value: the histogram shows heaping
     tt = fit_federated({"a": pd.DataFrame({"bp": pd.array(bp[:1000].astype(int), dtype="Int64")}),

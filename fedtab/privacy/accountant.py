@@ -93,10 +93,12 @@ def compose_epsilon(events: Iterable[GaussianEvent], *, delta: float, accountant
 
 def noise_multiplier_for(
     *, target_epsilon: float, delta: float, sample_rate: float, steps: int,
-    prior: Iterable[GaussianEvent] = (), tolerance: float = 1e-4,
+    prior: Iterable[GaussianEvent] = (), tolerance: float = 1e-4, scaled: Iterable[tuple[float, int]] = (),
 ) -> float:
     """Smallest noise multiplier z such that ``prior`` + ``steps`` events (z, ``sample_rate``) compose to
-    at most ``target_epsilon`` at ``delta`` (binary search with the same accountant)."""
+    at most ``target_epsilon`` at ``delta`` (binary search with the same accountant). ``scaled``:
+    (factor, steps) pairs of further events at noise multiplier ``factor * z``, same sample rate."""
+    scaled = tuple(scaled)
     prior = tuple(prior)
     if not (0 < target_epsilon < math.inf):
         raise ConfigError(f"The 'target_epsilon' parameter must be a float in (0, inf). Got {target_epsilon!r} instead.")
@@ -112,7 +114,8 @@ def noise_multiplier_for(
         )
 
     def eps(z: float) -> float:
-        return compose_epsilon(prior + (GaussianEvent(z, sample_rate, steps),), delta=delta)
+        return compose_epsilon(prior + (GaussianEvent(z, sample_rate, steps),)
+                               + tuple(GaussianEvent(f * z, sample_rate, k) for f, k in scaled), delta=delta)
 
     lo, hi = 0.0, 1.0
     while eps(hi) > target_epsilon:

@@ -114,13 +114,12 @@ class PrivacyLedger:
     # -- spending ------------------------------------------------------------------------------
     def remaining_check(
         self, *, phase: str, noise_multiplier: float, sample_rate: float = 1.0, steps: int = 1,
-        delta_cost: float = 0.0, target: str = "",
+        delta_cost: float = 0.0, target: str = "", extra: tuple[GaussianEvent, ...] = (),
     ) -> float:
-        """The epsilon the site would reach with this release; raises PrivacyBudgetError if over budget.
-
-        Records nothing either way.
+        """The epsilon the site would reach with this release (and the ``extra`` events); raises
+        PrivacyBudgetError if over budget. Records nothing either way.
         """
-        events = self.events() + (GaussianEvent(float(noise_multiplier), float(sample_rate), int(steps)),)
+        events = self.events() + (GaussianEvent(float(noise_multiplier), float(sample_rate), int(steps)),) + tuple(extra)
         delta = self.accounting_delta - float(delta_cost)
         would = self._epsilon_of(events, delta)
         if self.epsilon_budget is not None and not would <= self.epsilon_budget:

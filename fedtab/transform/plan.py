@@ -21,7 +21,8 @@ Phases (each: coordinator request -> ``site_statistics`` -> ``merge_statistics``
 Budget split: ``R`` releases per site (one per column and phase, one per pair); each is a Gaussian mechanism with
 L2 sensitivity 1 (a record moves one count by one) and the same noise multiplier ``z``; ``z`` is the
 smallest for which R such releases compose to ``epsilon`` at ``delta * (1 - threshold_delta_share)``
-(Opacus RDP). The rest of delta pays for the thresholds of the DP set unions, split evenly.
+(Opacus RDP), together with the histogram phase's rounding profiles (``rounding``), each at
+``ROUNDING_NOISE_FACTOR * z``. The rest of delta pays for the thresholds of the DP set unions, split evenly.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ F_RAW = "raw_counts"  # merged statistics only: the summed noisy cells before no
 F_ROUNDING = "rounding"
 # A value's rounding class: a multiple of 10, of 5 (not 10), of 2 (not 10) grid steps, or none of them.
 ROUNDING_STEPS = (10, 5, 2, 1)
+# A rounding profile is noised at this multiple of the plan's noise multiplier: 4 counts of every
+# value need less precision than a histogram's cells, and at 2x four profiles cost as much budget as
+# one histogram (Adult at epsilon 1, 5 profiles at 1x: CTGAN quality 0.824 -> 0.815, TSTR 0.879 -> 0.867).
+ROUNDING_NOISE_FACTOR = 2.0
 
 BOOLEAN_CATEGORIES = ("False", "True")
 DEFAULT_BINS = 200
@@ -189,9 +194,9 @@ class EncodingPlan:
         return tuple(out)
 
     def releases(self, phase: str | None = None) -> int:
-        """Number of Gaussian releases per site in ``phase`` (all phases when None)."""
-        n_dom, n_pairs = len(self.domain_columns()), len(self.pairs)
-        n_hist = len(self.columns) + len(self.rounding_columns())
+        """Number of Gaussian releases per site at the plan's noise multiplier in ``phase`` (all phases
+        when None); the histogram phase's rounding profiles come on top, at ``ROUNDING_NOISE_FACTOR`` x."""
+        n_dom, n_hist, n_pairs = len(self.domain_columns()), len(self.columns), len(self.pairs)
         return {PHASE_DOMAIN: n_dom, PHASE_HISTOGRAM: n_hist, PHASE_PAIRS: n_pairs,
                 None: n_dom + n_hist + n_pairs}[phase]
 
@@ -219,7 +224,8 @@ class EncodingPlan:
         if self.dp is None:
             return 0.0
         return noise_multiplier_for(target_epsilon=self.dp.epsilon, delta=self.accounting_delta,
-                                    sample_rate=1.0, steps=self.releases())
+                                    sample_rate=1.0, steps=self.releases(),
+                                    scaled=((ROUNDING_NOISE_FACTOR, len(self.rounding_columns())),))
 
     @property
     def threshold(self) -> float:

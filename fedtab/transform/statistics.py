@@ -14,12 +14,14 @@ import numpy as np
 import pandas as pd
 
 from fedtab.errors import ConfigError, SchemaError
+from fedtab.privacy.accountant import GaussianEvent
 from fedtab.privacy.ledger import PrivacyLedger
 from fedtab.privacy.mechanisms import gaussian_noise, norm_sub
 from fedtab.schema import ColumnSpec
 from fedtab.transform.plan import (
     F_CATEGORIES, F_COUNTS, F_EDGES, F_KEYS, F_LOWER, F_MAX, F_MIN, F_MISSING, F_NOISE_SD, F_OTHER, F_RAW, F_ROUNDING, F_UPPER,
-    KEY_N_SITES, KEY_PHASE, LEDGER_PHASE_PREFIX, PHASE_DOMAIN, PHASE_HISTOGRAM, PHASE_PAIRS, EncodingPlan, wire_key,
+    KEY_N_SITES, KEY_PHASE, LEDGER_PHASE_PREFIX, PHASE_DOMAIN, PHASE_HISTOGRAM, PHASE_PAIRS, ROUNDING_NOISE_FACTOR, EncodingPlan,
+    wire_key,
 )
 from fedtab.transform.pairs import (
     F_PAIR_EDGES, KEY_PAIRS_MEASURED, MIN_PAIR_SNR, CellLayout, coarse_edges, measured_pairs, pair_counts,
@@ -208,10 +210,12 @@ def site_statistics(
     # first release rather than halfway through the encoding.
     later = plan.phases()[plan.phases().index(phase):]
     steps = sum(plan.releases(p) for p in later)
+    profiles = len(plan.rounding_columns()) if PHASE_HISTOGRAM in later else 0
     if steps:
         ledger.remaining_check(phase=ledger_phase, noise_multiplier=z, steps=steps,
                                delta_cost=plan.threshold_delta * len(thr_cols),
-                               target=f"{steps} release(s) of this and later phases")
+                               target=f"{steps + profiles} release(s) of this and later phases",
+                               extra=(GaussianEvent(z * ROUNDING_NOISE_FACTOR, 1.0, profiles),) if profiles else ())
     out: dict[str, Any] = {KEY_PHASE: phase}
     if phase == PHASE_PAIRS:
         return {**out, **_pair_releases(df, plan, request, ledger=ledger, rng=rng)}
@@ -232,10 +236,11 @@ def site_statistics(
             out.update(_histogram_release(spec, x, plan, request, rng))
     if phase == PHASE_HISTOGRAM:
         for spec in plan.rounding_columns():
-            ledger.spend(phase=ledger_phase, target=f"{spec.name} rounding", noise_multiplier=z, sensitivity=1.0,
+            zr = z * ROUNDING_NOISE_FACTOR
+            ledger.spend(phase=ledger_phase, target=f"{spec.name} rounding", noise_multiplier=zr, sensitivity=1.0,
                          mechanism="gaussian" if dp else "exact")
-            out[wire_key(spec.name, F_ROUNDING)] = _noised(rounding_counts(numeric_values(df[spec.name], spec), spec),
-                                                           plan, rng)
+            counts = rounding_counts(numeric_values(df[spec.name], spec), spec)
+            out[wire_key(spec.name, F_ROUNDING)] = gaussian_noise(counts, sigma=zr, rng=rng) if dp else counts
     return out
 
 
