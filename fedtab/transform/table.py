@@ -68,9 +68,10 @@ class TableTransformer:
             if _is_numeric(spec):
                 col = NumericalColumnTransformer(spec, max_modes=plan.max_modes, weight_threshold=plan.weight_threshold)
                 noisy = plan.dp is not None and wire_key(spec.name, F_RAW) in merged
-                col.fit_from_histogram(k(F_EDGES), k(F_RAW) if noisy else k(F_COUNTS), lower=k(F_LOWER),
-                                       upper=k(F_UPPER), missing=k(F_MISSING), noise_sd=k(F_NOISE_SD),
-                                       rows=max(n_rows - float(k(F_MISSING)), 1.0) if noisy else None)
+                col.fit_from_histogram(k(F_EDGES), k(F_COUNTS), lower=k(F_LOWER), upper=k(F_UPPER),
+                                       missing=k(F_MISSING), noise_sd=k(F_NOISE_SD),
+                                       rows=max(n_rows - float(k(F_MISSING)), 1.0) if noisy else None,
+                                       raw_counts=k(F_RAW) if noisy else None)
                 if wire_key(spec.name, F_ROUNDING) in merged:
                     col.fit_rounding(k(F_ROUNDING), step=grid_step(spec))
             else:
