@@ -136,9 +136,10 @@ def test_ledger_epsilon_equals_an_independent_accountant_computation(adult_dp):
     releases, profiles = plan.releases(), len(plan.rounding_columns())
     assert profiles > 0  # Adult's age, fnlwgt, capital gain and loss, hours per week
     extra_delta = plan.threshold_delta * len(plan.threshold_columns())
-    rdp = opacus_rdp.compute_rdp(q=1.0, noise_multiplier=plan.noise_multiplier, steps=releases, orders=list(RDP_ORDERS)) \
+    orders = list(RDP_ORDERS)
+    rdp = opacus_rdp.compute_rdp(q=1.0, noise_multiplier=plan.noise_multiplier, steps=releases, orders=orders) \
         + opacus_rdp.compute_rdp(q=1.0, noise_multiplier=plan.noise_multiplier * ROUNDING_NOISE_FACTOR, steps=profiles,
-                                 orders=list(RDP_ORDERS))
+                                 orders=orders)
     expected, _ = opacus_rdp.get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=DP_PRE.delta - extra_delta)
     for site, ledger in ledgers.items():
         assert len(ledger.entries) == releases + profiles

@@ -119,7 +119,8 @@ class PrivacyLedger:
         """The epsilon the site would reach with this release (and the ``extra`` events); raises
         PrivacyBudgetError if over budget. Records nothing either way.
         """
-        events = self.events() + (GaussianEvent(float(noise_multiplier), float(sample_rate), int(steps)),) + tuple(extra)
+        events = (self.events() + (GaussianEvent(float(noise_multiplier), float(sample_rate), int(steps)),)
+                  + tuple(extra))
         delta = self.accounting_delta - float(delta_cost)
         would = self._epsilon_of(events, delta)
         if self.epsilon_budget is not None and not would <= self.epsilon_budget:

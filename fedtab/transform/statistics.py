@@ -19,9 +19,9 @@ from fedtab.privacy.ledger import PrivacyLedger
 from fedtab.privacy.mechanisms import gaussian_noise, norm_sub
 from fedtab.schema import ColumnSpec
 from fedtab.transform.plan import (
-    F_CATEGORIES, F_COUNTS, F_EDGES, F_KEYS, F_LOWER, F_MAX, F_MIN, F_MISSING, F_NOISE_SD, F_OTHER, F_RAW, F_ROUNDING, F_UPPER,
-    KEY_N_SITES, KEY_PHASE, LEDGER_PHASE_PREFIX, PHASE_DOMAIN, PHASE_HISTOGRAM, PHASE_PAIRS, ROUNDING_NOISE_FACTOR, EncodingPlan,
-    wire_key,
+    F_CATEGORIES, F_COUNTS, F_EDGES, F_KEYS, F_LOWER, F_MAX, F_MIN, F_MISSING, F_NOISE_SD, F_OTHER, F_RAW,
+    F_ROUNDING, F_UPPER, KEY_N_SITES, KEY_PHASE, LEDGER_PHASE_PREFIX, PHASE_DOMAIN, PHASE_HISTOGRAM, PHASE_PAIRS,
+    ROUNDING_NOISE_FACTOR, EncodingPlan, wire_key,
 )
 from fedtab.transform.pairs import (
     F_PAIR_EDGES, KEY_PAIRS_MEASURED, MIN_PAIR_SNR, CellLayout, coarse_edges, measured_pairs, pair_counts,
@@ -367,8 +367,8 @@ def merge_statistics(plan: EncodingPlan, phase: str, site_stats: list[dict[str, 
         if plan.dp is not None and spec.type in ("numerical", "datetime"):
             out[wire_key(name, F_RAW)] = raw[name][:-1]
     for spec in plan.rounding_columns():
-        out[wire_key(spec.name, F_ROUNDING)] = norm_sub(sum(np.asarray(s[wire_key(spec.name, F_ROUNDING)], dtype=np.float64)
-                                                            for s in site_stats))
+        key = wire_key(spec.name, F_ROUNDING)
+        out[key] = norm_sub(sum(np.asarray(s[key], dtype=np.float64) for s in site_stats))
     return out
 
 
