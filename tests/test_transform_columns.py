@@ -252,3 +252,14 @@ def test_under_dp_least_squares_only_where_the_noise_rivals_the_rows():
         # Least squares keeps one mode for one bump; EM on norm-subbed counts splits it into several.
         assert (len(col.means_) == 1) == expect_ls, rows
         assert abs(np.average(col.means_, weights=col.weights_) - 20) < 1.5
+
+
+def test_a_noisy_rounding_profile_without_heaping_rounds_nothing():
+    col = NumericalColumnTransformer(ColumnSpec("age", "numerical", "int", lower=0.0, upper=120.0))
+    natural = 735 * np.array([0.1, 0.1, 0.4, 0.4])
+    noisy = natural + np.array([90.0, 300.0, -200.0, -190.0])  # within 2 sd (sd 120) but for one class
+    col.fit_rounding(noisy, step=1.0, noise_sd=120.0)
+    q = col.rounding_[0]
+    assert q[1] > 0.1 and q[0] == 0.0  # only the multiples of 5 stand out of the noise
+    col.fit_rounding(natural + np.array([90.0, 100.0, -100.0, -90.0]), step=1.0, noise_sd=120.0)
+    assert np.allclose(col.rounding_[0], [0.0, 0.0, 0.0, 1.0])

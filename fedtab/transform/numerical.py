@@ -288,18 +288,24 @@ class NumericalColumnTransformer:
         self.has_missing_ = has_missing_slot(self.spec, missing=missing, noise_sd=noise_sd)
         return self
 
-    def fit_rounding(self, counts, *, step: float) -> "NumericalColumnTransformer":
+    def fit_rounding(self, counts, *, step: float, noise_sd: float = 0.0) -> "NumericalColumnTransformer":
         """Learn how decoded values round from a rounding profile (``statistics.rounding_counts``: how many
         values are multiples of 10, 5, 2 grid steps ``step``, or none). A value rounded to a multiple of
         5 steps is one of 10 half the time, and an unrounded one lands in the four classes with shares
         (0.1, 0.1, 0.4, 0.4): the probabilities of rounding to 10, 5, 2 or 1 steps are the non-negative
-        least-squares solution that reproduces the profile's shares."""
+        least-squares solution that reproduces the profile's shares. Under DP (``noise_sd`` > 0, the
+        noise of each count) a class keeps its departure from those natural shares only when it exceeds
+        twice the noise: at the heart hospitals' size (sd ~120 against ~735 values) noise alone had
+        put 15% of the synthetic ages on multiples of 5."""
         from scipy.optimize import nnls
 
         p = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
         if p.sum() <= 0:
             self.rounding_ = None
             return self
+        if noise_sd > 0:
+            natural = p.sum() * np.array([0.1, 0.1, 0.4, 0.4])
+            p = np.where(np.abs(p - natural) > 2.0 * noise_sd, p, natural)
         mix = np.array([[1.0, 0.5, 0.2, 0.1], [0.0, 0.5, 0.0, 0.1], [0.0, 0.0, 0.8, 0.4], [0.0, 0.0, 0.0, 0.4]])
         q = np.clip(nnls(mix, p / p.sum())[0], 0.0, None)
         self.rounding_ = (q / q.sum() if q.sum() > 0 else np.array([0.0, 0.0, 0.0, 1.0]), float(step))

@@ -29,7 +29,7 @@ from fedtab.transform.categorical import CategoricalColumnTransformer
 from fedtab.transform.numerical import NumericalColumnTransformer
 from fedtab.transform.plan import (
     F_CATEGORIES, F_COUNTS, F_EDGES, F_LOWER, F_MISSING, F_NOISE_SD, F_OTHER, F_RAW, F_ROUNDING, F_UPPER, KEY_PHASE,
-    PHASE_HISTOGRAM, PHASE_PAIRS, EncodingDP, EncodingPlan, wire_key,
+    PHASE_HISTOGRAM, PHASE_PAIRS, ROUNDING_NOISE_FACTOR, EncodingDP, EncodingPlan, wire_key,
 )
 from fedtab.transform.pairs import PairTable, measured_pairs, pair_key
 from fedtab.transform.spans import ConditionSpan, SpanInfo, span_offsets
@@ -73,7 +73,8 @@ class TableTransformer:
                                        rows=max(n_rows - float(k(F_MISSING)), 1.0) if noisy else None,
                                        raw_counts=k(F_RAW) if noisy else None)
                 if wire_key(spec.name, F_ROUNDING) in merged:
-                    col.fit_rounding(k(F_ROUNDING), step=grid_step(spec))
+                    col.fit_rounding(k(F_ROUNDING), step=grid_step(spec),
+                                     noise_sd=float(k(F_NOISE_SD)) * ROUNDING_NOISE_FACTOR)
             else:
                 col = CategoricalColumnTransformer(spec, other_label=plan.other_label)
                 col.fit_from_counts(k(F_CATEGORIES), k(F_COUNTS), other=bool(k(F_OTHER)), missing=k(F_MISSING),
