@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.optimize import least_squares, nnls
+from scipy.special import ndtr
 
 from fedtab.errors import check_is_fitted
 from fedtab.schema import ColumnSpec
@@ -134,9 +136,6 @@ def fit_mixture_noisy(edges, counts, *, noise_sd: float, rows: float, max_modes:
     real range 31% -> 5%.
     Post-processing of released counts: no privacy cost.
     """
-    from scipy.optimize import least_squares
-    from scipy.special import ndtr
-
     edges = np.asarray(edges, dtype=np.float64)
     y = np.asarray(counts, dtype=np.float64)
     sd = float(noise_sd)
@@ -297,8 +296,6 @@ class NumericalColumnTransformer:
         noise of each count) a class keeps its departure from those natural shares only when it exceeds
         twice the noise: at the heart hospitals' size (sd ~120 against ~735 values) noise alone had
         put 15% of the synthetic ages on multiples of 5."""
-        from scipy.optimize import nnls
-
         p = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
         if p.sum() <= 0:
             self.rounding_ = None

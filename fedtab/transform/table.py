@@ -167,9 +167,11 @@ class TableTransformer:
         decoded, latent, pos = {}, {}, 0
         for col in self.columns_:
             block = data[:, pos:pos + col.output_dim]
-            decoded[col.spec.name] = col.inverse_transform(block)
-            if isinstance(col, NumericalColumnTransformer) and col.has_missing_:
-                latent[col.spec.name] = col.decode_parts(block)
+            if isinstance(col, NumericalColumnTransformer) and col.has_missing_ and calibrate_rows is not None:
+                value, score = latent[col.spec.name] = col.decode_parts(block)
+                decoded[col.spec.name] = np.where(score > 0, np.nan, value)
+            else:
+                decoded[col.spec.name] = col.inverse_transform(block)
             pos += col.output_dim
         if calibrate_rows is not None:
             from fedtab.transform.calibration import calibrate
