@@ -94,6 +94,17 @@ class EncodingDP:
                               f"Got {self.threshold_delta_share!r} instead.")
 
 
+def grid_step(spec: ColumnSpec) -> float | None:
+    """Spacing of the values a column can hold (1 for integers, 10^-precision), None if continuous."""
+    if spec.is_integer:
+        return 1.0
+    if spec.type == "numerical" and spec.precision is not None:
+        return 10.0 ** -spec.precision
+    if spec.type == "datetime" and spec.datetime_format and not any(t in spec.datetime_format for t in ("%H", "%M", "%S")):
+        return 1.0
+    return None
+
+
 @dataclass(frozen=True)
 class EncodingPlan:
     """Public description of the federated encoding (see module docstring).
@@ -185,8 +196,7 @@ class EncodingPlan:
             return ()
         out = []
         for c in self.columns:
-            step = 1.0 if c.is_integer else (10.0 ** -c.precision if c.type == "numerical" and c.precision is not None
-                                             else None)
+            step = grid_step(c)
             if c.type != "numerical" or step is None:
                 continue
             if c.lower is None or c.upper is None or round((c.upper - c.lower) / step) + 1 > self.n_bins:

@@ -21,7 +21,7 @@ from fedtab.schema import ColumnSpec
 from fedtab.transform.plan import (
     F_CATEGORIES, F_COUNTS, F_EDGES, F_KEYS, F_LOWER, F_MAX, F_MIN, F_MISSING, F_NOISE_SD, F_OTHER, F_RAW,
     F_ROUNDING, F_UPPER, KEY_N_SITES, KEY_PHASE, LEDGER_PHASE_PREFIX, PHASE_DOMAIN, PHASE_HISTOGRAM, PHASE_PAIRS,
-    ROUNDING_NOISE_FACTOR, EncodingPlan, wire_key,
+    ROUNDING_NOISE_FACTOR, EncodingPlan, grid_step, wire_key,
 )
 from fedtab.transform.pairs import (
     F_PAIR_EDGES, KEY_PAIRS_MEASURED, MIN_PAIR_SNR, CellLayout, coarse_edges, measured_pairs, pair_counts,
@@ -52,17 +52,6 @@ def bounds_from_magnitude_counts(counts: np.ndarray, *, threshold: float) -> tup
     lower = e[max(lo_cell - 1, 0)]
     upper = e[min(hi_cell, len(e) - 1)]
     return float(lower), float(upper)
-
-
-def grid_step(spec: ColumnSpec) -> float | None:
-    """Spacing of the values a column can hold (1 for integers, 10^-precision), None if continuous."""
-    if spec.is_integer:
-        return 1.0
-    if spec.type == "numerical" and spec.precision is not None:
-        return 10.0 ** -spec.precision
-    if spec.type == "datetime" and spec.datetime_format and not any(t in spec.datetime_format for t in ("%H", "%M", "%S")):
-        return 1.0
-    return None
 
 
 def histogram_edges(spec: ColumnSpec, lower: float, upper: float, bins: int) -> np.ndarray:
