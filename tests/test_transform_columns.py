@@ -189,7 +189,7 @@ def test_under_dp_the_mixture_is_fitted_to_the_unclipped_counts_and_invents_no_t
     edges = np.linspace(-10.25, 9.75, 41)
     exact = np.histogram(x, edges)[0].astype(float)
     outside = {"em": [], "ls": []}
-    for seed in range(8):
+    for seed in range(4):
         noisy = exact + np.random.default_rng(seed).normal(0, 57.0, exact.size)  # the heart demo's noise
         m, s, w = fit_mixture_noisy(edges, noisy, noise_sd=57.0, rows=735, max_modes=10, weight_threshold=0.005)
         outside["ls"].append(float(np.sum(w * _mass_beyond(m, s, -3.0, 5.0))))
