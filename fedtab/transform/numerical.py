@@ -108,12 +108,17 @@ def fit_mixture(edges, counts, *, max_modes: int, weight_threshold: float, n_ite
         last = loglik
     if spread_point_masses:  # under DP, merging the copies on a point mass also cost quality (see above)
         means, variances, weights = _merge_identical(means, variances, weights)
+    return _prune_and_sort(means, np.sqrt(variances), weights, weight_threshold)
+
+
+def _prune_and_sort(means, stds, weights, weight_threshold: float):
+    """Drop the modes at or under ``weight_threshold`` (the heaviest stays), renormalise, sort by mean."""
     big = weights > weight_threshold
     if not big.any():
         big = weights == weights.max()
     order = np.argsort(means[big])
     w = weights[big] / weights[big].sum()
-    return means[big][order], np.sqrt(variances[big])[order], w[order]
+    return means[big][order], stds[big][order], w[order]
 
 
 def fit_mixture_noisy(edges, counts, *, noise_sd: float, rows: float, max_modes: int, weight_threshold: float,
@@ -189,13 +194,7 @@ def fit_mixture_noisy(edges, counts, *, noise_sd: float, rows: float, max_modes:
             worse += 1
             if worse >= 2:  # two more modes bought nothing: larger k will not either
                 break
-    means, stds, weights = best
-    big = weights > weight_threshold
-    if not big.any():
-        big = weights == weights.max()
-    order = np.argsort(means[big])
-    w = weights[big] / weights[big].sum()
-    return means[big][order], stds[big][order], w[order]
+    return _prune_and_sort(*best, weight_threshold)
 
 
 def _initial_means(edges: np.ndarray, counts: np.ndarray, k: int, *, spread: bool = True) -> np.ndarray:
@@ -268,21 +267,17 @@ class NumericalColumnTransformer:
         edges = np.asarray(edges, dtype=np.float64)
         counts = np.asarray(counts, dtype=np.float64)
         self.rounding_ = None  # fit_rounding sets it
-        if noise_sd > 0:
-            rows = counts.sum() if rows is None else rows
-            if raw_counts is not None and NOISE_MASS * noise_sd * len(counts) > NOISE_MASS_SHARE * rows:
-                self.means_, self.stds_, self.weights_ = fit_mixture_noisy(
-                    edges, np.asarray(raw_counts, dtype=np.float64), noise_sd=noise_sd, rows=rows,
-                    max_modes=self.max_modes, weight_threshold=self.weight_threshold)
-            else:
-                self.means_, self.stds_, self.weights_ = fit_mixture(
-                    edges, counts, max_modes=self.max_modes, weight_threshold=self.weight_threshold,
-                    spread_point_masses=False)
-        else:
+        rows = float(counts.sum()) if rows is None else float(rows)
+        if noise_sd > 0 and raw_counts is not None and NOISE_MASS * noise_sd * len(counts) > NOISE_MASS_SHARE * rows:
+            self.means_, self.stds_, self.weights_ = fit_mixture_noisy(
+                edges, np.asarray(raw_counts, dtype=np.float64), noise_sd=noise_sd, rows=rows,
+                max_modes=self.max_modes, weight_threshold=self.weight_threshold)
+        else:  # point masses are spread only on exact counts (see _initial_means)
             self.means_, self.stds_, self.weights_ = fit_mixture(
-                edges, counts, max_modes=self.max_modes, weight_threshold=self.weight_threshold)
+                edges, counts, max_modes=self.max_modes, weight_threshold=self.weight_threshold,
+                spread_point_masses=noise_sd == 0)
         self.lower_, self.upper_ = float(lower), float(upper)
-        total = float((counts.sum() if rows is None else rows) + missing)
+        total = rows + missing
         self.missing_share_ = missing / total if total > 0 else 0.0
         self.has_missing_ = has_missing_slot(self.spec, missing=missing, noise_sd=noise_sd)
         return self

@@ -206,6 +206,7 @@ def site_statistics(
                                target=f"{steps + profiles} release(s) of this and later phases",
                                extra=(GaussianEvent(z * ROUNDING_NOISE_FACTOR, 1.0, profiles),) if profiles else ())
     out: dict[str, Any] = {KEY_PHASE: phase}
+    values: dict[str, np.ndarray] = {}  # histogram phase: each column's values, for its rounding profile
     if phase == PHASE_PAIRS:
         return {**out, **_pair_releases(df, plan, request, ledger=ledger, rng=rng)}
     for spec in specs:
@@ -223,12 +224,13 @@ def site_statistics(
             out.update(_domain_release(spec, x, plan, rng) if numeric else _union_release(spec, x, plan, rng))
         else:
             out.update(_histogram_release(spec, x, plan, request, rng))
+            values[spec.name] = x
     if phase == PHASE_HISTOGRAM:
         for spec in plan.rounding_columns():
             zr = z * ROUNDING_NOISE_FACTOR
             ledger.spend(phase=ledger_phase, target=f"{spec.name} rounding", noise_multiplier=zr, sensitivity=1.0,
                          mechanism="gaussian" if dp else "exact")
-            counts = rounding_counts(numeric_values(df[spec.name], spec), spec)
+            counts = rounding_counts(values[spec.name], spec)
             out[wire_key(spec.name, F_ROUNDING)] = gaussian_noise(counts, sigma=zr, rng=rng) if dp else counts
     return out
 

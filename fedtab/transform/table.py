@@ -67,11 +67,11 @@ class TableTransformer:
             k = lambda f: merged[wire_key(spec.name, f)]  # noqa: E731
             if _is_numeric(spec):
                 col = NumericalColumnTransformer(spec, max_modes=plan.max_modes, weight_threshold=plan.weight_threshold)
-                noisy = plan.dp is not None and wire_key(spec.name, F_RAW) in merged
+                raw = merged.get(wire_key(spec.name, F_RAW))  # merged under DP only
                 col.fit_from_histogram(k(F_EDGES), k(F_COUNTS), lower=k(F_LOWER), upper=k(F_UPPER),
                                        missing=k(F_MISSING), noise_sd=k(F_NOISE_SD),
-                                       rows=max(n_rows - float(k(F_MISSING)), 1.0) if noisy else None,
-                                       raw_counts=k(F_RAW) if noisy else None)
+                                       rows=None if raw is None else max(n_rows - float(k(F_MISSING)), 1.0),
+                                       raw_counts=raw)
                 if wire_key(spec.name, F_ROUNDING) in merged:
                     col.fit_rounding(k(F_ROUNDING), step=grid_step(spec),
                                      noise_sd=float(k(F_NOISE_SD)) * ROUNDING_NOISE_FACTOR)
