@@ -9,7 +9,7 @@ released and why it reveals no row). It holds no row, no row index and no raw va
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
 from threadpoolctl import threadpool_limits
@@ -122,18 +122,40 @@ def evaluate_site(
     target: str | None = None,
     seed: int = 0,
     options: EvaluationOptions = EvaluationOptions(),
+    site_column: str | None = None,
+    site: str | None = None,
 ) -> SiteEvaluation:
     """Score ``synthetic`` against this site's training rows and its holdout rows (never trained on).
 
     Tables follow the typed-table dtype contract of ``fedtab.schema``. ``target`` enables the utility
-    figures. Raises ``DataValidationError`` listing every problem with the inputs.
+    figures. With a ``site_column`` (a table conditioned on the site, see ``EncodingPlan.site_column``)
+    every figure of the site is computed on the synthetic rows labelled ``site``, that column left out;
+    the consortium counts (the union's quality) read the whole table, that column included.
+    Raises ``DataValidationError`` listing every problem with the inputs.
     """
-    _check_inputs({"real_train": real_train, "real_holdout": real_holdout, "synthetic": synthetic}, schema, target)
+    frames = {"real_train": real_train, "real_holdout": real_holdout, "synthetic": synthetic}
+    full, full_schema = synthetic, schema
+    if site_column is not None:
+        if site_column not in schema or site_column not in synthetic.columns:
+            raise DataValidationError("evaluate_site", [Problem(site_column, "the site column is not in the schema "
+                                                                "and the synthetic table", expected="a column of both")])
+        own = synthetic[site_column].astype(str) == str(site)
+        if own.sum() < 2:
+            raise DataValidationError("evaluate_site", [Problem(
+                site_column, f"the synthetic table has {int(own.sum())} row(s) labelled {site!r}",
+                expected=f"at least 2 (labels present: {sorted(synthetic[site_column].astype(str).unique())[:10]}); "
+                         "sample more rows")])
+        schema = replace(schema, columns=tuple(c for c in schema.columns if c.name != site_column))
+        frames = {k: v.drop(columns=[site_column], errors="ignore") for k, v in frames.items()}
+        frames["synthetic"] = frames["synthetic"][own.to_numpy()].reset_index(drop=True)
+    _check_inputs(frames, schema, target)
     with threadpool_limits(limits=options.n_threads):
-        return _evaluate(real_train, real_holdout, synthetic, schema, target=target, seed=seed, options=options)
+        return _evaluate(frames["real_train"], frames["real_holdout"], frames["synthetic"], schema, target=target,
+                         seed=seed, options=options,
+                         consortium=None if site_column is None else (real_train, full, full_schema))
 
 
-def _evaluate(real_train, real_holdout, synthetic, schema, *, target, seed, options) -> SiteEvaluation:
+def _evaluate(real_train, real_holdout, synthetic, schema, *, target, seed, options, consortium=None) -> SiteEvaluation:
     kinds = kinds_of(schema)
     train, holdout, synth = (to_plain(df, schema) for df in (real_train, real_holdout, synthetic))
     timings = []
@@ -159,7 +181,11 @@ def _evaluate(real_train, real_holdout, synthetic, schema, *, target, seed, opti
     timings.append(("marginals", time.perf_counter() - t))
 
     t = time.perf_counter()
-    counts = consortium_counts(train, synth, kinds)
+    if consortium is None:
+        counts = consortium_counts(train, synth, kinds)
+    else:  # the whole table with its site column, against this site's rows (all labelled with it)
+        rows, table, full_schema = consortium
+        counts = consortium_counts(to_plain(rows, full_schema), to_plain(table, full_schema), kinds_of(full_schema))
     timings.append(("consortium_counts", time.perf_counter() - t))
 
     return SiteEvaluation(

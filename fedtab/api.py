@@ -48,6 +48,11 @@ class FederatedSynthesizer:
     preprocessing budget) and ``sample`` calibrates the rows onto those tables, so how the other
     columns relate to it survives DP-SGD's noise. ``parallel_sites``: with the in-process transport,
     how many sites work side by side (default: one per core; the result does not depend on it).
+    ``site_column``: add a column of that name holding each row's site (the site names are the
+    categories); the generator is conditioned on it (CTGAN: every row, each site training its own
+    sites' slice; TVAE, diffusion: a column like the others), ``sample`` draws it by the sites' shares,
+    and each site is evaluated on the rows labelled with its own name. For consortia whose sites
+    differ (a hospital's case mix, what it measures): a table of their union mixes them.
     """
 
     def __init__(self, model: str = "ctgan", *, epsilon: float | None = None, delta: float = 1e-5,
@@ -55,7 +60,8 @@ class FederatedSynthesizer:
                  preprocessing_share: float = 0.1, seed: int = 0, schema: TableSchema | str | None = None,
                  missing_markers: tuple[str, ...] = ("?",), holdout: float = 0.2, transport: str = "inprocess",
                  model_options: Mapping[str, Any] | None = None, target: str | None = None,
-                 parallel_sites: int | None = None, progress: Progress | None = None):
+                 parallel_sites: int | None = None, site_column: str | None = None,
+                 progress: Progress | None = None):
         self.model = model
         self.epsilon = epsilon
         self.delta = delta
@@ -72,6 +78,7 @@ class FederatedSynthesizer:
         self.model_options = model_options
         self.target = target
         self.parallel_sites = parallel_sites
+        self.site_column = site_column
         self.progress = progress
 
     # -- configuration --------------------------------------------------------------------------
@@ -86,6 +93,8 @@ class FederatedSynthesizer:
             problems.append(f"'seed' must be a whole number >= 0. Got {self.seed!r} instead.")
         if self.target is not None and not isinstance(self.target, str):
             problems.append(f"'target' must be a column name or None. Got {self.target!r} instead.")
+        if self.site_column is not None and (not isinstance(self.site_column, str) or not self.site_column):
+            problems.append(f"'site_column' must be a column name or None. Got {self.site_column!r} instead.")
         if self.parallel_sites is not None and (isinstance(self.parallel_sites, bool)
                                                 or not isinstance(self.parallel_sites, int) or self.parallel_sites < 1):
             problems.append(f"'parallel_sites' must be a whole number >= 1 or None. Got {self.parallel_sites!r} instead.")
@@ -94,7 +103,8 @@ class FederatedSynthesizer:
         schema = TableSchema.load(self.schema) if isinstance(self.schema, (str, os.PathLike)) else self.schema
         return JobSpec(model=self.model, model_options=dict(self.model_options or {}), privacy=privacy,
                        training=training, seed=self.seed, holdout=self.holdout,
-                       missing_markers=tuple(self.missing_markers), schema=schema, target=self.target)
+                       missing_markers=tuple(self.missing_markers), schema=schema, target=self.target,
+                       site_column=self.site_column)
 
     @classmethod
     def from_config(cls, config: RunConfig, *, transport: str = "inprocess",
@@ -104,7 +114,8 @@ class FederatedSynthesizer:
                    local_epochs=config.training.local_epochs, batch_size=config.training.batch_size,
                    max_grad_norm=config.training.max_grad_norm, seed=config.seed, schema=config.schema_path,
                    missing_markers=config.missing_markers, holdout=config.holdout, transport=transport,
-                   model_options=config.model_options, target=config.target, progress=progress)
+                   model_options=config.model_options, target=config.target, site_column=config.site_column,
+                   progress=progress)
 
     # -- fitting ----------------------------------------------------------------------------------
     def fit(self, sites: Mapping[str, SiteInput]) -> "FederatedSynthesizer":
@@ -228,7 +239,8 @@ def load(path: str | os.PathLike) -> FederatedSynthesizer:
             preprocessing_share=m["privacy"]["preprocessing_share"], rounds=m["training"]["rounds"],
             local_epochs=m["training"]["local_epochs"], batch_size=m["training"]["batch_size"],
             max_grad_norm=m["training"]["max_grad_norm"], seed=m["seed"], schema=TableSchema.from_dict(m["schema"]),
-            missing_markers=tuple(m["missing_markers"]), holdout=m["holdout"], model_options=m["model_options"])
+            missing_markers=tuple(m["missing_markers"]), holdout=m["holdout"], model_options=m["model_options"],
+            site_column=m["encoding"]["config"]["plan"].get("site_column"))
         history = tuple(RoundRecord(**h) for h in m["history"])
         result = FederationResult(schema=TableSchema.from_dict(m["schema"]), encoding=m["encoding"],
                                   weights=b.weights, ledgers=m["ledgers"], history=history,

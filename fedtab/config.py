@@ -86,6 +86,7 @@ class RunConfig:
     missing_markers: tuple[str, ...] = ("?",)
     holdout: float = 0.2
     target: str | None = None
+    site_column: str | None = None
 
 
 def _num(problems: list[str], where: str, v: Any, *, lo: float, hi: float = math.inf,
@@ -138,7 +139,7 @@ def load_config(path: str | Path) -> RunConfig:
     return config_from_dict(read_toml(p), base_dir=p.parent, source=str(p))
 
 
-_TOP = {"seed", "schema", "missing_markers", "holdout", "target", "model", "privacy", "training", "sites"}
+_TOP = {"seed", "schema", "missing_markers", "holdout", "target", "site_column", "model", "privacy", "training", "sites"}
 
 
 def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "config") -> RunConfig:
@@ -177,12 +178,15 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
     if not isinstance(markers, list) or not all(isinstance(m, str) for m in markers):
         problems.append(f"'missing_markers' must be a list of strings. Got {markers!r} instead.")
         markers = ["?"]
+    site_column = data.get("site_column")
+    if site_column is not None and (not isinstance(site_column, str) or not site_column):
+        problems.append(f"'site_column' must be a column name (e.g. \"hospital\"). Got {site_column!r} instead.")
     if problems:
         raise ConfigError(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  - {x}" for x in problems))
     return RunConfig(
         sites=sites, model=model, model_options=model_tbl, privacy=privacy, training=training,
         seed=seed, schema_path=_resolve(schema, base_dir) if isinstance(schema, str) else None,
-        missing_markers=tuple(markers), holdout=float(holdout), target=data.get("target"),
+        missing_markers=tuple(markers), holdout=float(holdout), target=data.get("target"), site_column=site_column,
     )
 
 

@@ -35,9 +35,15 @@ def run_demo(out: str | Path, *, epsilon: float | None = 1.0, rounds: int = 10, 
     sites = load_heart_sites()
     synth = FederatedSynthesizer(
         "ctgan", epsilon=epsilon, delta=1e-5, rounds=rounds, local_epochs=2.0, batch_size=256, seed=seed,
-        # Half the budget to the encoding's marginals: at a few hundred rows per hospital they carry most
-        # of what DP can learn (measured at epsilon 1, calibrated: quality of the union 0.65 at 0.3, 0.70 at 0.5).
-        preprocessing_share=0.5,
+        # Most of the budget to the encoding's marginals: at a few hundred rows per hospital they carry most
+        # of what DP can learn, and with a site column each hospital's own shares come from its own
+        # counts. Measured at epsilon 1 (seeds 0 / 1), detection AUC at the hospitals 0.956 / 0.964 at
+        # 0.8 vs 0.968 / 0.986 at 0.5; quality of the union 0.845 / 0.836 vs 0.814 / 0.757.
+        preprocessing_share=0.8,
+        # The hospitals differ (Switzerland records no cholesterol, Hungary no vessel count): a table of
+        # their union is told from any one hospital's rows at AUC 0.73-1.00 even when drawn from the real
+        # rows. With a hospital column each hospital is scored on its own rows (Switzerland 0.996 -> 0.90).
+        site_column="hospital",
         schema=heart_schema(), progress=progress,
     ).fit(sites)
     if progress is not None:

@@ -45,10 +45,11 @@ class JobSpec:
     missing_markers: tuple[str, ...] = ("?",)
     schema: TableSchema | None = None
     target: str | None = None  # its two-way tables with the other columns are released (calibration)
+    site_column: str | None = None  # a column naming each row's site, added at the sites (see with_site_column)
 
     def site_job(self) -> dict:
         return {"seed": self.seed, "holdout": self.holdout, "missing_markers": list(self.missing_markers),
-                "epsilon": self.privacy.epsilon, "delta": self.privacy.delta}
+                "epsilon": self.privacy.epsilon, "delta": self.privacy.delta, "site_column": self.site_column}
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None) -> T
     body = {"job": job.site_job(), "schema": job.schema.to_dict() if job.schema is not None else None}
     replies = broadcast(transport, SCHEMA, body)
     schema = job.schema or agree_schemas({s: TableSchema.from_dict(r["schema"]) for s, r in replies.items()})
+    if job.site_column is not None:
+        schema = with_site_column(schema, job.site_column, sites)
 
     # Phase 2: federated encoding (noised statistics, recorded in each site's ledger).
     _notify(progress, "phase", name="federated encoding")
@@ -158,6 +161,23 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None) -> T
     return TrainingState(schema=schema, encoding=transformer.to_dict(), site_weights=site_weights,
                          noise_multipliers=noise, weights=training.initial_weights(setup), history=(),
                          active_sites=tuple(sites), rounds_done=0)
+
+
+def with_site_column(schema: TableSchema, column: str, sites: list[str]) -> TableSchema:
+    """The agreed schema plus the site column: categorical, never missing, declared categories = the
+    site names (public: declared categories cost no privacy budget). A schema that already holds it
+    (a saved model's) must name the same sites."""
+    from fedtab.errors import ConfigError
+    from fedtab.schema import ColumnSpec
+
+    spec = ColumnSpec(name=column, type="categorical", nullable=False, categories=tuple(sites))
+    if column in schema.names:
+        if schema[column] != spec:
+            raise ConfigError(f"The site column '{column}' is already a column of the schema "
+                              f"({schema[column].to_dict()}), not the site names {list(sites)}: choose a "
+                              "'site_column' name that no site's table uses.")
+        return schema
+    return replace(schema, columns=tuple(schema.columns) + (spec,))
 
 
 def _available(transport: Transport, kind: str, bodies: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,8 @@ def make_plan(schema, job) -> EncodingPlan:
     with a ``target``, its two-way table against every other column (for the sampler's calibration)."""
     pre = job.privacy.preprocessing_epsilon
     dp = None if pre is None else EncodingDP(epsilon=pre, delta=job.privacy.delta)
-    return EncodingPlan(schema, dp=dp, seed=job.seed, pairs=target_pairs(schema, job.target))
+    return EncodingPlan(schema, dp=dp, seed=job.seed, pairs=target_pairs(schema, job.target),
+                        site_column=job.site_column)
 
 
 def plan_to_dict(plan: EncodingPlan) -> dict:

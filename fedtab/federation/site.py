@@ -80,10 +80,20 @@ class SiteWorker:
 
             job = state["job"]
             schema = TableSchema.from_json(schema_json)
-            raw = self._load_frame(schema, tuple(job["missing_markers"]))
+            raw = self._with_site_column(self._load_frame(schema, tuple(job["missing_markers"])), job)
             typed = validate_table(raw, schema, source=f"site '{self.name}'")
             self._cache[key] = split_holdout(typed, fraction=job["holdout"], seed=site_seed(job["seed"], self.name, 1))
         return self._cache[key]
+
+    def _with_site_column(self, raw: pd.DataFrame, job: dict) -> pd.DataFrame:
+        """The site's rows with the job's site column added: this site's name on every row."""
+        column = job.get("site_column")
+        if column is None:
+            return raw
+        if column in raw.columns:
+            raise ConfigError(f"site '{self.name}': the table already has a column '{column}', the job's "
+                              "'site_column'; choose a site column name that no site's table uses.")
+        return raw.assign(**{column: self.name})
 
     def _ledger_of(self, state: dict) -> PrivacyLedger:
         return PrivacyLedger.from_dict(state["ledger"])
@@ -143,7 +153,7 @@ class SiteWorker:
             self._cache[key] = training.encode_rows(setup, train)
         reply = training.train_one_round(
             setup, self._cache[key], body["weights"], round_index=int(body["round"]), ledger=ledger,
-            seed=site_seed(state["job"]["seed"], self.name, 3, int(body["round"])),
+            seed=site_seed(state["job"]["seed"], self.name, 3, int(body["round"])), site=self.name,
         )
         state["ledger"] = ledger.to_dict()
         return reply
@@ -162,4 +172,4 @@ class SiteWorker:
         train, holdout = self._frames(state)
         schema = TableSchema.from_json(state["schema"])
         return site_evaluation.evaluate_at_site(body, train=train, holdout=holdout, schema=schema,
-                                                seed=site_seed(state["job"]["seed"], self.name, 4))
+                                                seed=site_seed(state["job"]["seed"], self.name, 4), site=self.name)

@@ -32,9 +32,11 @@ def bytes_to_frame(data: np.ndarray) -> pd.DataFrame:
 
 
 def evaluate_at_site(body: dict, *, train: pd.DataFrame, holdout: pd.DataFrame, schema: TableSchema,
-                     seed: int) -> dict:
+                     seed: int, site: str) -> dict:
+    """With the job's site column, the site scores the synthetic rows labelled with its own name."""
     from evaluation import evaluate_site
 
     synthetic = bytes_to_frame(body["synthetic"])
-    result = evaluate_site(train, holdout, synthetic, schema, target=body.get("target"), seed=seed)
+    result = evaluate_site(train, holdout, synthetic, schema, target=body.get("target"), seed=seed,
+                           site_column=body["job"].get("site_column"), site=site)
     return {"evaluation": result.to_dict(), "rows": len(train)}

@@ -127,11 +127,27 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+def site_category(transformer: TableTransformer, site: str | None) -> int | None:
+    """The site's category in the site column (``EncodingPlan.site_column``), or None without one."""
+    column = transformer.plan_.site_column
+    if column is None:
+        return None
+    names = list(transformer.schema[column].categories)
+    if site not in names:
+        from fedtab.errors import ConfigError
+
+        raise ConfigError(f"Site {site!r} is not a category of the site column '{column}' ({names}): the "
+                          "coordinator declares the site names it trains with; name this site as it does.")
+    return names.index(site)
+
+
 def train_one_round(setup: dict[str, Any], data: np.ndarray, weights: dict[str, np.ndarray], *,
-                    round_index: int, ledger: PrivacyLedger, seed: int) -> dict[str, Any]:
-    """Load the global weights, spend this round on the ledger, train locally, return the update."""
+                    round_index: int, ledger: PrivacyLedger, seed: int, site: str | None = None) -> dict[str, Any]:
+    """Load the global weights, spend this round on the ledger, train locally, return the update.
+    With a site column, the model's conditions are pinned to ``site``'s own category."""
     transformer = TableTransformer.from_dict(setup["transformer"])
     model = build_model(setup, transformer)
+    model.conditions.pin(site_category(transformer, site))
     dp = None
     steps = int(setup["steps_per_round"])
     if ledger.is_dp:

@@ -11,6 +11,11 @@ conditions, all seeded by an explicit ``torch.Generator``:
   (a uniform, independent sample of the site's rows) holds.
 * ``RowIndex``: CTGAN's training-by-sampling (rows picked by category, log-frequency); non-DP only,
   because picking rows by category is not a Poisson sample.
+
+A **pinned** span (``ConditionSpan.pinned``: the site column) is never the drawn column: every row is
+conditioned on it as well, through a second hot entry. At a site (``pin``) it is that site's own
+category, for generated and real rows alike, so each site trains the generator's slice for its own
+rows; when sampling (nothing pinned) it is drawn from the span's frequencies.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ from fedtab.transform.spans import ConditionSpan, SpanInfo, span_offsets
 @dataclass(frozen=True)
 class CondBatch:
     """A batch of conditions: the one-hot ``vector`` (rows x condition width) and, per row, the chosen
-    condition ``column`` and ``category`` (index within that column), both int64."""
+    condition ``column`` and ``category`` (index within that column), both int64; ``site``: each row's
+    category of the pinned span (None without one)."""
 
     vector: torch.Tensor
     column: torch.Tensor
     category: torch.Tensor
+    site: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.vector.shape[0]
@@ -69,8 +76,16 @@ class Conditions:
                     f"The frequencies of condition span '{c.column}' must be {c.dim} non-negative numbers "
                     f"with a positive sum. Got {freq!r} instead."
                 )
+        pinned = [j for j, c in enumerate(condition_spans) if c.pinned]
+        if len(pinned) > 1:
+            raise ConfigError(f"At most one condition span may be pinned (the site column). Got "
+                              f"{[condition_spans[j].column for j in pinned]} instead.")
         self.spans = list(condition_spans)
         self.n_columns = len(self.spans)
+        self.pinned: int | None = pinned[0] if pinned else None
+        # The columns a condition is drawn from: all but the pinned one (which every row carries anyway).
+        self.free = torch.tensor([j for j in range(self.n_columns) if j != self.pinned] or pinned, dtype=torch.long)
+        self.site: int | None = None
         self.dim = sum(c.dim for c in self.spans)
         dims = [c.dim for c in self.spans]
         self.max_dim = max(dims, default=1)
@@ -86,24 +101,65 @@ class Conditions:
         self.frequencies = freq
         self._cdf = _cdf(freq)
 
-    def one_hot(self, column: torch.Tensor, category: torch.Tensor) -> CondBatch:
+    def pin(self, category: int | None) -> None:
+        """Condition every row on this category of the pinned span (a site's own; None: drawn from the
+        span's frequencies, as when sampling). No-op without a pinned span."""
+        if self.pinned is None:
+            return
+        if category is not None and not 0 <= int(category) < self.spans[self.pinned].dim:
+            raise ConfigError(f"The pinned category of condition span '{self.spans[self.pinned].column}' must be "
+                              f"in [0, {self.spans[self.pinned].dim}). Got {category!r} instead.")
+        self.site = None if category is None else int(category)
+
+    def hot(self, cond: CondBatch) -> torch.Tensor | None:
+        """Each row's hot columns of the condition vector: (rows,), or (rows, 2) with a pinned span
+        (the drawn condition, then the site); None without condition spans."""
+        if not self.dim:
+            return None
+        hot = self.cond_offsets[cond.column] + cond.category
+        if self.pinned is None or len(self.free) == 0 or int(self.free[0]) == self.pinned:
+            return hot
+        return torch.stack([hot, self.cond_offsets[self.pinned] + cond.site], dim=1)
+
+    def one_hot(self, column: torch.Tensor, category: torch.Tensor, site: torch.Tensor | None = None) -> CondBatch:
         vec = torch.zeros(column.shape[0], self.dim)
         if self.dim:
             vec.scatter_(1, (self.cond_offsets[column] + category)[:, None], 1.0)
-        return CondBatch(vec, column, category)
+        if self.pinned is not None:
+            if site is None:
+                raise ConfigError("A batch of conditions over a pinned span needs each row's site category.")
+            vec[torch.arange(column.shape[0]), self.cond_offsets[self.pinned] + site] = 1.0
+        return CondBatch(vec, column, category, site)
 
     def empty(self, n: int) -> CondBatch:
         z = torch.zeros(n, dtype=torch.long)
         return CondBatch(torch.zeros(n, self.dim), z, z)
 
+    def draw_columns(self, n: int, *, generator: torch.Generator) -> torch.Tensor:
+        """The condition column of each row: uniform over the columns that are not pinned."""
+        return self.free[torch.randint(len(self.free), (n,), generator=generator)]
+
+    def draw_sites(self, n: int, *, generator: torch.Generator) -> torch.Tensor | None:
+        """Each row's pinned category: the pinned site, or drawn from the span's frequencies."""
+        if self.pinned is None:
+            return None
+        if self.site is not None:
+            return torch.full((n,), self.site, dtype=torch.long)
+        return _draw(self._cdf, torch.full((n,), self.pinned, dtype=torch.long), generator)
+
+    def _with_sites(self, column: torch.Tensor, category: torch.Tensor, site: torch.Tensor | None) -> CondBatch:
+        """When the pinned span is the only condition column, the drawn condition is the site itself."""
+        if site is not None and int(self.free[0]) == self.pinned and len(self.free) == 1:
+            category = site
+        return self.one_hot(column, category, site)
+
     def from_frequencies(self, n: int, *, generator: torch.Generator) -> CondBatch:
         """Column uniform, category drawn from that column's frequencies."""
         if not self.n_columns:
             return self.empty(n)
-        column = torch.randint(self.n_columns, (n,), generator=generator)
-        if n == 0:
-            return self.one_hot(column, column)
-        return self.one_hot(column, _draw(self._cdf, column, generator))
+        column = self.draw_columns(n, generator=generator)
+        category = _draw(self._cdf, column, generator) if n else column
+        return self._with_sites(column, category, self.draw_sites(n, generator=generator))
 
     def categories_of(self, rows: torch.Tensor) -> torch.Tensor:
         """Category index of every row in every condition column: (rows x columns), argmax of each span.
@@ -118,13 +174,17 @@ class Conditions:
         n = rows.shape[0]
         if not self.n_columns:
             return self.empty(n)
-        column = torch.randint(self.n_columns, (n,), generator=generator)
+        column = self.draw_columns(n, generator=generator)
+        site = None
+        if self.pinned is not None:
+            p = self.spans[self.pinned]
+            site = rows[:, p.offset : p.offset + p.dim].argmax(dim=1) if n else column
         if n == 0:
-            return self.one_hot(column, column)
+            return self.one_hot(column, column, site)
         idx = self.row_offsets[column][:, None] + torch.arange(self.max_dim)[None, :]
         block = rows.gather(1, idx.clamp(max=rows.shape[1] - 1))
         block = block.masked_fill(~self.pad_mask[column], float("-inf"))
-        return self.one_hot(column, block.argmax(dim=1))
+        return self._with_sites(column, block.argmax(dim=1), site)
 
 
 class RowIndex:
@@ -138,6 +198,7 @@ class RowIndex:
     def __init__(self, conditions: Conditions, data: torch.Tensor):
         self.conditions = conditions
         cats = conditions.categories_of(data)  # (rows, columns)
+        self.categories = cats
         gid = (conditions.cond_offsets[None, :] + cats).reshape(-1)
         self.counts = torch.bincount(gid, minlength=conditions.dim)
         self.sorted_rows = torch.argsort(gid, stable=True) // conditions.n_columns
@@ -150,14 +211,14 @@ class RowIndex:
         self.log_frequencies = logp
         self._cdf = _cdf(logp)
 
-    def sample_conditions(self, n: int, *, generator: torch.Generator) -> CondBatch:
-        column = torch.randint(self.conditions.n_columns, (n,), generator=generator)
-        return self.conditions.one_hot(column, _draw(self._cdf, column, generator))
-
     def sample(self, n: int, *, generator: torch.Generator) -> tuple[torch.Tensor, CondBatch]:
-        """``n`` row indices and their conditions (each row has its condition's category)."""
-        cond = self.sample_conditions(n, generator=generator)
-        gid = self.conditions.cond_offsets[cond.column] + cond.category
+        """``n`` row indices and their conditions (each row has its condition's category, and its own
+        category of the pinned span)."""
+        c = self.conditions
+        column = c.draw_columns(n, generator=generator)
+        category = _draw(self._cdf, column, generator)
+        gid = c.cond_offsets[column] + category
         u = torch.rand(n, generator=generator, dtype=torch.float64)
-        pick = self.starts[gid] + (u * self.counts[gid]).long().clamp(max=self.counts[gid] - 1)
-        return self.sorted_rows[pick], cond
+        pick = self.sorted_rows[self.starts[gid] + (u * self.counts[gid]).long().clamp(max=self.counts[gid] - 1)]
+        site = None if c.pinned is None else self.categories[pick, c.pinned]
+        return pick, c._with_sites(column, category, site)

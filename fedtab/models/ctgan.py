@@ -238,8 +238,12 @@ class _LinearOverParts(torch.autograd.Function):
             wt = weight[:, col : col + part.shape[1]].t()
             out = torch.addmm(bias, part, wt) if out is None else out.addmm_(part, wt)
             col += part.shape[1]
-        if hot is not None:
-            out.add_(weight[:, col:].t().index_select(0, hot))
+        if hot is not None:  # (rows,), or (rows, k): k hot columns per row (a pinned site condition)
+            block = weight[:, col:].t()
+            if hot.dim() == 1:
+                out.add_(block.index_select(0, hot))
+            else:
+                out.add_(block.index_select(0, hot.reshape(-1)).view(hot.shape[0], hot.shape[1], -1).sum(1))
         ctx.save_for_backward(weight, hot, *parts)
         return out
 
@@ -256,7 +260,10 @@ class _LinearOverParts(torch.autograd.Function):
         if hot is not None:
             block = grad_weight[:, col:]
             block.zero_()
-            block.t().index_add_(0, hot, grad)
+            if hot.dim() == 1:
+                block.t().index_add_(0, hot, grad)
+            else:
+                block.t().index_add_(0, hot.reshape(-1), grad.repeat_interleave(hot.shape[1], dim=0))
         return grad_weight, grad.sum(0), None, *grad_parts
 
 
@@ -350,13 +357,25 @@ class CTGAN(GenerativeModel):
 
     def _raw(self, cond: CondBatch, generator: torch.Generator) -> torch.Tensor:
         z = torch.randn(len(cond), self.config.embedding_dim, generator=generator)
-        hot = self.conditions_.cond_offsets[cond.column] + cond.category if self.conditions_.dim else None
-        return self.generator_(z, hot)
+        return self.generator_(z, self.conditions_.hot(cond))
+
+    def _with_site(self, rows: torch.Tensor, cond: CondBatch) -> torch.Tensor:
+        """The pinned (site) span of generated rows set to the row's site condition: the generator does
+        not choose it, so the discriminator at a site compares that site's rows only."""
+        c = self.conditions_
+        if c.pinned is None:
+            return rows
+        span = c.spans[c.pinned]
+        keep = torch.ones(rows.shape[1])
+        keep[span.offset : span.offset + span.dim] = 0.0
+        site = torch.zeros_like(rows)
+        site[torch.arange(rows.shape[0]), span.offset + cond.site] = 1.0
+        return rows * keep + site
 
     def generate(self, cond: CondBatch, *, generator: torch.Generator) -> Generated:
         raw = self._raw(cond, generator)
         rows = self.layout_.activate(raw, tau=self.config.tau, generator=generator, hard=False)
-        return Generated(raw=raw, rows=rows, cond=cond)
+        return Generated(raw=raw, rows=self._with_site(rows, cond), cond=cond)
 
     def private_losses(
         self, real: torch.Tensor, real_cond: CondBatch, generated: Generated, *, generator: torch.Generator
@@ -399,7 +418,7 @@ class CTGAN(GenerativeModel):
             for start in range(0, n, chunk):
                 cond = self.conditions_.from_frequencies(min(chunk, n - start), generator=generator)
                 raw = self._raw(cond, generator)
-                out.append(self.layout_.activate(raw, tau=self.config.tau, generator=generator, hard=True))
+                out.append(self._with_site(self.layout_.activate(raw, tau=self.config.tau, generator=generator, hard=True), cond))
         finally:
             self.generator_.train(was_training)
         if not out:

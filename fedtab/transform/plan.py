@@ -121,6 +121,8 @@ class EncodingPlan:
     the histogram phase, and decoded values are rounded to match (``NumericalColumnTransformer``).
     Measured values often heap on round numbers: 65% of the heart hospitals' blood pressures are
     multiples of 10, and that alone told real from smooth synthetic values at ROC-AUC 0.83.
+    ``site_column``: a categorical column whose value at each site is that site's name (added by the
+    site, declared categories = the site names); the models condition on it (``ConditionSpan.pinned``).
     """
 
     schema: TableSchema
@@ -132,6 +134,7 @@ class EncodingPlan:
     seed: int = 0
     pairs: tuple[tuple[str, str], ...] = ()
     rounding: bool | None = None
+    site_column: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "pairs", tuple(tuple(p) for p in self.pairs))
@@ -157,6 +160,12 @@ class EncodingPlan:
                               f"Got {self.weight_threshold!r} instead.")
         if not self.columns:
             raise ConfigError("EncodingPlan: the schema has no column to encode (id columns are never encoded).")
+        if self.site_column is not None:
+            spec = next((c for c in self.columns if c.name == self.site_column), None)
+            if spec is None or spec.type != "categorical" or not spec.categories:
+                raise ConfigError(f"The 'site_column' parameter of EncodingPlan must name a categorical column with "
+                                  f"declared categories (the site names). Got {self.site_column!r}"
+                                  f"{'' if spec is None else f' of type {spec.type!r}, categories {spec.categories!r}'} instead.")
 
     # -- columns and phases ------------------------------------------------------------------
     @property
@@ -251,7 +260,7 @@ class EncodingPlan:
         return {"format": PLAN_FORMAT, "schema": self.schema.to_dict(), "dp": dp, "bins": self.bins,
                 "max_modes": self.max_modes, "weight_threshold": self.weight_threshold,
                 "other_label": self.other_label, "seed": self.seed, "pairs": [list(p) for p in self.pairs],
-                "rounding": self.rounding}
+                "rounding": self.rounding, "site_column": self.site_column}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EncodingPlan":
@@ -262,7 +271,8 @@ class EncodingPlan:
                    bins=data["bins"], max_modes=data["max_modes"], weight_threshold=data["weight_threshold"],
                    other_label=data["other_label"], seed=data["seed"],
                    pairs=tuple(tuple(p) for p in data.get("pairs", [])),
-                   rounding=data.get("rounding", False))  # plans written before it had none
+                   rounding=data.get("rounding", False),  # plans written before it had none
+                   site_column=data.get("site_column"))
 
 
 def target_pairs(schema: TableSchema, target: str | None) -> tuple[tuple[str, str], ...]:

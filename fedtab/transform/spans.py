@@ -35,13 +35,16 @@ class ConditionSpan:
     """A one-hot span usable as a CTGAN condition.
 
     ``offset`` is where the span starts in the encoded row; ``frequencies`` (sums to 1, length ``dim``)
-    are the merged, possibly DP-noised category frequencies over all sites.
+    are the merged, possibly DP-noised category frequencies over all sites. ``pinned``: the site
+    column (``EncodingPlan.site_column``): every row is conditioned on it, at a site on that site's own
+    category (see ``fedtab.models.conditions``).
     """
 
     column: str
     offset: int
     dim: int
     frequencies: np.ndarray
+    pinned: bool = False
 
 
 def span_offsets(spans: list[SpanInfo]) -> list[int]:
