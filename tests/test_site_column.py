@@ -178,3 +178,12 @@ def test_the_run_configuration_names_the_site_column(tmp_path):
     assert config_from_dict(base).site_column is None
     with pytest.raises(ConfigError, match="'site_column' must be a column name"):
         config_from_dict({**base, "site_column": 3})
+
+
+def test_site_calibration_draws_more_candidates_within_a_cap(non_dp_model, monkeypatch):
+    import fedtab.api as api
+
+    assert non_dp_model._candidates(100) == api.SITE_CALIBRATION_OVERSAMPLE * 100
+    monkeypatch.setattr(api, "MAX_CANDIDATES", 1000)
+    assert non_dp_model._candidates(100) == 1000
+    assert non_dp_model._candidates(1000) == api.CALIBRATION_OVERSAMPLE * 1000  # never fewer than without a site column
