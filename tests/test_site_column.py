@@ -190,3 +190,13 @@ def test_site_calibration_draws_more_candidates_within_a_cap(non_dp_model, monke
     monkeypatch.setattr(api, "MAX_CANDIDATES", 1000)
     assert non_dp_model._candidates(100) == 1000
     assert non_dp_model._candidates(1000) == api.CALIBRATION_OVERSAMPLE * 1000  # never fewer than without a site column
+
+
+@pytest.mark.slow
+def test_flower_simulation_gives_the_same_site_conditioned_model():
+    kw = dict(schema=SCHEMA, epsilon=2.0, rounds=2, local_epochs=1.0, batch_size=100, seed=4, site_column="site")
+    a = fedtab.FederatedSynthesizer("ctgan", transport="inprocess", **kw).fit(_site_frames())
+    b = fedtab.FederatedSynthesizer("ctgan", transport="flower", **kw).fit(_site_frames())
+    assert all(np.array_equal(a.weights_[k], b.weights_[k]) for k in a.weights_)
+    assert a.sample(200, seed=1).equals(b.sample(200, seed=1))
+    assert set(a.sample(200, seed=1)["site"]) == {"north", "south", "east"}

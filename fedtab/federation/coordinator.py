@@ -165,12 +165,13 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None) -> T
 
 def with_site_column(schema: TableSchema, column: str, sites: list[str]) -> TableSchema:
     """The agreed schema plus the site column: categorical, never missing, declared categories = the
-    site names (public: declared categories cost no privacy budget). A schema that already holds it
+    site names, sorted (public: declared categories cost no privacy budget). A schema that already holds it
     (a saved model's) must name the same sites."""
     from fedtab.errors import ConfigError
     from fedtab.schema import ColumnSpec
 
-    spec = ColumnSpec(name=column, type="categorical", nullable=False, categories=tuple(sites))
+    # Sorted: the same categories (and so the same encoding and model) whichever transport lists the sites.
+    spec = ColumnSpec(name=column, type="categorical", nullable=False, categories=tuple(sorted(sites)))
     if column in schema.names:
         if schema[column] != spec:
             raise ConfigError(f"The site column '{column}' is already a column of the schema "
