@@ -208,10 +208,10 @@ class TableTransformer:
 
     def _calibrate_by_site(self, decoded: dict[str, np.ndarray], n: int, rng: np.random.Generator, *,
                            quantile_map: bool, relabel: bool, missing_scores: dict) -> dict[str, np.ndarray]:
-        """Calibration with a site column: each site's rows (as many as its share of the merged site
-        counts) are picked from the candidates labelled with it and calibrated onto that site's own
-        marginals (``fit_sites``). A categorical target is first drawn again from the merged two-way
-        tables (``relabel``), which hold its table with the site column too."""
+        """Calibration with a site column: each site's rows (as many as its share of the sites' rows,
+        see ``fit_sites``) are picked from the candidates labelled with it and calibrated onto that
+        site's own marginals. A categorical target is first drawn again from the merged two-way tables
+        (``relabel``), which hold its table with the site column too."""
         from fedtab.transform.calibration import calibrate, relabel_target
 
         plan = self.plan_
@@ -226,10 +226,15 @@ class TableTransformer:
         for site, want in zip(site_col.labels, quota):
             rows = np.flatnonzero(labels == site)
             columns = [c for c in self.site_columns_[str(site)] if c.spec.name != plan.site_column]
-            if want == 0 or len(rows) == 0:
+            if want == 0:
                 continue
+            if len(rows) < want:
+                raise ConfigError(f"Site '{site}': the model drew {len(rows)} candidate row(s) labelled with it, "
+                                  f"{want} are wanted (its share of {n}). A model that generates the site column "
+                                  "itself (TVAE, diffusion) rarely draws this site; train longer, or use 'ctgan', "
+                                  "which is conditioned on the site.")
             part = calibrate(columns, {k: v[rows] for k, v in decoded.items() if k != plan.site_column},
-                             min(int(want), len(rows)), rng, numerical=quantile_map,
+                             int(want), rng, numerical=quantile_map,
                              missing_scores={k: (v[rows], s[rows]) for k, (v, s) in missing_scores.items()})
             part[plan.site_column] = np.full(len(next(iter(part.values()))), site, dtype=object)
             parts.append(part)
