@@ -200,3 +200,13 @@ def test_flower_simulation_gives_the_same_site_conditioned_model():
     assert all(np.array_equal(a.weights_[k], b.weights_[k]) for k in a.weights_)
     assert a.sample(200, seed=1).equals(b.sample(200, seed=1))
     assert set(a.sample(200, seed=1)["site"]) == {"north", "south", "east"}
+
+
+def test_sites_read_from_files_get_the_site_column_too(tmp_path):
+    paths = {}
+    for name, frame in _site_frames().items():
+        paths[name] = tmp_path / f"{name}.csv"
+        frame.to_csv(paths[name], index=False)
+    synth = fedtab.FederatedSynthesizer("ctgan", schema=SCHEMA, rounds=1, batch_size=100, seed=0,
+                                        site_column="site").fit({k: str(p) for k, p in paths.items()})
+    assert set(synth.sample(90, seed=0)["site"]) == {"north", "south", "east"}
