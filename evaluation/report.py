@@ -137,7 +137,11 @@ def _figures_html(ev: Evaluation) -> str:
     counts = "<tr><td>rows (train / holdout / synthetic)</td><td class='n'>weights: " + escape(
         ", ".join(f"{k}={w}" for k, w in ev.weights.items())) + "</td>" + "".join(
         f"<td class='n'>{s.n_train} / {s.n_holdout} / {s.n_synthetic}</td>" for s in ev.sites.values()) + "</tr>"
-    return f"<table>{head}{counts}{rows}</table>"
+    scored = ""
+    if any(s.synthetic_rows for s in ev.sites.values()):  # a site column: each site scored its own rows
+        scored = "<tr><td>synthetic rows scored</td><td class='n'>each site its own</td>" + "".join(
+            f"<td class='n'>{escape(s.synthetic_rows or 'all')}</td>" for s in ev.sites.values()) + "</tr>"
+    return f"<table>{head}{counts}{scored}{rows}</table>"
 
 
 def _utility_html(ev: Evaluation) -> str:

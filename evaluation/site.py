@@ -56,6 +56,8 @@ class SiteEvaluation:
     # Counts of the site's training rows on a grid read off the synthetic table: what the coordinator
     # sums to score the table against the union of the sites (``evaluation.consortium``).
     consortium: ConsortiumCounts | None = None
+    # With a site column: which synthetic rows this site scored ("hospital = cleveland"); None: all.
+    synthetic_rows: str | None = None
 
     def figures(self) -> dict[str, float | None]:
         """The headline figures, flat: what the aggregate averages and the release gate reads."""
@@ -152,10 +154,12 @@ def evaluate_site(
     with threadpool_limits(limits=options.n_threads):
         return _evaluate(frames["real_train"], frames["real_holdout"], frames["synthetic"], schema, target=target,
                          seed=seed, options=options,
-                         consortium=None if site_column is None else (real_train, full, full_schema))
+                         consortium=None if site_column is None else (real_train, full, full_schema),
+                         synthetic_rows=None if site_column is None else f"{site_column} = {site}")
 
 
-def _evaluate(real_train, real_holdout, synthetic, schema, *, target, seed, options, consortium=None) -> SiteEvaluation:
+def _evaluate(real_train, real_holdout, synthetic, schema, *, target, seed, options, consortium=None,
+              synthetic_rows=None) -> SiteEvaluation:
     kinds = kinds_of(schema)
     train, holdout, synth = (to_plain(df, schema) for df in (real_train, real_holdout, synthetic))
     timings = []
@@ -191,4 +195,5 @@ def _evaluate(real_train, real_holdout, synthetic, schema, *, target, seed, opti
     return SiteEvaluation(
         n_train=len(train), n_holdout=len(holdout), n_synthetic=len(synth), fidelity=fid, utility=util,
         disclosure=disc, marginals=marg, timings=tuple(timings), options=options, consortium=counts,
+        synthetic_rows=synthetic_rows,
     )

@@ -210,3 +210,12 @@ def test_sites_read_from_files_get_the_site_column_too(tmp_path):
     synth = fedtab.FederatedSynthesizer("ctgan", schema=SCHEMA, rounds=1, batch_size=100, seed=0,
                                         site_column="site").fit({k: str(p) for k, p in paths.items()})
     assert set(synth.sample(90, seed=0)["site"]) == {"north", "south", "east"}
+
+
+def test_the_report_says_which_synthetic_rows_each_site_scored(non_dp_model, tmp_path):
+    from evaluation.report import _figures_html
+
+    ev = fedtab.evaluate(non_dp_model, _site_frames(), n=300, seed=0)
+    assert ev.sites["north"].synthetic_rows == "site = north"
+    html = _figures_html(ev)
+    assert "synthetic rows scored" in html and "site = south" in html
