@@ -9,7 +9,7 @@ released and why it reveals no row). It holds no row, no row index and no raw va
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 from threadpoolctl import threadpool_limits
@@ -147,7 +147,7 @@ def evaluate_site(
                 site_column, f"the synthetic table has {int(own.sum())} row(s) labelled {site!r}",
                 expected=f"at least 2 (labels present: {sorted(synthetic[site_column].astype(str).unique())[:10]}); "
                          "sample more rows")])
-        schema = replace(schema, columns=tuple(c for c in schema.columns if c.name != site_column))
+        schema = schema.without(site_column)
         frames = {k: v.drop(columns=[site_column], errors="ignore") for k, v in frames.items()}
         frames["synthetic"] = frames["synthetic"][own.to_numpy()].reset_index(drop=True)
     _check_inputs(frames, schema, target)

@@ -109,6 +109,12 @@ class TableSchema:
     def replace_column(self, spec: ColumnSpec) -> "TableSchema":
         return replace(self, columns=tuple(spec if c.name == spec.name else c for c in self.columns))
 
+    def without(self, name: str | None) -> "TableSchema":
+        """The schema less the column ``name`` (unchanged when None or absent)."""
+        if name is None or name not in self:
+            return self
+        return replace(self, columns=tuple(c for c in self.columns if c.name != name))
+
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"format": SCHEMA_FORMAT}

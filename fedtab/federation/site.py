@@ -11,7 +11,6 @@ Requests (``kind``): ``schema`` -> ``encode`` (one per encoding phase) -> ``setu
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import zlib
 from collections.abc import Callable
@@ -48,13 +47,6 @@ def split_holdout(frame: pd.DataFrame, *, fraction: float, seed: int) -> tuple[p
     return frame.iloc[train].reset_index(drop=True), frame.iloc[hold].reset_index(drop=True)
 
 
-def _without(schema: TableSchema, column: str | None) -> TableSchema:
-    """The schema of the site's own table: the job's site column is added by the site, not read."""
-    if column is None or column not in schema:
-        return schema
-    return dataclasses.replace(schema, columns=tuple(c for c in schema.columns if c.name != column))
-
-
 class SiteWorker:
     """One institution's side of the federation.
 
@@ -88,7 +80,8 @@ class SiteWorker:
 
             job = state["job"]
             schema = TableSchema.from_json(schema_json)
-            raw = self._with_site_column(self._load_frame(_without(schema, job.get("site_column")),
+            # The site's own table lacks the job's site column: the site adds it.
+            raw = self._with_site_column(self._load_frame(schema.without(job.get("site_column")),
                                                           tuple(job["missing_markers"])), job)
             typed = validate_table(raw, schema, source=f"site '{self.name}'")
             self._cache[key] = split_holdout(typed, fraction=job["holdout"], seed=site_seed(job["seed"], self.name, 1))
