@@ -141,6 +141,18 @@ def relabel_target(decoded: dict[str, np.ndarray], pair_tables: list[PairTable],
     return np.array(cells, dtype=object)[pick]
 
 
+def relabelled(columns: list, decoded: dict[str, np.ndarray], pair_tables: list[PairTable], rng: np.random.Generator,
+               *, other_label: str | None = None) -> dict[str, np.ndarray] | None:
+    """``decoded`` with its categorical target (the first column of the ``pair_tables``) drawn again
+    from the tables (:func:`relabel_target`); None when there is none to redraw (no tables, or a
+    numerical target: that one is raked on, not redrawn)."""
+    target = next((c for c in columns if pair_tables and c.spec.name == pair_tables[0].a.column), None)
+    if not isinstance(target, CategoricalColumnTransformer):
+        return None
+    return {**decoded, target.spec.name: relabel_target(decoded, pair_tables, rng, other_label=other_label,
+                                                        labels=target.labels)}
+
+
 def calibrate(columns: list, decoded: dict[str, np.ndarray], n: int, rng: np.random.Generator, *,
               numerical: bool = False, pair_tables: list[PairTable] = (),
               other_label: str | None = None, relabel: bool = False,
@@ -158,11 +170,9 @@ def calibrate(columns: list, decoded: dict[str, np.ndarray], n: int, rng: np.ran
     hospitals DP-SGD left 67-87% of blood pressure, cholesterol and ST depression missing (real: 6-22%),
     and fewer than 1% of the candidates had all three.
     """
-    target = next((c for c in columns if pair_tables and c.spec.name == pair_tables[0].a.column), None)
-    if relabel and isinstance(target, CategoricalColumnTransformer):  # a numerical target is raked on, not redrawn
-        decoded = {**decoded, target.spec.name: relabel_target(decoded, pair_tables, rng, other_label=other_label,
-                                                               labels=target.labels)}
-        pair_tables = ()
+    redrawn = relabelled(columns, decoded, pair_tables, rng, other_label=other_label) if relabel else None
+    if redrawn is not None:
+        decoded, pair_tables = redrawn, ()
     m = len(next(iter(decoded.values())))
     targets = []
     for col in columns:
