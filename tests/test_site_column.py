@@ -219,3 +219,12 @@ def test_the_report_says_which_synthetic_rows_each_site_scored(non_dp_model, tmp
     assert ev.sites["north"].synthetic_rows == "site = north"
     html = _figures_html(ev)
     assert "synthetic rows scored" in html and "site = south" in html
+
+
+def test_a_pinned_span_alone_is_the_drawn_condition():
+    spans = [SpanInfo(1, "tanh"), SpanInfo(2, "softmax", "site")]
+    cond = Conditions(spans, [ConditionSpan("site", 1, 2, np.array([0.5, 0.5]), pinned=True)])
+    cond.pin(1)
+    batch = cond.from_frequencies(50, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(batch.category, batch.site) and (batch.site == 1).all()
+    assert cond.hot(batch).dim() == 1 and torch.equal(batch.vector.sum(1), torch.ones(50))

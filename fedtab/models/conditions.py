@@ -85,6 +85,8 @@ class Conditions:
         self.pinned: int | None = pinned[0] if pinned else None
         # The columns a condition is drawn from: all but the pinned one (which every row carries anyway).
         self.free = torch.tensor([j for j in range(self.n_columns) if j != self.pinned] or pinned, dtype=torch.long)
+        # The pinned span is the only condition column: the drawn condition is the site itself (one hot).
+        self.site_only = self.pinned is not None and self.n_columns == 1
         self.site: int | None = None
         self.dim = sum(c.dim for c in self.spans)
         dims = [c.dim for c in self.spans]
@@ -117,7 +119,7 @@ class Conditions:
         if not self.dim:
             return None
         hot = self.cond_offsets[cond.column] + cond.category
-        if self.pinned is None or len(self.free) == 0 or int(self.free[0]) == self.pinned:
+        if self.pinned is None or self.site_only:
             return hot
         return torch.stack([hot, self.cond_offsets[self.pinned] + cond.site], dim=1)
 
@@ -148,8 +150,8 @@ class Conditions:
         return _draw(self._cdf, torch.full((n,), self.pinned, dtype=torch.long), generator)
 
     def _with_sites(self, column: torch.Tensor, category: torch.Tensor, site: torch.Tensor | None) -> CondBatch:
-        """When the pinned span is the only condition column, the drawn condition is the site itself."""
-        if site is not None and int(self.free[0]) == self.pinned and len(self.free) == 1:
+        """The batch for drawn conditions and sites (``site_only``: the drawn condition is the site)."""
+        if site is not None and self.site_only:
             category = site
         return self.one_hot(column, category, site)
 
