@@ -3,13 +3,16 @@
 Distances use ``DistanceSpace`` (a Gower-like mixed-type distance). Figures, with their ideal values:
 
 * ``dcr_share``: share of synthetic rows whose closest record is a training row rather than a holdout
-  row, against a training subsample of the holdout's size (ties count one half). 0.5 ideal; copying pushes it up.
+  row, against a training sample of the holdout's size (ties count one half), averaged exactly over
+  every such sample (no draw decides it). 0.5 ideal; copying pushes it up.
 * ``exact_copy_rate``: share of synthetic rows identical to some training row; ``natural_copy_rate``
   is the same share for the holdout rows, i.e. what a fresh sample of the population would show.
-* ``nndr_median``: median over synthetic rows of distance to nearest / second-nearest training row;
+* ``nndr_median``: median over synthetic rows of distance to nearest / second-nearest training row
+  (all training rows, up to ``max_reference_rows``);
   near 0 means synthetic rows sit on top of isolated real rows.
 * ``mia_auc``: ROC-AUC of a membership-inference attack scoring each real row by minus its distance to
-  the closest synthetic record, training rows (members) vs holdout rows (non-members). 0.5 ideal.
+  the closest synthetic record, training rows (members) vs holdout rows (non-members), all of each up
+  to ``max_mia_rows``. 0.5 ideal.
   DCR share alone does not rule this out: a model can leak outliers while the average looks fine.
 * anonymeter's singling-out, linkability and attribute-inference risks, each relative to the holdout
   as control (residual risk) with a 95% confidence interval.
@@ -28,7 +31,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.special import gammaln
 from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.neighbors import NearestNeighbors
 
 from evaluation._tables import DistanceSpace, Kinds, fill_categories, row_hashes, subsample
@@ -38,7 +43,6 @@ from evaluation._tables import DistanceSpace, Kinds, fill_categories, row_hashes
 class DisclosureOptions:
     max_query_rows: int = 5000  # synthetic rows whose distances are measured
     max_reference_rows: int = 10000  # training / holdout / synthetic rows searched
-    dcr_repeats: int = 10  # draws of the training reference sample averaged in the DCR share
     max_mia_rows: int = 2000  # members and non-members each
     anonymeter: bool = True
     anonymeter_rows: int = 2000  # original, control and synthetic rows each
@@ -85,7 +89,8 @@ class DisclosureResult:
     inference: AttackRisk | None
     dcr_histogram: Histogram
     n_query_rows: int
-    n_mia_rows: int
+    n_mia_members: int
+    n_mia_non_members: int
     notes: tuple[str, ...] = ()
     timings: tuple[tuple[str, float], ...] = ()  # seconds per part
 
@@ -98,6 +103,56 @@ def _nearest(reference: np.ndarray, queries: np.ndarray, k: int = 1) -> np.ndarr
     nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(reference)
     dist, _ = nn.kneighbors(queries)
     return dist
+
+
+# Distances equal within this tolerance are ties: the Euclidean distances come from dot products, whose
+# rounding near 0 is ~1e-7 (two copies of one row); distinct rows in ``DistanceSpace`` lie much farther apart.
+_TIE = 1e-6
+
+
+@dataclass(frozen=True)
+class _TrainingScan:
+    closer: np.ndarray  # per query: training rows strictly closer than its nearest holdout row
+    tied: np.ndarray  # per query: training rows as close as its nearest holdout row
+    first: np.ndarray  # per query: distance to the nearest training row
+    second: np.ndarray  # ... and to the second nearest (inf with one training row)
+    equal_size: np.ndarray  # per query: distance to the nearest of one random holdout-size training sample
+
+
+def _scan_training(train: np.ndarray, queries: np.ndarray, d_hold: np.ndarray, k: int,
+                   rng: np.random.Generator, chunk_cells: int = 4_000_000) -> _TrainingScan:
+    """One pass over every (query, training row) distance, in chunks of queries."""
+    n = len(train)
+    picked = rng.choice(n, size=min(k, n), replace=False)
+    out = {f: np.empty(len(queries)) for f in ("closer", "tied", "first", "second", "equal_size")}
+    step = max(1, chunk_cells // max(1, n))
+    for lo in range(0, len(queries), step):
+        sl = slice(lo, lo + step)
+        d = euclidean_distances(queries[sl], train)
+        h = d_hold[sl, None]
+        out["closer"][sl] = (d < h - _TIE).sum(axis=1)
+        out["tied"][sl] = (np.abs(d - h) <= _TIE).sum(axis=1)
+        two = np.partition(d, 1, axis=1)[:, :2] if n > 1 else np.c_[d, np.full(len(d), np.inf)]
+        out["first"][sl], out["second"][sl] = two[:, 0], two[:, 1]
+        out["equal_size"][sl] = d[:, picked].min(axis=1)
+    return _TrainingScan(**out)
+
+
+def _share_against_subsets(closer: np.ndarray, tied: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Per query, the expected DCR outcome against a uniformly random ``k``-row sample of the ``n``
+    training rows: P(the sample holds a row closer than the nearest holdout row) + half P(its closest
+    row ties with it). Exact (hypergeometric), so no draw of the training sample adds noise: the
+    figure is what averaging over every equal-size sample would give."""
+    k = min(k, n)
+
+    def none_among(m: np.ndarray) -> np.ndarray:  # P(a k-row sample avoids m given rows)
+        rest = n - m
+        ok = rest >= k
+        safe = np.where(ok, rest, k)
+        logp = gammaln(safe + 1) - gammaln(safe - k + 1) - gammaln(n + 1) + gammaln(n - k + 1)
+        return np.where(ok, np.exp(logp), 0.0)
+
+    return 1.0 - 0.5 * (none_among(closer) + none_among(closer + tied))
 
 
 def _histogram(values: dict[str, np.ndarray], bins: int) -> Histogram:
@@ -229,36 +284,24 @@ def evaluate_disclosure(
 
     space = DistanceSpace(kinds).fit(train)
     n_ref = min(len(holdout), opts.max_reference_rows)
-    train_ref = space.transform(subsample(train, n_ref, rng))
+    train_all = space.transform(subsample(train, opts.max_reference_rows, rng))
     hold_ref = space.transform(subsample(holdout, n_ref, rng))
     queries = space.transform(subsample(synthetic, opts.max_query_rows, rng))
 
-    d_train = _nearest(train_ref, queries, k=2)
-    d_hold = _nearest(hold_ref, queries, k=1)[:, 0]
-    dcr_train = d_train[:, 0]
-    # Which training rows land in the equal-size reference sample is luck; at a small site (a holdout of
-    # a few dozen rows) one draw decides the share for every query at once. Averaging over several
-    # draws of the training sample (as many as it takes to cover the training rows, at most
-    # ``dcr_repeats``) keeps the share's noise down without changing what it measures.
-    shares = [np.mean((dcr_train < d_hold) + 0.5 * (dcr_train == d_hold))]
-    for _ in range(min(opts.dcr_repeats, max(1, len(train) // max(1, n_ref))) - 1):
-        d_rep = _nearest(space.transform(subsample(train, n_ref, rng)), queries, k=1)[:, 0]
-        shares.append(np.mean((d_rep < d_hold) + 0.5 * (d_rep == d_hold)))
-    dcr_share = float(np.mean(shares))
-    if d_train.shape[1] > 1:
-        second = d_train[:, 1]
-        nndr = np.where(second > 0, dcr_train / np.where(second > 0, second, 1.0), 0.0)
-    else:
-        nndr = np.zeros(len(dcr_train))
+    d_hold = euclidean_distances(queries, hold_ref).min(axis=1) if len(hold_ref) else np.full(len(queries), np.inf)
+    scan = _scan_training(train_all, queries, d_hold, n_ref, rng)
+    dcr_share = float(np.mean(_share_against_subsets(scan.closer, scan.tied, len(train_all), n_ref)))
+    nndr = np.where(scan.second > 0, scan.first / np.where(scan.second > 0, scan.second, 1.0), 0.0)
 
-    # Membership inference: closer to some synthetic record -> more likely a training member.
-    n_mia = min(len(train), len(holdout), opts.max_mia_rows)
-    members = space.transform(subsample(train, n_mia, rng))
-    non_members = space.transform(subsample(holdout, n_mia, rng))
+    # Membership inference: closer to some synthetic record -> more likely a training member. ROC-AUC
+    # is the mean over (member, non-member) pairs, so every member is scored: a subsample of the
+    # holdout's size would measure the same figure with more noise.
+    members = space.transform(subsample(train, opts.max_mia_rows, rng))
+    non_members = space.transform(subsample(holdout, opts.max_mia_rows, rng))
     synth_ref = space.transform(subsample(synthetic, opts.max_reference_rows, rng))
     d_mem = _nearest(synth_ref, members)[:, 0]
     d_non = _nearest(synth_ref, non_members)[:, 0]
-    y = np.r_[np.ones(n_mia), np.zeros(n_mia)]
+    y = np.r_[np.ones(len(d_mem)), np.zeros(len(d_non))]
     score = -np.r_[d_mem, d_non]
     mia_auc = float(roc_auc_score(y, score))
     fpr, tpr, _ = roc_curve(y, score)
@@ -274,8 +317,8 @@ def evaluate_disclosure(
         nndr_median=float(np.median(nndr)), nndr_p05=float(np.percentile(nndr, 5)),
         mia_auc=mia_auc, mia_tpr_at_fpr_10=tpr_at_10,
         singling_out=risks["singling_out"], linkability=risks["linkability"], inference=risks["inference"],
-        dcr_histogram=_histogram({"synthetic to training": dcr_train, "synthetic to holdout": d_hold},
+        dcr_histogram=_histogram({"synthetic to training": scan.equal_size, "synthetic to holdout": d_hold},
                                  opts.histogram_bins),
-        n_query_rows=len(queries), n_mia_rows=n_mia, notes=tuple(notes),
+        n_query_rows=len(queries), n_mia_members=len(d_mem), n_mia_non_members=len(d_non), notes=tuple(notes),
         timings=(("distances_mia", t1 - t0), ("anonymeter", time.perf_counter() - t1)),
     )

@@ -48,6 +48,43 @@ def test_inference_risk_averages_draws_of_the_attacked_training_rows():
     assert one.n_attacks == 200 and one.control_rate == pytest.approx(inf.control_rate, abs=0.05)
 
 
+def test_dcr_share_is_the_exact_mean_over_every_equal_size_training_sample():
+    """The hypergeometric figure equals the brute-force mean over all C(6, 3) training samples, ties
+    counting one half (one query has a tie, one has no training row closer, one has every one closer)."""
+    from itertools import combinations
+
+    from evaluation.disclosure import _share_against_subsets, _scan_training
+
+    rng = np.random.default_rng(0)
+    train = np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]])
+    queries = np.array([[2.2], [9.0], [0.5]])
+    d_hold = np.array([0.2, 3.0, 5.0])  # query 0 ties with training row 2.0 (distance 0.2)
+    scan = _scan_training(train, queries, d_hold, 3, rng)
+    assert scan.closer.tolist() == [0, 0, 6] and scan.tied.tolist() == [1, 0, 0]
+    exact = _share_against_subsets(scan.closer, scan.tied, len(train), 3)
+    for q in range(len(queries)):
+        outcomes = []
+        for sample in combinations(range(len(train)), 3):
+            d = np.abs(train[list(sample), 0] - queries[q, 0]).min()
+            outcomes.append(1.0 if d < d_hold[q] - 1e-9 else 0.5 if abs(d - d_hold[q]) <= 1e-9 else 0.0)
+        assert exact[q] == pytest.approx(np.mean(outcomes), abs=1e-12), q
+    assert scan.first.tolist() == pytest.approx([0.2, 4.0, 0.5]) and scan.second.tolist() == pytest.approx([0.8, 5.0, 0.5])
+
+
+def test_dcr_share_and_mia_do_not_depend_on_which_training_rows_are_drawn():
+    """At a small site every training row is scored: the DCR share and the MIA AUC are the same for any
+    evaluation seed (only the synthetic rows and the holdout decide them)."""
+    from evaluation.disclosure import DisclosureOptions, evaluate_disclosure
+
+    train, holdout, other = (to_plain(f, HEART_SCHEMA) for f in heart_splits())
+    train, holdout = train.iloc[:120], holdout.iloc[:30]
+    runs = [evaluate_disclosure(train, holdout, other.iloc[:100], kinds_of(HEART_SCHEMA), seed=s,
+                                options=DisclosureOptions(anonymeter=False)) for s in (0, 1, 2)]
+    assert {r.dcr_share for r in runs} == {runs[0].dcr_share}
+    assert {r.mia_auc for r in runs} == {runs[0].mia_auc}
+    assert (runs[0].n_mia_members, runs[0].n_mia_non_members) == (120, 30)
+
+
 def test_copied_training_rows_are_flagged_by_every_disclosure_figure():
     f = copying_evaluation().figures()
     assert f["disclosure.exact_copy_rate"] == 1.0
