@@ -214,3 +214,20 @@ def test_disclosure_figures_do_not_depend_on_numpys_global_generator():
         f = evaluate_site(train, holdout, other, HEART_SCHEMA, target="disease", seed=0).figures()
         figures.append({k: v for k, v in f.items() if k.startswith("disclosure.") and "seconds" not in k})
     assert figures[0] == figures[1]
+
+
+def test_detection_is_measured_when_a_column_is_missing_on_every_row():
+    """A hospital that records no cholesterol, scored against a table that records none either: the
+    classifier still runs (scikit-learn's binner fails on an all-missing column) and the figure is
+    the one the other columns give."""
+    from evaluation.fidelity import detection_auc
+
+    train, _, other = (to_plain(f, HEART_SCHEMA) for f in heart_splits())
+    kinds = kinds_of(HEART_SCHEMA)
+    numerical = kinds.numerical[0]
+    real, synth = train.iloc[:120].copy(), other.iloc[:120].copy()
+    real[numerical], synth[numerical] = np.nan, np.nan
+    auc = detection_auc(real, synth, kinds, seed=0)
+    without = replace(kinds, numerical=tuple(c for c in kinds.numerical if c != numerical))
+    assert np.isfinite(auc)
+    assert auc == pytest.approx(detection_auc(real.drop(columns=numerical), synth.drop(columns=numerical), without, seed=0))
