@@ -228,3 +228,29 @@ def test_a_pinned_span_alone_is_the_drawn_condition():
     batch = cond.from_frequencies(50, generator=torch.Generator().manual_seed(0))
     assert torch.equal(batch.category, batch.site) and (batch.site == 1).all()
     assert cond.hot(batch).dim() == 1 and torch.equal(batch.vector.sum(1), torch.ones(50))
+
+
+def test_a_site_read_as_almost_no_rows_is_floored_at_its_count_s_noise():
+    """A site's weight and share of the sampled rows: its row count read off its histograms, but under
+    DP never below that estimate's noise sd (at epsilon 0.05 a 242-row hospital read as 1 row and its
+    evaluation stopped on a table with one row labelled with it). Exact counts are kept as they are."""
+    from fedtab.transform import EncodingDP, EncodingPlan
+    from fedtab.transform.plan import F_COUNTS, F_MISSING, wire_key
+    from fedtab.transform.statistics import histogram_rows, site_rows
+
+    schema = TableSchema((ColumnSpec("kind", "categorical", categories=("a", "b", "c")),
+                          ColumnSpec("flag", "boolean")))
+
+    def release(per_cell):
+        return {**{wire_key(c, F_COUNTS): np.full(k, per_cell) for c, k in (("kind", 3), ("flag", 2))},
+                **{wire_key(c, F_MISSING): 0.0 for c in ("kind", "flag")}}
+
+    dp = EncodingPlan(schema, dp=EncodingDP(epsilon=0.05, delta=1e-5))
+    sd = dp.noise_multiplier / np.sqrt(1 / 4 + 1 / 3)
+    assert sd > 100
+    assert histogram_rows(dp, release(0.3)) == pytest.approx((0.9 / 4 + 0.6 / 3) / (1 / 4 + 1 / 3))  # inverse-variance
+    assert site_rows(dp, release(0.3)) == pytest.approx(sd)
+    assert site_rows(dp, release(1000.0)) == pytest.approx(histogram_rows(dp, release(1000.0)))
+    exact = EncodingPlan(schema)
+    assert site_rows(exact, release(0.3)) == 1.0
+    assert site_rows(exact, release(5.0)) == pytest.approx(histogram_rows(exact, release(5.0)))

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fedtab.transform.plan import EncodingDP, EncodingPlan, target_pairs
-from fedtab.transform.statistics import histogram_rows, site_statistics  # noqa: F401 (site side: encoding.site_statistics)
+from fedtab.transform.statistics import site_rows, site_statistics  # noqa: F401 (site side: encoding.site_statistics)
 from fedtab.transform.table import TableTransformer, run_phases
 
 
@@ -31,10 +31,10 @@ def run_encoding(plan: EncodingPlan, ask: Callable[[str, dict], dict[str, dict]]
     """Run every phase: ``ask(phase, request) -> {site: release}``; merge; fit.
 
     Also returns each site's FedAvg weight: its (noisy, under DP) row count read off its histogram
-    release (``histogram_rows``), so the weights cost no extra privacy budget (post-processing).
+    release (``site_rows``), so the weights cost no extra privacy budget (post-processing).
     """
     transformer, histogram = run_phases(plan, ask)
-    weights = {s: max(1.0, histogram_rows(plan, r)) for s, r in histogram.items()}
+    weights = {s: site_rows(plan, r) for s, r in histogram.items()}
     return transformer, weights
 
 

@@ -35,7 +35,7 @@ from fedtab.transform.plan import (
 from fedtab.transform.pairs import PairTable, measured_pairs, pair_key
 from fedtab.transform.spans import ConditionSpan, SpanInfo, span_offsets
 from fedtab.transform.statistics import (
-    cell_layout, grid_step, histogram_rows, merge_statistics, phase_request, site_statistics,
+    cell_layout, grid_step, histogram_rows, merge_statistics, phase_request, site_rows, site_statistics,
 )
 from fedtab.transform.values import category_series, category_values, numeric_series, numeric_values
 
@@ -83,11 +83,11 @@ class TableTransformer:
         ``inverse_transform`` to calibrate the rows labelled with that site onto them."""
         check_is_fitted(self, "plan_")
         plan = self.plan_
-        site_columns, site_rows = {}, []
+        site_columns, counts = {}, []
         for site in plan.schema[plan.site_column].categories:
             merged = merge_statistics(plan, PHASE_HISTOGRAM, [releases[site]])
             rows = histogram_rows(plan, merged)
-            site_rows.append(max(rows, 1.0))
+            counts.append(site_rows(plan, releases[site]))
             # Exact counts fit a site's own columns; under DP only its missing shares and mode weights move
             # (see _site_numerical), so no mixture is fitted to its noisy histograms.
             own = _fit_columns(plan, merged) if plan.dp is None else [None] * len(self.columns_)
@@ -101,7 +101,7 @@ class TableTransformer:
         # the site column's own noisy counts (heart, epsilon 1: one hospital's share read 14% for 22%).
         columns = [copy.copy(c) for c in self.columns_]
         site_col = next(c for c in columns if c.spec.name == plan.site_column)
-        site_col.frequencies_ = np.asarray(site_rows) / sum(site_rows)
+        site_col.frequencies_ = np.asarray(counts) / sum(counts)
         self._set_fitted(plan, columns, self.pair_tables_, site_columns)
         return self
 
