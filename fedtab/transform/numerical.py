@@ -20,7 +20,7 @@ from scipy.special import ndtr
 
 from fedtab.errors import check_is_fitted
 from fedtab.schema import ColumnSpec
-from fedtab.transform.plan import ROUNDING_STEPS
+from fedtab.transform.plan import ROUNDING_MIX, ROUNDING_STEPS
 from fedtab.transform.spans import SpanInfo
 
 STD_MULTIPLIER = 4.0
@@ -296,10 +296,9 @@ class NumericalColumnTransformer:
             self.rounding_ = None
             return self
         if noise_sd > 0:
-            natural = p.sum() * np.array([0.1, 0.1, 0.4, 0.4])
+            natural = p.sum() * ROUNDING_MIX[:, -1]
             p = np.where(np.abs(p - natural) > 2.0 * noise_sd, p, natural)
-        mix = np.array([[1.0, 0.5, 0.2, 0.1], [0.0, 0.5, 0.0, 0.1], [0.0, 0.0, 0.8, 0.4], [0.0, 0.0, 0.0, 0.4]])
-        q = np.clip(nnls(mix, p / p.sum())[0], 0.0, None)
+        q = np.clip(nnls(ROUNDING_MIX, p / p.sum())[0], 0.0, None)
         self.rounding_ = (q / q.sum() if q.sum() > 0 else np.array([0.0, 0.0, 0.0, 1.0]), float(step))
         return self
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import numpy as np
+
 from fedtab.errors import ConfigError
 from fedtab.privacy.accountant import noise_multiplier_for
 from fedtab.privacy.mechanisms import stability_threshold
@@ -59,8 +61,21 @@ F_MISSING = "missing"
 F_NOISE_SD = "noise_sd"
 F_RAW = "raw_counts"  # merged statistics only: the summed noisy cells before norm-sub
 F_ROUNDING = "rounding"
-# A value's rounding class: a multiple of 10, of 5 (not 10), of 2 (not 10) grid steps, or none of them.
+# A value's rounding class: a multiple of 10, of 5 (not 10), of 2 (not 10) grid steps, or none of them;
+# ROUNDING_STEPS[i] is the rounding that class i stands for.
 ROUNDING_STEPS = (10, 5, 2, 1)
+
+
+def rounding_classes(k: np.ndarray) -> np.ndarray:
+    """The rounding class (index into ``ROUNDING_STEPS``) of each whole number of grid steps ``k``."""
+    k = np.asarray(k, dtype=np.int64)
+    return np.select([k % 10 == 0, k % 5 == 0, k % 2 == 0], [0, 1, 2], default=3)
+
+
+# ROUNDING_MIX[i, j]: the share of values rounded to multiples of ROUNDING_STEPS[j] that land in class i
+# (multiples of 5 are multiples of 10 half the time; unrounded values land 0.1 / 0.1 / 0.4 / 0.4).
+ROUNDING_MIX = np.stack([np.bincount(rounding_classes(step * np.arange(10)), minlength=len(ROUNDING_STEPS)) / 10.0
+                         for step in ROUNDING_STEPS], axis=1)
 # A rounding profile is noised at this multiple of the plan's noise multiplier: 4 counts of every
 # value need less precision than a histogram's cells, and at 2x four profiles cost as much budget as
 # one histogram (Adult at epsilon 1, 5 profiles at 1x: CTGAN quality 0.824 -> 0.815, TSTR 0.879 -> 0.867).

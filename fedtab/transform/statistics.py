@@ -21,7 +21,7 @@ from fedtab.schema import ColumnSpec
 from fedtab.transform.plan import (
     F_CATEGORIES, F_COUNTS, F_EDGES, F_KEYS, F_LOWER, F_MAX, F_MIN, F_MISSING, F_NOISE_SD, F_OTHER, F_RAW,
     F_ROUNDING, F_UPPER, KEY_N_SITES, KEY_PHASE, LEDGER_PHASE_PREFIX, PHASE_DOMAIN, PHASE_HISTOGRAM, PHASE_PAIRS,
-    ROUNDING_NOISE_FACTOR, EncodingPlan, grid_step, wire_key,
+    ROUNDING_NOISE_FACTOR, ROUNDING_STEPS, EncodingPlan, grid_step, rounding_classes, wire_key,
 )
 from fedtab.transform.pairs import (
     F_PAIR_EDGES, KEY_PAIRS_MEASURED, MIN_PAIR_SNR, CellLayout, coarse_edges, measured_pairs, pair_counts,
@@ -251,8 +251,7 @@ def site_statistics(
 def rounding_counts(x: np.ndarray, spec: ColumnSpec) -> np.ndarray:
     """How many present values are multiples of 10, 5 (not 10), 2 (not 10) grid steps, or none of them."""
     k = np.round(x[~np.isnan(x)] / grid_step(spec)).astype(np.int64)
-    by10, by5, by2 = k % 10 == 0, k % 5 == 0, k % 2 == 0
-    return np.array([by10.sum(), (by5 & ~by10).sum(), (by2 & ~by10).sum(), (~by5 & ~by2).sum()], dtype=np.float64)
+    return np.bincount(rounding_classes(k), minlength=len(ROUNDING_STEPS)).astype(np.float64)
 
 
 def _pair_releases(df, plan, request, *, ledger, rng) -> dict[str, Any]:
