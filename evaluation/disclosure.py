@@ -255,8 +255,8 @@ def _anonymeter(train, holdout, synthetic, kinds: Kinds, target: str | None, opt
     # (a row's guess does not depend on which other rows were drawn), so both sides keep the same
     # count in anonymeter's interval and the residual compares like with like. At a small site
     # the holdout caps the attacks at a few dozen, and which training rows were drawn decided the
-    # risk (seen: 0.17 at one heart hospital, interval 0 to 0.46; with 3 draws averaged, still
-    # 0.15-0.24 across one model's tables at a 235-row hospital).
+    # risk (seen: 0.17 at one heart hospital, interval 0 to 0.46; with 3 draws averaged, 0.00 to 0.14
+    # over 8 evaluation seeds of one table at a 235-row hospital).
     attacked = fill_categories(subsample(train, opts.anonymeter_rows, rng), kinds)[cols]
     control = fill_categories(subsample(holdout, opts.anonymeter_rows, rng), kinds)[cols]
     run("inference", lambda: _every_row(InferenceEvaluator(
