@@ -39,18 +39,20 @@ def _synthesizer(model):
 
 
 def evaluate(model, sites: Mapping, *, synthetic: pd.DataFrame | None = None, n: int | None = None,
-             target: str | None = None, seed: int | None = None, transport: str = "inprocess"):
+             target: str | None = None, seed: int | None = None, transport: str = "inprocess",
+             quantile_map: bool = False):
     """Score a synthetic table at every site; returns ``evaluation.Evaluation`` (combined + per site).
 
     ``model``: the fitted synthesizer (or model file) whose job fixes the schema and each site's
     holdout split. ``synthetic``: the table to score (default: ``n`` rows sampled from the model,
-    ``n`` defaulting to the sites' total training rows as the sites reported them).
+    ``n`` defaulting to the sites' total training rows as the sites reported them; ``quantile_map``:
+    see ``FederatedSynthesizer.sample``).
     """
     from fedtab.api import _make_worker, _site_source
 
     synth = _synthesizer(model)
     if synthetic is None:
-        synthetic = synth.sample(default_rows(synth, n), seed=seed)
+        synthetic = synth.sample(default_rows(synth, n), seed=seed, quantile_map=quantile_map)
     factories = {str(k): functools.partial(_make_worker, str(k), _site_source(k, v)) for k, v in sites.items()}
 
     def ask(t):

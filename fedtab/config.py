@@ -20,6 +20,9 @@ Example (paths are relative to the TOML file)::
     local_epochs = 1.0                 # local passes over a site's rows per round
     batch_size = 500
 
+    [sampling]                         # how `fedtab release` / `fedtab evaluate` draw the table
+    quantile_map = false               # map numerical columns onto the agreed marginals too
+
     [sites.cleveland]
     source = "data/heart_cleveland.csv"
     [sites.va]
@@ -75,6 +78,13 @@ class TrainingSettings:
 
 
 @dataclass(frozen=True)
+class SamplingSettings:
+    """How ``fedtab release`` and ``fedtab evaluate`` draw the table (``FederatedSynthesizer.sample``)."""
+
+    quantile_map: bool = False
+
+
+@dataclass(frozen=True)
 class RunConfig:
     sites: dict[str, SiteSource]
     model: str = "ctgan"
@@ -87,6 +97,7 @@ class RunConfig:
     holdout: float = 0.2
     target: str | None = None
     site_column: str | None = None
+    sampling: SamplingSettings = SamplingSettings()
 
 
 def _num(problems: list[str], where: str, v: Any, *, lo: float, hi: float = math.inf,
@@ -139,7 +150,8 @@ def load_config(path: str | Path) -> RunConfig:
     return config_from_dict(read_toml(p), base_dir=p.parent, source=str(p))
 
 
-_TOP = {"seed", "schema", "missing_markers", "holdout", "target", "site_column", "model", "privacy", "training", "sites"}
+_TOP = {"seed", "schema", "missing_markers", "holdout", "target", "site_column", "model", "privacy", "training",
+        "sampling", "sites"}
 
 
 def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "config") -> RunConfig:
@@ -150,10 +162,16 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
     model = model_tbl.pop("name", "ctgan")
     priv_tbl = data.get("privacy", {})
     train_tbl = data.get("training", {})
+    sampling_tbl = data.get("sampling", {})
     for tbl, name, allowed in ((priv_tbl, "privacy", PrivacySettings.__dataclass_fields__),
-                               (train_tbl, "training", TrainingSettings.__dataclass_fields__)):
+                               (train_tbl, "training", TrainingSettings.__dataclass_fields__),
+                               (sampling_tbl, "sampling", SamplingSettings.__dataclass_fields__)):
         for k in sorted(set(tbl) - set(allowed)):
             problems.append(f"unknown key '{name}.{k}'; allowed: {sorted(allowed)}")
+    for k, v in sampling_tbl.items():
+        if k in SamplingSettings.__dataclass_fields__ and not isinstance(v, bool):
+            problems.append(f"'sampling.{k}' must be true or false. Got {v!r} instead.")
+    sampling = SamplingSettings(**{k: v for k, v in sampling_tbl.items() if k in SamplingSettings.__dataclass_fields__})
     privacy = PrivacySettings(**{k: v for k, v in priv_tbl.items() if k in PrivacySettings.__dataclass_fields__})
     training = TrainingSettings(**{k: v for k, v in train_tbl.items() if k in TrainingSettings.__dataclass_fields__})
     holdout = data.get("holdout", 0.2)
@@ -187,6 +205,7 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
         sites=sites, model=model, model_options=model_tbl, privacy=privacy, training=training,
         seed=seed, schema_path=_resolve(schema, base_dir) if isinstance(schema, str) else None,
         missing_markers=tuple(markers), holdout=float(holdout), target=data.get("target"), site_column=site_column,
+        sampling=sampling,
     )
 
 

@@ -106,6 +106,31 @@ def test_release_passes_a_lenient_policy_and_writes_the_table(trained, cli, tmp_
     assert audit["released"] is True and len(audit["sha256"]["synthetic_table"]) == 64
 
 
+def test_release_samples_as_the_configuration_s_sampling_section_says(trained, cli, tmp_path):
+    """``[sampling] quantile_map = true`` in the run configuration: the released table is the model's
+    quantile-mapped sample; ``--no-quantile-map`` overrides the file."""
+    import fedtab
+
+    tmp, cfg, _ = trained
+    policy = tmp_path / "lenient.toml"
+    policy.write_text(
+        "[fidelity]\nmin_quality = 0.0\nmax_detection_auc = 1.0\n"
+        "[disclosure]\ndcr_share_min = 0.0\ndcr_share_max = 1.0\nmax_exact_copy_rate = 1.0\nmax_mia_auc = 1.0\n"
+        "max_singling_out_risk = 1.0\nmax_linkability_risk = 1.0\nmax_inference_risk = 1.0\n")
+    mapped = tmp_path / "job.toml"
+    mapped.write_text(open(cfg).read().replace("[sites.", "[sampling]\nquantile_map = true\n[sites.", 1))
+    model = fedtab.load(tmp / "m.fedtab")
+    for flags, qm in (([], True), (["--no-quantile-map"], False)):
+        out = cli("release", str(mapped), "--model", str(tmp / "m.fedtab"), "--policy", str(policy),
+                  "--out", str(tmp_path / f"rel{qm}"), "-n", "300", "--seed", "3", *flags)
+        assert out.exit_code == 0, out.output
+        table = pd.read_csv(tmp_path / f"rel{qm}" / "synthetic.csv")
+        for quantile_map in (True, False):
+            want = model.sample(300, seed=3, quantile_map=quantile_map)
+            same = np.allclose(table["age"].to_numpy(float), want["age"].to_numpy(float), equal_nan=True)
+            assert same == (quantile_map == qm), (flags, quantile_map)
+
+
 def test_train_config_errors_exit_2(cli, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[privacy]\nepsilon = -3\n")

@@ -74,6 +74,16 @@ def test_config_lists_every_problem():
         assert needle in msg
 
 
+def test_config_sampling_section():
+    base = {"sites": {"a": {"source": "a.csv"}}}
+    assert config_from_dict(base).sampling.quantile_map is False
+    assert config_from_dict({**base, "sampling": {"quantile_map": True}}).sampling.quantile_map is True
+    with pytest.raises(ConfigError) as ei:
+        config_from_dict({**base, "sampling": {"quantile_map": "yes", "rows": 5}})
+    assert "'sampling.quantile_map' must be true or false. Got 'yes'" in str(ei.value)
+    assert "unknown key 'sampling.rows'" in str(ei.value)
+
+
 def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml")

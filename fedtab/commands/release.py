@@ -27,6 +27,10 @@ def evaluate_cmd(
     target: Optional[str] = TargetOpt,
     seed: Optional[int] = typer.Option(None, "--seed"),
     transport: str = typer.Option("inprocess", "--transport", help=TRANSPORT_HELP),
+    quantile_map: Optional[bool] = typer.Option(
+        None, "--quantile-map/--no-quantile-map",
+        help="Map numerical columns onto the agreed marginals when sampling (default: the configuration's "
+             "[sampling] quantile_map)."),
 ) -> None:
     """Score a model's synthetic table at every site; only aggregate figures leave a site."""
     import connectors
@@ -39,7 +43,8 @@ def evaluate_cmd(
     synth = load(model)
     table = connectors.read_table(synthetic, schema=synth.schema_) if synthetic else None
     ev = evaluate(synth, dict(cfg.sites), synthetic=table, n=rows, target=target or cfg.target, seed=seed,
-                  transport=transport)
+                  transport=transport,
+                  quantile_map=cfg.sampling.quantile_map if quantile_map is None else quantile_map)
     ledger = {s: led.to_dict() for s, led in synth.privacy_ledger.items()}
     html = write_report(ev, output, ledger=ledger)
     js = write_json(ev, output.with_suffix(".json"), ledger=ledger)
@@ -56,6 +61,10 @@ def release_cmd(
     target: Optional[str] = TargetOpt,
     seed: Optional[int] = typer.Option(None, "--seed"),
     transport: str = typer.Option("inprocess", "--transport", help=TRANSPORT_HELP),
+    quantile_map: Optional[bool] = typer.Option(
+        None, "--quantile-map/--no-quantile-map",
+        help="Map numerical columns onto the agreed marginals when sampling (default: the configuration's "
+             "[sampling] quantile_map)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train (or load) a model, sample, evaluate at the sites, and release only if every check passes."""
@@ -70,7 +79,8 @@ def release_cmd(
         with round_progress(not quiet) as on_event:
             synth = FederatedSynthesizer.from_config(cfg, transport=transport, progress=on_event).fit(dict(cfg.sites))
     result = release(synth, dict(cfg.sites), out, policy=policy, n=rows, target=target or cfg.target, seed=seed,
-                     transport=transport, model_path=model)
+                     transport=transport, model_path=model,
+                     quantile_map=cfg.sampling.quantile_map if quantile_map is None else quantile_map)
     print_verdict(result.verdict)
     for label, path in result.outputs.items():
         stdout().print(f"  {label}: {path}")
