@@ -109,6 +109,23 @@ def _nearest(reference: np.ndarray, queries: np.ndarray, k: int = 1) -> np.ndarr
 _TIE = 1e-6
 
 
+def _chunks(n_queries: int, n_reference: int, cells: int = 4_000_000):
+    """Slices of the queries whose distance blocks hold at most ``cells`` entries (32 MB)."""
+    step = max(1, cells // max(1, n_reference))
+    return (slice(lo, lo + step) for lo in range(0, n_queries, step))
+
+
+def _min_distances(reference: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Per query, the distance to its nearest reference row (computed as ``_scan_training`` does, so
+    that equal distances compare equal)."""
+    if not len(reference):
+        return np.full(len(queries), np.inf)
+    out = np.empty(len(queries))
+    for sl in _chunks(len(queries), len(reference)):
+        out[sl] = euclidean_distances(queries[sl], reference).min(axis=1)
+    return out
+
+
 @dataclass(frozen=True)
 class _TrainingScan:
     closer: np.ndarray  # per query: training rows strictly closer than its nearest holdout row
@@ -119,14 +136,12 @@ class _TrainingScan:
 
 
 def _scan_training(train: np.ndarray, queries: np.ndarray, d_hold: np.ndarray, k: int,
-                   rng: np.random.Generator, chunk_cells: int = 4_000_000) -> _TrainingScan:
+                   rng: np.random.Generator) -> _TrainingScan:
     """One pass over every (query, training row) distance, in chunks of queries."""
     n = len(train)
     picked = rng.choice(n, size=min(k, n), replace=False)
     out = {f: np.empty(len(queries)) for f in ("closer", "tied", "first", "second", "equal_size")}
-    step = max(1, chunk_cells // max(1, n))
-    for lo in range(0, len(queries), step):
-        sl = slice(lo, lo + step)
+    for sl in _chunks(len(queries), n):
         d = euclidean_distances(queries[sl], train)
         h = d_hold[sl, None]
         out["closer"][sl] = (d < h - _TIE).sum(axis=1)
@@ -291,7 +306,7 @@ def evaluate_disclosure(
     hold_ref = space.transform(subsample(holdout, n_ref, rng))
     queries = space.transform(subsample(synthetic, opts.max_query_rows, rng))
 
-    d_hold = euclidean_distances(queries, hold_ref).min(axis=1) if len(hold_ref) else np.full(len(queries), np.inf)
+    d_hold = _min_distances(hold_ref, queries)
     scan = _scan_training(train_all, queries, d_hold, n_ref, rng)
     dcr_share = float(np.mean(_share_against_subsets(scan.closer, scan.tied, len(train_all), n_ref)))
     nndr = np.where(scan.second > 0, scan.first / np.where(scan.second > 0, scan.second, 1.0), 0.0)
