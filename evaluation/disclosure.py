@@ -50,6 +50,8 @@ class DisclosureOptions:
     singling_out_cols: int = 3  # predicates per multivariate singling-out query
     linkability_aux: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # default: halves of the columns
     inference_secret: str | None = None  # default: the target, else the last categorical column
+    resplits: int = 40  # random re-splits of the site's rows scored for the DCR share's spread (0: none)
+    resplit_max_rows: int = 2000  # training + holdout rows above which the re-splits are skipped
     histogram_bins: int = 12
 
 
@@ -90,6 +92,8 @@ class DisclosureResult:
     n_query_rows: int
     n_mia_members: int
     n_mia_non_members: int
+    dcr_share_resplit_mean: float | None = None  # the DCR share over random re-splits of the site's rows
+    dcr_share_resplit_sd: float | None = None
     notes: tuple[str, ...] = ()
     timings: tuple[tuple[str, float], ...] = ()  # seconds per part
 
@@ -133,6 +137,7 @@ class _TrainingScan:
     first: np.ndarray  # per query: distance to the nearest training row
     second: np.ndarray  # ... and to the second nearest (inf with one training row)
     equal_size: np.ndarray  # per query: distance to the nearest of one random holdout-size training sample
+    d_hold: np.ndarray  # per query: distance to the nearest holdout row
 
 
 def _scan_training(train: np.ndarray, queries: np.ndarray, d_hold: np.ndarray, k: int,
@@ -149,7 +154,7 @@ def _scan_training(train: np.ndarray, queries: np.ndarray, d_hold: np.ndarray, k
         two = np.partition(d, 1, axis=1)[:, :2] if n > 1 else np.c_[d, np.full(len(d), np.inf)]
         out["first"][sl], out["second"][sl] = two[:, 0], two[:, 1]
         out["equal_size"][sl] = d[:, picked].min(axis=1)
-    return _TrainingScan(**out)
+    return _TrainingScan(**out, d_hold=d_hold)
 
 
 def _share_against_subsets(closer: np.ndarray, tied: np.ndarray, n: int, k: int) -> np.ndarray:
@@ -167,6 +172,35 @@ def _share_against_subsets(closer: np.ndarray, tied: np.ndarray, n: int, k: int)
         return np.where(ok, np.exp(logp), 0.0)
 
     return 1.0 - 0.5 * (none_among(closer) + none_among(closer + tied))
+
+
+def _dcr(space: DistanceSpace, train: pd.DataFrame, holdout: pd.DataFrame, query_rows: pd.DataFrame,
+         opts: "DisclosureOptions", rng: np.random.Generator) -> tuple[float, _TrainingScan]:
+    """The DCR share of ``query_rows`` between ``train`` and ``holdout`` in ``space``, and the scan."""
+    n_ref = min(len(holdout), opts.max_reference_rows)
+    train_all = space.transform(subsample(train, opts.max_reference_rows, rng))
+    hold_ref = space.transform(subsample(holdout, n_ref, rng))
+    queries = space.transform(query_rows)
+    scan = _scan_training(train_all, queries, _min_distances(hold_ref, queries), n_ref, rng)
+    return float(np.mean(_share_against_subsets(scan.closer, scan.tied, len(train_all), n_ref))), scan
+
+
+def _resplit_dcr(train: pd.DataFrame, holdout: pd.DataFrame, query_rows: pd.DataFrame, kinds: Kinds,
+                 opts: "DisclosureOptions", rng: np.random.Generator) -> tuple[float | None, float | None]:
+    """Mean and sd of the DCR share when the site's rows are split at random into training and holdout
+    rows of the same sizes (the synthetic rows as they are): what the share reads for a table that
+    leans towards neither side, at this site's size. At ~100 rows this spread rivals the policy's
+    band (sd ~0.05 at a 25-row holdout); a share far above the mean, in sds, is the lean. Skipped
+    (None) above ``resplit_max_rows`` rows, where the spread is small and the distances cost most."""
+    if opts.resplits < 2 or len(train) + len(holdout) > opts.resplit_max_rows:
+        return None, None
+    rows = pd.concat([train, holdout], ignore_index=True)
+    shares = []
+    for _ in range(opts.resplits):
+        order = rng.permutation(len(rows))
+        tr, ho = rows.iloc[order[:len(train)]], rows.iloc[order[len(train):]]
+        shares.append(_dcr(DistanceSpace(kinds).fit(tr), tr, ho, query_rows, opts, rng)[0])
+    return float(np.mean(shares)), float(np.std(shares, ddof=1))
 
 
 def _histogram(values: dict[str, np.ndarray], bins: int) -> Histogram:
@@ -301,15 +335,10 @@ def evaluate_disclosure(
     natural = float(np.isin(row_hashes(holdout, kinds), train_hashes).mean())
 
     space = DistanceSpace(kinds).fit(train)
-    n_ref = min(len(holdout), opts.max_reference_rows)
-    train_all = space.transform(subsample(train, opts.max_reference_rows, rng))
-    hold_ref = space.transform(subsample(holdout, n_ref, rng))
-    queries = space.transform(subsample(synthetic, opts.max_query_rows, rng))
-
-    d_hold = _min_distances(hold_ref, queries)
-    scan = _scan_training(train_all, queries, d_hold, n_ref, rng)
-    dcr_share = float(np.mean(_share_against_subsets(scan.closer, scan.tied, len(train_all), n_ref)))
+    query_rows = subsample(synthetic, opts.max_query_rows, rng)
+    dcr_share, scan = _dcr(space, train, holdout, query_rows, opts, rng)
     nndr = np.where(scan.second > 0, scan.first / np.where(scan.second > 0, scan.second, 1.0), 0.0)
+    resplit = _resplit_dcr(train, holdout, query_rows, kinds, opts, np.random.default_rng(seed + 2))
 
     # Membership inference: closer to some synthetic record -> more likely a training member. ROC-AUC
     # is the mean over (member, non-member) pairs, so every member is scored: a subsample of the
@@ -335,8 +364,9 @@ def evaluate_disclosure(
         nndr_median=float(np.median(nndr)), nndr_p05=float(np.percentile(nndr, 5)),
         mia_auc=mia_auc, mia_tpr_at_fpr_10=tpr_at_10,
         singling_out=risks["singling_out"], linkability=risks["linkability"], inference=risks["inference"],
-        dcr_histogram=_histogram({"synthetic to training": scan.equal_size, "synthetic to holdout": d_hold},
+        dcr_histogram=_histogram({"synthetic to training": scan.equal_size, "synthetic to holdout": scan.d_hold},
                                  opts.histogram_bins),
-        n_query_rows=len(queries), n_mia_members=len(d_mem), n_mia_non_members=len(d_non), notes=tuple(notes),
+        dcr_share_resplit_mean=resplit[0], dcr_share_resplit_sd=resplit[1],
+        n_query_rows=len(query_rows), n_mia_members=len(d_mem), n_mia_non_members=len(d_non), notes=tuple(notes),
         timings=(("distances_mia", t1 - t0), ("anonymeter", time.perf_counter() - t1)),
     )

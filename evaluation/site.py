@@ -71,6 +71,8 @@ class SiteEvaluation:
             "utility.synthetic_score": u.synthetic_score if u else None,
             "utility.ratio": u.ratio if u else None,
             "disclosure.dcr_share": d.dcr_share,
+            "disclosure.dcr_share_resplit_mean": d.dcr_share_resplit_mean,
+            "disclosure.dcr_share_resplit_sd": d.dcr_share_resplit_sd,
             "disclosure.exact_copy_rate": d.exact_copy_rate,
             "disclosure.natural_copy_rate": d.natural_copy_rate,
             "disclosure.nndr_median": d.nndr_median,

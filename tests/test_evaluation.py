@@ -88,6 +88,24 @@ def test_dcr_share_and_mia_do_not_depend_on_which_training_rows_are_drawn():
     assert (runs[0].n_mia_members, runs[0].n_mia_non_members) == (120, 30)
 
 
+def test_dcr_share_resplits_give_the_spread_a_table_leaning_nowhere_would_show():
+    """The site's rows re-split at random (same sizes): an independent sample's share sits inside that
+    spread, copies of training rows far above it; a site above ``resplit_max_rows`` skips it."""
+    from evaluation.disclosure import DisclosureOptions, evaluate_disclosure
+
+    train, holdout, other = (to_plain(f, HEART_SCHEMA) for f in heart_splits())
+    kinds, opts = kinds_of(HEART_SCHEMA), DisclosureOptions(anonymeter=False, resplits=20)
+    sound = evaluate_disclosure(train, holdout, other, kinds, seed=0, options=opts)
+    assert 0.45 < sound.dcr_share_resplit_mean < 0.55 and 0.005 < sound.dcr_share_resplit_sd < 0.1
+    assert abs(sound.dcr_share - sound.dcr_share_resplit_mean) < 3 * sound.dcr_share_resplit_sd
+    copies = train.sample(len(other), replace=True, random_state=0).reset_index(drop=True)
+    leak = evaluate_disclosure(train, holdout, copies, kinds, seed=0, options=opts)
+    assert leak.dcr_share > leak.dcr_share_resplit_mean + 5 * leak.dcr_share_resplit_sd
+    big = evaluate_disclosure(train, holdout, other, kinds, seed=0, options=replace(opts, resplit_max_rows=500))
+    assert (big.dcr_share_resplit_mean, big.dcr_share_resplit_sd) == (None, None)
+    assert big.dcr_share == sound.dcr_share  # the re-splits draw from their own generator
+
+
 def test_copied_training_rows_are_flagged_by_every_disclosure_figure():
     f = copying_evaluation().figures()
     assert f["disclosure.exact_copy_rate"] == 1.0

@@ -58,6 +58,9 @@ def test_html_is_self_contained_and_holds_every_plot(written):
     assert html.count("<svg") == 2 * (2 + n_cols) + 2
     for m in ev.sites["hospital_a"].marginals:
         assert f"<title>{m.column} (missing" in html
+    # Each site's DCR share beside its spread over random re-splits of its rows.
+    d = ev.sites["hospital_a"].disclosure
+    assert f"reads {d.dcr_share_resplit_mean:.3f} &plusmn; {d.dcr_share_resplit_sd:.3f}" in html
     assert not list(html_path.parent.glob(".*.tmp"))
 
 
