@@ -9,9 +9,10 @@ import sys
 import pytest
 
 import connectors
+import fedtab
 from tests.conftest import BUNDLED, DATA, REPO
 from fedtab.cli import main
-from fedtab.datasets import heart_schema
+from fedtab.datasets import HEART_SITES, heart_schema
 from fedtab.schema import TableSchema
 
 HEART = BUNDLED / "heart_cleveland.csv"
@@ -135,7 +136,9 @@ def test_every_readme_fedtab_command_works(cli, tmp_path, monkeypatch):
         result = cli(*argv[1:])
         assert result.exit_code in DOCUMENTED_EXITS.get(argv[1], {0}), (argv, result.output)
     assert TableSchema.load("heart_schema_from_sdv.json").names == heart_schema().names
-    assert connectors.read_table("heart_synthetic.csv", schema=heart_schema()).shape == (1000, 14)
+    # The example job adds a hospital column (its categories: the sites' names) to the heart schema.
+    synthetic = connectors.read_table("heart_synthetic.csv", schema=fedtab.load("heart.fedtab").schema)
+    assert synthetic.shape == (1000, 15) and set(synthetic["hospital"]) == set(HEART_SITES)
     assert (tmp_path / "heart_report.html").exists() and (tmp_path / "heart_release" / "audit.json").exists()
 
 
