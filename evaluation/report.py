@@ -201,13 +201,17 @@ def _site_html(name: str, s) -> str:
              title=f"{m.column} (missing {m.real_missing:.0%} / {m.synthetic_missing:.0%})", width=300, height=190)
         for m in s.marginals)
     notes = "".join(f"<li>{escape(n)}</li>" for n in d.notes)
-    spread = ""
+    said = []
     if d.dcr_share_resplit_mean is not None and d.dcr_share_resplit_sd:
         z = (d.dcr_share - d.dcr_share_resplit_mean) / d.dcr_share_resplit_sd
-        spread = (f"<p class='muted'>DCR share {d.dcr_share:.3f} against {s.n_holdout} holdout rows. The same table "
-                  f"scored against random re-splits of this site's rows (same sizes) reads "
-                  f"{d.dcr_share_resplit_mean:.3f} &plusmn; {d.dcr_share_resplit_sd:.3f}: the share is "
-                  f"{z:+.1f} sd from a table that leans towards neither side at this site's size.</p>")
+        said.append(f"DCR share {d.dcr_share:.3f} against {s.n_holdout} holdout rows. The same table scored "
+                    f"against random re-splits of this site's rows (same sizes) reads "
+                    f"{d.dcr_share_resplit_mean:.3f} &plusmn; {d.dcr_share_resplit_sd:.3f}: the share is "
+                    f"{z:+.1f} sd from a table that leans towards neither side at this site's size.")
+    if d.mia_auc_null_sd:
+        said.append(f"The membership-inference AUC, {d.mia_auc:.3f}, would read 0.5 &plusmn; {d.mia_auc_null_sd:.3f} "
+                    f"were membership random ({(d.mia_auc - 0.5) / d.mia_auc_null_sd:+.1f} sd).")
+    spread = f"<p class='muted'>{' '.join(said)}</p>" if said else ""
     return (f'<h2>Site {escape(name)}</h2><div class="charts">{dcr}{heat}</div>{spread}'
             f"<h3>Per-column distributions, real vs synthetic (frequencies)</h3><div class='charts'>{marg}</div>"
             + (f"<ul class='muted'>{notes}</ul>" if notes else ""))

@@ -77,6 +77,7 @@ class SiteEvaluation:
             "disclosure.natural_copy_rate": d.natural_copy_rate,
             "disclosure.nndr_median": d.nndr_median,
             "disclosure.mia_auc": d.mia_auc,
+            "disclosure.mia_auc_null_sd": d.mia_auc_null_sd,
             "disclosure.mia_tpr_at_fpr_10": d.mia_tpr_at_fpr_10,
         }
         for name in ("singling_out", "linkability", "inference"):

@@ -106,6 +106,22 @@ def test_dcr_share_resplits_give_the_spread_a_table_leaning_nowhere_would_show()
     assert big.dcr_share == sound.dcr_share  # the re-splits draw from their own generator
 
 
+def test_mia_null_sd_is_the_spread_of_the_auc_under_random_membership():
+    from scipy.stats import rankdata
+
+    from evaluation.disclosure import DisclosureOptions, evaluate_disclosure
+
+    train, holdout, other = (to_plain(f, HEART_SCHEMA) for f in heart_splits())
+    train, holdout = train.iloc[:98], holdout.iloc[:25]  # Switzerland's sizes in the demo
+    r = evaluate_disclosure(train, holdout, other, kinds_of(HEART_SCHEMA), seed=0,
+                            options=DisclosureOptions(anonymeter=False, resplits=0))
+    # 20,000 AUCs of random scores for 98 members and 25 non-members (Mann-Whitney: rank sums).
+    ranks = rankdata(np.random.default_rng(0).normal(size=(20_000, 123)), axis=1)
+    aucs = (ranks[:, :98].sum(axis=1) - 98 * 99 / 2) / (98 * 25)
+    assert r.mia_auc_null_sd == pytest.approx(np.std(aucs), rel=0.03)
+    assert r.mia_auc_null_sd == pytest.approx(0.065, abs=0.001)
+
+
 def test_copied_training_rows_are_flagged_by_every_disclosure_figure():
     f = copying_evaluation().figures()
     assert f["disclosure.exact_copy_rate"] == 1.0

@@ -61,6 +61,7 @@ def test_html_is_self_contained_and_holds_every_plot(written):
     # Each site's DCR share beside its spread over random re-splits of its rows.
     d = ev.sites["hospital_a"].disclosure
     assert f"reads {d.dcr_share_resplit_mean:.3f} &plusmn; {d.dcr_share_resplit_sd:.3f}" in html
+    assert f"would read 0.5 &plusmn; {d.mia_auc_null_sd:.3f} were membership random" in html
     assert not list(html_path.parent.glob(".*.tmp"))
 
 
