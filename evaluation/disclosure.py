@@ -14,6 +14,9 @@ Distances use ``DistanceSpace`` (a Gower-like mixed-type distance). Figures, wit
   the closest synthetic record, training rows (members) vs holdout rows (non-members), all of each up
   to ``max_mia_rows``. 0.5 ideal.
   DCR share alone does not rule this out: a model can leak outliers while the average looks fine.
+* their noise at this site's size: ``dcr_share_resplit_mean`` / ``_sd``, the DCR share of the same
+  synthetic rows against random re-splits of the site's rows (sites of up to ``resplit_max_rows``),
+  and ``mia_auc_null_sd``, the MIA AUC's sd were membership random. Reported, not gated.
 * anonymeter's singling-out, linkability and attribute-inference risks, each relative to the holdout
   as control (residual risk) with a 95% confidence interval.
 
