@@ -235,3 +235,27 @@ def test_dropout_scales_are_zero_or_inverse_keep_with_the_keep_rate(keep):
     assert abs(kept.float().mean().item() - keep) < 0.01
     again = dropout_scale((400, 50), keep, generator=torch.Generator().manual_seed(0))
     assert torch.equal(scale, again)
+
+
+def test_models_built_in_parallel_threads_get_their_seed_s_weights():
+    """The in-process transport builds the sites' models in parallel threads; each build seeds torch's
+    global RNG for its initial weights. Builds run one at a time (a lock), so every thread gets its own
+    seed's weights, and no two threads meet inside torch's RNG calls (a CI run hung there)."""
+    import threading
+
+    want = {s: {k: v.clone() for k, v in built(seed=s).generator_.state_dict().items()} for s in range(4)}
+    mismatches, done = [], []
+
+    def build_many(s):
+        for _ in range(15):
+            got = built(seed=s).generator_.state_dict()
+            if any(not torch.equal(got[k], want[s][k]) for k in want[s]):
+                mismatches.append(s)
+        done.append(s)
+
+    threads = [threading.Thread(target=build_many, args=(s,), daemon=True) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)  # a hang, not a speed check: 60 tiny builds take well under a second
+    assert sorted(done) == [0, 1, 2, 3] and mismatches == []

@@ -18,6 +18,7 @@ flat ``name -> tensor`` dict of plain float tensors (safetensors-friendly, avera
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from typing import Any, ClassVar, Iterator
@@ -43,6 +44,20 @@ def frozen(module: nn.Module) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
+
+
+_INIT_LOCK = threading.Lock()
+
+
+@contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Deterministic parameter initialisation: torch's global RNG forked, seeded with ``seed``, and left
+    as it was afterwards. Under one lock: the in-process transport's sites build their models in
+    parallel threads, and two builds at once drew each other's numbers and could deadlock inside
+    torch (``manual_seed`` in one thread, ``get_rng_state`` in the other: a CI run hung on it)."""
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class GenerativeModel(ABC):

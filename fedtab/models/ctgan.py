@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedtab.errors import ConfigError
-from fedtab.models.base import GenerativeModel
+from fedtab.models.base import GenerativeModel, seeded_init
 from fedtab.models.conditions import CondBatch, Conditions
 from fedtab.transform.spans import ACTIVATIONS, ConditionSpan, SpanInfo, span_offsets
 
@@ -335,8 +335,7 @@ class CTGAN(GenerativeModel):
         soft_of = self.layout_.soft_span_of_offset
         self._cond_span = torch.tensor([soft_of[c.offset] for c in condition_spans], dtype=torch.long)
         data_dim, cond_dim = self.layout_.dim, self.conditions_.dim
-        with torch.random.fork_rng(devices=[]):  # deterministic init, global RNG left as it was
-            torch.manual_seed(seed)
+        with seeded_init(seed):
             self.generator_ = Generator(cfg.embedding_dim + cond_dim, cfg.generator_dim, data_dim)
             self.discriminator_ = Discriminator(
                 data_dim + cond_dim, cfg.discriminator_dim, slope=cfg.leaky_slope, dropout=cfg.dropout

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedtab.errors import ConfigError
-from fedtab.models.base import GenerativeModel
+from fedtab.models.base import GenerativeModel, seeded_init
 from fedtab.models.conditions import CondBatch, Conditions
 from fedtab.models.ctgan import SpanLayout
 from fedtab.models.tvae import _check_adam, _check_dims, _check_positive_int, optimizer_options
@@ -176,8 +176,7 @@ class TabDiffusion(GenerativeModel):
         self._member = F.one_hot(self._span_id, lay.n_soft).float() if n_soft else torch.zeros(0, 0)
         self._abar = alpha_bars(cfg.timesteps, cfg.schedule).float()
         self._set_condition(spans, condition_spans)
-        with torch.random.fork_rng(devices=[]):  # deterministic init, global RNG left as it was
-            torch.manual_seed(seed)
+        with seeded_init(seed):
             self.denoiser_ = Denoiser(lay.dim, cfg.hidden_dims, cfg.time_embedding_dim)
         return self
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedtab.errors import ConfigError
-from fedtab.models.base import GenerativeModel
+from fedtab.models.base import GenerativeModel, seeded_init
 from fedtab.models.conditions import CondBatch, Conditions
 from fedtab.models.ctgan import SpanLayout
 from fedtab.transform.spans import ACTIVATIONS, ConditionSpan, SpanInfo
@@ -151,8 +151,7 @@ class TVAE(GenerativeModel):
         # CTGAN's training-by-sampling, which would tilt the learned distribution towards rare categories.
         self.conditions_ = Conditions(spans, [])
         self.spans_ = list(spans)
-        with torch.random.fork_rng(devices=[]):  # deterministic init, global RNG left as it was
-            torch.manual_seed(seed)
+        with seeded_init(seed):
             self.vae_ = VAE(self.layout_.dim, len(self.layout_.tanh_cols), self.config)
         return self
 
