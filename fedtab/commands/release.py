@@ -11,6 +11,15 @@ from fedtab.commands.common import command, stdout
 from fedtab.commands.model import TRANSPORT_HELP, round_progress
 
 TargetOpt = typer.Option(None, "--target", help="Target column for the utility figures (default: the config's).")
+QuantileMapOpt = typer.Option(
+    None, "--quantile-map/--no-quantile-map",
+    help="Map numerical columns onto the agreed marginals when sampling (default: the configuration's "
+         "[sampling] quantile_map).")
+
+
+def _quantile_map(cfg, flag: bool | None) -> bool:
+    """The --quantile-map flag, else the run configuration's [sampling] quantile_map."""
+    return cfg.sampling.quantile_map if flag is None else flag
 
 
 def register(app: typer.Typer) -> None:
@@ -27,10 +36,7 @@ def evaluate_cmd(
     target: Optional[str] = TargetOpt,
     seed: Optional[int] = typer.Option(None, "--seed"),
     transport: str = typer.Option("inprocess", "--transport", help=TRANSPORT_HELP),
-    quantile_map: Optional[bool] = typer.Option(
-        None, "--quantile-map/--no-quantile-map",
-        help="Map numerical columns onto the agreed marginals when sampling (default: the configuration's "
-             "[sampling] quantile_map)."),
+    quantile_map: Optional[bool] = QuantileMapOpt,
 ) -> None:
     """Score a model's synthetic table at every site; only aggregate figures leave a site."""
     import connectors
@@ -44,7 +50,7 @@ def evaluate_cmd(
     table = connectors.read_table(synthetic, schema=synth.schema_) if synthetic else None
     ev = evaluate(synth, dict(cfg.sites), synthetic=table, n=rows, target=target or cfg.target, seed=seed,
                   transport=transport,
-                  quantile_map=cfg.sampling.quantile_map if quantile_map is None else quantile_map)
+                  quantile_map=_quantile_map(cfg, quantile_map))
     ledger = {s: led.to_dict() for s, led in synth.privacy_ledger.items()}
     html = write_report(ev, output, ledger=ledger)
     js = write_json(ev, output.with_suffix(".json"), ledger=ledger)
@@ -61,10 +67,7 @@ def release_cmd(
     target: Optional[str] = TargetOpt,
     seed: Optional[int] = typer.Option(None, "--seed"),
     transport: str = typer.Option("inprocess", "--transport", help=TRANSPORT_HELP),
-    quantile_map: Optional[bool] = typer.Option(
-        None, "--quantile-map/--no-quantile-map",
-        help="Map numerical columns onto the agreed marginals when sampling (default: the configuration's "
-             "[sampling] quantile_map)."),
+    quantile_map: Optional[bool] = QuantileMapOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train (or load) a model, sample, evaluate at the sites, and release only if every check passes."""
@@ -80,7 +83,7 @@ def release_cmd(
             synth = FederatedSynthesizer.from_config(cfg, transport=transport, progress=on_event).fit(dict(cfg.sites))
     result = release(synth, dict(cfg.sites), out, policy=policy, n=rows, target=target or cfg.target, seed=seed,
                      transport=transport, model_path=model,
-                     quantile_map=cfg.sampling.quantile_map if quantile_map is None else quantile_map)
+                     quantile_map=_quantile_map(cfg, quantile_map))
     print_verdict(result.verdict)
     for label, path in result.outputs.items():
         stdout().print(f"  {label}: {path}")
