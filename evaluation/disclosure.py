@@ -37,7 +37,6 @@ import pandas as pd
 from scipy.special import gammaln
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.metrics.pairwise import euclidean_distances
-from sklearn.neighbors import NearestNeighbors
 
 from evaluation._tables import DistanceSpace, Kinds, fill_categories, row_hashes, subsample
 
@@ -105,13 +104,6 @@ class DisclosureResult:
         return asdict(self)
 
 
-def _nearest(reference: np.ndarray, queries: np.ndarray, k: int = 1) -> np.ndarray:
-    k = min(k, len(reference))
-    nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(reference)
-    dist, _ = nn.kneighbors(queries)
-    return dist
-
-
 # Distances equal within this tolerance are ties: the Euclidean distances come from dot products, whose
 # rounding near 0 is ~1e-7 (two copies of one row); distinct rows in ``DistanceSpace`` lie much farther apart.
 _TIE = 1e-6
@@ -125,7 +117,7 @@ def _chunks(n_queries: int, n_reference: int, cells: int = 4_000_000):
 
 def _min_distances(reference: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """Per query, the distance to its nearest reference row (computed as ``_scan_training`` does, so
-    that equal distances compare equal)."""
+    that equal distances compare equal; in chunks, so memory stays bounded)."""
     if not len(reference):
         return np.full(len(queries), np.inf)
     out = np.empty(len(queries))
@@ -350,8 +342,8 @@ def evaluate_disclosure(
     members = space.transform(subsample(train, opts.max_mia_rows, rng))
     non_members = space.transform(subsample(holdout, opts.max_mia_rows, rng))
     synth_ref = space.transform(subsample(synthetic, opts.max_reference_rows, rng))
-    d_mem = _nearest(synth_ref, members)[:, 0]
-    d_non = _nearest(synth_ref, non_members)[:, 0]
+    d_mem = _min_distances(synth_ref, members)
+    d_non = _min_distances(synth_ref, non_members)
     y = np.r_[np.ones(len(d_mem)), np.zeros(len(d_non))]
     score = -np.r_[d_mem, d_non]
     mia_auc = float(roc_auc_score(y, score))
