@@ -99,11 +99,20 @@ def test_site_data_problem_names_the_site(sites):
     assert "sixty" in str(ei.value) and "'age'" in str(ei.value)
 
 
+def test_under_dp_no_site_sends_its_unnoised_loss(dp_model):
+    # The discriminator's loss is a mean over a site's rows that no noise covers: under DP only the
+    # generator's loss (generated rows through the noised network) reaches the coordinator.
+    assert [sorted(h.losses) for h in dp_model.history_] == [["public"]] * FAST["rounds"]
+    assert all(math.isfinite(h.losses["public"]) for h in dp_model.history_)
+
+
 def test_non_dp_mode_records_exact_releases(sites):
     synth = fedtab.FederatedSynthesizer("ctgan", epsilon=None, schema=heart_schema(), **FAST).fit(sites)
     for ledger in synth.privacy_ledger.values():
         assert not ledger.is_dp and math.isinf(ledger.epsilon)
         assert {e.mechanism for e in ledger.entries} == {"exact"}
+    # Without DP nothing is private to protect: the discriminator's loss is reported too.
+    assert all(sorted(h.losses) == ["private", "public"] for h in synth.history_)
 
 
 def test_federated_evaluation_refuses_copies_of_training_rows(dp_model, sites):

@@ -45,7 +45,7 @@ def round_progress(enabled: bool = True):
             eps = max(info["epsilon"].values())
             eps_text = "non-DP" if eps == float("inf") else f"max epsilon {eps:.3f}"
             losses = " ".join(f"{k} {v:.3f}" for k, v in info["losses"].items())
-            bar.update(state["task"], completed=info["round"], info=f"loss {losses} | {eps_text}")
+            bar.update(state["task"], completed=info["round"], info=f"loss {losses} | {eps_text}" if losses else eps_text)
 
     with bar:
         yield on_event

@@ -167,8 +167,11 @@ def train_one_round(setup: dict[str, Any], data: np.ndarray, weights: dict[str, 
         stats = trainer.train(steps)
     out = {k: v.detach().numpy() for k, v in trainer.get_weights().items()}
     # A model without a public network (TVAE, diffusion) has no public loss: left out of the round's
-    # losses (the progress bar and the model file's history showed 'public nan').
-    losses = {k: v for k, v in (("private", stats.private_loss), ("public", stats.public_loss)) if math.isfinite(v)}
+    # losses (the progress bar and the model file's history showed 'public nan'). Under DP the private
+    # loss stays at the site too: it is a mean over the site's rows that no noise covers (outside the
+    # ledger); the public loss reads generated rows through the noised network only.
+    losses = {k: v for k, v in (("private", stats.private_loss), ("public", stats.public_loss))
+              if math.isfinite(v) and not (k == "private" and ledger.is_dp)}
     return {"weights": out, "losses": losses,
             "epsilon": ledger.epsilon if ledger.is_dp else float("inf"), "steps": stats.steps}
 
