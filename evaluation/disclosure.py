@@ -14,9 +14,11 @@ Distances use ``DistanceSpace`` (a Gower-like mixed-type distance). Figures, wit
   the closest synthetic record, training rows (members) vs holdout rows (non-members), all of each up
   to ``max_mia_rows``. 0.5 ideal.
   DCR share alone does not rule this out: a model can leak outliers while the average looks fine.
-* their noise at this site's size: ``dcr_share_resplit_mean`` / ``_sd``, the DCR share of the same
-  synthetic rows against random re-splits of the site's rows (sites of up to ``resplit_max_rows``),
-  and ``mia_auc_null_sd``, the MIA AUC's sd were membership random. Reported, not gated.
+* their chance levels at this site's size (sites of up to ``resplit_max_rows`` rows): each gated
+  figure (DCR share, MIA AUC, singling-out, linkability and inference risks) scored again against
+  ``resplits`` random re-splits of the site's rows, the same synthetic rows (``evaluation.chance``):
+  mean, sd and 99th percentile, which the release gate reads; and ``mia_auc_null_sd``, the MIA AUC's
+  sd were membership random (any site size).
 * anonymeter's singling-out, linkability and attribute-inference risks, each relative to the holdout
   as control (residual risk) with a 95% confidence interval.
 
@@ -38,7 +40,9 @@ from scipy.special import gammaln
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.metrics.pairwise import euclidean_distances
 
+from evaluation import chance
 from evaluation._tables import DistanceSpace, Kinds, fill_categories, row_hashes, subsample
+from evaluation.chance import ChanceLevel
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,8 @@ class DisclosureOptions:
     singling_out_cols: int = 3  # predicates per multivariate singling-out query
     linkability_aux: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # default: halves of the columns
     inference_secret: str | None = None  # default: the target, else the last categorical column
-    resplits: int = 40  # random re-splits of the site's rows scored for the DCR share's spread (0: none)
-    resplit_max_rows: int = 2000  # training + holdout rows above which the re-splits are skipped
+    resplits: int = 400  # random re-splits of the site's rows for the figures' chance levels (0: none)
+    resplit_max_rows: int = 2000  # training + holdout rows above which the chance levels are skipped
     histogram_bins: int = 12
 
 
@@ -94,9 +98,13 @@ class DisclosureResult:
     n_query_rows: int
     n_mia_members: int
     n_mia_non_members: int
-    dcr_share_resplit_mean: float | None = None  # the DCR share over random re-splits of the site's rows
-    dcr_share_resplit_sd: float | None = None
     mia_auc_null_sd: float | None = None  # sd of the MIA AUC if membership were random (mean 0.5)
+    # Each figure over random re-splits of the site's rows (``evaluation.chance``); None: not measured.
+    dcr_share_chance: ChanceLevel | None = None
+    mia_auc_chance: ChanceLevel | None = None
+    singling_out_chance: ChanceLevel | None = None
+    linkability_chance: ChanceLevel | None = None
+    inference_chance: ChanceLevel | None = None
     notes: tuple[str, ...] = ()
     timings: tuple[tuple[str, float], ...] = ()  # seconds per part
 
@@ -181,22 +189,15 @@ def _dcr(space: DistanceSpace, train: pd.DataFrame, holdout: pd.DataFrame, query
     return float(np.mean(_share_against_subsets(scan.closer, scan.tied, len(train_all), n_ref))), scan
 
 
-def _resplit_dcr(train: pd.DataFrame, holdout: pd.DataFrame, query_rows: pd.DataFrame, kinds: Kinds,
-                 opts: "DisclosureOptions", rng: np.random.Generator) -> tuple[float | None, float | None]:
-    """Mean and sd of the DCR share when the site's rows are split at random into training and holdout
-    rows of the same sizes (the synthetic rows as they are): what the share reads for a table that
-    leans towards neither side, at this site's size. At ~100 rows this spread rivals the policy's
-    band (sd ~0.05 at a 25-row holdout); a share far above the mean, in sds, is the lean. Skipped
-    (None) above ``resplit_max_rows`` rows, where the spread is small and the distances cost most."""
-    if opts.resplits < 2 or len(train) + len(holdout) > opts.resplit_max_rows:
-        return None, None
-    rows = pd.concat([train, holdout], ignore_index=True)
-    shares = []
-    for _ in range(opts.resplits):
-        order = rng.permutation(len(rows))
-        tr, ho = rows.iloc[order[:len(train)]], rows.iloc[order[len(train):]]
-        shares.append(_dcr(DistanceSpace(kinds).fit(tr), tr, ho, query_rows, opts, rng)[0])
-    return float(np.mean(shares)), float(np.std(shares, ddof=1))
+def _distance_chance(space: DistanceSpace, rows: pd.DataFrame, query_rows: pd.DataFrame, synth_ref: np.ndarray,
+                     member: np.ndarray) -> tuple[ChanceLevel | None, ChanceLevel | None]:
+    """Chance levels of the DCR share and the MIA AUC: the same synthetic rows against every re-split
+    in ``member`` of the site's ``rows`` (training rows first), distances measured once."""
+    points = space.transform(rows)
+    distances = np.vstack([euclidean_distances(space.transform(query_rows.iloc[sl]), points)
+                           for sl in _chunks(len(query_rows), len(points))])
+    return (chance.summarise(chance.dcr_shares(distances, member, _share_against_subsets)),
+            chance.summarise(chance.mia_aucs(_min_distances(synth_ref, points), member)))
 
 
 def _histogram(values: dict[str, np.ndarray], bins: int) -> Histogram:
@@ -261,7 +262,10 @@ def _global_numpy_seed(seed: int):
         np.random.set_state(state)
 
 
-def _anonymeter(train, holdout, synthetic, kinds: Kinds, target: str | None, opts: DisclosureOptions, seed: int):
+def _anonymeter(train, holdout, synthetic, kinds: Kinds, target: str | None, opts: DisclosureOptions, seed: int,
+                *, member: np.ndarray | None = None):
+    """anonymeter's three risks, notes on any that failed, and (with re-splits ``member`` of the
+    training rows then the holdout rows) each risk's chance level (``evaluation.chance``)."""
     from anonymeter.evaluators import InferenceEvaluator, LinkabilityEvaluator, SinglingOutEvaluator
 
     _cache_numba_kernels()
@@ -308,7 +312,38 @@ def _anonymeter(train, holdout, synthetic, kinds: Kinds, target: str | None, opt
         attacked, syn, aux_cols=[c for c in cols if c != secret], secret=secret,
         regression=secret in kinds.numerical, n_attacks=max(len(attacked), len(control)),
         control=control).evaluate(n_jobs=1), n_attacks))
-    return out, notes
+    levels: dict[str, ChanceLevel | None] = {}
+    if member is not None:  # then ``attacked`` and ``control`` hold every training and holdout row
+        rows = pd.concat([attacked, control], ignore_index=True)
+        draws = np.random.default_rng([seed, 3])
+
+        def per_row(outcome):  # anonymeter scales distances per batch: each side as the attack read it
+            return np.concatenate([outcome(attacked), outcome(control)])
+
+        def level(name, risks):
+            try:
+                with warnings.catch_warnings():  # anonymeter warns on every re-split that beats no baseline
+                    warnings.simplefilter("ignore")
+                    levels[name] = chance.summarise(risks())
+            except Exception as e:  # reported; the gate then reads the policy's threshold alone
+                levels[name] = None
+                notes.append(f"{name} chance level: not measured ({type(e).__name__}: {e})")
+
+        if out.get("singling_out") is not None:
+            level("singling_out", lambda: chance.singling_out_risks(
+                chance.query_matches(rows, syn, n_attacks=n_attacks, n_cols=min(opts.singling_out_cols, len(cols)),
+                                     max_attempts=20 * n_attacks * 10, seed=seed),
+                row_hashes(rows, kinds), member, rows=n, n_attacks=n_attacks, rng=draws))
+        if out.get("linkability") is not None:
+            level("linkability", lambda: chance.residual_risks(
+                per_row(lambda side: chance.link_success(side, syn, (list(aux[0]), list(aux[1])))), member,
+                n_attacks, draw=n_attacks, rng=draws))
+        if out.get("inference") is not None:
+            level("inference", lambda: chance.residual_risks(
+                per_row(lambda side: chance.inference_success(side, syn, aux=[c for c in cols if c != secret],
+                                                              secret=secret, regression=secret in kinds.numerical)),
+                member, n_attacks))
+    return out, notes, levels
 
 
 def evaluate_disclosure(
@@ -334,7 +369,12 @@ def evaluate_disclosure(
     query_rows = subsample(synthetic, opts.max_query_rows, rng)
     dcr_share, scan = _dcr(space, train, holdout, query_rows, opts, rng)
     nndr = np.where(scan.second > 0, scan.first / np.where(scan.second > 0, scan.second, 1.0), 0.0)
-    resplit = _resplit_dcr(train, holdout, query_rows, kinds, opts, np.random.default_rng(seed + 2))
+    # Chance levels only where every row takes part in the figures (no subsample) and they matter:
+    # at a large site they sit far inside the policy's bands, and the distances would cost most.
+    rows = pd.concat([train, holdout], ignore_index=True)
+    member = (chance.resplits(len(train), len(holdout), opts.resplits, np.random.default_rng(seed + 2))
+              if opts.resplits >= 2 and len(holdout) and len(rows) <= min(opts.resplit_max_rows, opts.max_mia_rows,
+                                                                            opts.max_reference_rows) else None)
 
     # Membership inference: closer to some synthetic record -> more likely a training member. ROC-AUC
     # is the mean over (member, non-member) pairs, so every member is scored: a subsample of the
@@ -353,11 +393,14 @@ def evaluate_disclosure(
     mia_null_sd = float(np.sqrt((n1 + n0 + 1) / (12.0 * n1 * n0)))
     fpr, tpr, _ = roc_curve(y, score)
     tpr_at_10 = float(np.interp(0.10, fpr, tpr))
+    dcr_chance, mia_chance = (None, None) if member is None else _distance_chance(space, rows, query_rows,
+                                                                                   synth_ref, member)
 
     t1 = time.perf_counter()
     risks, notes = ({"singling_out": None, "linkability": None, "inference": None}, ["anonymeter: skipped"])
+    chances: dict[str, ChanceLevel | None] = {}
     if opts.anonymeter:
-        risks, notes = _anonymeter(train, holdout, synthetic, kinds, target, opts, seed)
+        risks, notes, chances = _anonymeter(train, holdout, synthetic, kinds, target, opts, seed, member=member)
 
     return DisclosureResult(
         dcr_share=dcr_share, exact_copy_rate=exact, natural_copy_rate=natural,
@@ -366,7 +409,9 @@ def evaluate_disclosure(
         singling_out=risks["singling_out"], linkability=risks["linkability"], inference=risks["inference"],
         dcr_histogram=_histogram({"synthetic to training": scan.equal_size, "synthetic to holdout": scan.d_hold},
                                  opts.histogram_bins),
-        dcr_share_resplit_mean=resplit[0], dcr_share_resplit_sd=resplit[1], mia_auc_null_sd=mia_null_sd,
+        mia_auc_null_sd=mia_null_sd, dcr_share_chance=dcr_chance, mia_auc_chance=mia_chance,
+        singling_out_chance=chances.get("singling_out"), linkability_chance=chances.get("linkability"),
+        inference_chance=chances.get("inference"),
         n_query_rows=len(query_rows), n_mia_members=len(d_mem), n_mia_non_members=len(d_non), notes=tuple(notes),
         timings=(("distances_mia", t1 - t0), ("anonymeter", time.perf_counter() - t1)),
     )

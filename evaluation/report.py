@@ -202,13 +202,21 @@ def _site_html(name: str, s) -> str:
         for m in s.marginals)
     notes = "".join(f"<li>{escape(n)}</li>" for n in d.notes)
     said = []
-    if d.dcr_share_resplit_mean is not None and d.dcr_share_resplit_sd:
-        z = (d.dcr_share - d.dcr_share_resplit_mean) / d.dcr_share_resplit_sd
-        said.append(f"DCR share {d.dcr_share:.3f} against {s.n_holdout} holdout rows. The same table scored "
-                    f"against random re-splits of this site's rows (same sizes) reads "
-                    f"{d.dcr_share_resplit_mean:.3f} &plusmn; {d.dcr_share_resplit_sd:.3f}: the share is "
-                    f"{z:+.1f} sd from a table that leans towards neither side at this site's size.")
-    if d.mia_auc_null_sd:
+    levels = [(what, value, c) for what, value, c in (
+        ("DCR share", d.dcr_share, d.dcr_share_chance), ("membership-inference AUC", d.mia_auc, d.mia_auc_chance),
+        ("singling-out risk", d.singling_out.value if d.singling_out else None, d.singling_out_chance),
+        ("linkability risk", d.linkability.value if d.linkability else None, d.linkability_chance),
+        ("inference risk", d.inference.value if d.inference else None, d.inference_chance))
+        if value is not None and c is not None]
+    if levels:
+        said.append(f"Scored against {levels[0][2].resplits} random re-splits of this site's rows ({s.n_holdout} "
+                    "holdout rows; the same synthetic rows, a split they know nothing of), the figures read: "
+                    + "; ".join(f"{what} {value:.3f} against {c.mean:.3f} &plusmn; {c.sd:.3f} "
+                                f"({'%+.1f sd, ' % ((value - c.mean) / c.sd) if c.sd > 0 else ''}"
+                                f"chance level {c.level:.3f})" for what, value, c in levels)
+                    + ". The chance level is what 1 re-split in 100 reaches; a policy with chance_levels (the "
+                    "default) reads each privacy threshold here as the larger of its value and this level.")
+    elif d.mia_auc_null_sd:
         said.append(f"The membership-inference AUC, {d.mia_auc:.3f}, would read 0.5 &plusmn; {d.mia_auc_null_sd:.3f} "
                     f"were membership random ({(d.mia_auc - 0.5) / d.mia_auc_null_sd:+.1f} sd).")
     spread = f"<p class='muted'>{' '.join(said)}</p>" if said else ""

@@ -71,8 +71,6 @@ class SiteEvaluation:
             "utility.synthetic_score": u.synthetic_score if u else None,
             "utility.ratio": u.ratio if u else None,
             "disclosure.dcr_share": d.dcr_share,
-            "disclosure.dcr_share_resplit_mean": d.dcr_share_resplit_mean,
-            "disclosure.dcr_share_resplit_sd": d.dcr_share_resplit_sd,
             "disclosure.exact_copy_rate": d.exact_copy_rate,
             "disclosure.natural_copy_rate": d.natural_copy_rate,
             "disclosure.nndr_median": d.nndr_median,
@@ -84,6 +82,14 @@ class SiteEvaluation:
             r = getattr(d, name)
             out[f"disclosure.{name}_risk"] = r.value if r else None
             out[f"disclosure.{name}_risk_ci_high"] = r.ci_high if r else None
+        # Chance levels (evaluation.chance): "<figure>_chance" is what random re-splits of the site's rows
+        # reach 1 time in 100 (the release gate reads it), with their mean and sd beside it.
+        for figure, c in (("dcr_share", d.dcr_share_chance), ("mia_auc", d.mia_auc_chance),
+                          ("singling_out_risk", d.singling_out_chance), ("linkability_risk", d.linkability_chance),
+                          ("inference_risk", d.inference_chance)):
+            out[f"disclosure.{figure}_chance"] = c.level if c else None
+            out[f"disclosure.{figure}_chance_mean"] = c.mean if c else None
+            out[f"disclosure.{figure}_chance_sd"] = c.sd if c else None
         return out
 
     def to_dict(self, *, counts: bool = True) -> dict:

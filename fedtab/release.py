@@ -27,7 +27,7 @@ AUDIT_FORMAT = "fedtab.audit/1"
 _SECTIONS = {
     "fidelity": ("min_quality", "max_detection_auc"),
     "disclosure": ("dcr_share_min", "dcr_share_max", "max_exact_copy_rate", "max_mia_auc",
-                   "max_singling_out_risk", "max_linkability_risk", "max_inference_risk"),
+                   "max_singling_out_risk", "max_linkability_risk", "max_inference_risk", "chance_levels"),
     "privacy": ("require_dp", "max_epsilon_per_site"),
 }
 
@@ -45,6 +45,7 @@ class ReleasePolicy:
     max_singling_out_risk: float = 0.10
     max_linkability_risk: float = 0.10
     max_inference_risk: float = 0.15
+    chance_levels: bool = True  # a privacy threshold at a site: the larger of it and the site's chance level
     require_dp: bool = True
     max_epsilon_per_site: float = 10.0
 
@@ -69,7 +70,7 @@ class ReleasePolicy:
                 if problem:
                     problems.append(f"[{section}] {key} = {value!r}: expected {problem}")
                 else:
-                    values[key] = value if key == "require_dp" else float(value)
+                    values[key] = value if key in _BOOLEAN_KEYS else float(value)
         if not problems:
             lo = values.get("dcr_share_min", cls.dcr_share_min)
             hi = values.get("dcr_share_max", cls.dcr_share_max)
@@ -106,9 +107,12 @@ class ReleasePolicy:
         return {section: {k: flat[k] for k in keys} for section, keys in _SECTIONS.items()}
 
 
+_BOOLEAN_KEYS = ("require_dp", "chance_levels")
+
+
 def _check_value(key: str, value: Any) -> str | None:
     """What is expected of ``value`` for ``key``, or None when it is fine."""
-    if key == "require_dp":
+    if key in _BOOLEAN_KEYS:
         return None if isinstance(value, bool) else "true or false"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return "a finite number"
@@ -191,8 +195,9 @@ def decide(policy: ReleasePolicy, evaluation: Evaluation, ledger_epsilons: Mappi
         _check("detection_auc", fig.get("fidelity.detection_auc"), high=p.max_detection_auc,
                what="Real-vs-synthetic detection AUC"),
     ]
-    v, w = _worst(evaluation, "disclosure.dcr_share")
-    checks.append(_check("dcr_share", v, low=p.dcr_share_min, high=p.dcr_share_max, where=w, what="DCR share"))
+    low, _ = _worst(evaluation, "disclosure.dcr_share", highest=False)
+    checks.append(_site_limit_check(p, evaluation, "dcr_share", p.dcr_share_max, "DCR share", low=p.dcr_share_min,
+                                    lowest=low))
     v, w = _excess_copies(evaluation)
     checks.append(_check("exact_copies", v, high=p.max_exact_copy_rate, where=w,
                          what="Excess exact-copy rate of training rows"))
@@ -202,10 +207,40 @@ def decide(policy: ReleasePolicy, evaluation: Evaluation, ledger_epsilons: Mappi
         ("linkability_risk", p.max_linkability_risk, "Linkability risk"),
         ("inference_risk", p.max_inference_risk, "Attribute-inference risk"),
     ):
-        v, w = _worst(evaluation, f"disclosure.{name}")
-        checks.append(_check(name, v, high=limit, where=w, what=what))
+        checks.append(_site_limit_check(p, evaluation, name, limit, what))
     checks += _privacy_checks(p, list(evaluation.sites), ledger_epsilons)
     return Verdict(released=all(c.passed for c in checks), checks=tuple(checks))
+
+
+def _site_limit_check(p: ReleasePolicy, evaluation: Evaluation, name: str, limit: float, what: str, *,
+                      low: float | None = None, lowest: float | None = None) -> Check:
+    """A privacy figure at every site against ``limit`` (and, for a band, ``low``: read off the lowest
+    site, ``lowest``). With ``chance_levels``, a site's upper limit is the larger of ``limit`` and its
+    chance level (``evaluation.chance``: what random re-splits of its rows reach 1 time in 100); a
+    site that measured none keeps ``limit``. The check shows the site closest to (or furthest over) its
+    limit; a site without the figure fails it (the gate fails closed)."""
+    threshold = (f"in [{low:g}, {limit:g}]" if low is not None else f"<= {limit:g}") + \
+        (" or the site's chance level" if p.chance_levels else "")
+    figures = evaluation.site_figures()
+    missing = [s for s, f in figures.items() if f.get(f"disclosure.{name}") is None]
+    if missing or not figures:
+        return Check(name, None, threshold, False, f"{what} was not measured at site(s) {missing or 'any'}; "
+                                                   "the gate fails closed.")
+    limits = {}
+    for site, f in figures.items():
+        level = f.get(f"disclosure.{name}_chance") if p.chance_levels else None
+        limits[site] = max(limit, level) if level is not None else limit
+    site = max(figures, key=lambda s: figures[s][f"disclosure.{name}"] - limits[s])
+    value, at = float(figures[site][f"disclosure.{name}"]), limits[site]
+    ok = value <= at and (low is None or lowest >= low)
+    if low is not None and lowest < low:
+        value = float(lowest)
+        message = f"{what} is {lowest:.3f} at the lowest site, below {low:g} (training and holdout rows swapped?)."
+    else:
+        raised = "" if at == limit else f", its chance level {at:.3f} at this site ({limit:g} in the policy)"
+        message = (f"{what} is {value:.3f} at site '{site}' (nearest its limit of {len(figures)}); limit "
+                   f"{at:.3f}{raised}: {'within' if ok else 'over'} it.")
+    return Check(name, value, threshold, ok, message)
 
 
 def _privacy_checks(p: ReleasePolicy, sites: list[str], eps: Mapping[str, float]) -> list[Check]:

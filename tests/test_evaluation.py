@@ -88,22 +88,83 @@ def test_dcr_share_and_mia_do_not_depend_on_which_training_rows_are_drawn():
     assert (runs[0].n_mia_members, runs[0].n_mia_non_members) == (120, 30)
 
 
-def test_dcr_share_resplits_give_the_spread_a_table_leaning_nowhere_would_show():
-    """The site's rows re-split at random (same sizes): an independent sample's share sits inside that
+def test_chance_levels_give_the_spread_a_table_leaning_nowhere_would_show():
+    """The site's rows re-split at random (same sizes): an independent sample's figures sit inside that
     spread, copies of training rows far above it; a site above ``resplit_max_rows`` skips it."""
     from evaluation.disclosure import DisclosureOptions, evaluate_disclosure
 
     train, holdout, other = (to_plain(f, HEART_SCHEMA) for f in heart_splits())
-    kinds, opts = kinds_of(HEART_SCHEMA), DisclosureOptions(anonymeter=False, resplits=20)
-    sound = evaluate_disclosure(train, holdout, other, kinds, seed=0, options=opts)
-    assert 0.45 < sound.dcr_share_resplit_mean < 0.55 and 0.005 < sound.dcr_share_resplit_sd < 0.1
-    assert abs(sound.dcr_share - sound.dcr_share_resplit_mean) < 3 * sound.dcr_share_resplit_sd
+    kinds, opts = kinds_of(HEART_SCHEMA), DisclosureOptions(resplits=100)
+    sound = evaluate_disclosure(train, holdout, other, kinds, target="disease", seed=0, options=opts)
+    c = sound.dcr_share_chance
+    assert c.resplits == 100 and 0.45 < c.mean < 0.55 and 0.005 < c.sd < 0.1 and c.level > c.mean + c.sd
+    assert abs(sound.dcr_share - c.mean) < 3 * c.sd
+    for figure, level in (("mia_auc", sound.mia_auc_chance), ("inference", sound.inference_chance),
+                          ("singling_out", sound.singling_out_chance), ("linkability", sound.linkability_chance)):
+        value = getattr(sound, figure) if figure == "mia_auc" else getattr(sound, figure).value
+        assert level is not None and value <= level.level + 0.02, figure
     copies = train.sample(len(other), replace=True, random_state=0).reset_index(drop=True)
-    leak = evaluate_disclosure(train, holdout, copies, kinds, seed=0, options=opts)
-    assert leak.dcr_share > leak.dcr_share_resplit_mean + 5 * leak.dcr_share_resplit_sd
-    big = evaluate_disclosure(train, holdout, other, kinds, seed=0, options=replace(opts, resplit_max_rows=500))
-    assert (big.dcr_share_resplit_mean, big.dcr_share_resplit_sd) == (None, None)
+    leak = evaluate_disclosure(train, holdout, copies, kinds, target="disease", seed=0, options=opts)
+    assert leak.dcr_share > leak.dcr_share_chance.mean + 5 * leak.dcr_share_chance.sd
+    assert leak.dcr_share > leak.dcr_share_chance.level and leak.mia_auc > leak.mia_auc_chance.level
+    assert leak.inference.value > leak.inference_chance.level
+    big = evaluate_disclosure(train, holdout, other, kinds, seed=0,
+                              options=replace(opts, anonymeter=False, resplit_max_rows=500))
+    assert (big.dcr_share_chance, big.mia_auc_chance, big.inference_chance) == (None, None, None)
     assert big.dcr_share == sound.dcr_share  # the re-splits draw from their own generator
+
+
+def test_chance_figures_at_the_real_split_are_the_reported_ones():
+    """Each re-split only relabels the rows: at the real split (training rows first) the re-split
+    figures are the reported DCR share, MIA AUC and inference risk."""
+    from evaluation import chance
+    from evaluation._tables import DistanceSpace, fill_categories
+    from evaluation.disclosure import DisclosureOptions, _share_against_subsets, evaluate_disclosure
+    from sklearn.metrics.pairwise import euclidean_distances
+
+    train, holdout, other = (to_plain(f, HEART_SCHEMA) for f in heart_splits())
+    kinds = kinds_of(HEART_SCHEMA)
+    r = evaluate_disclosure(train, holdout, other, kinds, target="disease", seed=0, options=DisclosureOptions(resplits=0))
+    rows = pd.concat([train, holdout], ignore_index=True)
+    real = np.zeros((1, len(rows)), dtype=bool)
+    real[0, :len(train)] = True
+    space = DistanceSpace(kinds).fit(train)
+    d = euclidean_distances(space.transform(other), space.transform(rows))
+    assert chance.dcr_shares(d, real, _share_against_subsets)[0] == pytest.approx(r.dcr_share, abs=1e-12)
+    assert chance.mia_aucs(d.min(axis=0), real)[0] == pytest.approx(r.mia_auc, abs=1e-12)
+    cols = kinds.columns
+    syn = fill_categories(other, kinds)[cols]
+    success = np.concatenate([chance.inference_success(fill_categories(side, kinds)[cols], syn, secret="disease",
+                                                       aux=[c for c in cols if c != "disease"], regression=False)
+                              for side in (train, holdout)])  # each side in one batch, as the attack reads it
+    assert chance.residual_risks(success, real, 200)[0] == pytest.approx(r.inference.value, abs=1e-12)
+    # Re-splits keep the sizes.
+    member = chance.resplits(len(train), len(holdout), 50, np.random.default_rng(0))
+    assert set(member.sum(axis=1)) == {len(train)}
+
+
+def test_singling_out_and_linkability_per_row_outcomes_match_anonymeter():
+    import polars as pl
+    from anonymeter.evaluators import LinkabilityEvaluator
+    from anonymeter.evaluators import singling_out_evaluator as so
+
+    from evaluation import chance
+    from evaluation._tables import fill_categories
+
+    train, _, other = (to_plain(f, HEART_SCHEMA) for f in heart_splits())
+    kinds = kinds_of(HEART_SCHEMA)
+    cols = kinds.columns
+    rows, syn = fill_categories(train.iloc[:120], kinds)[cols], fill_categories(other, kinds)[cols]
+    matches = chance.query_matches(rows, syn, n_attacks=40, n_cols=3, max_attempts=8000, seed=5)
+    queries = so._generate_singling_out_queries(
+        df=pl.DataFrame(so._safe_column_names(syn)).unique(maintain_order=True), n_attacks=40, n_cols=3,
+        mode="multivariate", max_attempts=8000, rng=np.random.default_rng(5))
+    counts = so._evaluate_queries(pl.DataFrame(so._safe_column_names(rows)), queries)
+    assert matches.shape == (120, len(queries)) and list(matches.sum(axis=0)) == list(counts)
+    aux = (cols[: len(cols) // 2], cols[len(cols) // 2:])
+    linked = chance.link_success(rows, syn, aux)
+    ev = LinkabilityEvaluator(rows, syn, aux_cols=aux, n_attacks=len(rows)).evaluate(n_jobs=1)
+    assert linked.sum() == ev.results().n_success
 
 
 def test_mia_null_sd_is_the_spread_of_the_auc_under_random_membership():

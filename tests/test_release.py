@@ -71,6 +71,48 @@ def test_dp_requirement_and_epsilon_limit():
     assert decide(ReleasePolicy(require_dp=False), ev, {"cleveland": math.inf}).released
 
 
+def _with_disclosure(ev, **changes):
+    return replace(ev, disclosure=replace(ev.disclosure, **changes))
+
+
+def test_a_site_s_chance_level_raises_its_privacy_thresholds_and_nothing_else():
+    from evaluation.chance import ChanceLevel
+
+    ind = independent_evaluation()
+    level = lambda at: ChanceLevel(mean=0.5, sd=0.06, level=at, resplits=400)  # noqa: E731
+    # Above the policy's 0.60 but within what random re-splits of this small site reach: passes.
+    small = _with_disclosure(ind, mia_auc=0.63, mia_auc_chance=level(0.65), dcr_share=0.64,
+                             dcr_share_chance=level(0.66))
+    v = decide(ReleasePolicy(), _one_site(small), {"cleveland": 1.0})
+    mia = next(c for c in v.checks if c.name == "mia_auc")
+    assert v.released and mia.passed and "chance level 0.650" in mia.message and "0.6 in the policy" in mia.message
+    assert mia.threshold == "<= 0.6 or the site's chance level"
+    # Beyond the chance level: refused, the site and both limits named.
+    v = decide(ReleasePolicy(), _one_site(_with_disclosure(small, mia_auc=0.66)), {"cleveland": 1.0})
+    mia = next(c for c in v.checks if c.name == "mia_auc")
+    assert not mia.passed and mia.value == 0.66 and "cleveland" in mia.message and "over it" in mia.message
+    # The policy can switch it off; and a site that measured no level keeps the policy's threshold.
+    v = decide(ReleasePolicy(chance_levels=False), _one_site(small), {"cleveland": 1.0})
+    assert {c.name for c in v.failed} == {"mia_auc", "dcr_share"}
+    v = decide(ReleasePolicy(), _one_site(_with_disclosure(small, mia_auc_chance=None)), {"cleveland": 1.0})
+    assert {c.name for c in v.failed} == {"mia_auc"}
+    # A level below the policy's threshold never tightens it.
+    v = decide(ReleasePolicy(), _one_site(_with_disclosure(ind, mia_auc=0.58, mia_auc_chance=level(0.55))),
+               {"cleveland": 1.0})
+    assert v.released
+    # The lower DCR bound and the exact-copy check ignore the levels.
+    v = decide(ReleasePolicy(), _one_site(_with_disclosure(ind, dcr_share=0.2, dcr_share_chance=level(0.7))),
+               {"cleveland": 1.0})
+    dcr = next(c for c in v.checks if c.name == "dcr_share")
+    assert not dcr.passed and dcr.value == 0.2 and "below 0.3" in dcr.message
+    # Each site against its own limit: the worst one over its limit is the one named.
+    two = combine({"big": _with_disclosure(ind, mia_auc=0.59), "small": small}, {"big": 1000, "small": 100})
+    assert decide(ReleasePolicy(), two, {"big": 1.0, "small": 1.0}).released
+    two = combine({"big": _with_disclosure(ind, mia_auc=0.62), "small": small}, {"big": 1000, "small": 100})
+    mia = next(c for c in decide(ReleasePolicy(), two, {"big": 1.0, "small": 1.0}).checks if c.name == "mia_auc")
+    assert not mia.passed and "'big'" in mia.message
+
+
 def test_missing_figure_fails_closed():
     ind = independent_evaluation()
     blind = replace(ind, disclosure=replace(ind.disclosure, linkability=None))

@@ -58,10 +58,13 @@ def test_html_is_self_contained_and_holds_every_plot(written):
     assert html.count("<svg") == 2 * (2 + n_cols) + 2
     for m in ev.sites["hospital_a"].marginals:
         assert f"<title>{m.column} (missing" in html
-    # Each site's DCR share beside its spread over random re-splits of its rows.
+    # Each site's privacy figures beside their spread over random re-splits of its rows, and chance levels.
     d = ev.sites["hospital_a"].disclosure
-    assert f"reads {d.dcr_share_resplit_mean:.3f} &plusmn; {d.dcr_share_resplit_sd:.3f}" in html
-    assert f"would read 0.5 &plusmn; {d.mia_auc_null_sd:.3f} were membership random" in html
+    for what, value, c in (("DCR share", d.dcr_share, d.dcr_share_chance),
+                           ("membership-inference AUC", d.mia_auc, d.mia_auc_chance),
+                           ("inference risk", d.inference.value, d.inference_chance)):
+        assert f"{what} {value:.3f} against {c.mean:.3f} &plusmn; {c.sd:.3f}" in html, what
+        assert f"chance level {c.level:.3f})" in html, what
     assert not list(html_path.parent.glob(".*.tmp"))
 
 
