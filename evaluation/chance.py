@@ -15,7 +15,8 @@ contributes does not depend on the split: its distances to the synthetic rows (D
 AUC), whether the inference attack guesses its secret, whether the linkability attack links its two
 halves, and which singling-out queries (drawn from the synthetic rows alone) match it. So hundreds
 of re-splits cost about one evaluation, and at the real split each figure is the one reported
-(tests). The distances use the space fitted on the site's training rows, as the reported figures do.
+(tests). The distances use one space fitted on all the site's rows, as the reported figures do, so
+that the real split is one split like any other.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ import pandas as pd
 from scipy.stats import rankdata
 
 CHANCE_QUANTILE = 0.99
-_TIE = 1e-6  # as evaluation.disclosure: distances equal within it are ties
+# Distances equal within this tolerance are ties (here and in ``evaluation.disclosure``): the Euclidean
+# distances come from dot products, whose rounding near 0 is ~1e-7 (two copies of one row); distinct
+# rows in ``DistanceSpace`` lie much farther apart.
+TIE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,8 @@ def dcr_shares(distances: np.ndarray, member: np.ndarray, share: Callable[..., n
     for i, m in enumerate(member):
         train, hold = distances[:, m], distances[:, ~m]
         d_hold = hold.min(axis=1)[:, None]
-        closer = (train < d_hold - _TIE).sum(axis=1)
-        tied = (np.abs(train - d_hold) <= _TIE).sum(axis=1)
+        closer = (train < d_hold - TIE).sum(axis=1)
+        tied = (np.abs(train - d_hold) <= TIE).sum(axis=1)
         out[i] = share(closer, tied, train.shape[1], hold.shape[1]).mean()
     return out
 

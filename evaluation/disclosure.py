@@ -112,9 +112,7 @@ class DisclosureResult:
         return asdict(self)
 
 
-# Distances equal within this tolerance are ties: the Euclidean distances come from dot products, whose
-# rounding near 0 is ~1e-7 (two copies of one row); distinct rows in ``DistanceSpace`` lie much farther apart.
-_TIE = 1e-6
+_TIE = chance.TIE  # distances equal within it are ties
 
 
 def _chunks(n_queries: int, n_reference: int, cells: int = 4_000_000):
@@ -365,7 +363,10 @@ def evaluate_disclosure(
     exact = float(np.isin(row_hashes(synthetic, kinds), train_hashes).mean())
     natural = float(np.isin(row_hashes(holdout, kinds), train_hashes).mean())
 
-    space = DistanceSpace(kinds).fit(train)
+    # The distance space is fitted on all the site's rows, training and holdout alike: fitted on the
+    # training rows only, the real split would be the one split whose holdout rows can hold levels the
+    # space never saw (they share one slot), and the re-splits below would not be like it.
+    space = DistanceSpace(kinds).fit(pd.concat([train, holdout], ignore_index=True))
     query_rows = subsample(synthetic, opts.max_query_rows, rng)
     dcr_share, scan = _dcr(space, train, holdout, query_rows, opts, rng)
     nndr = np.where(scan.second > 0, scan.first / np.where(scan.second > 0, scan.second, 1.0), 0.0)

@@ -128,7 +128,7 @@ def test_chance_figures_at_the_real_split_are_the_reported_ones():
     rows = pd.concat([train, holdout], ignore_index=True)
     real = np.zeros((1, len(rows)), dtype=bool)
     real[0, :len(train)] = True
-    space = DistanceSpace(kinds).fit(train)
+    space = DistanceSpace(kinds).fit(rows)
     d = euclidean_distances(space.transform(other), space.transform(rows))
     assert chance.dcr_shares(d, real, _share_against_subsets)[0] == pytest.approx(r.dcr_share, abs=1e-12)
     assert chance.mia_aucs(d.min(axis=0), real)[0] == pytest.approx(r.mia_auc, abs=1e-12)
