@@ -110,16 +110,16 @@ def residual_risks(success: np.ndarray, member: np.ndarray, n_attacks: int, *,
     return out
 
 
-def singling_out_risks(matches: np.ndarray, row_keys: np.ndarray, member: np.ndarray, *, rows: int,
+def singling_out_risks(matches: np.ndarray, row_keys: np.ndarray, member: np.ndarray, *, draw: int,
                        n_attacks: int, rng: np.random.Generator) -> np.ndarray:
     """anonymeter's singling-out residual risk under each re-split. ``matches``: (site rows, queries)
     booleans, which rows each query (drawn from the synthetic rows) selects; ``row_keys``: equal rows
-    share a key (anonymeter keeps one of each). Each side: ``rows`` rows drawn from it, a query succeeds
+    share a key (anonymeter keeps one of each). Each side: ``draw`` rows drawn from it, a query succeeds
     when it selects exactly one of their distinct rows."""
     from anonymeter.stats.confidence import EvaluationResults
 
     def hits(pool: np.ndarray) -> int:
-        picked = pool[rng.choice(len(pool), size=min(rows, len(pool)), replace=False)]
+        picked = pool[rng.choice(len(pool), size=min(draw, len(pool)), replace=False)]
         _, first = np.unique(row_keys[picked], return_index=True)
         return int((matches[picked[first]].sum(axis=0) == 1).sum())
 

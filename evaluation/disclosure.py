@@ -331,7 +331,7 @@ def _anonymeter(train, holdout, synthetic, kinds: Kinds, target: str | None, opt
             level("singling_out", lambda: chance.singling_out_risks(
                 chance.query_matches(rows, syn, n_attacks=n_attacks, n_cols=min(opts.singling_out_cols, len(cols)),
                                      max_attempts=20 * n_attacks * 10, seed=seed),
-                row_hashes(rows, kinds), member, rows=n, n_attacks=n_attacks, rng=draws))
+                row_hashes(rows, kinds), member, draw=n, n_attacks=n_attacks, rng=draws))
         if out.get("linkability") is not None:
             level("linkability", lambda: chance.residual_risks(
                 per_row(lambda side: chance.link_success(side, syn, (list(aux[0]), list(aux[1])))), member,

@@ -1,8 +1,11 @@
 """Release gate: policy + privacy ledger + evaluation -> a verdict with every check, and an audit record.
 
 ``decide`` is pure logic over plain figures. Fidelity checks read the row-weighted mean over sites;
-privacy checks read the worst site, because a leak at one site is a leak. A figure that was not
-measured fails its check (the gate fails closed). ``enforce`` turns a refusal into ``ReleaseRefusedError``.
+privacy checks read every site, because a leak at one site is a leak: each site's figure against its
+own limit, the policy's threshold or (``chance_levels``) the site's chance level if higher, i.e. what
+random re-splits of that site's rows reach 1 time in 100 (``evaluation.chance``). A figure that was
+not measured fails its check (the gate fails closed). ``enforce`` turns a refusal into
+``ReleaseRefusedError``.
 """
 
 from __future__ import annotations
