@@ -366,13 +366,13 @@ def evaluate_disclosure(
     # The distance space is fitted on all the site's rows, training and holdout alike: fitted on the
     # training rows only, the real split would be the one split whose holdout rows can hold levels the
     # space never saw (they share one slot), and the re-splits below would not be like it.
-    space = DistanceSpace(kinds).fit(pd.concat([train, holdout], ignore_index=True))
+    rows = pd.concat([train, holdout], ignore_index=True)
+    space = DistanceSpace(kinds).fit(rows)
     query_rows = subsample(synthetic, opts.max_query_rows, rng)
     dcr_share, scan = _dcr(space, train, holdout, query_rows, opts, rng)
     nndr = np.where(scan.second > 0, scan.first / np.where(scan.second > 0, scan.second, 1.0), 0.0)
     # Chance levels only where every row takes part in the figures (no subsample) and they matter:
     # at a large site they sit far inside the policy's bands, and the distances would cost most.
-    rows = pd.concat([train, holdout], ignore_index=True)
     member = (chance.resplits(len(train), len(holdout), opts.resplits, np.random.default_rng(seed + 2))
               if opts.resplits >= 2 and len(holdout) and len(rows) <= min(opts.resplit_max_rows, opts.max_mia_rows,
                                                                             opts.max_reference_rows) else None)

@@ -159,14 +159,6 @@ def _check(name: str, value: float | None, *, low: float | None = None, high: fl
     return Check(name, float(value), threshold, ok, f"{what} is {value:.3f} at {where}, {verb} {threshold}.")
 
 
-def _worst(evaluation: Evaluation, figure: str, *, highest: bool = True) -> tuple[float | None, str]:
-    site, value = evaluation.worst(figure, highest=highest)
-    missing = [n for n, f in evaluation.site_figures().items() if f.get(figure) is None]
-    if missing:  # fail closed: one unmeasured site hides what we would need to know
-        return None, f"site(s) {missing}"
-    return value, f"site '{site}' (worst of {len(evaluation.sites)})"
-
-
 def _excess_copies(evaluation: Evaluation) -> tuple[float | None, str]:
     worst, where = None, ""
     for name, f in evaluation.site_figures().items():
@@ -198,9 +190,7 @@ def decide(policy: ReleasePolicy, evaluation: Evaluation, ledger_epsilons: Mappi
         _check("detection_auc", fig.get("fidelity.detection_auc"), high=p.max_detection_auc,
                what="Real-vs-synthetic detection AUC"),
     ]
-    low, _ = _worst(evaluation, "disclosure.dcr_share", highest=False)
-    checks.append(_site_limit_check(p, evaluation, "dcr_share", p.dcr_share_max, "DCR share", low=p.dcr_share_min,
-                                    lowest=low))
+    checks.append(_site_limit_check(p, evaluation, "dcr_share", p.dcr_share_max, "DCR share", low=p.dcr_share_min))
     v, w = _excess_copies(evaluation)
     checks.append(_check("exact_copies", v, high=p.max_exact_copy_rate, where=w,
                          what="Excess exact-copy rate of training rows"))
@@ -216,9 +206,9 @@ def decide(policy: ReleasePolicy, evaluation: Evaluation, ledger_epsilons: Mappi
 
 
 def _site_limit_check(p: ReleasePolicy, evaluation: Evaluation, name: str, limit: float, what: str, *,
-                      low: float | None = None, lowest: float | None = None) -> Check:
+                      low: float | None = None) -> Check:
     """A privacy figure at every site against ``limit`` (and, for a band, ``low``: read off the lowest
-    site, ``lowest``). With ``chance_levels``, a site's upper limit is the larger of ``limit`` and its
+    site). With ``chance_levels``, a site's upper limit is the larger of ``limit`` and its
     chance level (``evaluation.chance``: what random re-splits of its rows reach 1 time in 100); a
     site that measured none keeps ``limit``. The check shows the site closest to (or furthest over) its
     limit; a site without the figure fails it (the gate fails closed)."""
@@ -235,6 +225,7 @@ def _site_limit_check(p: ReleasePolicy, evaluation: Evaluation, name: str, limit
         limits[site] = max(limit, level) if level is not None else limit
     site = max(figures, key=lambda s: figures[s][f"disclosure.{name}"] - limits[s])
     value, at = float(figures[site][f"disclosure.{name}"]), limits[site]
+    lowest = min(float(f[f"disclosure.{name}"]) for f in figures.values())
     ok = value <= at and (low is None or lowest >= low)
     if low is not None and lowest < low:
         value = float(lowest)
