@@ -3,7 +3,7 @@
 A site's privacy figures compare its training rows with its holdout rows. At a small site which rows
 were held out moves every figure: at the heart hospitals (25-61 holdout rows) a DP table scored
 against random re-splits of a hospital's rows, a split it knows nothing of, failed the default
-policy's privacy bands 31 times in 60 (``benchmarks/bench_gate_chance.py``). So beside each gated
+policy's privacy bands 42 times in 90 (``benchmarks/bench_gate_chance.py``). So beside each gated
 figure the site reports its **chance level**: the figure's ``CHANCE_QUANTILE`` quantile over
 ``resplits`` random re-splits of the site's rows into training and holdout rows of the same sizes,
 the synthetic rows as they are. A figure at or below it is what chance alone reaches 1 time in 100 at
