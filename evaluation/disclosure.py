@@ -187,15 +187,16 @@ def _dcr(space: DistanceSpace, train: pd.DataFrame, holdout: pd.DataFrame, query
     return float(np.mean(_share_against_subsets(scan.closer, scan.tied, len(train_all), n_ref))), scan
 
 
-def _distance_chance(space: DistanceSpace, rows: pd.DataFrame, query_rows: pd.DataFrame, synth_ref: np.ndarray,
+def _distance_chance(space: DistanceSpace, rows: pd.DataFrame, query_rows: pd.DataFrame, min_distance: np.ndarray,
                      member: np.ndarray) -> tuple[ChanceLevel | None, ChanceLevel | None]:
     """Chance levels of the DCR share and the MIA AUC: the same synthetic rows against every re-split
-    in ``member`` of the site's ``rows`` (training rows first), distances measured once."""
+    in ``member`` of the site's ``rows`` (training rows first), distances measured once.
+    ``min_distance``: each row's distance to its closest synthetic row (the membership attack's)."""
     points = space.transform(rows)
     distances = np.vstack([euclidean_distances(space.transform(query_rows.iloc[sl]), points)
                            for sl in _chunks(len(query_rows), len(points))])
     return (chance.summarise(chance.dcr_shares(distances, member, _share_against_subsets)),
-            chance.summarise(chance.mia_aucs(_min_distances(synth_ref, points), member)))
+            chance.summarise(chance.mia_aucs(min_distance, member)))
 
 
 def _histogram(values: dict[str, np.ndarray], bins: int) -> Histogram:
@@ -394,8 +395,9 @@ def evaluate_disclosure(
     mia_null_sd = float(np.sqrt((n1 + n0 + 1) / (12.0 * n1 * n0)))
     fpr, tpr, _ = roc_curve(y, score)
     tpr_at_10 = float(np.interp(0.10, fpr, tpr))
+    # With re-splits every training and holdout row is a member / non-member above, in order.
     dcr_chance, mia_chance = (None, None) if member is None else _distance_chance(space, rows, query_rows,
-                                                                                   synth_ref, member)
+                                                                                   np.r_[d_mem, d_non], member)
 
     t1 = time.perf_counter()
     risks, notes = ({"singling_out": None, "linkability": None, "inference": None}, ["anonymeter: skipped"])
