@@ -54,14 +54,10 @@ def _figures(train, holdout, synthetic, schema, *, seed: int) -> dict[str, float
     kinds = kinds_of(schema)
     r = evaluate_disclosure(to_plain(train, schema), to_plain(holdout, schema), to_plain(synthetic, schema),
                             kinds, target=DEMO_TARGET, seed=seed)
-    value = lambda risk: float("nan") if risk is None else float(risk.value)  # noqa: E731
-    level = lambda c: None if c is None else float(c.level)  # noqa: E731
-    return {"dcr_share": r.dcr_share, "exact_copies": max(0.0, r.exact_copy_rate - r.natural_copy_rate),
-            "mia_auc": r.mia_auc, "singling_out_risk": value(r.singling_out),
-            "linkability_risk": value(r.linkability), "inference_risk": value(r.inference),
-            "chance": {"dcr_share": level(r.dcr_share_chance), "mia_auc": level(r.mia_auc_chance),
-                       "singling_out_risk": level(r.singling_out_chance),
-                       "linkability_risk": level(r.linkability_chance), "inference_risk": level(r.inference_chance)}}
+    gated = r.gated()
+    return {"exact_copies": max(0.0, r.exact_copy_rate - r.natural_copy_rate),
+            **{name: float("nan") if value is None else float(value) for name, value, _ in gated},
+            "chance": {name: None if c is None else float(c.level) for name, _, c in gated}}
 
 
 def _failed(per_site: dict[str, dict], policy: ReleasePolicy, *, chance_levels: bool) -> list[str]:

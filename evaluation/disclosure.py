@@ -111,6 +111,15 @@ class DisclosureResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def gated(self) -> list[tuple[str, float | None, ChanceLevel | None]]:
+        """The privacy figures the release gate reads against a site's chance level: (name as in the
+        site's figures without ``disclosure.``, value or None if not measured, chance level or None)."""
+        risk = lambda r: r.value if r else None  # noqa: E731
+        return [("dcr_share", self.dcr_share, self.dcr_share_chance), ("mia_auc", self.mia_auc, self.mia_auc_chance),
+                ("singling_out_risk", risk(self.singling_out), self.singling_out_chance),
+                ("linkability_risk", risk(self.linkability), self.linkability_chance),
+                ("inference_risk", risk(self.inference), self.inference_chance)]
+
 
 _TIE = chance.TIE  # distances equal within it are ties
 

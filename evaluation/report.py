@@ -202,12 +202,9 @@ def _site_html(name: str, s) -> str:
         for m in s.marginals)
     notes = "".join(f"<li>{escape(n)}</li>" for n in d.notes)
     said = []
-    levels = [(what, value, c) for what, value, c in (
-        ("DCR share", d.dcr_share, d.dcr_share_chance), ("membership-inference AUC", d.mia_auc, d.mia_auc_chance),
-        ("singling-out risk", d.singling_out.value if d.singling_out else None, d.singling_out_chance),
-        ("linkability risk", d.linkability.value if d.linkability else None, d.linkability_chance),
-        ("inference risk", d.inference.value if d.inference else None, d.inference_chance))
-        if value is not None and c is not None]
+    names = {"dcr_share": "DCR share", "mia_auc": "membership-inference AUC", "singling_out_risk": "singling-out risk",
+             "linkability_risk": "linkability risk", "inference_risk": "inference risk"}
+    levels = [(names[name], value, c) for name, value, c in d.gated() if value is not None and c is not None]
     if levels:
         said.append(f"Scored against {levels[0][2].resplits} random re-splits of this site's rows ({s.n_holdout} "
                     "holdout rows; the same synthetic rows, a split they know nothing of), the figures read: "

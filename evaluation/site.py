@@ -84,9 +84,7 @@ class SiteEvaluation:
             out[f"disclosure.{name}_risk_ci_high"] = r.ci_high if r else None
         # Chance levels (evaluation.chance): "<figure>_chance" is what random re-splits of the site's rows
         # reach 1 time in 100 (the release gate reads it), with their mean and sd beside it.
-        for figure, c in (("dcr_share", d.dcr_share_chance), ("mia_auc", d.mia_auc_chance),
-                          ("singling_out_risk", d.singling_out_chance), ("linkability_risk", d.linkability_chance),
-                          ("inference_risk", d.inference_chance)):
+        for figure, _, c in d.gated():
             out[f"disclosure.{figure}_chance"] = c.level if c else None
             out[f"disclosure.{figure}_chance_mean"] = c.mean if c else None
             out[f"disclosure.{figure}_chance_sd"] = c.sd if c else None
