@@ -1,6 +1,7 @@
 """fedtab: federated, differentially private synthetic tables.
 
-Public API: ``FederatedSynthesizer``, ``load``, ``evaluate``, ``datasets``; errors in ``fedtab.errors``.
+Public API: ``FederatedSynthesizer``, ``SitePolicy`` (a site's own rules), ``load``, ``evaluate``,
+``datasets``; errors in ``fedtab.errors``.
 Imported lazily, so that ``import fedtab`` (and data commands such as ``fedtab inspect``) do not
 pay for importing torch and the federation engine.
 """
@@ -11,15 +12,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["FederatedSynthesizer", "load", "evaluate", "datasets", "__version__"]
+__all__ = ["FederatedSynthesizer", "SitePolicy", "load", "evaluate", "datasets", "__version__"]
 
 _LAZY = {"FederatedSynthesizer": "fedtab.api", "load": "fedtab.api", "evaluate": "fedtab.assess",
-         "datasets": "fedtab.datasets"}
+         "datasets": "fedtab.datasets", "SitePolicy": "fedtab.privacy.book"}
 
 if TYPE_CHECKING:  # pragma: no cover
     from fedtab import datasets
     from fedtab.api import FederatedSynthesizer, load
     from fedtab.assess import evaluate
+    from fedtab.privacy.book import SitePolicy
 
 
 def __getattr__(name: str) -> Any:

@@ -29,6 +29,7 @@ from fedtab.errors import ConfigError, check_is_fitted
 from fedtab.federation.coordinator import FederationResult, JobSpec, Progress, run_federation
 from fedtab.federation.site import SiteWorker
 from fedtab.modelfile import ModelBundle, load_bundle, package_versions, save_bundle
+from fedtab.privacy.book import LedgerBook, SitePolicy
 from fedtab.privacy.ledger import PrivacyLedger
 from fedtab.schema import TableSchema
 
@@ -60,6 +61,13 @@ class FederatedSynthesizer:
     sites' slice; TVAE, diffusion: a column like the others), ``sample`` draws it by the sites' shares,
     and each site is evaluated on the rows labelled with its own name. For consortia whose sites
     differ (a hospital's case mix, what it measures): a table of their union mixes them.
+
+    The sites' own rules (``fedtab.SitePolicy``): ``site_policy`` (one policy for every site, or site
+    name -> policy; a ``SiteSource`` may carry its own). By default a site refuses a job without DP
+    (``epsilon=None``; pass ``site_policy=fedtab.SitePolicy(allow_non_dp=True)`` to allow it), a delta
+    above 1e-5, and its refusal releases nothing. ``ledger_dir``: keep each site's lasting ledger in
+    ``<ledger_dir>/<site>/ledger.jsonl``, so that repeated runs on the same data add up against each
+    site's ``max_total_epsilon`` (default: a ledger that lives as long as this ``fit``).
     """
 
     def __init__(self, model: str = "ctgan", *, epsilon: float | None = None, delta: float = 1e-5,
@@ -68,7 +76,8 @@ class FederatedSynthesizer:
                  missing_markers: tuple[str, ...] = ("?",), holdout: float = 0.2, transport: str = "inprocess",
                  model_options: Mapping[str, Any] | None = None, target: str | None = None,
                  parallel_sites: int | None = None, site_column: str | None = None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, site_policy: SitePolicy | Mapping[str, SitePolicy] | None = None,
+                 ledger_dir: str | os.PathLike | None = None):
         self.model = model
         self.epsilon = epsilon
         self.delta = delta
@@ -87,6 +96,8 @@ class FederatedSynthesizer:
         self.parallel_sites = parallel_sites
         self.site_column = site_column
         self.progress = progress
+        self.site_policy = site_policy
+        self.ledger_dir = ledger_dir
 
     # -- configuration --------------------------------------------------------------------------
     def _job(self) -> JobSpec:
@@ -122,7 +133,7 @@ class FederatedSynthesizer:
                    max_grad_norm=config.training.max_grad_norm, seed=config.seed, schema=config.schema_path,
                    missing_markers=config.missing_markers, holdout=config.holdout, transport=transport,
                    model_options=config.model_options, target=config.target, site_column=config.site_column,
-                   progress=progress)
+                   progress=progress, ledger_dir=config.ledger_dir)
 
     # -- fitting ----------------------------------------------------------------------------------
     def fit(self, sites: Mapping[str, SiteInput]) -> "FederatedSynthesizer":
@@ -131,7 +142,8 @@ class FederatedSynthesizer:
         if not isinstance(sites, Mapping) or not sites:
             raise ConfigError("'sites' must be a non-empty mapping of site name -> table or source. "
                               f"Got {type(sites).__name__} instead.")
-        factories = {str(name): functools.partial(_make_worker, str(name), _site_source(name, s))
+        factories = {str(name): functools.partial(_make_worker, str(name), _site_source(name, s),
+                                                  policy=self._policy_of(str(name), s), ledger_dir=self.ledger_dir)
                      for name, s in sites.items()}
         if self.transport == "flower":
             from fedtab.federation.flower_app import run_flower_simulation
@@ -149,6 +161,22 @@ class FederatedSynthesizer:
                 transport.close()
         self._set_result(result, job)
         return self
+
+    def _policy_of(self, name: str, site: Any) -> SitePolicy:
+        """The rules of site ``name``: ``site_policy`` (one for all, or by name), else its SiteSource's."""
+        p = self.site_policy
+        if isinstance(p, SitePolicy):
+            return p
+        if isinstance(p, Mapping) and name in p:
+            if not isinstance(p[name], SitePolicy):
+                raise ConfigError(f"site_policy['{name}'] must be a fedtab.SitePolicy. Got {type(p[name]).__name__} instead.")
+            return p[name]
+        if p is not None and not isinstance(p, Mapping):
+            raise ConfigError(f"The 'site_policy' parameter of FederatedSynthesizer must be a fedtab.SitePolicy, a "
+                              f"mapping of site name -> SitePolicy, or None. Got {type(p).__name__} instead.")
+        if isinstance(site, SiteSource) and site.policy:
+            return SitePolicy.from_dict(site.policy)
+        return SitePolicy()
 
     def _set_result(self, result: FederationResult, job: JobSpec) -> None:
         from fedtab.federation import encoding, training
@@ -278,7 +306,8 @@ def _site_source(name: str, s: SiteInput) -> pd.DataFrame | SiteSource:
                       f"{{'source': ..., 'table': ...}}. Got {type(s).__name__} instead.")
 
 
-def _make_worker(name: str, source: pd.DataFrame | SiteSource) -> SiteWorker:
+def _make_worker(name: str, source: pd.DataFrame | SiteSource, *, policy: SitePolicy | None = None,
+                 book: LedgerBook | None = None, ledger_dir: str | os.PathLike | None = None) -> SiteWorker:
     def load_frame(schema: TableSchema | None, markers: tuple[str, ...]) -> pd.DataFrame:
         if isinstance(source, pd.DataFrame):
             return source
@@ -286,7 +315,9 @@ def _make_worker(name: str, source: pd.DataFrame | SiteSource) -> SiteWorker:
 
         return read_table(source.source, table=source.table, schema=schema, missing_markers=markers)
 
-    return SiteWorker(name, load_frame)
+    if book is None and ledger_dir is not None:
+        book = LedgerBook(name, Path(ledger_dir) / name)
+    return SiteWorker(name, load_frame, policy=policy, book=book)
 
 
 def _with_ids(frame: pd.DataFrame, schema: TableSchema, *, seed: int) -> pd.DataFrame:

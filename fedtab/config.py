@@ -3,7 +3,9 @@
 Example (paths are relative to the TOML file)::
 
     seed = 0
-    schema = "heart_schema.json"      # optional; otherwise every site infers and the sites agree
+    schema = "heart_schema.json"      # required under DP; without DP the sites may infer and agree
+    ledger_dir = "ledgers"             # optional: each site's lasting ledger (<dir>/<site>/ledger.jsonl),
+                                       # so that repeated runs on the same data add up
     missing_markers = ["?"]
     holdout = 0.2                      # share of each site's rows set aside for evaluation
 
@@ -25,6 +27,8 @@ Example (paths are relative to the TOML file)::
 
     [sites.cleveland]
     source = "data/heart_cleveland.csv"
+    max_total_epsilon = 3.0            # the site's own rules (fedtab.privacy.book.SitePolicy): also
+                                       # max_epsilon, max_delta, allow_non_dp (needed for a non-DP job)
     [sites.va]
     source = "sqlite:///va.db"
     table = "patients"
@@ -51,6 +55,7 @@ class SiteSource:
 
     source: str
     table: str | None = None
+    policy: dict | None = None  # the site's own rules (SitePolicy keys); None: the defaults
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class RunConfig:
     target: str | None = None
     site_column: str | None = None
     sampling: SamplingSettings = SamplingSettings()
+    ledger_dir: str | None = None
 
 
 def _num(problems: list[str], where: str, v: Any, *, lo: float, hi: float = math.inf,
@@ -151,7 +157,8 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 _TOP = {"seed", "schema", "missing_markers", "holdout", "target", "site_column", "model", "privacy", "training",
-        "sampling", "sites"}
+        "sampling", "sites", "ledger_dir"}
+_SITE_POLICY_KEYS = ("max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp")
 
 
 def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "config") -> RunConfig:
@@ -187,10 +194,22 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
         if not isinstance(s, dict) or not isinstance(s.get("source"), str):
             problems.append(f"site '{name}': needs a 'source' (a file path or a SQLAlchemy URL)")
             continue
-        extra = sorted(set(s) - {"source", "table"})
+        allowed = {"source", "table", *_SITE_POLICY_KEYS}
+        extra = sorted(set(s) - allowed)
         if extra:
-            problems.append(f"site '{name}': unknown key(s) {extra}; allowed: ['source', 'table']")
-        sites[name] = SiteSource(source=_resolve(s["source"], base_dir), table=s.get("table"))
+            problems.append(f"site '{name}': unknown key(s) {extra}; allowed: {sorted(allowed)}")
+        policy = {k: s[k] for k in _SITE_POLICY_KEYS if k in s} or None
+        if policy is not None:
+            from fedtab.privacy.book import SitePolicy
+
+            try:
+                SitePolicy.from_dict(policy)
+            except ConfigError as e:
+                problems += [f"site '{name}': {line.strip()[2:]}" for line in str(e).splitlines()[1:]]
+        sites[name] = SiteSource(source=_resolve(s["source"], base_dir), table=s.get("table"), policy=policy)
+    ledger_dir = data.get("ledger_dir")
+    if ledger_dir is not None and (not isinstance(ledger_dir, str) or not ledger_dir):
+        problems.append(f"'ledger_dir' must be a directory path. Got {ledger_dir!r} instead.")
     schema = data.get("schema")
     markers = data.get("missing_markers", ["?"])
     if not isinstance(markers, list) or not all(isinstance(m, str) for m in markers):
@@ -205,7 +224,7 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
         sites=sites, model=model, model_options=model_tbl, privacy=privacy, training=training,
         seed=seed, schema_path=_resolve(schema, base_dir) if isinstance(schema, str) else None,
         missing_markers=tuple(markers), holdout=float(holdout), target=data.get("target"), site_column=site_column,
-        sampling=sampling,
+        sampling=sampling, ledger_dir=_resolve(ledger_dir, base_dir) if isinstance(ledger_dir, str) else None,
     )
 
 

@@ -28,9 +28,21 @@ from dataclasses import dataclass
 
 
 class FedtabError(Exception):
-    """Base class of all fedtab errors."""
+    """Base class of all fedtab errors.
+
+    What a site may tell the coordinator about a failure (``fedtab.federation.transport.error_reply``):
+    the class, its exit code and the ``columns`` named; the message itself only when ``public`` is set,
+    i.e. when it was written to state nothing but rules, names and public settings (a site's refusal
+    of a job, a budget check on the ledger's public figures). Every other message may hold values,
+    counts or row numbers: it stays in the site's own log.
+    """
 
     exit_code = 1
+
+    def __init__(self, *args, public: bool = False, columns: tuple[str, ...] | list[str] = ()):
+        super().__init__(*args)
+        self.public = bool(public)
+        self.columns = tuple(str(c) for c in columns)
 
 
 class ConfigError(FedtabError, ValueError):
@@ -80,7 +92,8 @@ class DataValidationError(FedtabError, ValueError):
         self.problems = list(problems)
         lines = [f"{source}: {len(self.problems)} problem(s) found:"]
         lines += [f"  - {p}" for p in self.problems]
-        super().__init__("\n".join(lines))
+        super().__init__("\n".join(lines),
+                         columns=tuple(dict.fromkeys(p.column for p in self.problems if p.column is not None)))
 
 
 class SourceError(FedtabError, OSError):

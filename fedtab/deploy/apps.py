@@ -30,10 +30,11 @@ def _forward(msg, context):
     path = context.node_config.get(SOCKET_KEY)
     try:
         if not path:
-            raise FederationError(f"this SuperNode has no '{SOCKET_KEY}' in its --node-config")
+            raise FederationError(f"this SuperNode has no '{SOCKET_KEY}' in its --node-config", public=True)
         reply = call_site(str(path), kind, body)
     except (FederationError, OSError) as e:
-        reply = error_reply(e if isinstance(e, FederationError) else FederationError(str(e)))
+        # The site service is down or unreachable: infrastructure, no data in the message.
+        reply = error_reply(e if isinstance(e, FederationError) else FederationError(str(e), public=True))
         reply[ERROR_KEY][UNAVAILABLE_KEY] = True
     return Message(content=to_records(kind, reply), reply_to=msg)
 

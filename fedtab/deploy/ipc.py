@@ -73,7 +73,7 @@ def call_site(socket_path: str, kind: str, body: Any, *, timeout: float | None =
             s.connect(socket_path)
         except OSError as e:
             raise FederationError(f"the site service is not running at {socket_path} ({e.strerror}); "
-                                  "start it with 'fedtab site --config site.toml'") from None
+                                  "start it with 'fedtab site --config site.toml'", public=True) from None
         s.sendall(encode_frame(kind, body))
         _, reply = decode_frame(read_frame(s))
     return reply

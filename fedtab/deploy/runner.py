@@ -182,13 +182,15 @@ def run_site(config_path: Path, *, on_event: Callable[[str], None] | None = None
     from fedtab.config import SiteSource
     from fedtab.deploy.site_service import SiteService, serve
     from fedtab.deploy.siteconf import load_site_config
+    from fedtab.privacy.book import LedgerBook
 
     cfg = load_site_config(config_path)
     notify = on_event or (lambda msg: None)
     state_dir = cfg.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    worker = _make_worker(cfg.name, SiteSource(source=cfg.source, table=cfg.table))
-    worker.max_epsilon = cfg.max_epsilon
+    _log_to(state_dir / "site.log")  # the site's own log: error details (values, rows) stay here
+    worker = _make_worker(cfg.name, SiteSource(source=cfg.source, table=cfg.table), policy=cfg.policy,
+                          book=LedgerBook(cfg.name, state_dir))
     service = SiteService(worker, state_dir / "state.fedtab")
     sock = state_dir / "site.sock"
     node_config = f"site-name={_toml_str(cfg.name)} site-socket={_toml_str(sock)}"
@@ -225,3 +227,17 @@ def run_site(config_path: Path, *, on_event: Callable[[str], None] | None = None
         with lock:
             for proc in node:
                 processes.stop(proc)
+
+
+def _log_to(path: Path) -> None:
+    """Send the site's log (logger ``fedtab.site``: the full text of every error it answered with)
+    to ``path`` (mode 0600) and to stderr, the operator's terminal."""
+    import logging
+
+    path.touch(mode=0o600, exist_ok=True)
+    log = logging.getLogger("fedtab.site")
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    for handler in (logging.FileHandler(path), logging.StreamHandler()):
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)

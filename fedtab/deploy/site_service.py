@@ -13,8 +13,9 @@ Persistence (the site's privacy ledger must outlive any restart, of the site or 
   round it was in) gets the recorded reply back: re-releasing the same output costs no budget, and
   the result is the one an uninterrupted run would have had. A *different* request for a round the
   ledger already holds is refused, so no coordinator can make a site spend a round twice;
-- a ``schema`` request for the same job (same seed, budget, holdout) keeps the ledger; a new job
-  starts a new ledger (the site's ``max_epsilon`` caps each job, not the sum over jobs).
+- the ledger itself is the site's lasting book (``state_dir/ledger.jsonl``, append-only, fsync-ed
+  before a reply leaves): every job the site ever served adds up against its ``max_total_epsilon``;
+  a ``schema`` request for the same job (same seed, budget, holdout) continues that job.
 """
 
 from __future__ import annotations
@@ -33,11 +34,14 @@ from fedtab.federation.site import ENCODE, SCHEMA, TRAIN, SiteWorker
 from fedtab.federation.training import TRAINING_PHASE
 from fedtab.federation.transport import error_reply
 from fedtab.federation.wire import pack
+from fedtab.privacy.book import job_key
 from fedtab.deploy import ipc
 from fedtab.deploy.state_files import load_state, save_state
 
 STATE_FORMAT = "fedtab.site-state/1"
 REPLAYED = (ENCODE, TRAIN)
+# What a repeated ``schema`` request of the same job keeps: the replies it released and its row estimate.
+KEPT = ("replies", "rows_checked", "rows_estimate")
 
 
 def request_key(kind: str, body: Any) -> str:
@@ -50,10 +54,12 @@ def request_key(kind: str, body: Any) -> str:
     return h.hexdigest()
 
 
-def _rounds_in_ledger(state: dict) -> set[int]:
+def _rounds_in_ledger(worker: SiteWorker, state: dict) -> set[int]:
     prefix = f"{TRAINING_PHASE}/round "
-    entries = state.get("ledger", {}).get("entries", [])
-    return {int(e["phase"][len(prefix):]) for e in entries if str(e["phase"]).startswith(prefix)}
+    if "job_key" not in state or not worker.book.admitted(state["job_key"]):
+        return set()
+    entries = worker.book.ledger(state["job_key"]).entries
+    return {int(e.phase[len(prefix):]) for e in entries if e.phase.startswith(prefix)}
 
 
 class SiteService:
@@ -70,27 +76,26 @@ class SiteService:
         try:
             return self._handle(kind, body)
         except Exception as e:  # noqa: BLE001 - every failure goes back to the coordinator, by class
-            return error_reply(e)
+            return error_reply(e, site=self.worker.name)
 
     def _handle(self, kind: str, body: Any) -> Any:
         work = dict(self.state)  # the worker replaces top-level keys; commit only on success
         if kind == SCHEMA:
-            key = request_key("job", body["job"])
-            kept = {k: work[k] for k in ("ledger", "replies") if k in work} if work.get("job_key") == key else {}
+            key = job_key(body["job"])
+            kept = {k: work[k] for k in KEPT if k in work} if work.get("job_key") == key else {}
             if not kept:
                 work = {}
             reply = self.worker(kind, body, work)
             work.update(kept)
-            work["job_key"] = key
         elif kind in REPLAYED:
             key = request_key(kind, body)
             replies = dict(work.get("replies", {}))
             if key in replies:
                 return replies[key]["reply"]
-            if kind == TRAIN and int(body["round"]) + 1 in _rounds_in_ledger(work):
+            if kind == TRAIN and int(body["round"]) + 1 in _rounds_in_ledger(self.worker, work):
                 raise FederationError(
                     f"site '{self.worker.name}' already trained round {int(body['round']) + 1} of this job on "
-                    "another global model; refusing to spend its budget on that round twice")
+                    "another global model; refusing to spend its budget on that round twice", public=True)
             reply = self.worker(kind, body, work)
             if kind == TRAIN:  # keep only the latest round's update (a resume re-sends at most that one)
                 replies = {k: v for k, v in replies.items() if v["kind"] != TRAIN}

@@ -6,8 +6,12 @@ Example (paths are relative to the file)::
     source = "data/heart_cleveland.csv"     # file path or SQLAlchemy URL: read here, never sent
     # table = "patients"                    # for a database URL
     max_epsilon = 2.0                       # this site refuses jobs that ask for more
+    max_total_epsilon = 4.0                 # ... and any job that would take all its jobs past this
+    # max_delta = 1e-5                      # the default; a job's delta must also be < 1 / (10 x rows)
+    # allow_non_dp = false                  # the default: jobs without DP (exact statistics) are refused
     superlink = "coordinator.example.org:9093"
-    state_dir = "fedtab-site-state"         # ledger + replay cache (keep it: it is the site's memory)
+    state_dir = "fedtab-site-state"         # lasting ledger of every job + replay cache + the site's log
+                                            # (keep it: it is the site's memory of what it released)
 
     [tls]
     root_certificates = "ca.pem"            # CA that signed the SuperLink's certificate
@@ -25,7 +29,10 @@ from pathlib import Path
 from fedtab.config import read_toml
 from fedtab.errors import ConfigError
 
-_KEYS = {"name", "source", "table", "max_epsilon", "superlink", "state_dir", "tls", "auth", "port"}
+from fedtab.privacy.book import SitePolicy
+
+_POLICY_KEYS = {"max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp"}
+_KEYS = {"name", "source", "table", "superlink", "state_dir", "tls", "auth", "port"} | _POLICY_KEYS
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,7 @@ class SiteConfig:
     superlink: str
     state_dir: Path
     table: str | None = None
-    max_epsilon: float | None = None
+    policy: SitePolicy = SitePolicy()
     root_certificates: Path | None = None
     insecure: bool = False
     private_key: Path | None = None
@@ -50,9 +57,11 @@ def load_site_config(path: str | Path) -> SiteConfig:
     for key in ("name", "source", "superlink"):
         if not isinstance(data.get(key), str) or not data.get(key):
             problems.append(f"'{key}' must be a non-empty string. Got {data.get(key)!r} instead.")
-    eps = data.get("max_epsilon")
-    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0):
-        problems.append(f"'max_epsilon' must be a number > 0. Got {eps!r} instead.")
+    policy = SitePolicy()
+    try:
+        policy = SitePolicy.from_dict(data)
+    except ConfigError as e:
+        problems += [line.strip()[2:] for line in str(e).splitlines()[1:]]
     tls, auth = data.get("tls", {}), data.get("auth", {})
     insecure = bool(tls.get("insecure", False))
     if not insecure and not tls.get("root_certificates"):
@@ -67,6 +76,6 @@ def load_site_config(path: str | Path) -> SiteConfig:
     source = data["source"] if "://" in data["source"] else str(rel(data["source"]))
     return SiteConfig(name=data["name"], source=source, superlink=data["superlink"],
                       state_dir=rel(data.get("state_dir") or f"fedtab-site-{data['name']}"), table=data.get("table"),
-                      max_epsilon=None if eps is None else float(eps),
+                      policy=policy,
                       root_certificates=rel(tls.get("root_certificates")), insecure=insecure,
                       private_key=rel(auth.get("private_key")), port=data.get("port"))

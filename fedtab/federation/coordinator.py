@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedtab.config import PrivacySettings, TrainingSettings
-from fedtab.errors import FederationError
+from fedtab.errors import ConfigError, DataValidationError, FederationError, Problem
 from fedtab.federation import encoding
 from fedtab.federation.agreement import agree_schemas
 from fedtab.federation.aggregation import weighted_average
@@ -129,10 +129,23 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
 def _prepare(transport: Transport, job: JobSpec, progress: Progress | None) -> TrainingState:
     """Phases 1-3: schema agreement, federated encoding, training setup."""
     sites = transport.sites
-    # Phase 1: schema agreement (schemas only, no statistics: free).
+    # Phase 1: schema agreement. Under DP the consortium declares the schema and each site answers only
+    # which columns of its table do not conform (names, no values); without DP sites may infer one.
     _notify(progress, "phase", name="schema agreement", sites=sites)
+    if job.privacy.enabled and job.schema is None:
+        raise ConfigError(
+            "Under DP the consortium declares its schema: sites never infer one for the coordinator (types and "
+            "precision can turn on one record). Run 'fedtab schema infer' at a site, review it, declare public "
+            "bounds and categories, and pass it ('schema' in the run configuration, schema= in the API).")
     body = {"job": job.site_job(), "schema": job.schema.to_dict() if job.schema is not None else None}
     replies = broadcast(transport, SCHEMA, body)
+    if job.privacy.enabled:
+        bad = {s: r["columns"] for s, r in replies.items() if r["columns"]}
+        if bad:
+            raise DataValidationError("schema agreement", [
+                Problem(c, f"does not conform to the declared schema at site '{s}'",
+                        expected="the declared type, bounds and categories (the site's operator has the details)")
+                for s, cols in sorted(bad.items()) for c in cols])
     schema = job.schema or agree_schemas({s: TableSchema.from_dict(r["schema"]) for s, r in replies.items()})
     if job.site_column is not None:
         schema = with_site_column(schema, job.site_column, sites)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fedtab.transform.plan import EncodingDP, EncodingPlan, target_pairs
-from fedtab.transform.statistics import site_rows, site_statistics  # noqa: F401 (site side: encoding.site_statistics)
+from fedtab.transform.plan import PHASE_HISTOGRAM, EncodingDP, EncodingPlan, target_pairs  # noqa: F401
+from fedtab.transform.statistics import private_row_count, site_rows, site_statistics  # noqa: F401 (site side)
 from fedtab.transform.table import TableTransformer, run_phases
 
 

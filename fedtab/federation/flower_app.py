@@ -111,7 +111,7 @@ def make_client_app(worker_for: Callable[[Any], tuple[str, Callable[[str, Any, d
                 reply = handle(kind, body, state)
                 _save_state(context, state)
             except Exception as e:  # noqa: BLE001 - every failure goes back to the coordinator, by class
-                reply = error_reply(e)
+                reply = error_reply(e, site=site)
         return Message(content=_to_records(kind, reply), reply_to=msg)
 
     app.train()(serve)
@@ -165,7 +165,7 @@ class FlowerTransport:
         for rep in self._grid.send_and_receive(msgs, timeout=self._timeout):
             nid = rep.metadata.src_node_id
             if rep.has_error():
-                out[nid] = ("error", {ERROR_KEY: {"class": "FederationError",
+                out[nid] = ("error", {ERROR_KEY: {"class": "FederationError", "code": 9, "columns": [],
                                                   "message": f"{FLOWER_ERROR_PREFIX}{rep.error.reason}"}})
             else:
                 out[nid] = _from_records(rep.content)

@@ -1,9 +1,12 @@
 """What a site does with each coordinator request. The same code serves every transport.
 
-A site never sends rows. It sends: its schema (no statistics), noised (or, in non-DP mode, exact)
-encoding statistics, model weights after local DP-SGD, and aggregate evaluation figures. Every
-data-dependent release is first checked and recorded in the site's own ledger, which lives in the
-site's persistent state and caps what any coordinator can ask for (``max_epsilon``).
+A site never sends rows. Under DP it sends: whether its table conforms to the consortium's declared
+schema (and which columns do not), noised encoding statistics, and model weights after local
+DP-SGD (evaluation: see ``site_evaluation``). Every data-dependent release is first checked against
+the site's own rules (``SitePolicy``) and recorded in its lasting ledger (``LedgerBook``: every job
+it ever served, on its own disk when it has a directory) before it leaves. Its noise comes from the
+secret source (``fedtab.privacy.secret``), never from the job seed. The site plans its training from
+a DP estimate of its row count, read off its own noisy histograms: no exact count leaves it.
 
 Requests (``kind``): ``schema`` -> ``encode`` (one per encoding phase) -> ``setup`` -> ``train``
 (one per round) -> ``ledger``; ``evaluate`` scores a synthetic table against the site's own rows.
@@ -11,6 +14,7 @@ Requests (``kind``): ``schema`` -> ``encode`` (one per encoding phase) -> ``setu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import zlib
 from collections.abc import Callable
@@ -19,8 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedtab.errors import ConfigError, FederationError
+from fedtab.errors import ConfigError, DataValidationError, FederationError
+from fedtab.privacy.book import LedgerBook, SitePolicy, job_key
 from fedtab.privacy.ledger import PrivacyLedger
+from fedtab.privacy.secret import secret_source
 from fedtab.schema import TableSchema
 
 # Request kinds (wire constants).
@@ -51,15 +57,17 @@ class SiteWorker:
     """One institution's side of the federation.
 
     ``load_frame`` returns the site's table (typed per the schema contract when ``schema`` is given,
-    otherwise raw; see ``fedtab.validation``). ``max_epsilon`` is the site's own cap: the budget the
-    coordinator asks for is lowered to it.
+    otherwise raw; see ``fedtab.validation``). ``policy`` holds the site's own rules (per-job and
+    total epsilon, delta, whether it serves non-DP jobs); ``book`` is its lasting ledger (default: in
+    memory, for this worker's lifetime).
     """
 
     def __init__(self, name: str, load_frame: Callable[[TableSchema | None, tuple[str, ...]], pd.DataFrame], *,
-                 max_epsilon: float | None = None):
+                 policy: SitePolicy | None = None, book: LedgerBook | None = None):
         self.name = name
         self._load_frame = load_frame
-        self.max_epsilon = max_epsilon
+        self.policy = policy if policy is not None else SitePolicy()
+        self.book = book if book is not None else LedgerBook(name)
         self._cache: dict[str, Any] = {}
 
     # -- dispatch ------------------------------------------------------------------------------------
@@ -67,7 +75,7 @@ class SiteWorker:
         handler = {SCHEMA: self._schema, ENCODE: self._encode, SETUP: self._setup, TRAIN: self._train,
                    LEDGER: self._ledger, EVALUATE: self._evaluate}.get(kind)
         if handler is None:
-            raise FederationError(f"site '{self.name}' does not know the request '{kind}'")
+            raise FederationError(f"site '{self.name}' does not know the request '{kind}'", public=True)
         return handler(body, state)
 
     # -- data ---------------------------------------------------------------------------------------
@@ -94,32 +102,68 @@ class SiteWorker:
             return raw
         if column in raw.columns:
             raise ConfigError(f"site '{self.name}': the table already has a column '{column}', the job's "
-                              "'site_column'; choose a site column name that no site's table uses.")
+                              "'site_column'; choose a site column name that no site's table uses.",
+                              public=True, columns=(column,))
         return raw.assign(**{column: self.name})
 
     def _ledger_of(self, state: dict) -> PrivacyLedger:
-        return PrivacyLedger.from_dict(state["ledger"])
+        """This job's ledger, as the lasting book holds it."""
+        return self.book.ledger(state["job_key"])
+
+    @contextlib.contextmanager
+    def _spending(self, state: dict):
+        """The job's ledger for a handler that releases; whatever it recorded is appended to the
+        lasting book (fsync-ed when on disk) before the handler's reply can leave the site."""
+        ledger = self._ledger_of(state)
+        try:
+            yield ledger
+        finally:
+            self.book.record(state["job_key"], ledger)
 
     # -- phase 1: schema ---------------------------------------------------------------------------
     def _schema(self, body: dict, state: dict) -> dict:
-        from fedtab.inference import infer_schema
-
         job = body["job"]
         epsilon = job["epsilon"]
-        if epsilon is not None and self.max_epsilon is not None and epsilon > self.max_epsilon:
-            raise ConfigError(
-                f"the coordinator asks for epsilon {epsilon:g} but this site allows at most {self.max_epsilon:g}; "
-                "lower 'privacy.epsilon' in the consortium configuration"
-            )
-        state["job"] = job
-        state["ledger"] = PrivacyLedger(self.name, epsilon_budget=epsilon,
-                                        delta=job["delta"] if epsilon is not None else None).to_dict()
-        if body.get("schema") is not None:
-            schema = TableSchema.from_dict(body["schema"], source="coordinator schema")
-        else:
+        key = job_key(job)
+        # The site's rules come first: a refused job gets nothing, not even a conformance answer.
+        self.book.admit(key, epsilon=epsilon, delta=job["delta"], policy=self.policy)
+        state.clear()
+        state.update(job=job, job_key=key)
+        declared = body.get("schema")
+        if declared is None:
+            if epsilon is not None:
+                raise ConfigError(
+                    "under DP a site does not infer a schema for the coordinator (what it would send, types "
+                    "and precision, can turn on one record); declare the consortium's schema: run 'fedtab "
+                    "schema infer' at a site, review it, and give it to the job ('schema')", public=True)
+            from fedtab.inference import infer_schema
+
             raw = self._load_frame(None, tuple(job["missing_markers"]))
-            schema = infer_schema(raw, missing_markers=tuple(job["missing_markers"]))
-        return {"schema": schema.to_dict()}
+            return {"schema": infer_schema(raw, missing_markers=tuple(job["missing_markers"])).to_dict()}
+        schema = TableSchema.from_dict(declared, source="coordinator schema")
+        if epsilon is None:
+            return {"schema": schema.to_dict()}
+        return {"columns": self._nonconforming(schema, job)}
+
+    def _nonconforming(self, schema: TableSchema, job: dict) -> list[str]:
+        """The columns in which this site's table does not conform to ``schema`` (names only; the
+        problems, with values and rows, go to the site's own log)."""
+        from fedtab.federation.transport import SITE_LOG
+        from fedtab.validation import validate_table
+
+        full = schema
+        if job.get("site_column") is not None and job["site_column"] not in schema.names:
+            from fedtab.federation.coordinator import with_site_column
+
+            full = with_site_column(schema, job["site_column"], [self.name])
+        try:
+            raw = self._with_site_column(self._load_frame(full.without(job.get("site_column")),
+                                                          tuple(job["missing_markers"])), job)
+            validate_table(raw, full, source=f"site '{self.name}'")
+        except DataValidationError as e:
+            SITE_LOG.error("site %s: %s", self.name, e)
+            return sorted(set(e.columns)) or ["(table)"]
+        return []
 
     # -- phase 2: encoding statistics ------------------------------------------------------------------
     def _encode(self, body: dict, state: dict) -> dict:
@@ -127,11 +171,21 @@ class SiteWorker:
 
         state["schema"] = TableSchema.from_dict(body["schema"]).to_json()
         train, _ = self._frames(state)
-        ledger = self._ledger_of(state)
         plan = encoding.plan_from_dict(body["plan"])
-        rng = np.random.default_rng(site_seed(state["job"]["seed"], self.name, 2, len(ledger.entries)))
-        reply = encoding.site_statistics(train, plan, body["phase"], body["request"], ledger=ledger, rng=rng)
-        state["ledger"] = ledger.to_dict()
+        with self._spending(state) as ledger:
+            if plan.dp is not None and not state.get("rows_checked"):
+                # The delta rule needs the row count: a DP estimate of it, spent on the ledger, that
+                # never leaves the site (only a refusal does, which is a function of the estimate).
+                rows = encoding.private_row_count(len(train), plan, ledger=ledger,
+                                                  noise=secret_source(f"{self.name}/rows"))
+                LedgerBook.check_delta_for_rows(self.name, plan.dp.delta, rows)
+                state["rows_checked"] = True
+            reply = encoding.site_statistics(train, plan, body["phase"], body["request"], ledger=ledger,
+                                             noise=secret_source(f"{self.name}/encode/{body['phase']}"))
+        if body["phase"] == encoding.PHASE_HISTOGRAM:
+            # The site's row estimate for its training plan: the same post-processing of its own
+            # histogram release that gives the coordinator its FedAvg weight (exact without DP).
+            state["rows_estimate"] = encoding.site_rows(plan, reply)
         return reply
 
     # -- phase 3: training --------------------------------------------------------------------------
@@ -140,7 +194,8 @@ class SiteWorker:
 
         train, _ = self._frames(state)
         ledger = self._ledger_of(state)
-        plan = training.site_training_plan(body, n_rows=len(train), ledger=ledger)
+        rows = float(len(train)) if not ledger.is_dp else float(state["rows_estimate"])
+        plan = training.site_training_plan(body, n_rows=rows, ledger=ledger)
         state["training"] = {**body, **plan}
         return {"noise_multiplier": plan["noise_multiplier"], "steps_per_round": plan["steps_per_round"]}
 
@@ -148,20 +203,20 @@ class SiteWorker:
         from fedtab.federation import training
 
         train, _ = self._frames(state)
-        ledger = self._ledger_of(state)
         setup = state["training"]
         key = "encoded:" + setup["transformer_hash"]
         if key not in self._cache:
             self._cache[key] = training.encode_rows(setup, train)
-        reply = training.train_one_round(
-            setup, self._cache[key], body["weights"], round_index=int(body["round"]), ledger=ledger,
-            seed=site_seed(state["job"]["seed"], self.name, 3, int(body["round"])), site=self.name,
-        )
-        state["ledger"] = ledger.to_dict()
-        return reply
+        with self._spending(state) as ledger:
+            return training.train_one_round(
+                setup, self._cache[key], body["weights"], round_index=int(body["round"]), ledger=ledger,
+                seed=site_seed(state["job"]["seed"], self.name, 3, int(body["round"])), site=self.name,
+            )
 
     def _ledger(self, body: dict, state: dict) -> dict:
-        return {"ledger": state["ledger"]}
+        ledger = self._ledger_of(state)
+        self.book.close(state["job_key"])
+        return {"ledger": ledger.to_dict()}
 
     # -- evaluation ---------------------------------------------------------------------------------
     def _evaluate(self, body: dict, state: dict) -> dict:

@@ -1,7 +1,8 @@
 """Phase 3 glue: what the coordinator sends to set training up, and one site's local round.
 
 The site calibrates its own DP-SGD noise multiplier: from what its ledger already holds (the
-encoding spends), its Poisson sample rate ``batch_size / rows`` and the total number of local steps
+encoding spends), its Poisson sample rate ``batch_size / rows`` (rows: its DP row estimate under
+DP) and the total number of local steps
 over all rounds, so that everything together composes to the job's epsilon. Each round spends its
 steps on the ledger *before* training; the ledger refuses a round that would pass the budget.
 """
@@ -23,6 +24,7 @@ from fedtab.models.registry import create_model, get_model_class
 from fedtab.privacy.accountant import calibrate_noise_multiplier
 from fedtab.privacy.dpsgd import DPSGDConfig
 from fedtab.privacy.ledger import PrivacyLedger
+from fedtab.privacy.secret import secret_source
 from fedtab.training.loop import LocalTrainer, OptimizerConfig
 from fedtab.transform.table import TableTransformer
 
@@ -90,22 +92,28 @@ def initial_weights(setup: dict[str, Any]) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in model.state_dict().items()}
 
 
-def steps_per_round(setup: dict[str, Any], n_rows: int) -> int:
+def steps_per_round(setup: dict[str, Any], n_rows: float) -> int:
     """``local_epochs x rows / batch`` rounded to the nearest whole step (at least one): a round trains
     the stated epochs to within half a step (rounding up made Adult's 6,512-row sites train 1.075
     epochs per stated epoch at batch 500)."""
     return max(1, int(math.floor(float(setup["local_epochs"]) * n_rows / int(setup["batch_size"]) + 0.5)))
 
 
-def site_training_plan(setup: dict[str, Any], *, n_rows: int, ledger: PrivacyLedger) -> dict[str, Any]:
-    """Noise multiplier, sample rate and steps for one site (public once sent back)."""
+def site_training_plan(setup: dict[str, Any], *, n_rows: float, ledger: PrivacyLedger) -> dict[str, Any]:
+    """Noise multiplier, sample rate, steps and expected real rows per step for one site (public once
+    sent back). Under DP ``n_rows`` is the site's DP row estimate, never its exact count: the sample
+    rate, the steps and the expected batch (which divides the noisy gradient sum) all follow from it.
+    The accounting stays exact whatever the estimate: each row is in a step's batch with probability
+    ``sample_rate``, which is all the subsampled Gaussian's analysis uses."""
+    n_rows = max(1.0, float(n_rows))
     steps = steps_per_round(setup, n_rows)
-    sample_rate = min(1.0, int(setup["batch_size"]) / max(1, n_rows))
+    sample_rate = min(1.0, int(setup["batch_size"]) / n_rows)
     z = 0.0
     if ledger.is_dp:
         z = calibrate_noise_multiplier(ledger=ledger, sample_rate=sample_rate, steps=steps * int(setup["rounds"]),
                                        target_epsilon=float(setup["epsilon"]))
-    return {"noise_multiplier": z, "sample_rate": sample_rate, "steps_per_round": steps}
+    return {"noise_multiplier": z, "sample_rate": sample_rate, "steps_per_round": steps,
+            "expected_rows": sample_rate * n_rows}
 
 
 def encode_rows(setup: dict[str, Any], frame: pd.DataFrame) -> np.ndarray:
@@ -153,7 +161,7 @@ def train_one_round(setup: dict[str, Any], data: np.ndarray, weights: dict[str, 
     if ledger.is_dp:
         dp = DPSGDConfig(noise_multiplier=float(setup["noise_multiplier"]),
                          max_grad_norm=float(setup["max_grad_norm"]), sample_rate=float(setup["sample_rate"]),
-                         grad_sample_mode=GRAD_SAMPLE_MODE)
+                         grad_sample_mode=GRAD_SAMPLE_MODE, expected_rows=float(setup["expected_rows"]))
         ledger.spend(phase=f"{TRAINING_PHASE}/round {round_index + 1}", mechanism="subsampled_gaussian",
                      noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate, steps=steps,
                      target=f"{setup['model']} DP-SGD on the network that reads rows")
@@ -162,7 +170,8 @@ def train_one_round(setup: dict[str, Any], data: np.ndarray, weights: dict[str, 
                      noise_multiplier=0.0, steps=steps, target="non-DP training")
     with torch_threads(1):
         trainer = LocalTrainer(model, data, batch_size=int(setup["batch_size"]), dp=dp, seed=seed,
-                               optimizer=dataclasses.replace(OPTIMIZER, **model.optimizer_options()))
+                               optimizer=dataclasses.replace(OPTIMIZER, **model.optimizer_options()),
+                               secret=secret_source(f"{site}/train/{round_index}") if dp is not None else None)
         trainer.set_weights({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
         stats = trainer.train(steps)
     out = {k: v.detach().numpy() for k, v in trainer.get_weights().items()}

@@ -7,12 +7,15 @@ what a site does with a request is ``SiteWorker.handle``. Two transports exist:
 - ``fedtab.federation.flower_app``: Flower ServerApp/ClientApp on the Message API (simulation or
   a real deployment).
 
-Errors raised at a site travel back by class name and message, so the coordinator raises the same
-fedtab error (a ``DataValidationError`` at site 'hungary' stays a ``DataValidationError``).
+Errors raised at a site travel back by class, exit code and the column names concerned, so the
+coordinator raises the same fedtab error (a ``DataValidationError`` at site 'hungary' stays a
+``DataValidationError``); the message travels only when the error is marked public. Values, counts
+and row numbers stay in the site's log (``error_reply``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +26,7 @@ from fedtab.federation.training import torch_threads
 from fedtab.federation.wire import pack, unpack
 
 ERROR_KEY = "__error__"
+SITE_LOG = logging.getLogger("fedtab.site")
 # Requests the in-process transport hands to several sites at once: training rounds (torch releases the
 # GIL; the rest, pandas and evaluation libraries, gains little and was not written for threads).
 PARALLEL_KINDS = frozenset({"train"})
@@ -46,10 +50,19 @@ def broadcast(transport: Transport, kind: str, body: Any, *, sites: Sequence[str
     return transport.request(kind, {s: body for s in (sites or transport.sites)})
 
 
-def error_reply(exc: BaseException) -> dict[str, Any]:
-    """The reply body a site sends when handling a request failed."""
-    cls = type(exc).__name__ if isinstance(exc, errors.FedtabError) else "FederationError"
-    return {ERROR_KEY: {"class": cls, "message": str(exc), "type": type(exc).__name__}}
+def error_reply(exc: BaseException, *, site: str | None = None) -> dict[str, Any]:
+    """The reply body a site sends when handling a request failed: the error's class, exit code and the
+    column names it concerns, never a value, a count or a row number. The message itself goes only
+    where the error says it is public (``FedtabError.public``: a refusal that states rules and public
+    settings); the whole error goes to the site's own log (logger ``fedtab.site``) for its operator."""
+    fedtab_error = isinstance(exc, errors.FedtabError)
+    cls = type(exc).__name__ if fedtab_error else "FederationError"
+    code = exc.exit_code if fedtab_error else errors.FederationError.exit_code
+    columns = list(getattr(exc, "columns", ()) or ())
+    public = bool(getattr(exc, "public", False))
+    SITE_LOG.error("site %s: %s: %s", site or "?", type(exc).__name__, exc)
+    return {ERROR_KEY: {"class": cls, "code": int(code), "columns": columns,
+                        "message": str(exc) if public else ""}}
 
 
 def raise_if_error(site: str, reply: Any) -> Any:
@@ -59,11 +72,21 @@ def raise_if_error(site: str, reply: Any) -> Any:
         cls = getattr(errors, info.get("class", ""), None)
         if not (isinstance(cls, type) and issubclass(cls, errors.FedtabError)):
             cls = errors.FederationError
-        msg = f"site '{site}': {info.get('message', 'unknown error')}"
+        columns = [str(c) for c in info.get("columns", [])]
+        text = str(info.get("message") or "")
+        if not text:
+            what = {"DataValidationError": "its table does not match the schema",
+                    "SchemaError": "its table does not fit the schema or the encoding plan",
+                    "SourceError": "it cannot read its table"}.get(cls.__name__, "it could not handle the request")
+            text = (f"{cls.__name__}: {what}"
+                    + (f" (column(s) {', '.join(repr(c) for c in columns)})" if columns else "")
+                    + "; the details (values, rows) stay in the site's own log for its operator")
+        msg = f"site '{site}': {text}"
         # Rebuild without calling __init__: some classes take structured arguments we do not ship.
         exc = cls.__new__(cls)
         Exception.__init__(exc, msg)
         exc.source, exc.problems, exc.failed = site, [], []
+        exc.public, exc.columns = True, tuple(columns)
         raise exc
     return reply
 
@@ -97,7 +120,7 @@ class InProcessTransport:
             try:
                 reply = self._workers[site](kind, unpack(pack(bodies[site])), self._state[site])
             except errors.FedtabError as e:
-                reply = error_reply(e)
+                reply = error_reply(e, site=site)
             return unpack(pack(reply))
 
         sites = list(bodies)

@@ -5,10 +5,14 @@ rate and the number of steps); this module only applies it. What it guarantees p
 accountant's (Poisson-subsampled Gaussian) assumption to hold:
 
 * the real rows of a step are a Poisson sample of the site's rows with rate ``sample_rate``
-  (``poisson_sample``, drawn from the trainer's seeded generator);
+  (``poisson_sample``), drawn from a secret source (``fedtab.privacy.secret``): a public Poisson
+  draw would tell an attacker which rows each step used, and subsampling amplifies privacy only
+  while the draw is unknown;
 * every row's gradient is clipped to ``max_grad_norm`` and N(0, (noise_multiplier * max_grad_norm)^2)
   noise is added to the sum, which is then divided by the *expected* batch size (fixed, so the
-  noise scale does not depend on how many rows the Poisson draw happened to pick).
+  noise scale does not depend on how many rows the Poisson draw happened to pick). The noise comes
+  from the secret source too (``_SecretNoise``: Opacus' secure-mode sum of four Gaussians, never
+  from a ``torch.Generator`` that a seed could replay).
 
 Fake rows. The discriminator's batch also holds a *fixed* number of generated rows. They go through the
 same clipped path as real rows (each is its own "sample"): they depend only on the generator, on
@@ -40,15 +44,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 from opacus import GradSampleModule
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 
 from fedtab.errors import ConfigError
 from fedtab.models.base import frozen
+from fedtab.privacy.secret import SecretSource
 
 GRAD_SAMPLE_MODES = ("ghost", "hooks", "bk")
 
@@ -61,7 +68,10 @@ class DPSGDConfig:
     max_grad_norm: float
     sample_rate: float
     grad_sample_mode: str = "ghost"
-    secure_mode: bool = False
+    # Expected real rows per step: sample_rate x the site's DP row estimate. It divides the noisy sum,
+    # so it must not be the exact count (the update's noise scale would state it). None: sample_rate
+    # x the rows the trainer holds, only where that count is public (unit tests, benchmarks).
+    expected_rows: float | None = None
 
     def __post_init__(self):
         checks = [
@@ -76,10 +86,49 @@ class DPSGDConfig:
                 raise ConfigError(f"The '{name}' parameter of DPSGDConfig must be {expected}. Got {value!r} instead.")
 
 
-def poisson_sample(n_rows: int, *, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
-    """Indices of a Poisson sample: each of ``n_rows`` rows is in independently with prob. ``sample_rate``."""
-    keep = torch.rand(n_rows, generator=generator, dtype=torch.float64) < sample_rate
+def poisson_sample(n_rows: int, *, sample_rate: float, source: SecretSource) -> torch.Tensor:
+    """Indices of a Poisson sample: each of ``n_rows`` rows is in independently with prob. ``sample_rate``
+    (the draw comes from ``source``, a secret source in production)."""
+    keep = torch.from_numpy(source.uniform(n_rows) < sample_rate)
     return torch.nonzero(keep).squeeze(1)
+
+
+def secure_gaussian(source: SecretSource, n: int, std: float) -> np.ndarray:
+    """``n`` N(0, std^2) draws as Opacus' secure mode makes them: four Gaussians summed and halved (same
+    sd), which closes the floating-point attacks on one Gaussian draw (Opacus ``_generate_noise``)."""
+    z = source.normal(4 * n).reshape(4, n).sum(axis=0)
+    return z * (0.5 * float(std))
+
+
+class _SecretNoise:
+    """Mixin for Opacus' DP optimizers: the noise added to the clipped sum comes from ``noise_source``
+    (one draw for all parameters per step) instead of ``torch.normal`` on a generator."""
+
+    noise_source: SecretSource
+
+    def add_noise(self):
+        std = self.noise_multiplier * self.max_grad_norm
+        params = list(self.params)
+        sizes = [p.summed_grad.numel() for p in params]
+        noise = torch.from_numpy(secure_gaussian(self.noise_source, sum(sizes), std)) if std > 0 else None
+        offset = 0
+        for p, k in zip(params, sizes):
+            _check_processed_flag(p.summed_grad)
+            if noise is not None:
+                part = noise[offset:offset + k].view_as(p.summed_grad).to(p.summed_grad.dtype)
+                p.grad = (p.summed_grad + part).view_as(p)
+            else:
+                p.grad = p.summed_grad.view_as(p)
+            offset += k
+            _mark_as_processed(p.summed_grad)
+
+
+class _SecretDPOptimizer(_SecretNoise, DPOptimizer):
+    pass
+
+
+class _SecretDPOptimizerFastGradientClipping(_SecretNoise, DPOptimizerFastGradientClipping):
+    pass
 
 
 class PrivateNetwork:
@@ -98,7 +147,7 @@ class PrivateNetwork:
         *,
         config: DPSGDConfig,
         expected_batch_size: float,
-        noise_generator: torch.Generator | None,
+        noise_source: SecretSource,
     ):
         if expected_batch_size <= 0:
             raise ConfigError(f"The expected batch size of a DP-SGD step must be positive. Got "
@@ -109,20 +158,19 @@ class PrivateNetwork:
             max_grad_norm=config.max_grad_norm,
             expected_batch_size=expected_batch_size,
             loss_reduction="mean",
-            generator=noise_generator,
-            secure_mode=config.secure_mode,
         )
         if config.grad_sample_mode == "bk":
             self.hooks = _BookKeeping(module)
-            self.optimizer = DPOptimizerFastGradientClipping(optimizer, **common)
+            self.optimizer = _SecretDPOptimizerFastGradientClipping(optimizer, **common)
         elif config.grad_sample_mode == "ghost":
             self.hooks = GradSampleModuleFastGradientClipping(
                 module, loss_reduction="mean", max_grad_norm=config.max_grad_norm, use_ghost_clipping=True
             )
-            self.optimizer = DPOptimizerFastGradientClipping(optimizer, **common)
+            self.optimizer = _SecretDPOptimizerFastGradientClipping(optimizer, **common)
         else:
             self.hooks = GradSampleModule(module, loss_reduction="mean")
-            self.optimizer = DPOptimizer(optimizer, **common)
+            self.optimizer = _SecretDPOptimizer(optimizer, **common)
+        self.optimizer.noise_source = noise_source
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -135,7 +135,7 @@ class PrivacyLedger:
                 f"Site '{self.site}': phase '{phase}'{what} would take epsilon to {would:.4g} at delta "
                 f"{self.delta:.3g}, over the budget {self.epsilon_budget:.4g} ({why}). Nothing was released. "
                 "Raise the site's budget, lower the epsilon asked of this phase, or declare bounds and "
-                "categories in the schema (they are free)."
+                "categories in the schema (they are free).", public=True,  # the ledger's public figures only
             )
         return would
 

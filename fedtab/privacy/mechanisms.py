@@ -1,7 +1,7 @@
-"""Noise mechanisms and their calibration: pure functions of plain values (no I/O, no globals).
+"""Noise calibration and post-processing: pure functions of plain values (no I/O, no randomness).
 
-Every function takes its randomness as an explicit ``numpy.random.Generator`` so a run is
-reproducible from one seed and no hidden global state decides what noise a site adds.
+The noise itself is drawn in one place only, :mod:`fedtab.privacy.secret` (operating-system
+entropy, never a seed): a mechanism whose noise a seed could replay is no mechanism.
 """
 
 from __future__ import annotations
@@ -22,20 +22,6 @@ def _check_positive(name: str, value: float, owner: str) -> None:
 def _check_delta(delta: float, owner: str) -> None:
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (0 < delta < 1):
         raise ConfigError(f"The 'delta' parameter of {owner} must be a float in (0, 1). Got {delta!r} instead.")
-
-
-def gaussian_noise(values, *, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """``values`` plus i.i.d. N(0, sigma^2) noise, as a float64 array of the same shape."""
-    _check_positive("sigma", sigma, "gaussian_noise")
-    x = np.asarray(values, dtype=np.float64)
-    return x + rng.normal(0.0, sigma, size=x.shape)
-
-
-def laplace_noise(values, *, scale: float, rng: np.random.Generator) -> np.ndarray:
-    """``values`` plus i.i.d. Laplace(0, scale) noise, as a float64 array of the same shape."""
-    _check_positive("scale", scale, "laplace_noise")
-    x = np.asarray(values, dtype=np.float64)
-    return x + rng.laplace(0.0, scale, size=x.shape)
 
 
 def laplace_scale(epsilon: float, sensitivity: float) -> float:

@@ -1,10 +1,13 @@
 """The one local training loop: a model, a site's encoded rows, optional DP-SGD. It knows no rounds or sites.
 
 The federation calls ``set_weights(global)`` then ``train(steps)`` each round and reads ``get_weights()``;
-optimizer moments and random generators stay local across calls. Everything random comes from two
-``torch.Generator`` seeded from ``seed`` (one for data sampling, dropout and latent noise, one for the DP
-noise), so the same seed gives bitwise-identical weights on CPU, and ``state_dict`` (flat name -> tensor:
-weights, optimizer moments, generator states, step count) resumes a run exactly.
+optimizer moments and random generators stay local across calls. What may be public (data sampling
+without DP, conditions, dropout, latent noise) comes from a ``torch.Generator`` seeded from ``seed``,
+so without DP the same seed gives bitwise-identical weights on CPU, and ``state_dict`` (flat name ->
+tensor: weights, optimizer moments, generator state, step count) resumes a run exactly. Under DP the
+Poisson batch draw and the gradient noise come from a secret source (``fedtab.privacy.secret``:
+operating-system entropy), which no seed reaches and no state dict holds: a DP run is reproducible
+in everything except its secret randomness.
 
 One step = one private step (the network that reads real rows, e.g. the discriminator, under DP-SGD
 when ``dp`` is given) and one public step (e.g. the generator, trained only through the private network).
@@ -23,6 +26,7 @@ from fedtab.errors import ConfigError, DataValidationError, Problem
 from fedtab.models.base import GenerativeModel, frozen
 from fedtab.models.conditions import RowIndex
 from fedtab.privacy.dpsgd import DPSGDConfig, PrivateNetwork, poisson_sample
+from fedtab.privacy.secret import SecretSource, secret_source
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +100,7 @@ class LocalTrainer:
         device: str = "cpu",
         optimizer: OptimizerConfig = OptimizerConfig(),
         training_by_sampling: bool = True,
+        secret: SecretSource | None = None,
     ):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"The 'batch_size' parameter of LocalTrainer must be a positive int. Got {batch_size!r} instead.")
@@ -108,9 +113,10 @@ class LocalTrainer:
         self.model, self.batch_size, self.dp, self.seed = model, batch_size, dp, int(seed)
         self.data = torch.from_numpy(np.ascontiguousarray(data))
         self.n_rows = self.data.shape[0]
-        s_sampling, s_noise = (int(s.generate_state(1, np.uint64)[0]) for s in np.random.SeedSequence(self.seed).spawn(2))
+        s_sampling = int(np.random.SeedSequence(self.seed).spawn(2)[0].generate_state(1, np.uint64)[0])
         self._rng = torch.Generator().manual_seed(s_sampling)
-        self._noise_rng = torch.Generator().manual_seed(s_noise)
+        # Under DP: the Poisson draws and the gradient noise (secret: never seeded, never stored).
+        self._secret = (secret if secret is not None else secret_source("dp-sgd")) if dp is not None else None
 
         self._private_net = model.private_network()
         self._public_net = model.public_network()
@@ -129,7 +135,8 @@ class LocalTrainer:
             fake_rows = batch_size if self._public_net is not None else 0
             self._private = PrivateNetwork(
                 self._private_net, self._private_opt, config=dp,
-                expected_batch_size=dp.sample_rate * self.n_rows + fake_rows, noise_generator=self._noise_rng,
+                expected_batch_size=(dp.sample_rate * self.n_rows if dp.expected_rows is None else dp.expected_rows)
+                + fake_rows, noise_source=self._secret,
             )
         elif training_by_sampling and model.conditions.n_columns:
             self._index = RowIndex(model.conditions, self.data)
@@ -144,7 +151,7 @@ class LocalTrainer:
         """Real rows, their conditions, and the generator's conditions for this step."""
         g, cond = self._rng, self.model.conditions
         if self.dp is not None:
-            real = self.data[poisson_sample(self.n_rows, sample_rate=self.dp.sample_rate, generator=g)]
+            real = self.data[poisson_sample(self.n_rows, sample_rate=self.dp.sample_rate, source=self._secret)]
             # Generator conditions from the (DP) frequencies, never copied from the real rows: the fake
             # rows then carry no information about the site's records.
             return real, cond.from_rows(real, generator=g), cond.from_frequencies(self.batch_size, generator=g)
@@ -227,8 +234,7 @@ class LocalTrainer:
             for p, st in opt.state.items():
                 for k, v in st.items():
                     out[f"optim.{tag}.{names[id(p)]}.{k}"] = torch.as_tensor(v).detach().clone()
-        out["rng.sampling"] = self._rng.get_state()
-        out["rng.noise"] = self._noise_rng.get_state()
+        out["rng.sampling"] = self._rng.get_state()  # public randomness only: the secret source has no state to save
         out["trainer.steps"] = torch.tensor(self.steps_done, dtype=torch.int64)
         return out
 
@@ -244,5 +250,4 @@ class LocalTrainer:
                     pname, stat = key[len(prefix):].rsplit(".", 1)
                     opt.state[params[pname]][stat] = value.clone()
         self._rng.set_state(state["rng.sampling"])
-        self._noise_rng.set_state(state["rng.noise"])
         self.steps_done = int(state["trainer.steps"])

@@ -18,7 +18,8 @@ Phases (each: coordinator request -> ``site_statistics`` -> ``merge_statistics``
 ``pairs``      only when the plan names column ``pairs``: one two-way table per pair over coarse cells
                read off the merged histograms (``fedtab.transform.pairs``), Gaussian-noised under DP.
 
-Budget split: ``R`` releases per site (one per column and phase, one per pair); each is a Gaussian mechanism with
+Budget split: ``R`` releases per site (one per column and phase, one per pair, and one row count the
+site keeps for its own delta rule); each is a Gaussian mechanism with
 L2 sensitivity 1 (a record moves one count by one) and the same noise multiplier ``z``; ``z`` is the
 smallest for which R such releases compose to ``epsilon`` at ``delta * (1 - threshold_delta_share)``
 (Opacus RDP), together with the histogram phase's rounding profiles (``rounding``), each at
@@ -44,6 +45,9 @@ PHASE_HISTOGRAM = "histogram"
 PHASE_PAIRS = "pairs"
 PHASES = (PHASE_DOMAIN, PHASE_HISTOGRAM, PHASE_PAIRS)
 LEDGER_PHASE_PREFIX = "encoding/"
+# Under DP each site also spends one release on a private estimate of its row count, which it keeps
+# (the delta rule of its policy: delta < 1 / (10 x rows)); the plan budgets for it.
+ROW_COUNT_RELEASES = 1
 PLAN_FORMAT = "fedtab.encoding_plan/1"
 
 # Wire keys: flat "<column>/<field>" so a message maps 1:1 onto a Flower RecordDict
@@ -257,8 +261,9 @@ class EncodingPlan:
         """Noise multiplier z of every release (sigma = z, since each count has sensitivity 1); 0 without DP."""
         if self.dp is None:
             return 0.0
+        # One more release than the phases hold: the site's private row count (its delta rule).
         return noise_multiplier_for(target_epsilon=self.dp.epsilon, delta=self.accounting_delta,
-                                    sample_rate=1.0, steps=self.releases(),
+                                    sample_rate=1.0, steps=self.releases() + ROW_COUNT_RELEASES,
                                     scaled=((ROUNDING_NOISE_FACTOR, len(self.rounding_columns())),))
 
     @property

@@ -16,7 +16,8 @@ import pandas as pd
 from fedtab.errors import ConfigError, SchemaError
 from fedtab.privacy.accountant import GaussianEvent
 from fedtab.privacy.ledger import PrivacyLedger
-from fedtab.privacy.mechanisms import gaussian_noise, norm_sub
+from fedtab.privacy.mechanisms import norm_sub
+from fedtab.privacy.secret import SecretSource, secret_source
 from fedtab.schema import ColumnSpec
 from fedtab.transform.plan import (
     F_CATEGORIES, F_COUNTS, F_EDGES, F_KEYS, F_LOWER, F_MAX, F_MIN, F_MISSING, F_NOISE_SD, F_OTHER, F_RAW,
@@ -197,10 +198,12 @@ def cell_layout(plan: EncodingPlan, request: dict[str, Any], column: str) -> Cel
 # -- site -------------------------------------------------------------------------------------
 def site_statistics(
     df: pd.DataFrame, plan: EncodingPlan, phase: str, request: dict[str, Any], *,
-    ledger: PrivacyLedger, rng: np.random.Generator,
+    ledger: PrivacyLedger, noise: SecretSource | None = None,
 ) -> dict[str, Any]:
     """One site's release for ``phase``. Every release is spent on ``ledger`` before it is computed
-    into the message; the whole phase is checked against the budget first, so a refusal records nothing."""
+    into the message; the whole phase is checked against the budget first, so a refusal records nothing.
+    Under DP every count is released with discrete Gaussian noise from ``noise`` (default: a fresh
+    secret source, ``fedtab.privacy.secret``; never seeded)."""
     if request.get(KEY_PHASE) != phase:
         raise ConfigError(f"The request is for phase {request.get(KEY_PHASE)!r}, not {phase!r}.")
     specs = plan.domain_columns() if phase == PHASE_DOMAIN else plan.columns
@@ -218,10 +221,12 @@ def site_statistics(
                                delta_cost=plan.threshold_delta * len(thr_cols),
                                target=f"{steps + profiles} release(s) of this and later phases",
                                extra=(GaussianEvent(z * ROUNDING_NOISE_FACTOR, 1.0, profiles),) if profiles else ())
+    if dp and noise is None:
+        noise = secret_source(f"encoding/{phase}")
     out: dict[str, Any] = {KEY_PHASE: phase}
     values: dict[str, np.ndarray] = {}  # histogram phase: each column's values, for its rounding profile
     if phase == PHASE_PAIRS:
-        return {**out, **_pair_releases(df, plan, request, ledger=ledger, rng=rng)}
+        return {**out, **_pair_releases(df, plan, request, ledger=ledger, noise=noise)}
     for spec in specs:
         if spec.name not in df.columns:
             raise SchemaError(f"Column '{spec.name}' of the encoding plan is missing from the site's table.")
@@ -234,9 +239,9 @@ def site_statistics(
             delta_cost=plan.threshold_delta if thresholded else 0.0,
         )
         if phase == PHASE_DOMAIN:
-            out.update(_domain_release(spec, x, plan, rng) if numeric else _union_release(spec, x, plan, rng))
+            out.update(_domain_release(spec, x, plan, noise) if numeric else _union_release(spec, x, plan, noise))
         else:
-            out.update(_histogram_release(spec, x, plan, request, rng))
+            out.update(_histogram_release(spec, x, plan, request, noise))
             values[spec.name] = x
     if phase == PHASE_HISTOGRAM:
         for spec in plan.rounding_columns():
@@ -244,8 +249,17 @@ def site_statistics(
             ledger.spend(phase=ledger_phase, target=f"{spec.name} rounding", noise_multiplier=zr, sensitivity=1.0,
                          mechanism="gaussian" if dp else "exact")
             counts = rounding_counts(values[spec.name], spec)
-            out[wire_key(spec.name, F_ROUNDING)] = gaussian_noise(counts, sigma=zr, rng=rng) if dp else counts
+            out[wire_key(spec.name, F_ROUNDING)] = _noisy_counts(counts, zr, noise) if dp else counts
     return out
+
+
+def private_row_count(n_rows: int, plan: EncodingPlan, *, ledger: PrivacyLedger, noise: SecretSource) -> float:
+    """A DP estimate of a site's row count (one release at the plan's noise multiplier, spent on
+    ``ledger``; ``EncodingPlan.noise_multiplier`` budgets for it). It is for the site's own rules (the
+    delta cap) and never leaves the site."""
+    ledger.spend(phase=LEDGER_PHASE_PREFIX + "rows", mechanism="gaussian", noise_multiplier=plan.noise_multiplier,
+                 sensitivity=1.0, target="row count (kept at the site, for its delta rule)")
+    return float(_noisy_counts(np.array([int(n_rows)]), plan.noise_multiplier, noise)[0])
 
 
 def rounding_counts(x: np.ndarray, spec: ColumnSpec) -> np.ndarray:
@@ -254,7 +268,7 @@ def rounding_counts(x: np.ndarray, spec: ColumnSpec) -> np.ndarray:
     return np.bincount(rounding_classes(k), minlength=len(ROUNDING_STEPS)).astype(np.float64)
 
 
-def _pair_releases(df, plan, request, *, ledger, rng) -> dict[str, Any]:
+def _pair_releases(df, plan, request, *, ledger, noise) -> dict[str, Any]:
     measured = measured_pairs(request)
     layouts = {name: cell_layout(plan, request, name) for i in measured for name in plan.pairs[i]}
     codes = {}
@@ -269,31 +283,36 @@ def _pair_releases(df, plan, request, *, ledger, rng) -> dict[str, Any]:
         a, b = plan.pairs[i]
         ledger.spend(phase=LEDGER_PHASE_PREFIX + PHASE_PAIRS, target=f"{a} x {b}", noise_multiplier=plan.noise_multiplier,
                      sensitivity=1.0, mechanism="gaussian" if plan.dp is not None else "exact")
-        out[pair_key(i, F_COUNTS)] = _noised(pair_counts(layouts[a], layouts[b], codes[a], codes[b]), plan, rng)
+        out[pair_key(i, F_COUNTS)] = _noised(pair_counts(layouts[a], layouts[b], codes[a], codes[b]), plan, noise)
     return out
 
 
-def _noised(counts: np.ndarray, plan: EncodingPlan, rng: np.random.Generator) -> np.ndarray:
-    return counts if plan.dp is None else gaussian_noise(counts, sigma=plan.noise_multiplier, rng=rng)
+def _noisy_counts(counts: np.ndarray, sigma: float, noise: SecretSource) -> np.ndarray:
+    """Whole-number counts plus discrete Gaussian noise (integers, as float64 for the wire)."""
+    return noise.discrete_gaussian(np.asarray(counts), sigma).astype(np.float64)
 
 
-def _domain_release(spec, x, plan, rng) -> dict[str, Any]:
+def _noised(counts: np.ndarray, plan: EncodingPlan, noise: SecretSource | None) -> np.ndarray:
+    return counts if plan.dp is None else _noisy_counts(counts, plan.noise_multiplier, noise)
+
+
+def _domain_release(spec, x, plan, noise) -> dict[str, Any]:
     if plan.dp is None:
         has = bool(np.any(~np.isnan(x)))
         return {wire_key(spec.name, F_MIN): float(np.nanmin(x)) if has else math.nan,
                 wire_key(spec.name, F_MAX): float(np.nanmax(x)) if has else math.nan}
-    return {wire_key(spec.name, F_COUNTS): _noised(magnitude_counts(x), plan, rng)}
+    return {wire_key(spec.name, F_COUNTS): _noised(magnitude_counts(x), plan, noise)}
 
 
-def _union_release(spec, x, plan, rng) -> dict[str, Any]:
+def _union_release(spec, x, plan, noise) -> dict[str, Any]:
     keys, counts = np.unique(np.array([v for v in x if v is not None], dtype=object).astype(str), return_counts=True)
-    noisy = _noised(counts.astype(np.float64), plan, rng)
+    noisy = _noised(counts.astype(np.float64), plan, noise)
     keep = noisy > plan.threshold if plan.dp is not None else np.ones(len(keys), dtype=bool)
     return {wire_key(spec.name, F_KEYS): [str(k) for k in keys[keep]],
             wire_key(spec.name, F_COUNTS): noisy[keep]}
 
 
-def _histogram_release(spec, x, plan, request, rng) -> dict[str, Any]:
+def _histogram_release(spec, x, plan, request, noise) -> dict[str, Any]:
     name = spec.name
     if spec.type in ("numerical", "datetime"):
         edges = np.asarray(request[wire_key(name, F_EDGES)], dtype=np.float64)
@@ -313,7 +332,7 @@ def _histogram_release(spec, x, plan, request, rng) -> dict[str, Any]:
         counts = np.bincount(idx, minlength=len(cats) + int(other)).astype(np.float64)
         missing = float((~present).sum())
         layout = {wire_key(name, F_CATEGORIES): cats, wire_key(name, F_OTHER): int(other)}
-    noisy = _noised(np.append(counts, missing), plan, rng)  # one vector: a record is in exactly one cell
+    noisy = _noised(np.append(counts, missing), plan, noise)  # one vector: a record is in exactly one cell
     return {**layout, wire_key(name, F_COUNTS): noisy[:-1], wire_key(name, F_MISSING): float(noisy[-1])}
 
 

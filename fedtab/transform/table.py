@@ -6,7 +6,7 @@ Federation protocol (the coordinator and the sites exchange only flat dicts of a
     merged = None
     for phase in plan.phases():
         request = phase_request(plan, phase, merged)                        # coordinator
-        stats = [site_statistics(df, plan, phase, request, ledger=l, rng=r)  # each site, own ledger
+        stats = [site_statistics(df, plan, phase, request, ledger=l)  # each site, own ledger, secret noise
                  for each site]
         merged = merge_statistics(plan, phase, stats)                       # coordinator, pure
     transformer = TableTransformer().fit_from_statistics(plan, merged)
@@ -438,7 +438,6 @@ def fit_federated(
     if ledgers is None:
         ledgers = {s: PrivacyLedger(s, epsilon_budget=None if dp is None else dp.epsilon,
                                     delta=None if dp is None else dp.delta) for s in site_frames}
-    rngs = {s: np.random.default_rng([seed, i]) for i, s in enumerate(site_frames)}
     return run_phases(plan, lambda phase, request: {
-        s: site_statistics(df, plan, phase, request, ledger=ledgers[s], rng=rngs[s]) for s, df in site_frames.items()
+        s: site_statistics(df, plan, phase, request, ledger=ledgers[s]) for s, df in site_frames.items()
     })[0]

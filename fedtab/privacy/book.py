@@ -1,0 +1,240 @@
+"""A site's own rules and its lasting ledger: every job it ever served, on its own disk.
+
+A job's :class:`~fedtab.privacy.ledger.PrivacyLedger` caps what that job may spend. A site also
+needs a memory across jobs: a coordinator that starts job after job (another seed, another
+budget) must not get a fresh budget each time. :class:`LedgerBook` is that memory: an append-only
+file of JSON lines (``ledger.jsonl``) holding every job the site admitted and every release it
+made, each line written and fsync-ed *before* the release leaves the site, read back after a
+restart or a ``kill -9`` (a torn last line, from a kill during the write, is dropped: its release
+never left). Without a directory the book lives in memory (one process, e.g. one ``fit``).
+
+:class:`SitePolicy` holds the site's rules; :meth:`LedgerBook.admit` applies them to a job before
+the site releases anything for it, and a refusal names the rule it applied:
+
+* ``allow_non_dp`` (default false): a job without DP (exact statistics) is refused;
+* ``max_epsilon``: the epsilon one job may spend;
+* ``max_total_epsilon``: the epsilon of all jobs together (basic composition: epsilons and deltas
+  add up). A job counts with its whole budget from its admission until it ends (its ledger was
+  read back), then with what it spent;
+* ``max_delta`` (default 1e-5): the largest delta a job may use; a job's delta must also stay
+  below ``1 / (10 x the site's row count)``, checked against the site's DP row estimate
+  (:meth:`check_delta_for_rows`) before any release that reaches the coordinator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fedtab.errors import ConfigError, PrivacyBudgetError
+from fedtab.privacy.ledger import LedgerEntry, PrivacyLedger
+
+BOOK_FILE = "ledger.jsonl"
+BOOK_FORMAT = "fedtab.site-ledger/1"
+DEFAULT_MAX_DELTA = 1e-5
+DELTA_ROWS_FACTOR = 10  # delta < 1 / (DELTA_ROWS_FACTOR x rows)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SitePolicy:
+    """What a site accepts, whatever the coordinator asks (see the module docstring)."""
+
+    max_epsilon: float | None = None
+    max_total_epsilon: float | None = None
+    max_delta: float = DEFAULT_MAX_DELTA
+    allow_non_dp: bool = False
+
+    def __post_init__(self):
+        problems = []
+        for name in ("max_epsilon", "max_total_epsilon"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf):
+                problems.append(f"'{name}' must be a number > 0 or None. Got {v!r} instead.")
+        d = self.max_delta
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d < 1:
+            problems.append(f"'max_delta' must be a number in (0, 1). Got {d!r} instead.")
+        if not isinstance(self.allow_non_dp, bool):
+            problems.append(f"'allow_non_dp' must be true or false. Got {self.allow_non_dp!r} instead.")
+        if problems:
+            raise ConfigError("Invalid SitePolicy:\n" + "\n".join(f"  - {p}" for p in problems))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SitePolicy":
+        return cls(**{k: data[k] for k in ("max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp")
+                      if k in data})
+
+
+def job_key(job: dict[str, Any]) -> str:
+    """A job's identity at a site: the SHA-256 of its public description (seed, budget, holdout, ...)."""
+    return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+class LedgerBook:
+    """A site's append-only ledger over every job (``directory=None``: in memory only)."""
+
+    def __init__(self, site: str, directory: str | os.PathLike | None = None):
+        self.site = str(site)
+        self.path = None if directory is None else Path(directory) / BOOK_FILE
+        self._lock = threading.Lock()
+        self._records: list[dict[str, Any]] = []
+        if self.path is not None:
+            self._records = _read_lines(self.path)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _jobs(self) -> dict[str, dict[str, Any]]:
+        jobs: dict[str, dict[str, Any]] = {}
+        for r in self._records:
+            if r["type"] == "job":
+                jobs[r["job"]] = {"epsilon": r["epsilon"], "delta": r["delta"], "entries": [], "closed": False}
+            elif r["type"] == "spend":
+                jobs[r["job"]]["entries"].append(r["entry"])
+            elif r["type"] == "close":
+                jobs[r["job"]]["closed"] = True
+        return jobs
+
+    def admitted(self, key: str) -> bool:
+        return key in self._jobs()
+
+    def ledger(self, key: str) -> PrivacyLedger:
+        """The job's ledger, rebuilt from the book (raises if the job was never admitted)."""
+        job = self._jobs().get(key)
+        if job is None:
+            raise PrivacyBudgetError(f"site '{self.site}' has not admitted this job; it releases nothing for it "
+                                     "(the coordinator must start the job with schema agreement)")
+        return _ledger_of(self.site, job)
+
+    def total_epsilon(self) -> float:
+        """Epsilon of every job together (basic composition): a job counts with its whole budget until
+        it ends, then with what it spent; a non-DP job that released anything counts as infinite."""
+        total = 0.0
+        for job in self._jobs().values():
+            if job["epsilon"] is None:
+                total += math.inf if job["entries"] else 0.0
+            else:
+                total += _ledger_of(self.site, job).epsilon if job["closed"] else float(job["epsilon"])
+        return total
+
+    def total_delta(self) -> float:
+        return float(sum(j["delta"] for j in self._jobs().values() if j["delta"] is not None))
+
+    # -- rules -----------------------------------------------------------------------------------
+    def admit(self, key: str, *, epsilon: float | None, delta: float | None, policy: SitePolicy) -> None:
+        """Apply ``policy`` to a job and record it, before anything is released for it. A job already
+        admitted (a resumed coordinator) goes on under the rules it was admitted by."""
+        with self._lock:
+            if self.admitted(key):
+                return
+            refusal = self._refusal(epsilon, delta, policy)
+            if refusal is not None:
+                raise PrivacyBudgetError(f"site '{self.site}' refuses the job ({refusal}). Nothing was released.",
+                                         public=True)
+            self._append({"type": "job", "job": key, "epsilon": epsilon, "delta": delta if epsilon is not None else None})
+
+    def _refusal(self, epsilon, delta, policy: SitePolicy) -> str | None:
+        if epsilon is None:
+            if not policy.allow_non_dp:
+                return ("rule allow_non_dp: the job asks for no differential privacy (exact statistics) and this "
+                        "site does not allow that; give the job an epsilon, or set allow_non_dp = true in the "
+                        "site's own configuration")
+            return None
+        if policy.max_epsilon is not None and epsilon > policy.max_epsilon:
+            return (f"rule max_epsilon: the job asks for epsilon {epsilon:g}, this site allows at most "
+                    f"{policy.max_epsilon:g} per job; lower 'privacy.epsilon'")
+        if delta is None or delta > policy.max_delta:
+            return (f"rule max_delta: the job asks for delta {delta:g}, this site allows at most "
+                    f"{policy.max_delta:g}; lower 'privacy.delta'")
+        if policy.max_total_epsilon is not None:
+            spent = self.total_epsilon()
+            if spent + epsilon > policy.max_total_epsilon:
+                return (f"rule max_total_epsilon: earlier jobs hold epsilon {spent:.4g} of this site's total "
+                        f"{policy.max_total_epsilon:g}, so a job of {epsilon:g} does not fit")
+        return None
+
+    @staticmethod
+    def check_delta_for_rows(site: str, delta: float | None, rows_estimate: float) -> None:
+        """The delta rule against the site's DP row estimate: delta < 1 / (10 x rows)."""
+        if delta is None:
+            return
+        cap = 1.0 / (DELTA_ROWS_FACTOR * max(rows_estimate, 1.0))
+        if not delta < cap:
+            raise PrivacyBudgetError(
+                f"site '{site}' refuses the job (rule max_delta: delta {delta:g} is not below 1 / (10 x the "
+                f"site's DP row estimate) = {cap:.3g}; lower 'privacy.delta'). Nothing was released.", public=True)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def record(self, key: str, ledger: PrivacyLedger) -> None:
+        """Append the job's entries that the book does not hold yet (call before the release leaves)."""
+        with self._lock:
+            held = len(self._jobs()[key]["entries"])
+            for e in ledger.entries[held:]:
+                self._append({"type": "spend", "job": key, "entry": _entry_dict(e)})
+
+    def close(self, key: str) -> None:
+        """The job has ended (its ledger was read back): from now on it counts with what it spent."""
+        with self._lock:
+            job = self._jobs().get(key)
+            if job is not None and not job["closed"]:
+                self._append({"type": "close", "job": key})
+
+    def _append(self, record: dict[str, Any]) -> None:
+        record = {"format": BOOK_FORMAT, **record}
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            line = json.dumps(record, sort_keys=True, allow_nan=False, default=_json_default) + "\n"
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._records.append(json.loads(json.dumps(record, default=_json_default)))
+
+
+def _json_default(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return "inf" if x > 0 else "-inf"
+    raise TypeError(type(x).__name__)
+
+
+def _entry_dict(e: LedgerEntry) -> dict[str, Any]:
+    d = asdict(e)
+    return {k: (("inf" if v > 0 else "-inf") if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _ledger_of(site: str, job: dict[str, Any]) -> PrivacyLedger:
+    ledger = PrivacyLedger.from_dict({
+        "format": "fedtab.ledger/1", "site": site, "epsilon_budget": job["epsilon"], "delta": job["delta"],
+        "entries": [{**e, "epsilon_after": float(e["epsilon_after"]), "sensitivity": float(e["sensitivity"])}
+                    for e in job["entries"]],
+    })
+    return ledger
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        # A kill during the last write: that line's release never left the site. Drop the torn tail so
+        # the next append starts on a line of its own.
+        raw = raw[: raw.rfind(b"\n") + 1]
+        with open(path, "r+b") as f:
+            f.truncate(len(raw))
+            os.fsync(f.fileno())
+    out = []
+    for i, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{path}: line {i} is not a ledger record; this site's ledger is damaged. Restore "
+                              "it from a backup: without it the site cannot know what it has released.") from None
+        if record.get("format") != BOOK_FORMAT:
+            raise ConfigError(f"{path}: line {i} is not a {BOOK_FORMAT} record.")
+        out.append(record)
+    return out
