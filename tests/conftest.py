@@ -58,3 +58,11 @@ def pg_table(pg_url):
     with engine.begin() as conn:
         conn.execute(sa.text(f'DROP TABLE IF EXISTS "{name}"'))
     engine.dispose()
+
+
+# The sites' rules refuse a job without DP unless a site opts in (fedtab.SitePolicy): tests of
+# non-DP behaviour opt in explicitly, as a site's operator would.
+def non_dp_policy():
+    from fedtab.privacy.book import SitePolicy
+
+    return SitePolicy(allow_non_dp=True)

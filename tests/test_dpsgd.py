@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from fedtab.errors import ConfigError
 from fedtab.models.ctgan import Discriminator
+from fedtab.privacy.secret import SeededSource, secret_source
 from fedtab.privacy.dpsgd import DPSGDConfig, PrivateNetwork, poisson_sample
 from fedtab.training.loop import LocalTrainer
 from tests.test_models_ctgan import _one_thread, built, make_dataset  # noqa: F401
@@ -43,7 +44,7 @@ def test_optimizer_sees_exactly_the_clipped_per_row_sum_over_expected_batch(mode
     assert sum(n > 0.3 for n in norms) >= 5  # most rows are really clipped
     cfg = DPSGDConfig(noise_multiplier=0.0, max_grad_norm=0.3, sample_rate=0.1, grad_sample_mode=mode)
     private = PrivateNetwork(net, torch.optim.SGD(net.parameters(), lr=0.0), config=cfg,
-                             expected_batch_size=4.5, noise_generator=torch.Generator().manual_seed(0))
+                             expected_batch_size=4.5, noise_source=SeededSource(0))
     private.zero_grad()
     private.backward(F.softplus(net(x)))
     private.step()
@@ -57,7 +58,7 @@ def test_noise_std_is_noise_multiplier_times_clip_over_expected_batch():
     net = _net(width=256)
     cfg = DPSGDConfig(noise_multiplier=1.3, max_grad_norm=0.7, sample_rate=0.1)
     private = PrivateNetwork(net, torch.optim.SGD(net.parameters(), lr=0.0), config=cfg,
-                             expected_batch_size=50.0, noise_generator=torch.Generator().manual_seed(0))
+                             expected_batch_size=50.0, noise_source=secret_source("dp-sgd"))
     private.zero_grad()
     private.backward(0.0 * net(torch.randn(20, 10)))  # zero gradient: what remains is the noise
     private.step()
@@ -67,11 +68,11 @@ def test_noise_std_is_noise_multiplier_times_clip_over_expected_batch():
 
 
 def test_poisson_sample_size_averages_q_times_n():
-    g = torch.Generator().manual_seed(0)
-    sizes = np.array([len(poisson_sample(1000, sample_rate=0.05, generator=g)) for _ in range(2000)])
+    g = secret_source("poisson")  # the production source: secret, so only its statistics are tested
+    sizes = np.array([len(poisson_sample(1000, sample_rate=0.05, source=g)) for _ in range(2000)])
     assert sizes.mean() == pytest.approx(50.0, abs=4 * np.sqrt(1000 * 0.05 * 0.95 / 2000))
     assert sizes.std() == pytest.approx(np.sqrt(1000 * 0.05 * 0.95), rel=0.1)  # binomial, not fixed
-    idx = poisson_sample(1000, sample_rate=0.05, generator=g)
+    idx = poisson_sample(1000, sample_rate=0.05, source=g)
     assert torch.all(idx[1:] > idx[:-1])  # distinct rows
 
 
@@ -79,7 +80,7 @@ def test_public_phase_leaves_no_gradient_or_per_sample_state():
     net = _net()
     cfg = DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.1)
     private = PrivateNetwork(net, torch.optim.SGD(net.parameters(), lr=0.1), config=cfg,
-                             expected_batch_size=5.0, noise_generator=torch.Generator().manual_seed(0))
+                             expected_batch_size=5.0, noise_source=SeededSource(0))
     private.zero_grad()
     private.backward(F.softplus(net(torch.randn(5, 10))))
     norms_before = [p._norm_sample.clone() for p in net.parameters()]

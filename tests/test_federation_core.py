@@ -47,10 +47,13 @@ def test_weighted_mean_skips_missing_sites():
     assert weighted_mean({"a": 1.0, "b": 3.0, "c": float("nan")}, {"a": 1, "b": 3, "c": 5}) == pytest.approx(2.5)
 
 
-def test_in_process_transport_keeps_state_per_site_and_relays_errors_by_class():
+def test_in_process_transport_keeps_state_per_site_and_relays_errors_by_class(caplog):
     def worker(kind, body, state):
         if kind == "fail":
-            raise errors.PrivacyBudgetError("over budget")
+            raise errors.PrivacyBudgetError("over budget", public=True)
+        if kind == "leak":
+            raise errors.DataValidationError("site 'a'", [errors.Problem("age", "not a number", rows=1,
+                                                                          examples=("sixty",))])
         state["calls"] = state.get("calls", 0) + 1
         return {"calls": state["calls"], "twice": body["x"] * 2}
 
@@ -62,6 +65,13 @@ def test_in_process_transport_keeps_state_per_site_and_relays_errors_by_class():
     with pytest.raises(errors.PrivacyBudgetError, match="site 'a': over budget") as ei:
         broadcast(t, "fail", {})
     assert ei.value.exit_code == errors.PrivacyBudgetError.exit_code
+    # A message that is not marked public never leaves the site: class, exit code and columns do.
+    with pytest.raises(errors.DataValidationError) as ei:
+        broadcast(t, "leak", {}, sites=["a"])
+    text = str(ei.value)
+    assert "'age'" in text and "site 'a'" in text and "sixty" not in text and "1 row" not in text
+    assert ei.value.exit_code == errors.DataValidationError.exit_code
+    assert "sixty" in caplog.text  # the site's own log has the details
 
 
 def _schema(*cols):

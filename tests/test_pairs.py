@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 import fedtab
+from tests.conftest import non_dp_policy
 from fedtab.errors import ConfigError
 from fedtab.privacy.ledger import PrivacyLedger
 from fedtab.schema import ColumnSpec, TableSchema
@@ -136,9 +137,10 @@ def test_calibration_onto_a_pair_table_restores_the_relation_with_the_target():
 def test_synthesizer_target_releases_pairs_and_its_model_file_keeps_them(tmp_path):
     sites = {k: v.drop(columns=["id"]) for k, v in _sites(n=1500).items()}
     with pytest.raises(ConfigError, match="'nope'"):
-        fedtab.FederatedSynthesizer("tvae", rounds=1, target="nope", holdout=0.0).fit(sites)
+        fedtab.FederatedSynthesizer("tvae", rounds=1, target="nope", holdout=0.0, site_policy=non_dp_policy()).fit(sites)
     synth = fedtab.FederatedSynthesizer("tvae", epsilon=4.0, rounds=1, local_epochs=1, batch_size=500,
-                                        preprocessing_share=0.5, target="sick", holdout=0.0, seed=2).fit(sites)
+                                        preprocessing_share=0.5, target="sick", holdout=0.0, seed=2,
+                                        schema=SCHEMA.without("id")).fit(sites)
     assert [(t.a.column, t.b.column) for t in synth.transformer_.pair_tables_] == [("sick", "age"), ("sick", "town")]
     assert all(led.epsilon <= 4.0 + 1e-9 for led in synth.privacy_ledger.values())
     assert all(len([e for e in led.entries if e.phase == "encoding/pairs"]) == 2 for led in synth.privacy_ledger.values())
@@ -153,7 +155,8 @@ def test_synthesizer_target_releases_pairs_and_its_model_file_keeps_them(tmp_pat
 def test_diffusion_with_a_target_is_conditioned_on_it_and_its_model_file_keeps_that(tmp_path):
     sites = {k: v.drop(columns=["id"]) for k, v in _sites(n=1500).items()}
     synth = fedtab.FederatedSynthesizer("diffusion", rounds=2, local_epochs=2, batch_size=500, target="sick",
-                                        holdout=0.0, seed=2, model_options={"sampling_steps": 4}).fit(sites)
+                                        holdout=0.0, seed=2, model_options={"sampling_steps": 4},
+                                        site_policy=non_dp_policy()).fit(sites)
     assert synth.job_.model_options == {"sampling_steps": 4, "condition_column": "sick"}
     path = tmp_path / "m.fedtab"
     synth.save(path)
@@ -166,7 +169,8 @@ def test_diffusion_with_a_target_is_conditioned_on_it_and_its_model_file_keeps_t
     assert abs((rows["sick"] == "yes").mean() - share) < 0.03
     # A model that is not conditioned keeps the redraw as its default; an explicit option wins.
     plain = fedtab.FederatedSynthesizer("diffusion", rounds=1, local_epochs=1, batch_size=500, target="sick",
-                                        holdout=0.0, model_options={"condition_column": None}).fit(sites)
+                                        holdout=0.0, model_options={"condition_column": None},
+                                        site_policy=non_dp_policy()).fit(sites)
     assert plain.job_.model_options == {"condition_column": None}
 
 
@@ -223,7 +227,8 @@ def test_progress_says_how_many_target_tables_were_measured():
     sites = {k: v.drop(columns=["id"]).head(200) for k, v in _sites().items()}
     events = []
     fedtab.FederatedSynthesizer("tvae", epsilon=1.0, rounds=1, local_epochs=0.5, batch_size=100, target="sick",
-                                holdout=0.0, progress=lambda e, info: events.append(info)).fit(sites)
+                                holdout=0.0, progress=lambda e, info: events.append(info),
+                                schema=SCHEMA.without("id")).fit(sites)
     tables = [i for i in events if "measured" in i]
     assert len(tables) == 1 and tables[0]["named"] == 2 and tables[0]["measured"] == 0
     assert "0 of 2 two-way tables measured" in tables[0]["name"] and "preprocessing_share" in tables[0]["name"]
@@ -241,14 +246,12 @@ def test_row_counts_read_off_every_histogram_track_the_sites_rows_under_dp():
     errors = []
     for seed in range(5):
         ledgers = {s: PrivacyLedger(s, epsilon_budget=0.5, delta=1e-5) for s in sites}
-        rngs = {s: np.random.default_rng([seed, i]) for i, s in enumerate(sites)}
         _, weights = run_encoding(plan, lambda phase, req: {
-            s: site_statistics(df, plan, phase, req, ledger=ledgers[s], rng=rngs[s]) for s, df in sites.items()})
+            s: site_statistics(df, plan, phase, req, ledger=ledgers[s]) for s, df in sites.items()})
         errors += [weights[s] - len(df) for s, df in sites.items()]
     # sigma ~ 29 per cell here: one 40-cell column's total has sd ~ 185, the combined estimate ~ 30.
     assert np.sqrt(np.mean(np.square(errors))) < 60
     exact = EncodingPlan(heart_schema(), seed=0)
     _, weights = run_encoding(exact, lambda phase, req: {
-        s: site_statistics(df, exact, phase, req, ledger=PrivacyLedger(s, epsilon_budget=None),
-                           rng=np.random.default_rng(0)) for s, df in sites.items()})
+        s: site_statistics(df, exact, phase, req, ledger=PrivacyLedger(s, epsilon_budget=None)) for s, df in sites.items()})
     assert weights == pytest.approx({s: float(len(df)) for s, df in sites.items()}, abs=1e-9)

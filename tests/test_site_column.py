@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fedtab
+from tests.conftest import non_dp_policy
 from fedtab.errors import ConfigError
 from fedtab.models.conditions import Conditions, RowIndex
 from fedtab.models.ctgan import CTGAN, CTGANConfig, _LinearOverParts
@@ -109,7 +110,7 @@ SCHEMA = TableSchema((ColumnSpec("kind", "categorical", categories=("a", "b")),
 @pytest.fixture(scope="module")
 def non_dp_model():
     return fedtab.FederatedSynthesizer("ctgan", schema=SCHEMA, rounds=2, local_epochs=1.0, batch_size=100, seed=3,
-                                       site_column="site").fit(_site_frames())
+                                       site_column="site", site_policy=non_dp_policy()).fit(_site_frames())
 
 
 def test_sampled_rows_are_labelled_and_calibrated_per_site(non_dp_model):
@@ -148,7 +149,8 @@ def test_the_model_file_keeps_the_site_marginals(non_dp_model, tmp_path):
 def test_a_site_table_that_already_has_the_site_column_is_refused():
     frames = _site_frames()
     frames["east"] = frames["east"].assign(site="x")
-    synth = fedtab.FederatedSynthesizer("ctgan", schema=SCHEMA, rounds=1, batch_size=100, site_column="site")
+    synth = fedtab.FederatedSynthesizer("ctgan", schema=SCHEMA, rounds=1, batch_size=100, site_column="site",
+                                        site_policy=non_dp_policy())
     with pytest.raises(ConfigError, match="site 'east'.*already has a column 'site'"):
         synth.fit(frames)
 
@@ -194,7 +196,9 @@ def test_site_calibration_draws_more_candidates_within_a_cap(non_dp_model, monke
 
 @pytest.mark.slow
 def test_flower_simulation_gives_the_same_site_conditioned_model():
-    kw = dict(schema=SCHEMA, epsilon=2.0, rounds=2, local_epochs=1.0, batch_size=100, seed=4, site_column="site")
+    # Without DP: under DP each run's noise is secret, so no two runs (on any transport) match.
+    kw = dict(schema=SCHEMA, rounds=2, local_epochs=1.0, batch_size=100, seed=4, site_column="site",
+              site_policy=non_dp_policy())
     a = fedtab.FederatedSynthesizer("ctgan", transport="inprocess", **kw).fit(_site_frames())
     b = fedtab.FederatedSynthesizer("ctgan", transport="flower", **kw).fit(_site_frames())
     assert all(np.array_equal(a.weights_[k], b.weights_[k]) for k in a.weights_)
@@ -207,8 +211,8 @@ def test_sites_read_from_files_get_the_site_column_too(tmp_path):
     for name, frame in _site_frames().items():
         paths[name] = tmp_path / f"{name}.csv"
         frame.to_csv(paths[name], index=False)
-    synth = fedtab.FederatedSynthesizer("ctgan", schema=SCHEMA, rounds=1, batch_size=100, seed=0,
-                                        site_column="site").fit({k: str(p) for k, p in paths.items()})
+    synth = fedtab.FederatedSynthesizer("ctgan", schema=SCHEMA, rounds=1, batch_size=100, seed=0, site_column="site",
+                                        site_policy=non_dp_policy()).fit({k: str(p) for k, p in paths.items()})
     assert set(synth.sample(90, seed=0)["site"]) == {"north", "south", "east"}
 
 

@@ -111,8 +111,7 @@ def test_phase_messages_are_flat_and_transportable():
     merged = None
     for phase in plan.phases():
         req = phase_request(plan, phase, merged)
-        stats = [site_statistics(df, plan, phase, req, ledger=PrivacyLedger(s, epsilon_budget=None),
-                                 rng=np.random.default_rng(0)) for s, df in frames.items()]
+        stats = [site_statistics(df, plan, phase, req, ledger=PrivacyLedger(s, epsilon_budget=None)) for s, df in frames.items()]
         for msg in [req, *stats]:
             for key, value in msg.items():
                 assert isinstance(key, str)

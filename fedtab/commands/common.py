@@ -7,6 +7,7 @@ never a traceback, unless the environment sets ``FEDTAB_DEBUG=1``.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from typing import Callable
 
@@ -45,11 +46,30 @@ def exit_code_for(exc: BaseException) -> int:
     return 1
 
 
+class _SiteLogToStderr(logging.Handler):
+    """The site log (logger ``fedtab.site``) on this terminal. A site tells the coordinator only an
+    error's class and columns; the details (values, rows) are in its own log. In a local simulation
+    (``fedtab train``, ``demo``, ``evaluate``, ``release``) the user runs every site, and in ``fedtab
+    site`` the operator runs this one: this is their log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stderr().print(Text("site log: ", style="yellow") + Text(record.getMessage()))
+
+
+def site_log_to_stderr() -> None:
+    log = logging.getLogger("fedtab.site")
+    if not any(isinstance(h, _SiteLogToStderr) for h in log.handlers):
+        log.addHandler(_SiteLogToStderr())
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 def report_errors(fn: Callable) -> Callable:
     """Turn fedtab errors (and unexpected ones) raised by a command into a message and an exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        site_log_to_stderr()
         try:
             return fn(*args, **kwargs)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):

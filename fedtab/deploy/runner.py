@@ -230,14 +230,13 @@ def run_site(config_path: Path, *, on_event: Callable[[str], None] | None = None
 
 
 def _log_to(path: Path) -> None:
-    """Send the site's log (logger ``fedtab.site``: the full text of every error it answered with)
-    to ``path`` (mode 0600) and to stderr, the operator's terminal."""
+    """Keep the site's log (logger ``fedtab.site``: the full text of every error it answered with) in
+    ``path`` (mode 0600) at the site; ``fedtab site`` also shows it on the operator's terminal."""
     import logging
 
     path.touch(mode=0o600, exist_ok=True)
     log = logging.getLogger("fedtab.site")
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    for handler in (logging.FileHandler(path), logging.StreamHandler()):
-        handler.setFormatter(fmt)
-        log.addHandler(handler)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
     log.setLevel(logging.INFO)

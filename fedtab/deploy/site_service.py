@@ -56,9 +56,10 @@ def request_key(kind: str, body: Any) -> str:
 
 def _rounds_in_ledger(worker: SiteWorker, state: dict) -> set[int]:
     prefix = f"{TRAINING_PHASE}/round "
-    if "job_key" not in state or not worker.book.admitted(state["job_key"]):
+    book = worker.book(state)
+    if "job_key" not in state or not book.admitted(state["job_key"]):
         return set()
-    entries = worker.book.ledger(state["job_key"]).entries
+    entries = book.ledger(state["job_key"]).entries
     return {int(e.phase[len(prefix):]) for e in entries if e.phase.startswith(prefix)}
 
 
@@ -83,8 +84,8 @@ class SiteService:
         if kind == SCHEMA:
             key = job_key(body["job"])
             kept = {k: work[k] for k in KEPT if k in work} if work.get("job_key") == key else {}
-            if not kept:
-                work = {}
+            # A site without a ledger directory keeps its book in this state: it outlives every job.
+            work = {"book": work["book"]} if "book" in work else {}
             reply = self.worker(kind, body, work)
             work.update(kept)
         elif kind in REPLAYED:

@@ -58,8 +58,8 @@ class SiteWorker:
 
     ``load_frame`` returns the site's table (typed per the schema contract when ``schema`` is given,
     otherwise raw; see ``fedtab.validation``). ``policy`` holds the site's own rules (per-job and
-    total epsilon, delta, whether it serves non-DP jobs); ``book`` is its lasting ledger (default: in
-    memory, for this worker's lifetime).
+    total epsilon, delta, whether it serves non-DP jobs); ``book`` is its lasting ledger (default: kept
+    in the transport's state for this site, ``state["book"]``, so it lasts as long as that state).
     """
 
     def __init__(self, name: str, load_frame: Callable[[TableSchema | None, tuple[str, ...]], pd.DataFrame], *,
@@ -67,8 +67,14 @@ class SiteWorker:
         self.name = name
         self._load_frame = load_frame
         self.policy = policy if policy is not None else SitePolicy()
-        self.book = book if book is not None else LedgerBook(name)
+        self._book = book
         self._cache: dict[str, Any] = {}
+
+    def book(self, state: dict) -> LedgerBook:
+        """The site's lasting ledger: on its disk when it has one, else in the transport's state."""
+        if self._book is not None:
+            return self._book
+        return LedgerBook(self.name, records=state.setdefault("book", []))
 
     # -- dispatch ------------------------------------------------------------------------------------
     def __call__(self, kind: str, body: dict, state: dict) -> dict:
@@ -108,7 +114,7 @@ class SiteWorker:
 
     def _ledger_of(self, state: dict) -> PrivacyLedger:
         """This job's ledger, as the lasting book holds it."""
-        return self.book.ledger(state["job_key"])
+        return self.book(state).ledger(state["job_key"])
 
     @contextlib.contextmanager
     def _spending(self, state: dict):
@@ -118,7 +124,7 @@ class SiteWorker:
         try:
             yield ledger
         finally:
-            self.book.record(state["job_key"], ledger)
+            self.book(state).record(state["job_key"], ledger)
 
     # -- phase 1: schema ---------------------------------------------------------------------------
     def _schema(self, body: dict, state: dict) -> dict:
@@ -126,9 +132,11 @@ class SiteWorker:
         epsilon = job["epsilon"]
         key = job_key(job)
         # The site's rules come first: a refused job gets nothing, not even a conformance answer.
-        self.book.admit(key, epsilon=epsilon, delta=job["delta"], policy=self.policy)
-        state.clear()
-        state.update(job=job, job_key=key)
+        book = self.book(state)
+        book.admit(key, epsilon=epsilon, delta=job["delta"], policy=self.policy)
+        kept = state.get("book")
+        state.clear()  # a new job (or the same one again) starts from its schema; the book stays
+        state.update(job=job, job_key=key, **({"book": kept} if kept is not None else {}))
         declared = body.get("schema")
         if declared is None:
             if epsilon is not None:
@@ -178,7 +186,7 @@ class SiteWorker:
                 # never leaves the site (only a refusal does, which is a function of the estimate).
                 rows = encoding.private_row_count(len(train), plan, ledger=ledger,
                                                   noise=secret_source(f"{self.name}/rows"))
-                LedgerBook.check_delta_for_rows(self.name, plan.dp.delta, rows)
+                LedgerBook.check_delta_for_rows(self.name, plan.dp.delta, rows, plan.noise_multiplier)
                 state["rows_checked"] = True
             reply = encoding.site_statistics(train, plan, body["phase"], body["request"], ledger=ledger,
                                              noise=secret_source(f"{self.name}/encode/{body['phase']}"))
@@ -215,7 +223,7 @@ class SiteWorker:
 
     def _ledger(self, body: dict, state: dict) -> dict:
         ledger = self._ledger_of(state)
-        self.book.close(state["job_key"])
+        self.book(state).close(state["job_key"])
         return {"ledger": ledger.to_dict()}
 
     # -- evaluation ---------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ the site releases anything for it, and a refusal names the rule it applied:
   add up). A job counts with its whole budget from its admission until it ends (its ledger was
   read back), then with what it spent;
 * ``max_delta`` (default 1e-5): the largest delta a job may use; a job's delta must also stay
-  below ``1 / (10 x the site's row count)``, checked against the site's DP row estimate
-  (:meth:`check_delta_for_rows`) before any release that reaches the coordinator.
+  below ``1 / (10 x the site's row count)``, checked against the site's DP row estimate plus two
+  noise sds (:meth:`check_delta_for_rows`) before any release that reaches the coordinator.
 """
 
 from __future__ import annotations
@@ -78,13 +78,16 @@ def job_key(job: dict[str, Any]) -> str:
 class LedgerBook:
     """A site's append-only ledger over every job (``directory=None``: in memory only)."""
 
-    def __init__(self, site: str, directory: str | os.PathLike | None = None):
+    def __init__(self, site: str, directory: str | os.PathLike | None = None, *,
+                 records: list[dict[str, Any]] | None = None):
         self.site = str(site)
         self.path = None if directory is None else Path(directory) / BOOK_FILE
         self._lock = threading.Lock()
-        self._records: list[dict[str, Any]] = []
+        # ``records``: a list the book appends to in place (a transport's per-site state, for a site
+        # without a directory: it then lasts as long as that state).
+        self._records: list[dict[str, Any]] = records if records is not None else []
         if self.path is not None:
-            self._records = _read_lines(self.path)
+            self._records[:] = _read_lines(self.path)
 
     # -- reading ---------------------------------------------------------------------------------
     def _jobs(self) -> dict[str, dict[str, Any]]:
@@ -157,11 +160,13 @@ class LedgerBook:
         return None
 
     @staticmethod
-    def check_delta_for_rows(site: str, delta: float | None, rows_estimate: float) -> None:
-        """The delta rule against the site's DP row estimate: delta < 1 / (10 x rows)."""
+    def check_delta_for_rows(site: str, delta: float | None, rows_estimate: float, noise_sd: float) -> None:
+        """The delta rule against the site's DP row estimate: delta < 1 / (10 x rows), with rows read
+        as the estimate plus two noise sds (a noisy count must not let a large site pass the rule)."""
         if delta is None:
             return
-        cap = 1.0 / (DELTA_ROWS_FACTOR * max(rows_estimate, 1.0))
+        rows = max(rows_estimate + 2.0 * noise_sd, 1.0)
+        cap = 1.0 / (DELTA_ROWS_FACTOR * rows)
         if not delta < cap:
             raise PrivacyBudgetError(
                 f"site '{site}' refuses the job (rule max_delta: delta {delta:g} is not below 1 / (10 x the "
