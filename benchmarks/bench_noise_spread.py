@@ -27,7 +27,7 @@ other figures, so the spread is the comparison, not seed-by-seed values.
 
 Run (the fedtab imported is the one reported; PYTHONPATH selects another tree):
 
-    python benchmarks/bench_noise_spread.py --label after [--seeds 0 1 ... 9] [--datasets heart adult]
+    python benchmarks/bench_noise_spread.py --label after [--seeds 0 1 ... 19] [--datasets heart adult]
     PYTHONPATH=/tmp/fedtab_old python benchmarks/bench_noise_spread.py --label before
 
 Each run is merged into ``--out`` (default benchmarks/results/bench_noise_spread.json) under its
@@ -249,8 +249,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--label", required=True, help="this run's key in the JSON, e.g. before / after")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_noise_spread.json")
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(20)))
     ap.add_argument("--datasets", nargs="+", choices=sorted(METRICS), default=["heart", "adult"])
+    ap.add_argument("--merge", action="store_true",
+                    help="keep this label's earlier rows for the (dataset, seed) pairs not rerun; refused if "
+                         "they were measured on another commit")
     args = ap.parse_args()
     prov = provenance()
     print(f"fedtab imported from {prov['fedtab_file']} (commit {prov['commit'][:10]}{'+dirty' if prov['dirty'] else ''}; "
@@ -274,24 +277,42 @@ def main() -> None:
                   f"{r['fit_seconds']:>6.1f} {r['score_seconds']:>7.1f}", flush=True)
     command = ((f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else "")
                + "python " + " ".join(sys.argv))
-    run = {"provenance": prov, "command": command,
-           "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "seeds": args.seeds,
-           "settings": {"epsilon": EPSILON, "delta": DELTA, "heart": HEART, "adult": {**ADULT, "train_rows": ADULT_ROWS}},
-           "adult_site_rows": site_rows, "total_seconds": round(time.perf_counter() - started, 1), "rows": rows,
-           "summary": {ds: summarise(rows, ds) for ds in args.datasets}}
-    print_summary(args.label, run)
     saved = json.loads(args.out.read_text()) if args.out.exists() else {}
+    commands, seconds = [command], time.perf_counter() - started
+    if args.merge and args.label in saved.get("runs", {}):
+        earlier = saved["runs"][args.label]
+        was = (earlier["provenance"]["commit"], earlier["provenance"]["dirty"])
+        if was != (prov["commit"], prov["dirty"]):
+            sys.exit(f"--merge: the earlier '{args.label}' rows ran on {was}, this run on "
+                     f"{(prov['commit'], prov['dirty'])}; not merged (nothing written)")
+        rerun = {(r["dataset"], r["seed"]) for r in rows}
+        rows = [r for r in earlier["rows"] if (r["dataset"], r["seed"]) not in rerun] + rows
+        rows.sort(key=lambda r: (list(METRICS).index(r["dataset"]), r["seed"]))
+        commands = earlier.get("commands", [earlier.get("command")]) + commands
+        seconds += earlier.get("total_seconds", 0.0)
+        site_rows = site_rows or earlier.get("adult_site_rows")
+    datasets = [ds for ds in METRICS if any(r["dataset"] == ds for r in rows)]
+    run = {"provenance": prov, "commands": commands,
+           "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+           "seeds": {ds: [r["seed"] for r in rows if r["dataset"] == ds] for ds in datasets},
+           "settings": {"epsilon": EPSILON, "delta": DELTA, "heart": HEART, "adult": {**ADULT, "train_rows": ADULT_ROWS}},
+           "adult_site_rows": site_rows, "total_seconds": round(seconds, 1), "rows": rows,
+           "summary": {ds: summarise(rows, ds) for ds in datasets}}
+    print_summary(args.label, run)
     saved = {"benchmark": "bench_noise_spread", "issue": 18, "doc": __doc__.strip().split("\n\n")[0], **saved}
     saved.setdefault("runs", {})[args.label] = run
     if "before" in saved["runs"] and "after" in saved["runs"]:
         saved["comparison"] = compare(saved["runs"]["before"], saved["runs"]["after"])
         saved["commits"] = {k: saved["runs"][k]["provenance"]["commit"] for k in ("before", "after")}
         print_comparison(saved["comparison"])
+    else:
+        saved.pop("comparison", None)
+        saved.pop("commits", None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(saved, indent=1, default=str))
     tmp.replace(args.out)
-    print(f"total {run['total_seconds']:.0f} s; wrote {args.out} (label {args.label!r})")
+    print(f"total {run['total_seconds']:.0f} s (all this label's runs); wrote {args.out} (label {args.label!r})")
 
 
 if __name__ == "__main__":

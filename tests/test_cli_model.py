@@ -149,12 +149,16 @@ def test_site_asking_past_its_budget_stops_before_any_release(tmp_path):
     from fedtab.config import PrivacySettings
     from fedtab.datasets import heart_schema
 
+    from fedtab.privacy.book import SitePolicy
+
     sites = load_heart_sites()
-    workers = {s: _make_worker(s, df) for s, df in sites.items()}
-    workers["hungary"].max_epsilon = 0.5  # this hospital allows at most 0.5
+    events = []
+    workers = {s: _make_worker(s, df, policy=SitePolicy(max_epsilon=0.5) if s == "hungary" else None)
+               for s, df in sites.items()}  # this hospital allows at most 0.5 per job
     job = JobSpec(privacy=PrivacySettings(epsilon=1.0), schema=heart_schema())
-    with pytest.raises(errors.ConfigError, match="site 'hungary'.*at most 0.5"):
-        run_federation(InProcessTransport(workers), job)
+    with pytest.raises(errors.PrivacyBudgetError, match="site 'hungary'.*rule max_epsilon.*at most 0.5"):
+        run_federation(InProcessTransport(workers), job, progress=lambda e, i: events.append(i.get("name")))
+    assert events == ["schema agreement"]
 
 
 @pytest.mark.slow

@@ -22,6 +22,8 @@ from fedtab.deploy.siteconf import load_site_config
 from fedtab.errors import ConfigError, FederationError
 from fedtab.federation.coordinator import run_federation
 from fedtab.federation.transport import raise_if_error
+from fedtab.privacy.book import LedgerBook, job_key
+from fedtab.privacy.secret import _replace_source_for_tests, seeded_sources_for_tests
 from fedtab.federation.wire import pack, unpack
 
 SITES = ("cleveland", "hungary", "switzerland")
@@ -56,8 +58,21 @@ class ServiceTransport:
 
 
 def services(state_dir: Path) -> dict[str, SiteService]:
-    return {s: SiteService(_make_worker(s, SiteSource(str(heart_site_path(s)))), state_dir / f"{s}.fedtab")
+    """Each site as `fedtab site` runs it: its state file and its lasting ledger on its own disk."""
+    return {s: SiteService(_make_worker(s, SiteSource(str(heart_site_path(s))), book=LedgerBook(s, state_dir / s)),
+                           state_dir / f"{s}.fedtab")
             for s in SITES}
+
+
+def book_rounds(state_dir: Path, site: str, job) -> list[str]:
+    """The training rounds in a site's lasting ledger for ``job`` (read back from its disk)."""
+    ledger = LedgerBook(site, state_dir / site).ledger(job_key(job.site_job()))
+    return [e.phase for e in ledger.entries if e.phase.startswith("training/")]
+
+
+# The resume tests compare bit for bit with an uninterrupted run: both draw their DP randomness from
+# the test-only seeded seam (in production it is secret and no two runs share it).
+SEEDED = seeded_sources_for_tests(0)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +83,9 @@ def synth():
 @pytest.fixture(scope="module")
 def reference(synth):
     """The uninterrupted in-process run."""
-    return FederatedSynthesizer(epsilon=1.0, rounds=ROUNDS, seed=0, schema=heart_schema()).fit(
-        {s: str(heart_site_path(s)) for s in SITES})
+    with _replace_source_for_tests(SEEDED):
+        return FederatedSynthesizer(epsilon=1.0, rounds=ROUNDS, seed=0, schema=heart_schema()).fit(
+            {s: str(heart_site_path(s)) for s in SITES})
 
 
 def training_rounds(ledger: dict) -> list[str]:
@@ -88,16 +104,17 @@ def test_resume_after_a_coordinator_kill_gives_the_same_model_and_spends_no_roun
         if state.rounds_done == 2:
             raise Killed  # as if kill -9 hit after the checkpoint of round 2 ...
 
-    with pytest.raises(Killed):
+    with pytest.raises(Killed), _replace_source_for_tests(SEEDED):
         run_federation(ServiceTransport(services(tmp_path)), job, on_round=kill_after_round_2_training)
     # ... and round 3 had already been trained at one site before the kill: a resumed coordinator
     # re-sends it; that site must replay its recorded update, not train (and spend) again.
     resumed_from = load_checkpoint(ckpt, job)
     assert resumed_from.rounds_done == 2
-    early = services(tmp_path)["hungary"]
-    early.handle("train", {"round": 2, "weights": resumed_from.weights})
-    # Every site restarts too: a fresh service reads its ledger back from its state file.
-    result = run_federation(ServiceTransport(services(tmp_path)), job, resume=resumed_from)
+    with _replace_source_for_tests(SEEDED):
+        early = services(tmp_path)["hungary"]
+        early.handle("train", {"round": 2, "weights": resumed_from.weights})
+        # Every site restarts too: a fresh service reads its ledger back from its state file and book.
+        result = run_federation(ServiceTransport(services(tmp_path)), job, resume=resumed_from)
     for name, w in reference.weights_.items():
         assert np.array_equal(result.weights[name], w), name
     for s in SITES:
@@ -131,7 +148,7 @@ def test_a_site_refuses_to_train_a_recorded_round_on_another_model(tmp_path, syn
     other = {k: v + 1 if np.issubdtype(v.dtype, np.floating) else v for k, v in state["s"].weights.items()}
     reply = svc["cleveland"].handle("train", {"round": 0, "weights": other})
     assert "already trained round 1" in reply["__error__"]["message"]
-    assert training_rounds(svc["cleveland"].state["ledger"]) == ["training/round 1"]
+    assert book_rounds(tmp_path, "cleveland", job) == ["training/round 1"]
 
 
 def test_a_site_lost_mid_training_leaves_the_others_going_and_its_ledger_exact(tmp_path, synth, reference):
@@ -147,8 +164,7 @@ def test_a_site_lost_mid_training_leaves_the_others_going_and_its_ledger_exact(t
     assert sorted(result.ledgers) == ["cleveland", "hungary"]
     # switzerland's own ledger (on its disk) holds round 1 and the round 2 whose reply was lost in
     # transit (it was spent: the update left the site), and nothing after it was dropped.
-    swiss = SiteService(_make_worker("switzerland", SiteSource("x")), tmp_path / "switzerland.fedtab").state
-    assert training_rounds(swiss["ledger"]) == ["training/round 1", "training/round 2"]
+    assert book_rounds(tmp_path, "switzerland", job) == ["training/round 1", "training/round 2"]
     assert not all(np.array_equal(result.weights[k], v) for k, v in reference.weights_.items())
 
     strict = replace(job, training=replace(job.training, min_sites=3))
@@ -156,16 +172,18 @@ def test_a_site_lost_mid_training_leaves_the_others_going_and_its_ledger_exact(t
         run_federation(ServiceTransport(services(tmp_path / "b"), lose_switzerland_from_round_2), strict)
 
 
-def test_the_same_job_again_keeps_the_ledger_and_a_new_job_starts_a_new_one(tmp_path, synth):
+def test_the_same_job_again_continues_it_and_a_new_job_adds_up_in_the_same_book(tmp_path, synth):
     svc = services(tmp_path)["cleveland"]
     job = synth._job()
     body = {"job": job.site_job(), "schema": heart_schema().to_dict()}
-    svc.handle("schema", body)
-    svc.state["ledger"]["entries"].append({"phase": "training/round 1"})  # as if a round had been spent
-    svc.handle("schema", body)
-    assert len(svc.state["ledger"]["entries"]) == 1
-    svc.handle("schema", {**body, "job": {**job.site_job(), "seed": 7}})
-    assert svc.state["ledger"]["entries"] == []
+    assert svc.handle("schema", body) == {"columns": []}
+    svc.handle("schema", body)  # the same job again (a restarted coordinator): admitted once
+    book = LedgerBook("cleveland", tmp_path / "cleveland")
+    assert [r["type"] for r in book._records] == ["job"]
+    svc.handle("schema", {**body, "job": {**job.site_job(), "seed": 7}})  # another job: the same book
+    again = LedgerBook("cleveland", tmp_path / "cleveland")
+    assert [r["type"] for r in again._records] == ["job", "job"]
+    assert again.total_epsilon() == pytest.approx(2.0)  # both jobs hold their budget until they end
 
 
 class FakeGrid:

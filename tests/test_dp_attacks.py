@@ -28,12 +28,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import binom
 
 from fedtab.config import PrivacySettings, TrainingSettings
 from fedtab.datasets import heart_schema, heart_site_path
 from fedtab.federation.coordinator import FederationResult, JobSpec, run_federation
 from fedtab.federation.site import ENCODE, SiteWorker, site_seed, split_holdout
 from fedtab.federation.transport import InProcessTransport
+from fedtab.privacy.audit import clopper_pearson_upper, empirical_epsilon, epsilon_from_rates
 from fedtab.privacy.ledger import PrivacyLedger
 from fedtab.privacy.secret import SecretSource, SeededSource, _replace_source_for_tests, seeded_sources_for_tests
 from fedtab.transform.plan import (
@@ -200,15 +202,17 @@ def attacker_hypotheses(seed: int, site: str, z: float) -> dict[str, Any]:
 
 
 def replay_attack(recorded: Recorded) -> dict[str, dict[str, float]]:
-    """For every site and hypothesis, the share of histogram cells whose exact count the replay recovers."""
+    """For every site and hypothesis, the share of histogram cells whose exact count the replay recovers.
+    The attacker reads the job seed off the plan every site received (it is public)."""
     out: dict[str, dict[str, float]] = {}
     for site, plan, _, release, exact in _histogram_releases(recorded):
+        assert plan.seed == JOB_SEED
         noisy = _histogram_vectors(plan, release)
         truth = [v for v, _ in _histogram_vectors(plan, exact)]
         # A noisy release is not its exact counts (what the replay has to undo).
         assert sum(np.sum(v != t) for (v, _), t in zip(noisy, truth)) > 0
         shares = {}
-        for name, draw in attacker_hypotheses(JOB_SEED, site, plan.noise_multiplier).items():
+        for name, draw in attacker_hypotheses(plan.seed, site, plan.noise_multiplier).items():
             noise = draw([(v.size, sigma) for v, sigma in noisy])
             hits = sum(int(np.sum(np.rint(v - n) == t)) for (v, _), n, t in zip(noisy, noise, truth))
             shares[name] = hits / sum(t.size for t in truth)
@@ -231,9 +235,28 @@ def test_replaying_seeded_noise_does_not_recover_the_exact_counts(production_run
 
 
 # -- 2. empirical audit ---------------------------------------------------------------------------------
+def test_audit_maths_on_known_cases():
+    assert clopper_pearson_upper(0, 100, alpha=0.05) == pytest.approx(1 - 0.05 ** (1 / 100))
+    assert clopper_pearson_upper(100, 100, alpha=0.05) == 1.0
+    # 3 of 10: the exact one-sided bound solves P[Binomial(10, p) <= 3] = alpha.
+    p = clopper_pearson_upper(3, 10, alpha=0.05)
+    assert binom.cdf(3, 10, p) == pytest.approx(0.05)
+    assert epsilon_from_rates(0.01, 0.5, delta=0.0) == pytest.approx(math.log(50))
+    assert epsilon_from_rates(0.6, 0.6, delta=0.0) == 0.0
+    rng = np.random.default_rng(0)
+    # Perfectly separated runs reach the ceiling of 500 bounding runs; identical ones prove little.
+    perfect = empirical_epsilon(np.zeros(1000), np.ones(1000), delta=1e-5)
+    u = clopper_pearson_upper(0, 500, alpha=0.025)
+    assert perfect.epsilon_lower == pytest.approx(math.log((1 - 1e-5 - u) / u)) and perfect.fpr == perfect.fnr == 0
+    assert empirical_epsilon(rng.normal(size=1000), rng.normal(size=1000), delta=1e-5).epsilon_lower < 0.5
+    # Gaussian, sensitivity 1, sigma 1: its true epsilon at delta 1e-5 is about 4.4 (analytic Gaussian).
+    shifted = empirical_epsilon(rng.normal(size=(2000, 2)), rng.normal(size=(2000, 2)) + [0.0, 1.0], delta=1e-5)
+    assert shifted.statistic == 1 and shifted.direction == 1 and 0.3 < shifted.epsilon_lower < 4.4
+
+
 def test_audit_of_the_encoding_release_stays_within_its_ledger_epsilon():
     real = encoding_audit("secret", runs=1000)
-    assert real.claimed_epsilon == pytest.approx(0.855, abs=0.01)  # 3 of the plan's 4 releases at epsilon 1
+    assert 0.5 < real.claimed_epsilon < 1.0  # 3 of the plan's 4 releases (its row count is the 4th) at epsilon 1
     assert real.result.epsilon_lower <= real.claimed_epsilon, real
 
 

@@ -24,7 +24,6 @@ Pure functions over arrays of statistics; no mechanism, no I/O (``tests/test_dp_
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
