@@ -185,6 +185,14 @@ def run_sdv(train: pd.DataFrame, n: int, *, epochs: int, batch: int, seed: int) 
             "preprocessing_seconds": round(fit_s - per_epoch * epochs, 1)}, sample
 
 
+def _schema(sites: dict[str, pd.DataFrame]):
+    """A schema for the raw Adult sites, inferred here from the public data set (a consortium declares
+    one: under DP sites never infer a schema for the coordinator)."""
+    from fedtab.inference import infer_schema
+
+    return infer_schema(pd.concat(list(sites.values()), ignore_index=True), missing_markers=("?",))
+
+
 def run_fedtab(sites: dict[str, pd.DataFrame], n: int, *, epsilon: float | None, epochs: int, rounds: int,
                batch: int, seed: int, options: dict, target: str | None = None,
                preprocessing_share: float = 0.1, parallel_sites: int | None = None) -> tuple[dict, pd.DataFrame]:
@@ -194,7 +202,8 @@ def run_fedtab(sites: dict[str, pd.DataFrame], n: int, *, epsilon: float | None,
                                         local_epochs=epochs / rounds, batch_size=batch, seed=seed,
                                         missing_markers=("?",), holdout=0.0, model_options=options,
                                         target=target, preprocessing_share=preprocessing_share,
-                                        parallel_sites=parallel_sites)
+                                        parallel_sites=parallel_sites, schema=_schema(sites),
+                                        site_policy=fedtab.SitePolicy(allow_non_dp=True))
     t0 = time.perf_counter()
     synth.fit(sites)
     fit_s = time.perf_counter() - t0
@@ -216,6 +225,7 @@ def time_dp_step(width: int, dims: tuple[int, ...], *, batch: int, reps: int) ->
 
     from fedtab.models.ctgan import Discriminator
     from fedtab.privacy.dpsgd import DPSGDConfig, PrivateNetwork
+    from fedtab.privacy.secret import secret_source
 
     x = torch.randn(2 * batch, width, generator=torch.Generator().manual_seed(0))
     sign = torch.ones(2 * batch)
@@ -233,7 +243,7 @@ def time_dp_step(width: int, dims: tuple[int, ...], *, batch: int, reps: int) ->
                 opt.step()
         else:
             cfg = DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.05, grad_sample_mode=mode)
-            private = PrivateNetwork(net, opt, config=cfg, expected_batch_size=2.0 * batch, noise_generator=g)
+            private = PrivateNetwork(net, opt, config=cfg, expected_batch_size=2.0 * batch, noise_source=secret_source("bench"))
 
             def step(net=net, private=private, g=g):
                 private.zero_grad()
@@ -390,7 +400,8 @@ def _encoded_width(sites: dict[str, pd.DataFrame], seed: int) -> int:
     import fedtab
 
     synth = fedtab.FederatedSynthesizer("ctgan", rounds=1, local_epochs=0.001, seed=seed, holdout=0.0,
-                                        missing_markers=("?",)).fit(sites)
+                                        missing_markers=("?",),
+                                        site_policy=fedtab.SitePolicy(allow_non_dp=True)).fit(sites)
     tr = synth.transformer_
     return sum(s.dim for s in tr.spans) + sum(c.dim for c in tr.condition_spans)
 

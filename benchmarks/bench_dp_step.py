@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fedtab.models.ctgan import Discriminator
+from fedtab.privacy.secret import secret_source
 from fedtab.privacy.dpsgd import DPSGDConfig, PrivateNetwork
 
 DATA_WIDTH, COND_WIDTH, BATCH = 150, 100, 500
@@ -41,7 +42,7 @@ def make_step(mode: str, seed: int = 0):
             opt.step()
         return step
     cfg = DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=BATCH / 26048, grad_sample_mode=mode)
-    private = PrivateNetwork(net, opt, config=cfg, expected_batch_size=2.0 * BATCH, noise_generator=g)
+    private = PrivateNetwork(net, opt, config=cfg, expected_batch_size=2.0 * BATCH, noise_source=secret_source("bench"))
 
     def dp_step():
         private.zero_grad()

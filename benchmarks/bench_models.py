@@ -99,7 +99,7 @@ def run_one(dataset, model, epsilon, data, *, seed=0, rounds_scale=1.0, save_dir
     # The utility target is declared: the encoding measures its two-way tables with every other column
     # and sampling calibrates onto them (under DP: redraws the target from them), as a user would run it.
     synth = fedtab.FederatedSynthesizer(model, epsilon=epsilon, seed=seed, schema=schema, holdout=0.0,
-                                        target=target, **plan)
+                                        target=target, site_policy=fedtab.SitePolicy(allow_non_dp=True), **plan)
     t0 = time.perf_counter()
     synth.fit(sites)
     fit_s = time.perf_counter() - t0

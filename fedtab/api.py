@@ -261,8 +261,10 @@ class FederatedSynthesizer:
                          "batch_size": job.training.batch_size, "max_grad_norm": job.training.max_grad_norm},
             "ledgers": self.result_.ledgers, "noise_multipliers": self.result_.noise_multipliers,
             "site_weights": self.result_.site_weights,
-            "history": [{"round": h.round, "losses": h.losses, "epsilon": h.epsilon, "seconds": h.seconds}
-                        for h in self.history_],
+            # Under DP a round's duration follows the sites' (Poisson) batch sizes, so their row counts:
+            # the published file leaves it out (the operator's progress bar shows it).
+            "history": [{"round": h.round, "losses": h.losses, "epsilon": h.epsilon,
+                         "seconds": None if job.privacy.enabled else h.seconds} for h in self.history_],
             "missing_markers": list(job.missing_markers), "holdout": job.holdout, "versions": package_versions(),
         }
         return save_bundle(path, ModelBundle(manifest=manifest, weights=self.weights_))

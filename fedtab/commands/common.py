@@ -61,7 +61,6 @@ def site_log_to_stderr() -> None:
     if not any(isinstance(h, _SiteLogToStderr) for h in log.handlers):
         log.addHandler(_SiteLogToStderr())
     log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 def report_errors(fn: Callable) -> Callable:
