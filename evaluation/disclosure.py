@@ -14,11 +14,28 @@ Distances use ``DistanceSpace`` (a Gower-like mixed-type distance). Figures, wit
   the closest synthetic record, training rows (members) vs holdout rows (non-members), all of each up
   to ``max_mia_rows``. 0.5 ideal.
   DCR share alone does not rule this out: a model can leak outliers while the average looks fine.
-* their chance levels at this site's size (sites of up to ``resplit_max_rows`` rows): each gated
-  figure (DCR share, MIA AUC, singling-out, linkability and inference risks) scored again against
-  ``resplits`` random re-splits of the site's rows, the same synthetic rows (``evaluation.chance``):
-  mean, sd and 99th percentile, which the release gate reads; and ``mia_auc_null_sd``, the MIA AUC's
-  sd were membership random (any site size).
+* ``near_copies`` (``NearCopies``): what the DCR share dilutes. ``t`` is the ``k``-th smallest of the
+  training rows' leave-one-out nearest-neighbour distances (each training row to the other training
+  rows; ``k`` from the training row count alone), i.e. how close real patients naturally come to one
+  another at this site, read without looking at the synthetic rows. A table that never saw the
+  training rows places a row closer than ``t`` to some training row about as often as a fresh real
+  row does. The figure counts the DISTINCT synthetic rows closer than ``t`` (a table of resampled
+  rows repeats a row; a row copied many times is the exact-copy check's), its rate among the
+  synthetic rows, the rate expected of fresh rows ``k / (n + 1)``, their difference (the excess)
+  and a one-sided p-value (``near_copy_p_value``), plus the power curve below.
+* one-sided p-values of the tested figures under a null fixed by the site's SIZES alone (a table
+  that never saw which rows were training rows; ``dcr_share_p``, ``mia_auc_p``, ``AttackRisk.p_value``,
+  ``NearCopies.p_value``): the release gate controls their false alarms across sites and checks
+  together (Holm, ``fedtab.release``). No threshold is read off the data.
+* the near-copy check's power at this site (``NearCopies.power``): near copies (one whole-number
+  numeric column +-1, within the site's observed range) of a share of the training rows planted into
+  a table of fresh rows, ``power_draws`` times per share; per share, the p-value and the excess that a
+  ``power`` fraction of the plantings reach. It reads the site's own rows only, never the synthetic
+  rows. The gate reads the smallest share caught at its level.
+* chance levels at this site's size (sites of up to ``resplit_max_rows`` rows; diagnostics only, no
+  threshold reads them): each figure scored again against ``resplits`` random re-splits of the site's
+  rows, the same synthetic rows (``evaluation.chance``): mean, sd and 99th percentile; and
+  ``mia_auc_null_sd``, the MIA AUC's sd were membership random (any site size).
 * anonymeter's singling-out, linkability and attribute-inference risks, each relative to the holdout
   as control (residual risk) with a 95% confidence interval.
 
@@ -37,6 +54,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 from scipy.special import gammaln
+from scipy.stats import norm
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.metrics.pairwise import euclidean_distances
 
@@ -59,6 +77,18 @@ class DisclosureOptions:
     resplits: int = 400  # random re-splits of the site's rows for the figures' chance levels (0: none)
     resplit_max_rows: int = 2000  # training + holdout rows above which the chance levels are skipped
     histogram_bins: int = 12
+    # Near-copy check: t is the k-th smallest leave-one-out distance among the n training rows, with
+    # k = max(near_copy_min_rank, ceil(near_copy_quantile * (n + 1))): fresh rows fall below it at rate
+    # ~k / (n + 1). Near copies (one integer column +-1) lie at ~0.01-0.03 in the distance space, the
+    # heart hospitals' 2% quantiles at 0.09-0.25; a smaller quantile leaves fewer fresh rows below t, a
+    # rank of at least 3 keeps t above a natural pair of identical rows (Hungary and VA hold one each).
+    near_copy_quantile: float = 0.02
+    near_copy_min_rank: int = 3
+    # Power of the near-copy check (blind to the synthetic rows): memorised shares planted, draws per share.
+    power: float = 0.9
+    power_shares: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
+    power_draws: int = 400
+    power_max_rows: int = 500  # training rows whose near copies are measured (a random sample above it)
 
 
 @dataclass(frozen=True)
@@ -72,6 +102,37 @@ class AttackRisk:
     baseline_rate: float
     control_rate: float | None
     n_attacks: int
+    # One-sided p-value of "the attack succeeds more on training rows than on holdout rows" under a
+    # null set by sizes alone (``_risk_p_value``); None when not computed.
+    p_value: float | None = None
+
+
+@dataclass(frozen=True)
+class PowerPoint:
+    """Near copies of ``share`` of the training rows planted into a table of fresh rows: the p-value and
+    the excess near-copy rate that a ``NearCopies.power`` fraction of the plantings reach."""
+
+    share: float
+    p_value: float
+    excess: float
+
+
+@dataclass(frozen=True)
+class NearCopies:
+    """Synthetic rows closer to a training row than real rows naturally come (see the module docstring)."""
+
+    rate: float  # distinct synthetic rows below t, over all synthetic rows scored
+    expected: float  # k / (n + 1): the rate of a table of fresh rows
+    excess: float  # rate - expected
+    p_value: float  # P(at least this many below t | fresh rows): negative hypergeometric, exact for exchangeable rows
+    hits: int
+    n_synthetic: int
+    n_reference: int  # training rows whose leave-one-out distances set t
+    rank: int  # k
+    threshold: float  # t, in the distance space (an order statistic of real-to-real distances)
+    holdout_rate: float  # holdout rows (fresh rows) below t: a check of ``expected``
+    power_level: float  # the power at which ``power`` is read
+    power: tuple[PowerPoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +160,11 @@ class DisclosureResult:
     n_mia_members: int
     n_mia_non_members: int
     mia_auc_null_sd: float | None = None  # sd of the MIA AUC if membership were random (mean 0.5)
+    # One-sided p-values under nulls fixed by the site's sizes (``dcr_share_null_sd``, ``mia_auc_null_sd``).
+    dcr_share_null_sd: float | None = None
+    dcr_share_p: float | None = None
+    mia_auc_p: float | None = None
+    near_copies: NearCopies | None = None
     # Each figure over random re-splits of the site's rows (``evaluation.chance``); None: not measured.
     dcr_share_chance: ChanceLevel | None = None
     mia_auc_chance: ChanceLevel | None = None
@@ -112,13 +178,28 @@ class DisclosureResult:
         return asdict(self)
 
     def gated(self) -> list[tuple[str, float | None, ChanceLevel | None]]:
-        """The privacy figures the release gate reads against a site's chance level: (name as in the
+        """The privacy figures with a chance level (diagnostics: no threshold reads them): (name as in the
         site's figures without ``disclosure.``, value or None if not measured, chance level or None)."""
         risk = lambda r: r.value if r else None  # noqa: E731
         return [("dcr_share", self.dcr_share, self.dcr_share_chance), ("mia_auc", self.mia_auc, self.mia_auc_chance),
                 ("singling_out_risk", risk(self.singling_out), self.singling_out_chance),
                 ("linkability_risk", risk(self.linkability), self.linkability_chance),
                 ("inference_risk", risk(self.inference), self.inference_chance)]
+
+    def tested(self) -> list[tuple[str, float | None, float | None]]:
+        """The figures the release gate tests (``TESTED``): (name as in the site's figures without
+        ``disclosure.``, value, one-sided p-value); None where not measured."""
+        risk = lambda r, f: getattr(r, f) if r else None  # noqa: E731
+        near = self.near_copies
+        return [("dcr_share", self.dcr_share, self.dcr_share_p),
+                ("near_copy_excess", near.excess if near else None, near.p_value if near else None),
+                ("mia_auc", self.mia_auc, self.mia_auc_p),
+                ("singling_out_risk", risk(self.singling_out, "value"), risk(self.singling_out, "p_value")),
+                ("linkability_risk", risk(self.linkability, "value"), risk(self.linkability, "p_value")),
+                ("inference_risk", risk(self.inference, "value"), risk(self.inference, "p_value"))]
+
+
+TESTED = ("dcr_share", "near_copy_excess", "mia_auc", "singling_out_risk", "linkability_risk", "inference_risk")
 
 
 _TIE = chance.TIE  # distances equal within it are ties
@@ -186,14 +267,163 @@ def _share_against_subsets(closer: np.ndarray, tied: np.ndarray, n: int, k: int)
 
 
 def _dcr(space: DistanceSpace, train: pd.DataFrame, holdout: pd.DataFrame, query_rows: pd.DataFrame,
-         opts: "DisclosureOptions", rng: np.random.Generator) -> tuple[float, _TrainingScan]:
-    """The DCR share of ``query_rows`` between ``train`` and ``holdout`` in ``space``, and the scan."""
+         opts: "DisclosureOptions", rng: np.random.Generator
+         ) -> tuple[float, _TrainingScan, pd.DataFrame, np.ndarray, np.ndarray]:
+    """The DCR share of ``query_rows`` between ``train`` and ``holdout`` in ``space``, the scan, and the
+    training rows it searched (as rows and as points) and the holdout points."""
     n_ref = min(len(holdout), opts.max_reference_rows)
-    train_all = space.transform(subsample(train, opts.max_reference_rows, rng))
+    train_rows = subsample(train, opts.max_reference_rows, rng)
+    train_all = space.transform(train_rows)
     hold_ref = space.transform(subsample(holdout, n_ref, rng))
     queries = space.transform(query_rows)
     scan = _scan_training(train_all, queries, _min_distances(hold_ref, queries), n_ref, rng)
-    return float(np.mean(_share_against_subsets(scan.closer, scan.tied, len(train_all), n_ref))), scan
+    share = float(np.mean(_share_against_subsets(scan.closer, scan.tied, len(train_all), n_ref)))
+    return share, scan, train_rows, train_all, hold_ref
+
+
+# -- p-values under nulls fixed by sizes ---------------------------------------------------------------
+# A table that never saw which of the site's rows are training rows (the split is a seeded random
+# permutation) leaves every figure below symmetric between training and holdout rows. Each null below
+# reads the site's sizes only, never a figure that rises with memorisation (as the re-split chance
+# levels did: a copying table spread its own re-splits wider).
+
+
+def dcr_share_null_sd(n_synthetic: int, n_holdout: int) -> float:
+    """A size-only sd of the DCR share of a table that never saw the split (mean exactly 0.5: the
+    compared training sample and the holdout are a random halving of 2 x n_holdout rows). Two
+    sources, added: each synthetic row's coin (1/4 per row, over the ``n_synthetic`` distinct rows)
+    and which 2 x n_holdout real rows are compared (1/4 per row when the synthetic rows' nearest
+    neighbours spread over them). Not a proof: synthetic rows crowding onto few real rows spread it
+    wider. Measured: it exceeds the spread over random re-splits at every heart hospital (demo tables,
+    3 models: 0.055 vs 0.033-0.037 at Cleveland, 0.088 vs 0.048-0.062 at Switzerland,
+    ``benchmarks/results/bench_gate_chance.json``) and is checked again by the false-alarm draws of
+    ``benchmarks/bench_gate_power.py``."""
+    return 0.5 * float(np.sqrt(1.0 / max(1, n_synthetic) + 1.0 / max(1, 2 * n_holdout)))
+
+
+def upper_p_value(value: float, mean: float, sd: float) -> float:
+    """One-sided normal p-value of ``value`` above ``mean``."""
+    if not np.isfinite(value) or sd <= 0:
+        return 0.0 if value > mean else 1.0
+    return float(norm.sf((value - mean) / sd))
+
+
+def _risk_p_value(attack: float, control: float, n_attack: int, n_control: int) -> float:
+    """One-sided p-value of an anonymeter attack succeeding more on training rows (rate ``attack`` over
+    ``n_attack`` rows or queries) than on holdout rows (``control`` over ``n_control``): a two-proportion
+    z-test whose variance takes p(1 - p) at its largest, 1/4, so it reads sizes only (conservative).
+    Sizes are the rows or queries actually attacked, not the ``n_attacks`` a small site's counts are read as."""
+    sd = 0.5 * np.sqrt(1.0 / max(1, n_attack) + 1.0 / max(1, n_control))
+    return upper_p_value(attack - control, 0.0, float(sd))
+
+
+# -- near copies --------------------------------------------------------------------------------------
+
+
+def _log_comb(a, b):
+    return gammaln(np.asarray(a, dtype=np.float64) + 1) - gammaln(np.asarray(b, dtype=np.float64) + 1) \
+        - gammaln(np.asarray(a, dtype=np.float64) - b + 1)
+
+
+def near_copy_tail(m: int, n: int, k: int) -> np.ndarray:
+    """``tail[c]`` = P(C >= c), c = 0..m+1: C is how many of ``m`` fresh rows fall strictly below the
+    ``k``-th smallest of ``n`` reference values exchangeable with them (negative hypergeometric:
+    P(C = c) = C(c+k-1, c) C(m-c+n-k, m-c) / C(m+n, m)). Ties, and counting each synthetic row once,
+    only lower C, so the p-value stays valid (conservative) with them."""
+    c = np.arange(m + 1)
+    logp = _log_comb(c + k - 1, c) + _log_comb(m - c + n - k, m - c) - _log_comb(m + n, m)
+    pmf = np.exp(logp - logp.max())
+    pmf /= pmf.sum()
+    tail = np.cumsum(pmf[::-1])[::-1]
+    return np.r_[np.minimum(tail, 1.0), 0.0]
+
+
+def near_copy_rank(n: int, quantile: float, min_rank: int) -> int:
+    """k: the rank of the leave-one-out distance that sets t, from the training row count alone."""
+    return int(min(max(1, n), max(min_rank, int(np.ceil(quantile * (n + 1))))))
+
+
+def _loo_distances(points: np.ndarray) -> np.ndarray:
+    """Each point's distance to its nearest OTHER point (inf for a single point), in chunks."""
+    out = np.empty(len(points))
+    for sl in _chunks(len(points), len(points)):
+        d = euclidean_distances(points[sl], points)
+        d[np.arange(d.shape[0]), np.arange(sl.start, sl.start + d.shape[0])] = np.inf
+        out[sl] = d.min(axis=1) if len(points) > 1 else np.inf
+    return out
+
+
+def _near_copy_hit_chance(space: DistanceSpace, train_rows: pd.DataFrame, points: np.ndarray, observed: pd.DataFrame,
+                          t: float, max_rows: int, rng: np.random.Generator) -> np.ndarray:
+    """Per sampled training row: the chance that a near copy of it (one whole-number numeric column
+    +-1, the column and the sign drawn at random, kept within the site's observed range) falls below
+    ``t``. Rows without such a column are copied exactly (distance 0). Computed in the distance space:
+    the copy is the row's point moved by 1 / spread along that column's axis."""
+    n = len(points)
+    picked = np.sort(rng.choice(n, size=min(n, max_rows), replace=False))
+    numerical = list(space.num_)
+    whole = [c for c in numerical if train_rows[c].notna().any()
+             and np.all(np.mod(train_rows[c].dropna().to_numpy(dtype=np.float64), 1.0) == 0)]
+    if not whole or t <= _TIE:
+        return np.full(len(picked), 1.0 if t > _TIE else 0.0)
+    hits = np.zeros((len(picked), len(whole), 2))
+    allowed = np.zeros_like(hits, dtype=bool)
+    sub = points[picked]
+    d2 = euclidean_distances(sub, points, squared=True)
+    for a, c in enumerate(whole):
+        axis = 2 * numerical.index(c)  # DistanceSpace: [value, missing] per numerical column, in order
+        step = 1.0 / space.num_[c][1]
+        lo, hi = observed[c].min(), observed[c].max()
+        x = train_rows[c].to_numpy(dtype=np.float64)[picked]
+        for b, sign in enumerate((-1.0, 1.0)):
+            ok = ~np.isnan(x) & (x + sign >= lo) & (x + sign <= hi)
+            # |p + s e - q|^2 = |p - q|^2 + 2 s (p - q)_axis + s^2, with s = sign * step
+            shift = sign * step
+            moved = d2 + 2 * shift * (sub[:, [axis]] - points[:, axis][None, :]) + shift ** 2
+            near = np.sqrt(np.maximum(moved, 0.0)).min(axis=1)
+            hits[:, a, b] = near < t - _TIE
+            allowed[:, a, b] = ok
+    options = allowed.reshape(len(picked), -1)
+    chance = np.where(options.any(axis=1),
+                      (hits.reshape(len(picked), -1) * options).sum(axis=1) / np.maximum(options.sum(axis=1), 1),
+                      1.0)  # no column to move: an exact copy, at distance 0 < t
+    return chance
+
+
+def _near_copies(space: DistanceSpace, kinds: Kinds, train_rows: pd.DataFrame, train_points: np.ndarray,
+                 hold_points: np.ndarray, query_rows: pd.DataFrame, first: np.ndarray, observed: pd.DataFrame,
+                 opts: "DisclosureOptions", seed: int) -> NearCopies:
+    """The near-copy figure, its p-value and its power curve (see the module docstring).
+    ``first``: each query row's distance to its nearest training row among ``train_points``."""
+    n, m = len(train_points), len(query_rows)
+    k = near_copy_rank(n, opts.near_copy_quantile, opts.near_copy_min_rank)
+    loo = np.sort(_loo_distances(train_points))
+    t = float(loo[k - 1]) if n > 1 else 0.0
+    _, distinct = np.unique(row_hashes(query_rows, kinds), return_index=True)
+    hits = int(np.sum(first[distinct] < t - _TIE))
+    tail = near_copy_tail(m, n, k)
+    expected = k / (n + 1)
+    hold_rate = float(np.mean(_min_distances(train_points, hold_points) < t - _TIE)) if len(hold_points) else float("nan")
+    power = []
+    if opts.power_draws > 0 and n > 1:
+        rng = np.random.default_rng([seed, 5])
+        chance = _near_copy_hit_chance(space, train_rows, train_points, observed, t, opts.power_max_rows, rng)
+        for share in opts.power_shares:
+            copies = min(m, int(round(share * n)))
+            # Which rows are copied (from the measured ones, each chance the copy's column and sign draw),
+            # and how many of the other m - copies fresh rows fall below t (rate k / (n + 1)).
+            if copies <= len(chance):  # distinct rows, as a model that memorised them
+                rows = np.argsort(rng.random((opts.power_draws, len(chance))), axis=1)[:, :copies]
+            else:  # more copies than measured rows (a large site): the measured rows stand for the others
+                rows = rng.integers(0, len(chance), size=(opts.power_draws, copies))
+            counted = (rng.random(rows.shape) < chance[rows]).sum(axis=1) + rng.binomial(m - copies, expected,
+                                                                                          size=opts.power_draws)
+            reached = int(np.quantile(counted, 1.0 - opts.power, method="lower"))
+            power.append(PowerPoint(share=float(share), p_value=float(tail[min(reached, m + 1)]),
+                                    excess=float(reached / m - expected)))
+    return NearCopies(rate=hits / m, expected=expected, excess=hits / m - expected, p_value=float(tail[hits]),
+                      hits=hits, n_synthetic=m, n_reference=n, rank=k, threshold=round(t, 6),
+                      holdout_rate=hold_rate, power_level=opts.power, power=tuple(power))
 
 
 def _distance_chance(space: DistanceSpace, rows: pd.DataFrame, query_rows: pd.DataFrame, min_distance: np.ndarray,
@@ -221,14 +451,19 @@ def _histogram(values: dict[str, np.ndarray], bins: int) -> Histogram:
     return Histogram(edges=tuple(round(float(e), 6) for e in edges), series=series)
 
 
-def _risk(res) -> AttackRisk:
-    """An AttackRisk from anonymeter's ``EvaluationResults``."""
+def _risk(res, sizes: tuple[int, int] | None = None) -> AttackRisk:
+    """An AttackRisk from anonymeter's ``EvaluationResults``; ``sizes``: the rows (or queries) attacked on
+    each side, for the p-value (default: the attack counts)."""
     risk = res.risk()
+    p_value = None
+    if res.n_control is not None:
+        n_a, n_c = sizes or (int(res.n_attacks_ori), int(res.n_attacks_control))
+        p_value = _risk_p_value(res.n_success / res.n_attacks_ori, res.n_control / res.n_attacks_control, n_a, n_c)
     return AttackRisk(
         value=float(risk.value), ci_low=float(risk.ci[0]), ci_high=float(risk.ci[1]),
         attack_rate=float(res.attack_rate.value), baseline_rate=float(res.baseline_rate.value),
         control_rate=None if res.control_rate is None else float(res.control_rate.value),
-        n_attacks=int(res.n_attacks_ori),
+        n_attacks=int(res.n_attacks_ori), p_value=p_value,
     )
 
 
@@ -288,14 +523,14 @@ def _anonymeter(train, holdout, synthetic, kinds: Kinds, target: str | None, opt
     notes: list[str] = []
     out: dict[str, AttackRisk | None] = {}
 
-    def run(name, make):
+    def run(name, make, sizes=None):
         try:
             # anonymeter's linkability and inference attacks pick their targets with pandas' sample(),
             # i.e. numpy's global generator: seeded here (and restored after), or the same table scored
             # differently with the tests run before it (seen: inference risk 0.167 vs < 0.15 in CI).
             with warnings.catch_warnings(), _global_numpy_seed(seed):
                 warnings.simplefilter("ignore")
-                out[name] = _risk(make())
+                out[name] = _risk(make(), sizes)
         except Exception as e:  # recorded, and the gate fails closed on a missing figure
             out[name] = None
             notes.append(f"{name}: not measured ({type(e).__name__}: {e})")
@@ -319,7 +554,7 @@ def _anonymeter(train, holdout, synthetic, kinds: Kinds, target: str | None, opt
     run("inference", lambda: _every_row(InferenceEvaluator(
         attacked, syn, aux_cols=[c for c in cols if c != secret], secret=secret,
         regression=secret in kinds.numerical, n_attacks=max(len(attacked), len(control)),
-        control=control).evaluate(n_jobs=1), n_attacks))
+        control=control).evaluate(n_jobs=1), n_attacks), sizes=(len(attacked), len(control)))
     levels: dict[str, ChanceLevel | None] = {}
     if member is not None:  # then ``attacked`` and ``control`` hold every training and holdout row
         rows = pd.concat([attacked, control], ignore_index=True)
@@ -379,7 +614,11 @@ def evaluate_disclosure(
     rows = pd.concat([train, holdout], ignore_index=True)
     space = DistanceSpace(kinds).fit(rows)
     query_rows = subsample(synthetic, opts.max_query_rows, rng)
-    dcr_share, scan = _dcr(space, train, holdout, query_rows, opts, rng)
+    dcr_share, scan, train_rows, train_points, hold_points = _dcr(space, train, holdout, query_rows, opts, rng)
+    # Duplicated synthetic rows add no independent outcome: the null counts distinct rows.
+    n_distinct = int(len(np.unique(row_hashes(query_rows, kinds))))
+    dcr_null_sd = dcr_share_null_sd(n_distinct, min(len(holdout), opts.max_reference_rows))
+    near = _near_copies(space, kinds, train_rows, train_points, hold_points, query_rows, scan.first, rows, opts, seed)
     nndr = np.where(scan.second > 0, scan.first / np.where(scan.second > 0, scan.second, 1.0), 0.0)
     # Chance levels only where every row takes part in the figures (no subsample) and they matter:
     # at a large site they sit far inside the policy's bands, and the distances would cost most.
@@ -421,7 +660,9 @@ def evaluate_disclosure(
         singling_out=risks["singling_out"], linkability=risks["linkability"], inference=risks["inference"],
         dcr_histogram=_histogram({"synthetic to training": scan.equal_size, "synthetic to holdout": scan.d_hold},
                                  opts.histogram_bins),
-        mia_auc_null_sd=mia_null_sd, dcr_share_chance=dcr_chance, mia_auc_chance=mia_chance,
+        mia_auc_null_sd=mia_null_sd, dcr_share_null_sd=dcr_null_sd,
+        dcr_share_p=upper_p_value(dcr_share, 0.5, dcr_null_sd), mia_auc_p=upper_p_value(mia_auc, 0.5, mia_null_sd),
+        near_copies=near, dcr_share_chance=dcr_chance, mia_auc_chance=mia_chance,
         singling_out_chance=chances.get("singling_out"), linkability_chance=chances.get("linkability"),
         inference_chance=chances.get("inference"),
         n_query_rows=len(query_rows), n_mia_members=len(d_mem), n_mia_non_members=len(d_non), notes=tuple(notes),
