@@ -40,20 +40,24 @@ def _synthesizer(model):
 
 def evaluate(model, sites: Mapping, *, synthetic: pd.DataFrame | None = None, n: int | None = None,
              target: str | None = None, seed: int | None = None, transport: str = "inprocess",
-             quantile_map: bool = False):
+             quantile_map: bool = False, ledger_dir: str | os.PathLike | None = None):
     """Score a synthetic table at every site; returns ``evaluation.Evaluation`` (combined + per site).
 
     ``model``: the fitted synthesizer (or model file) whose job fixes the schema and each site's
     holdout split. ``synthetic``: the table to score (default: ``n`` rows sampled from the model,
     ``n`` defaulting to the sites' total training rows as the sites reported them; ``quantile_map``:
-    see ``FederatedSynthesizer.sample``).
+    see ``FederatedSynthesizer.sample``). Each site counts the evaluation against its
+    ``max_evaluations`` (``ledger_dir``: the sites' lasting ledgers, as in training; the site policies
+    come from ``sites`` as in ``FederatedSynthesizer``'s ``SiteSource``).
     """
     from fedtab.api import _make_worker, _site_source
 
     synth = _synthesizer(model)
     if synthetic is None:
         synthetic = synth.sample(default_rows(synth, n), seed=seed, quantile_map=quantile_map)
-    factories = {str(k): functools.partial(_make_worker, str(k), _site_source(k, v)) for k, v in sites.items()}
+    factories = {str(k): functools.partial(_make_worker, str(k), _site_source(k, v),
+                                           policy=synth._policy_of(str(k), v), ledger_dir=ledger_dir)
+                 for k, v in sites.items()}
 
     def ask(t):
         return evaluate_on(t, synth, synthetic, target=target)
@@ -94,7 +98,8 @@ def default_rows(synth, n: int | None = None) -> int:
 
 def release(model, sites: Mapping, out_dir: str | os.PathLike, *, policy=None, n: int | None = None,
             target: str | None = None, seed: int | None = None, transport: str = "inprocess",
-            model_path: str | os.PathLike | None = None, quantile_map: bool = False) -> ReleaseResult:
+            model_path: str | os.PathLike | None = None, quantile_map: bool = False,
+            ledger_dir: str | os.PathLike | None = None) -> ReleaseResult:
     """Sample, evaluate at the sites, apply the release gate, write the outputs.
 
     Always writes the report (HTML + JSON) and an audit record; writes the synthetic table only
@@ -103,7 +108,7 @@ def release(model, sites: Mapping, out_dir: str | os.PathLike, *, policy=None, n
     """
     synth = _synthesizer(model)
     table = synth.sample(default_rows(synth, n), seed=seed, quantile_map=quantile_map)
-    ev = evaluate(synth, sites, synthetic=table, target=target, seed=seed, transport=transport)
+    ev = evaluate(synth, sites, synthetic=table, target=target, seed=seed, transport=transport, ledger_dir=ledger_dir)
     return gate_and_write(synth, table, ev, out_dir, policy=policy, model_path=model_path)
 
 

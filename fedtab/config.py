@@ -158,7 +158,7 @@ def load_config(path: str | Path) -> RunConfig:
 
 _TOP = {"seed", "schema", "missing_markers", "holdout", "target", "site_column", "model", "privacy", "training",
         "sampling", "sites", "ledger_dir"}
-_SITE_POLICY_KEYS = ("max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp")
+_SITE_POLICY_KEYS = ("max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp", "max_evaluations")
 
 
 def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "config") -> RunConfig:

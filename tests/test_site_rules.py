@@ -151,3 +151,16 @@ def test_under_dp_a_site_sends_conformance_only_and_never_infers_a_schema():
     with pytest.raises(ConfigError, match="Under DP the consortium declares its schema"):
         fedtab.FederatedSynthesizer("ctgan", epsilon=1.0, rounds=1).fit(_sites())
     assert ENCODE == "encode"
+
+
+def test_evaluations_of_a_job_are_capped_and_counted_on_the_lasting_ledger(tmp_path):
+    policy = SitePolicy(max_evaluations=1)
+    synth = _fit(1.0, ledger_dir=tmp_path, site_policy=policy)
+    fedtab.evaluate(synth, _sites(), n=80, seed=1, ledger_dir=tmp_path)
+    lines = _book_lines(tmp_path, "cleveland")
+    assert [r["type"] for r in lines].count("evaluation") == 1
+    # Another table of the same job (another sampling seed) is another evaluation: refused past the cap.
+    with pytest.raises(PrivacyBudgetError, match="rule max_evaluations"):
+        fedtab.evaluate(synth, _sites(), n=80, seed=2, ledger_dir=tmp_path)
+    with pytest.raises(ConfigError, match="'max_evaluations' must be a whole number"):
+        SitePolicy(max_evaluations=-1)

@@ -49,7 +49,7 @@ def evaluate_cmd(
     synth = load(model)
     table = connectors.read_table(synthetic, schema=synth.schema_) if synthetic else None
     ev = evaluate(synth, dict(cfg.sites), synthetic=table, n=rows, target=target or cfg.target, seed=seed,
-                  transport=transport,
+                  transport=transport, ledger_dir=cfg.ledger_dir,
                   quantile_map=_quantile_map(cfg, quantile_map))
     ledger = {s: led.to_dict() for s, led in synth.privacy_ledger.items()}
     html = write_report(ev, output, ledger=ledger)
@@ -82,7 +82,7 @@ def release_cmd(
         with round_progress(not quiet) as on_event:
             synth = FederatedSynthesizer.from_config(cfg, transport=transport, progress=on_event).fit(dict(cfg.sites))
     result = release(synth, dict(cfg.sites), out, policy=policy, n=rows, target=target or cfg.target, seed=seed,
-                     transport=transport, model_path=model,
+                     transport=transport, model_path=model, ledger_dir=cfg.ledger_dir,
                      quantile_map=_quantile_map(cfg, quantile_map))
     print_verdict(result.verdict)
     for label, path in result.outputs.items():

@@ -9,6 +9,7 @@ Example (paths are relative to the file)::
     max_total_epsilon = 4.0                 # ... and any job that would take all its jobs past this
     # max_delta = 1e-5                      # the default; a job's delta must also be < 1 / (10 x rows)
     # allow_non_dp = false                  # the default: jobs without DP (exact statistics) are refused
+    # max_evaluations = 10                  # the default: synthetic tables of one job it scores
     superlink = "coordinator.example.org:9093"
     state_dir = "fedtab-site-state"         # lasting ledger of every job + replay cache + the site's log
                                             # (keep it: it is the site's memory of what it released)
@@ -31,7 +32,7 @@ from fedtab.errors import ConfigError
 
 from fedtab.privacy.book import SitePolicy
 
-_POLICY_KEYS = {"max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp"}
+_POLICY_KEYS = {"max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp", "max_evaluations"}
 _KEYS = {"name", "source", "table", "superlink", "state_dir", "tls", "auth", "port"} | _POLICY_KEYS
 
 

@@ -235,6 +235,9 @@ class SiteWorker:
         state["job"] = body["job"]
         state["schema"] = TableSchema.from_dict(body["schema"]).to_json()
         train, holdout = self._frames(state)
+        # Every evaluation reads the site's rows: counted against its max_evaluations for this job, on
+        # its lasting ledger, before the figures leave (sampling a new table does not reset it).
+        self.book(state).record_evaluation(job_key(body["job"]), self.policy)
         schema = TableSchema.from_json(state["schema"])
         return site_evaluation.evaluate_at_site(body, train=train, holdout=holdout, schema=schema,
                                                 seed=site_seed(state["job"]["seed"], self.name, 4), site=self.name)

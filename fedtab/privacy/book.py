@@ -16,6 +16,9 @@ the site releases anything for it, and a refusal names the rule it applied:
 * ``max_total_epsilon``: the epsilon of all jobs together (basic composition: epsilons and deltas
   add up). A job counts with its whole budget from its admission until it ends (its ledger was
   read back), then with what it spent;
+* ``max_evaluations`` (default 10): how many synthetic tables of one job the site scores against its
+  rows (``fedtab evaluate`` / ``release``: each figure it sends back is computed from its rows); every
+  evaluation is recorded before its reply leaves, so sampling again does not reset the count;
 * ``max_delta`` (default 1e-5): the largest delta a job may use; a job's delta must also stay
   below ``1 / (10 x the site's row count)``, checked against the site's DP row estimate plus two
   noise sds (:meth:`check_delta_for_rows`) before any release that reaches the coordinator.
@@ -39,6 +42,10 @@ BOOK_FILE = "ledger.jsonl"
 BOOK_FORMAT = "fedtab.site-ledger/1"
 DEFAULT_MAX_DELTA = 1e-5
 DELTA_ROWS_FACTOR = 10  # delta < 1 / (DELTA_ROWS_FACTOR x rows)
+DEFAULT_MAX_EVALUATIONS = 10  # tables of one job a site scores against its rows
+
+
+POLICY_KEYS = ("max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp", "max_evaluations")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +56,7 @@ class SitePolicy:
     max_total_epsilon: float | None = None
     max_delta: float = DEFAULT_MAX_DELTA
     allow_non_dp: bool = False
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS
 
     def __post_init__(self):
         problems = []
@@ -61,13 +69,15 @@ class SitePolicy:
             problems.append(f"'max_delta' must be a number in (0, 1). Got {d!r} instead.")
         if not isinstance(self.allow_non_dp, bool):
             problems.append(f"'allow_non_dp' must be true or false. Got {self.allow_non_dp!r} instead.")
+        m = self.max_evaluations
+        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+            problems.append(f"'max_evaluations' must be a whole number >= 0. Got {m!r} instead.")
         if problems:
             raise ConfigError("Invalid SitePolicy:\n" + "\n".join(f"  - {p}" for p in problems))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SitePolicy":
-        return cls(**{k: data[k] for k in ("max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp")
-                      if k in data})
+        return cls(**{k: data[k] for k in POLICY_KEYS if k in data})
 
 
 def job_key(job: dict[str, Any]) -> str:
@@ -171,6 +181,21 @@ class LedgerBook:
             raise PrivacyBudgetError(
                 f"site '{site}' refuses the job (rule max_delta: delta {delta:g} is not below 1 / (10 x the "
                 f"site's DP row estimate) = {cap:.3g}; lower 'privacy.delta'). Nothing was released.", public=True)
+
+    def evaluations(self, key: str) -> int:
+        return sum(1 for r in self._records if r["type"] == "evaluation" and r["job"] == key)
+
+    def record_evaluation(self, key: str, policy: SitePolicy) -> None:
+        """Count one evaluation of job ``key`` against ``policy.max_evaluations`` (refused past it),
+        recorded before the evaluation's reply can leave the site."""
+        with self._lock:
+            done = self.evaluations(key)
+            if done >= policy.max_evaluations:
+                raise PrivacyBudgetError(
+                    f"site '{self.site}' refuses to evaluate (rule max_evaluations: it has scored {done} table(s) of "
+                    f"this job, its limit is {policy.max_evaluations}; every evaluation reads its rows). Nothing "
+                    "was released.", public=True)
+            self._append({"type": "evaluation", "job": key})
 
     # -- writing ---------------------------------------------------------------------------------
     def record(self, key: str, ledger: PrivacyLedger) -> None:
