@@ -215,6 +215,10 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
     if not isinstance(markers, list) or not all(isinstance(m, str) for m in markers):
         problems.append(f"'missing_markers' must be a list of strings. Got {markers!r} instead.")
         markers = ["?"]
+    if privacy.epsilon is not None and not isinstance(schema, str):
+        problems.append("'schema' must name the consortium's schema file under DP (privacy.epsilon is set): sites "
+                        "never infer a schema for the coordinator; run 'fedtab schema infer' at a site, review it "
+                        "(declare public bounds and categories) and name it here")
     site_column = data.get("site_column")
     if site_column is not None and (not isinstance(site_column, str) or not site_column):
         problems.append(f"'site_column' must be a column name (e.g. \"hospital\"). Got {site_column!r} instead.")

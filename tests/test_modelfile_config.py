@@ -55,11 +55,11 @@ def test_foreign_files_are_refused(tmp_path):
 
 def test_config_resolves_paths_relative_to_the_file(tmp_path):
     (tmp_path / "job.toml").write_text(
-        'seed = 3\n[privacy]\nepsilon = 1.0\n[training]\nrounds = 2\n'
+        'seed = 3\nschema = "s.json"\n[privacy]\nepsilon = 1.0\n[training]\nrounds = 2\n'
         '[sites.a]\nsource = "a.csv"\n[sites.b]\nsource = "sqlite:///b.db"\ntable = "t"\n'
     )
     cfg = load_config(tmp_path / "job.toml")
-    assert cfg.sites["a"].source == str(tmp_path / "a.csv")
+    assert cfg.sites["a"].source == str(tmp_path / "a.csv") and cfg.schema_path == str(tmp_path / "s.json")
     assert cfg.sites["b"].source == "sqlite:///b.db" and cfg.sites["b"].table == "t"
     assert cfg.privacy.preprocessing_epsilon == pytest.approx(0.1) and cfg.training.rounds == 2 and cfg.seed == 3
 

@@ -164,3 +164,14 @@ def test_evaluations_of_a_job_are_capped_and_counted_on_the_lasting_ledger(tmp_p
         fedtab.evaluate(synth, _sites(), n=80, seed=2, ledger_dir=tmp_path)
     with pytest.raises(ConfigError, match="'max_evaluations' must be a whole number"):
         SitePolicy(max_evaluations=-1)
+
+
+def test_a_dp_run_configuration_without_a_schema_is_refused_before_any_work(tmp_path):
+    from fedtab.config import load_config
+
+    cfg = tmp_path / "job.toml"
+    cfg.write_text('[privacy]\nepsilon = 1.0\n[sites.a]\nsource = "a.csv"\n')
+    with pytest.raises(ConfigError, match="'schema' must name the consortium's schema file under DP"):
+        load_config(cfg)
+    cfg.write_text('[sites.a]\nsource = "a.csv"\n')  # without DP the sites may still agree on an inferred one
+    assert load_config(cfg).schema_path is None
