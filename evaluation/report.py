@@ -123,7 +123,47 @@ def _verdict_html(verdict: Any) -> str:
         f'<tr><td>{escape(c["name"])}</td><td class="n">{_num(c["value"])}</td><td>{escape(c["threshold"])}</td>'
         f'<td class="{"pass" if c["passed"] else "fail"}">{"pass" if c["passed"] else "FAIL"}</td>'
         f'<td>{escape(c["message"])}</td></tr>' for c in v["checks"])
-    return head + f"<table><tr><th>check</th><th>value</th><th>threshold</th><th>result</th><th>detail</th></tr>{rows}</table>"
+    return (head + f"<table><tr><th>check</th><th>value</th><th>threshold</th><th>result</th><th>detail</th></tr>{rows}"
+            "</table>" + _tests_html(v.get("tests")))
+
+
+def _tests_html(tests: Mapping[str, Any] | None) -> str:
+    """Every tested privacy figure at every site (value, p-value, the Holm level it was read at, band,
+    outcome) and each site's power, as the gate decided them."""
+    if not tests or not tests.get("tests"):
+        return ""
+    sites = list(dict.fromkeys(t["site"] for t in tests["tests"]))
+    checks = list(dict.fromkeys(t["check"] for t in tests["tests"]))
+    cell = {(t["check"], t["site"]): t for t in tests["tests"]}
+
+    def show(t):
+        word = "REFUSED" if t["refused"] else "significant, within band" if t["significant"] else "pass"
+        return (f"<td class='n {'fail' if t['refused'] else ''}'>{_num(t['value'])} (p {_p(t['p_value'])} vs "
+                f"{_p(t['holm_level'])}; band {t['band']:g}): {word}</td>")
+
+    rows = "".join(f"<tr><td>{escape(c)}</td>" + "".join(show(cell[(c, s)]) for s in sites) + "</tr>" for c in checks)
+    power = tests.get("power") or {}
+
+    def caught(x):
+        if x is None:
+            return "<td class='n'>–</td>"
+        share = "–" if x["share"] is None else f"{x['share']:g}"
+        at = f" ({x['power']:g})" if x.get("power") else ""
+        return (f"<td class='n {'' if x['powered'] else 'fail'}'>{share}{at}"
+                f"{'' if x['powered'] else ' UNDERPOWERED'}</td>")
+
+    if power:
+        rows += "<tr><td>memorised share caught (power)</td>" + "".join(caught(power.get(s)) for s in sites) + "</tr>"
+    return (f"<p class='muted'>Privacy figures tested with Holm's step-down procedure over {tests['n_tests']} "
+            f"tests (every site x tested figure) at family-wise level {tests['family_alpha']:g}: a figure is refused "
+            "where it is over its band and significant. Each p-value is one-sided under a null fixed by the site's sizes "
+            "(training, holdout and synthetic rows), never raised by the data. The power row: the smallest share of "
+            "training rows planted as near copies that the near-copy check refuses with the power shown.</p>"
+            "<table><tr><th>figure</th>" + "".join(f"<th>{escape(s)}</th>" for s in sites) + f"</tr>{rows}</table>")
+
+
+def _p(v: Any) -> str:
+    return "–" if v is None else f"{v:.2g}"
 
 
 def _figures_html(ev: Evaluation) -> str:
@@ -211,11 +251,18 @@ def _site_html(name: str, s) -> str:
                     + "; ".join(f"{what} {value:.3f} against {c.mean:.3f} &plusmn; {c.sd:.3f} "
                                 f"({'%+.1f sd, ' % ((value - c.mean) / c.sd) if c.sd > 0 else ''}"
                                 f"chance level {c.level:.3f})" for what, value, c in levels)
-                    + ". The chance level is what 1 re-split in 100 reaches; a policy with chance_levels (the "
-                    "default) reads each privacy threshold here as the larger of its value and this level.")
+                    + ". The chance level is what 1 re-split in 100 reaches: a diagnostic, no threshold reads it "
+                    "(it rises with memorisation).")
     elif d.mia_auc_null_sd:
         said.append(f"The membership-inference AUC, {d.mia_auc:.3f}, would read 0.5 &plusmn; {d.mia_auc_null_sd:.3f} "
                     f"were membership random ({(d.mia_auc - 0.5) / d.mia_auc_null_sd:+.1f} sd).")
+    near = d.near_copies
+    if near is not None:
+        said.insert(0, f"Near copies: {near.hits} of {near.n_synthetic} synthetic rows (distinct) lie closer to a "
+                       "training row than this site's training rows come to one another (t = "
+                       f"{near.threshold:.3g}, of rank {near.rank} among {near.n_reference} leave-one-out distances): "
+                       f"rate {near.rate:.3f} against {near.expected:.3f} for fresh rows (holdout rows here: "
+                       f"{near.holdout_rate:.3f}), excess {near.excess:+.3f}, p = {near.p_value:.2g}.")
     spread = f"<p class='muted'>{' '.join(said)}</p>" if said else ""
     return (f'<h2>Site {escape(name)}</h2><div class="charts">{dcr}{heat}</div>{spread}'
             f"<h3>Per-column distributions, real vs synthetic (frequencies)</h3><div class='charts'>{marg}</div>"

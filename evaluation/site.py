@@ -70,34 +70,8 @@ class SiteEvaluation:
             "utility.real_score": u.real_score if u else None,
             "utility.synthetic_score": u.synthetic_score if u else None,
             "utility.ratio": u.ratio if u else None,
-            "disclosure.dcr_share": d.dcr_share,
-            "disclosure.exact_copy_rate": d.exact_copy_rate,
-            "disclosure.natural_copy_rate": d.natural_copy_rate,
-            "disclosure.nndr_median": d.nndr_median,
-            "disclosure.mia_auc": d.mia_auc,
-            "disclosure.mia_auc_null_sd": d.mia_auc_null_sd,
-            "disclosure.mia_tpr_at_fpr_10": d.mia_tpr_at_fpr_10,
         }
-        for name in ("singling_out", "linkability", "inference"):
-            r = getattr(d, name)
-            out[f"disclosure.{name}_risk"] = r.value if r else None
-            out[f"disclosure.{name}_risk_ci_high"] = r.ci_high if r else None
-        near = d.near_copies
-        out.update({
-            "disclosure.near_copy_rate": near.rate if near else None,
-            "disclosure.near_copy_expected": near.expected if near else None,
-            "disclosure.near_copy_excess": near.excess if near else None,
-            "disclosure.dcr_share_null_sd": d.dcr_share_null_sd,
-        })
-        # One-sided p-values under size-only nulls: what the release gate tests (Holm across sites and checks).
-        for figure, _, p_value in d.tested():
-            out[f"disclosure.{figure}_p"] = p_value
-        # Chance levels (evaluation.chance): "<figure>_chance" is what random re-splits of the site's rows
-        # reach 1 time in 100, with their mean and sd beside it. Diagnostics: no threshold reads them.
-        for figure, _, c in d.gated():
-            out[f"disclosure.{figure}_chance"] = c.level if c else None
-            out[f"disclosure.{figure}_chance_mean"] = c.mean if c else None
-            out[f"disclosure.{figure}_chance_sd"] = c.sd if c else None
+        out.update(d.figures())
         return out
 
     def to_dict(self, *, counts: bool = True) -> dict:

@@ -1,11 +1,18 @@
 """Release gate: policy + privacy ledger + evaluation -> a verdict with every check, and an audit record.
 
 ``decide`` is pure logic over plain figures. Fidelity checks read the row-weighted mean over sites;
-privacy checks read every site, because a leak at one site is a leak: each site's figure against its
-own limit, the policy's threshold or (``chance_levels``) the site's chance level if higher, i.e. what
-random re-splits of that site's rows reach 1 time in 100 (``evaluation.chance``). A figure that was
-not measured fails its check (the gate fails closed). ``enforce`` turns a refusal into
-``ReleaseRefusedError``.
+privacy checks read every site, because a leak at one site is a leak. No threshold is ever raised by
+the data. The tested privacy figures (DCR share, near-copy excess, membership AUC, singling-out,
+linkability and inference risks) each come from the site with a one-sided p-value under a null fixed
+by the site's sizes alone (``evaluation.disclosure``). A figure at a site is refused when it is over the
+policy's band AND significant under Holm's step-down procedure over every (site, tested figure) pair at
+family-wise level ``family_alpha``: a table that never saw the sites' rows is refused at most
+``family_alpha`` of the time, however many sites and checks (Holm releases exactly when Bonferroni at
+``family_alpha / tests`` does; it names more of the failed checks). The exact-copy rate and the lower
+DCR bound are plain thresholds. Where the near-copy check cannot catch the policy's memorised share with
+the policy's power at a site, the policy's ``underpowered`` rule decides (default: DP within
+``max_epsilon_per_site`` or refused). A figure that was not measured fails its check (the gate fails
+closed). ``enforce`` turns a refusal into ``ReleaseRefusedError``.
 """
 
 from __future__ import annotations
@@ -29,10 +36,18 @@ from fedtab.schema import atomic_write_text
 AUDIT_FORMAT = "fedtab.audit/1"
 _SECTIONS = {
     "fidelity": ("min_quality", "max_detection_auc"),
-    "disclosure": ("dcr_share_min", "dcr_share_max", "max_exact_copy_rate", "max_mia_auc",
-                   "max_singling_out_risk", "max_linkability_risk", "max_inference_risk", "chance_levels"),
+    "disclosure": ("dcr_share_min", "dcr_share_max", "max_exact_copy_rate", "max_near_copy_excess", "max_mia_auc",
+                   "max_singling_out_risk", "max_linkability_risk", "max_inference_risk", "family_alpha",
+                   "required_memorised_share", "required_power", "underpowered"),
     "privacy": ("require_dp", "max_epsilon_per_site"),
 }
+# Keys of earlier policies that no longer exist, and why (a policy naming one is refused, not ignored).
+_REMOVED = {
+    "chance_levels": "removed: a threshold is never raised by the data (a site's chance level rose with "
+                     "memorisation); each privacy figure is now tested against a null fixed by the site's sizes, "
+                     "false alarms controlled across sites and checks by family_alpha",
+}
+UNDERPOWERED_RULES = ("dp_only", "refuse")
 
 
 @dataclass(frozen=True)
@@ -48,7 +63,11 @@ class ReleasePolicy:
     max_singling_out_risk: float = 0.10
     max_linkability_risk: float = 0.10
     max_inference_risk: float = 0.15
-    chance_levels: bool = True  # a privacy threshold at a site: the larger of it and the site's chance level
+    max_near_copy_excess: float = 0.02
+    family_alpha: float = 0.10  # family-wise false-alarm rate over every (site, tested figure) pair (Holm)
+    required_memorised_share: float = 0.20  # a memorised share every site's checks must catch ...
+    required_power: float = 0.90  # ... with this power; else the ``underpowered`` rule
+    underpowered: str = "dp_only"  # "dp_only": such a site passes only under DP within max_epsilon_per_site
     require_dp: bool = True
     max_epsilon_per_site: float = 10.0
 
@@ -66,6 +85,9 @@ class ReleasePolicy:
                 problems.append(f"[{section}] must be a table of keys, got {body!r}")
                 continue
             for key, value in body.items():
+                if key in _REMOVED:
+                    problems.append(f"[{section}] {key}: {_REMOVED[key]}; delete the key")
+                    continue
                 if key not in _SECTIONS[section]:
                     problems.append(f"[{section}] unknown key '{key}'; expected one of {list(_SECTIONS[section])}")
                     continue
@@ -73,7 +95,7 @@ class ReleasePolicy:
                 if problem:
                     problems.append(f"[{section}] {key} = {value!r}: expected {problem}")
                 else:
-                    values[key] = value if key in _BOOLEAN_KEYS else float(value)
+                    values[key] = value if key in _BOOLEAN_KEYS or key in _STRING_KEYS else float(value)
         if not problems:
             lo = values.get("dcr_share_min", cls.dcr_share_min)
             hi = values.get("dcr_share_max", cls.dcr_share_max)
@@ -110,17 +132,24 @@ class ReleasePolicy:
         return {section: {k: flat[k] for k in keys} for section, keys in _SECTIONS.items()}
 
 
-_BOOLEAN_KEYS = ("require_dp", "chance_levels")
+_BOOLEAN_KEYS = ("require_dp",)
+_STRING_KEYS = ("underpowered",)
 
 
 def _check_value(key: str, value: Any) -> str | None:
     """What is expected of ``value`` for ``key``, or None when it is fine."""
     if key in _BOOLEAN_KEYS:
         return None if isinstance(value, bool) else "true or false"
+    if key == "underpowered":
+        return None if value in UNDERPOWERED_RULES else f"one of {list(UNDERPOWERED_RULES)}"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return "a finite number"
     if key == "max_epsilon_per_site":
         return None if value > 0 else "a number > 0"
+    if key in ("family_alpha", "required_power"):
+        return None if 0 < value < 1 else "a number strictly between 0 and 1"
+    if key == "required_memorised_share":
+        return None if 0 < value <= 1 else "a share in (0, 1]"
     if key in ("max_detection_auc", "max_mia_auc"):
         return None if 0.5 <= value <= 1 else "an AUC in [0.5, 1] (0.5 = no signal)"
     return None if 0 <= value <= 1 else "a number in [0, 1]"
@@ -139,13 +168,16 @@ class Check:
 class Verdict:
     released: bool
     checks: tuple[Check, ...]
+    # How the tested privacy figures were decided: method, family-wise alpha, number of tests, every
+    # (check, site) with its value, p-value, band and outcome, and each site's memorised share caught.
+    tests: dict | None = None
 
     @property
     def failed(self) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if not c.passed)
 
     def to_dict(self) -> dict:
-        return {"released": self.released, "checks": [asdict(c) for c in self.checks]}
+        return {"released": self.released, "checks": [asdict(c) for c in self.checks], "tests": self.tests}
 
 
 def _check(name: str, value: float | None, *, low: float | None = None, high: float | None = None,
@@ -159,15 +191,19 @@ def _check(name: str, value: float | None, *, low: float | None = None, high: fl
     return Check(name, float(value), threshold, ok, f"{what} is {value:.3f} at {where}, {verb} {threshold}.")
 
 
-def _excess_copies(evaluation: Evaluation) -> tuple[float | None, str]:
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _excess_copies(figures: Mapping[str, Mapping[str, Any]]) -> tuple[float | None, str]:
     worst, where = None, ""
-    for name, f in evaluation.site_figures().items():
+    for name, f in figures.items():
         rate, natural = f.get("disclosure.exact_copy_rate"), f.get("disclosure.natural_copy_rate")
-        if rate is None or natural is None:
+        if _missing(rate) or _missing(natural):
             return None, f"site '{name}'"
         excess = max(0.0, rate - natural)
         if worst is None or excess > worst:
-            worst, where = excess, f"site '{name}' (worst of {len(evaluation.sites)}; {rate:.3f} copied vs {natural:.3f} natural)"
+            worst, where = excess, f"site '{name}' (worst of {len(figures)}; {rate:.3f} copied vs {natural:.3f} natural)"
     return worst, where
 
 
@@ -182,59 +218,172 @@ def _quality_check(p: ReleasePolicy, evaluation: Evaluation) -> Check:
     return _check("quality", evaluation.figures.get("fidelity.quality"), low=p.min_quality, what="Quality score")
 
 
+# The tested privacy checks: (check name, figure in a site's figures without "disclosure.", policy band
+# attribute, what it is). Each figure comes with "disclosure.<figure>_p", its one-sided p-value.
+TESTED_CHECKS = (
+    ("dcr_share", "dcr_share", "dcr_share_max", "DCR share"),
+    ("near_copies", "near_copy_excess", "max_near_copy_excess", "Near-copy excess"),
+    ("mia_auc", "mia_auc", "max_mia_auc", "Membership-inference AUC"),
+    ("singling_out_risk", "singling_out_risk", "max_singling_out_risk", "Singling-out risk"),
+    ("linkability_risk", "linkability_risk", "max_linkability_risk", "Linkability risk"),
+    ("inference_risk", "inference_risk", "max_inference_risk", "Attribute-inference risk"),
+)
+
+
+def holm(p_values: Mapping[Any, float | None], alpha: float) -> dict[Any, tuple[bool, float]]:
+    """Holm's step-down procedure: each key -> (rejected, the level its p-value was read against). The
+    i-th smallest of m p-values is read against alpha / (m - i + 1) while every smaller one was
+    rejected; the first that is not stops the procedure (later ones keep the level they would have
+    had). Family-wise error <= alpha under any dependence. A missing p-value counts as 0 (rejected: the
+    gate fails closed)."""
+    p = {k: (0.0 if _missing(v) else float(v)) for k, v in p_values.items()}
+    order = sorted(p, key=lambda k: (p[k], str(k)))
+    m, out, going = len(order), {}, True
+    for i, key in enumerate(order):
+        level = alpha / (m - i)
+        going = going and p[key] <= level
+        out[key] = (going, level)
+    return out
+
+
+def privacy_tests(policy: ReleasePolicy, figures: Mapping[str, Mapping[str, Any]]) -> tuple[list[Check], dict]:
+    """The tested privacy checks over every site's flat figures (``SiteEvaluation.figures()`` or
+    ``DisclosureResult.figures()``): one Check per figure, and the record of every (check, site) test.
+
+    A (check, site) pair is refused when Holm rejects its p-value at ``family_alpha`` over all
+    sites x tested checks AND its figure is over the policy's band: at a site of thousands of rows the
+    band decides (the figure is significant long before it reaches the band), at a small site the
+    size-based null does (a figure over the band that chance reaches there is no evidence). Equivalently
+    each threshold is the larger of the band and the null's quantile at the Holm level: it depends on
+    the site's sizes and on the family, never on a figure of the table."""
+    p, sites = policy, list(figures)
+    p_values = {(check, s): figures[s].get(f"disclosure.{fig}_p") for check, fig, _, _ in TESTED_CHECKS for s in sites}
+    decided = holm(p_values, p.family_alpha)
+    n_tests = len(p_values)
+    record = {"method": "holm", "family_alpha": p.family_alpha, "n_tests": n_tests,
+              "first_level": p.family_alpha / n_tests if n_tests else None, "tests": []}
+    checks = []
+    for check, fig, band_key, what in TESTED_CHECKS:
+        band = getattr(p, band_key)
+        threshold = f"<= {band:g}, or not significant (Holm, family-wise {p.family_alpha:g}, {n_tests} tests)"
+        rows = []
+        for s in sites:
+            value, pv = figures[s].get(f"disclosure.{fig}"), figures[s].get(f"disclosure.{fig}_p")
+            rejected, level = decided[(check, s)]
+            measured = not _missing(value) and not _missing(pv)
+            refused = not measured or (rejected and float(value) > band)
+            rows.append((s, None if _missing(value) else float(value), None if _missing(pv) else float(pv), level,
+                         rejected, refused, measured))
+            record["tests"].append({"check": check, "site": s, "value": rows[-1][1], "p_value": rows[-1][2],
+                                    "band": band, "holm_level": level, "significant": rejected and measured,
+                                    "refused": refused})
+        missing = [r[0] for r in rows if not r[6]]
+        if missing or not rows:
+            checks.append(Check(check, None, threshold, False,
+                                f"{what} or its p-value was not measured at site(s) {missing or 'any'}; "
+                                "the gate fails closed."))
+            continue
+        refused = [r for r in rows if r[5]]
+        s, value, pv, level, rejected, _, _ = min(refused or rows, key=lambda r: (r[2], r[0]))
+        verdict = ("over the band and significant: refused" if refused else
+                   "within the band" if value <= band else "over the band but within chance at this site's size")
+        message = (f"{what} is {value:.3f} at site '{s}' ({'refused' if refused else 'most significant'} of "
+                   f"{len(rows)}; band {band:g}), p = {pv:.2g} against Holm level {level:.2g}: {verdict}.")
+        if refused and len(refused) > 1:
+            message += " Also refused at " + ", ".join(f"'{r[0]}' ({r[1]:.3f}, p = {r[2]:.2g})" for r in refused
+                                                      if r[0] != s) + "."
+        checks.append(Check(check, value, threshold, not refused, message))
+    return checks, record
+
+
+def memorised_share_caught(policy: ReleasePolicy, near_copies: Any, n_tests: int) -> float | None:
+    """The smallest planted memorised share (``NearCopies.power``) the near-copy check refuses with the
+    power it was read at, at the first Holm level ``family_alpha / n_tests`` (the level any one test
+    must reach when nothing else is refused) and over the band; None if no share up to the largest."""
+    level = policy.family_alpha / max(1, n_tests)
+    caught = [pt.share for pt in near_copies.power if pt.p_value <= level and pt.excess > policy.max_near_copy_excess]
+    return min(caught) if caught else None
+
+
+def power_check(policy: ReleasePolicy, near_copies: Mapping[str, Any], eps: Mapping[str, float],
+                n_tests: int) -> tuple[Check, dict]:
+    """Can every site's checks catch the policy's memorised share with its power? A site that cannot
+    (too few rows: no split-based figure, and few near copies, stand out there) is decided by the
+    policy's ``underpowered`` rule: "dp_only" (default) passes it only when it trained under DP within
+    ``max_epsilon_per_site``, "refuse" refuses it. Never passes a site on its figures alone."""
+    p = policy
+    otherwise = f"DP with epsilon <= {p.max_epsilon_per_site:g}" if p.underpowered == "dp_only" else "refused"
+    threshold = (f"memorised share {p.required_memorised_share:g} caught with power {p.required_power:g} at every "
+                 f"site, else {otherwise}")
+    record, notes, failed, worst = {}, [], [], None
+    for s, near in near_copies.items():
+        if near is None or not near.power:
+            record[s] = {"share": None, "power": None, "powered": False, "passed": False}
+            failed.append(s)
+            notes.append(f"site '{s}': the near-copy check's power was not measured (the gate fails closed)")
+            worst = math.inf
+            continue
+        share = memorised_share_caught(p, near, n_tests)
+        powered = (share is not None and share <= p.required_memorised_share + 1e-12
+                   and near.power_level >= p.required_power - 1e-12)
+        e = eps.get(s)
+        dp = e is not None and math.isfinite(float(e)) and 0 < float(e) <= p.max_epsilon_per_site
+        passed = powered or (p.underpowered == "dp_only" and dp)
+        record[s] = {"share": share, "power": near.power_level, "powered": powered, "passed": passed}
+        worst = max(worst if worst is not None else 0.0, math.inf if share is None else share)
+        caught = "no share up to 100%" if share is None else f"a memorised share of {share:g}"
+        if powered:
+            notes.append(f"'{s}' {caught}")
+        else:
+            why = ("" if near.power_level >= p.required_power - 1e-12 else
+                   f"; its power was read at {near.power_level:g}, below the policy's {p.required_power:g}")
+            rule = (f"passes under DP (epsilon {float(e):g} <= {p.max_epsilon_per_site:g})" if passed else
+                    "refused: the policy refuses underpowered sites" if p.underpowered == "refuse" else
+                    f"refused: not trained under DP within epsilon {p.max_epsilon_per_site:g}")
+            notes.append(f"'{s}' catches {caught} only (required {p.required_memorised_share:g}){why}: "
+                         f"UNDERPOWERED, {rule}")
+            if not passed:
+                failed.append(s)
+    value = None if worst is None or math.isinf(worst) else float(worst)
+    message = (f"Near copies of a share of the training rows planted at each site are caught with power "
+               f"{p.required_power:g} (at Holm's first level {p.family_alpha / max(1, n_tests):.2g}): "
+               + "; ".join(notes) + ".")
+    return Check("memorisation_power", value, threshold, not failed, message), record
+
+
 def decide(policy: ReleasePolicy, evaluation: Evaluation, ledger_epsilons: Mapping[str, float]) -> Verdict:
     """Run every check of ``policy``; the table is released only if all pass."""
     p, fig = policy, evaluation.figures
+    figures = evaluation.site_figures()
     checks = [
         _quality_check(p, evaluation),
         _check("detection_auc", fig.get("fidelity.detection_auc"), high=p.max_detection_auc,
                what="Real-vs-synthetic detection AUC"),
     ]
-    checks.append(_site_limit_check(p, evaluation, "dcr_share", p.dcr_share_max, "DCR share", low=p.dcr_share_min))
-    v, w = _excess_copies(evaluation)
+    v, w = _excess_copies(figures)
     checks.append(_check("exact_copies", v, high=p.max_exact_copy_rate, where=w,
                          what="Excess exact-copy rate of training rows"))
-    for name, limit, what in (
-        ("mia_auc", p.max_mia_auc, "Membership-inference AUC"),
-        ("singling_out_risk", p.max_singling_out_risk, "Singling-out risk"),
-        ("linkability_risk", p.max_linkability_risk, "Linkability risk"),
-        ("inference_risk", p.max_inference_risk, "Attribute-inference risk"),
-    ):
-        checks.append(_site_limit_check(p, evaluation, name, limit, what))
+    checks.append(_dcr_low_check(p, figures))
+    tested, record = privacy_tests(p, figures)
+    checks += tested
+    power, record["power"] = power_check(p, {s: e.disclosure.near_copies for s, e in evaluation.sites.items()},
+                                         ledger_epsilons, record["n_tests"])
+    checks.append(power)
     checks += _privacy_checks(p, list(evaluation.sites), ledger_epsilons)
-    return Verdict(released=all(c.passed for c in checks), checks=tuple(checks))
+    return Verdict(released=all(c.passed for c in checks), checks=tuple(checks), tests=record)
 
 
-def _site_limit_check(p: ReleasePolicy, evaluation: Evaluation, name: str, limit: float, what: str, *,
-                      low: float | None = None) -> Check:
-    """A privacy figure at every site against ``limit`` (and, for a band, ``low``: read off the lowest
-    site). With ``chance_levels``, a site's upper limit is the larger of ``limit`` and its
-    chance level (``evaluation.chance``: what random re-splits of its rows reach 1 time in 100); a
-    site that measured none keeps ``limit``. The check shows the site closest to (or furthest over) its
-    limit; a site without the figure fails it (the gate fails closed)."""
-    threshold = (f"in [{low:g}, {limit:g}]" if low is not None else f"<= {limit:g}") + \
-        (" or the site's chance level" if p.chance_levels else "")
-    figures = evaluation.site_figures()
-    missing = [s for s, f in figures.items() if f.get(f"disclosure.{name}") is None]
-    if missing or not figures:
-        return Check(name, None, threshold, False, f"{what} was not measured at site(s) {missing or 'any'}; "
-                                                   "the gate fails closed.")
-    limits = {}
-    for site, f in figures.items():
-        level = f.get(f"disclosure.{name}_chance") if p.chance_levels else None
-        limits[site] = max(limit, level) if level is not None else limit
-    site = max(figures, key=lambda s: figures[s][f"disclosure.{name}"] - limits[s])
-    value, at = float(figures[site][f"disclosure.{name}"]), limits[site]
-    lowest = min(float(f[f"disclosure.{name}"]) for f in figures.values())
-    ok = value <= at and (low is None or lowest >= low)
-    if low is not None and lowest < low:
-        value = float(lowest)
-        message = f"{what} is {lowest:.3f} at the lowest site, below {low:g} (training and holdout rows swapped?)."
-    else:
-        raised = "" if at == limit else f", its chance level {at:.3f} at this site ({limit:g} in the policy)"
-        message = (f"{what} is {value:.3f} at site '{site}' (nearest its limit of {len(figures)}); limit "
-                   f"{at:.3f}{raised}: {'within' if ok else 'over'} it.")
-    return Check(name, value, threshold, ok, message)
+def _dcr_low_check(p: ReleasePolicy, figures: Mapping[str, Mapping[str, Any]]) -> Check:
+    """The lower DCR bound: a plain threshold (not a privacy test). Far below 0.5 the synthetic rows sit
+    on the holdout rows: training and holdout rows swapped, or a table made of the holdout's rows."""
+    values = {s: f.get("disclosure.dcr_share") for s, f in figures.items()}
+    missing = [s for s, v in values.items() if _missing(v)]
+    if missing or not values:
+        return Check("dcr_share_low", None, f">= {p.dcr_share_min:g}", False,
+                     f"DCR share was not measured at site(s) {missing or 'any'}; the gate fails closed.")
+    s = min(values, key=values.get)
+    return _check("dcr_share_low", values[s], low=p.dcr_share_min, where=f"site '{s}' (lowest of {len(values)})",
+                  what="DCR share (below it: training and holdout rows swapped, or a table of holdout rows)")
 
 
 def _privacy_checks(p: ReleasePolicy, sites: list[str], eps: Mapping[str, float]) -> list[Check]:
@@ -327,4 +476,5 @@ def write_audit(record: Mapping[str, Any], path: str | os.PathLike) -> Path:
     return atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
 
 
-__all__ = ["Check", "ReleasePolicy", "Verdict", "audit_record", "decide", "enforce", "write_audit"]
+__all__ = ["Check", "ReleasePolicy", "TESTED_CHECKS", "Verdict", "audit_record", "decide", "enforce", "holm",
+           "memorised_share_caught", "power_check", "privacy_tests", "write_audit"]

@@ -96,7 +96,7 @@ def lenient_policy(tmp_path):
     policy.write_text(
         "[fidelity]\nmin_quality = 0.0\nmax_detection_auc = 1.0\n"
         "[disclosure]\ndcr_share_min = 0.0\ndcr_share_max = 1.0\nmax_exact_copy_rate = 1.0\nmax_mia_auc = 1.0\n"
-        "max_singling_out_risk = 1.0\nmax_linkability_risk = 1.0\nmax_inference_risk = 1.0\n")
+        "max_singling_out_risk = 1.0\nmax_linkability_risk = 1.0\nmax_inference_risk = 1.0\nmax_near_copy_excess = 1.0\n")
     return policy
 
 

@@ -186,7 +186,7 @@ def test_mia_null_sd_is_the_spread_of_the_auc_under_random_membership():
 def test_copied_training_rows_are_flagged_by_every_disclosure_figure():
     f = copying_evaluation().figures()
     assert f["disclosure.exact_copy_rate"] == 1.0
-    assert f["disclosure.natural_copy_rate"] == 0.0
+    assert f["disclosure.natural_copy_rate"] == pytest.approx(2 / 690)  # one pair of identical records among 690
     assert f["disclosure.nndr_median"] == 0.0
     assert f["disclosure.dcr_share"] > 0.65
     assert f["disclosure.mia_auc"] > 0.65  # half the members were copied
@@ -329,3 +329,89 @@ def test_detection_is_measured_when_a_column_is_missing_on_every_row():
     without = replace(kinds, numerical=tuple(c for c in kinds.numerical if c != numerical))
     assert np.isfinite(auc)
     assert auc == pytest.approx(detection_auc(real.drop(columns=numerical), synth.drop(columns=numerical), without, seed=0))
+
+
+def _site_sized(seed: int = 0):
+    """Switzerland's sizes from real rows: 98 training, 25 holdout rows, and a pool of other rows."""
+    train, holdout, other = (to_plain(f, HEART_SCHEMA) for f in heart_splits(seed))
+    return train.iloc[:98].reset_index(drop=True), holdout.iloc[:25].reset_index(drop=True), other
+
+
+def test_near_copy_check_refuses_planted_near_copies_and_passes_tables_that_never_saw_the_rows():
+    """At Switzerland's sizes: near copies (one integer column +-1) of 20% of the training rows among
+    resampled holdout rows stand out far beyond Holm's first level over 4 sites x 6 tests (0.1 / 24),
+    while the DCR share dilutes them; the resampled holdout, and fresh rows, read as fresh rows."""
+    from evaluation.disclosure import DisclosureOptions, evaluate_disclosure
+    from evaluation.planting import planted_table
+
+    kinds, opts = kinds_of(HEART_SCHEMA), DisclosureOptions(anonymeter=False, resplits=0)
+    for seed in (0, 1, 2):
+        train, holdout, other = _site_sized(seed)
+        rng = np.random.default_rng(seed)
+        planted = planted_table(train, holdout, 0.2, 98, rng, schema=HEART_SCHEMA)
+        near = evaluate_disclosure(train, holdout, planted, kinds, seed=seed, options=opts)
+        assert near.near_copies.p_value < 0.1 / 24 and near.near_copies.excess > 0.15, seed
+        assert near.exact_copy_rate == 0.0 and near.dcr_share < 0.6  # no exact copy; the DCR share misses them
+        for table in (holdout.iloc[rng.choice(25, size=98)], other.iloc[:98]):
+            fresh = evaluate_disclosure(train, holdout, table.reset_index(drop=True), kinds, seed=seed, options=opts)
+            assert fresh.near_copies.p_value > 0.05 and fresh.near_copies.excess < 0.02, seed
+    # Every near copy counts once however often it is repeated; exact copies are near copies too.
+    train, holdout, _ = _site_sized()
+    copies = evaluate_disclosure(train, holdout, train.iloc[:20].reset_index(drop=True), kinds, seed=0, options=opts)
+    repeated = evaluate_disclosure(train, holdout, pd.concat([train.iloc[:20]] * 3, ignore_index=True), kinds, seed=0,
+                                   options=opts)
+    assert copies.near_copies.hits == repeated.near_copies.hits == 20
+
+
+def test_near_copy_p_value_is_exact_for_rows_exchangeable_with_the_reference():
+    """How many of m fresh values fall below the k-th smallest of n reference values: simulated
+    against the negative hypergeometric tail the p-value reads."""
+    from evaluation.disclosure import near_copy_rank, near_copy_tail
+
+    rng = np.random.default_rng(0)
+    m, n, k = 60, 98, 3
+    t = np.sort(rng.random((50_000, n)), axis=1)[:, k - 1]
+    below = (rng.random((50_000, m)) < t[:, None]).sum(axis=1)
+    tail = near_copy_tail(m, n, k)
+    for c in (1, 3, 6, 9):
+        assert np.mean(below >= c) == pytest.approx(tail[c], abs=0.004), c
+    assert tail[0] == 1.0 and tail[m + 1] == 0.0 and np.all(np.diff(tail) <= 0)
+    # k from the number of training rows alone: 2% of them, at least 3.
+    assert (near_copy_rank(98, 0.02, 3), near_copy_rank(242, 0.02, 3), near_copy_rank(5000, 0.02, 3)) == (3, 5, 101)
+
+
+def test_near_copy_power_reads_the_site_s_rows_only():
+    """The power curve plants copies of the training rows into fresh rows: it is the same whatever
+    synthetic table is scored, rises with the planted share, and at Switzerland's sizes catches 20%
+    (at 0.1 / 24) in 90% of its plantings."""
+    from evaluation.disclosure import DisclosureOptions, evaluate_disclosure
+
+    train, holdout, other = _site_sized()
+    kinds, opts = kinds_of(HEART_SCHEMA), DisclosureOptions(anonymeter=False, resplits=0)
+    a = evaluate_disclosure(train, holdout, other.iloc[:98], kinds, seed=0, options=opts).near_copies
+    b = evaluate_disclosure(train, holdout, train.iloc[:98], kinds, seed=0, options=opts).near_copies
+    assert a.power == b.power and a.power_level == 0.9 and len(a.power) == len(opts.power_shares)
+    p = [pt.p_value for pt in a.power]
+    assert all(x >= y for x, y in zip(p, p[1:]))
+    by_share = {pt.share: pt for pt in a.power}
+    assert by_share[0.2].p_value < 0.1 / 24 and by_share[0.2].excess > 0.02
+    assert by_share[0.01].p_value > 0.1 / 24
+
+
+def test_exact_copies_leave_out_rows_a_holdout_row_shares_and_natural_twins_are_read_leave_one_out():
+    """A table of resampled holdout rows copies no training row, even where a holdout row and a training
+    row are identical records (a natural twin: resampled, it would read as copies); the natural rate is
+    what the site's own rows show, each against the others."""
+    from evaluation.disclosure import _exact_copies
+
+    train, holdout, other = (to_plain(f, HEART_SCHEMA) for f in heart_splits())
+    kinds = kinds_of(HEART_SCHEMA)
+    train, holdout = train.iloc[:98].reset_index(drop=True), holdout.iloc[:25].reset_index(drop=True)
+    twin = pd.concat([holdout, train.iloc[[0]]], ignore_index=True)  # training row 0 also held out
+    resampled = twin.iloc[np.random.default_rng(0).choice(len(twin), size=98)].reset_index(drop=True)
+    assert _exact_copies(train, twin, resampled, kinds) == (0.0, pytest.approx(1 / 124))
+    # Copies of training rows no holdout row shares all count; natural: a pair among the training rows.
+    paired = pd.concat([train, train.iloc[[5]]], ignore_index=True)
+    exact, natural = _exact_copies(paired, holdout, train.iloc[1:21], kinds)
+    assert exact == 1.0 and natural == pytest.approx(2 / 124)
+    assert _exact_copies(train, holdout, other.iloc[:50], kinds) == (0.0, 0.0)

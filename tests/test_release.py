@@ -9,6 +9,7 @@ import math
 from dataclasses import replace
 from datetime import datetime, timezone
 
+import numpy as np
 import pytest
 
 from evaluation import combine
@@ -16,7 +17,8 @@ from fedtab.errors import ConfigError, ReleaseRefusedError
 from fedtab.release import ReleasePolicy, audit_record, decide, enforce, write_audit
 from tests.test_evaluation_data import copying_evaluation, independent_evaluation
 
-PRIVACY_CHECKS = {"dcr_share", "exact_copies", "mia_auc", "singling_out_risk", "linkability_risk", "inference_risk"}
+PRIVACY_CHECKS = {"dcr_share", "dcr_share_low", "exact_copies", "near_copies", "mia_auc", "singling_out_risk",
+                  "linkability_risk", "inference_risk", "memorisation_power"}
 
 
 def _one_site(ev, name="cleveland"):
@@ -34,9 +36,9 @@ def test_copying_synthesizer_is_refused_and_the_failed_checks_are_named():
     verdict = decide(ReleasePolicy(), _one_site(copying_evaluation()), {"cleveland": 3.0})
     assert not verdict.released
     failed = {c.name for c in verdict.failed}
-    assert {"exact_copies", "dcr_share", "mia_auc"} <= failed
+    assert {"exact_copies", "dcr_share", "near_copies", "mia_auc"} <= failed
     copies = next(c for c in verdict.checks if c.name == "exact_copies")
-    assert copies.value == 1.0 and "cleveland" in copies.message
+    assert copies.value == pytest.approx(1 - 2 / 690) and "cleveland" in copies.message
     with pytest.raises(ReleaseRefusedError) as e:
         enforce(verdict)
     assert "exact_copies" in str(e.value) and "mia_auc" in str(e.value)
@@ -75,42 +77,134 @@ def _with_disclosure(ev, **changes):
     return replace(ev, disclosure=replace(ev.disclosure, **changes))
 
 
-def test_a_site_s_chance_level_raises_its_privacy_thresholds_and_nothing_else():
+def _mia(ev, auc, **more):
+    """``ev`` with its membership AUC set to ``auc`` and the p-value its sizes give that AUC."""
+    from evaluation.disclosure import upper_p_value
+
+    d = ev.disclosure
+    return _with_disclosure(ev, mia_auc=auc, mia_auc_p=upper_p_value(auc, 0.5, d.mia_auc_null_sd), **more)
+
+
+def test_thresholds_are_never_raised_by_the_data():
+    """A figure over its band is refused when its p-value under the size-only null is significant (Holm),
+    whatever chance level the site measured; the policy key that raised thresholds is refused."""
     from evaluation.chance import ChanceLevel
 
+    ind = independent_evaluation()  # 460 training vs 230 holdout rows: MIA null sd 0.0233
+    high = ChanceLevel(mean=0.5, sd=0.2, level=0.9, resplits=400)
+    v = decide(ReleasePolicy(), _one_site(_mia(ind, 0.62, mia_auc_chance=high)), {"cleveland": 1.0})
+    mia = next(c for c in v.checks if c.name == "mia_auc")
+    assert not mia.passed and not v.released and mia.value == 0.62 and "refused" in mia.message
+    assert mia.threshold == "<= 0.6, or not significant (Holm, family-wise 0.1, 6 tests)"
+    # The same figure and p-value with no chance level at all: the same decision.
+    v2 = decide(ReleasePolicy(), _one_site(_mia(ind, 0.62, mia_auc_chance=None)), {"cleveland": 1.0})
+    assert [c.passed for c in v2.checks] == [c.passed for c in v.checks]
+    # Within the band: passes, however significant (the band is the tolerated effect).
+    assert decide(ReleasePolicy(), _one_site(_mia(ind, 0.59)), {"cleveland": 1.0}).released
+    # Over the band but not significant at this site's size: passes, and says why.
+    weak = _with_disclosure(ind, mia_auc=0.63, mia_auc_p=0.2)
+    mia = next(c for c in decide(ReleasePolicy(), _one_site(weak), {"cleveland": 1.0}).checks if c.name == "mia_auc")
+    assert mia.passed and "within chance at this site's size" in mia.message
+    with pytest.raises(ConfigError, match="chance_levels: removed: a threshold is never raised by the data"):
+        ReleasePolicy.from_dict({"disclosure": {"chance_levels": True}})
+
+
+def test_p_values_read_the_site_s_sizes_only():
+    """The nulls behind every p-value: Mann-Whitney's for the MIA AUC, a size-only sd for the DCR share,
+    1/4 for p(1 - p) over the rows attacked per side for anonymeter's risks."""
+    from evaluation.disclosure import _risk_p_value, dcr_share_null_sd, upper_p_value
+
+    d = independent_evaluation().disclosure
+    n1, n0 = d.n_mia_members, d.n_mia_non_members
+    assert d.mia_auc_p == pytest.approx(upper_p_value(d.mia_auc, 0.5, math.sqrt((n1 + n0 + 1) / (12 * n1 * n0))))
+    assert d.dcr_share_null_sd == pytest.approx(0.5 * math.sqrt(1 / d.n_query_rows + 1.5 / 230), rel=0.02)
+    assert d.dcr_share_p == pytest.approx(upper_p_value(d.dcr_share, 0.5, d.dcr_share_null_sd))
+    # Equal success on both sides: p = 1/2; 0.3 more on training rows with 98 vs 25 rows: z = 0.3 / 0.1124.
+    assert _risk_p_value(0.4, 0.4, 98, 25) == pytest.approx(0.5)
+    assert _risk_p_value(0.7, 0.4, 98, 25) == pytest.approx(0.0038, abs=2e-4)
+    for risk in (d.singling_out, d.linkability, d.inference):
+        assert 0.0 <= risk.p_value <= 1.0
+
+
+def test_holm_step_down_arithmetic_and_its_release_decision_is_bonferroni_s():
+    from fedtab.release import holm
+
+    out = holm({"a": 0.001, "b": 0.01, "c": 0.03, "d": 0.2}, 0.1)
+    assert out == {"a": (True, 0.025), "b": (True, pytest.approx(0.1 / 3)), "c": (True, 0.05), "d": (False, 0.1)}
+    # It stops at the first p-value over its level: 0.04 <= 0.05 but 0.03 > 0.025 came first.
+    assert holm({"a": 0.03, "b": 0.04}, 0.05) == {"a": (False, 0.025), "b": (False, 0.05)}
+    # A missing p-value is rejected (fails closed).
+    assert holm({"a": None, "b": 0.5}, 0.1)["a"] == (True, 0.05)
+    # Something is rejected exactly when the smallest p-value is <= alpha / m (Bonferroni).
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        p = dict(enumerate(rng.random(24) ** 3))
+        assert any(r for r, _ in holm(p, 0.1).values()) == (min(p.values()) <= 0.1 / 24)
+
+
+def test_the_family_counts_every_site_and_tested_figure():
+    """p = 0.01 over the band: refused with one site (6 tests, level 0.1/6), not among four (24 tests:
+    0.01 > 0.1/24)."""
     ind = independent_evaluation()
-    level = lambda at: ChanceLevel(mean=0.5, sd=0.06, level=at, resplits=400)  # noqa: E731
-    # Above the policy's 0.60 but within what random re-splits of this small site reach: passes.
-    small = _with_disclosure(ind, mia_auc=0.63, mia_auc_chance=level(0.65), dcr_share=0.64,
-                             dcr_share_chance=level(0.66))
-    v = decide(ReleasePolicy(), _one_site(small), {"cleveland": 1.0})
-    mia = next(c for c in v.checks if c.name == "mia_auc")
-    assert v.released and mia.passed and "chance level 0.650" in mia.message and "0.6 in the policy" in mia.message
-    assert mia.threshold == "<= 0.6 or the site's chance level"
-    # Beyond the chance level: refused, the site and both limits named.
-    v = decide(ReleasePolicy(), _one_site(_with_disclosure(small, mia_auc=0.66)), {"cleveland": 1.0})
-    mia = next(c for c in v.checks if c.name == "mia_auc")
-    assert not mia.passed and mia.value == 0.66 and "cleveland" in mia.message and "over it" in mia.message
-    # The policy can switch it off; and a site that measured no level keeps the policy's threshold.
-    v = decide(ReleasePolicy(chance_levels=False), _one_site(small), {"cleveland": 1.0})
-    assert {c.name for c in v.failed} == {"mia_auc", "dcr_share"}
-    v = decide(ReleasePolicy(), _one_site(_with_disclosure(small, mia_auc_chance=None)), {"cleveland": 1.0})
-    assert {c.name for c in v.failed} == {"mia_auc"}
-    # A level below the policy's threshold never tightens it.
-    v = decide(ReleasePolicy(), _one_site(_with_disclosure(ind, mia_auc=0.58, mia_auc_chance=level(0.55))),
-               {"cleveland": 1.0})
-    assert v.released
-    # The lower DCR bound and the exact-copy check ignore the levels.
-    v = decide(ReleasePolicy(), _one_site(_with_disclosure(ind, dcr_share=0.2, dcr_share_chance=level(0.7))),
-               {"cleveland": 1.0})
-    dcr = next(c for c in v.checks if c.name == "dcr_share")
-    assert not dcr.passed and dcr.value == 0.2 and "below 0.3" in dcr.message
-    # Each site against its own limit: the worst one over its limit is the one named.
-    two = combine({"big": _with_disclosure(ind, mia_auc=0.59), "small": small}, {"big": 1000, "small": 100})
-    assert decide(ReleasePolicy(), two, {"big": 1.0, "small": 1.0}).released
-    two = combine({"big": _with_disclosure(ind, mia_auc=0.62), "small": small}, {"big": 1000, "small": 100})
-    mia = next(c for c in decide(ReleasePolicy(), two, {"big": 1.0, "small": 1.0}).checks if c.name == "mia_auc")
-    assert not mia.passed and "'big'" in mia.message
+    over = _with_disclosure(ind, mia_auc=0.65, mia_auc_p=0.01)
+    mia = lambda v: next(c for c in v.checks if c.name == "mia_auc")  # noqa: E731
+    assert not mia(decide(ReleasePolicy(), _one_site(over), {"cleveland": 1.0})).passed
+    four = combine({"a": over, "b": ind, "c": ind, "d": ind}, {"a": 100, "b": 100, "c": 100, "d": 100})
+    v = decide(ReleasePolicy(), four, dict.fromkeys("abcd", 1.0))
+    assert mia(v).passed and v.tests["n_tests"] == 24 and v.tests["first_level"] == pytest.approx(0.1 / 24)
+    assert {(t["check"], t["site"]) for t in v.tests["tests"]} == {
+        (c, s) for c in ("dcr_share", "near_copies", "mia_auc", "singling_out_risk", "linkability_risk",
+                         "inference_risk") for s in "abcd"}
+    # A stricter family-wise alpha is a policy key.
+    assert ReleasePolicy.from_dict({"disclosure": {"family_alpha": 0.05}}).family_alpha == 0.05
+
+
+def _underpowered(ev):
+    """``ev`` whose near-copy check catches no planted share (as at a site of a handful of rows)."""
+    from evaluation.disclosure import PowerPoint
+
+    near = ev.disclosure.near_copies
+    weak = tuple(PowerPoint(share=pt.share, p_value=0.5, excess=0.0) for pt in near.power)
+    return _with_disclosure(ev, near_copies=replace(near, power=weak))
+
+
+def test_an_underpowered_site_passes_only_under_dp_within_the_policy_s_epsilon():
+    ind = independent_evaluation()
+    power = lambda v: next(c for c in v.checks if c.name == "memorisation_power")  # noqa: E731
+    no_dp = ReleasePolicy(require_dp=False)
+    # Powered: the site's own figures decide, DP or not.
+    v = decide(no_dp, _one_site(ind), {"cleveland": math.inf})
+    assert v.released and power(v).passed and v.tests["power"]["cleveland"]["powered"]
+    assert v.tests["power"]["cleveland"]["share"] <= 0.1
+    weak = _one_site(_underpowered(ind))
+    # Underpowered without DP: refused, and the message says why.
+    v = decide(no_dp, weak, {"cleveland": math.inf})
+    assert not v.released and {c.name for c in v.failed} == {"memorisation_power"}
+    assert "UNDERPOWERED" in power(v).message and "not trained under DP" in power(v).message
+    # Under DP within the policy's epsilon: passes; beyond it: refused.
+    v = decide(no_dp, weak, {"cleveland": 1.0})
+    assert v.released and "passes under DP (epsilon 1 <= 10)" in power(v).message
+    assert not power(decide(no_dp, weak, {"cleveland": 12.0})).passed
+    # The policy decides: "refuse" refuses it even under DP.
+    assert not power(decide(replace(no_dp, underpowered="refuse"), weak, {"cleveland": 1.0})).passed
+    # A stricter requirement than the site reaches makes it underpowered too.
+    strict = replace(no_dp, required_memorised_share=0.01)
+    assert not power(decide(strict, _one_site(ind), {"cleveland": math.inf})).passed
+    # No power curve at all: fails closed.
+    blind = _with_disclosure(ind, near_copies=replace(ind.disclosure.near_copies, power=()))
+    assert not power(decide(ReleasePolicy(), _one_site(blind), {"cleveland": 1.0})).passed
+    with pytest.raises(ConfigError, match=r"underpowered = 'allow': expected one of \['dp_only', 'refuse'\]"):
+        ReleasePolicy.from_dict({"disclosure": {"underpowered": "allow"}})
+
+
+def test_the_lower_dcr_bound_and_the_exact_copy_check_are_plain_thresholds():
+    ind = independent_evaluation()
+    v = decide(ReleasePolicy(), _one_site(_with_disclosure(ind, dcr_share=0.2, dcr_share_p=1.0)), {"cleveland": 1.0})
+    low = next(c for c in v.checks if c.name == "dcr_share_low")
+    assert not low.passed and low.value == 0.2 and low.threshold == ">= 0.3"
+    assert next(c for c in v.checks if c.name == "dcr_share").passed
+    v = decide(ReleasePolicy(), _one_site(_with_disclosure(ind, exact_copy_rate=0.02)), {"cleveland": 1.0})
+    assert {c.name for c in v.failed} == {"exact_copies"}
 
 
 def test_missing_figure_fails_closed():
@@ -119,16 +213,22 @@ def test_missing_figure_fails_closed():
     v = decide(ReleasePolicy(), _one_site(blind), {"cleveland": 1.0})
     link = next(c for c in v.checks if c.name == "linkability_risk")
     assert not link.passed and link.value is None and "not measured" in link.message
+    # A figure without its p-value fails too.
+    v = decide(ReleasePolicy(), _one_site(_with_disclosure(ind, mia_auc_p=None)), {"cleveland": 1.0})
+    assert {c.name for c in v.failed} == {"mia_auc"}
+    v = decide(ReleasePolicy(), _one_site(_with_disclosure(ind, near_copies=None)), {"cleveland": 1.0})
+    assert {c.name for c in v.failed} == {"near_copies", "memorisation_power"}
 
 
 def test_policy_validation_names_key_value_and_expectation(tmp_path):
     bad = tmp_path / "p.toml"
     bad.write_text('[fidelity]\nmin_quality = "high"\n[disclosure]\nmax_mia_auc = 0.2\ndcr_share_max = 2\n'
-                   '[privacy]\nrequire_dp = "yes"\nmax_epsilon = 3\n[extra]\n')
+                   'family_alpha = 0\n[privacy]\nrequire_dp = "yes"\nmax_epsilon = 3\n[extra]\n')
     with pytest.raises(ConfigError) as e:
         ReleasePolicy.load(bad)
     text = str(e.value)
-    assert "6 problem(s)" in text and "[fidelity] min_quality = 'high': expected a finite number" in text
+    assert "family_alpha = 0: expected a number strictly between 0 and 1" in text
+    assert "7 problem(s)" in text and "[fidelity] min_quality = 'high': expected a finite number" in text
     assert "max_mia_auc = 0.2: expected an AUC in [0.5, 1]" in text and "dcr_share_max = 2: expected a number in [0, 1]" in text
     assert "require_dp = 'yes': expected true or false" in text
     assert "unknown key 'max_epsilon'" in text and "unknown section [extra]" in text

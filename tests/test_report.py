@@ -68,6 +68,21 @@ def test_html_is_self_contained_and_holds_every_plot(written):
     assert not list(html_path.parent.glob(".*.tmp"))
 
 
+def test_report_states_each_tested_figure_the_family_wise_method_the_near_copies_and_the_power(written):
+    ev, verdict, html_path, json_path = written
+    html = html_path.read_text(encoding="utf-8")
+    assert "Holm's step-down procedure over 12 tests (every site x tested figure) at family-wise level 0.1" in html
+    assert "memorised share caught (power)" in html and "REFUSED" in html
+    near = ev.sites["hospital_b"].disclosure.near_copies
+    assert (f"Near copies: {near.hits} of {near.n_synthetic} synthetic rows (distinct)" in html
+            and f"excess {near.excess:+.3f}" in html)
+    tests = json.loads(json_path.read_text())["verdict"]["tests"]
+    assert tests["method"] == "holm" and len(tests["tests"]) == 12
+    refused = {(t["check"], t["site"]) for t in tests["tests"] if t["refused"]}
+    assert ("near_copies", "hospital_b") in refused and not any(s == "hospital_a" for _, s in refused)
+    assert set(tests["power"]) == {"hospital_a", "hospital_b"}
+
+
 def test_json_holds_every_figure(written):
     ev, verdict, _, json_path = written
     data = json.loads(json_path.read_text())
