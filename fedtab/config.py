@@ -158,7 +158,6 @@ def load_config(path: str | Path) -> RunConfig:
 
 _TOP = {"seed", "schema", "missing_markers", "holdout", "target", "site_column", "model", "privacy", "training",
         "sampling", "sites", "ledger_dir"}
-_SITE_POLICY_KEYS = ("max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp", "max_evaluations")
 
 
 def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "config") -> RunConfig:
@@ -190,18 +189,18 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
     if not isinstance(raw_sites, dict) or not raw_sites:
         problems.append("'sites' must name at least one site, e.g. [sites.cleveland] source = \"cleveland.csv\"")
         raw_sites = {}
+    from fedtab.privacy.book import POLICY_KEYS, SitePolicy  # here: data commands never import the privacy stack
+
     for name, s in raw_sites.items():
         if not isinstance(s, dict) or not isinstance(s.get("source"), str):
             problems.append(f"site '{name}': needs a 'source' (a file path or a SQLAlchemy URL)")
             continue
-        allowed = {"source", "table", *_SITE_POLICY_KEYS}
+        allowed = {"source", "table", *POLICY_KEYS}
         extra = sorted(set(s) - allowed)
         if extra:
             problems.append(f"site '{name}': unknown key(s) {extra}; allowed: {sorted(allowed)}")
-        policy = {k: s[k] for k in _SITE_POLICY_KEYS if k in s} or None
+        policy = {k: s[k] for k in POLICY_KEYS if k in s} or None
         if policy is not None:
-            from fedtab.privacy.book import SitePolicy
-
             try:
                 SitePolicy.from_dict(policy)
             except ConfigError as e:

@@ -30,10 +30,9 @@ from pathlib import Path
 from fedtab.config import read_toml
 from fedtab.errors import ConfigError
 
-from fedtab.privacy.book import SitePolicy
+from fedtab.privacy.book import POLICY_KEYS, SitePolicy
 
-_POLICY_KEYS = {"max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp", "max_evaluations"}
-_KEYS = {"name", "source", "table", "superlink", "state_dir", "tls", "auth", "port"} | _POLICY_KEYS
+_KEYS = {"name", "source", "table", "superlink", "state_dir", "tls", "auth", "port", *POLICY_KEYS}
 
 
 @dataclass(frozen=True)

@@ -95,10 +95,19 @@ class SiteWorker:
             job = state["job"]
             schema = TableSchema.from_json(schema_json)
             # The site's own table lacks the job's site column: the site adds it.
-            raw = self._with_site_column(self._load_frame(schema.without(job.get("site_column")),
-                                                          tuple(job["missing_markers"])), job)
+            raw = self._with_site_column(self._raw(schema.without(job.get("site_column")), job), job)
             typed = validate_table(raw, schema, source=f"site '{self.name}'")
             self._cache[key] = split_holdout(typed, fraction=job["holdout"], seed=site_seed(job["seed"], self.name, 1))
+        return self._cache[key]
+
+    def _raw(self, schema: TableSchema, job: dict) -> pd.DataFrame:
+        """The site's own table read per ``schema`` (the declared one, without the job's site column):
+        read once for schema agreement and the training and holdout rows that follow."""
+        markers = tuple(job["missing_markers"])
+        key = "raw:" + hashlib.sha256((schema.to_json() + "\0" + "\0".join(markers)).encode()).hexdigest()
+        if key not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if not k.startswith("raw:")}  # one table kept
+            self._cache[key] = self._load_frame(schema, markers)
         return self._cache[key]
 
     def _with_site_column(self, raw: pd.DataFrame, job: dict) -> pd.DataFrame:
@@ -165,8 +174,7 @@ class SiteWorker:
 
             full = with_site_column(schema, job["site_column"], [self.name])
         try:
-            raw = self._with_site_column(self._load_frame(full.without(job.get("site_column")),
-                                                          tuple(job["missing_markers"])), job)
+            raw = self._with_site_column(self._raw(full.without(job.get("site_column")), job), job)
             validate_table(raw, full, source=f"site '{self.name}'")
         except DataValidationError as e:
             SITE_LOG.error("site %s: %s", self.name, e)
@@ -186,7 +194,7 @@ class SiteWorker:
                 # never leaves the site (only a refusal does, which is a function of the estimate).
                 rows = encoding.private_row_count(len(train), plan, ledger=ledger,
                                                   noise=secret_source(f"{self.name}/rows"))
-                LedgerBook.check_delta_for_rows(self.name, plan.dp.delta, rows, plan.noise_multiplier)
+                SitePolicy.check_delta_for_rows(self.name, plan.dp.delta, rows, plan.noise_multiplier)
                 state["rows_checked"] = True
             reply = encoding.site_statistics(train, plan, body["phase"], body["request"], ledger=ledger,
                                              noise=secret_source(f"{self.name}/encode/{body['phase']}"))

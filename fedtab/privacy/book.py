@@ -21,7 +21,7 @@ the site releases anything for it, and a refusal names the rule it applied:
   evaluation is recorded before its reply leaves, so sampling again does not reset the count;
 * ``max_delta`` (default 1e-5): the largest delta a job may use; a job's delta must also stay
   below ``1 / (10 x the site's row count)``, checked against the site's DP row estimate plus two
-  noise sds (:meth:`check_delta_for_rows`) before any release that reaches the coordinator.
+  noise sds (:meth:`SitePolicy.check_delta_for_rows`) before any release that reaches the coordinator.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ import json
 import math
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedtab.errors import ConfigError, PrivacyBudgetError
-from fedtab.privacy.ledger import LedgerEntry, PrivacyLedger
+from fedtab.privacy.ledger import LEDGER_FORMAT, PrivacyLedger
 
 BOOK_FILE = "ledger.jsonl"
 BOOK_FORMAT = "fedtab.site-ledger/1"
@@ -74,6 +74,19 @@ class SitePolicy:
             problems.append(f"'max_evaluations' must be a whole number >= 0. Got {m!r} instead.")
         if problems:
             raise ConfigError("Invalid SitePolicy:\n" + "\n".join(f"  - {p}" for p in problems))
+
+    @staticmethod
+    def check_delta_for_rows(site: str, delta: float | None, rows_estimate: float, noise_sd: float) -> None:
+        """The delta rule against the site's DP row estimate: delta < 1 / (10 x rows), with rows read
+        as the estimate plus two noise sds (a noisy count must not let a large site pass the rule)."""
+        if delta is None:
+            return
+        rows = max(rows_estimate + 2.0 * noise_sd, 1.0)
+        cap = 1.0 / (DELTA_ROWS_FACTOR * rows)
+        if not delta < cap:
+            raise PrivacyBudgetError(
+                f"site '{site}' refuses the job (rule max_delta: delta {delta:g} is not below 1 / (10 x the "
+                f"site's DP row estimate) = {cap:.3g}; lower 'privacy.delta'). Nothing was released.", public=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SitePolicy":
@@ -169,19 +182,6 @@ class LedgerBook:
                         f"{policy.max_total_epsilon:g}, so a job of {epsilon:g} does not fit")
         return None
 
-    @staticmethod
-    def check_delta_for_rows(site: str, delta: float | None, rows_estimate: float, noise_sd: float) -> None:
-        """The delta rule against the site's DP row estimate: delta < 1 / (10 x rows), with rows read
-        as the estimate plus two noise sds (a noisy count must not let a large site pass the rule)."""
-        if delta is None:
-            return
-        rows = max(rows_estimate + 2.0 * noise_sd, 1.0)
-        cap = 1.0 / (DELTA_ROWS_FACTOR * rows)
-        if not delta < cap:
-            raise PrivacyBudgetError(
-                f"site '{site}' refuses the job (rule max_delta: delta {delta:g} is not below 1 / (10 x the "
-                f"site's DP row estimate) = {cap:.3g}; lower 'privacy.delta'). Nothing was released.", public=True)
-
     def evaluations(self, key: str) -> int:
         return sum(1 for r in self._records if r["type"] == "evaluation" and r["job"] == key)
 
@@ -202,8 +202,8 @@ class LedgerBook:
         """Append the job's entries that the book does not hold yet (call before the release leaves)."""
         with self._lock:
             held = len(self._jobs()[key]["entries"])
-            for e in ledger.entries[held:]:
-                self._append({"type": "spend", "job": key, "entry": _entry_dict(e)})
+            for entry in ledger.to_dict()["entries"][held:]:  # the ledger's own JSON form
+                self._append({"type": "spend", "job": key, "entry": entry})
 
     def close(self, key: str) -> None:
         """The job has ended (its ledger was read back): from now on it counts with what it spent."""
@@ -216,34 +216,19 @@ class LedgerBook:
         record = {"format": BOOK_FORMAT, **record}
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            line = json.dumps(record, sort_keys=True, allow_nan=False, default=_json_default) + "\n"
+            line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 os.write(fd, line.encode("utf-8"))
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        self._records.append(json.loads(json.dumps(record, default=_json_default)))
-
-
-def _json_default(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return "inf" if x > 0 else "-inf"
-    raise TypeError(type(x).__name__)
-
-
-def _entry_dict(e: LedgerEntry) -> dict[str, Any]:
-    d = asdict(e)
-    return {k: (("inf" if v > 0 else "-inf") if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+        self._records.append(record)
 
 
 def _ledger_of(site: str, job: dict[str, Any]) -> PrivacyLedger:
-    ledger = PrivacyLedger.from_dict({
-        "format": "fedtab.ledger/1", "site": site, "epsilon_budget": job["epsilon"], "delta": job["delta"],
-        "entries": [{**e, "epsilon_after": float(e["epsilon_after"]), "sensitivity": float(e["sensitivity"])}
-                    for e in job["entries"]],
-    })
-    return ledger
+    return PrivacyLedger.from_dict({"format": LEDGER_FORMAT, "site": site, "epsilon_budget": job["epsilon"],
+                                    "delta": job["delta"], "entries": job["entries"]})
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
