@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from fedtab.config import PrivacySettings, RunConfig, SiteSource, TrainingSettin
 from fedtab.errors import ConfigError, check_is_fitted
 from fedtab.federation.coordinator import FederationResult, JobSpec, Progress, run_federation
 from fedtab.federation.site import SiteWorker
-from fedtab.modelfile import ModelBundle, load_bundle, package_versions, save_bundle
+from fedtab.modelfile import ModelBundle, bundle_bytes, load_bundle, package_versions, save_bundle
 from fedtab.privacy.book import LedgerBook, SitePolicy
 from fedtab.privacy.ledger import PrivacyLedger
 from fedtab.schema import TableSchema
@@ -138,12 +139,16 @@ class FederatedSynthesizer:
     # -- fitting ----------------------------------------------------------------------------------
     def fit(self, sites: Mapping[str, SiteInput]) -> "FederatedSynthesizer":
         """Train across ``sites`` (name -> DataFrame, file path, SQLAlchemy URL or SiteSource)."""
-        job = self._job()
+        job = dataclasses.replace(self._job(), job_id=uuid.uuid4().hex)  # one run, one job on the sites' books
         if not isinstance(sites, Mapping) or not sites:
             raise ConfigError("'sites' must be a non-empty mapping of site name -> table or source. "
                               f"Got {type(sites).__name__} instead.")
+        # Without a ledger directory each site's book lives in memory: kept here, so that evaluating this
+        # model in the same process finds the model each site recorded (a simulation runs every site).
+        self._site_books = {} if self.ledger_dir is not None else {str(name): [] for name in sites}
         factories = {str(name): functools.partial(_make_worker, str(name), _site_source(name, s),
-                                                  policy=self._policy_of(str(name), s), ledger_dir=self.ledger_dir)
+                                                  policy=self._policy_of(str(name), s), ledger_dir=self.ledger_dir,
+                                                  records=self._site_books.get(str(name)))
                      for name, s in sites.items()}
         if self.transport == "flower":
             from fedtab.federation.flower_app import run_flower_simulation
@@ -250,6 +255,13 @@ class FederatedSynthesizer:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model file (safetensors + JSON; see ``fedtab.modelfile``)."""
+        return save_bundle(path, self._bundle())
+
+    def to_bytes(self) -> bytes:
+        """The model file's bytes (what ``save`` writes)."""
+        return bundle_bytes(self._bundle())
+
+    def _bundle(self) -> ModelBundle:
         check_is_fitted(self, "weights_")
         job = self.job_
         manifest = {
@@ -265,17 +277,23 @@ class FederatedSynthesizer:
             # the published file leaves it out (the operator's progress bar shows it).
             "history": [{"round": h.round, "losses": h.losses, "epsilon": h.epsilon,
                          "seconds": None if job.privacy.enabled else h.seconds} for h in self.history_],
-            "missing_markers": list(job.missing_markers), "holdout": job.holdout, "versions": package_versions(),
+            "missing_markers": list(job.missing_markers), "holdout": job.holdout, "job_id": job.job_id,
+            "versions": package_versions(),
         }
-        return save_bundle(path, ModelBundle(manifest=manifest, weights=self.weights_))
+        return ModelBundle(manifest=manifest, weights=self.weights_)
 
 
 def load(path: str | os.PathLike) -> FederatedSynthesizer:
     """Load a model file written by ``FederatedSynthesizer.save`` or ``fedtab train``."""
+    return from_bundle(load_bundle(path), source=str(path))
+
+
+def from_bundle(b: ModelBundle, *, source: str = "model file") -> FederatedSynthesizer:
+    """A fitted synthesizer from a verified model file's contents (``fedtab.modelfile.read_bundle``)."""
     from fedtab.errors import ModelFileError
     from fedtab.federation.coordinator import RoundRecord
 
-    b = load_bundle(path)
+    path = source
     m = b.manifest
     try:
         synth = FederatedSynthesizer(
@@ -289,7 +307,7 @@ def load(path: str | os.PathLike) -> FederatedSynthesizer:
         result = FederationResult(schema=TableSchema.from_dict(m["schema"]), encoding=m["encoding"],
                                   weights=b.weights, ledgers=m["ledgers"], history=history,
                                   site_weights=m["site_weights"], noise_multipliers=m["noise_multipliers"])
-        synth._set_result(result, synth._job())
+        synth._set_result(result, dataclasses.replace(synth._job(), job_id=m.get("job_id", "")))
     except (KeyError, TypeError) as e:
         raise ModelFileError(f"{path}: the model file's manifest lacks {e}: written by another fedtab version?") from None
     return synth
@@ -309,7 +327,8 @@ def _site_source(name: str, s: SiteInput) -> pd.DataFrame | SiteSource:
 
 
 def _make_worker(name: str, source: pd.DataFrame | SiteSource, *, policy: SitePolicy | None = None,
-                 book: LedgerBook | None = None, ledger_dir: str | os.PathLike | None = None) -> SiteWorker:
+                 book: LedgerBook | None = None, ledger_dir: str | os.PathLike | None = None,
+                 records: list | None = None, report_dir: str | os.PathLike | None = None) -> SiteWorker:
     def load_frame(schema: TableSchema | None, markers: tuple[str, ...]) -> pd.DataFrame:
         if isinstance(source, pd.DataFrame):
             return source
@@ -319,7 +338,11 @@ def _make_worker(name: str, source: pd.DataFrame | SiteSource, *, policy: SitePo
 
     if book is None and ledger_dir is not None:
         book = LedgerBook(name, Path(ledger_dir) / name)
-    return SiteWorker(name, load_frame, policy=policy, book=book)
+    elif book is None and records is not None:
+        book = LedgerBook(name, records=records)
+    if report_dir is None and ledger_dir is not None:
+        report_dir = Path(ledger_dir) / name / "reports"
+    return SiteWorker(name, load_frame, policy=policy, book=book, report_dir=report_dir)
 
 
 def _with_ids(frame: pd.DataFrame, schema: TableSchema, *, seed: int) -> pd.DataFrame:

@@ -1,9 +1,11 @@
 """Federated evaluation and the release flow: ``fedtab.evaluate`` and ``fedtab.release``.
 
-The synthetic table goes to every site; each scores it against its own training rows and its own
-holdout (the same seeded split as in training, so holdout rows were never trained on) and sends back
-aggregate figures only. The coordinator combines them weighted by rows, keeps each site's figures,
-and the release gate decides: the table is written only when every check passes.
+The coordinator sends every site the model file, the sampling settings and its release policy. Each
+site checks the model is the one it trained, draws the table itself, scores it against its own
+training and holdout rows, decides every check of the policy at home and sends back its verdicts:
+a bit per check (``fedtab.federation.site_evaluation``). The figures stay at the site, in its own
+report. The coordinator draws the same table (same model, rows, seed), checks its hash against the
+sites', and releases it only when every site passed every check.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import pandas as pd
 
@@ -20,11 +24,63 @@ from fedtab.errors import ConfigError, ReleaseRefusedError
 
 
 @dataclass(frozen=True)
+class SiteVerdict:
+    """What one site sent back from an evaluation: its verdict on each check, nothing else."""
+
+    checks: Mapping[str, bool]
+    passed: bool
+    powered: bool  # its checks catch the policy's memorised share with the policy's power
+    table_sha256: str
+    evaluation: int  # which evaluation of the job this was at the site ...
+    max_evaluations: int  # ... of how many it allows
+
+    @classmethod
+    def from_reply(cls, reply: Mapping[str, Any]) -> "SiteVerdict":
+        return cls(checks=MappingProxyType({str(k): bool(v) for k, v in reply["checks"].items()}),
+                   passed=bool(reply["passed"]), powered=bool(reply["powered"]),
+                   table_sha256=str(reply["table_sha256"]), evaluation=int(reply["evaluation"]),
+                   max_evaluations=int(reply["max_evaluations"]))
+
+    def to_dict(self) -> dict:
+        return {"checks": dict(self.checks), "passed": self.passed, "powered": self.powered,
+                "table_sha256": self.table_sha256, "evaluation": self.evaluation,
+                "max_evaluations": self.max_evaluations}
+
+
+@dataclass(frozen=True)
+class ConsortiumEvaluation:
+    """An evaluation as the coordinator knows it: each site's verdicts on the table drawn with
+    ``sampling`` (no figure computed from any site's rows).
+
+    ``site_local``: in a simulation (the in-process transport, where the caller runs every site), each
+    site's own outcome (``site_evaluation.SiteOutcome``: every figure, its policy, its verdict with
+    values), read from the site workers, not from what they sent. Empty in a deployment: the figures
+    stay at the sites, in their own reports."""
+
+    sites: Mapping[str, SiteVerdict]
+    sampling: Mapping[str, Any]
+    target: str | None = None
+    site_local: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.sites) and all(v.passed for v in self.sites.values())
+
+    def site_figures(self) -> dict[str, dict[str, float | None]]:
+        """Each site's own figures (simulation only; see ``site_local``)."""
+        return {s: o.evaluation.sites[s].figures() for s, o in self.site_local.items()}
+
+    def to_dict(self) -> dict:
+        return {"sampling": dict(self.sampling), "target": self.target,
+                "sites": {s: v.to_dict() for s, v in self.sites.items()}}
+
+
+@dataclass(frozen=True)
 class ReleaseResult:
     """What ``release`` decided and wrote (``outputs``: label -> path)."""
 
     verdict: object
-    evaluation: object
+    evaluation: ConsortiumEvaluation
     outputs: dict[str, Path] = field(default_factory=dict)
 
 
@@ -38,29 +94,61 @@ def _synthesizer(model):
     raise ConfigError(f"'model' must be a fitted FederatedSynthesizer or a model file path. Got {type(model).__name__}.")
 
 
-def evaluate(model, sites: Mapping, *, synthetic: pd.DataFrame | None = None, n: int | None = None,
-             target: str | None = None, seed: int | None = None, transport: str = "inprocess",
-             quantile_map: bool = False, ledger_dir: str | os.PathLike | None = None):
-    """Score a synthetic table at every site; returns ``evaluation.Evaluation`` (combined + per site).
+def _policy(policy) -> tuple[Any, str | os.PathLike | None]:
+    from fedtab.release import ReleasePolicy
 
-    ``model``: the fitted synthesizer (or model file) whose job fixes the schema and each site's
-    holdout split. ``synthetic``: the table to score (default: ``n`` rows sampled from the model,
-    ``n`` defaulting to the sites' total training rows as the sites reported them; ``quantile_map``:
-    see ``FederatedSynthesizer.sample``). Each site counts the evaluation against its
-    ``max_evaluations`` (``ledger_dir``: the sites' lasting ledgers, as in training; the site policies
-    come from ``sites`` as in ``FederatedSynthesizer``'s ``SiteSource``).
+    if policy is None or isinstance(policy, (str, os.PathLike)):
+        return ReleasePolicy.load(policy), policy
+    if isinstance(policy, ReleasePolicy):
+        return policy, None
+    raise ConfigError(f"'policy' must be a ReleasePolicy, a policy file path or None. Got {type(policy).__name__}.")
+
+
+def sampling_settings(synth, *, n: int | None, seed: int | None, quantile_map: bool) -> dict[str, Any]:
+    """The table both the sites and the coordinator draw: ``n`` rows (default: the sites' total training
+    rows as they reported them, noisy under DP), ``seed`` (default: the model's), ``quantile_map``."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 2):
+        raise ConfigError(f"'n' must be a whole number >= 2 or None. Got {n!r} instead.")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ConfigError(f"'seed' must be a whole number >= 0 or None. Got {seed!r} instead.")
+    return {"n": default_rows(synth, n), "seed": synth.seed if seed is None else int(seed),
+            "quantile_map": bool(quantile_map)}
+
+
+def evaluate(model, sites: Mapping, *, n: int | None = None, target: str | None = None, seed: int | None = None,
+             transport: str = "inprocess", quantile_map: bool = False, ledger_dir: str | os.PathLike | None = None,
+             policy=None, report_dir: str | os.PathLike | None = None, synthetic: pd.DataFrame | None = None
+             ) -> ConsortiumEvaluation:
+    """Have every site evaluate a table drawn from ``model``; returns their verdicts.
+
+    Each site draws ``n`` rows with ``seed`` (and ``quantile_map``, see ``FederatedSynthesizer.sample``)
+    from the model it trained, scores them against its own rows and decides every check of ``policy``
+    (default: the shipped policy) at home. ``ledger_dir``: the sites' lasting ledgers, where each site
+    recorded the model it trained (default: the synthesizer's own, or the books it kept in memory when it
+    trained in this process); each site's full report goes to ``<ledger_dir>/<site>/reports`` (else to
+    ``<report_dir>/<site>`` when given). Each evaluation counts against the site's ``max_evaluations``.
+    ``synthetic`` is refused: sites evaluate only tables they draw themselves.
     """
     from fedtab.api import _make_worker, _site_source
 
+    if synthetic is not None:
+        raise ConfigError(
+            "'synthetic': sites evaluate only tables they draw themselves from the model they trained (a table of "
+            "the coordinator's choosing could read their rows back). Pass the sampling settings instead (n, seed, "
+            "quantile_map); FederatedSynthesizer.sample(n, seed=seed, quantile_map=...) draws the same table.")
     synth = _synthesizer(model)
-    if synthetic is None:
-        synthetic = synth.sample(default_rows(synth, n), seed=seed, quantile_map=quantile_map)
-    factories = {str(k): functools.partial(_make_worker, str(k), _site_source(k, v),
-                                           policy=synth._policy_of(str(k), v), ledger_dir=ledger_dir)
-                 for k, v in sites.items()}
+    policy, _ = _policy(policy)
+    sampling = sampling_settings(synth, n=n, seed=seed, quantile_map=quantile_map)
+    if ledger_dir is None:
+        ledger_dir = getattr(synth, "ledger_dir", None)
+    books = getattr(synth, "_site_books", {}) if ledger_dir is None else {}
+    factories = {str(k): functools.partial(
+        _make_worker, str(k), _site_source(k, v), policy=synth._policy_of(str(k), v), ledger_dir=ledger_dir,
+        records=books.get(str(k)), report_dir=None if report_dir is None else Path(report_dir) / str(k))
+        for k, v in sites.items()}
 
     def ask(t):
-        return evaluate_on(t, synth, synthetic, target=target)
+        return evaluate_on(t, synth, sampling, target=target, policy=policy)
 
     if transport == "flower":
         from fedtab.federation.flower_app import run_flower_simulation
@@ -68,27 +156,30 @@ def evaluate(model, sites: Mapping, *, synthetic: pd.DataFrame | None = None, n:
         return run_flower_simulation(ask, factories)
     from fedtab.federation.transport import InProcessTransport
 
-    return ask(InProcessTransport({k: f() for k, f in factories.items()}))
+    workers = {k: f() for k, f in factories.items()}
+    result = ask(InProcessTransport(workers))
+    # A simulation runs every site: their own outcomes are the caller's to read (see ``site_local``).
+    local = {k: w.last_evaluation for k, w in sorted(workers.items()) if w.last_evaluation is not None}
+    return ConsortiumEvaluation(sites=result.sites, sampling=result.sampling, target=result.target,
+                                site_local=MappingProxyType(local))
 
 
-def evaluate_on(transport, synth, synthetic: pd.DataFrame, *, target: str | None = None, sites=None):
+def evaluate_on(transport, synth, sampling: Mapping[str, Any], *, target: str | None = None, policy=None,
+                sites=None) -> ConsortiumEvaluation:
     """Federated evaluation over an open transport (in-process, Flower simulation or a deployment)."""
-    from evaluation import combine
-    from evaluation._tables import kinds_of, to_plain
-    from evaluation.plain import from_plain
-    from evaluation.site import SiteEvaluation
+    import numpy as np
+
     from fedtab.federation.site import EVALUATE
-    from fedtab.federation.site_evaluation import frame_to_bytes
     from fedtab.federation.transport import broadcast
 
     if target is not None and target not in synth.schema_:
         raise ConfigError(f"The 'target' column {target!r} is not in the schema; columns: {synth.schema_.names}.")
-    body = {"job": synth.job_.site_job(), "schema": synth.schema_.to_dict(),
-            "synthetic": frame_to_bytes(synthetic), "target": target}
+    policy, _ = _policy(policy)
+    body = {"job": synth.job_.site_job(), "model": np.frombuffer(synth.to_bytes(), dtype=np.uint8),
+            "sampling": dict(sampling), "target": target, "policy": policy.to_dict()}
     replies = broadcast(transport, EVALUATE, body, sites=sites)
-    results = {s: from_plain(SiteEvaluation, r["evaluation"]) for s, r in sorted(replies.items())}
-    return combine(results, {s: int(r["rows"]) for s, r in sorted(replies.items())},
-                   synthetic=to_plain(synthetic, synth.schema_), kinds=kinds_of(synth.schema_))
+    return ConsortiumEvaluation(sites=MappingProxyType({s: SiteVerdict.from_reply(r) for s, r in sorted(replies.items())}),
+                                sampling=MappingProxyType(dict(sampling)), target=target)
 
 
 def default_rows(synth, n: int | None = None) -> int:
@@ -99,38 +190,59 @@ def default_rows(synth, n: int | None = None) -> int:
 def release(model, sites: Mapping, out_dir: str | os.PathLike, *, policy=None, n: int | None = None,
             target: str | None = None, seed: int | None = None, transport: str = "inprocess",
             model_path: str | os.PathLike | None = None, quantile_map: bool = False,
-            ledger_dir: str | os.PathLike | None = None) -> ReleaseResult:
-    """Sample, evaluate at the sites, apply the release gate, write the outputs.
+            ledger_dir: str | os.PathLike | None = None, report_dir: str | os.PathLike | None = None) -> ReleaseResult:
+    """Have the sites evaluate a table drawn from ``model``, apply the release gate, write the outputs.
 
-    Always writes the report (HTML + JSON) and an audit record; writes the synthetic table only
-    when every check passes. Raises ``ReleaseRefusedError`` naming every failed check otherwise.
-    ``quantile_map``: see ``FederatedSynthesizer.sample``.
+    Always writes the public report (HTML + JSON: the table's own statistics, each site's verdicts, the
+    ledgers) and an audit record; writes the synthetic table only when every site passed every check.
+    Raises ``ReleaseRefusedError`` naming every failed check otherwise. Each site's full report stays
+    with the site (see ``evaluate``). ``quantile_map``: see ``FederatedSynthesizer.sample``.
     """
     synth = _synthesizer(model)
-    table = synth.sample(default_rows(synth, n), seed=seed, quantile_map=quantile_map)
-    ev = evaluate(synth, sites, synthetic=table, target=target, seed=seed, transport=transport, ledger_dir=ledger_dir)
-    return gate_and_write(synth, table, ev, out_dir, policy=policy, model_path=model_path)
+    policy_obj, policy_path = _policy(policy)
+    ev = evaluate(synth, sites, n=n, target=target, seed=seed, transport=transport, quantile_map=quantile_map,
+                  ledger_dir=ledger_dir, policy=policy_obj, report_dir=report_dir)
+    table = synth.sample(ev.sampling["n"], seed=ev.sampling["seed"], quantile_map=ev.sampling["quantile_map"])
+    return gate_and_write(synth, table, ev, out_dir, policy=policy_obj, policy_path=policy_path, model_path=model_path)
 
 
-def gate_and_write(synth, table: pd.DataFrame, ev, out_dir: str | os.PathLike, *, policy=None,
+def write_public(synth, ev: ConsortiumEvaluation, html_path: str | os.PathLike, *, policy=None):
+    """Draw the table the sites evaluated, read their verdicts through the gate, and write the public
+    report (HTML at ``html_path``, JSON beside it). Returns (verdict, html path, json path)."""
+    from fedtab.federation.site_evaluation import table_sha256
+    from fedtab.public_report import public_ledgers, write_public_json, write_public_report
+    from fedtab.release import decide_consortium
+
+    policy, _ = _policy(policy)
+    table = synth.sample(ev.sampling["n"], seed=ev.sampling["seed"], quantile_map=ev.sampling["quantile_map"])
+    ledger = public_ledgers({s: led.to_dict() for s, led in synth.privacy_ledger.items()})
+    verdict = decide_consortium(policy, ev, trained=sorted(synth.privacy_ledger), table_sha256=table_sha256(table))
+    html = write_public_report(html_path, ev, verdict=verdict, ledger=ledger, table=table, schema=synth.schema_)
+    js = write_public_json(Path(html_path).with_suffix(".json"), ev, verdict=verdict, ledger=ledger, table=table,
+                           schema=synth.schema_)
+    return verdict, html, js
+
+
+def gate_and_write(synth, table: pd.DataFrame, ev: ConsortiumEvaluation, out_dir: str | os.PathLike, *, policy=None,
+                   policy_path: str | os.PathLike | None = None,
                    model_path: str | os.PathLike | None = None) -> ReleaseResult:
-    """Apply the release gate to an evaluated table and write the report, audit record and, if released,
-    the table (``ReleaseRefusedError`` naming every failed check otherwise)."""
+    """Apply the release gate to the sites' verdicts on ``table`` and write the public report, audit
+    record and, if released, the table (``ReleaseRefusedError`` naming every failed check otherwise)."""
     import connectors
-    from evaluation.report import write_json, write_report
-    from fedtab.release import ReleasePolicy, audit_record, decide, write_audit
+    from fedtab.federation.site_evaluation import table_sha256
+    from fedtab.public_report import public_ledgers, write_public_json, write_public_report
+    from fedtab.release import audit_record, decide_consortium, write_audit
 
-    policy_path = None
     if policy is None or isinstance(policy, (str, os.PathLike)):
-        policy_path = policy
-        policy = ReleasePolicy.load(policy)
+        policy, policy_path = _policy(policy)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ledger = {s: led.to_dict() for s, led in synth.privacy_ledger.items()}
-    epsilons = {s: (led.epsilon if led.is_dp else float("inf")) for s, led in synth.privacy_ledger.items()}
-    verdict = decide(policy, ev, epsilons)
-    outputs = {"report": write_report(ev, out / "report.html", ledger=ledger, verdict=verdict),
-               "figures": write_json(ev, out / "report.json", ledger=ledger, verdict=verdict)}
+    ledger = public_ledgers({s: led.to_dict() for s, led in synth.privacy_ledger.items()})
+    verdict = decide_consortium(policy, ev, trained=sorted(synth.privacy_ledger), table_sha256=table_sha256(table))
+    outputs = {"report": write_public_report(out / "report.html", ev, verdict=verdict, ledger=ledger, table=table,
+                                             schema=synth.schema_),
+               "figures": write_public_json(out / "report.json", ev, verdict=verdict, ledger=ledger, table=table,
+                                            schema=synth.schema_)}
     if model_path is None:
         model_path = synth.save(out / "model.fedtab")
     outputs["model"] = Path(model_path)
@@ -144,7 +256,7 @@ def gate_and_write(synth, table: pd.DataFrame, ev, out_dir: str | os.PathLike, *
     outputs["audit record"] = write_audit(record, out / "audit.json")
     result = ReleaseResult(verdict=verdict, evaluation=ev, outputs=outputs)
     if not verdict.released:
-        failed = "\n".join(f"  - {c.message}" for c in verdict.failed)
+        failed = "\n".join(f"  - {c.name} ({c.threshold}): {c.message}" for c in verdict.failed)
         err = ReleaseRefusedError(
             f"the release gate refused the synthetic table ({len(verdict.failed)} failed check(s)); nothing was "
             f"released:\n{failed}\nSee {outputs['report']} and {outputs['audit record']}.",

@@ -200,6 +200,8 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
         if extra:
             problems.append(f"site '{name}': unknown key(s) {extra}; allowed: {sorted(allowed)}")
         policy = {k: s[k] for k in POLICY_KEYS if k in s} or None
+        if policy is not None and isinstance(policy.get("release_policy"), str):
+            policy["release_policy"] = _resolve(policy["release_policy"], base_dir)
         if policy is not None:
             try:
                 SitePolicy.from_dict(policy)

@@ -25,7 +25,7 @@ class DemoResult:
     synthesizer: FederatedSynthesizer
     outputs: dict[str, Path]
     verdict: Any = None
-    figures: dict = field(default_factory=dict)
+    figures: dict = field(default_factory=dict)  # each hospital's own figures (a simulation runs them all)
 
 
 def run_demo(out: str | Path, *, epsilon: float | None = 1.0, rounds: int = 10, rows: int | None = None,
@@ -56,4 +56,4 @@ def run_demo(out: str | Path, *, epsilon: float | None = 1.0, rounds: int = 10, 
     except ReleaseRefusedError as refused:
         result = refused.result
     return DemoResult(synthesizer=synth, outputs=result.outputs, verdict=result.verdict,
-                      figures=dict(result.evaluation.figures))
+                      figures=result.evaluation.site_figures())

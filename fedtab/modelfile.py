@@ -47,8 +47,8 @@ def content_hash(manifest_json: str, tensors: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
-    """Write the model file atomically (temp file + rename)."""
+def bundle_bytes(bundle: ModelBundle) -> bytes:
+    """The model file's bytes (what ``save_bundle`` writes; what a site receives to evaluate)."""
     from safetensors.numpy import save
 
     packed = pack(bundle.manifest)
@@ -59,14 +59,16 @@ def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
         "manifest": packed.json,
         "content_sha256": content_hash(packed.json, tensors),
     }
-    return atomic_write_bytes(path, save(tensors, metadata=meta))
+    return save(tensors, metadata=meta)
+
+
+def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
+    """Write the model file atomically (temp file + rename)."""
+    return atomic_write_bytes(path, bundle_bytes(bundle))
 
 
 def load_bundle(path: str | os.PathLike) -> ModelBundle:
     """Read and verify a model file."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
-
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -74,6 +76,15 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
         raise ModelFileError(f"{p}: model file not found. Train one with 'fedtab train CONFIG.toml -o {p}'.") from None
     except OSError as e:
         raise ModelFileError(f"{p}: cannot read the model file ({e.strerror}).") from None
+    return read_bundle(data, source=str(p))
+
+
+def read_bundle(data: bytes, *, source: str = "model file") -> ModelBundle:
+    """Verify and read a model file's bytes (``source`` names it in errors)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    p = source
     try:
         tensors = load(data)
         meta = _read_metadata(data)
@@ -97,6 +108,33 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
     weights = {k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)}
     manifest = unpack(Packed(json=manifest_json, arrays=arrays))
     return ModelBundle(manifest=manifest, weights=weights)
+
+
+def model_digest(model: str, model_options: dict[str, Any], encoding_sha256: str, weights: dict[str, np.ndarray],
+                 sites: list[str]) -> str:
+    """A model's identity: what decides the tables it draws (generator, options, encoding, weights) and
+    the consortium it was trained by. A site records it when the job ends (from its own setup and the
+    final weights) and evaluates only a model file with the same identity (``model_identity``)."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"model": model, "model_options": model_options, "encoding": encoding_sha256,
+                         "sites": sorted(sites)}, sort_keys=True, default=str).encode("utf-8"))
+    for name in sorted(weights):
+        t = np.ascontiguousarray(weights[name])
+        h.update(f"\0{name}\0{t.dtype.str}\0{t.shape}\0".encode())
+        h.update(t.tobytes())
+    return h.hexdigest()
+
+
+def encoding_sha256(encoding: dict[str, Any]) -> str:
+    """The hash of an encoding (``TableTransformer.to_dict()``) as sites and model files compute it."""
+    return hashlib.sha256(pack(encoding).json.encode()).hexdigest()
+
+
+def model_identity(bundle: ModelBundle) -> str:
+    """``model_digest`` of a model file: its generator, options, encoding, weights and trained sites."""
+    m = bundle.manifest
+    return model_digest(m["model"], m["model_options"], encoding_sha256(m["encoding"]), bundle.weights,
+                        sorted(m["ledgers"]))
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:

@@ -127,6 +127,23 @@ class ReleasePolicy:
             raise ConfigError(f"{source}: not valid TOML ({e}).") from None
         return cls.from_dict(data, source=source)
 
+    def stricter(self, other: "ReleasePolicy") -> "ReleasePolicy":
+        """This policy with every privacy rule at least as strict as ``other``'s (a site applies the
+        coordinator's policy, never looser than its own): lower upper bounds, higher lower bounds, a larger
+        family-wise alpha (more refusals), a smaller memorised share to catch with more power, "refuse"
+        over "dp_only", DP required if either requires it. Fidelity thresholds stay this policy's."""
+        a, b = asdict(self), asdict(other)
+        out = dict(a)
+        for key in ("dcr_share_max", "max_exact_copy_rate", "max_mia_auc", "max_singling_out_risk",
+                    "max_linkability_risk", "max_inference_risk", "max_near_copy_excess", "required_memorised_share",
+                    "max_epsilon_per_site"):
+            out[key] = min(a[key], b[key])
+        for key in ("dcr_share_min", "family_alpha", "required_power"):
+            out[key] = max(a[key], b[key])
+        out["underpowered"] = "refuse" if "refuse" in (a["underpowered"], b["underpowered"]) else "dp_only"
+        out["require_dp"] = a["require_dp"] or b["require_dp"]
+        return type(self)(**out)
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         flat = asdict(self)
         return {section: {k: flat[k] for k in keys} for section, keys in _SECTIONS.items()}
@@ -373,6 +390,67 @@ def decide(policy: ReleasePolicy, evaluation: Evaluation, ledger_epsilons: Mappi
     return Verdict(released=all(c.passed for c in checks), checks=tuple(checks), tests=record)
 
 
+def _threshold_text(p: ReleasePolicy, name: str) -> str:
+    """The rule of check ``name`` as each site applied it (no figure: the sites send verdicts)."""
+    tested = {c: getattr(p, band) for c, _, band, _ in TESTED_CHECKS}
+    if name in tested:
+        return (f"<= {tested[name]:g}, or not significant (Holm at each site, family-wise {p.family_alpha:g} "
+                "split over the sites)")
+    return {
+        "quality": f">= {p.min_quality:g}", "detection_auc": f"<= {p.max_detection_auc:g}",
+        "exact_copies": f"excess <= {p.max_exact_copy_rate:g}", "dcr_share_low": f">= {p.dcr_share_min:g}",
+        "memorisation_power": (f"memorised share {p.required_memorised_share:g} caught with power "
+                               f"{p.required_power:g}, else " + (f"DP with epsilon <= {p.max_epsilon_per_site:g}"
+                                                                 if p.underpowered == "dp_only" else "refused")),
+        "dp_required": "finite epsilon" if p.require_dp else "not required",
+        "epsilon_per_site": f"<= {p.max_epsilon_per_site:g}",
+    }.get(name, "the site's policy")
+
+
+def decide_consortium(policy: ReleasePolicy, evaluation: Any, *, trained: list[str], table_sha256: str) -> Verdict:
+    """The gate over the sites' verdicts (``fedtab.assess.ConsortiumEvaluation``): the table is released
+    only when every site that trained answered, every one drew this very table (its hash), and every
+    site passed every check. Each site decided its checks against its own rows and ``policy`` (privacy
+    thresholds never looser than its own; ``family_alpha`` split over the sites, so a table that never
+    saw any site's rows is refused at most ``family_alpha`` of the time by the tested checks). Holds no
+    figure: a check's value is None, its message names the sites that failed it."""
+    sites = dict(evaluation.sites)
+    checks = []
+    missing = sorted(set(trained) - set(sites))
+    checks.append(Check("sites_answered", None, "every site that trained", not missing,
+                        f"Sites {missing} trained the model but sent no verdict: the gate fails closed." if missing
+                        else f"All {len(trained)} sites that trained evaluated the table."))
+    other = sorted(s for s, v in sites.items() if v.table_sha256 != table_sha256)
+    checks.append(Check("same_table", None, "every site drew the released table", not other,
+                        f"Sites {other} evaluated another table than the one the coordinator drew (SHA-256 "
+                        f"{table_sha256[:12]}...): refused." if other else
+                        f"Every site drew the table that would be released (SHA-256 {table_sha256[:12]}...)."))
+    names: list[str] = []
+    for v in sites.values():
+        names += [n for n in v.checks if n not in names]
+    for name in names:
+        failed = sorted(s for s, v in sites.items() if not v.checks.get(name, False))
+        if failed:
+            message = (f"Failed at site(s) {failed} (decided at each site against its own rows; its figures are "
+                       "in its own report).")
+        else:
+            message = f"Passed at all {len(sites)} site(s)."
+        if name == "memorisation_power":
+            weak = sorted(s for s, v in sites.items() if not v.powered)
+            if weak:
+                message += (f" UNDERPOWERED at {weak}: their checks cannot catch a memorised share of "
+                            f"{policy.required_memorised_share:g} with power {policy.required_power:g}; the "
+                            f"policy's rule '{policy.underpowered}' decided.")
+        checks.append(Check(name, None, _threshold_text(policy, name), not failed, message))
+    if not sites:
+        checks.append(Check("site_checks", None, "every check at every site", False, "No site sent a verdict."))
+    record = {"method": "each site decides every check against its own rows; Holm over its tested figures at "
+                        "family_alpha / sites; the table is released only when every site passes every check",
+              "family_alpha": policy.family_alpha, "n_sites": len(trained),
+              "sites": {s: {"checks": dict(v.checks), "powered": v.powered} for s, v in sorted(sites.items())}}
+    return Verdict(released=all(c.passed for c in checks), checks=tuple(checks), tests=record)
+
+
 def _dcr_low_check(p: ReleasePolicy, figures: Mapping[str, Mapping[str, Any]]) -> Check:
     """The lower DCR bound: a plain threshold (not a privacy test). Far below 0.5 the synthetic rows sit
     on the holdout rows: training and holdout rows swapped, or a table made of the holdout's rows."""
@@ -476,5 +554,6 @@ def write_audit(record: Mapping[str, Any], path: str | os.PathLike) -> Path:
     return atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
 
 
-__all__ = ["Check", "ReleasePolicy", "TESTED_CHECKS", "Verdict", "audit_record", "decide", "enforce", "holm",
+__all__ = ["Check", "ReleasePolicy", "TESTED_CHECKS", "Verdict", "audit_record", "decide", "decide_consortium",
+           "enforce", "holm",
            "memorised_share_caught", "power_check", "privacy_tests", "write_audit"]

@@ -136,20 +136,27 @@ def test_non_dp_mode_records_exact_releases(sites):
     assert all(sorted(h.losses) == ["private", "public"] for h in synth.history_)
 
 
-def test_federated_evaluation_refuses_copies_of_training_rows(dp_model, sites):
-    from fedtab.federation.site import split_holdout, site_seed
-    from fedtab.release import ReleasePolicy, decide
+def test_a_site_refuses_copies_of_its_training_rows_at_home(dp_model, sites):
+    """What each site decides in an evaluation, on a "synthesizer" that returns the site's own training
+    rows: the site's checks (against the shipped policy, family_alpha split over the 4 sites) refuse it."""
+    from evaluation import combine, evaluate_site
+    from fedtab.federation.site import site_seed, split_holdout
+    from fedtab.federation.site_evaluation import site_release_policy
+    from fedtab.release import decide
 
-    # A "synthesizer" that returns each site's own training rows (the same split the sites use).
-    copies = pd.concat([split_holdout(df, fraction=0.2, seed=site_seed(7, name, 1))[0].head(60)
-                        for name, df in sites.items()], ignore_index=True)
-    ev = fedtab.evaluate(dp_model, sites, synthetic=copies, target="num", seed=0)
-    assert set(ev.sites) == set(sites) and sum(ev.weights.values()) == pytest.approx(736, abs=2)
-    eps = {s: l.epsilon for s, l in dp_model.privacy_ledger.items()}
-    verdict = decide(ReleasePolicy.load(), ev, eps)
-    assert not verdict.released
-    failed = {c.name for c in verdict.failed}
-    assert "exact_copies" in failed and ("mia_auc" in failed or "dcr_share" in failed)
+    policy = site_release_policy(None, None, n_sites=4)
+    for name in ("cleveland", "hungary"):
+        train, holdout = split_holdout(sites[name], fraction=0.2, seed=site_seed(7, name, 1))
+        result = evaluate_site(train, holdout, train.head(120), dp_model.schema_, target="num", seed=0)
+        verdict = decide(policy, combine({name: result}, {name: result.n_train}), {name: 1.0})
+        failed = {c.name for c in verdict.failed}
+        assert not verdict.released and "exact_copies" in failed and ("mia_auc" in failed or "dcr_share" in failed)
+
+
+def test_federated_evaluation_refuses_a_table_of_the_coordinators_choosing(dp_model, sites):
+    copies = pd.concat([df.head(60) for df in sites.values()], ignore_index=True)
+    with pytest.raises(errors.ConfigError, match="draw themselves"):
+        fedtab.evaluate(dp_model, sites, synthetic=copies, target="num", seed=0)
 
 
 def test_calibrated_samples_follow_the_agreed_marginals_better_than_raw_ones(sites):

@@ -12,7 +12,8 @@ SCHEMA = heart_site_path("cleveland").parent / "heart_schema.json"
 
 
 def write_config(tmp_path, *, epsilon="1.0", sites=HEART_SITES, rounds=2) -> str:
-    lines = [f"seed = 5\nschema = '{SCHEMA}'\ntarget = 'num'\n[model]\nname = 'ctgan'\n",
+    lines = [f"seed = 5\nschema = '{SCHEMA}'\ntarget = 'num'\nledger_dir = '{tmp_path / 'ledgers'}'\n"
+             "[model]\nname = 'ctgan'\n",
              f"[privacy]\nepsilon = {epsilon}\ndelta = 1e-5\n" if epsilon else "",
              f"[training]\nrounds = {rounds}\nlocal_epochs = 1.0\nbatch_size = 128\n"]
     for s in sites:
@@ -70,10 +71,18 @@ def test_evaluate_writes_report_and_figures(trained, cli):
     tmp, cfg, _ = trained
     out = cli("evaluate", str(tmp / "m.fedtab"), cfg, "-o", str(tmp / "eval.html"), "-n", "300")
     assert out.exit_code == 0, out.output
-    figures = json.loads((tmp / "eval.json").read_text())["evaluation"]
-    assert set(figures["sites"]) == set(HEART_SITES)
-    assert 0 <= figures["figures"]["fidelity.quality"] <= 1
-    assert "<svg" in (tmp / "eval.html").read_text()
+    # The public report: each site's verdict on each check, no figure from a site's rows.
+    public = json.loads((tmp / "eval.json").read_text())
+    assert set(public["evaluation"]["sites"]) == set(HEART_SITES)
+    assert all(set(v["checks"]) >= {"quality", "exact_copies", "mia_auc"} for v in public["evaluation"]["sites"].values())
+    assert "fidelity.quality" not in (tmp / "eval.json").read_text()
+    assert "public consortium report" in (tmp / "eval.html").read_text()
+    # Each site's own report, at the site (its ledger folder): every figure, with plots.
+    for site in HEART_SITES:
+        [local] = sorted((tmp / "ledgers" / site / "reports").glob("*.json"))
+        figures = json.loads(local.read_text())["evaluation"]["sites"][site]["figures"]
+        assert 0 <= figures["fidelity.quality"] <= 1
+        assert "<svg" in local.with_suffix(".html").read_text()
 
 
 def test_release_refused_names_failed_checks_and_releases_nothing(trained, cli, tmp_path):
@@ -83,7 +92,7 @@ def test_release_refused_names_failed_checks_and_releases_nothing(trained, cli, 
     out = cli("release", cfg, "--model", str(tmp / "m.fedtab"), "--policy", str(policy),
               "--out", str(tmp_path / "rel"), "-n", "300")
     assert out.exit_code == 10, out.output
-    assert "Quality score" in out.output and "outside >= 0.99" in out.output
+    assert "quality" in out.output and ">= 0.99" in out.output and "Failed at site(s)" in out.output
     assert not (tmp_path / "rel" / "synthetic.csv").exists()
     audit = json.loads((tmp_path / "rel" / "audit.json").read_text())
     assert audit["released"] is False and "quality" in audit["failed_checks"]

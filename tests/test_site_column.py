@@ -130,12 +130,12 @@ def test_sampled_rows_are_labelled_and_calibrated_per_site(non_dp_model):
 def test_each_site_scores_the_rows_labelled_with_its_name(non_dp_model):
     frames = _site_frames()
     synthetic = non_dp_model.sample(600, seed=1, quantile_map=True)
-    ev = fedtab.evaluate(non_dp_model, frames, synthetic=synthetic, seed=0)
+    # Each site draws the same table itself (same model, rows, seed) and scores the rows labelled with it.
+    ev = fedtab.evaluate(non_dp_model, frames, n=600, seed=1, quantile_map=True)
     for name in frames:
-        site = ev.sites[name]
+        site = ev.site_local[name].evaluation.sites[name]
         assert site.n_synthetic == int((synthetic["site"] == name).sum())
-    # The union's quality reads the whole table, site column included.
-    assert "site" in {c for c, _ in ev.consortium.column_scores}
+        assert "site" not in {m.column for m in site.marginals}  # the site column is left out of its figures
 
 
 def test_the_model_file_keeps_the_site_marginals(non_dp_model, tmp_path):
@@ -220,8 +220,11 @@ def test_the_report_says_which_synthetic_rows_each_site_scored(non_dp_model, tmp
     from evaluation.report import _figures_html
 
     ev = fedtab.evaluate(non_dp_model, _site_frames(), n=300, seed=0)
-    assert ev.sites["north"].synthetic_rows == "site = north"
-    html = _figures_html(ev)
+    local = ev.site_local["north"].evaluation  # the site's own report
+    assert local.sites["north"].synthetic_rows == "site = north"
+    html = _figures_html(local)
+    assert "synthetic rows scored" in html and "site = north" in html
+    html = _figures_html(ev.site_local["south"].evaluation)
     assert "synthetic rows scored" in html and "site = south" in html
 
 

@@ -30,32 +30,38 @@ def register(app: typer.Typer) -> None:
 def evaluate_cmd(
     model: Path = typer.Argument(..., help="A model file written by 'fedtab train'."),
     config: Path = typer.Argument(..., help="The run configuration naming the sites (TOML)."),
-    output: Path = typer.Option(Path("report.html"), "--output", "-o", help="HTML report to write (JSON beside it)."),
-    synthetic: Optional[str] = typer.Option(None, "--synthetic", help="Score this table instead of sampling."),
-    rows: Optional[int] = typer.Option(None, "-n", "--rows", help="Rows to sample (default: the sites' total)."),
+    output: Path = typer.Option(Path("report.html"), "--output", "-o",
+                                help="Public report to write (HTML; JSON beside it)."),
+    synthetic: Optional[str] = typer.Option(None, "--synthetic", hidden=True),
+    rows: Optional[int] = typer.Option(None, "-n", "--rows", help="Rows the sites draw (default: the sites' total)."),
     target: Optional[str] = TargetOpt,
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (default: the model's)."),
     transport: str = typer.Option("inprocess", "--transport", help=TRANSPORT_HELP),
     quantile_map: Optional[bool] = QuantileMapOpt,
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Release policy (TOML); default: the shipped one."),
+    site_reports: Optional[Path] = typer.Option(
+        None, "--site-reports", help="Folder for each site's own report (default: its ledger folder)."),
 ) -> None:
-    """Score a model's synthetic table at every site; only aggregate figures leave a site."""
-    import connectors
-    from evaluation.report import write_json, write_report
+    """Have every site draw a table from the model, score it against its own rows and decide each
+    check at home; only the sites' verdicts leave them. Writes the public report."""
     from fedtab.api import load
-    from fedtab.assess import evaluate
+    from fedtab.assess import evaluate, write_public
     from fedtab.config import load_config
+    from fedtab.errors import ConfigError
 
+    if synthetic is not None:
+        raise ConfigError("--synthetic is no longer accepted: sites evaluate only tables they draw themselves from "
+                          "the model they trained. Give --rows, --seed and --quantile-map instead; 'fedtab sample' "
+                          "with the same settings draws the same table.")
     cfg = load_config(config)
     synth = load(model)
-    table = connectors.read_table(synthetic, schema=synth.schema_) if synthetic else None
-    ev = evaluate(synth, dict(cfg.sites), synthetic=table, n=rows, target=target or cfg.target, seed=seed,
-                  transport=transport, ledger_dir=cfg.ledger_dir,
-                  quantile_map=_quantile_map(cfg, quantile_map))
-    ledger = {s: led.to_dict() for s, led in synth.privacy_ledger.items()}
-    html = write_report(ev, output, ledger=ledger)
-    js = write_json(ev, output.with_suffix(".json"), ledger=ledger)
-    _print_figures(ev)
-    stdout().print(f"report: {html}\nfigures: {js}")
+    ev = evaluate(synth, dict(cfg.sites), n=rows, target=target or cfg.target, seed=seed, transport=transport,
+                  ledger_dir=cfg.ledger_dir, quantile_map=_quantile_map(cfg, quantile_map), policy=policy,
+                  report_dir=site_reports)
+    verdict, html, js = write_public(synth, ev, output, policy=policy)
+    print_verdict(verdict)
+    stdout().print(f"public report: {html}\npublic figures: {js}")
+    _where_site_reports(cfg, site_reports)
 
 
 def release_cmd(
@@ -65,12 +71,15 @@ def release_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="Use this model file instead of training."),
     rows: Optional[int] = typer.Option(None, "-n", "--rows", help="Rows to sample (default: the sites' total)."),
     target: Optional[str] = TargetOpt,
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (default: the model's)."),
     transport: str = typer.Option("inprocess", "--transport", help=TRANSPORT_HELP),
     quantile_map: Optional[bool] = QuantileMapOpt,
+    site_reports: Optional[Path] = typer.Option(
+        None, "--site-reports", help="Folder for each site's own report (default: its ledger folder)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train (or load) a model, sample, evaluate at the sites, and release only if every check passes."""
+    """Train (or load) a model; every site draws the table from it and decides each check at home; the
+    table is released only if every site passes every check."""
     from fedtab.api import FederatedSynthesizer, load
     from fedtab.assess import release
     from fedtab.config import load_config
@@ -83,29 +92,31 @@ def release_cmd(
             synth = FederatedSynthesizer.from_config(cfg, transport=transport, progress=on_event).fit(dict(cfg.sites))
     result = release(synth, dict(cfg.sites), out, policy=policy, n=rows, target=target or cfg.target, seed=seed,
                      transport=transport, model_path=model, ledger_dir=cfg.ledger_dir,
-                     quantile_map=_quantile_map(cfg, quantile_map))
+                     quantile_map=_quantile_map(cfg, quantile_map), report_dir=site_reports)
     print_verdict(result.verdict)
     for label, path in result.outputs.items():
         stdout().print(f"  {label}: {path}")
+    _where_site_reports(cfg, site_reports)
 
 
 def print_verdict(verdict) -> None:
     from rich.table import Table
 
     t = Table(title=f"release gate: {'RELEASED' if verdict.released else 'REFUSED'}")
-    for c in ("check", "value", "threshold", "passed"):
+    values = any(c.value is not None for c in verdict.checks)  # a site's own verdict has figures
+    for c in ("check", *(("value",) if values else ()), "rule", "passed"):
         t.add_column(c)
     for c in verdict.checks:
-        t.add_row(c.name, "n/a" if c.value is None else f"{c.value:.3f}", c.threshold, "yes" if c.passed else "NO")
+        value = ("n/a" if c.value is None else f"{c.value:.3f}",) if values else ()
+        t.add_row(c.name, *value, c.threshold, "yes" if c.passed else "NO")
     stdout().print(t)
 
 
-def _print_figures(ev) -> None:
-    from rich.table import Table
-
-    t = Table(title="evaluation (row-weighted over sites)")
-    t.add_column("figure")
-    t.add_column("value")
-    for k, v in ev.figures.items():
-        t.add_row(k, "n/a" if v is None else f"{v:.3f}")
-    stdout().print(t)
+def _where_site_reports(cfg, site_reports: Path | None) -> None:
+    """Where each site's own report went (it holds figures from the site's rows: not for publication)."""
+    where = (site_reports / "<site>" if site_reports is not None else
+             None if cfg.ledger_dir is None else Path(cfg.ledger_dir) / "<site>" / "reports")
+    if where is None:
+        stdout().print("  each site's own report: not kept (give the configuration a 'ledger_dir', or --site-reports)")
+    else:
+        stdout().print(f"  each site's own report (its figures; not for publication): {where}")

@@ -190,7 +190,7 @@ def run_site(config_path: Path, *, on_event: Callable[[str], None] | None = None
     state_dir.mkdir(parents=True, exist_ok=True)
     _log_to(state_dir / "site.log")  # the site's own log: error details (values, rows) stay here
     worker = _make_worker(cfg.name, SiteSource(source=cfg.source, table=cfg.table), policy=cfg.policy,
-                          book=LedgerBook(cfg.name, state_dir))
+                          book=LedgerBook(cfg.name, state_dir), report_dir=state_dir / "reports")
     service = SiteService(worker, state_dir / "state.fedtab")
     sock = state_dir / "site.sock"
     node_config = f"site-name={_toml_str(cfg.name)} site-socket={_toml_str(sock)}"

@@ -74,11 +74,12 @@ def _release(transport, synth, cfg, *, sites: list[str], release_dir: str, polic
     Returns the verdict as a dict (for the status file); the report, audit record and (if released)
     the synthetic table are in ``release_dir``.
     """
-    from fedtab.assess import default_rows, evaluate_on, gate_and_write
+    from fedtab.assess import evaluate_on, gate_and_write, sampling_settings
     from fedtab.errors import ReleaseRefusedError
 
-    table = synth.sample(default_rows(synth), seed=cfg.seed)
-    ev = evaluate_on(transport, synth, table, target=cfg.target, sites=sites)
+    sampling = sampling_settings(synth, n=None, seed=cfg.seed, quantile_map=cfg.sampling.quantile_map)
+    ev = evaluate_on(transport, synth, sampling, target=cfg.target, policy=policy or None, sites=sites)
+    table = synth.sample(sampling["n"], seed=sampling["seed"], quantile_map=sampling["quantile_map"])
     try:
         result = gate_and_write(synth, table, ev, release_dir, policy=policy or None, model_path=model_path)
     except ReleaseRefusedError as refused:

@@ -24,6 +24,8 @@ Example (paths are relative to the file)::
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +78,7 @@ def load_site_config(path: str | Path) -> SiteConfig:
     source = data["source"] if "://" in data["source"] else str(rel(data["source"]))
     return SiteConfig(name=data["name"], source=source, superlink=data["superlink"],
                       state_dir=rel(data.get("state_dir") or f"fedtab-site-{data['name']}"), table=data.get("table"),
-                      policy=policy,
+                      policy=(policy if policy.release_policy is None else
+                              dataclasses.replace(policy, release_policy=str(rel(policy.release_policy)))),
                       root_certificates=rel(tls.get("root_certificates")), insecure=insecure,
                       private_key=rel(auth.get("private_key")), port=data.get("port"))

@@ -46,10 +46,14 @@ class JobSpec:
     schema: TableSchema | None = None
     target: str | None = None  # its two-way tables with the other columns are released (calibration)
     site_column: str | None = None  # a column naming each row's site, added at the sites (see with_site_column)
+    # One run's name (random, public; ``FederatedSynthesizer.fit`` draws one): a site keeps one ledger per
+    # run, so training the same configuration again is a new job on its book (counted in its total).
+    job_id: str = ""
 
     def site_job(self) -> dict:
-        return {"seed": self.seed, "holdout": self.holdout, "missing_markers": list(self.missing_markers),
-                "epsilon": self.privacy.epsilon, "delta": self.privacy.delta, "site_column": self.site_column}
+        job = {"seed": self.seed, "holdout": self.holdout, "missing_markers": list(self.missing_markers),
+               "epsilon": self.privacy.epsilon, "delta": self.privacy.delta, "site_column": self.site_column}
+        return {**job, "job_id": self.job_id} if self.job_id else job
 
 
 @dataclass(frozen=True)
@@ -119,8 +123,11 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
             on_round(state)
         _notify(progress, "round", round=r + 1, rounds=job.training.rounds, losses=losses, epsilon=eps)
 
-    ledger_sites = list(state.active_sites)
-    ledgers = {s: r["ledger"] for s, r in _available(transport, LEDGER, {s: {} for s in ledger_sites}).items()}
+    # The job ends: each site records the final model's identity (from its own setup, these weights and
+    # the sites that trained) and evaluates no other model file for this job afterwards.
+    ledger_sites = sorted(state.active_sites)
+    final = {"weights": state.weights, "sites": ledger_sites}
+    ledgers = {s: r["ledger"] for s, r in _available(transport, LEDGER, {s: final for s in ledger_sites}).items()}
     return FederationResult(schema=state.schema, encoding=state.encoding, weights=state.weights, ledgers=ledgers,
                             history=state.history, site_weights=state.site_weights,
                             noise_multipliers=state.noise_multipliers)

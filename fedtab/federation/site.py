@@ -9,7 +9,9 @@ secret source (``fedtab.privacy.secret``), never from the job seed. The site pla
 a DP estimate of its row count, read off its own noisy histograms: no exact count leaves it.
 
 Requests (``kind``): ``schema`` -> ``encode`` (one per encoding phase) -> ``setup`` -> ``train``
-(one per round) -> ``ledger``; ``evaluate`` scores a synthetic table against the site's own rows.
+(one per round) -> ``ledger`` (the job ends; the site records the final model's identity);
+``evaluate`` draws a table from that model, scores it against the site's own rows and sends back the
+site's verdict on each check of the release policy (``site_evaluation``).
 """
 
 from __future__ import annotations
@@ -60,11 +62,15 @@ class SiteWorker:
     otherwise raw; see ``fedtab.validation``). ``policy`` holds the site's own rules (per-job and
     total epsilon, delta, whether it serves non-DP jobs); ``book`` is its lasting ledger (default: kept
     in the transport's state for this site, ``state["book"]``, so it lasts as long as that state).
+    ``report_dir``: where it writes the full report of each evaluation (every figure against its rows,
+    for its data protection officer); the coordinator receives only its verdicts.
     """
 
     def __init__(self, name: str, load_frame: Callable[[TableSchema | None, tuple[str, ...]], pd.DataFrame], *,
-                 policy: SitePolicy | None = None, book: LedgerBook | None = None):
+                 policy: SitePolicy | None = None, book: LedgerBook | None = None, report_dir=None):
         self.name = name
+        self.report_dir = report_dir  # where the site writes its own evaluation reports (None: none)
+        self.last_evaluation = None
         self._load_frame = load_frame
         self.policy = policy if policy is not None else SitePolicy()
         self._book = book
@@ -230,22 +236,42 @@ class SiteWorker:
             )
 
     def _ledger(self, body: dict, state: dict) -> dict:
+        from fedtab.modelfile import model_digest
+
         ledger = self._ledger_of(state)
-        self.book(state).close(state["job_key"])
+        book = self.book(state)
+        if "weights" in body:  # the final model: the only one this site will evaluate for the job
+            sites = [str(s) for s in body["sites"]]
+            setup = state.get("training")
+            if setup is None or self.name not in sites:
+                raise FederationError(f"site '{self.name}' did not train this job's final model", public=True)
+            book.record_model(state["job_key"], model_digest(setup["model"], setup["model_options"],
+                                                             setup["transformer_hash"], body["weights"], sites), sites)
+        book.close(state["job_key"])
         return {"ledger": ledger.to_dict()}
 
     # -- evaluation ---------------------------------------------------------------------------------
     def _evaluate(self, body: dict, state: dict) -> dict:
+        """Evaluate a table the site draws itself from the job's final model, decide every check of the
+        release policy at home, keep the figures here (``report_dir``), send back the verdicts only."""
         from fedtab.federation import site_evaluation
 
-        # Self-contained: a fresh transport (e.g. `fedtab evaluate` on a saved model) carries the job
-        # and schema again, so the site sets the same holdout rows aside as during training.
-        state["job"] = body["job"]
-        state["schema"] = TableSchema.from_dict(body["schema"]).to_json()
+        job = body["job"]
+        key = job_key(job)
+        book = self.book(state)
+        model = site_evaluation.verified_model(self.name, body, book.model_of(key) if book.admitted(key) else None)
+        sampling = site_evaluation.check_sampling(self.name, body.get("sampling"))
+        number = book.record_evaluation(key, self.policy, model=model.digest, sampling=sampling)
+        # The holdout rows are the ones set aside in training: same job, same seeded split.
+        state.update(job=job, job_key=key, schema=model.synthesizer.schema_.to_json())
         train, holdout = self._frames(state)
-        # Every evaluation reads the site's rows: counted against its max_evaluations for this job, on
-        # its lasting ledger, before the figures leave (sampling a new table does not reset it).
-        self.book(state).record_evaluation(job_key(body["job"]), self.policy)
-        schema = TableSchema.from_json(state["schema"])
-        return site_evaluation.evaluate_at_site(body, train=train, holdout=holdout, schema=schema,
-                                                seed=site_seed(state["job"]["seed"], self.name, 4), site=self.name)
+        outcome = site_evaluation.evaluate_model(
+            self.name, model, sampling, train=train, holdout=holdout, target=body.get("target"),
+            coordinator_policy=body.get("policy"), own_policy=self.policy.release_policy,
+            ledger=book.ledger(key), seed=site_seed(job["seed"], self.name, 4))
+        book.record_verdict(key, model.digest, checks=outcome.checks, privacy_passed=outcome.privacy_passed)
+        self.last_evaluation = outcome  # the site's own figures (its operator's; a simulation reads them)
+        if self.report_dir is not None:
+            outcome.write_local_report(self.report_dir, stem=f"evaluation-{key[:12]}-{number}",
+                                       ledger=book.ledger(key).to_dict())
+        return outcome.reply(number=number, of=self.policy.max_evaluations)

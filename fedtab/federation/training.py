@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
 from typing import Any
 
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedtab.federation.wire import pack
+from fedtab.modelfile import encoding_sha256
 from fedtab.models.registry import create_model, get_model_class
 from fedtab.privacy.accountant import calibrate_noise_multiplier
 from fedtab.privacy.dpsgd import DPSGDConfig
@@ -60,7 +59,7 @@ def setup_body(job, transformer: TableTransformer) -> dict[str, Any]:
     enc = transformer.to_dict()
     return {
         "transformer": enc,
-        "transformer_hash": hashlib.sha256(pack(enc).json.encode()).hexdigest(),
+        "transformer_hash": encoding_sha256(enc),
         "model": job.model, "model_options": resolve_model_options(job, transformer), "seed": job.seed,
         "epsilon": job.privacy.epsilon, "rounds": job.training.rounds, "local_epochs": job.training.local_epochs,
         "batch_size": job.training.batch_size, "max_grad_norm": job.training.max_grad_norm,

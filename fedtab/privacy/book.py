@@ -17,8 +17,11 @@ the site releases anything for it, and a refusal names the rule it applied:
   add up). A job counts with its whole budget from its admission until it ends (its ledger was
   read back), then with what it spent;
 * ``max_evaluations`` (default 10): how many synthetic tables of one job the site scores against its
-  rows (``fedtab evaluate`` / ``release``: each figure it sends back is computed from its rows); every
-  evaluation is recorded before its reply leaves, so sampling again does not reset the count;
+  rows (``fedtab evaluate`` / ``release``: each verdict it sends back is computed from its rows); every
+  evaluation is recorded before its reply leaves, so sampling again does not reset the count. The site
+  evaluates only the job's final model (its identity recorded when the job ended, ``record_model``),
+  draws the table itself, and once a table of the model failed a privacy check it evaluates no other
+  table of that model (``record_verdict``);
 * ``max_delta`` (default 1e-5): the largest delta a job may use; a job's delta must also stay
   below ``1 / (10 x the site's row count)``, checked against the site's DP row estimate plus two
   noise sds (:meth:`SitePolicy.check_delta_for_rows`) before any release that reaches the coordinator.
@@ -45,7 +48,7 @@ DELTA_ROWS_FACTOR = 10  # delta < 1 / (DELTA_ROWS_FACTOR x rows)
 DEFAULT_MAX_EVALUATIONS = 10  # tables of one job a site scores against its rows
 
 
-POLICY_KEYS = ("max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp", "max_evaluations")
+POLICY_KEYS = ("max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp", "max_evaluations", "release_policy")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +60,9 @@ class SitePolicy:
     max_delta: float = DEFAULT_MAX_DELTA
     allow_non_dp: bool = False
     max_evaluations: int = DEFAULT_MAX_EVALUATIONS
+    # The site's own release policy (a TOML file; None: the packaged default): its privacy thresholds
+    # are a floor under the coordinator's policy when the site decides its verdicts.
+    release_policy: str | None = None
 
     def __post_init__(self):
         problems = []
@@ -72,6 +78,9 @@ class SitePolicy:
         m = self.max_evaluations
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             problems.append(f"'max_evaluations' must be a whole number >= 0. Got {m!r} instead.")
+        r = self.release_policy
+        if r is not None and (not isinstance(r, (str, os.PathLike)) or not str(r)):
+            problems.append(f"'release_policy' must be the path of a release policy (TOML) or None. Got {r!r} instead.")
         if problems:
             raise ConfigError("Invalid SitePolicy:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -185,9 +194,37 @@ class LedgerBook:
     def evaluations(self, key: str) -> int:
         return sum(1 for r in self._records if r["type"] == "evaluation" and r["job"] == key)
 
-    def record_evaluation(self, key: str, policy: SitePolicy) -> None:
-        """Count one evaluation of job ``key`` against ``policy.max_evaluations`` (refused past it),
-        recorded before the evaluation's reply can leave the site."""
+    def model_of(self, key: str) -> dict[str, Any] | None:
+        """The final model the site recorded when job ``key`` ended (``{"digest", "sites"}``), or None."""
+        found = None
+        for r in self._records:
+            if r["type"] == "model" and r["job"] == key:
+                found = {"digest": r["digest"], "sites": list(r["sites"])}
+        return found
+
+    def privacy_refused(self, key: str, digest: str) -> bool:
+        """Whether a table of this model already failed a privacy check at this site."""
+        return any(r["type"] == "verdict" and r["job"] == key and r["model"] == digest and not r["privacy_passed"]
+                   for r in self._records)
+
+    def record_model(self, key: str, digest: str, sites: list[str]) -> None:
+        """The job's final model (its identity, ``fedtab.modelfile.model_digest``): the only model file the
+        site will evaluate for this job. Recorded once; a second, different final model is refused."""
+        with self._lock:
+            held = self.model_of(key)
+            if held is not None:
+                if held["digest"] != digest:
+                    raise PrivacyBudgetError(
+                        f"site '{self.site}' already recorded the final model of this job; it does not accept "
+                        "another one (a job ends once)", public=True)
+                return
+            self._append({"type": "model", "job": key, "digest": digest, "sites": sorted(sites)})
+
+    def record_evaluation(self, key: str, policy: SitePolicy, *, model: str | None = None,
+                          sampling: dict[str, Any] | None = None) -> int:
+        """Count one evaluation of job ``key`` against ``policy.max_evaluations`` (refused past it, and
+        refused for a model a table of which already failed a privacy check here), recorded before the
+        evaluation's reply can leave the site. Returns the evaluation's number (1, 2, ...)."""
         with self._lock:
             done = self.evaluations(key)
             if done >= policy.max_evaluations:
@@ -195,7 +232,23 @@ class LedgerBook:
                     f"site '{self.site}' refuses to evaluate (rule max_evaluations: it has scored {done} table(s) of "
                     f"this job, its limit is {policy.max_evaluations}; every evaluation reads its rows). Nothing "
                     "was released.", public=True)
-            self._append({"type": "evaluation", "job": key})
+            if model is not None and self.privacy_refused(key, model):
+                raise PrivacyBudgetError(
+                    f"site '{self.site}' refuses to evaluate: a table of this model already failed a privacy check "
+                    "here, and sampling again does not make the model private (the refusal holds for every table "
+                    "of it). Train a new model (more noise, fewer rounds). Nothing was released.", public=True)
+            record: dict[str, Any] = {"type": "evaluation", "job": key}
+            if model is not None:
+                record.update(model=model, sampling=dict(sampling or {}))
+            self._append(record)
+            return done + 1
+
+    def record_verdict(self, key: str, digest: str, *, checks: dict[str, bool], privacy_passed: bool) -> None:
+        """What an evaluation sends back: the site's verdict on each check (a bit each), recorded before
+        it leaves. A failed privacy check stops every later evaluation of the model (``privacy_refused``)."""
+        with self._lock:
+            self._append({"type": "verdict", "job": key, "model": digest, "checks": dict(checks),
+                          "privacy_passed": bool(privacy_passed)})
 
     # -- writing ---------------------------------------------------------------------------------
     def record(self, key: str, ledger: PrivacyLedger) -> None:
