@@ -28,6 +28,12 @@ class DemoResult:
     figures: dict = field(default_factory=dict)  # each hospital's own figures (a simulation runs them all)
 
 
+def site_reports_dir(out: str | Path) -> Path:
+    """Where the demo's hospitals write their own reports: beside the public outputs, not inside them."""
+    out = Path(out)
+    return out.with_name(out.name + "-sites")
+
+
 def run_demo(out: str | Path, *, epsilon: float | None = 1.0, rounds: int = 10, rows: int | None = None,
              seed: int = 0, progress=None) -> DemoResult:
     from fedtab.assess import release
@@ -52,7 +58,10 @@ def run_demo(out: str | Path, *, epsilon: float | None = 1.0, rounds: int = 10, 
         progress("phase", {"name": "evaluation at each hospital and release gate"})
     try:
         # Tiny DP sites: numerical columns mapped onto the agreed marginals too (see FederatedSynthesizer.sample).
-        result = release(synth, sites, out, n=rows, target=DEMO_TARGET, seed=seed, quantile_map=True)
+        # Each hospital's own report (every figure against its rows) goes to its own folder beside the
+        # public outputs, as it would stay at the hospital: <out>-sites/<hospital>/reports.
+        result = release(synth, sites, out, n=rows, target=DEMO_TARGET, seed=seed, quantile_map=True,
+                         report_dir=site_reports_dir(out))
     except ReleaseRefusedError as refused:
         result = refused.result
     return DemoResult(synthesizer=synth, outputs=result.outputs, verdict=result.verdict,

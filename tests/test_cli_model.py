@@ -177,8 +177,10 @@ def test_demo_runs_the_whole_flow(cli, tmp_path):
     for name in ("report.html", "report.json", "model.fedtab", "audit.json"):
         assert (tmp_path / "demo" / name).exists(), name
     assert "release gate" in out.output
-    report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert set(report["evaluation"]["sites"]) == set(HEART_SITES) and report["verdict"]["checks"]
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())  # public: verdicts per hospital
+    assert set(report["evaluation"]["sites"]) == set(HEART_SITES) and report["checks"]
+    for site in HEART_SITES:  # each hospital's own report, beside the public outputs
+        assert list((tmp_path / "demo-sites" / site).glob("evaluation-*.html")), site
 
 
 @pytest.mark.slow

@@ -104,14 +104,18 @@ def test_readme_deployment_three_sites_tls_auth_gives_the_in_process_model(tmp_p
     link_log = (run_dir / "superlink.log").read_text()
     assert "insecure" not in link_log.lower() and "authentication is disabled" not in link_log
 
-    # Evaluation and the gate ran over the deployment: every site scored the table, the verdict matches
-    # the exit code, and the table exists only if released.
+    # Evaluation and the gate ran over the deployment: every site drew the table from the model it
+    # trained and sent its verdicts (the public report), kept its figures in its own report (on its
+    # disk), the verdict matches the exit code, and the table exists only if released.
     report = json.loads((tmp_path / "release" / "report.json").read_text())
     assert set(report["evaluation"]["sites"]) == set(SITES)
+    assert "fidelity.quality" not in (tmp_path / "release" / "report.json").read_text()
     audit = json.loads((tmp_path / "release" / "audit.json").read_text())
     assert audit["released"] is (rc == 0)
     assert (tmp_path / "release" / "synthetic.csv").exists() is (rc == 0)
-    assert (tmp_path / "release" / "report.html").read_text().count("<svg") > 3
+    for s in SITES:
+        [own] = (tmp_path / f"state-{s}" / "reports").glob("evaluation-*.html")
+        assert own.read_text().count("<svg") > 3
 
     status = json.loads((run_dir / "status.json").read_text())
     deployed_s = [r["seconds"] for r in status["rounds"]]

@@ -119,10 +119,13 @@ def demo_cmd(
     for label, path in result.outputs.items():
         console.print(f"  {label}: {path}")
     from fedtab.commands.release import print_verdict
+    from fedtab.demo import site_reports_dir
 
+    console.print(f"  each hospital's own report (its figures; not for publication): {site_reports_dir(out)}/<hospital>")
     print_verdict(result.verdict)
     if not result.verdict.released:
-        console.print("The gate refused this table: nothing was released; the report says why.")
+        console.print("The gate refused this table: nothing was released; the public report says which checks "
+                      "failed where, each hospital's own report why.")
 
 
 def _print_ledger(synth) -> None:

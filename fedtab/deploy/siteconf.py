@@ -10,8 +10,10 @@ Example (paths are relative to the file)::
     # max_delta = 1e-5                      # the default; a job's delta must also be < 1 / (10 x rows)
     # allow_non_dp = false                  # the default: jobs without DP (exact statistics) are refused
     # max_evaluations = 10                  # the default: synthetic tables of one job it scores
+    # release_policy = "my_policy.toml"     # its own privacy thresholds: a floor under the coordinator's
     superlink = "coordinator.example.org:9093"
     state_dir = "fedtab-site-state"         # lasting ledger of every job + replay cache + the site's log
+                                            # + its own evaluation reports (reports/)
                                             # (keep it: it is the site's memory of what it released)
 
     [tls]
@@ -25,7 +27,6 @@ Example (paths are relative to the file)::
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass
 from pathlib import Path
 
