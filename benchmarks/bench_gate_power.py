@@ -3,31 +3,38 @@ refuse a table that never saw a hospital's rows.
 
 Every hospital's rows are split as the demo splits them (80/20, ``site_seed(seed, site, 1)``); the
 synthetic rows a hospital scores number its training rows (as the demo's table gives each hospital
-about its share). The gate's privacy checks are read as ``fedtab.release`` reads them: the tested
-figures (DCR share, near-copy excess, membership AUC, singling-out, linkability, inference) with Holm
-over 4 hospitals x 6 figures at the default policy's family-wise 0.1, each over its band; the exact-copy
-rate as a plain threshold. The lower DCR bound (a table hugging the holdout rows, or a swapped split)
-is counted apart: a table made of holdout rows trips it by construction.
+about its share). The gate's privacy checks are read as each hospital now decides them at home
+(``fedtab.federation.site_evaluation``, since the evaluation protocol of 89f2e72): every hospital
+runs ``fedtab.release.privacy_tests`` on its own figures alone, under
+``site_release_policy(None, None, n_sites=4)`` (the default policy with ``family_alpha`` 0.1 split
+over the 4 hospitals: Holm over its 6 tested figures - DCR share, near-copy excess, membership AUC,
+singling-out, linkability, inference - at family-wise 0.025, each over its band; Bonferroni across
+the hospitals), plus the exact-copy rate as a plain threshold. A table is refused when any hospital
+refuses it. (Before 89f2e72 this script read Holm once over 4 hospitals x 6 figures at 0.1; the
+first Holm level is the same number under both rules, 0.1 / 24, the later steps differ.) The lower
+DCR bound (a table hugging the holdout rows, or a swapped split) is counted apart: a table made of
+holdout rows trips it by construction.
 
 (a) Planted memorisation, ``--seeds`` seeds: at one hospital the table holds near copies (one integer
     column +-1 within the schema's bounds) of 20% / 100% of its training rows, or exact copies of
-    1 row / 5% / 20% / 100%, among background rows; every other hospital scores a background table.
-    Refused = any privacy check fails. Two backgrounds: the hospital's holdout rows resampled, and rows
-    of the other three hospitals.
+    1 row / 2% / 20% / 100%, among background rows; every other hospital scores a background table.
+    Refused = any privacy check fails at any hospital. Two backgrounds: the hospital's holdout rows
+    resampled, and rows of the other three hospitals.
 (b) False alarms, ``--draws`` draws per hospital, all four hospitals at once, a fresh split per draw:
     tables that never saw the training rows: (1) the holdout rows resampled; (2) fresh rows: 20% of the
     hospital's rows set aside, the rest split 80/20, the set-aside rows as the table (not resampled, so
     fewer rows than the demo's); (3) a DP-CTGAN
     (epsilon 1, the demo's settings, no site column) trained WITHOUT that hospital, ``--dp-models``
     models per hospital, the draws cycling through them (each draw its own sample and split).
-(c) Power: for each check and hospital, the smallest planted share of near copies refused (Bonferroni's
-    level 0.1 / 24, Holm's first step, and over the band) in at least 90% of ``--reps`` plantings, on the
-    grid ``--shares``; background: other hospitals' rows (every check), and resampled holdout rows
-    (distance checks only). Beside it, what each hospital's evaluation itself reports
-    (``NearCopies.power``, read by the gate's ``memorisation_power`` check).
+(c) Power: for each check and hospital, the smallest planted share of near copies refused (at the
+    first Holm level inside one hospital, ``family_alpha / 4 / 6`` = 0.1 / 24, and over the band) in at
+    least 90% of ``--reps`` plantings, on the grid ``--shares``; background: other hospitals' rows
+    (every check), and resampled holdout rows (distance checks only). Beside it, what each hospital's
+    evaluation itself reports (``NearCopies.power`` at that level, read by the gate's
+    ``memorisation_power`` check). ``--skip-power`` (or ``--parts a b``) leaves part (c) out.
 
-Run:  python benchmarks/bench_gate_power.py [--seeds 10] [--draws 30] [--reps 20] [--dp-models 5]
-Writes benchmarks/results/bench_gate_power.json.
+Run:  python benchmarks/bench_gate_power.py [--seeds 10] [--draws 30] [--reps 20] [--dp-models 5] [--skip-power]
+Writes benchmarks/results/bench_gate_power.json (with the arguments and the rule it ran under).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from evaluation.planting import planted_table  # noqa: E402
 from fedtab.datasets import heart_schema, load_heart_sites  # noqa: E402
 from fedtab.demo import DEMO_TARGET  # noqa: E402
 from fedtab.federation.site import site_seed, split_holdout  # noqa: E402
+from fedtab.federation.site_evaluation import site_release_policy  # noqa: E402
 from fedtab.release import TESTED_CHECKS, ReleasePolicy, memorised_share_caught, privacy_tests  # noqa: E402
 from fedtab.schema import atomic_write_text  # noqa: E402
 from fedtab.validation import validate_table  # noqa: E402
@@ -73,11 +81,15 @@ def _score(train, holdout, table, seed: int, *, anonymeter: bool = True) -> dict
 
 
 def _gate(figures: dict[str, dict], policy: ReleasePolicy) -> dict:
-    """The privacy checks over the four hospitals' figures: the tested figures as
-    ``fedtab.release.privacy_tests`` reads them (Holm over 4 x 6 tests), the exact-copy threshold, and the
-    lower DCR bound apart. Returns the refused 'check@site' pairs."""
-    _, record = privacy_tests(policy, figures)
-    tested = [f"{t['check']}@{t['site']}" for t in record["tests"] if t["refused"]]
+    """The privacy checks as the hospitals decide them at home: each hospital reads its own figures
+    alone (``fedtab.release.privacy_tests`` on ``{site: figures[site]}``: Holm over its 6 tested figures
+    at ``policy.family_alpha``, which is the site policy's, i.e. the default's split over the hospitals),
+    and the exact-copy threshold; the lower DCR bound apart. The table is refused when any hospital
+    refuses it. Returns the refused 'check@site' pairs."""
+    tested = []
+    for s, f in figures.items():
+        _, record = privacy_tests(policy, {s: f})
+        tested += [f"{t['check']}@{t['site']}" for t in record["tests"] if t["refused"]]
     excess = {s: f["disclosure.exact_copy_rate"] - f["disclosure.natural_copy_rate"] for s, f in figures.items()}
     exact = [f"exact_copies@{s}" for s, e in excess.items() if not max(0.0, e) <= policy.max_exact_copy_rate]
     low = [s for s, f in figures.items() if not f["disclosure.dcr_share"] >= policy.dcr_share_min]
@@ -187,7 +199,10 @@ def false_alarms(rows: dict, draws: int, dp_models: int, policy: ReleasePolicy, 
 
 
 def power(rows: dict, reps: int, shares: list[float], policy: ReleasePolicy, log) -> dict:
-    level = policy.family_alpha / (4 * len(TESTED_CHECKS))
+    """``policy``: a hospital's own (family_alpha already split over the hospitals); each check is read
+    at the first Holm level inside the hospital, family_alpha / 4 / 6 (= 0.1 / 24, as under the old
+    rule's Holm over 4 x 6)."""
+    level = policy.family_alpha / len(TESTED_CHECKS)
     out = {}
     for bg, anonymeter in (("other", True), ("holdout", False)):
         per_site = {}
@@ -220,10 +235,11 @@ def power(rows: dict, reps: int, shares: list[float], policy: ReleasePolicy, log
         tr, ho = split_holdout(f, fraction=0.2, seed=site_seed(0, s, 1))
         table = ho.iloc[np.random.default_rng(0).choice(len(ho), size=len(tr))].reset_index(drop=True)
         r = evaluate_disclosure(tr, ho, table, KINDS, seed=0, options=DisclosureOptions(resplits=0, anonymeter=False))
-        own[s] = {"min_share_at_90": memorised_share_caught(policy, r.near_copies, 4 * len(TESTED_CHECKS)),
+        own[s] = {"min_share_at_90": memorised_share_caught(policy, r.near_copies, len(TESTED_CHECKS)),
                   "rank": r.near_copies.rank, "threshold": r.near_copies.threshold,
                   "expected_rate": r.near_copies.expected, "holdout_rate": r.near_copies.holdout_rate}
     out["site_reported"] = own
+    out["level"] = level
     return out
 
 
@@ -236,21 +252,37 @@ def main() -> None:
     parser.add_argument("--shares", type=float, nargs="+",
                         default=[0.02, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0])
     parser.add_argument("--parts", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
+    parser.add_argument("--skip-power", action="store_true", help="leave part (c) out (same as --parts a b)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_gate_power.json")
     args = parser.parse_args()
+    if args.skip_power:
+        args.parts = [p for p in args.parts if p != "c"]
     policy = ReleasePolicy.load()
     rows = _sites()
+    # The policy each hospital decides by (no site policy of its own: the default's thresholds), as
+    # fedtab.federation.site_evaluation builds it: family_alpha split over the hospitals.
+    site_policy = site_release_policy(None, None, n_sites=len(rows))
     t0 = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)  # noqa: E731
-    result: dict = {"benchmark": "bench_gate_power", "policy": policy.to_dict(),
+    result: dict = {"benchmark": "bench_gate_power",
+                    "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    "rule": {"method": "each hospital decides at home: Holm over its own 6 tested figures at "
+                                       "family_alpha / hospitals, each over its band; exact-copy threshold; a table "
+                                       "is refused when any hospital refuses it (protocol of 89f2e72)",
+                             "family_alpha": policy.family_alpha, "hospitals": len(rows),
+                             "site_family_alpha": site_policy.family_alpha,
+                             "tests_per_hospital": len(TESTED_CHECKS),
+                             "first_holm_level": site_policy.family_alpha / len(TESTED_CHECKS)},
+                    "policy": policy.to_dict(), "site_policy": site_policy.to_dict(),
                     "sizes": {s: {"rows": len(f), "train": len(split_holdout(f, fraction=0.2, seed=1)[0])}
                               for s, f in rows.items()}}
     if "a" in args.parts:
-        result["planted"] = planted(rows, args.seeds, policy, log)
+        result["planted"] = planted(rows, args.seeds, site_policy, log)
     if "b" in args.parts:
-        result["false_alarms"] = false_alarms(rows, args.draws, args.dp_models, policy, log)
+        result["false_alarms"] = false_alarms(rows, args.draws, args.dp_models, site_policy, log)
     if "c" in args.parts:
-        result["power"] = power(rows, args.reps, args.shares, policy, log)
+        result["power"] = power(rows, args.reps, args.shares, site_policy, log)
     result["seconds"] = time.perf_counter() - t0
     _print(result, args)
     atomic_write_text(args.out, json.dumps(result, indent=2, default=float))
@@ -281,7 +313,8 @@ def _print(r: dict, args) -> None:
         print("  target 100% near copies and exact copies always refused: "
               + ("MET" if not always else f"UNMET for {always}"))
     if "false_alarms" in r:
-        print("\n(b) false alarms: draws refused by the privacy checks (per hospital: refusals its own checks made)")
+        print("\n(b) false alarms: draws refused by the privacy checks (any hospital; per hospital: refusals its "
+              "own checks made)")
         for kind, x in r["false_alarms"].items():
             per = ", ".join(f"{s} {x['per_site'][s]}" for s in sites)
             print(f"  {kind:<28} {x['refused']:>3}/{x['draws']} ({per}); checks {x['checks'] or '-'}; "
@@ -294,7 +327,8 @@ def _print(r: dict, args) -> None:
                   + ("MET" if worst <= 0.1 and x["draws"] >= 30 else f"UNMET ({x['refused']}/{x['draws']})"))
     if "power" in r:
         print(f"\n(c) smallest planted share of near copies refused in >= 90% of {args.reps} plantings "
-              "(Bonferroni level 0.1/24, over the band; '-' none up to 1.0)")
+              f"(first Holm level inside a hospital, family_alpha / 4 / 6 = {r['power']['level']:.3g}, over the band; "
+              "'-' none up to 1.0)")
         for bg in ("other", "holdout"):
             per = r["power"][bg]
             checks = list(next(iter(per.values())))

@@ -8,12 +8,21 @@ the change (a git worktree on ``PYTHONPATH``) and after it, and writes both runs
 
 * **heart** (the demo's job, ``fedtab.demo``): the 4 bundled hospitals, DP-CTGAN at epsilon 1 per
   hospital (delta 1e-5), 10 rounds x 2 local epochs, batch 256, 80% of the budget to the encoding, a
-  ``hospital`` site column; the table is sampled as the demo's release does (the sites' reported row
-  count, ``quantile_map=True``) and scored by ``fedtab.evaluate`` at every hospital (target ``num``);
-  the figures are the release gate's checks (default policy): quality of the union, detection AUC
-  (the hospitals' row-weighted mean), DCR share and membership AUC at the worst hospital, inference
-  risk, and the verdict (released = 1); also the hospitals' mean quality (each against its own rows)
-  and the worst hospital's detection AUC.
+  ``hospital`` site column; ``fedtab.evaluate`` has every hospital draw the table itself as the demo's
+  release does (the sites' reported row count, ``quantile_map=True``), score it against its own rows
+  (target ``num``) and decide every check of the default policy at home; the verdict (released = 1)
+  is ``fedtab.release.decide_consortium`` over the hospitals' verdicts. Since 89f2e72 the gate's
+  checks carry no value (only verdicts leave a hospital), so the figures are read from each
+  hospital's own outcome, which this in-process simulation holds (``ConsortiumEvaluation.site_local``,
+  ``site_figures()``): quality of the union (from the hospitals' consortium counts, combined as
+  ``fedtab.evaluate`` combined them before), detection AUC and quality as the hospitals' row-weighted
+  means, the worst hospital's detection AUC and (new) lowest quality (each hospital now checks its
+  own), and DCR share, membership AUC and inference risk at the hospital that refused the check, else
+  the most significant one (smallest p-value; what the gate's check used to report). Dropped since
+  89f2e72: ``gate_checks`` (each check's value; now None), replaced by ``gate_checks_passed`` and
+  ``site_failed_checks``. The heart part needs a tree with site-side evaluation (89f2e72 or later);
+  rows recorded before were evaluated on the coordinator's table under the old gate (Holm over all
+  hospitals' figures at once), so ``released`` is not comparable across that change.
 * **adult** (``suite.py``'s Adult DP row): ``benchmarks/_data.py``'s Adult split, reduced to 5,000
   training rows (the same share of each of the 4 age-quartile sites, data seed 0 for every training
   seed), CTGAN at epsilon 1 per site (delta 1e-5), 4 rounds x 5 local epochs, batch 500, 30% to the
@@ -76,7 +85,7 @@ HEART = dict(rounds=10, local_epochs=2.0, batch_size=256, preprocessing_share=0.
 ADULT = dict(rounds=4, local_epochs=5.0, batch_size=500, preprocessing_share=0.3, target="income", holdout=0.0)
 ADULT_ROWS = 5000
 METRICS = {"heart": ("quality", "detection_auc", "dcr_share", "mia_auc", "inference_risk", "quality_mean_site",
-                     "detection_max_site", "released"),
+                     "quality_min_site", "detection_max_site", "released"),
            "adult": ("quality", "column_shapes", "column_pair_trends", "detection_auc", "tstr_auc", "dcr_share",
                      "mia_auc")}
 
@@ -112,9 +121,20 @@ def ledger_summary(synth) -> dict:
 
 
 # --- heart: the demo's job at the release gate ------------------------------------------------------
+_TESTED = ("dcr_share", "mia_auc", "inference_risk")
+
+
 def run_heart(seed: int) -> dict:
+    """The demo's job, evaluated as the sites now evaluate (89f2e72): each hospital draws the table
+    itself (``n`` rows, ``seed``, quantile map) and decides every check at home; the gate reads their
+    verdicts (``decide_consortium``). The figures are read from each hospital's own outcome, which an
+    in-process simulation holds (``ConsortiumEvaluation.site_local``); in a deployment they stay at the
+    hospitals."""
+    from evaluation import combine
+    from evaluation._tables import kinds_of, to_plain
     from fedtab.assess import default_rows, evaluate
-    from fedtab.release import ReleasePolicy, decide
+    from fedtab.federation.site_evaluation import table_sha256
+    from fedtab.release import ReleasePolicy, decide_consortium
 
     sites = load_heart_sites()
     t0 = time.perf_counter()
@@ -122,24 +142,44 @@ def run_heart(seed: int) -> dict:
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     n = default_rows(synth)
-    table = synth.sample(n, seed=seed, quantile_map=True)  # as fedtab.demo's release samples
-    ev = evaluate(synth, sites, synthetic=table, target="num", seed=seed)
-    eps = {s: led.epsilon for s, led in synth.privacy_ledger.items()}
-    verdict = decide(ReleasePolicy.load(), ev, eps)
+    ev = evaluate(synth, sites, n=n, seed=seed, quantile_map=True, target="num")
+    table = synth.sample(n, seed=seed, quantile_map=True)  # the table the hospitals drew (as fedtab.demo's release)
+    verdict = decide_consortium(ReleasePolicy.load(), ev, trained=sorted(synth.privacy_ledger),
+                                table_sha256=table_sha256(table))
     score_s = time.perf_counter() - t0
-    checks = {c.name: c.value for c in verdict.checks}
-    f = ev.figures
+    per = ev.site_figures()
+    # The hospitals' own results, combined as fedtab.evaluate combined them before 89f2e72: figures
+    # weighted by training rows, and the union's quality from every hospital's consortium counts.
+    own = {s: o.evaluation.sites[s] for s, o in ev.site_local.items()}
+    combined = combine(own, {s: int(r.n_train) for s, r in own.items()}, synthetic=to_plain(table, synth.schema_),
+                       kinds=kinds_of(synth.schema_)).figures
+
+    def worst(check: str):
+        """The figure at the hospital that refused it, else at the most significant hospital (smallest
+        p-value): the hospital the gate's check used to report."""
+        failed = [s for s, v in ev.sites.items() if not v.checks.get(check, True)]
+        pick = failed or list(per)
+        p_value = {s: per[s].get(f"disclosure.{check}_p") for s in pick}
+        site = min(pick, key=lambda s: (1.0 if p_value[s] is None else p_value[s], s)) if pick else None
+        return None if site is None else per[site].get(f"disclosure.{check}")
+
+    def extreme(fn, name: str):
+        vals = [v.get(name) for v in per.values() if v.get(name) is not None]
+        return fn(vals) if vals else None
+
     return {"dataset": "heart", "seed": seed, "rows_sampled": int(n),
-            "quality": _r(checks.get("quality")), "detection_auc": _r(checks.get("detection_auc")),
-            "dcr_share": _r(checks.get("dcr_share")), "mia_auc": _r(checks.get("mia_auc")),
-            "inference_risk": _r(checks.get("inference_risk")),
-            "quality_mean_site": _r(f.get("fidelity.quality")),
-            "detection_max_site": _r(max(v.get("fidelity.detection_auc") or 0.0 for v in ev.site_figures().values())),
+            "quality": _r(combined.get("fidelity.consortium_quality")),
+            "detection_auc": _r(combined.get("fidelity.detection_auc")),
+            **{c: _r(worst(c)) for c in _TESTED},
+            "quality_mean_site": _r(combined.get("fidelity.quality")),
+            "quality_min_site": _r(extreme(min, "fidelity.quality")),
+            "detection_max_site": _r(extreme(max, "fidelity.detection_auc")),
             "released": int(bool(verdict.released)), "failed_checks": [c.name for c in verdict.failed],
-            "gate_checks": {k: _r(v) for k, v in checks.items()},
+            "gate_checks_passed": {c.name: bool(c.passed) for c in verdict.checks},
+            "site_failed_checks": {s: sorted(k for k, ok in v.checks.items() if not ok) for s, v in ev.sites.items()},
             "per_site": {s: {"quality": _r(v.get("fidelity.quality")), "detection_auc": _r(v.get("fidelity.detection_auc")),
                              "dcr_share": _r(v.get("disclosure.dcr_share")), "mia_auc": _r(v.get("disclosure.mia_auc"))}
-                         for s, v in ev.site_figures().items()},
+                         for s, v in per.items()},
             "ledger": ledger_summary(synth), "fit_seconds": round(fit_s, 1), "score_seconds": round(score_s, 1)}
 
 
