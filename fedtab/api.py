@@ -145,7 +145,9 @@ class FederatedSynthesizer:
                               f"Got {type(sites).__name__} instead.")
         # Without a ledger directory each site's book lives in memory: kept here, so that evaluating this
         # model in the same process finds the model each site recorded (a simulation runs every site).
-        self._site_books = {} if self.ledger_dir is not None else {str(name): [] for name in sites}
+        # (In-process only: Flower's simulation keeps a site's book in the site's own context state.)
+        self._site_books = ({str(name): [] for name in sites} if self.ledger_dir is None and self.transport == "inprocess"
+                            else {})
         factories = {str(name): functools.partial(_make_worker, str(name), _site_source(name, s),
                                                   policy=self._policy_of(str(name), s), ledger_dir=self.ledger_dir,
                                                   records=self._site_books.get(str(name)))
