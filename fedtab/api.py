@@ -117,6 +117,13 @@ class FederatedSynthesizer:
         if self.parallel_sites is not None and (isinstance(self.parallel_sites, bool)
                                                 or not isinstance(self.parallel_sites, int) or self.parallel_sites < 1):
             problems.append(f"'parallel_sites' must be a whole number >= 1 or None. Got {self.parallel_sites!r} instead.")
+        if self.model == "mst":  # its options are checked here, before any site is asked
+            from fedtab.models.marginal import model_options
+
+            try:
+                model_options(dict(self.model_options or {}))
+            except ConfigError as e:
+                problems.append(str(e))
         if problems:
             raise ConfigError("Invalid FederatedSynthesizer parameters:\n" + "\n".join(f"  - {p}" for p in problems))
         schema = TableSchema.load(self.schema) if isinstance(self.schema, (str, os.PathLike)) else self.schema
@@ -241,6 +248,8 @@ class FederatedSynthesizer:
         if self._model is None:
             self._model = training.model_from_weights(self.job_.model, self.job_.model_options,
                                                       self.transformer_, self.weights_, seed=self.seed)
+        if self.job_.model == "mst":  # the marginal model draws typed rows itself (its own marginals: no calibration)
+            return _with_ids(self._model.sample_frame(int(n), seed=seed), self.schema_, seed=seed)
         if relabel is None:  # see the docstring: a non-DP model conditioned on the target keeps its own
             relabel = self.job_.model_options.get("condition_column") is None or self.job_.privacy.epsilon is not None
         encoded = training.sample_encoded(self._model, self._candidates(int(n)) if calibrate else int(n), seed=seed)

@@ -46,7 +46,7 @@ from typing import Any
 
 from fedtab.errors import ConfigError
 
-MODELS = ("ctgan", "tvae", "diffusion")
+MODELS = ("ctgan", "tvae", "diffusion", "mst")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from fedtab.errors import ConfigError, DataValidationError, FederationError, Pro
 from fedtab.federation import encoding
 from fedtab.federation.agreement import agree_schemas
 from fedtab.federation.aggregation import weighted_average
-from fedtab.federation.site import ENCODE, LEDGER, SCHEMA, SETUP, TRAIN
+from fedtab.federation.site import ENCODE, LEDGER, MEASURE, SCHEMA, SETUP, TRAIN
 from fedtab.federation.transport import Transport, broadcast
 from fedtab.schema import TableSchema
 
@@ -97,6 +97,8 @@ def _notify(progress: Progress | None, event: str, **info: Any) -> None:
 def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | None = None,
                    resume: TrainingState | None = None,
                    on_round: Callable[[TrainingState], None] | None = None) -> FederationResult:
+    if job.model == "mst":  # the marginal-based model: measurements, not rounds of DP-SGD
+        return _fit_marginals(transport, job, progress)
     state = resume if resume is not None else _prepare(transport, job, progress)
     if resume is not None:
         _notify(progress, "phase", name="resumed", rounds_done=resume.rounds_done, sites=list(resume.active_sites))
@@ -123,8 +125,12 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
             on_round(state)
         _notify(progress, "round", round=r + 1, rounds=job.training.rounds, losses=losses, epsilon=eps)
 
-    # The job ends: each site records the final model's identity (from its own setup, these weights and
-    # the sites that trained) and evaluates no other model file for this job afterwards.
+    return _finish(transport, state)
+
+
+def _finish(transport: Transport, state: TrainingState) -> FederationResult:
+    """The job ends: each site records the final model's identity (from its own setup, these weights and
+    the sites that trained) and evaluates no other model file for this job afterwards."""
     ledger_sites = sorted(state.active_sites)
     final = {"weights": state.weights, "sites": ledger_sites}
     ledgers = {s: r["ledger"] for s, r in _available(transport, LEDGER, {s: final for s in ledger_sites}).items()}
@@ -133,7 +139,20 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
                             noise_multipliers=state.noise_multipliers)
 
 
-def _prepare(transport: Transport, job: JobSpec, progress: Progress | None) -> TrainingState:
+def _fit_marginals(transport: Transport, job: JobSpec, progress: Progress | None) -> FederationResult:
+    """The marginal-based model (``fedtab.federation.marginals``): schema agreement and encoding as for
+    every model, then three rounds of noisy marginal counts and Private-PGM at the coordinator."""
+    from fedtab.federation import marginals
+    from fedtab.transform.table import TableTransformer
+
+    state = _prepare(transport, job, progress, setup=False)
+    transformer = TableTransformer.from_dict(state.encoding)
+    weights, noise = marginals.fit(lambda body: broadcast(transport, MEASURE, body), job, transformer,
+                                   progress=progress)
+    return _finish(transport, replace(state, weights=weights, noise_multipliers=noise))
+
+
+def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, setup: bool = True) -> TrainingState:
     """Phases 1-3: schema agreement, federated encoding, training setup."""
     sites = transport.sites
     # Phase 1: schema agreement. Under DP the consortium declares the schema and each site answers only
@@ -172,6 +191,9 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None) -> T
                         " (the rest would not stand above the DP noise: more rows or a larger "
                         "preprocessing_share would measure them)"))
 
+    if not setup:  # the marginal-based model measures instead of training
+        return TrainingState(schema=schema, encoding=transformer.to_dict(), site_weights=site_weights,
+                             noise_multipliers={}, weights={}, history=(), active_sites=tuple(sites), rounds_done=0)
     # Phase 3: each site calibrates its DP-SGD noise to its remaining budget.
     from fedtab.federation import training
 

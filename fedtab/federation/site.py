@@ -33,6 +33,7 @@ from fedtab.schema import TableSchema
 
 # Request kinds (wire constants).
 SCHEMA, ENCODE, SETUP, TRAIN, LEDGER, EVALUATE = "schema", "encode", "setup", "train", "ledger", "evaluate"
+MEASURE = "measure"  # the marginal-based model's noisy counts (fedtab.federation.marginals)
 
 
 def site_seed(seed: int, site: str, *salt: int) -> int:
@@ -85,7 +86,7 @@ class SiteWorker:
     # -- dispatch ------------------------------------------------------------------------------------
     def __call__(self, kind: str, body: dict, state: dict) -> dict:
         handler = {SCHEMA: self._schema, ENCODE: self._encode, SETUP: self._setup, TRAIN: self._train,
-                   LEDGER: self._ledger, EVALUATE: self._evaluate}.get(kind)
+                   LEDGER: self._ledger, EVALUATE: self._evaluate, MEASURE: self._measure}.get(kind)
         if handler is None:
             raise FederationError(f"site '{self.name}' does not know the request '{kind}'", public=True)
         return handler(body, state)
@@ -234,6 +235,13 @@ class SiteWorker:
                 setup, self._cache[key], body["weights"], round_index=int(body["round"]), ledger=ledger,
                 seed=site_seed(state["job"]["seed"], self.name, 3, int(body["round"])), site=self.name,
             )
+
+    def _measure(self, body: dict, state: dict) -> dict:
+        from fedtab.federation import marginals
+
+        train, _ = self._frames(state)
+        with self._spending(state) as ledger:
+            return marginals.site_measure(self.name, body, state, train=train, ledger=ledger, cache=self._cache)
 
     def _ledger(self, body: dict, state: dict) -> dict:
         from fedtab.modelfile import model_digest

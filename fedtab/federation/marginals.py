@@ -1,0 +1,197 @@
+"""Federated training of the marginal-based model ("mst"; ``fedtab.models.marginal``).
+
+After schema agreement and the federated encoding, the coordinator sends three ``measure`` requests;
+each site answers with noisy counts of its training rows on the public discretisation, every release
+on its ledger before it leaves (discrete Gaussian noise from the secret source, sensitivity 1 per
+table: a row adds one to one cell of each table):
+
+1. ``one-way``: every column's counts;
+2. ``select``: one noisy vector of pair scores per site: for every pair, the L1 distance between the
+   site's two-way table and what the consortium's one-way shares (public after step 1) predict for its
+   rows (a row moves each score by at most 2: L2 sensitivity 2 sqrt(pairs)). The coordinator sums the
+   sites' vectors (local scores, as FLAIM reads heterogeneous sites: a pair that depends at any site
+   scores there) and keeps a maximum spanning tree of pairs;
+3. ``measure``: the tree's pairs again, at less noise.
+
+The training budget (what the encoding left of each site's epsilon) is split over the three by the
+model option ``shares`` (default 0.25 / 0.25 / 0.5), equally among the releases of a request; each site
+calibrates the noise to its own ledger (the same plan gives every site the same noise). Private-PGM
+(``mbi``, mirror descent) then estimates a distribution consistent with every measurement, and the
+model keeps its tree marginals. Without DP the counts are exact (a non-DP job, allowed by the sites).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from fedtab.models.marginal import (
+    Discretisation, MarginalModel, coarse_codes, discretise, fine_codes, grouped, marginal_counts, model_options,
+    norm_sub, spanning_tree,
+)
+
+MEASURE = "measure"
+PHASES = ("one-way", "select", "measure")
+
+
+def _factors(counts: list[int], shares: list[float]) -> list[float]:
+    """Noise of each phase relative to the first: a phase's zCDP share split over its tables."""
+    base = None
+    out = []
+    for k, s in zip(counts, shares):
+        r = math.sqrt(max(k, 1) / s)
+        base = r if base is None else base
+        out.append(r / base)
+    return out
+
+
+# -- at a site ----------------------------------------------------------------------------------------
+def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger, cache: dict) -> dict[str, Any]:
+    """Noisy counts of the requested marginals of this site's training rows (see the module docstring)."""
+    from fedtab.errors import ConfigError
+    from fedtab.privacy.accountant import noise_multiplier_for
+    from fedtab.privacy.secret import secret_source
+    from fedtab.transform.statistics import _noisy_counts
+    from fedtab.transform.table import TableTransformer
+
+    phase = body["phase"]
+    if phase not in PHASES:
+        raise ConfigError(f"site '{site}': unknown measurement phase {phase!r}", public=True)
+    disc = Discretisation.from_dict(body["discretisation"])
+    sizes = disc.sizes
+    cliques = [tuple(int(i) for i in c) for c in body["marginals"]]
+    if any(not c or any(not 0 <= i < len(sizes) for i in c) or len(set(c)) != len(c) or len(c) > 2 for c in cliques):
+        raise ConfigError(f"site '{site}': a requested marginal names no column, a column twice or more than two",
+                          public=True)
+    plan = body["plan"]
+    counts, shares = [int(k) for k in plan["counts"]], [float(s) for s in plan["shares"]]
+    if phase != "select" and len(cliques) > counts[PHASES.index(phase)]:
+        raise ConfigError(f"site '{site}': the '{phase}' request asks for more tables than the plan declared",
+                          public=True)
+    # What the job's final model is (the site records its identity when the job ends).
+    state["training"] = {"model": body["model"], "model_options": body["model_options"],
+                         "transformer_hash": body["transformer_hash"]}
+    key = "codes:" + body["transformer_hash"]
+    if key not in cache:  # the fine codes: the one-way cells; the two-way tables group them
+        transformer = TableTransformer.from_dict(body["transformer"])
+        cache[key] = fine_codes(train, transformer, Discretisation.from_dict(body["discretisation"]))
+    codes = cache[key] if phase == "one-way" else coarse_codes(cache[key], disc)
+    exact = marginal_counts(codes, sizes, cliques)
+    if phase == "select":
+        # One release: each candidate pair's L1 distance between this site's two-way table and what the
+        # consortium's one-way shares (public, ``body["shares"]``) predict for its rows. A row moves each
+        # distance by at most 2, so the vector's L2 sensitivity is 2 sqrt(pairs).
+        shares_of = [np.asarray(x, dtype=float) for x in body["shares"]]
+        n = float(len(codes))
+        exact = [np.array([float(np.abs(t - n * np.outer(shares_of[a], shares_of[b]).ravel()).sum())
+                           for t, (a, b) in zip(exact, cliques)])]
+    sensitivity = 2.0 * math.sqrt(len(cliques)) if phase == "select" else 1.0
+    releases = 1 if phase == "select" else len(cliques)
+    factors = _factors(counts, shares)
+    if not ledger.is_dp:
+        ledger.spend(phase=f"marginals/{phase}", mechanism="exact", noise_multiplier=0.0, steps=releases,
+                     target=f"{len(cliques)} marginal(s), exact")
+        return {"counts": exact, "sigma": 0.0}
+    if "mst_z" not in state:  # once per job: the whole plan fits in what the encoding left
+        steps = [(f, k) for f, k in zip(factors[1:], counts[1:]) if k > 0]
+        state["mst_z"] = noise_multiplier_for(target_epsilon=float(body["epsilon"]), delta=ledger.accounting_delta,
+                                              sample_rate=1.0, steps=max(counts[0], 1), prior=ledger.events(),
+                                              scaled=steps)
+    z = float(state["mst_z"]) * factors[PHASES.index(phase)]
+    sigma = z * sensitivity
+    ledger.spend(phase=f"marginals/{phase}", mechanism="gaussian", noise_multiplier=z, sensitivity=sensitivity,
+                 steps=releases, target=("pair scores" if phase == "select" else f"{len(cliques)} marginal(s)"))
+    noise = secret_source(f"{site}/marginals/{phase}")
+    if phase == "select":  # real-valued scores: the continuous Gaussian from the secret stream
+        return {"counts": [exact[0] + noise.normal(exact[0].size) * sigma], "sigma": sigma}
+    return {"counts": [_noisy_counts(c, sigma, noise) for c in exact], "sigma": sigma}
+
+
+# -- at the coordinator --------------------------------------------------------------------------------
+def fit(ask, job, transformer, *, progress=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Run the three measurement requests (``ask(body) -> {site: reply}``) and estimate the model.
+    Returns (the model's weights for the model file, each site's noise in the tree measurement)."""
+    from fedtab.modelfile import encoding_sha256
+
+    opts = model_options(job.model_options)
+    fine = discretise(transformer)
+    d = len(fine.columns)
+    all_pairs = [(a, b) for a in range(d) for b in range(a + 1, d)]
+    # Releases per phase: d one-way tables; one vector of pair scores; d - 1 tree tables.
+    plan = {"counts": [d, 1 if all_pairs else 0, max(d - 1, 0)], "shares": opts["shares"]}
+    enc = transformer.to_dict()
+    base = {"plan": plan, "model": job.model, "model_options": opts, "transformer": enc,
+            "transformer_hash": encoding_sha256(enc), "epsilon": job.privacy.epsilon}
+
+    def measure(phase: str, cliques: list[tuple[int, ...]], disc: Discretisation, **extra):
+        if progress is not None:
+            progress("phase", {"name": f"marginals: {phase} ({len(cliques)} table(s))"})
+        replies = ask({**base, "discretisation": disc.to_dict(), "phase": phase,
+                       "marginals": [list(c) for c in cliques], **extra})
+        sites = sorted(replies)
+        total = [np.sum([np.asarray(replies[s]["counts"][i], dtype=float) for s in sites], axis=0)
+                 for i in range(len(replies[sites[0]]["counts"]))]
+        sd = math.sqrt(sum(float(replies[s]["sigma"]) ** 2 for s in sites))
+        return total, sd, {s: float(replies[s]["sigma"]) for s in sites}
+
+    ones_fine, sd1, _ = measure("one-way", [(j,) for j in range(d)], fine)
+    disc = grouped(fine, ones_fine, bins=int(opts["bins"]))
+    ones, sd_ones = _coarse_ones(disc, ones_fine, sd1)
+    rows = max(1.0, float(np.median([t.sum() for t in ones_fine])))
+    tree: list[tuple[int, int]] = []
+    measurements = [((j,), ones[j], sd_ones[j]) for j in range(d)]
+    noise: dict[str, float] = {}
+    if d > 1:
+        shares = [_probs(o) for o in ones]
+        [summed], _, _ = measure("select", all_pairs, disc, shares=[list(map(float, x)) for x in shares])
+        tree = spanning_tree(d, {pair: float(v) for pair, v in zip(all_pairs, summed)})
+        chosen, sd3, noise = measure("measure", tree, disc)
+        measurements += [(pair, t, sd3) for pair, t in zip(tree, chosen)]
+    singles, pairs = _estimate(disc.sizes, measurements, tree, rows=rows, iters=int(opts["iters"]))
+    model = MarginalModel(transformer, disc, tree, pairs, singles)
+    return model.weights(), noise
+
+
+def _coarse_ones(disc: Discretisation, fine_counts: list[np.ndarray], sd: float):
+    """The one-way counts on the grouped discretisation (sums of fine cells) and their noise sd."""
+    out, sds = [], []
+    for c, counts in zip(disc.columns, fine_counts):
+        counts = np.asarray(counts, dtype=float)
+        if c["kind"] != "numerical":
+            out.append(counts)
+            sds.append(sd)
+            continue
+        groups = np.asarray(c["groups"], dtype=np.int64)
+        coarse = np.bincount(groups, weights=counts[:groups.size], minlength=int(groups.max()) + 1)
+        if c["missing"]:
+            coarse = np.append(coarse, counts[groups.size:].sum())
+        out.append(coarse)
+        sds.append(sd * math.sqrt(groups.size / max(1, int(groups.max()) + 1)))
+    return out, sds
+
+
+def _probs(counts: np.ndarray) -> np.ndarray:
+    return norm_sub(counts)
+
+
+def _estimate(sizes, measurements, tree, *, rows: float, iters: int):
+    """Private-PGM's estimate of the joint from every noisy measurement; its one-way and tree marginals."""
+    import jax
+
+    jax.config.update("jax_enable_x64", False)
+    from mbi import Domain, LinearMeasurement
+    from mbi.estimation import mirror_descent
+
+    names = [f"c{j}" for j in range(len(sizes))]
+    domain = Domain(names, sizes)
+    ms = [LinearMeasurement(np.asarray(y, dtype=np.float64), tuple(names[i] for i in clique), stddev=max(sd, 1.0))
+          for clique, y, sd in measurements]
+    model = mirror_descent(domain, ms, known_total=rows, iters=iters)
+    singles = {j: _probs(np.asarray(model.project((names[j],)).datavector())) for j in range(len(sizes))}
+    pairs = {}
+    for a, b in tree:
+        joint = np.maximum(np.asarray(model.project((names[a], names[b])).datavector(flatten=False), dtype=float), 0)
+        pairs[(a, b)] = (joint / joint.sum() if joint.sum() > 0 else np.full(joint.shape, 1.0 / joint.size)).ravel()
+    return singles, pairs

@@ -1,0 +1,338 @@
+"""A marginal-based model ("mst"): a tree of two-way marginals over a discretised table, sampled in order.
+
+The select-measure-generate family (MST, McKenna et al. 2021; AIM; FLAIM carries it to federated
+sites): the sites measure noisy marginals of their rows on a public discretisation, the coordinator
+sums them (counts of the union), picks a maximum spanning tree of column pairs from noisy two-way
+tables, has the sites measure the tree's pairs, and estimates the joint with Private-PGM (``mbi``;
+``fedtab.federation.marginals``). What this module holds is public: the discretisation, read off the
+agreed encoding (DP), and the fitted model, the estimated two-way marginals of the tree's pairs.
+
+Discretisation: a categorical or boolean column's codes are its encoding slots (categories, 'other',
+missing), so a code is one-hot in the encoding's block. A numerical column is first measured in
+``FINE_BINS`` equal-width cells over its agreed bounds (the one-way measurement); the two-way tables
+then read it in at most ``bins`` runs of cells of about equal mass under that noisy measurement
+(norm-sub; a run the noise left empty joins its neighbour), plus a missing code. Sampling draws the
+codes along the tree (root from its marginal, each column from its parent's row of the pair table), a
+numerical value by picking a cell of its run by the one-way shares and a value uniform inside it, then
+the column's learned rounding; the rows come back typed by the schema (no calibration: the model's own
+marginals are the measured ones).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedtab.errors import ConfigError
+
+NAME = "mst"
+DEFAULT_OPTIONS = {"bins": 16, "iters": 1000, "shares": [0.25, 0.25, 0.5]}
+FINE_BINS = 32  # equal-width cells of a numerical column's one-way measurement, over its agreed bounds
+
+
+def model_options(options: dict | None) -> dict[str, Any]:
+    """The model's options with defaults filled in; unknown keys are refused."""
+    out = dict(DEFAULT_OPTIONS)
+    unknown = sorted(set(options or {}) - set(out))
+    if unknown:
+        raise ConfigError(f"Unknown option(s) {unknown} for model 'mst'; expected some of {sorted(out)}.")
+    out.update(options or {})
+    bins, iters, shares = out["bins"], out["iters"], out["shares"]
+    if isinstance(bins, bool) or not isinstance(bins, int) or not 2 <= bins <= 64:
+        raise ConfigError(f"model option 'bins' must be a whole number in [2, 64]. Got {bins!r} instead.")
+    if isinstance(iters, bool) or not isinstance(iters, int) or not 10 <= iters <= 100_000:
+        raise ConfigError(f"model option 'iters' must be a whole number in [10, 100000]. Got {iters!r} instead.")
+    if (not isinstance(shares, (list, tuple)) or len(shares) != 3
+            or not all(isinstance(s, (int, float)) and s > 0 for s in shares)):
+        raise ConfigError("model option 'shares' must be three numbers > 0 (one-way, selection, tree "
+                          f"measurement shares of the training budget). Got {shares!r} instead.")
+    out["shares"] = [float(s) / float(sum(shares)) for s in shares]
+    return out
+
+
+@dataclass(frozen=True)
+class Discretisation:
+    """Per column (in the encoding's order): its name, kind and number of codes; numerical columns also
+    their interval edges (inner ones) and whether a missing code follows the intervals."""
+
+    columns: tuple[dict[str, Any], ...]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(int(c["size"]) for c in self.columns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": [dict(c) for c in self.columns]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Discretisation":
+        return cls(columns=tuple(dict(c) for c in data["columns"]))
+
+
+def discretise(transformer) -> Discretisation:
+    """The public discretisation of a fitted ``TableTransformer`` before any measurement: numerical
+    columns in ``FINE_BINS`` equal-width cells over their agreed bounds (``groups`` unset)."""
+    from fedtab.transform.numerical import NumericalColumnTransformer
+
+    cols = []
+    for col in transformer.columns_:
+        if isinstance(col, NumericalColumnTransformer):
+            lo, hi = float(col.lower_), float(col.upper_)
+            edges = list(np.linspace(lo, hi, FINE_BINS + 1)[1:-1]) if hi > lo else []
+            cols.append({"name": col.spec.name, "kind": "numerical", "lower": lo, "upper": hi,
+                         "edges": [float(e) for e in edges], "missing": bool(col.has_missing_), "groups": None,
+                         "size": len(edges) + 1 + int(col.has_missing_)})
+        else:
+            cols.append({"name": col.spec.name, "kind": "categorical", "size": int(col.output_dim)})
+    return Discretisation(columns=tuple(cols))
+
+
+def norm_sub(counts: np.ndarray, total: float | None = None) -> np.ndarray:
+    """Noisy counts -> shares: subtract the one constant that leaves ``total`` (default: their sum) in the
+    cells still above zero, zero the rest (McKenna's norm-sub; keeps empty regions empty, where clipping
+    at zero would spread the noise's positive half over them). Post-processing."""
+    c = np.asarray(counts, dtype=float)
+    total = float(c.sum()) if total is None else float(total)
+    if c.size == 0:
+        return c
+    if total <= 0 or not np.any(c > 0):
+        return np.full(c.size, 1.0 / c.size)
+    lo, hi = float(c.min()) - total, float(c.max())
+    for _ in range(100):  # bisection on the constant
+        mid = 0.5 * (lo + hi)
+        if np.maximum(c - mid, 0).sum() > total:
+            lo = mid
+        else:
+            hi = mid
+    p = np.maximum(c - hi, 0)
+    return p / p.sum() if p.sum() > 0 else np.full(c.size, 1.0 / c.size)
+
+
+def grouped(disc: Discretisation, fine_counts: list[np.ndarray], *, bins: int) -> Discretisation:
+    """The discretisation of the two-way tables: each numerical column's fine cells merged into at most
+    ``bins`` runs of about equal mass under its noisy one-way counts (post-processing); its ``size``
+    becomes the number of runs (plus the missing code). Categorical columns are unchanged."""
+    cols = []
+    for c, counts in zip(disc.columns, fine_counts):
+        if c["kind"] != "numerical":
+            cols.append(dict(c))
+            continue
+        n_cells = len(c["edges"]) + 1
+        counts = np.asarray(counts, dtype=float)
+        p = norm_sub(counts[:n_cells], total=max(float(counts.sum()) - float(counts[n_cells:].sum()), 1.0))
+        centre = np.cumsum(p) - p / 2
+        groups = np.minimum((centre * bins).astype(int), bins - 1)
+        # A run without mass (cells the noise left empty) joins its neighbour: no group may hold only
+        # empty cells, or a noisy two-way table would send rows into a range no site's rows occupy.
+        mass = np.bincount(groups, weights=p, minlength=bins)
+        if mass.sum() > 0:
+            held = np.flatnonzero(mass > 0)
+            groups = held[np.minimum(np.searchsorted(held, groups), held.size - 1)]
+        groups = np.unique(groups, return_inverse=True)[1]  # runs numbered 0.. without gaps
+        cols.append({**c, "groups": [int(g) for g in groups], "fine": [float(x) for x in p],
+                     "size": int(groups.max()) + 1 + int(c["missing"])})
+    return Discretisation(columns=tuple(cols))
+
+
+def fine_codes(frame, transformer, disc: Discretisation) -> np.ndarray:
+    """A typed table's rows as codes of the fine discretisation (rows x columns, int64), at a site."""
+    from fedtab.transform.values import category_values, numeric_values
+
+    out = np.empty((len(frame), len(disc.columns)), dtype=np.int64)
+    for j, (col, c) in enumerate(zip(transformer.columns_, disc.columns)):
+        series = frame[c["name"]]
+        if c["kind"] == "numerical":
+            x = numeric_values(series, col.spec)
+            missing = np.isnan(x)
+            code = np.searchsorted(np.asarray(c["edges"], dtype=float), np.where(missing, c["lower"], x), side="right")
+            if c["missing"]:
+                code = np.where(missing, len(c["edges"]) + 1, code)
+            out[:, j] = code
+        else:
+            out[:, j] = np.argmax(col.transform(category_values(series, col.spec)), axis=1)
+    return out
+
+
+def coarse_codes(fine: np.ndarray, disc: Discretisation) -> np.ndarray:
+    """Fine codes -> the grouped discretisation's codes (a numerical column's missing code comes last)."""
+    out = fine.copy()
+    for j, c in enumerate(disc.columns):
+        if c["kind"] == "numerical" and c.get("groups") is not None:
+            groups = np.asarray(c["groups"], dtype=np.int64)
+            n_cells = len(groups)
+            missing = fine[:, j] >= n_cells
+            out[:, j] = np.where(missing, c["size"] - 1, groups[np.minimum(fine[:, j], n_cells - 1)])
+    return out
+
+
+def marginal_counts(codes: np.ndarray, sizes: tuple[int, ...], cliques: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """Exact counts of each clique's code combinations (flattened, C order)."""
+    out = []
+    for clique in cliques:
+        shape = tuple(sizes[i] for i in clique)
+        flat = np.ravel_multi_index(tuple(codes[:, i] for i in clique), shape) if len(codes) else np.array([], int)
+        out.append(np.bincount(flat, minlength=int(np.prod(shape))).astype(np.float64))
+    return out
+
+
+def spanning_tree(d: int, weights: dict[tuple[int, int], float]) -> list[tuple[int, int]]:
+    """Maximum spanning tree (Kruskal) over ``d`` columns; pairs absent from ``weights`` count as 0."""
+    parent = list(range(d))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    edges = sorted(((weights.get((a, b), 0.0), a, b) for a in range(d) for b in range(a + 1, d)),
+                   key=lambda t: (-t[0], t[1], t[2]))
+    tree = []
+    for _, a, b in edges:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[ra] = rb
+            tree.append((a, b))
+    return tree
+
+
+class MarginalModel:
+    """The fitted model: the tree's two-way marginals (probabilities, grouped discretisation), the
+    columns' one-way ones, and each numerical column's fine one-way shares (values inside a group)."""
+
+    name = NAME
+
+    def __init__(self, transformer, disc: Discretisation, tree: list[tuple[int, int]],
+                 pairs: dict[tuple[int, int], np.ndarray], singles: dict[int, np.ndarray]):
+        self.transformer = transformer
+        self.disc = disc
+        self.tree = [tuple(e) for e in tree]
+        self.pairs = pairs
+        self.singles = singles
+
+    # -- the model file ------------------------------------------------------------------------------
+    def weights(self) -> dict[str, np.ndarray]:
+        out = {"mst/tree": np.asarray(self.tree, dtype=np.int64).reshape(-1, 2),
+               "mst/sizes": np.asarray(self.disc.sizes, dtype=np.int64)}
+        for j, p in self.singles.items():
+            out[f"mst/single/{j}"] = np.asarray(p, dtype=np.float64)
+        for (a, b), p in self.pairs.items():
+            out[f"mst/pair/{a}/{b}"] = np.asarray(p, dtype=np.float64)
+        for j, c in enumerate(self.disc.columns):
+            if c["kind"] == "numerical":
+                out[f"mst/edges/{j}"] = np.asarray(c["edges"], dtype=np.float64)
+                out[f"mst/groups/{j}"] = np.asarray(c["groups"], dtype=np.int64)
+                out[f"mst/fine/{j}"] = np.asarray(c["fine"], dtype=np.float64)
+        return out
+
+    @classmethod
+    def from_weights(cls, transformer, weights: dict[str, np.ndarray], options: dict) -> "MarginalModel":
+        cols = []
+        for j, c in enumerate(discretise(transformer).columns):  # the cells the model was fitted on, as stored
+            if c["kind"] == "numerical":
+                groups = [int(g) for g in np.asarray(weights[f"mst/groups/{j}"])]
+                c = {**c, "edges": [float(e) for e in np.asarray(weights[f"mst/edges/{j}"])], "groups": groups,
+                     "fine": [float(x) for x in np.asarray(weights[f"mst/fine/{j}"])],
+                     "size": (max(groups) + 1 if groups else 1) + int(c["missing"])}
+            cols.append(c)
+        disc = Discretisation(columns=tuple(cols))
+        tree = [tuple(int(v) for v in e) for e in np.asarray(weights["mst/tree"]).reshape(-1, 2)]
+        singles = {int(k.rsplit("/", 1)[1]): np.asarray(v, dtype=np.float64)
+                   for k, v in weights.items() if k.startswith("mst/single/")}
+        pairs = {}
+        for k, v in weights.items():
+            if k.startswith("mst/pair/"):
+                _, _, a, b = k.split("/")
+                pairs[(int(a), int(b))] = np.asarray(v, dtype=np.float64)
+        return cls(transformer, disc, tree, pairs, singles)
+
+    # -- sampling ------------------------------------------------------------------------------------
+    def _order(self) -> list[tuple[int, int | None]]:
+        """(column, parent) in sampling order: every tree component from its lowest column."""
+        d = len(self.disc.columns)
+        nbrs: dict[int, list[int]] = {j: [] for j in range(d)}
+        for a, b in self.tree:
+            nbrs[a].append(b)
+            nbrs[b].append(a)
+        seen, order = set(), []
+        for root in range(d):
+            if root in seen:
+                continue
+            seen.add(root)
+            queue = [(root, None)]
+            while queue:
+                j, parent = queue.pop(0)
+                order.append((j, parent))
+                for k in sorted(nbrs[j]):
+                    if k not in seen:
+                        seen.add(k)
+                        queue.append((k, j))
+        return order
+
+    def _pair(self, parent: int, child: int) -> np.ndarray:
+        """P(parent, child) as a matrix [parent code, child code]."""
+        sizes = self.disc.sizes
+        if (parent, child) in self.pairs:
+            return self.pairs[(parent, child)].reshape(sizes[parent], sizes[child])
+        return self.pairs[(child, parent)].reshape(sizes[child], sizes[parent]).T
+
+    @staticmethod
+    def _draw(probs: np.ndarray, rng: np.random.Generator, rows: np.ndarray) -> np.ndarray:
+        """One code per row, drawn from the row ``rows[i]`` of ``probs`` (rows normalised here)."""
+        p = np.maximum(probs, 0)
+        sums = p.sum(1, keepdims=True)
+        p = np.where(sums > 0, p / np.where(sums > 0, sums, 1), 1.0 / p.shape[1])
+        cum = np.cumsum(p, axis=1)
+        u = rng.random(len(rows))
+        return np.minimum((cum[rows] < u[:, None]).sum(1), p.shape[1] - 1)
+
+    def sample_codes(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        codes = np.zeros((n, len(self.disc.columns)), dtype=np.int64)
+        for j, parent in self._order():
+            if parent is None:
+                p = np.maximum(self.singles[j], 0)
+                p = p / p.sum() if p.sum() > 0 else np.full(p.size, 1.0 / p.size)
+                codes[:, j] = rng.choice(p.size, size=n, p=p)
+            else:
+                codes[:, j] = self._draw(self._pair(parent, j), rng, codes[:, parent])
+        return codes
+
+    def _values(self, j: int, code: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A numerical column's values for its group codes: a fine cell of the group by its one-way share,
+        then a value uniform inside the cell; the missing code gives NaN."""
+        c = self.disc.columns[j]
+        groups = np.asarray(c["groups"], dtype=np.int64)
+        fine = np.maximum(np.asarray(c["fine"], dtype=float), 0)
+        n_groups = int(groups.max()) + 1 if groups.size else 1
+        # Within each group, the fine cells' shares (uniform when the group's noisy mass is nil).
+        within = np.zeros((n_groups, groups.size))
+        within[groups, np.arange(groups.size)] = fine + 1e-12
+        g = np.minimum(code, n_groups - 1)
+        cell = self._draw(within, rng, g)
+        bounds = np.concatenate([[c["lower"]], np.asarray(c["edges"], dtype=float), [c["upper"]]])
+        v = bounds[cell] + rng.random(len(code)) * (bounds[cell + 1] - bounds[cell])
+        if c["missing"]:
+            v = np.where(code == c["size"] - 1, np.nan, v)
+        return v
+
+    def sample_frame(self, n: int, *, seed: int):
+        """``n`` rows as a typed table in schema order (id columns absent), drawn with ``seed``."""
+        import pandas as pd
+
+        from fedtab.transform.numerical import NumericalColumnTransformer
+        from fedtab.transform.values import category_series, numeric_series
+
+        rng = np.random.default_rng([int(seed), 7])
+        codes = self.sample_codes(int(n), rng)
+        index = pd.RangeIndex(int(n))
+        out = {}
+        for j, col in enumerate(self.transformer.columns_):
+            if isinstance(col, NumericalColumnTransformer):
+                values = col.apply_rounding(self._values(j, codes[:, j], rng), rng)
+                out[col.spec.name] = numeric_series(values, col.spec, index)
+            else:
+                labels = np.array(col.labels, dtype=object)
+                out[col.spec.name] = category_series(labels[codes[:, j]], col.spec, index)
+        return pd.DataFrame(out, index=index)

@@ -1,0 +1,106 @@
+"""The marginal-based model ("mst", issue 20 part 1): measured at the sites on a public discretisation,
+every measurement on each site's ledger within its budget, a tree of pairs chosen from noisy scores,
+Private-PGM's estimate, fast sampling in the schema's types, a model file like the others'."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fedtab
+from fedtab.models.marginal import norm_sub, spanning_tree
+from fedtab.schema import ColumnSpec, TableSchema
+from tests.conftest import non_dp_policy
+
+SCHEMA = TableSchema((ColumnSpec("kind", "categorical", categories=("a", "b", "c")),
+                      ColumnSpec("value", "numerical", subtype="float", lower=0.0, upper=100.0, precision=1),
+                      ColumnSpec("flag", "categorical", categories=("no", "yes")),
+                      ColumnSpec("noise", "numerical", subtype="float", lower=0.0, upper=10.0, precision=1)))
+
+
+def _sites(n: int = 400) -> dict[str, pd.DataFrame]:
+    """'value' follows 'kind' (means 20 / 50 / 80), 'flag' is yes for kind a only; 'noise' is independent."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, shares in (("north", (0.6, 0.3, 0.1)), ("south", (0.1, 0.3, 0.6)), ("east", (0.3, 0.4, 0.3))):
+        kind = rng.choice(["a", "b", "c"], size=n, p=shares)
+        mean = np.select([kind == "a", kind == "b"], [20.0, 50.0], 80.0)
+        out[name] = pd.DataFrame({"kind": kind, "value": np.round(np.clip(rng.normal(mean, 4.0), 0, 100), 1),
+                                  "flag": np.where(kind == "a", "yes", "no"),
+                                  "noise": np.round(rng.uniform(0, 10, n), 1)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def exact_model():
+    return fedtab.FederatedSynthesizer("mst", schema=SCHEMA, seed=1, site_policy=non_dp_policy()).fit(_sites())
+
+
+@pytest.fixture(scope="module")
+def dp_model():
+    return fedtab.FederatedSynthesizer("mst", epsilon=1.0, schema=SCHEMA, seed=1).fit(_sites())
+
+
+def test_without_dp_the_tree_keeps_the_dependencies_and_the_sample_shows_them(exact_model):
+    df = exact_model.sample(20000, seed=2)
+    assert list(df.columns) == list(SCHEMA.names) and len(df) == 20000
+    means = df.groupby("kind")["value"].mean()
+    assert means["a"] == pytest.approx(20, abs=4) and means["b"] == pytest.approx(50, abs=4)
+    assert means["c"] == pytest.approx(80, abs=4)
+    assert (df.loc[df["kind"] == "a", "flag"] == "yes").mean() > 0.9
+    assert (df.loc[df["kind"] != "a", "flag"] == "no").mean() > 0.9
+    real = pd.concat(_sites().values())
+    share = df["kind"].value_counts(normalize=True)
+    for k, v in real["kind"].value_counts(normalize=True).items():
+        assert share[k] == pytest.approx(v, abs=0.03)
+    assert df["noise"].between(0, 10).all() and df["value"].between(0, 100).all()
+
+
+def test_under_dp_every_measurement_is_on_each_sites_ledger_within_its_budget(dp_model):
+    for site, ledger in dp_model.privacy_ledger.items():
+        phases = [e.phase for e in ledger.entries]
+        assert {"marginals/one-way", "marginals/select", "marginals/measure"} <= set(phases), site
+        assert ledger.epsilon <= 1.0 + 1e-6 and ledger.epsilon == pytest.approx(1.0, abs=0.01)
+        assert all(e.mechanism == "gaussian" and e.noise_multiplier > 0 for e in ledger.entries
+                   if e.phase.startswith("marginals/"))
+    # The same plan gives every site the same noise (they calibrate to the same public plan).
+    noise = {round(e.noise_multiplier, 9) for led in dp_model.privacy_ledger.values() for e in led.entries
+             if e.phase == "marginals/measure"}
+    assert len(noise) == 1
+
+
+def test_the_model_file_round_trips_and_sampling_follows_the_seed(dp_model, tmp_path):
+    loaded = fedtab.load(dp_model.save(tmp_path / "m.fedtab"))
+    assert loaded.job_.model == "mst"
+    a = dp_model.sample(500, seed=4)
+    assert loaded.sample(500, seed=4).equals(a) and dp_model.sample(500, seed=4).equals(a)
+    assert not dp_model.sample(500, seed=5).equals(a)
+    assert str(a["value"].dtype) == str(fedtab.FederatedSynthesizer("ctgan", schema=SCHEMA, seed=1,
+                                                                     site_policy=non_dp_policy(), rounds=1,
+                                                                     batch_size=100).fit(_sites(60))
+                                        .sample(5, seed=0)["value"].dtype)
+
+
+def test_the_sites_evaluate_the_marginal_model_as_any_other(dp_model):
+    ev = fedtab.evaluate(dp_model, _sites(), n=600, seed=0)
+    assert set(ev.sites) == {"north", "south", "east"} and all("quality" in v.checks for v in ev.sites.values())
+
+
+def test_norm_sub_and_the_spanning_tree():
+    p = norm_sub(np.array([50.0, -20.0, 30.0, 5.0, -10.0]))
+    assert p[1] == 0 and p[4] == 0 and math.isclose(p.sum(), 1.0) and p[0] > p[2] > p[3]
+    assert norm_sub(np.array([-1.0, -2.0])).tolist() == [0.5, 0.5]
+    tree = spanning_tree(4, {(0, 1): 5.0, (1, 2): 1.0, (0, 2): 4.0, (2, 3): 3.0, (0, 3): 0.5})
+    assert sorted(tree) == [(0, 1), (0, 2), (2, 3)]
+
+
+def test_unknown_options_are_refused_before_any_site_is_asked():
+    def never(*_):
+        raise AssertionError("a site was asked")
+
+    synth = fedtab.FederatedSynthesizer("mst", schema=SCHEMA, model_options={"depth": 3}, site_policy=non_dp_policy())
+    with pytest.raises(fedtab.errors.ConfigError, match="Unknown option"):
+        synth.fit({"north": never})
