@@ -249,7 +249,8 @@ class FederatedSynthesizer:
             self._model = training.model_from_weights(self.job_.model, self.job_.model_options,
                                                       self.transformer_, self.weights_, seed=self.seed)
         if self.job_.model == "mst":  # the marginal model draws typed rows itself (its own marginals: no calibration)
-            return _with_ids(self._model.sample_frame(int(n), seed=seed), self.schema_, seed=seed)
+            return _with_ids(self._model.sample_frame(int(n), seed=seed, relabel=relabel is not False), self.schema_,
+                             seed=seed)
         if relabel is None:  # see the docstring: a non-DP model conditioned on the target keeps its own
             relabel = self.job_.model_options.get("condition_column") is None or self.job_.privacy.epsilon is not None
         encoded = training.sample_encoded(self._model, self._candidates(int(n)) if calibrate else int(n), seed=seed)

@@ -110,7 +110,8 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
 
 
 # -- at the coordinator --------------------------------------------------------------------------------
-def fit(ask, job, transformer, *, progress=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | None = None
+        ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Run the three measurement requests (``ask(body) -> {site: reply}``) and estimate the model.
     Returns (the model's weights for the model file, each site's noise in the tree measurement)."""
     from fedtab.modelfile import encoding_sha256
@@ -146,7 +147,12 @@ def fit(ask, job, transformer, *, progress=None) -> tuple[dict[str, np.ndarray],
     if d > 1:
         shares = [_probs(o) for o in ones]
         [summed], _, _ = measure("select", all_pairs, disc, shares=[list(map(float, x)) for x in shares])
-        tree = spanning_tree(d, {pair: float(v) for pair, v in zip(all_pairs, summed)})
+        # Less what independent columns score by chance at each site's size (the DP row estimates, public):
+        # a column of many cells would otherwise win every pair and the tree would be a star around it.
+        sizes_s = [max(float(v), 1.0) for v in (site_rows or {"all": rows}).values()]
+        chance = {(a, b): sum(float(np.sqrt(2 / np.pi * m * (q := np.outer(shares[a], shares[b]).ravel()) * (1 - q)).sum())
+                              for m in sizes_s) for a, b in all_pairs}
+        tree = spanning_tree(d, {pair: float(v) - chance[pair] for pair, v in zip(all_pairs, summed)})
         chosen, sd3, noise = measure("measure", tree, disc)
         measurements += [(pair, t, sd3) for pair, t in zip(tree, chosen)]
     singles, pairs = _estimate(disc.sizes, measurements, tree, rows=rows, iters=int(opts["iters"]))

@@ -76,14 +76,19 @@ def discretise(transformer) -> Discretisation:
     columns in ``FINE_BINS`` equal-width cells over their agreed bounds (``groups`` unset)."""
     from fedtab.transform.numerical import NumericalColumnTransformer
 
+    from fedtab.transform.statistics import histogram_edges
+
     cols = []
     for col in transformer.columns_:
         if isinstance(col, NumericalColumnTransformer):
             lo, hi = float(col.lower_), float(col.upper_)
-            edges = list(np.linspace(lo, hi, FINE_BINS + 1)[1:-1]) if hi > lo else []
-            cols.append({"name": col.spec.name, "kind": "numerical", "lower": lo, "upper": hi,
-                         "edges": [float(e) for e in edges], "missing": bool(col.has_missing_), "groups": None,
-                         "size": len(edges) + 1 + int(col.has_missing_)})
+            # The encoding's cells: one per grid value where the grid fits, else equal width with a cell of
+            # its own for the lower bound and 0 (point masses: counts, amounts) on a grid.
+            full = histogram_edges(col.spec, lo, hi, FINE_BINS) if hi > lo else np.array([lo, hi])
+            edges = [float(e) for e in full[1:-1]]
+            cols.append({"name": col.spec.name, "kind": "numerical", "lower": float(full[0]),
+                         "upper": float(full[-1]), "clip": [lo, hi], "edges": edges,
+                         "missing": bool(col.has_missing_), "groups": None, "size": len(edges) + 1 + int(col.has_missing_)})
         else:
             cols.append({"name": col.spec.name, "kind": "categorical", "size": int(col.output_dim)})
     return Discretisation(columns=tuple(cols))
@@ -313,26 +318,36 @@ class MarginalModel:
         cell = self._draw(within, rng, g)
         bounds = np.concatenate([[c["lower"]], np.asarray(c["edges"], dtype=float), [c["upper"]]])
         v = bounds[cell] + rng.random(len(code)) * (bounds[cell + 1] - bounds[cell])
+        v = np.clip(v, *c.get("clip", (c["lower"], c["upper"])))
         if c["missing"]:
             v = np.where(code == c["size"] - 1, np.nan, v)
         return v
 
-    def sample_frame(self, n: int, *, seed: int):
-        """``n`` rows as a typed table in schema order (id columns absent), drawn with ``seed``."""
+    def sample_frame(self, n: int, *, seed: int, relabel: bool = True):
+        """``n`` rows as a typed table in schema order (id columns absent), drawn with ``seed``; with a
+        categorical target whose two-way tables the encoding measured, the target is drawn again from them
+        (``relabel``, as ``FederatedSynthesizer.sample`` does for every model)."""
         import pandas as pd
 
         from fedtab.transform.numerical import NumericalColumnTransformer
         from fedtab.transform.values import category_series, numeric_series
 
+        from fedtab.transform.calibration import relabelled
+
         rng = np.random.default_rng([int(seed), 7])
         codes = self.sample_codes(int(n), rng)
+        tr = self.transformer
+        decoded = {}
+        for j, col in enumerate(tr.columns_):
+            if isinstance(col, NumericalColumnTransformer):
+                decoded[col.spec.name] = col.apply_rounding(self._values(j, codes[:, j], rng), rng)
+            else:
+                decoded[col.spec.name] = np.array(col.labels, dtype=object)[codes[:, j]]
+        if relabel:  # a declared target: drawn again from its two-way tables of the encoding, where measured
+            decoded = relabelled(tr.columns_, decoded, tr.pair_tables_, rng, other_label=tr.plan_.other_label) or decoded
         index = pd.RangeIndex(int(n))
         out = {}
-        for j, col in enumerate(self.transformer.columns_):
-            if isinstance(col, NumericalColumnTransformer):
-                values = col.apply_rounding(self._values(j, codes[:, j], rng), rng)
-                out[col.spec.name] = numeric_series(values, col.spec, index)
-            else:
-                labels = np.array(col.labels, dtype=object)
-                out[col.spec.name] = category_series(labels[codes[:, j]], col.spec, index)
+        for col in tr.columns_:
+            series = numeric_series if isinstance(col, NumericalColumnTransformer) else category_series
+            out[col.spec.name] = series(decoded[col.spec.name], col.spec, index)
         return pd.DataFrame(out, index=index)
