@@ -47,6 +47,15 @@ def _factors(counts: list[int], shares: list[float]) -> list[float]:
     return out
 
 
+def pair_scores(tables: list[np.ndarray], pairs: list[tuple[int, ...]], shares: list[np.ndarray], *,
+                rows: int) -> np.ndarray:
+    """Each pair's L1 distance between a site's two-way table and ``rows`` x the product of the public
+    one-way ``shares``. One row more or less moves one cell of each table by 1 and the prediction by
+    shares summing to 1: each score by at most 2 (``tests/test_marginal_model.py`` checks it)."""
+    return np.array([float(np.abs(t - rows * np.outer(shares[a], shares[b]).ravel()).sum())
+                     for t, (a, b) in zip(tables, pairs)])
+
+
 # -- at a site ----------------------------------------------------------------------------------------
 def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger, cache: dict) -> dict[str, Any]:
     """Noisy counts of the requested marginals of this site's training rows (see the module docstring)."""
@@ -83,10 +92,7 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
         # One release: each candidate pair's L1 distance between this site's two-way table and what the
         # consortium's one-way shares (public, ``body["shares"]``) predict for its rows. A row moves each
         # distance by at most 2, so the vector's L2 sensitivity is 2 sqrt(pairs).
-        shares_of = [np.asarray(x, dtype=float) for x in body["shares"]]
-        n = float(len(codes))
-        exact = [np.array([float(np.abs(t - n * np.outer(shares_of[a], shares_of[b]).ravel()).sum())
-                           for t, (a, b) in zip(exact, cliques)])]
+        exact = [pair_scores(exact, cliques, [np.asarray(x, dtype=float) for x in body["shares"]], rows=len(codes))]
     sensitivity = 2.0 * math.sqrt(len(cliques)) if phase == "select" else 1.0
     releases = 1 if phase == "select" else len(cliques)
     factors = _factors(counts, shares)
