@@ -8,10 +8,11 @@ from __future__ import annotations
 
 DELTA = 1e-5
 EPSILONS = (None, 1.0, 3.0, 10.0)
-# fedtab's marginal model: no training lengths (rounds, epochs and batch are not used); under DP 10% of the
-# budget to the encoding (bounds, category lists, missing slots and rounding: the model measures its own
-# marginals), the same on every table.
-MST = dict(rounds=1, local_epochs=1.0, batch_size=64, preprocessing_share=0.1)
+# fedtab's marginal model: no training lengths (rounds, epochs and batch are not used); under DP 30% of the
+# budget to the encoding like every fedtab model (it also measures the declared target's two-way tables,
+# which sampling draws the target from: on Adult at epsilon 1, 3 seeds, TSTR 0.60-0.65 at 10% against
+# 0.76-0.84 at 30%, quality 0.85-0.88 against 0.88).
+MST = dict(rounds=1, local_epochs=1.0, batch_size=64)
 
 PLANS = {
     "heart": {
