@@ -296,3 +296,25 @@ def test_cli_trial_keys_makes_a_ca_signed_certificate_and_node_keys(cli, tmp_pat
     load_ssh_private_key((tmp_path / "keys/a").read_bytes(), password=None)
     assert (tmp_path / "keys/b.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
     assert oct((tmp_path / "keys/a").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_restarted_coordinator_gets_the_marginal_models_measurements_replayed(tmp_path):
+    """The marginal model's measurements behind the site service: a coordinator killed before the job
+    ended starts it again and gets the very replies each site released; no site spends twice."""
+    job = replace(FederatedSynthesizer("mst", epsilon=1.0, seed=0, schema=heart_schema(),
+                                       model_options={"iters": 50})._job(), job_id="restart-test")
+
+    class Killed(ServiceTransport):
+        def request_available(self, kind, bodies):
+            if kind == "ledger":
+                raise KeyboardInterrupt("the coordinator is killed before the job ends")
+            return super().request_available(kind, bodies)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_federation(Killed(services(tmp_path)), job)
+    result = run_federation(ServiceTransport(services(tmp_path)), job)  # fresh services read the same state
+    assert set(result.ledgers) == set(SITES) and result.weights
+    for s in SITES:
+        spent = [e.phase for e in LedgerBook(s, tmp_path / s).ledger(job_key(job.site_job())).entries
+                 if e.phase.startswith("marginals/")]
+        assert spent == ["marginals/one-way", "marginals/select", "marginals/measure"], s

@@ -30,7 +30,7 @@ from typing import Any
 
 from fedtab.errors import FederationError
 from fedtab.federation.flower_app import HELLO
-from fedtab.federation.site import ENCODE, SCHEMA, TRAIN, SiteWorker
+from fedtab.federation.site import ENCODE, MEASURE, SCHEMA, TRAIN, SiteWorker
 from fedtab.federation.training import TRAINING_PHASE
 from fedtab.federation.transport import error_reply
 from fedtab.federation.wire import pack
@@ -39,9 +39,10 @@ from fedtab.deploy import ipc
 from fedtab.deploy.state_files import load_state, save_state
 
 STATE_FORMAT = "fedtab.site-state/1"
-REPLAYED = (ENCODE, TRAIN)
-# What a repeated ``schema`` request of the same job keeps: the replies it released and its row estimate.
-KEPT = ("replies", "rows_checked", "rows_estimate")
+REPLAYED = (ENCODE, TRAIN, MEASURE)
+# What a repeated ``schema`` request of the same job keeps: the replies it released, its row estimate, and
+# what the marginal model's measurements fixed (their noise scale, the model's setup for its identity).
+KEPT = ("replies", "rows_checked", "rows_estimate", "mst_z", "training")
 
 
 def request_key(kind: str, body: Any) -> str:
