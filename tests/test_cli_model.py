@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from fedtab.datasets import HEART_SITES, heart_site_path, load_heart_sites
+from tests.conftest import LENIENT_POLICY, lenient_policy_file
 
 SCHEMA = heart_site_path("cleveland").parent / "heart_schema.json"
 
@@ -16,8 +17,8 @@ def write_config(tmp_path, *, epsilon="1.0", sites=HEART_SITES, rounds=2) -> str
              "[model]\nname = 'ctgan'\n",
              f"[privacy]\nepsilon = {epsilon}\ndelta = 1e-5\n" if epsilon else "",
              f"[training]\nrounds = {rounds}\nlocal_epochs = 1.0\nbatch_size = 128\n"]
-    for s in sites:
-        lines.append(f"[sites.{s}]\nsource = '{heart_site_path(s)}'\n")
+    for s in sites:  # each site's own release policy: lenient (the tests evaluate one model several times)
+        lines.append(f"[sites.{s}]\nsource = '{heart_site_path(s)}'\nrelease_policy = '{lenient_policy_file()}'\n")
     path = tmp_path / "job.toml"
     path.write_text("".join(lines))
     return str(path)
@@ -69,7 +70,8 @@ def test_sample_refuses_a_tampered_model_with_exit_7(trained, cli):
 
 def test_evaluate_writes_report_and_figures(trained, cli):
     tmp, cfg, _ = trained
-    out = cli("evaluate", str(tmp / "m.fedtab"), cfg, "-o", str(tmp / "eval.html"), "-n", "300")
+    out = cli("evaluate", str(tmp / "m.fedtab"), cfg, "-o", str(tmp / "eval.html"), "-n", "300",
+              "--policy", lenient_policy_file())
     assert out.exit_code == 0, out.output
     # The public report: each site's verdict on each check, no figure from a site's rows.
     public = json.loads((tmp / "eval.json").read_text())
@@ -87,8 +89,8 @@ def test_evaluate_writes_report_and_figures(trained, cli):
 
 def test_release_refused_names_failed_checks_and_releases_nothing(trained, cli, tmp_path):
     tmp, cfg, _ = trained
-    policy = tmp_path / "strict.toml"
-    policy.write_text("[fidelity]\nmin_quality = 0.99\n")
+    policy = tmp_path / "strict.toml"  # strict on quality only (a fidelity refusal: later tables may pass)
+    policy.write_text(LENIENT_POLICY.replace("min_quality = 0.0", "min_quality = 0.99"))
     out = cli("release", cfg, "--model", str(tmp / "m.fedtab"), "--policy", str(policy),
               "--out", str(tmp_path / "rel"), "-n", "300")
     assert out.exit_code == 10, out.output
@@ -101,12 +103,7 @@ def test_release_refused_names_failed_checks_and_releases_nothing(trained, cli, 
 
 def lenient_policy(tmp_path):
     """A policy every table passes (the tests below check what release writes, not the gate)."""
-    policy = tmp_path / "lenient.toml"
-    policy.write_text(
-        "[fidelity]\nmin_quality = 0.0\nmax_detection_auc = 1.0\n"
-        "[disclosure]\ndcr_share_min = 0.0\ndcr_share_max = 1.0\nmax_exact_copy_rate = 1.0\nmax_mia_auc = 1.0\n"
-        "max_singling_out_risk = 1.0\nmax_linkability_risk = 1.0\nmax_inference_risk = 1.0\nmax_near_copy_excess = 1.0\n")
-    return policy
+    return lenient_policy_file()
 
 
 def test_release_passes_a_lenient_policy_and_writes_the_table(trained, cli, tmp_path):

@@ -23,7 +23,9 @@ from fedtab.errors import PrivacyBudgetError, ReleaseRefusedError
 from fedtab.federation.site import EVALUATE
 from fedtab.federation.site_evaluation import table_sha256
 from fedtab.federation.transport import InProcessTransport
-from fedtab.privacy.book import LedgerBook, SitePolicy, job_key
+from fedtab.privacy.book import LedgerBook, job_key
+from fedtab.release import ReleasePolicy
+from tests.conftest import lenient_policy_file, lenient_site_policy
 
 SITES = ("hungary", "switzerland")
 FAST = dict(rounds=1, local_epochs=0.5, batch_size=128, seed=11, preprocessing_share=0.5)
@@ -37,13 +39,15 @@ def sites():
 @pytest.fixture(scope="module")
 def trained(sites, tmp_path_factory):
     ledgers = tmp_path_factory.mktemp("ledgers")
+    # Several evaluations of one model: the sites' own release policy is lenient (a chance privacy refusal
+    # would stop the later ones); the tests below pass the coordinator's policy where it matters.
     synth = fedtab.FederatedSynthesizer("ctgan", epsilon=1.0, schema=heart_schema(), ledger_dir=ledgers,
-                                        **FAST).fit(sites)
+                                        site_policy=lenient_site_policy(), **FAST).fit(sites)
     return synth, ledgers
 
 
 def _worker(site, sites, ledgers, **policy):
-    return _make_worker(site, sites[site], policy=SitePolicy(**policy), ledger_dir=ledgers)
+    return _make_worker(site, sites[site], policy=lenient_site_policy(**policy), ledger_dir=ledgers)
 
 
 def frame_to_bytes(frame: pd.DataFrame) -> np.ndarray:
@@ -57,7 +61,8 @@ def frame_to_bytes(frame: pd.DataFrame) -> np.ndarray:
 
 def _body(synth, **sampling):
     return {"job": synth.job_.site_job(), "model": np.frombuffer(synth.to_bytes(), dtype=np.uint8),
-            "sampling": {"n": 200, "seed": 1, "quantile_map": False, **sampling}, "target": "num", "policy": None}
+            "sampling": {"n": 200, "seed": 1, "quantile_map": False, **sampling}, "target": "num",
+            "policy": ReleasePolicy.load(lenient_policy_file()).to_dict()}
 
 
 def test_each_site_records_the_final_model_it_trained(trained, tmp_path):
@@ -78,7 +83,7 @@ def test_a_site_draws_the_table_the_coordinator_releases_and_sends_only_verdicts
     synth, ledgers = trained
     workers = {s: _worker(s, sites, ledgers) for s in SITES}
     sampling = sampling_settings(synth, n=200, seed=1, quantile_map=False)
-    ev = evaluate_on(InProcessTransport(workers), synth, sampling, target="num")
+    ev = evaluate_on(InProcessTransport(workers), synth, sampling, target="num", policy=lenient_policy_file())
     assert isinstance(ev, ConsortiumEvaluation) and set(ev.sites) == set(SITES)
     table = synth.sample(200, seed=1)
     for site, v in ev.sites.items():
@@ -140,7 +145,7 @@ def test_a_table_other_than_the_evaluated_one_is_not_released(trained, sites, tm
 
     synth, ledgers = trained
     workers = {s: _worker(s, sites, ledgers) for s in SITES}
-    lenient = dataclasses.replace(fedtab_policy(), min_quality=0.0, max_detection_auc=1.0)
+    lenient = ReleasePolicy.load(lenient_policy_file())
     ev = evaluate_on(InProcessTransport(workers), synth, sampling_settings(synth, n=200, seed=1, quantile_map=False),
                      target="num", policy=lenient)
     other = synth.sample(200, seed=2)  # not the table the sites judged
@@ -158,7 +163,7 @@ def fedtab_policy():
 
 def test_after_a_privacy_refusal_no_other_table_of_the_model_is_evaluated(sites, tmp_path):
     synth = fedtab.FederatedSynthesizer("ctgan", epsilon=1.0, schema=heart_schema(), ledger_dir=tmp_path,
-                                        **FAST).fit(sites)
+                                        site_policy=lenient_site_policy(), **FAST).fit(sites)
     # A coordinator policy a table fails on a privacy check (a DCR share of at least 0.6 asked for; chance
     # is 0.5): refused ...
     strict = dataclasses.replace(fedtab_policy(), dcr_share_min=0.6)
@@ -169,8 +174,8 @@ def test_after_a_privacy_refusal_no_other_table_of_the_model_is_evaluated(sites,
         fedtab.evaluate(synth, sites, n=200, seed=2, target="num")
     # Control: a fidelity refusal does not stop the next table (a better sample may pass).
     synth2 = fedtab.FederatedSynthesizer("ctgan", epsilon=1.0, schema=heart_schema(), ledger_dir=tmp_path,
-                                         **FAST).fit(sites)
-    picky = dataclasses.replace(fedtab_policy(), min_quality=0.999)
+                                         site_policy=lenient_site_policy(), **FAST).fit(sites)
+    picky = dataclasses.replace(ReleasePolicy.load(lenient_policy_file()), min_quality=0.999)
     assert not fedtab.evaluate(synth2, sites, n=200, seed=1, target="num", policy=picky).passed
     again = fedtab.evaluate(synth2, sites, n=200, seed=2, target="num", policy=picky)
     assert {v.evaluation for v in again.sites.values()} == {2}

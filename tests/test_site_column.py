@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fedtab
-from tests.conftest import non_dp_policy
+from tests.conftest import lenient_policy_file, non_dp_policy
 from fedtab.errors import ConfigError
 from fedtab.models.conditions import Conditions, RowIndex
 from fedtab.models.ctgan import CTGAN, CTGANConfig, _LinearOverParts
@@ -131,7 +131,7 @@ def test_each_site_scores_the_rows_labelled_with_its_name(non_dp_model):
     frames = _site_frames()
     synthetic = non_dp_model.sample(600, seed=1, quantile_map=True)
     # Each site draws the same table itself (same model, rows, seed) and scores the rows labelled with it.
-    ev = fedtab.evaluate(non_dp_model, frames, n=600, seed=1, quantile_map=True)
+    ev = fedtab.evaluate(non_dp_model, frames, n=600, seed=1, quantile_map=True, policy=lenient_policy_file())
     for name in frames:
         site = ev.site_local[name].evaluation.sites[name]
         assert site.n_synthetic == int((synthetic["site"] == name).sum())
@@ -219,7 +219,7 @@ def test_sites_read_from_files_get_the_site_column_too(tmp_path):
 def test_the_report_says_which_synthetic_rows_each_site_scored(non_dp_model, tmp_path):
     from evaluation.report import _figures_html
 
-    ev = fedtab.evaluate(non_dp_model, _site_frames(), n=300, seed=0)
+    ev = fedtab.evaluate(non_dp_model, _site_frames(), n=300, seed=0, policy=lenient_policy_file())
     local = ev.site_local["north"].evaluation  # the site's own report
     assert local.sites["north"].synthetic_rows == "site = north"
     html = _figures_html(local)

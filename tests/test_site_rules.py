@@ -18,6 +18,7 @@ from fedtab.datasets import heart_schema, load_heart_sites
 from fedtab.errors import ConfigError, PrivacyBudgetError
 from fedtab.federation.site import ENCODE, SCHEMA
 from fedtab.privacy.book import BOOK_FILE, LedgerBook, SitePolicy
+from tests.conftest import lenient_policy_file, lenient_site_policy
 
 SITES = ("cleveland", "hungary")
 
@@ -154,9 +155,9 @@ def test_under_dp_a_site_sends_conformance_only_and_never_infers_a_schema():
 
 
 def test_evaluations_of_a_job_are_capped_and_counted_on_the_lasting_ledger(tmp_path):
-    policy = SitePolicy(max_evaluations=1)
+    policy = lenient_site_policy(max_evaluations=1)  # the cap, not the gate, is what stops the second table
     synth = _fit(1.0, ledger_dir=tmp_path, site_policy=policy)
-    fedtab.evaluate(synth, _sites(), n=80, seed=1, ledger_dir=tmp_path)
+    fedtab.evaluate(synth, _sites(), n=80, seed=1, ledger_dir=tmp_path, policy=lenient_policy_file())
     lines = _book_lines(tmp_path, "cleveland")
     assert [r["type"] for r in lines].count("evaluation") == 1
     # Another table of the same job (another sampling seed) is another evaluation: refused past the cap.
