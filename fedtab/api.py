@@ -49,6 +49,11 @@ SiteInput = pd.DataFrame | str | os.PathLike | SiteSource | Mapping
 class FederatedSynthesizer:
     """Train a synthesizer across sites that keep their rows; sample a synthetic table.
 
+    ``model``: "auto" (the default) chooses from what is public (DP or not, the declared schema's
+    columns) and keeps the choice and its reason in ``model_choice_`` (``fedtab.models.choice``; today
+    the marginal-based "mst" for every table it can model); or name one: "mst", "ctgan", "tvae",
+    "diffusion".
+
     Parameters (all keyword-only except ``model``) follow ``fedtab.config``: ``epsilon`` is each
     site's total budget, preprocessing included (``None``: non-DP mode, exact statistics, still no
     rows leave a site); ``rounds`` federated rounds of ``local_epochs`` local passes each.
@@ -71,7 +76,7 @@ class FederatedSynthesizer:
     site's ``max_total_epsilon`` (default: a ledger that lives as long as this ``fit``).
     """
 
-    def __init__(self, model: str = "ctgan", *, epsilon: float | None = None, delta: float = 1e-5,
+    def __init__(self, model: str = "auto", *, epsilon: float | None = None, delta: float = 1e-5,
                  rounds: int = 5, local_epochs: float = 1.0, batch_size: int = 500, max_grad_norm: float = 1.0,
                  preprocessing_share: float = 0.1, seed: int = 0, schema: TableSchema | str | None = None,
                  missing_markers: tuple[str, ...] = ("?",), holdout: float = 0.2, transport: str = "inprocess",
@@ -117,17 +122,24 @@ class FederatedSynthesizer:
         if self.parallel_sites is not None and (isinstance(self.parallel_sites, bool)
                                                 or not isinstance(self.parallel_sites, int) or self.parallel_sites < 1):
             problems.append(f"'parallel_sites' must be a whole number >= 1 or None. Got {self.parallel_sites!r} instead.")
-        if self.model == "mst":  # its options are checked here, before any site is asked
+        if problems:
+            raise ConfigError("Invalid FederatedSynthesizer parameters:\n" + "\n".join(f"  - {p}" for p in problems))
+        schema = TableSchema.load(self.schema) if isinstance(self.schema, (str, os.PathLike)) else self.schema
+        model = self.model
+        if model == "auto":  # chosen from what is public, before any site is asked; the reason is kept
+            from fedtab.models.choice import choose_model
+
+            choice = choose_model(dp=privacy.enabled, schema=schema)
+            self.model_choice_ = choice
+            model = choice.model
+        if model == "mst":  # its options are checked here, before any site is asked
             from fedtab.models.marginal import model_options
 
             try:
                 model_options(dict(self.model_options or {}))
             except ConfigError as e:
-                problems.append(str(e))
-        if problems:
-            raise ConfigError("Invalid FederatedSynthesizer parameters:\n" + "\n".join(f"  - {p}" for p in problems))
-        schema = TableSchema.load(self.schema) if isinstance(self.schema, (str, os.PathLike)) else self.schema
-        return JobSpec(model=self.model, model_options=dict(self.model_options or {}), privacy=privacy,
+                raise ConfigError(f"Invalid FederatedSynthesizer parameters:\n  - {e}") from None
+        return JobSpec(model=model, model_options=dict(self.model_options or {}), privacy=privacy,
                        training=training, seed=self.seed, holdout=self.holdout,
                        missing_markers=tuple(self.missing_markers), schema=schema, target=self.target,
                        site_column=self.site_column)
@@ -147,6 +159,8 @@ class FederatedSynthesizer:
     def fit(self, sites: Mapping[str, SiteInput]) -> "FederatedSynthesizer":
         """Train across ``sites`` (name -> DataFrame, file path, SQLAlchemy URL or SiteSource)."""
         job = dataclasses.replace(self._job(), job_id=uuid.uuid4().hex)  # one run, one job on the sites' books
+        if self.model == "auto" and self.progress is not None:
+            self.progress("phase", {"name": f"model: {job.model} (chosen: {self.model_choice_.reason})"})
         if not isinstance(sites, Mapping) or not sites:
             raise ConfigError("'sites' must be a non-empty mapping of site name -> table or source. "
                               f"Got {type(sites).__name__} instead.")

@@ -10,7 +10,7 @@ Example (paths are relative to the TOML file)::
     holdout = 0.2                      # share of each site's rows set aside for evaluation
 
     [model]
-    name = "ctgan"                     # ctgan | tvae | diffusion
+    name = "auto"                      # auto (the default: fedtab chooses and says why) | mst | ctgan | tvae | diffusion
 
     [privacy]
     epsilon = 1.0                      # per site, preprocessing included; omit for non-DP
@@ -46,7 +46,7 @@ from typing import Any
 
 from fedtab.errors import ConfigError
 
-MODELS = ("ctgan", "tvae", "diffusion", "mst")
+MODELS = ("auto", "ctgan", "tvae", "diffusion", "mst")
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class SamplingSettings:
 @dataclass(frozen=True)
 class RunConfig:
     sites: dict[str, SiteSource]
-    model: str = "ctgan"
+    model: str = "auto"
     model_options: dict = field(default_factory=dict)
     privacy: PrivacySettings = PrivacySettings()
     training: TrainingSettings = TrainingSettings()
@@ -165,7 +165,7 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
     for k in sorted(set(data) - _TOP):
         problems.append(f"unknown key '{k}'; allowed: {sorted(_TOP)}")
     model_tbl = dict(data.get("model", {}))
-    model = model_tbl.pop("name", "ctgan")
+    model = model_tbl.pop("name", "auto")
     priv_tbl = data.get("privacy", {})
     train_tbl = data.get("training", {})
     sampling_tbl = data.get("sampling", {})

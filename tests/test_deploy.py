@@ -77,14 +77,14 @@ SEEDED = seeded_sources_for_tests(0)
 
 @pytest.fixture(scope="module")
 def synth():
-    return FederatedSynthesizer(epsilon=1.0, rounds=ROUNDS, seed=0, schema=heart_schema())
+    return FederatedSynthesizer("ctgan", epsilon=1.0, rounds=ROUNDS, seed=0, schema=heart_schema())
 
 
 @pytest.fixture(scope="module")
 def reference(synth):
     """The uninterrupted in-process run."""
     with _replace_source_for_tests(SEEDED):
-        return FederatedSynthesizer(epsilon=1.0, rounds=ROUNDS, seed=0, schema=heart_schema()).fit(
+        return FederatedSynthesizer("ctgan", epsilon=1.0, rounds=ROUNDS, seed=0, schema=heart_schema()).fit(
             {s: str(heart_site_path(s)) for s in SITES})
 
 

@@ -91,7 +91,7 @@ def test_readme_deployment_three_sites_tls_auth_gives_the_in_process_model(tmp_p
     from fedtab.api import FederatedSynthesizer, load
 
     deployed = load(tmp_path / "model.fedtab")
-    local = FederatedSynthesizer(epsilon=1.0, rounds=deployed.rounds, seed=0, schema=deployed.schema_).fit(
+    local = FederatedSynthesizer("ctgan", epsilon=1.0, rounds=deployed.rounds, seed=0, schema=deployed.schema_).fit(
         {s: str(heart_site_path(s)) for s in SITES})
     assert sorted(deployed.weights_) == sorted(local.weights_)
     assert all(deployed.weights_[k].shape == w.shape for k, w in local.weights_.items())

@@ -63,7 +63,7 @@ def test_site_killed_then_coordinator_killed_and_resumed(tmp_path, monkeypatch):
     port = processes.free_port()
     schema = Path(heart_site_path("cleveland")).parent / "heart_schema.json"
     (tmp_path / "consortium.toml").write_text(
-        f'seed = 0\nschema = "{schema}"\n[privacy]\nepsilon = 1.0\n[training]\nrounds = {ROUNDS}\nmin_sites = 2\n'
+        f'seed = 0\nschema = "{schema}"\n[model]\nname = "ctgan"\n[privacy]\nepsilon = 1.0\n[training]\nrounds = {ROUNDS}\nmin_sites = 2\n'
         + "".join(f"[sites.{s}]\n" for s in SITES))
     for s in SITES:
         (tmp_path / f"{s}.toml").write_text(

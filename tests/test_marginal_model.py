@@ -147,3 +147,28 @@ def test_the_measurement_noise_is_secret_and_a_seeded_control_is_not():
     with _replace_source_for_tests(seeded_sources_for_tests(1)):
         d = weights()
     assert gap(c, d) < 1e-6
+
+
+def test_without_a_model_named_fedtab_chooses_one_and_says_why(cli, tmp_path):
+    from fedtab.models.choice import MST_MAX_COLUMNS, choose_model
+
+    synth = fedtab.FederatedSynthesizer(epsilon=1.0, schema=SCHEMA, seed=1).fit(_sites(150))
+    assert synth.job_.model == "mst" and synth.model_choice_.model == "mst"
+    assert "under DP" in synth.model_choice_.reason and "bench_mst" in synth.model_choice_.reason
+    assert fedtab.load(synth.save(tmp_path / "m.fedtab")).job_.model == "mst"  # the file names the model chosen
+    assert choose_model(dp=False, schema=SCHEMA).model == "mst"
+    wide = TableSchema(tuple(ColumnSpec(f"c{i}", "categorical", categories=("a", "b"))
+                             for i in range(MST_MAX_COLUMNS + 1)))
+    assert choose_model(dp=True, schema=wide).model == "ctgan"
+    # The CLI says it too, for a configuration without a [model] table.
+    paths = {}
+    for name, frame in _sites(150).items():
+        paths[name] = tmp_path / f"{name}.csv"
+        frame.to_csv(paths[name], index=False)
+    (tmp_path / "schema.json").write_text(SCHEMA.to_json())
+    config = tmp_path / "job.toml"
+    config.write_text("seed = 1\nschema = 'schema.json'\n[privacy]\nepsilon = 1.0\n"
+                      + "".join(f"[sites.{n}]\nsource = '{p}'\n" for n, p in paths.items()))
+    out = cli("train", config, "-o", tmp_path / "cli.fedtab", "--quiet")
+    assert out.exit_code == 0, out.output
+    assert "model: mst (chosen:" in out.output

@@ -67,6 +67,9 @@ def train_cmd(
         synth.fit({name: src for name, src in cfg.sites.items()})
     path = synth.save(output)
     _print_ledger(synth)
+    choice = getattr(synth, "model_choice_", None)
+    if choice is not None:  # the configuration named no model: say which was chosen, and why
+        stdout().print(f"model: {choice.model} (chosen: {choice.reason})")
     stdout().print(f"model written to {path}")
 
 
