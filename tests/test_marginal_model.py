@@ -172,3 +172,14 @@ def test_without_a_model_named_fedtab_chooses_one_and_says_why(cli, tmp_path):
     out = cli("train", config, "-o", tmp_path / "cli.fedtab", "--quiet")
     assert out.exit_code == 0, out.output
     assert "model: mst (chosen:" in out.output
+
+
+def test_declared_nullable_columns_gain_missing_values_only_where_the_sites_hold_them():
+    sites = _sites(400)
+    rng = np.random.default_rng(5)
+    for frame in sites.values():  # 'value' is missing in 30% of the rows; the other columns never are
+        frame.loc[rng.random(len(frame)) < 0.3, "value"] = np.nan
+    assert all(c.nullable for c in SCHEMA.columns)
+    df = fedtab.FederatedSynthesizer("mst", epsilon=1.0, schema=SCHEMA, seed=2).fit(sites).sample(5000, seed=2)
+    assert df[["kind", "flag", "noise"]].isna().sum().sum() == 0
+    assert df["value"].isna().mean() == pytest.approx(0.3, abs=0.06)
