@@ -77,8 +77,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 import fedtab  # noqa: E402
 from _data import LOADERS  # noqa: E402
-from evaluation._tables import kinds_of, subsample, to_plain  # noqa: E402
-from evaluation.fidelity import detection_auc, quality_report  # noqa: E402
+from evaluation._tables import kinds_of, to_plain  # noqa: E402
 from evaluation.utility import evaluate_utility  # noqa: E402
 
 DELTA = 1e-5
@@ -129,14 +128,12 @@ def synthesizer(dataset: str, model: str, epsilon: float | None, seed: int, data
 
 def score(synthetic: pd.DataFrame, data: dict, seed: int) -> dict:
     """suite.py's ``score`` (quality, detection, TSTR), without the disclosure figures."""
+    from suite import fidelity_and_utility
+
     kinds, train, test, derive, target = data["kinds"], data["train"], data["test"], data["derive"], data["target"]
     rng = np.random.default_rng(seed)
     with threadpool_limits(1):
-        overall, shapes, pairs = quality_report(subsample(train, 5000, rng), subsample(synthetic, 5000, rng), kinds)[:3]
-        n_det = min(len(train), len(synthetic), 5000)
-        det = detection_auc(subsample(train, n_det, rng), subsample(synthetic, n_det, rng), kinds, seed=seed)
-        tr, te, sy = (derive(f) if derive else f for f in (train, test, synthetic))
-        util = evaluate_utility(tr, te, sy, kinds, target, seed=seed)
+        overall, shapes, pairs, det, util = fidelity_and_utility(synthetic, data, seed=seed, rng=rng)
         out = {"quality": _r(overall), "column_shapes": _r(shapes), "column_pair_trends": _r(pairs),
                "detection_auc": _r(det), "tstr_auc": _r(util.synthetic_score), "trtr_auc": _r(util.real_score)}
         if derive is not None:  # heart: also the 5 levels of num (one-vs-rest macro AUC)

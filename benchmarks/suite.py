@@ -156,15 +156,23 @@ def _round(x, digits=4):
 
 
 # --- scoring, the same for every method ------------------------------------------------------------
-def score(synth: pd.DataFrame, data: dict, *, seed: int) -> dict:
+def fidelity_and_utility(synth: pd.DataFrame, data: dict, *, seed: int, rng: np.random.Generator) -> tuple:
+    """(quality, column shapes, pair trends, detection AUC, the utility result) of ``synth`` against the
+    data's training rows (up to 5,000 of each side) and test rows; call inside ``threadpool_limits(1)``."""
     kinds, train, test, derive = data["kinds"], data["train"], data["test"], data["derive"]
+    overall, shapes, pairs = quality_report(subsample(train, 5000, rng), subsample(synth, 5000, rng), kinds)[:3]
+    n_det = min(len(train), len(synth), 5000)
+    det = detection_auc(subsample(train, n_det, rng), subsample(synth, n_det, rng), kinds, seed=seed)
+    tr, te, sy = (derive(f) if derive else f for f in (train, test, synth))
+    util = evaluate_utility(tr, te, sy, kinds, data["target"], seed=seed)
+    return overall, shapes, pairs, det, util
+
+
+def score(synth: pd.DataFrame, data: dict, *, seed: int) -> dict:
+    kinds, train, test = data["kinds"], data["train"], data["test"]
     rng = np.random.default_rng(seed)
     with threadpool_limits(1):
-        overall, shapes, pairs = quality_report(subsample(train, 5000, rng), subsample(synth, 5000, rng), kinds)[:3]
-        n_det = min(len(train), len(synth), 5000)
-        det = detection_auc(subsample(train, n_det, rng), subsample(synth, n_det, rng), kinds, seed=seed)
-        tr, te, sy = (derive(f) if derive else f for f in (train, test, synth))
-        util = evaluate_utility(tr, te, sy, kinds, data["target"], seed=seed)
+        overall, shapes, pairs, det, util = fidelity_and_utility(synth, data, seed=seed, rng=rng)
         # Non-members: the test rows, at most as many as the training rows (DCR share compares
         # equal-size reference samples).
         hold = subsample(test, len(train), rng)

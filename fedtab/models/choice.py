@@ -7,8 +7,8 @@ with the reason, which the API keeps (``FederatedSynthesizer.model_choice_``) an
 Today it picks the marginal-based model ("mst") for every table whose columns it can model (all
 kinds fedtab reads: categorical, boolean, numerical, datetime; id columns are regenerated), because it
 measured best on every benchmark table, DP or not (``benchmarks/bench_mst.py``, 3 seeds, 4 sites):
-quality / TSTR at epsilon 1 heart 0.733 / 0.664 and Adult 0.853 / 0.834 against CTGAN's 0.559 / 0.505
-and 0.687 / 0.781; without DP heart 0.898 / 0.858 and Adult 0.922 / 0.878 against TVAE's 0.831 / 0.858
+quality / TSTR at epsilon 1 heart 0.746 / 0.622 and Adult 0.870 / 0.823 against CTGAN's 0.569 / 0.428
+and 0.751 / 0.802; without DP heart 0.899 / 0.862 and Adult 0.922 / 0.879 against TVAE's 0.831 / 0.858
 and 0.866 / 0.880. A table with more columns than ``MST_MAX_COLUMNS`` goes to CTGAN (the pair scores
 grow with the square of the columns).
 """
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 AUTO = "auto"
 MST_MAX_COLUMNS = 100
 WHY_MST = ("it measured best on every benchmark table, with DP and without (benchmarks/bench_mst.py: "
-           "quality / TSTR at epsilon 1 on 4 sites, heart 0.733 / 0.664 and Adult 0.853 / 0.834, against "
-           "CTGAN's 0.559 / 0.505 and 0.687 / 0.781)")
+           "quality / TSTR at epsilon 1 on 4 sites, heart 0.746 / 0.622 and Adult 0.870 / 0.823, against "
+           "CTGAN's 0.569 / 0.428 and 0.751 / 0.802)")
 
 
 @dataclass(frozen=True)
