@@ -7,9 +7,10 @@ import fedtab
 from fedtab.datasets import heart_schema, load_heart_sites
 
 sites = load_heart_sites()  # {"cleveland": DataFrame, ...}: each stays with its site worker
-synth = fedtab.FederatedSynthesizer("ctgan", epsilon=1.0, delta=1e-5, rounds=5, local_epochs=2.0,
-                                    batch_size=256, seed=0, schema=heart_schema())
+# No model named: fedtab chooses from what is public and says why (today the marginal-based "mst").
+synth = fedtab.FederatedSynthesizer(epsilon=1.0, delta=1e-5, seed=0, schema=heart_schema())
 synth.fit(sites)
+print("model:", synth.model_choice_.model, "-", synth.model_choice_.reason)
 table = synth.sample(500, seed=1)
 synth.save("heart.fedtab")
 same = fedtab.load("heart.fedtab")
@@ -21,4 +22,7 @@ for site, ledger in synth.privacy_ledger.items():
 evaluation = fedtab.evaluate(synth, sites, n=500, seed=1, target="num")
 print({site: "pass" if v.passed else [c for c, ok in v.checks.items() if not ok] for site, v in evaluation.sites.items()})
 # A simulation runs every site, so their own figures are at hand too (in a deployment: each site's report).
+# Measured on 2026-12-06 (3 runs; secret noise): each hospital's quality 0.55-0.68 against the policy's
+# 0.70, so every hospital refuses the table on quality and detection AUC (privacy checks pass): at
+# epsilon 1 on 98-242 rows per hospital the table is not yet good enough for each hospital's own rows.
 print({site: round(f["fidelity.quality"], 3) for site, f in evaluation.site_figures().items()})
