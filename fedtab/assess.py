@@ -206,20 +206,26 @@ def release(model, sites: Mapping, out_dir: str | os.PathLike, *, policy=None, n
     return gate_and_write(synth, table, ev, out_dir, policy=policy_obj, policy_path=policy_path, model_path=model_path)
 
 
+def _gate_public(synth, table: pd.DataFrame, ev: ConsortiumEvaluation, html_path: str | os.PathLike, policy):
+    """The gate over the sites' verdicts on ``table`` and the public report (HTML at ``html_path``, JSON
+    beside it, one document). Returns (verdict, public ledgers, html path, json path)."""
+    from fedtab.federation.site_evaluation import table_sha256
+    from fedtab.public_report import public_document, public_ledgers, write_public_json, write_public_report
+    from fedtab.release import decide_consortium
+
+    ledger = public_ledgers({s: led.to_dict() for s, led in synth.privacy_ledger.items()})
+    verdict = decide_consortium(policy, ev, trained=sorted(synth.privacy_ledger), table_sha256=table_sha256(table))
+    doc = public_document(ev, verdict=verdict, ledger=ledger, table=table, schema=synth.schema_)
+    html = write_public_report(html_path, doc)
+    return verdict, ledger, html, write_public_json(Path(html_path).with_suffix(".json"), doc)
+
+
 def write_public(synth, ev: ConsortiumEvaluation, html_path: str | os.PathLike, *, policy=None):
     """Draw the table the sites evaluated, read their verdicts through the gate, and write the public
     report (HTML at ``html_path``, JSON beside it). Returns (verdict, html path, json path)."""
-    from fedtab.federation.site_evaluation import table_sha256
-    from fedtab.public_report import public_ledgers, write_public_json, write_public_report
-    from fedtab.release import decide_consortium
-
     policy, _ = _policy(policy)
     table = synth.sample(ev.sampling["n"], seed=ev.sampling["seed"], quantile_map=ev.sampling["quantile_map"])
-    ledger = public_ledgers({s: led.to_dict() for s, led in synth.privacy_ledger.items()})
-    verdict = decide_consortium(policy, ev, trained=sorted(synth.privacy_ledger), table_sha256=table_sha256(table))
-    html = write_public_report(html_path, ev, verdict=verdict, ledger=ledger, table=table, schema=synth.schema_)
-    js = write_public_json(Path(html_path).with_suffix(".json"), ev, verdict=verdict, ledger=ledger, table=table,
-                           schema=synth.schema_)
+    verdict, _, html, js = _gate_public(synth, table, ev, html_path, policy)
     return verdict, html, js
 
 
@@ -229,20 +235,14 @@ def gate_and_write(synth, table: pd.DataFrame, ev: ConsortiumEvaluation, out_dir
     """Apply the release gate to the sites' verdicts on ``table`` and write the public report, audit
     record and, if released, the table (``ReleaseRefusedError`` naming every failed check otherwise)."""
     import connectors
-    from fedtab.federation.site_evaluation import table_sha256
-    from fedtab.public_report import public_ledgers, write_public_json, write_public_report
-    from fedtab.release import audit_record, decide_consortium, write_audit
+    from fedtab.release import audit_record, write_audit
 
     if policy is None or isinstance(policy, (str, os.PathLike)):
         policy, policy_path = _policy(policy)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ledger = public_ledgers({s: led.to_dict() for s, led in synth.privacy_ledger.items()})
-    verdict = decide_consortium(policy, ev, trained=sorted(synth.privacy_ledger), table_sha256=table_sha256(table))
-    outputs = {"report": write_public_report(out / "report.html", ev, verdict=verdict, ledger=ledger, table=table,
-                                             schema=synth.schema_),
-               "figures": write_public_json(out / "report.json", ev, verdict=verdict, ledger=ledger, table=table,
-                                            schema=synth.schema_)}
+    verdict, ledger, html, js = _gate_public(synth, table, ev, out / "report.html", policy)
+    outputs = {"report": html, "figures": js}
     if model_path is None:
         model_path = synth.save(out / "model.fedtab")
     outputs["model"] = Path(model_path)

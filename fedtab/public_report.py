@@ -104,8 +104,8 @@ def public_document(ev, *, verdict, ledger: Mapping[str, dict], table: pd.DataFr
     }
 
 
-def write_public_json(path: str | os.PathLike, ev, *, verdict, ledger, table, schema) -> Path:
-    doc = public_document(ev, verdict=verdict, ledger=ledger, table=table, schema=schema)
+def write_public_json(path: str | os.PathLike, doc: Mapping[str, Any]) -> Path:
+    """The public document (``public_document``) as JSON."""
     return atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
 
 
@@ -114,8 +114,8 @@ def _fmt(v: Any) -> str:
     return "n/a" if f is None else f"{f:.4g}"
 
 
-def write_public_report(path: str | os.PathLike, ev, *, verdict, ledger, table, schema) -> Path:
-    doc = public_document(ev, verdict=verdict, ledger=ledger, table=table, schema=schema)
+def write_public_report(path: str | os.PathLike, doc: Mapping[str, Any]) -> Path:
+    """The public document (``public_document``) as one self-contained HTML page."""
     h = ["<!doctype html><html><head><meta charset='utf-8'><title>fedtab public consortium report</title>",
          f"<style>{_CSS}</style></head><body><h1>fedtab public consortium report</h1>",
          f"<p class='muted'>{escape(doc['time_utc'])} &middot; safe to publish: no figure computed from a "

@@ -273,13 +273,14 @@ class SiteWorker:
         # The holdout rows are the ones set aside in training: same job, same seeded split.
         state.update(job=job, job_key=key, schema=model.synthesizer.schema_.to_json())
         train, holdout = self._frames(state)
+        ledger = book.ledger(key)
         outcome = site_evaluation.evaluate_model(
             self.name, model, sampling, train=train, holdout=holdout, target=body.get("target"),
             coordinator_policy=body.get("policy"), own_policy=self.policy.release_policy,
-            ledger=book.ledger(key), seed=site_seed(job["seed"], self.name, 4))
+            ledger=ledger, seed=site_seed(job["seed"], self.name, 4))
         book.record_verdict(key, model.digest, checks=outcome.checks, privacy_passed=outcome.privacy_passed)
         self.last_evaluation = outcome  # the site's own figures (its operator's; a simulation reads them)
         if self.report_dir is not None:
             outcome.write_local_report(self.report_dir, stem=f"evaluation-{key[:12]}-{number}",
-                                       ledger=book.ledger(key).to_dict())
+                                       ledger=ledger.to_dict())
         return outcome.reply(number=number, of=self.policy.max_evaluations)

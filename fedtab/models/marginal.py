@@ -94,6 +94,12 @@ def discretise(transformer) -> Discretisation:
     return Discretisation(columns=tuple(cols))
 
 
+def renormalised(p: np.ndarray) -> np.ndarray:
+    """Non-negative weights as shares summing to one (uniform when they sum to nothing)."""
+    total = float(p.sum())
+    return p / total if total > 0 else np.full(p.shape, 1.0 / p.size)
+
+
 def norm_sub(counts: np.ndarray, total: float | None = None) -> np.ndarray:
     """Noisy counts -> shares: subtract the one constant that leaves ``total`` (default: their sum) in the
     cells still above zero, zero the rest (McKenna's norm-sub; keeps empty regions empty, where clipping
@@ -111,8 +117,7 @@ def norm_sub(counts: np.ndarray, total: float | None = None) -> np.ndarray:
             lo = mid
         else:
             hi = mid
-    p = np.maximum(c - hi, 0)
-    return p / p.sum() if p.sum() > 0 else np.full(c.size, 1.0 / c.size)
+    return renormalised(np.maximum(c - hi, 0))
 
 
 def grouped(disc: Discretisation, fine_counts: list[np.ndarray], *, bins: int) -> Discretisation:
@@ -297,8 +302,7 @@ class MarginalModel:
         codes = np.zeros((n, len(self.disc.columns)), dtype=np.int64)
         for j, parent in self._order():
             if parent is None:
-                p = np.maximum(self.singles[j], 0)
-                p = p / p.sum() if p.sum() > 0 else np.full(p.size, 1.0 / p.size)
+                p = renormalised(np.maximum(self.singles[j], 0))
                 codes[:, j] = rng.choice(p.size, size=n, p=p)
             else:
                 codes[:, j] = self._draw(self._pair(parent, j), rng, codes[:, parent])
