@@ -5,7 +5,13 @@ each site answers with noisy counts of its training rows on the public discretis
 on its ledger before it leaves (discrete Gaussian noise from the secret source, sensitivity 1 per
 table: a row adds one to one cell of each table):
 
-1. ``one-way``: every column's counts;
+1. ``one-way``: every column's counts; under DP a numerical column's cells also in coarser levels (2, 4,
+   8, ... runs of adjacent cells, each level one more table: ``LEVELS``), from which the coordinator
+   estimates the fine counts by non-negative least squares (``fine_estimate``). Declared bounds are often
+   far wider than the data (ages 0-120, cholesterol 50-1000), and with the fine cells alone the noise's
+   positive part in the many empty cells held mass there and moved the means toward the middle of the
+   bounds (heart at epsilon 1, 3 seeds: synthetic mean age 62 against a real 53.5); a coarse cell's one
+   count tells an empty region from noise better (57, 4 seeds; column shapes 0.865 against 0.854);
 2. ``select``: one noisy vector of pair scores per site: for every pair, the L1 distance between the
    site's two-way table and what the consortium's one-way shares (public after step 1) predict for its
    rows (a row moves each score by at most 2: L2 sensitivity 2 sqrt(pairs)). The coordinator sums the
@@ -39,6 +45,44 @@ PHASES = ("one-way", "select", "measure")
 # noise otherwise). At 2 sds one column in ~40 truly without missing values still kept a share (the test
 # of three such columns failed about 1 run in 15); at 3, about 1 in 700.
 MISSING_Z = 3.0
+# Under DP, a numerical column of c fine cells is also measured in runs of c / 2**k adjacent cells, for the
+# levels with at least 2 runs and fewer runs than cells: up to ``LEVELS`` coarser tables per column.
+LEVELS = 4
+
+
+def level_groups(n_cells: int, missing: bool) -> list[list[int]]:
+    """The coarser levels of a numerical column's fine cells: for each level, every code's run (the cells
+    split into 2, 4, 8, ... runs of adjacent cells of equal number; the missing code keeps a code of its
+    own, last). Public: depends on the discretisation only."""
+    out = []
+    for k in range(1, LEVELS + 1):
+        runs = 2 ** k
+        if runs >= n_cells:
+            break
+        g = (np.arange(n_cells) * runs) // n_cells
+        out.append([int(x) for x in g] + ([runs] if missing else []))
+    return out
+
+
+def fine_estimate(fine: np.ndarray, levels: list[tuple[list[int], np.ndarray]]) -> np.ndarray:
+    """A column's counts from its noisy fine counts and the noisy counts of its coarser levels (every table
+    with the same noise), by non-negative least squares (post-processing; returns counts >= 0).
+
+    Tried and dropped: emptying every half and quarter of the cells whose estimate stood under 2 noise
+    sds (the missing code's rule, ``MISSING_Z``). It brought the heart means closer (cholesterol 302
+    against 337 at epsilon 1, 4 seeds; real 247) but cost Adult's pair trends 0.705 against 0.789 (sd
+    0.01-0.015): real tails (capital gain's) went with the noise."""
+    from scipy.optimize import nnls
+
+    fine = np.asarray(fine, dtype=float)
+    design, rhs = [np.eye(fine.size)], [fine]
+    for groups, counts in levels:
+        g = np.asarray(groups, dtype=np.int64)
+        a = np.zeros((int(g.max()) + 1, fine.size))
+        a[g, np.arange(fine.size)] = 1.0
+        design.append(a)
+        rhs.append(np.asarray(counts, dtype=float))
+    return nnls(np.vstack(design), np.concatenate(rhs), maxiter=50 * fine.size)[0]
 
 
 def _factors(counts: list[int], shares: list[float]) -> list[float]:
@@ -76,7 +120,11 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
                           public=True)
     plan = body["plan"]
     counts, shares = [int(k) for k in plan["counts"]], [float(s) for s in plan["shares"]]
-    if phase != "select" and len(cliques) > counts[PHASES.index(phase)]:
+    levels = [(int(j), np.asarray(g, dtype=np.int64)) for j, g in body.get("levels", [])] if phase == "one-way" else []
+    if any(not 0 <= j < len(sizes) or g.ndim != 1 or g.size != sizes[j] or g.size == 0 or g.min() < 0
+           or g.max() >= sizes[j] for j, g in levels):
+        raise ConfigError(f"site '{site}': a requested level does not fit its column's cells", public=True)
+    if phase != "select" and len(cliques) + len(levels) > counts[PHASES.index(phase)]:
         raise ConfigError(f"site '{site}': the '{phase}' request asks for more tables than the plan declared",
                           public=True)
     # What the job's final model is (the site records its identity when the job ends).
@@ -88,17 +136,19 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
         cache[key] = fine_codes(train, transformer, Discretisation.from_dict(body["discretisation"]))
     codes = cache[key] if phase == "one-way" else coarse_codes(cache[key], disc)
     exact = marginal_counts(codes, sizes, cliques)
+    # Coarser levels of numerical columns (one-way, under DP): each a table of its own, sensitivity 1.
+    exact += [np.bincount(g[codes[:, j]], minlength=int(g.max()) + 1).astype(float) for j, g in levels]
     if phase == "select":
         # One release: each candidate pair's L1 distance between this site's two-way table and what the
         # consortium's one-way shares (public, ``body["shares"]``) predict for its rows. A row moves each
         # distance by at most 2, so the vector's L2 sensitivity is 2 sqrt(pairs).
         exact = [pair_scores(exact, cliques, [np.asarray(x, dtype=float) for x in body["shares"]], rows=len(codes))]
     sensitivity = 2.0 * math.sqrt(len(cliques)) if phase == "select" else 1.0
-    releases = 1 if phase == "select" else len(cliques)
+    releases = 1 if phase == "select" else len(exact)
     factors = _factors(counts, shares)
     if not ledger.is_dp:
         ledger.spend(phase=f"marginals/{phase}", mechanism="exact", noise_multiplier=0.0, steps=releases,
-                     target=f"{len(cliques)} marginal(s), exact")
+                     target=f"{releases} marginal(s), exact")
         return {"counts": exact, "sigma": 0.0}
     if "mst_z" not in state:  # once per job: the whole plan fits in what the encoding left
         steps = [(f, k) for f, k in zip(factors[1:], counts[1:]) if k > 0]
@@ -108,7 +158,7 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
     z = float(state["mst_z"]) * factors[PHASES.index(phase)]
     sigma = z * sensitivity
     ledger.spend(phase=f"marginals/{phase}", mechanism="gaussian", noise_multiplier=z, sensitivity=sensitivity,
-                 steps=releases, target=("pair scores" if phase == "select" else f"{len(cliques)} marginal(s)"))
+                 steps=releases, target=("pair scores" if phase == "select" else f"{releases} marginal(s)"))
     noise = secret_source(f"{site}/marginals/{phase}")
     if phase == "select":  # real-valued scores: the continuous Gaussian from the secret stream
         return {"counts": [exact[0] + noise.normal(exact[0].size) * sigma], "sigma": sigma}
@@ -126,8 +176,11 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
     fine = discretise(transformer)
     d = len(fine.columns)
     all_pairs = [(a, b) for a in range(d) for b in range(a + 1, d)]
-    # Releases per phase: d one-way tables; one vector of pair scores; d - 1 tree tables.
-    plan = {"counts": [d, 1 if all_pairs else 0, max(d - 1, 0)], "shares": opts["shares"]}
+    levels = [] if not job.privacy.enabled else [
+        [j, g] for j, c in enumerate(fine.columns) if c["kind"] == "numerical"
+        for g in level_groups(len(c["edges"]) + 1, bool(c["missing"]))]
+    # Releases per phase: d one-way tables and the levels; one vector of pair scores; d - 1 tree tables.
+    plan = {"counts": [d + len(levels), 1 if all_pairs else 0, max(d - 1, 0)], "shares": opts["shares"]}
     enc = transformer.to_dict()
     base = {"plan": plan, "model": job.model, "model_options": opts, "transformer": enc,
             "transformer_hash": encoding_sha256(enc), "epsilon": job.privacy.epsilon}
@@ -143,9 +196,10 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
         sd = math.sqrt(sum(float(replies[s]["sigma"]) ** 2 for s in sites))
         return total, sd, {s: float(replies[s]["sigma"]) for s in sites}
 
-    ones_fine, sd1, _ = measure("one-way", [(j,) for j in range(d)], fine)
+    measured, sd1, _ = measure("one-way", [(j,) for j in range(d)], fine, levels=levels)
+    ones_fine = _with_levels(measured[:d], levels, measured[d:])
     disc = grouped(fine, ones_fine, bins=int(opts["bins"]))
-    ones, sd_ones = _coarse_ones(disc, ones_fine, sd1)
+    ones, sd_ones = _coarse_ones(disc, ones_fine, sd1, estimated={j for j, _ in levels})
     rows = max(1.0, float(np.median([t.sum() for t in ones_fine])))
     tree: list[tuple[int, int]] = []
     measurements = [((j,), ones[j], sd_ones[j]) for j in range(d)]
@@ -162,17 +216,29 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
         chosen, sd3, noise = measure("measure", tree, disc)
         measurements += [(pair, t, sd3) for pair, t in zip(tree, chosen)]
     singles, pairs = _estimate(disc.sizes, measurements, tree, rows=rows, iters=int(opts["iters"]))
-    _drop_missing(disc, transformer, ones_fine, sd1, singles, pairs)
+    # A missing code is a run of its own at every level: its estimate is the mean of 1 + levels counts.
+    sd_missing = [sd1 / math.sqrt(1 + sum(1 for i, _ in levels if i == j)) for j in range(d)]
+    _drop_missing(disc, transformer, ones_fine, sd_missing, singles, pairs)
     model = MarginalModel(transformer, disc, tree, pairs, singles)
     return model.weights(), noise
 
 
-def _drop_missing(disc: Discretisation, transformer, fine_counts, sd: float, singles: dict, pairs: dict) -> None:
+def _with_levels(fine_counts: list[np.ndarray], levels: list, level_counts: list[np.ndarray]) -> list[np.ndarray]:
+    """Each numerical column's fine counts estimated from its fine and coarser tables (``fine_estimate``);
+    a column without levels keeps its noisy counts."""
+    out = list(fine_counts)
+    for j in sorted({j for j, _ in levels}):
+        mine = [(g, y) for (i, g), y in zip(levels, level_counts) if i == j]
+        out[j] = fine_estimate(fine_counts[j], mine)
+    return out
+
+
+def _drop_missing(disc: Discretisation, transformer, fine_counts, sds: list[float], singles: dict, pairs: dict) -> None:
     """Zero the missing code of every nullable column whose noisy missing count is not significant
-    (``MISSING_Z``; post-processing), in its one-way and two-way marginals."""
+    (``MISSING_Z`` times its sd in ``sds``; post-processing), in its one-way and two-way marginals."""
     for j, (c, col) in enumerate(zip(disc.columns, transformer.columns_)):
         has = c["missing"] if c["kind"] == "numerical" else bool(getattr(col, "has_missing_", False))
-        if not has or float(np.asarray(fine_counts[j])[-1]) >= MISSING_Z * max(sd, 1e-12):
+        if not has or float(np.asarray(fine_counts[j])[-1]) >= MISSING_Z * max(sds[j], 1e-12):
             continue
         code = disc.sizes[j] - 1
         singles[j] = renormalised(np.where(np.arange(singles[j].size) == code, 0.0, singles[j]))
@@ -187,10 +253,12 @@ def _drop_missing(disc: Discretisation, transformer, fine_counts, sd: float, sin
             pairs[(a, b)] = renormalised(table).ravel()
 
 
-def _coarse_ones(disc: Discretisation, fine_counts: list[np.ndarray], sd: float):
-    """The one-way counts on the grouped discretisation (sums of fine cells) and their noise sd."""
+def _coarse_ones(disc: Discretisation, fine_counts: list[np.ndarray], sd: float, *, estimated=frozenset()):
+    """The one-way counts on the grouped discretisation (sums of fine cells) and their noise sd: a sum of
+    noisy cells carries their summed variance; a column whose cells were estimated with its coarser
+    levels (``estimated``) has a run's count about as exact as one measured cell."""
     out, sds = [], []
-    for c, counts in zip(disc.columns, fine_counts):
+    for j, (c, counts) in enumerate(zip(disc.columns, fine_counts)):
         counts = np.asarray(counts, dtype=float)
         if c["kind"] != "numerical":
             out.append(counts)
@@ -201,7 +269,7 @@ def _coarse_ones(disc: Discretisation, fine_counts: list[np.ndarray], sd: float)
         if c["missing"]:
             coarse = np.append(coarse, counts[groups.size:].sum())
         out.append(coarse)
-        sds.append(sd * math.sqrt(groups.size / max(1, int(groups.max()) + 1)))
+        sds.append(sd if j in estimated else sd * math.sqrt(groups.size / max(1, int(groups.max()) + 1)))
     return out, sds
 
 
