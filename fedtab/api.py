@@ -56,7 +56,9 @@ class FederatedSynthesizer:
 
     Parameters (all keyword-only except ``model``) follow ``fedtab.config``: ``epsilon`` is each
     site's total budget, preprocessing included (``None``: non-DP mode, exact statistics, still no
-    rows leave a site); ``rounds`` federated rounds of ``local_epochs`` local passes each.
+    rows leave a site); ``preprocessing_share`` of it goes to the encoding statistics (default: chosen
+    with the model, ``fedtab.models.choice.preprocessing_share_for``: 0.3 for "mst" with a ``target``,
+    else 0.1); ``rounds`` federated rounds of ``local_epochs`` local passes each.
     ``target``: the column that matters most downstream (e.g. the label a model will be trained on):
     the encoding also measures its two-way table with every other column (under DP from the same
     preprocessing budget) and ``sample`` calibrates the rows onto those tables, so how the other
@@ -78,7 +80,7 @@ class FederatedSynthesizer:
 
     def __init__(self, model: str = "auto", *, epsilon: float | None = None, delta: float = 1e-5,
                  rounds: int = 5, local_epochs: float = 1.0, batch_size: int = 500, max_grad_norm: float = 1.0,
-                 preprocessing_share: float = 0.1, seed: int = 0, schema: TableSchema | str | None = None,
+                 preprocessing_share: float | None = None, seed: int = 0, schema: TableSchema | str | None = None,
                  missing_markers: tuple[str, ...] = ("?",), holdout: float = 0.2, transport: str = "inprocess",
                  model_options: Mapping[str, Any] | None = None, target: str | None = None,
                  parallel_sites: int | None = None, site_column: str | None = None,
@@ -139,6 +141,14 @@ class FederatedSynthesizer:
                 model_options(dict(self.model_options or {}))
             except ConfigError as e:
                 raise ConfigError(f"Invalid FederatedSynthesizer parameters:\n  - {e}") from None
+        if privacy.preprocessing_share is None:  # chosen with the model (fedtab.models.choice)
+            from fedtab.models.choice import preprocessing_share_for
+
+            privacy = dataclasses.replace(privacy, preprocessing_share=preprocessing_share_for(model, target=self.target))
+            if self.model == "auto" and privacy.enabled:
+                self.model_choice_ = dataclasses.replace(self.model_choice_, reason=(
+                    f"{self.model_choice_.reason}; {privacy.preprocessing_share:.0%} of each site's epsilon to the "
+                    "encoding (fedtab.models.choice.preprocessing_share_for)"))
         return JobSpec(model=model, model_options=dict(self.model_options or {}), privacy=privacy,
                        training=training, seed=self.seed, holdout=self.holdout,
                        missing_markers=tuple(self.missing_markers), schema=schema, target=self.target,

@@ -15,7 +15,8 @@ Example (paths are relative to the TOML file)::
     [privacy]
     epsilon = 1.0                      # per site, preprocessing included; omit for non-DP
     delta = 1e-5
-    preprocessing_share = 0.1          # share of epsilon spent on the encoding statistics
+    preprocessing_share = 0.3          # share of epsilon spent on the encoding statistics; omit it and
+                                       # it is chosen with the model (fedtab.models.choice)
 
     [training]
     rounds = 5
@@ -62,7 +63,7 @@ class SiteSource:
 class PrivacySettings:
     epsilon: float | None = None  # None: non-DP mode (exact statistics, still never raw rows)
     delta: float = 1e-5
-    preprocessing_share: float = 0.1
+    preprocessing_share: float | None = None  # None: chosen with the model (fedtab.models.choice)
 
     @property
     def enabled(self) -> bool:
@@ -70,7 +71,12 @@ class PrivacySettings:
 
     @property
     def preprocessing_epsilon(self) -> float | None:
-        return None if self.epsilon is None else self.epsilon * self.preprocessing_share
+        if self.epsilon is None:
+            return None
+        if self.preprocessing_share is None:
+            raise ValueError("preprocessing_share is chosen with the model: resolve it first "
+                             "(FederatedSynthesizer builds the job with it resolved)")
+        return self.epsilon * self.preprocessing_share
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,8 @@ def check_settings(*, model: str, privacy: PrivacySettings, training: TrainingSe
     if privacy.epsilon is not None:
         _num(p, f"{pre}epsilon", privacy.epsilon, lo=0, lo_open=True)
     _num(p, f"{pre}delta", privacy.delta, lo=0, hi=0.1, lo_open=True)
-    _num(p, f"{pre}preprocessing_share", privacy.preprocessing_share, lo=0, hi=0.9, lo_open=True)
+    if privacy.preprocessing_share is not None:
+        _num(p, f"{pre}preprocessing_share", privacy.preprocessing_share, lo=0, hi=0.9, lo_open=True)
     _num(p, f"{pre}rounds", training.rounds, lo=1, hi=10_000, integer=True)
     _num(p, f"{pre}local_epochs", training.local_epochs, lo=0, hi=1000, lo_open=True)
     _num(p, f"{pre}batch_size", training.batch_size, lo=2, hi=1_000_000, integer=True)

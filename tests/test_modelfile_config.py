@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+import fedtab
+
 from fedtab.config import config_from_dict, load_config
 from fedtab.errors import ConfigError, ModelFileError
 from fedtab.modelfile import ModelBundle, load_bundle, save_bundle
@@ -61,7 +63,24 @@ def test_config_resolves_paths_relative_to_the_file(tmp_path):
     cfg = load_config(tmp_path / "job.toml")
     assert cfg.sites["a"].source == str(tmp_path / "a.csv") and cfg.schema_path == str(tmp_path / "s.json")
     assert cfg.sites["b"].source == "sqlite:///b.db" and cfg.sites["b"].table == "t"
-    assert cfg.privacy.preprocessing_epsilon == pytest.approx(0.1) and cfg.training.rounds == 2 and cfg.seed == 3
+    assert cfg.training.rounds == 2 and cfg.seed == 3
+    # No preprocessing_share: chosen with the model when the job is built (the default model, no target: 0.1).
+    assert cfg.privacy.preprocessing_share is None
+    fedtab.datasets.heart_schema().save(tmp_path / "s.json")
+    job = fedtab.FederatedSynthesizer.from_config(cfg)._job()
+    assert job.model == "mst" and job.privacy.preprocessing_epsilon == pytest.approx(0.1)
+
+
+def test_the_encoding_share_is_chosen_with_the_model_unless_set():
+    """0.3 for the marginal model with a declared target (its target tables), else 0.1; a set share wins."""
+    build = lambda **kw: fedtab.FederatedSynthesizer(epsilon=1.0, **kw)._job().privacy.preprocessing_share  # noqa: E731
+    assert build(target="y") == pytest.approx(0.3)
+    assert build() == pytest.approx(0.1)
+    assert fedtab.FederatedSynthesizer("ctgan", epsilon=1.0, target="y")._job().privacy.preprocessing_share == 0.1
+    assert build(target="y", preprocessing_share=0.5) == 0.5
+    synth = fedtab.FederatedSynthesizer(epsilon=1.0, target="y")
+    synth._job()
+    assert "30% of each site's epsilon to the encoding" in synth.model_choice_.reason
 
 
 def test_config_lists_every_problem():
