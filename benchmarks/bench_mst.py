@@ -82,7 +82,8 @@ from evaluation.utility import evaluate_utility  # noqa: E402
 
 DELTA = 1e-5
 DP_PREPROCESSING_SHARE = 0.3  # bench_models.py / suite.py (run_method.py): every table, every model
-ADULT_ROWS = 5000  # bench_noise_spread.py / suite.py's reduced Adult
+ADULT_ROWS = 5000  # bench_noise_spread.py / suite.py's reduced Adult (and any larger table)
+PREPROCESSING_SHARE = [DP_PREPROCESSING_SHARE]  # --preprocessing-share; "default": the API's own
 # Training length of the neural models, from the existing benchmarks (see the docstring); mst: defaults.
 TRAINING = {
     ("heart", "ctgan"): dict(rounds=10, local_epochs=2.0, batch_size=256),  # bench_noise_spread.HEART
@@ -102,7 +103,7 @@ def _r(x, digits: int = 4):
 # --- data --------------------------------------------------------------------------------------------
 def load(dataset: str) -> dict:
     sites, train, test, schema, target, derive = LOADERS[dataset]()
-    if dataset == "adult":  # bench_noise_spread.adult_data(): the same share of every age-quartile site
+    if len(train) > ADULT_ROWS:  # bench_noise_spread.adult_data(): the same share of every site
         frac = ADULT_ROWS / len(train)
         sites = {k: v.sample(frac=frac, random_state=0).reset_index(drop=True) for k, v in sites.items()}
         train = pd.concat(sites.values(), ignore_index=True)
@@ -114,8 +115,8 @@ def load(dataset: str) -> dict:
 # --- one run -----------------------------------------------------------------------------------------
 def settings_for(dataset: str, model: str, epsilon: float | None) -> dict:
     s = dict(TRAINING.get((dataset, model), {}))
-    if epsilon is not None:
-        s["preprocessing_share"] = DP_PREPROCESSING_SHARE
+    if epsilon is not None and PREPROCESSING_SHARE[0] is not None:
+        s["preprocessing_share"] = PREPROCESSING_SHARE[0]
     return s
 
 
@@ -290,7 +291,9 @@ def provenance() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", nargs="+", choices=("heart", "adult"), default=["heart", "adult"])
+    ap.add_argument("--datasets", nargs="+", choices=sorted(LOADERS), default=["heart", "adult"])
+    ap.add_argument("--preprocessing-share", default=str(DP_PREPROCESSING_SHARE),
+                    help="under DP, the encoding's share of epsilon, or 'default' (the API's)")
     ap.add_argument("--models", nargs="+", choices=("mst", "ctgan", "tvae"), default=["mst", "ctgan"])
     ap.add_argument("--epsilons", nargs="+", default=["1", "none"], help="per-site epsilon, or 'none' (non-DP)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seed = sampling seed")
@@ -299,6 +302,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     epsilons = [None if e.lower() in ("none", "nondp", "non-dp") else float(e) for e in args.epsilons]
+    PREPROCESSING_SHARE[0] = None if args.preprocessing_share == "default" else float(args.preprocessing_share)
     prov = provenance()
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
     print(f"fedtab at commit {prov['commit'][:10]}{'+dirty' if prov['dirty'] else ''}; load {prov['load_average_at_start']}",
@@ -309,7 +313,7 @@ def main() -> None:
            "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "provenance": prov,
            "settings": {"delta": DELTA, "holdout": 0.0, "target_declared": True,
-                        "dp_preprocessing_share": DP_PREPROCESSING_SHARE,
+                        "dp_preprocessing_share": PREPROCESSING_SHARE[0] or "the API's default",
                         "training": {f"{d}/{m}": s for (d, m), s in TRAINING.items()},
                         "mst_options": "defaults (fedtab.models.marginal.DEFAULT_OPTIONS)",
                         "adult_train_rows": ADULT_ROWS, "torch_threads": 1}}

@@ -64,16 +64,25 @@ def run_fedtab(spec: dict) -> dict:
     from fedtab.schema import TableSchema
 
     s = spec["settings"]
-    sites = {name: pd.read_parquet(path) for name, path in spec["sites"].items()}
     # The utility target is declared, as a user would (its two-way tables are measured in the encoding;
     # sampling calibrates onto them, under DP redraws the target from them); under DP 30% of each
     # site's epsilon goes to the encoding (benchmarks/bench_models.py: DP_PREPROCESSING_SHARE).
+    if spec["model"] == "auto":  # the default: nothing but the budget, the schema and the target
+        synth = fedtab.FederatedSynthesizer(
+            epsilon=spec["epsilon"], delta=s["delta"], seed=spec["seed"], schema=TableSchema.load(spec["schema"]),
+            holdout=0.0, target=spec.get("target"), site_policy=fedtab.SitePolicy(allow_non_dp=True))
+        return _fit_fedtab(synth, spec)
     dp_share = {"preprocessing_share": s.get("preprocessing_share", 0.3)} if spec["epsilon"] is not None else {}
     synth = fedtab.FederatedSynthesizer(
         spec["model"], epsilon=spec["epsilon"], delta=s["delta"], rounds=s["rounds"],
         local_epochs=s["local_epochs"], batch_size=s["batch_size"], seed=spec["seed"],
         schema=TableSchema.load(spec["schema"]), holdout=0.0, target=spec.get("target"),
         site_policy=fedtab.SitePolicy(allow_non_dp=True), **dp_share)  # the benchmark's sites run non-DP rows too
+    return _fit_fedtab(synth, spec)
+
+
+def _fit_fedtab(synth, spec: dict) -> dict:
+    sites = {name: pd.read_parquet(path) for name, path in spec["sites"].items()}
     t0 = time.perf_counter()
     synth.fit(sites)
     fit_s = time.perf_counter() - t0
@@ -87,6 +96,7 @@ def run_fedtab(spec: dict) -> dict:
             "federation_overhead_seconds": fit_s - local_s,
             "epsilon_spent": max(eps.values()) if spec["epsilon"] is not None else None,
             "ledger_epsilon": {k: (v if np.isfinite(v) else None) for k, v in eps.items()},
+            "model": synth.job_.model, "model_choice": getattr(synth, "model_choice_", None) and synth.model_choice_.to_dict(),
             "versions": versions("torch", "opacus", "pandas", "numpy")}
 
 
