@@ -67,8 +67,9 @@ def scan_table(
     """Infer a schema in one streaming pass (see ``fedtab.inference`` for the rules)."""
     _, chunks = _open(source, table)
     profile = TableProfile(missing_markers=missing_markers)
+    text = not is_url(source) and Path(source).name.lower().endswith((".csv", ".csv.gz"))  # raw strings
     for chunk in chunks:
-        profile.update(chunk)
+        profile.update(chunk, text=text)
     name = table or _stem(source)
     schema = profile.schema(declared=declared, name=name)
     return TableScan(source_label(source, table), profile.rows, schema, profile.columns)
@@ -87,7 +88,8 @@ def read_table(
     Raises SourceError (cannot read), SchemaError (bad schema file), DataValidationError (rows do not
     match the schema, every problem listed).
     """
-    if schema is None:
+    inferred = schema is None
+    if inferred:
         schema = scan_table(source, table=table, missing_markers=missing_markers or ("?",)).schema
     else:
         if not isinstance(schema, TableSchema):
@@ -95,7 +97,10 @@ def read_table(
         if missing_markers:
             schema = _add_markers(schema, missing_markers)
     columns, chunks = _open(source, table)
-    return validate_chunks(chunks, schema, source=source_label(source, table), columns=columns)
+    frame = validate_chunks(chunks, schema, source=source_label(source, table), columns=columns)
+    if inferred:  # what the source's own form says (dtypes of a CSV's text), for a site that infers
+        frame.attrs["fedtab_schema"] = schema.to_dict()
+    return frame
 
 
 def write_table(df: pd.DataFrame, dest: Source, *, table: str | None = None, if_exists: str = "fail") -> None:

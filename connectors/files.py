@@ -186,14 +186,37 @@ def _parquet_open(path: Path) -> tuple[list[str], Iterator[pd.DataFrame]]:
     if pf.metadata.num_rows == 0:
         raise SourceError(f"{path}: the file has columns {names} but no rows.")
 
+    forms = _parquet_forms(pf.schema_arrow)
+
     def chunks() -> Iterator[pd.DataFrame]:
         try:
             for batch in pf.iter_batches(batch_size=PARQUET_BATCH):
-                yield batch.to_pandas(types_mapper=_nullable)
+                frame = batch.to_pandas(types_mapper=_nullable)
+                frame.attrs["fedtab_forms"] = forms  # the file's own dtypes (read nullable above)
+                yield frame
         except (pa.ArrowException, OSError) as e:
             raise SourceError(f"{path}: cannot read the Parquet data ({e}).") from None
 
     return names, chunks()
+
+
+def _parquet_forms(schema: pa.Schema) -> dict[str, str]:
+    """How the file holds each column, for schema inference (``fedtab.inference.input_form``): the pandas
+    dtype the writer recorded (pandas' metadata in the file), else the value form of its Arrow type."""
+    meta = {c.get("name"): ("category" if c.get("pandas_type") == "categorical" else c.get("numpy_type"))
+            for c in (schema.pandas_metadata or {}).get("columns", [])}
+    out = {}
+    for field in schema:
+        numpy_type = meta.get(field.name)
+        if numpy_type is not None:
+            out[field.name] = "datetime64[ns]" if str(numpy_type).startswith("datetime64") else str(numpy_type)
+        elif pa.types.is_integer(field.type):
+            out[field.name] = "pyint"
+        elif pa.types.is_boolean(field.type):
+            out[field.name] = "pybool"
+        elif pa.types.is_floating(field.type):
+            out[field.name] = "float64"
+    return out
 
 
 # -- writing -------------------------------------------------------------------------------------

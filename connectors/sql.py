@@ -87,7 +87,8 @@ def open_sql(url: str, table: str | None) -> tuple[list[str], Iterator[pd.DataFr
             if table is None or table not in tables:
                 what = "a database source needs a table name (--table)" if table is None else f"no table {table!r}"
                 raise SourceError(f"{redact(url)}: {what}; tables in this database: {sorted(tables) or 'none'}.")
-            columns = [c["name"] for c in sa.inspect(conn).get_columns(table)]
+            described = sa.inspect(conn).get_columns(table)
+            columns = [c["name"] for c in described]
             rows = conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one()
     except SQLAlchemyError as e:
         engine.dispose()
@@ -96,6 +97,7 @@ def open_sql(url: str, table: str | None) -> tuple[list[str], Iterator[pd.DataFr
         engine.dispose()
         raise SourceError(f"{redact(url)}: table {table!r} has columns {columns} but no rows.")
     query = sa.select(*[sa.column(c) for c in columns]).select_from(sa.table(table))
+    forms = {c["name"]: f for c in described if (f := _sql_form(c["type"])) is not None}
 
     def chunks() -> Iterator[pd.DataFrame]:
         try:
@@ -103,6 +105,7 @@ def open_sql(url: str, table: str | None) -> tuple[list[str], Iterator[pd.DataFr
                 streaming = conn.execution_options(stream_results=True)
                 for chunk in pd.read_sql_query(
                     query, streaming, chunksize=CHUNK_ROWS, dtype_backend="numpy_nullable"):
+                    chunk.attrs["fedtab_forms"] = forms  # the column types (read nullable above)
                     yield chunk
         except SQLAlchemyError as e:
             raise _connect_error(url, e) from None
@@ -110,6 +113,23 @@ def open_sql(url: str, table: str | None) -> tuple[list[str], Iterator[pd.DataFr
             engine.dispose()
 
     return columns, chunks()
+
+
+def _sql_form(sql_type) -> str | None:
+    """How a SQL column type holds its values, for schema inference (``fedtab.inference.input_form``):
+    integers and booleans by their values' form (``int64``, or ``Int64`` with NULLs), reals as
+    ``float64``, text as ``object``, timestamps as ``datetime64[ns]``."""
+    if isinstance(sql_type, sa.Boolean):
+        return "pybool"
+    if isinstance(sql_type, sa.Integer):
+        return "pyint"
+    if isinstance(sql_type, (sa.Float, sa.Numeric)):
+        return "float64"
+    if isinstance(sql_type, (sa.DateTime, sa.Date)):
+        return "datetime64[ns]"
+    if isinstance(sql_type, sa.String):
+        return "object"
+    return None
 
 
 def write_sql(df: pd.DataFrame, url: str, table: str, *, if_exists: str) -> None:

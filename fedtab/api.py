@@ -238,7 +238,10 @@ class FederatedSynthesizer:
 
     def sample(self, n: int, *, seed: int | None = None, calibrate: bool = True,
                quantile_map: bool = False, relabel: bool | None = None) -> pd.DataFrame:
-        """``n`` synthetic rows in the agreed schema (id columns get fresh synthetic ids).
+        """``n`` synthetic rows in the agreed schema (id columns get fresh synthetic ids), each column in
+        the representation the input held it in where the schema records it (``ColumnSpec.dtype``:
+        integers stay integers, a 0/1 column stays 0/1, text stays text); ``sample_typed`` gives the
+        same rows in fedtab's typed contract (``fedtab.schema``), as the sites evaluate them.
 
         ``calibrate`` (default): the model draws ``CALIBRATION_OVERSAMPLE`` x n rows (with a site
         column ``SITE_CALIBRATION_OVERSAMPLE`` x n, at most ``MAX_CANDIDATES`` or 3 x n) and raking weights
@@ -263,6 +266,15 @@ class FederatedSynthesizer:
         at epsilon 1 CTGAN 0.780 / 0.870 vs 0.764 / 0.791. The price: the target follows the tables'
         pairwise relations, so interactions of two columns with the target are the generator's no more.
         """
+        from fedtab.transform.values import as_input_dtypes
+
+        frame = self.sample_typed(n, seed=seed, calibrate=calibrate, quantile_map=quantile_map, relabel=relabel)
+        return as_input_dtypes(frame, self.schema_)
+
+    def sample_typed(self, n: int, *, seed: int | None = None, calibrate: bool = True,
+                     quantile_map: bool = False, relabel: bool | None = None) -> pd.DataFrame:
+        """``sample``'s rows in fedtab's typed contract (``fedtab.schema``: categories as text, integers as
+        ``Int64``, booleans as ``boolean``): what the sites evaluate and what the release gate hashes."""
         check_is_fitted(self, "weights_")
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ConfigError(f"The 'n' parameter of sample must be a whole number >= 1. Got {n!r} instead.")

@@ -202,7 +202,7 @@ def release(model, sites: Mapping, out_dir: str | os.PathLike, *, policy=None, n
     policy_obj, policy_path = _policy(policy)
     ev = evaluate(synth, sites, n=n, target=target, seed=seed, transport=transport, quantile_map=quantile_map,
                   ledger_dir=ledger_dir, policy=policy_obj, report_dir=report_dir)
-    table = synth.sample(ev.sampling["n"], seed=ev.sampling["seed"], quantile_map=ev.sampling["quantile_map"])
+    table = synth.sample_typed(ev.sampling["n"], seed=ev.sampling["seed"], quantile_map=ev.sampling["quantile_map"])
     return gate_and_write(synth, table, ev, out_dir, policy=policy_obj, policy_path=policy_path, model_path=model_path)
 
 
@@ -224,7 +224,7 @@ def write_public(synth, ev: ConsortiumEvaluation, html_path: str | os.PathLike, 
     """Draw the table the sites evaluated, read their verdicts through the gate, and write the public
     report (HTML at ``html_path``, JSON beside it). Returns (verdict, html path, json path)."""
     policy, _ = _policy(policy)
-    table = synth.sample(ev.sampling["n"], seed=ev.sampling["seed"], quantile_map=ev.sampling["quantile_map"])
+    table = synth.sample_typed(ev.sampling["n"], seed=ev.sampling["seed"], quantile_map=ev.sampling["quantile_map"])
     verdict, _, html, js = _gate_public(synth, table, ev, html_path, policy)
     return verdict, html, js
 
@@ -249,7 +249,10 @@ def gate_and_write(synth, table: pd.DataFrame, ev: ConsortiumEvaluation, out_dir
     table_path = None
     if verdict.released:
         table_path = out / "synthetic.csv"
-        connectors.write_table(table, table_path, if_exists="replace")
+        from fedtab.transform.values import as_input_dtypes
+
+        # The released file in the input's representation (the gate judged the same rows, typed).
+        connectors.write_table(as_input_dtypes(table, synth.schema_), table_path, if_exists="replace")
         outputs["synthetic table"] = table_path
     record = audit_record(policy=policy, verdict=verdict, ledger=ledger, model_path=model_path,
                           synthetic_path=table_path, report_path=outputs["report"], policy_path=policy_path)

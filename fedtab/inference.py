@@ -111,8 +111,12 @@ class ColumnProfile:
     all_boolword: bool = True
     decimals: int = 0
     date_formats: tuple[str, ...] | None = None
+    forms: set = field(default_factory=set)  # how the input held the values (see ``input_form``)
 
-    def update(self, values: pd.Series, markers: Iterable[str]) -> None:
+    def update(self, values: pd.Series, markers: Iterable[str], *, text: bool = False, form: str | None = None) -> None:
+        from fedtab.schema import DTYPES
+
+        self.forms.add(form if form in DTYPES + ("pyint", "pybool", "pyfloat") else input_form(values, text=text))
         values = plain(values)
         miss = missing_mask(values, markers)
         self.rows += len(values)
@@ -146,6 +150,28 @@ class ColumnProfile:
     def present(self) -> int:
         return self.rows - self.missing
 
+    def input_dtype(self) -> str | None:
+        """The pandas dtype the input held the column in (``ColumnSpec.dtype``): a typed input's own; for
+        text (a CSV file) or Python objects, the form of its values (integers: ``int64``, ``Int64`` with
+        missing values; reals: ``float64``; true/false: ``bool``/``boolean``; else ``object``)."""
+        forms = self.forms - {None}
+        if len(forms) != 1:
+            return None  # chunks that disagree, or a dtype fedtab does not return
+        form = next(iter(forms))
+        if form in ("text", "pyint", "pybool", "pyfloat"):
+            if self.present == 0:
+                return "object"
+            if (form in ("text", "pyint")) and self.all_int:
+                return "Int64" if self.missing else "int64"
+            if form in ("text", "pyfloat") and self.all_real:
+                return "float64"
+            if (form == "text" and self.all_boolword) or form == "pybool":
+                return "boolean" if self.missing else "bool"
+            if form == "text" and self.date_formats:
+                return "datetime64[ns]"
+            return "object"
+        return form
+
     def infer_type(self) -> dict[str, Any]:
         """The inferred column as a schema dict (type, subtype, precision, datetime_format)."""
         n, k, id_name = self.present, len(self.distinct), looks_like_id_name(self.name)
@@ -171,6 +197,33 @@ class ColumnProfile:
         return {"type": "categorical"}
 
 
+def input_form(values: pd.Series, *, text: bool) -> str | None:
+    """How one chunk holds a column: a pandas dtype name from ``schema.DTYPES``; "text" for a file's
+    raw strings; "pyint"/"pybool"/"pyfloat" for an object column of Python ints/bools/floats; None for
+    a dtype fedtab does not return."""
+    from fedtab.schema import DTYPES
+
+    dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return "category"
+    if isinstance(dtype, pd.StringDtype):
+        return "text" if text else "string"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "datetime64[ns]"
+    if dtype != object:
+        return str(dtype) if str(dtype) in DTYPES else None
+    if text:
+        return "text"
+    kinds = {type(v) for v in values.dropna().unique()} if len(values) else set()
+    if kinds and all(issubclass(k, (bool, np.bool_)) for k in kinds):
+        return "pybool"
+    if kinds and all(issubclass(k, (int, np.integer)) and not issubclass(k, (bool, np.bool_)) for k in kinds):
+        return "pyint"
+    if kinds and all(issubclass(k, (float, np.floating)) for k in kinds):
+        return "pyfloat"
+    return "object"
+
+
 class TableProfile:
     """Per-column evidence over one or more chunks of a table; ``schema()`` turns it into a schema."""
 
@@ -179,11 +232,13 @@ class TableProfile:
         self.columns: dict[str, ColumnProfile] = {}
         self.rows = 0
 
-    def update(self, df: pd.DataFrame) -> "TableProfile":
+    def update(self, df: pd.DataFrame, *, text: bool = False) -> "TableProfile":
+        """Add a chunk; ``text``: its values are a file's raw strings (a CSV), read for their form."""
         self.rows += len(df)
+        forms = df.attrs.get("fedtab_forms", {})  # a file's own record of its dtypes (Parquet)
         for name in df.columns:
             prof = self.columns.setdefault(str(name), ColumnProfile(str(name)))
-            prof.update(df[name], self.missing_markers)
+            prof.update(df[name], self.missing_markers, text=text, form=forms.get(name))
         return self
 
     def schema(self, *, declared: TableSchema | Mapping | None = None, name: str | None = None) -> TableSchema:
@@ -196,6 +251,9 @@ class TableProfile:
         cols = []
         for col, prof in self.columns.items():
             spec = {"name": col, **prof.infer_type()}
+            dtype = prof.input_dtype()
+            if dtype is not None and spec["type"] != "id":
+                spec["dtype"] = dtype
             if self.missing_markers:
                 spec["missing_markers"] = list(self.missing_markers)
             if col in overrides:

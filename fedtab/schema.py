@@ -16,6 +16,14 @@ boolean       ``boolean``                ``pd.NA``
 datetime      ``datetime64[ns]``         ``NaT``
 id            ``object`` str or ``Int64``  never copied into synthetic data
 ============  =========================  ====================================================
+
+A column's ``dtype`` (optional) records how the input held it, as a pandas dtype name (``DTYPES``):
+``int64`` for a column of integers, ``Int64`` for integers with missing values, ``float64``,
+``bool``/``boolean``, ``object`` for text, ``string``, ``category``, ``datetime64[ns]``. Typed tables use
+the contract above inside fedtab; ``sample`` hands the rows back in the recorded dtype
+(``fedtab.transform.values.as_input_dtype``): a categorical column coded 1/2 comes back as the
+integers 1/2, a 0/1 boolean as 0/1. ``fedtab schema infer`` and ``infer_schema`` record it; a
+hand-written schema may declare it; without it the contract's dtypes are returned.
 """
 
 from __future__ import annotations
@@ -36,8 +44,14 @@ SCHEMA_FORMAT = "fedtab.schema/1"
 
 _FIELDS = (
     "name", "type", "subtype", "nullable", "lower", "upper", "categories",
-    "missing_markers", "precision", "datetime_format",
+    "missing_markers", "precision", "datetime_format", "dtype",
 )
+# The input representations a column's ``dtype`` may record (pandas dtype names).
+INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+NULLABLE_INT_DTYPES = ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64")
+FLOAT_DTYPES = ("float32", "float64", "Float32", "Float64")
+DTYPES = INT_DTYPES + NULLABLE_INT_DTYPES + FLOAT_DTYPES + ("bool", "boolean", "object", "string", "category",
+                                                           "datetime64[ns]")
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,7 @@ class ColumnSpec:
     missing_markers: tuple[str, ...] = ()
     precision: int | None = None
     datetime_format: str | None = None
+    dtype: str | None = None  # the input's representation (``DTYPES``); ``sample`` returns it
 
     @property
     def is_integer(self) -> bool:
@@ -234,6 +249,10 @@ def _check_schema_dict(data: Any) -> list[str]:
         p = c.get("precision")
         if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 0):
             problems.append(f"{where}: 'precision' must be a whole number >= 0, got {p!r}")
+        dt = c.get("dtype")
+        if dt is not None and dt not in DTYPES:
+            problems.append(f"{where}: 'dtype' {dt!r} is not one fedtab returns; expected one of {list(DTYPES)} "
+                            "(or leave it out)")
     return problems
 
 

@@ -79,7 +79,7 @@ def _release(transport, synth, cfg, *, sites: list[str], release_dir: str, polic
 
     sampling = sampling_settings(synth, n=None, seed=cfg.seed, quantile_map=cfg.sampling.quantile_map)
     ev = evaluate_on(transport, synth, sampling, target=cfg.target, policy=policy or None, sites=sites)
-    table = synth.sample(sampling["n"], seed=sampling["seed"], quantile_map=sampling["quantile_map"])
+    table = synth.sample_typed(sampling["n"], seed=sampling["seed"], quantile_map=sampling["quantile_map"])
     try:
         result = gate_and_write(synth, table, ev, release_dir, policy=policy or None, model_path=model_path)
     except ReleaseRefusedError as refused:

@@ -76,6 +76,7 @@ def _merge_column(name: str, specs: Mapping[str, ColumnSpec]) -> tuple[ColumnSpe
         categories = tuple(dict.fromkeys(v for cats in declared for v in cats))
     markers = tuple(dict.fromkeys(m for c in specs.values() for m in c.missing_markers))
     precisions = [c.precision for c in specs.values() if c.precision is not None]
+    dtypes = {c.dtype for c in specs.values()}
     spec = replace(
         first,
         type=ctype,
@@ -86,5 +87,25 @@ def _merge_column(name: str, specs: Mapping[str, ColumnSpec]) -> tuple[ColumnSpe
         categories=categories if ctype in ("categorical", "boolean") else None,
         missing_markers=markers,
         precision=max(precisions) if precisions else None,
+        dtype=_merge_dtype(dtypes),
     )
     return spec, problems
+
+
+def _merge_dtype(dtypes: set) -> str | None:
+    """One input representation for the sites' (``ColumnSpec.dtype``): theirs if they agree; integers with
+    and without missing values: ``Int64``; integers and reals: ``float64``; bool and boolean: ``boolean``;
+    else none (the schema contract's own dtypes)."""
+    from fedtab.schema import FLOAT_DTYPES, INT_DTYPES, NULLABLE_INT_DTYPES
+
+    if len(dtypes) == 1:
+        return next(iter(dtypes))
+    if None in dtypes:
+        return None
+    if dtypes <= set(INT_DTYPES + NULLABLE_INT_DTYPES):
+        return "Int64"
+    if dtypes <= set(INT_DTYPES + NULLABLE_INT_DTYPES + FLOAT_DTYPES):
+        return "float64"
+    if dtypes <= {"bool", "boolean"}:
+        return "boolean"
+    return None

@@ -163,6 +163,8 @@ class SiteWorker:
             from fedtab.inference import infer_schema
 
             raw = self._load_frame(None, tuple(job["missing_markers"]))
+            if "fedtab_schema" in raw.attrs:  # a source read with the schema inferred from its own form
+                return {"schema": raw.attrs["fedtab_schema"]}
             return {"schema": infer_schema(raw, missing_markers=tuple(job["missing_markers"])).to_dict()}
         schema = TableSchema.from_dict(declared, source="coordinator schema")
         if epsilon is None:

@@ -169,7 +169,7 @@ def evaluate_model(site: str, model: VerifiedModel, sampling: dict[str, Any], *,
     if target is not None and (not isinstance(target, str) or target not in synth.schema_):
         raise ConfigError(f"site '{site}': the target {target!r} is not a column of the model's schema",
                           public=True)
-    table = synth.sample(sampling["n"], seed=sampling["seed"], quantile_map=sampling["quantile_map"])
+    table = synth.sample_typed(sampling["n"], seed=sampling["seed"], quantile_map=sampling["quantile_map"])
     result = evaluate_site(train, holdout, table, synth.schema_, target=target, seed=seed,
                            site_column=synth.site_column, site=site)
     evaluation = combine({site: result}, {site: result.n_train})

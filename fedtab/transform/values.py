@@ -64,3 +64,65 @@ def category_series(values: np.ndarray, spec: ColumnSpec, index=None) -> pd.Seri
         arr = pd.array([None if v is None else v == "True" for v in values], dtype="boolean")
         return pd.Series(arr, index=index, name=spec.name)
     return pd.Series(values.astype(object), index=index, name=spec.name, dtype=object)
+
+
+def as_input_dtype(series: pd.Series, spec: ColumnSpec) -> pd.Series:
+    """A typed column (the schema's contract) in the representation its input had (``spec.dtype``): a
+    categorical coded 1/2 as the integers 1/2, a 0/1 boolean as 0/1, a column of integers without
+    missing values as ``int64``. Where a value cannot take that form (a category 'other' in an integer
+    column, a missing value in a ``bool`` or ``int64`` one) the nearest form that holds every value is
+    used: the nullable ``Int64``/``boolean``, else the contract's own dtype. No ``dtype``: unchanged."""
+    from fedtab.schema import FLOAT_DTYPES, INT_DTYPES, NULLABLE_INT_DTYPES
+
+    dtype = spec.dtype
+    if dtype is None or spec.type == "id":
+        return series
+    missing = series.isna()
+    if dtype in INT_DTYPES + NULLABLE_INT_DTYPES + FLOAT_DTYPES:
+        if spec.type == "boolean":
+            values = series.map(lambda v: None if v is None or v is pd.NA else int(bool(v)))
+        elif spec.type == "categorical":
+            values = series.where(~missing, None)
+        else:
+            values = series
+        numbers = pd.to_numeric(values, errors="coerce")
+        if bool((numbers.isna() & ~missing).any()):  # a value with no numeric form (e.g. 'other')
+            return series
+        if dtype in FLOAT_DTYPES:
+            return numbers.astype(dtype)
+        whole = numbers.dropna()
+        if not bool((whole == whole.round()).all()):
+            return numbers.astype("float64")
+        if dtype in INT_DTYPES and not bool(missing.any()):
+            return numbers.astype(dtype)
+        nullable = dtype if dtype in NULLABLE_INT_DTYPES else dtype.replace("u", "U").capitalize().replace("Uint", "UInt")
+        return numbers.astype(nullable)
+    if dtype in ("bool", "boolean"):
+        if spec.type == "boolean":
+            flags = series
+        elif spec.type == "categorical" and set(series.dropna().astype(str)) <= {"True", "False", "true", "false"}:
+            flags = series.map(lambda v: None if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v).lower() == "true")
+        else:
+            return series
+        arr = pd.array(flags.tolist(), dtype="boolean")
+        return pd.Series(arr if dtype == "boolean" or bool(missing.any()) else arr.astype(bool),
+                         index=series.index, name=series.name)
+    if dtype == "string":
+        return series.astype("string")
+    if dtype == "category" and spec.type in ("categorical", "boolean"):
+        cats = list(spec.categories) if spec.categories is not None else sorted(series.dropna().astype(str).unique())
+        present = series.dropna().astype(str)
+        if not set(present) <= set(cats):
+            cats = cats + sorted(set(present) - set(cats))
+        return pd.Series(pd.Categorical(series.where(~missing, None).map(lambda v: v if v is None else str(v)),
+                                        categories=cats), index=series.index, name=series.name)
+    return series  # object, datetime64[ns]: the contract's own form
+
+
+def as_input_dtypes(frame: pd.DataFrame, schema) -> pd.DataFrame:
+    """Every column of a typed table in its input's representation (``as_input_dtype``)."""
+    out = {}
+    for name in frame.columns:
+        spec = schema[name] if name in schema else None
+        out[name] = frame[name] if spec is None else as_input_dtype(frame[name], spec)
+    return pd.DataFrame(out, index=frame.index)
