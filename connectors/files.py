@@ -110,8 +110,11 @@ def _csv_chunks(path: Path, names: list[str]) -> Iterator[pd.DataFrame]:
         )
         for batch in reader:
             if batch.num_rows:
+                _refuse_runaway_quote(path, batch, names, rows)
                 rows += batch.num_rows
                 yield _batch_to_frame(batch, names)
+    except SourceError:
+        raise
     except (pa.ArrowInvalid, OSError, EOFError) as e:
         if "UTF8" in str(e) or "utf-8" in str(e).lower():
             raise SourceError(_locate_bad_utf8(path)) from None
@@ -128,6 +131,23 @@ def _csv_chunks(path: Path, names: list[str]) -> Iterator[pd.DataFrame]:
         )
     if rows == 0:
         raise SourceError(f"{path}: the file has a header but no data rows.")
+
+
+def _refuse_runaway_quote(path: Path, batch: pa.RecordBatch, names: list[str], rows_before: int) -> None:
+    """A value holding a line break: a quote that never closed swallowed the lines after it (a table read
+    as 1 row otherwise). Refused with the line it starts on (values never span lines in a table here)."""
+    import pyarrow.compute as pc
+
+    for name, arr in zip(names, batch.columns):
+        hit = pc.or_(pc.match_substring(arr, "\n"), pc.match_substring(arr, "\r"))
+        hit = pc.fill_null(hit, False)
+        if pc.any(hit).as_py():
+            first = int(pc.index(hit, True).as_py())
+            line = rows_before + first + 2  # the header is line 1
+            raise SourceError(
+                f"{path}: line {line}, column '{name}': a quoted value runs past the end of its line (an "
+                "unterminated quote? it swallowed the lines after it). Close the quote, or remove the stray "
+                "'\"'; values that contain line breaks are not supported.")
 
 
 def _batch_to_frame(batch: pa.RecordBatch, names: list[str]) -> pd.DataFrame:
@@ -226,7 +246,7 @@ def write_file(df: pd.DataFrame, path: Path, *, if_exists: str) -> Path:
     if path.is_dir():
         raise SourceError(f"{path}: is a directory; give a file name to write to.")
     if path.exists() and if_exists == "fail":
-        raise SourceError(f"{path}: already exists; pass if_exists='replace' (CLI: --force) to overwrite it.")
+        raise SourceError(f"{path}: already exists; pass if_exists='replace' (CLI: --replace) to overwrite it.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

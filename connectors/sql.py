@@ -6,6 +6,8 @@ dropped and the temp table renamed: a failure rolls everything back and leaves n
 
 from __future__ import annotations
 
+import re
+
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -25,19 +27,20 @@ def is_url(source: object) -> bool:
 
 
 def redact(url: str) -> str:
+    """The URL with its password hidden (also when it does not parse: ``user:secret@`` -> ``user:***@``)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    except (ArgumentError, ValueError):
+        return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def _engine(url: str, *, must_exist: bool) -> Engine:
     try:
         parsed = make_url(url)
-    except ArgumentError as e:
+    except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
         raise SourceError(
-            f"{url!r}: not a valid SQLAlchemy URL ({e}); expected e.g. sqlite:///data.db or "
-            "postgresql+psycopg://user@host/dbname."
+            f"{redact(url)}: not a valid SQLAlchemy URL ({e}); expected e.g. sqlite:///data.db or "
+            "postgresql+psycopg://user@host:5432/dbname."
         ) from None
     if parsed.get_backend_name() == "sqlite" and must_exist:
         db = parsed.database

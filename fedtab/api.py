@@ -106,9 +106,11 @@ class FederatedSynthesizer:
         self.progress = progress
         self.site_policy = site_policy
         self.ledger_dir = ledger_dir
+        self._check_params()  # a misspelt model or a budget of 'x' is refused here, not after the sites' work
 
     # -- configuration --------------------------------------------------------------------------
-    def _job(self) -> JobSpec:
+    def _check_params(self) -> PrivacySettings:
+        """Every problem with the parameters at once (ConfigError), before any site is asked."""
         privacy = PrivacySettings(epsilon=self.epsilon, delta=self.delta, preprocessing_share=self.preprocessing_share)
         training = TrainingSettings(rounds=self.rounds, local_epochs=self.local_epochs,
                                     batch_size=self.batch_size, max_grad_norm=self.max_grad_norm)
@@ -124,8 +126,17 @@ class FederatedSynthesizer:
         if self.parallel_sites is not None and (isinstance(self.parallel_sites, bool)
                                                 or not isinstance(self.parallel_sites, int) or self.parallel_sites < 1):
             problems.append(f"'parallel_sites' must be a whole number >= 1 or None. Got {self.parallel_sites!r} instead.")
+        if self.schema is not None and not isinstance(self.schema, (TableSchema, str, os.PathLike)):
+            problems.append(f"'schema' must be a TableSchema, the path of a schema JSON file or None. Got "
+                            f"{type(self.schema).__name__} instead.")
         if problems:
             raise ConfigError("Invalid FederatedSynthesizer parameters:\n" + "\n".join(f"  - {p}" for p in problems))
+        return privacy
+
+    def _job(self) -> JobSpec:
+        privacy = self._check_params()
+        training = TrainingSettings(rounds=self.rounds, local_epochs=self.local_epochs,
+                                    batch_size=self.batch_size, max_grad_norm=self.max_grad_norm)
         schema = TableSchema.load(self.schema) if isinstance(self.schema, (str, os.PathLike)) else self.schema
         model = self.model
         if model == "auto":  # chosen from what is public, before any site is asked; the reason is kept
@@ -174,6 +185,7 @@ class FederatedSynthesizer:
         if not isinstance(sites, Mapping) or not sites:
             raise ConfigError("'sites' must be a non-empty mapping of site name -> table or source. "
                               f"Got {type(sites).__name__} instead.")
+        _check_sites(sites)
         # Without a ledger directory each site's book lives in memory: kept here, so that evaluating this
         # model in the same process finds the model each site recorded (a simulation runs every site).
         # (In-process only: Flower's simulation keeps a site's book in the site's own context state.)
@@ -276,8 +288,8 @@ class FederatedSynthesizer:
         """``sample``'s rows in fedtab's typed contract (``fedtab.schema``: categories as text, integers as
         ``Int64``, booleans as ``boolean``): what the sites evaluate and what the release gate hashes."""
         check_is_fitted(self, "weights_")
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ConfigError(f"The 'n' parameter of sample must be a whole number >= 1. Got {n!r} instead.")
+        check_sample_request(n, seed, n_columns=len(self.schema_),
+                             oversample=CALIBRATION_OVERSAMPLE if calibrate and self.job_.model != "mst" else 1)
         from fedtab.federation import training
 
         seed = self.seed if seed is None else seed
@@ -331,6 +343,33 @@ class FederatedSynthesizer:
         return ModelBundle(manifest=manifest, weights=self.weights_)
 
 
+BYTES_PER_CELL = 64  # a sampled cell's peak memory while a table is drawn, decoded and typed (measured ~40)
+MEMORY_SHARE = 0.5  # a table may take at most this share of the machine's memory
+
+
+def max_sample_rows(n_columns: int, *, oversample: int = 1) -> int:
+    """The most rows ``sample`` draws at once on this machine: half its memory over ``BYTES_PER_CELL``
+    per cell (x the calibration's candidates). Larger tables: draw in parts with different seeds."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        memory = 8 * 2**30
+    return max(1, int(MEMORY_SHARE * memory / (BYTES_PER_CELL * max(n_columns, 1) * max(oversample, 1))))
+
+
+def check_sample_request(n, seed, *, n_columns: int, oversample: int = 1) -> None:
+    """Clear errors for a row count or seed that cannot work, before anything is drawn."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConfigError(f"The 'n' parameter of sample must be a whole number >= 1. Got {n!r} instead.")
+    ceiling = max_sample_rows(n_columns, oversample=oversample)
+    if n > ceiling:
+        raise ConfigError(f"{n:,} rows would take more than half of this machine's memory ({n_columns} columns); "
+                          f"the ceiling here is {ceiling:,} rows. Draw the table in parts of at most that many "
+                          "rows with different seeds.")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32):
+        raise ConfigError(f"The 'seed' must be a whole number in [0, 2**32). Got {seed!r} instead.")
+
+
 def load(path: str | os.PathLike) -> FederatedSynthesizer:
     """Load a model file written by ``FederatedSynthesizer.save`` or ``fedtab train``."""
     return from_bundle(load_bundle(path), source=str(path))
@@ -372,6 +411,22 @@ def _site_source(name: str, s: SiteInput) -> pd.DataFrame | SiteSource:
         return SiteSource(source=s["source"], table=s.get("table"))
     raise ConfigError(f"site '{name}': expected a DataFrame, a file path, a SQLAlchemy URL or "
                       f"{{'source': ..., 'table': ...}}. Got {type(s).__name__} instead.")
+
+
+def _check_sites(sites: Mapping) -> None:
+    """Site names safe as folder names and unique (``fedtab.config.check_site_names``); a DataFrame's
+    column names are text (an integer name would fail deep inside the encoding)."""
+    from fedtab.config import check_site_names
+
+    problems = check_site_names(list(sites))
+    for name, s in sites.items():
+        if isinstance(s, pd.DataFrame):
+            bad = [c for c in s.columns if not isinstance(c, str)]
+            if bad:
+                problems.append(f"site '{name}': column names must be text; {len(bad)} are not (e.g. {bad[0]!r}); "
+                                "rename them first, e.g. df.columns = df.columns.astype(str)")
+    if problems:
+        raise ConfigError("Invalid sites:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def _make_worker(name: str, source: pd.DataFrame | SiteSource, *, policy: SitePolicy | None = None,

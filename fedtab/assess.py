@@ -90,6 +90,9 @@ def _synthesizer(model):
     if isinstance(model, (str, os.PathLike)):
         return load(model)
     if isinstance(model, FederatedSynthesizer):
+        from fedtab.errors import check_is_fitted
+
+        check_is_fitted(model, "weights_")
         return model
     raise ConfigError(f"'model' must be a fitted FederatedSynthesizer or a model file path. Got {type(model).__name__}.")
 

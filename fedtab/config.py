@@ -39,6 +39,8 @@ Every problem in a file is reported at once, naming the key, the value and what 
 
 from __future__ import annotations
 
+import re
+
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -127,10 +129,10 @@ def check_settings(*, model: str, privacy: PrivacySettings, training: TrainingSe
     """Every problem with the settings (empty when they are fine)."""
     p: list[str] = []
     pre = f"{where}." if where else ""
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         p.append(f"'{pre}model' must be one of {list(MODELS)}. Got {model!r} instead.")
     if privacy.epsilon is not None:
-        _num(p, f"{pre}epsilon", privacy.epsilon, lo=0, lo_open=True)
+        _num(p, f"{pre}epsilon", privacy.epsilon, lo=0, hi=MAX_EPSILON, lo_open=True)
     _num(p, f"{pre}delta", privacy.delta, lo=0, hi=0.1, lo_open=True)
     if privacy.preprocessing_share is not None:
         _num(p, f"{pre}preprocessing_share", privacy.preprocessing_share, lo=0, hi=0.9, lo_open=True)
@@ -163,19 +165,54 @@ def load_config(path: str | Path) -> RunConfig:
     return config_from_dict(read_toml(p), base_dir=p.parent, source=str(p))
 
 
+TABLE_EXAMPLES = {"model": 'name = "mst"', "privacy": "epsilon = 1.0", "training": "rounds = 5",
+                  "sampling": "quantile_map = false"}
+# A site's name names its folders (ledgers, reports, keys): letters, digits, '_', '-' and '.', not
+# starting with '.' or '-', at most 64 characters; unique without regard to case (folders on some systems).
+SITE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+MAX_EPSILON = 1000.0  # per site: beyond it the accountant's figures mean nothing (no DP in practice)
+
+
+def check_site_names(names, *, where: str = "") -> list[str]:
+    """Problems with a list of site names: unsafe characters (a name becomes a folder: '../b' would
+    write outside it), empty, or the same name twice (without regard to case)."""
+    problems, seen = [], {}
+    for name in names:
+        if not isinstance(name, str) or not SITE_NAME.fullmatch(name):
+            problems.append(f"{where}site name {name!r} is not allowed: use letters, digits, '_', '-' and '.' (not "
+                            "first), at most 64 characters (it names the site's folders)")
+            continue
+        key = name.casefold()
+        if key in seen:
+            problems.append(f"{where}site names {seen[key]!r} and {name!r} are the same name (case is ignored: "
+                            "each names a folder); rename one")
+        seen.setdefault(key, name)
+    return problems
+
+
 _TOP = {"seed", "schema", "missing_markers", "holdout", "target", "site_column", "model", "privacy", "training",
         "sampling", "sites", "ledger_dir"}
 
 
-def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "config") -> RunConfig:
+def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "config",
+                     sources_here: bool = True) -> RunConfig:
+    """A validated run configuration; every problem at once (ConfigError). ``sources_here``: the sites'
+    sources are read here (not a consortium's, whose sources live at the sites): one file may not be
+    two sites."""
     problems: list[str] = []
     for k in sorted(set(data) - _TOP):
         problems.append(f"unknown key '{k}'; allowed: {sorted(_TOP)}")
-    model_tbl = dict(data.get("model", {}))
+    tables = {}
+    for key, example in TABLE_EXAMPLES.items():  # [model], [privacy], [training], [sampling] are tables
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            problems.append(f"'{key}' must be a table ([{key}] with keys under it), not {value!r}; for example:\n"
+                            f"      [{key}]\n      {example}")
+            value = {}
+        tables[key] = value
+    model_tbl = dict(tables["model"])
     model = model_tbl.pop("name", "auto")
-    priv_tbl = data.get("privacy", {})
-    train_tbl = data.get("training", {})
-    sampling_tbl = data.get("sampling", {})
+    priv_tbl, train_tbl, sampling_tbl = tables["privacy"], tables["training"], tables["sampling"]
     for tbl, name, allowed in ((priv_tbl, "privacy", PrivacySettings.__dataclass_fields__),
                                (train_tbl, "training", TrainingSettings.__dataclass_fields__),
                                (sampling_tbl, "sampling", SamplingSettings.__dataclass_fields__)):
@@ -198,6 +235,7 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
         raw_sites = {}
     from fedtab.privacy.book import POLICY_KEYS, SitePolicy  # here: data commands never import the privacy stack
 
+    problems += check_site_names(list(raw_sites))
     for name, s in raw_sites.items():
         if not isinstance(s, dict) or not isinstance(s.get("source"), str):
             problems.append(f"site '{name}': needs a 'source' (a file path or a SQLAlchemy URL)")
@@ -215,15 +253,28 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
             except ConfigError as e:
                 problems += [f"site '{name}': {line.strip()[2:]}" for line in str(e).splitlines()[1:]]
         sites[name] = SiteSource(source=_resolve(s["source"], base_dir), table=s.get("table"), policy=policy)
+    by_source: dict[tuple, str] = {}
+    for name, src in (sites.items() if sources_here else ()):  # one table read by two sites would count its rows twice
+        key = (src.source if "://" in src.source else str(Path(src.source).resolve()), src.table)
+        if key in by_source:
+            problems.append(f"sites '{by_source[key]}' and '{name}' read the same source ({src.source}"
+                            f"{'' if src.table is None else ', table ' + src.table}); each site has its own table")
+        by_source.setdefault(key, name)
+    if training.min_sites is not None and isinstance(training.min_sites, int) and sites \
+            and training.min_sites > len(sites):
+        problems.append(f"'training.min_sites' is {training.min_sites} but only {len(sites)} site(s) are named; "
+                        "lower it or name more sites")
     ledger_dir = data.get("ledger_dir")
     if ledger_dir is not None and (not isinstance(ledger_dir, str) or not ledger_dir):
         problems.append(f"'ledger_dir' must be a directory path. Got {ledger_dir!r} instead.")
     schema = data.get("schema")
+    if schema is not None and (not isinstance(schema, str) or not schema):
+        problems.append(f"'schema' must be the path of a schema JSON file (e.g. \"schema.json\"). Got {schema!r} instead.")
     markers = data.get("missing_markers", ["?"])
     if not isinstance(markers, list) or not all(isinstance(m, str) for m in markers):
         problems.append(f"'missing_markers' must be a list of strings. Got {markers!r} instead.")
         markers = ["?"]
-    if privacy.epsilon is not None and not isinstance(schema, str):
+    if privacy.epsilon is not None and schema is None:
         problems.append("'schema' must name the consortium's schema file under DP (privacy.epsilon is set): sites "
                         "never infer a schema for the coordinator; run 'fedtab schema infer' at a site, review it "
                         "(declare public bounds and categories) and name it here")

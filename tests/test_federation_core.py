@@ -92,6 +92,17 @@ def test_agreement_reports_every_mismatch_with_site_and_column():
     with pytest.raises(errors.SchemaError) as ei:
         agree_schemas({"cleveland": a, "hungary": b})
     msg = str(ei.value)
-    assert "site 'hungary' has no column 'sex'" in msg
-    assert "site 'hungary' has a column 'gender'" in msg
-    assert "column 'age' has different types" in msg and "'hungary': categorical" in msg
+    assert "column 'sex' of site 'cleveland' is missing at 1 site ('hungary')" in msg
+    assert "column 'gender' at 1 site ('hungary') is not a column of site 'cleveland'" in msg
+    assert "column 'age' has different types" in msg and "categorical at 1 site ('hungary')" in msg
+
+
+def test_a_disagreement_among_many_sites_is_summarised():
+    """1,000 sites, one of them typing a column otherwise: the message counts and names a few."""
+    num = _schema(ColumnSpec("age", "numerical", "int"))
+    sites = {f"s{i:04d}": num for i in range(999)} | {"odd": _schema(ColumnSpec("age", "categorical"))}
+    with pytest.raises(errors.SchemaError) as ei:
+        agree_schemas(sites)
+    msg = str(ei.value)
+    assert "numerical at 999 sites ('s0000', 's0001', 's0002', 's0003', 's0004' and 994 more)" in msg
+    assert "categorical at 1 site ('odd')" in msg and len(msg) < 1000

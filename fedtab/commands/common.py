@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import tempfile
+from pathlib import Path
 from typing import Callable
 
 import click
@@ -16,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from fedtab.errors import FedtabError
+from fedtab.errors import FedtabError, SourceError
 
 DEBUG_ENV = "FEDTAB_DEBUG"
 
@@ -63,14 +65,21 @@ def site_log_to_stderr() -> None:
     log.setLevel(logging.INFO)
 
 
+INTERRUPTED = 130  # Ctrl-C: the shell's convention (128 + SIGINT), in the README's exit-code table
+
+
 def report_errors(fn: Callable) -> Callable:
-    """Turn fedtab errors (and unexpected ones) raised by a command into a message and an exit code."""
+    """Turn fedtab errors (and unexpected ones) raised by a command into a message and an exit code;
+    Ctrl-C into one line and exit code 130 (child processes are stopped by their own ``finally``)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         site_log_to_stderr()
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            print_error("interrupted (Ctrl-C): stopped; nothing was written for the step that was running.")
+            raise typer.Exit(INTERRUPTED) from None
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:
@@ -88,3 +97,46 @@ def command(app: typer.Typer, name: str | None = None, **kwargs) -> Callable:
         return app.command(name, **kwargs)(report_errors(fn))
 
     return decorate
+
+
+def check_output_file(path: str | os.PathLike, *, replace: bool, flag: str = "--replace", what: str = "output") -> None:
+    """Refuse, before any work starts, an output file that cannot be written: an existing directory, an
+    existing file without ``replace`` (naming ``flag``), a folder that cannot be created or written
+    (``SourceError``, exit 5). A SQLAlchemy URL is left to its connector."""
+    from connectors import is_url
+
+    if is_url(str(path)):
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise SourceError(f"{p}: is a directory; give a file name for the {what} (e.g. {p / 'out'}).")
+    if p.exists() and not replace:
+        raise SourceError(f"{p}: already exists; pass {flag} to overwrite it, or choose another {what} path.")
+    _check_writable_folder(p.parent, what)
+
+
+def check_output_folder(path: str | os.PathLike, *, what: str = "output folder") -> None:
+    """Refuse, before any work starts, an output folder that is an existing file or cannot be written."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise SourceError(f"{p}: is a file, not a folder; give a folder for the {what} (it is created if missing).")
+    _check_writable_folder(p, what)
+
+
+def _check_writable_folder(folder: Path, what: str) -> None:
+    """The nearest existing ancestor of ``folder`` must be a folder this process can create files in
+    (tried with a temporary file: permission bits do not tell for root, nor on /proc)."""
+    existing = folder if str(folder) else Path(".")
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SourceError(f"{folder}: {existing} is a file, so the {what} cannot be written there.")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fedtab-write-check-", dir=existing)
+    except OSError as e:
+        raise SourceError(f"{folder}: the {what} cannot be written there ({e.strerror or e}); choose a writable "
+                          "folder.") from None
+    os.close(fd)
+    os.unlink(tmp)

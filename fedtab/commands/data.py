@@ -14,13 +14,14 @@ import typer
 from rich.table import Table
 
 import connectors
-from fedtab.commands.common import command, stdout
+from fedtab.commands.common import check_output_file, command, stdout
 from fedtab.errors import SchemaError
 from fedtab.schema import TableSchema, atomic_write_text
 from fedtab.sdv_metadata import schema_from_sdv, schema_to_sdv
 
 SourceArg = typer.Argument(..., help="A .csv, .csv.gz or .parquet file, or a SQLAlchemy URL (with --table).")
 TableOpt = typer.Option(None, "--table", "-t", help="Table name, for a database URL.")
+ReplaceOpt = typer.Option(False, "--replace", help="Overwrite the output file if it exists.")
 MissingOpt = typer.Option(None, "--missing", "-m", help="A raw value that means missing (repeatable). Default: '?'.")
 
 
@@ -68,8 +69,10 @@ def schema_infer(
     table: Optional[str] = TableOpt,
     missing: Optional[List[str]] = MissingOpt,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the schema here (default: stdout)."),
+    replace: bool = ReplaceOpt,
 ) -> None:
     """Infer a schema from a table. Review it: declare public bounds and category domains by hand."""
+    _check_output(output, replace)
     schema = connectors.scan_table(source, table=table, missing_markers=missing or ["?"]).schema
     _emit(schema.to_json(), output, f"{len(schema)} columns")
 
@@ -89,8 +92,10 @@ def schema_import_sdv(
     metadata: Path = typer.Argument(..., help="An SDV metadata JSON file."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the schema here (default: stdout)."),
     table: Optional[str] = typer.Option(None, "--table", "-t", help="Which table of a multi-table metadata file."),
+    replace: bool = ReplaceOpt,
 ) -> None:
     """Convert SDV metadata JSON into a fedtab schema."""
+    _check_output(output, replace)
     schema = schema_from_sdv(_read_json(metadata), table=table)
     _emit(schema.to_json(), output, f"{len(schema)} columns")
 
@@ -98,8 +103,10 @@ def schema_import_sdv(
 def schema_export_sdv(
     schema: Path = typer.Argument(..., help="A fedtab schema JSON file."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write SDV metadata here (default: stdout)."),
+    replace: bool = ReplaceOpt,
 ) -> None:
     """Convert a fedtab schema into SDV metadata JSON (V1)."""
+    _check_output(output, replace)
     meta = schema_to_sdv(TableSchema.load(schema))
     _emit(json.dumps(meta, indent=2, ensure_ascii=False), output, "SDV metadata")
 
@@ -115,6 +122,11 @@ def _read_json(path: Path):
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise SchemaError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from None
+
+
+def _check_output(output: Optional[Path], replace: bool) -> None:
+    if output is not None:
+        check_output_file(output, replace=replace, what="output file")
 
 
 def _emit(text: str, output: Optional[Path], what: str) -> None:

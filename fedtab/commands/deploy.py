@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from fedtab.commands.common import command, stderr, stdout
+from fedtab.commands.common import check_output_folder, check_output_file, command, stderr, stdout
 from fedtab.errors import ConfigError
 
 
@@ -91,8 +91,13 @@ def trial_keys_cmd(
                                    "SuperLink's certificate is valid for (repeat)."),
 ) -> None:
     """Make a self-signed CA, a SuperLink certificate and one SuperNode key per site (for trials)."""
+    from fedtab.config import check_site_names
     from fedtab.deploy.pki import make_node_key, make_tls
 
+    problems = check_site_names(site)
+    if problems:  # a name becomes a file name: '../evil' would write outside OUT
+        raise ConfigError("--site: " + "; ".join(problems))
+    check_output_folder(out, what="keys folder")
     pki = make_tls(out, hosts=tuple(host))
     console = stdout()
     console.print(f"CA certificate: {pki.ca_certfile}\nSuperLink certificate: {pki.certfile}\n"

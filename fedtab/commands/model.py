@@ -10,13 +10,16 @@ import contextlib
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedtab.commands.common import command, stderr, stdout
+from fedtab.commands.common import check_output_file, check_output_folder, command, stderr, stdout
 from fedtab.errors import ConfigError
 
 TRANSPORT_HELP = "inprocess (all sites in this process) or flower (Flower's simulation engine)."
+TransportOpt = typer.Option("inprocess", "--transport", help=TRANSPORT_HELP,
+                            click_type=click.Choice(["inprocess", "flower"]))
 
 
 def register(app: typer.Typer) -> None:
@@ -54,7 +57,7 @@ def round_progress(enabled: bool = True):
 def train_cmd(
     config: Path = typer.Argument(..., help="Run configuration (TOML): sites, model, privacy, training, seed."),
     output: Path = typer.Option(..., "--output", "-o", help="Model file to write (e.g. model.fedtab)."),
-    transport: str = typer.Option("inprocess", "--transport", help=TRANSPORT_HELP),
+    transport: str = TransportOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a federated synthesizer across the sites named in CONFIG and write the model file."""
@@ -62,6 +65,7 @@ def train_cmd(
     from fedtab.config import load_config
 
     cfg = load_config(config)
+    check_output_file(output, replace=True, what="model file")  # before any site is asked
     with round_progress(not quiet) as on_event:
         synth = FederatedSynthesizer.from_config(cfg, transport=transport, progress=on_event)
         synth.fit({name: src for name, src in cfg.sites.items()})
@@ -97,6 +101,9 @@ def sample_cmd(
 
     if n < 1:
         raise ConfigError(f"The '-n' option must be a whole number >= 1. Got {n} instead.")
+    if seed is not None and not 0 <= seed < 2**32:
+        raise ConfigError(f"The '--seed' option must be a whole number in [0, 2**32). Got {seed} instead.")
+    check_output_file(output, replace=replace, what="synthetic table")
     synth = load(model)
     frame = synth.sample(n, seed=seed, calibrate=calibrate, quantile_map=quantile_map, relabel=relabel)
     connectors.write_table(frame, output, table=table, if_exists="replace" if replace else "fail")
@@ -108,12 +115,14 @@ def demo_cmd(
     epsilon: float = typer.Option(1.0, "--epsilon", help="Privacy budget per hospital (preprocessing included)."),
     rounds: int = typer.Option(10, "--rounds", help="Federated rounds."),
     rows: Optional[int] = typer.Option(None, "--rows", help="Synthetic rows to sample (default: as many as the hospitals' training rows)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of what may be public: initial weights, "
+                             "holdout split, sampling (the DP noise is secret, never seeded)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run the whole flow on the bundled UCI Heart Disease data (4 real hospitals, CC BY 4.0)."""
     from fedtab.demo import run_demo
 
+    check_output_folder(out, what="demo's output folder")
     with round_progress(not quiet) as on_event:
         result = run_demo(out, epsilon=epsilon, rounds=rounds, rows=rows, seed=seed, progress=on_event)
     _print_ledger(result.synthesizer)

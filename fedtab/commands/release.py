@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from fedtab.commands.common import command, stdout
-from fedtab.commands.model import TRANSPORT_HELP, round_progress
+from fedtab.commands.common import check_output_file, check_output_folder, command, stdout
+from fedtab.commands.model import TransportOpt, round_progress
 
 TargetOpt = typer.Option(None, "--target", help="Target column for the utility figures (default: the config's).")
 QuantileMapOpt = typer.Option(
@@ -36,7 +36,7 @@ def evaluate_cmd(
     rows: Optional[int] = typer.Option(None, "-n", "--rows", help="Rows the sites draw (default: the sites' total)."),
     target: Optional[str] = TargetOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (default: the model's)."),
-    transport: str = typer.Option("inprocess", "--transport", help=TRANSPORT_HELP),
+    transport: str = TransportOpt,
     quantile_map: Optional[bool] = QuantileMapOpt,
     policy: Optional[Path] = typer.Option(None, "--policy", help="Release policy (TOML); default: the shipped one."),
     site_reports: Optional[Path] = typer.Option(
@@ -54,6 +54,10 @@ def evaluate_cmd(
                           "the model they trained. Give --rows, --seed and --quantile-map instead; 'fedtab sample' "
                           "with the same settings draws the same table.")
     cfg = load_config(config)
+    check_output_file(output, replace=True, what="public report")  # before any site is asked
+    check_output_file(Path(output).with_suffix(".json"), replace=True, what="public figures")
+    if site_reports is not None:
+        check_output_folder(site_reports, what="site reports folder")
     synth = load(model)
     ev = evaluate(synth, dict(cfg.sites), n=rows, target=target or cfg.target, seed=seed, transport=transport,
                   ledger_dir=cfg.ledger_dir, quantile_map=_quantile_map(cfg, quantile_map), policy=policy,
@@ -72,7 +76,7 @@ def release_cmd(
     rows: Optional[int] = typer.Option(None, "-n", "--rows", help="Rows to sample (default: the sites' total)."),
     target: Optional[str] = TargetOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (default: the model's)."),
-    transport: str = typer.Option("inprocess", "--transport", help=TRANSPORT_HELP),
+    transport: str = TransportOpt,
     quantile_map: Optional[bool] = QuantileMapOpt,
     site_reports: Optional[Path] = typer.Option(
         None, "--site-reports", help="Folder for each site's own report (default: its ledger folder)."),
@@ -85,6 +89,9 @@ def release_cmd(
     from fedtab.config import load_config
 
     cfg = load_config(config)
+    check_output_folder(out, what="release folder")  # before any site is asked
+    if site_reports is not None:
+        check_output_folder(site_reports, what="site reports folder")
     if model is not None:
         synth = load(model)
     else:

@@ -26,8 +26,5 @@ def load_consortium(path: str | Path) -> tuple[RunConfig, dict[str, Path]]:
             key = site.pop("public_key", None)
             if key is not None:
                 keys[name] = Path(key) if Path(key).is_absolute() else p.parent / key
-    cfg = config_from_dict(data, base_dir=p.parent, source=str(p))
-    if cfg.training.min_sites is not None and cfg.training.min_sites > len(cfg.sites):
-        raise ConfigError(f"{p}: 'training.min_sites' is {cfg.training.min_sites} but only {len(cfg.sites)} "
-                          "site(s) are named; lower it or name more sites")
+    cfg = config_from_dict(data, base_dir=p.parent, source=str(p), sources_here=False)  # min_sites checked there
     return cfg, keys

@@ -19,6 +19,16 @@ _COMPATIBLE = {
 }
 
 
+def name_sites(sites, *, shown: int = 5) -> str:
+    """Site names for a message: all of a few, else the first ``shown`` and how many more (with 1,000
+    sites one disagreement printed 50 KB)."""
+    sites = [str(s) for s in sites]
+    head = ", ".join(f"'{s}'" for s in sites[:shown])
+    more = len(sites) - shown
+    label = "site" if len(sites) == 1 else "sites"
+    return f"{len(sites)} {label} ({head}{f' and {more} more' if more > 0 else ''})"
+
+
 def agree_schemas(site_schemas: Mapping[str, TableSchema]) -> TableSchema:
     """One schema for all sites, or a SchemaError listing every mismatch by site and column."""
     if not site_schemas:
@@ -27,14 +37,18 @@ def agree_schemas(site_schemas: Mapping[str, TableSchema]) -> TableSchema:
     ref_site = sites[0]
     ref = site_schemas[ref_site]
     problems: list[str] = []
+    lacking: dict[str, list[str]] = {}
+    extra: dict[str, list[str]] = {}
     for site in sites[1:]:
         names = site_schemas[site].names
         for c in ref.names:
             if c not in names:
-                problems.append(f"site '{site}' has no column '{c}' (site '{ref_site}' has it)")
+                lacking.setdefault(c, []).append(site)
         for c in names:
             if c not in ref:
-                problems.append(f"site '{site}' has a column '{c}' that site '{ref_site}' lacks")
+                extra.setdefault(c, []).append(site)
+    problems += [f"column '{c}' of site '{ref_site}' is missing at {name_sites(ss)}" for c, ss in lacking.items()]
+    problems += [f"column '{c}' at {name_sites(ss)} is not a column of site '{ref_site}'" for c, ss in extra.items()]
     merged: list[ColumnSpec] = []
     for col in ref.columns:
         specs = {s: site_schemas[s][col.name] for s in sites if col.name in site_schemas[s]}
@@ -61,8 +75,13 @@ def _merge_column(name: str, specs: Mapping[str, ColumnSpec]) -> tuple[ColumnSpe
     elif frozenset(distinct) in _COMPATIBLE:
         ctype = _COMPATIBLE[frozenset(distinct)]
     else:
-        seen = ", ".join(f"'{s}': {t}" for s, t in types.items())
-        problems.append(f"column '{name}' has different types at the sites ({seen}); declare its type in a shared schema")
+        by_type: dict[str, list[str]] = {}
+        for site, t in types.items():
+            by_type.setdefault(t, []).append(site)
+        seen = "; ".join(f"{t} at {name_sites(sites_)}" for t, sites_ in sorted(by_type.items(), key=lambda kv: -len(kv[1])))
+        problems.append(f"column '{name}' has different types at the sites ({seen}); declare its type in a shared "
+                        "schema (a site with very few rows, or with only missing values in this column, infers "
+                        "'categorical' from what it sees)")
         ctype = first.type
     subtype = None
     if ctype == "numerical":
