@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedtab.config import RunConfig, config_from_dict, read_toml
-from fedtab.errors import ConfigError
 
 AT_SITE = "(read at the site)"
 
