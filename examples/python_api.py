@@ -12,8 +12,8 @@ synth = fedtab.FederatedSynthesizer(epsilon=1.0, delta=1e-5, seed=0, schema=hear
 synth.fit(sites)
 print("model:", synth.model_choice_.model, "-", synth.model_choice_.reason)
 table = synth.sample(500, seed=1)
-synth.save("heart.fedtab")
-same = fedtab.load("heart.fedtab")
+synth.save("heart_api.fedtab")  # not the walk-through's heart.fedtab
+same = fedtab.load("heart_api.fedtab")
 assert same.sample(500, seed=1).equals(table)
 for site, ledger in synth.privacy_ledger.items():
     print(f"{site}: epsilon spent {ledger.epsilon:.3f} of {ledger.epsilon_budget}")
