@@ -3,6 +3,7 @@
     python benchmarks/bench_tables.py [--tables heart adult ...] [--tier 1|2] [--shard I/N]
                                       [--out benchmarks/results/bench_tables.json]
     python benchmarks/bench_tables.py --render      # merge the shards' JSON, print the table, write .md
+    python benchmarks/bench_tables.py --only fedtab-auto-4s-eps1- --shard 0/2   # rerun some jobs
 
 What runs (issue 20, part 3), on every table of ``benchmarks/_data.py`` (heart, adult, bank, fair,
 breast_cancer, penguins, diabetes), each split 80/20 with the 80% in 4 non-IID sites, and at most
@@ -93,9 +94,11 @@ def jobs(tables) -> list[dict]:
 
 def run(args) -> None:
     todo = [j for j in jobs(args.tables) if j["tier"] in args.tier]
+    if args.only:  # a rerun of some jobs: its rows replace theirs (see ``render``)
+        todo = [j for j in todo if any(w in j["key"] for w in args.only.split(","))]
     i, n = (int(x) for x in args.shard.split("/"))
     todo = todo[i::n]
-    path = Path(args.out).with_suffix(f".shard{i}.json")
+    path = Path(args.out).with_suffix(f".{'rerun' if args.only else 'shard'}{i}.json")
     rows = json.loads(path.read_text())["rows"] if path.exists() and args.resume else []
     done = {r["key"] for r in rows if r.get("status") == "ok"}
     meta = {"started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "commit": git_commit(),
@@ -192,11 +195,13 @@ def _fmt(s, digits=3) -> str:
 
 def render(args) -> None:
     out = Path(args.out)
-    rows, metas = [], []
-    for p in sorted(out.parent.glob(out.stem + ".shard*.json")):
+    by_key, metas = {}, []
+    # The shards' rows, then the reruns' (``--only``), each replacing the row of the same job.
+    for p in [*sorted(out.parent.glob(out.stem + ".shard*.json")), *sorted(out.parent.glob(out.stem + ".rerun*.json"))]:
         d = json.loads(p.read_text())
-        rows += d["rows"]
+        by_key.update({r["key"]: r for r in d["rows"]})
         metas.append(d["meta"])
+    rows = list(by_key.values())
     summary = summarise(rows)
     acc = acceptance(summary)
     lines = ["# fedtab's default across tables, against the anchors (benchmarks/bench_tables.py)", "",
@@ -231,6 +236,8 @@ def main() -> None:
     ap.add_argument("--tier", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--resume", action="store_true", help="skip the jobs this shard's JSON already holds (ok)")
+    ap.add_argument("--only", default="", help="rerun only jobs whose key holds one of these comma-separated "
+                                               "strings (e.g. 'fedtab-auto-4s-eps1-'); their rows replace the earlier")
     ap.add_argument("--render", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results" / "bench_tables.json"))
     args = ap.parse_args()

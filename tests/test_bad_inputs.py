@@ -132,3 +132,12 @@ def test_ctrl_c_stops_with_one_line_and_exit_130(cli, tmp_path, model_file, monk
 def test_help_pages_render_without_stray_backslashes(cli, command):
     result = cli(*command, "--help")
     assert result.exit_code == 0 and "\\[" not in result.output and "Usage" in result.output
+
+
+def test_a_row_count_of_zero_is_refused_everywhere(cli, tmp_path, model_file):
+    cfg = tmp_path / "job.toml"
+    cfg.write_text(DP + SITES)
+    for args in (("sample", model_file, "-n", "0", "-o", tmp_path / "s.csv"), ("evaluate", model_file, cfg, "-n", "0"),
+                 ("release", cfg, "--model", model_file, "-n", "0"), ("demo", "--rows", "0")):
+        result = cli(*args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, (args, result.output)

@@ -79,7 +79,8 @@ def train_cmd(
 
 def sample_cmd(
     model: Path = typer.Argument(..., help="A model file written by 'fedtab train'."),
-    n: int = typer.Option(..., "-n", "--rows", help="Number of synthetic rows."),
+    n: int = typer.Option(..., "-n", "--rows", help="Number of synthetic rows (at least 1; the ceiling depends on "
+                                                   "this machine's memory and is named when exceeded)."),
     output: str = typer.Option(..., "--output", "-o", help="Output .csv, .csv.gz or .parquet file, or SQL URL."),
     table: Optional[str] = typer.Option(None, "--table", "-t", help="Table name, for a database URL."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (default: the model's seed)."),
@@ -114,7 +115,7 @@ def demo_cmd(
     out: Path = typer.Option(Path("fedtab-demo"), "--out", help="Folder for the demo's outputs."),
     epsilon: float = typer.Option(1.0, "--epsilon", help="Privacy budget per hospital (preprocessing included)."),
     rounds: int = typer.Option(10, "--rounds", help="Federated rounds."),
-    rows: Optional[int] = typer.Option(None, "--rows", help="Synthetic rows to sample (default: as many as the hospitals' training rows)."),
+    rows: Optional[int] = typer.Option(None, "--rows", min=1, help="Synthetic rows to sample (default: as many as the hospitals' training rows)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of what may be public: initial weights, "
                              "holdout split, sampling (the DP noise is secret, never seeded)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
