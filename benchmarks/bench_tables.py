@@ -154,8 +154,9 @@ def summarise(rows: list[dict]) -> list[dict]:
         entry = {"table": t, "method": label, "sites": k, "epsilon": eps, "runs": len(rs), "ok": len(ok),
                  "failed": sorted({r.get("status", "")[:80] for r in rs if r not in ok}),
                  "models": sorted({r.get("details", {}).get("model") for r in ok if r.get("details", {}).get("model")})}
+        timed = [r for r in ok if r.get("rerun")] or ok
         for mtr in METRICS:
-            entry[mtr] = _stat([r.get(mtr) for r in ok])
+            entry[mtr] = _stat([r.get(mtr) for r in (timed if mtr == "fit_seconds" else ok)])
         out.append(entry)
     order = {t: i for i, t in enumerate(TABLES)}
     return sorted(out, key=lambda e: (order.get(e["table"], 99), e["epsilon"] is None, e["epsilon"] or 0,
@@ -195,19 +196,23 @@ def _fmt(s, digits=3) -> str:
 
 def render(args) -> None:
     out = Path(args.out)
-    by_key, metas = {}, []
-    # The shards' rows, then the reruns' (``--only``), each replacing the row of the same job.
+    rows, metas = [], []
+    # The shards' rows, then the reruns' (``--only``): a rerun draws fresh secret noise, so its rows are
+    # more runs of the same job (kept beside the first ones, key + "@rerun"), and the group's fit
+    # seconds are read from the reruns alone (the code they ran on is the later one).
     for p in [*sorted(out.parent.glob(out.stem + ".shard*.json")), *sorted(out.parent.glob(out.stem + ".rerun*.json"))]:
         d = json.loads(p.read_text())
-        by_key.update({r["key"]: r for r in d["rows"]})
+        rerun = ".rerun" in p.name
+        rows += [{**r, "key": r["key"] + ("@rerun" if rerun else ""), "rerun": rerun} for r in d["rows"]]
         metas.append(d["meta"])
-    rows = list(by_key.values())
     summary = summarise(rows)
     acc = acceptance(summary)
     lines = ["# fedtab's default across tables, against the anchors (benchmarks/bench_tables.py)", "",
              f"Commits: {sorted({m['commit'] for m in metas})}; started {min(m['started'] for m in metas)}; "
              f"machine: {metas[0]['machine']}; at most {TRAIN_ROWS} training rows per table; settings "
-             f"{json.dumps(SETTINGS)}; per-method timeout {TIMEOUT} s. Mean ± sd over seeds (n runs).", "",
+             f"{json.dumps(SETTINGS)}; per-method timeout {TIMEOUT} s. Mean ± sd over runs (n runs: seeds, and "
+             "reruns of the same seeds, which draw fresh secret noise; where a group was rerun, its fit seconds are "
+             "the reruns' alone).", "", "Commands: " + "; ".join(f"`{m['command']}`" for m in metas), "",
              "## Acceptance (epsilon 1 per site, 4 sites, against centralized MST; non-DP against SDV)", "",
              "| table | quality default / MST | TSTR default / MST | fit s default / MST | met | non-DP quality "
              "default / TVAE / GaussianCopula | met |", "|---|---|---|---|---|---|---|"]
