@@ -80,7 +80,7 @@ def as_input_dtype(series: pd.Series, spec: ColumnSpec) -> pd.Series:
     missing = series.isna()
     if dtype in INT_DTYPES + NULLABLE_INT_DTYPES + FLOAT_DTYPES:
         if spec.type == "boolean":
-            values = series.map(lambda v: None if v is None or v is pd.NA else int(bool(v)))
+            values = series.astype("boolean").astype("Int64")  # True/False -> 1/0, missing kept
         elif spec.type == "categorical":
             values = series.where(~missing, None)
         else:
@@ -95,7 +95,7 @@ def as_input_dtype(series: pd.Series, spec: ColumnSpec) -> pd.Series:
             return numbers.astype("float64")
         if dtype in INT_DTYPES and not bool(missing.any()):
             return numbers.astype(dtype)
-        nullable = dtype if dtype in NULLABLE_INT_DTYPES else dtype.replace("u", "U").capitalize().replace("Uint", "UInt")
+        nullable = dtype if dtype in NULLABLE_INT_DTYPES else dtype.capitalize().replace("Uint", "UInt")  # uint8 -> UInt8
         return numbers.astype(nullable)
     if dtype in ("bool", "boolean"):
         if spec.type == "boolean":
