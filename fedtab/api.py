@@ -109,8 +109,9 @@ class FederatedSynthesizer:
         self._check_params()  # a misspelt model or a budget of 'x' is refused here, not after the sites' work
 
     # -- configuration --------------------------------------------------------------------------
-    def _check_params(self) -> PrivacySettings:
-        """Every problem with the parameters at once (ConfigError), before any site is asked."""
+    def _check_params(self) -> tuple[PrivacySettings, TrainingSettings]:
+        """Every problem with the parameters at once (ConfigError), before any site is asked; the
+        settings they make."""
         privacy = PrivacySettings(epsilon=self.epsilon, delta=self.delta, preprocessing_share=self.preprocessing_share)
         training = TrainingSettings(rounds=self.rounds, local_epochs=self.local_epochs,
                                     batch_size=self.batch_size, max_grad_norm=self.max_grad_norm)
@@ -131,12 +132,10 @@ class FederatedSynthesizer:
                             f"{type(self.schema).__name__} instead.")
         if problems:
             raise ConfigError("Invalid FederatedSynthesizer parameters:\n" + "\n".join(f"  - {p}" for p in problems))
-        return privacy
+        return privacy, training
 
     def _job(self) -> JobSpec:
-        privacy = self._check_params()
-        training = TrainingSettings(rounds=self.rounds, local_epochs=self.local_epochs,
-                                    batch_size=self.batch_size, max_grad_norm=self.max_grad_norm)
+        privacy, training = self._check_params()
         schema = TableSchema.load(self.schema) if isinstance(self.schema, (str, os.PathLike)) else self.schema
         model = self.model
         if model == "auto":  # chosen from what is public, before any site is asked; the reason is kept

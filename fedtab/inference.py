@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from fedtab.errors import SchemaError
-from fedtab.schema import ColumnSpec, TableSchema
+from fedtab.schema import DTYPES, ColumnSpec, TableSchema
 
 DATETIME_FORMATS = (
     "%Y-%m-%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S.%f",
@@ -114,8 +114,6 @@ class ColumnProfile:
     forms: set = field(default_factory=set)  # how the input held the values (see ``input_form``)
 
     def update(self, values: pd.Series, markers: Iterable[str], *, text: bool = False, form: str | None = None) -> None:
-        from fedtab.schema import DTYPES
-
         self.forms.add(form if form in DTYPES + ("pyint", "pybool", "pyfloat") else input_form(values, text=text))
         values = plain(values)
         miss = missing_mask(values, markers)
@@ -201,8 +199,6 @@ def input_form(values: pd.Series, *, text: bool) -> str | None:
     """How one chunk holds a column: a pandas dtype name from ``schema.DTYPES``; "text" for a file's
     raw strings; "pyint"/"pybool"/"pyfloat" for an object column of Python ints/bools/floats; None for
     a dtype fedtab does not return."""
-    from fedtab.schema import DTYPES
-
     dtype = values.dtype
     if isinstance(dtype, pd.CategoricalDtype):
         return "category"
