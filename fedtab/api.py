@@ -59,6 +59,9 @@ class FederatedSynthesizer:
     rows leave a site); ``preprocessing_share`` of it goes to the encoding statistics (default: chosen
     with the model, ``fedtab.models.choice.preprocessing_share_for``: 0.3 for "mst" with a ``target``,
     else 0.1); ``rounds`` federated rounds of ``local_epochs`` local passes each.
+    ``secure_aggregation`` (under DP, 2+ sites, the "mst" model): the coordinator receives only the sum of
+    the sites' measurements and each of the n sites adds 1/sqrt(n) of the noise, so the sum carries the
+    noise of one release instead of sqrt(n) times it (``fedtab.federation.secagg`` states what is assumed).
     ``target``: the column that matters most downstream (e.g. the label a model will be trained on):
     the encoding also measures its two-way table with every other column (under DP from the same
     preprocessing budget) and ``sample`` calibrates the rows onto those tables, so how the other
@@ -85,7 +88,7 @@ class FederatedSynthesizer:
                  model_options: Mapping[str, Any] | None = None, target: str | None = None,
                  parallel_sites: int | None = None, site_column: str | None = None,
                  progress: Progress | None = None, site_policy: SitePolicy | Mapping[str, SitePolicy] | None = None,
-                 ledger_dir: str | os.PathLike | None = None):
+                 ledger_dir: str | os.PathLike | None = None, secure_aggregation: bool = True):
         self.model = model
         self.epsilon = epsilon
         self.delta = delta
@@ -106,13 +109,15 @@ class FederatedSynthesizer:
         self.progress = progress
         self.site_policy = site_policy
         self.ledger_dir = ledger_dir
+        self.secure_aggregation = secure_aggregation
         self._check_params()  # a misspelt model or a budget of 'x' is refused here, not after the sites' work
 
     # -- configuration --------------------------------------------------------------------------
     def _check_params(self) -> tuple[PrivacySettings, TrainingSettings]:
         """Every problem with the parameters at once (ConfigError), before any site is asked; the
         settings they make."""
-        privacy = PrivacySettings(epsilon=self.epsilon, delta=self.delta, preprocessing_share=self.preprocessing_share)
+        privacy = PrivacySettings(epsilon=self.epsilon, delta=self.delta, preprocessing_share=self.preprocessing_share,
+                                  secure_aggregation=self.secure_aggregation)
         training = TrainingSettings(rounds=self.rounds, local_epochs=self.local_epochs,
                                     batch_size=self.batch_size, max_grad_norm=self.max_grad_norm)
         problems = check_settings(model=self.model, privacy=privacy, training=training, holdout=self.holdout)
@@ -173,7 +178,8 @@ class FederatedSynthesizer:
                    max_grad_norm=config.training.max_grad_norm, seed=config.seed, schema=config.schema_path,
                    missing_markers=config.missing_markers, holdout=config.holdout, transport=transport,
                    model_options=config.model_options, target=config.target, site_column=config.site_column,
-                   progress=progress, ledger_dir=config.ledger_dir)
+                   progress=progress, ledger_dir=config.ledger_dir,
+                   secure_aggregation=config.privacy.secure_aggregation)
 
     # -- fitting ----------------------------------------------------------------------------------
     def fit(self, sites: Mapping[str, SiteInput]) -> "FederatedSynthesizer":
@@ -327,7 +333,8 @@ class FederatedSynthesizer:
             "schema": self.schema_.to_dict(), "encoding": self.result_.encoding, "model": job.model,
             "model_options": job.model_options, "seed": job.seed,
             "privacy": {"epsilon": job.privacy.epsilon, "delta": job.privacy.delta,
-                        "preprocessing_share": job.privacy.preprocessing_share},
+                        "preprocessing_share": job.privacy.preprocessing_share,
+                        "secure_aggregation": job.privacy.secure_aggregation},
             "training": {"rounds": job.training.rounds, "local_epochs": job.training.local_epochs,
                          "batch_size": job.training.batch_size, "max_grad_norm": job.training.max_grad_norm},
             "ledgers": self.result_.ledgers, "noise_multipliers": self.result_.noise_multipliers,
@@ -385,6 +392,7 @@ def from_bundle(b: ModelBundle, *, source: str = "model file") -> FederatedSynth
         synth = FederatedSynthesizer(
             m["model"], epsilon=m["privacy"]["epsilon"], delta=m["privacy"]["delta"],
             preprocessing_share=m["privacy"]["preprocessing_share"], rounds=m["training"]["rounds"],
+            secure_aggregation=bool(m["privacy"].get("secure_aggregation", False)),
             local_epochs=m["training"]["local_epochs"], batch_size=m["training"]["batch_size"],
             max_grad_norm=m["training"]["max_grad_norm"], seed=m["seed"], schema=TableSchema.from_dict(m["schema"]),
             missing_markers=tuple(m["missing_markers"]), holdout=m["holdout"], model_options=m["model_options"],

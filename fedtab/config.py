@@ -66,6 +66,9 @@ class PrivacySettings:
     epsilon: float | None = None  # None: non-DP mode (exact statistics, still never raw rows)
     delta: float = 1e-5
     preprocessing_share: float | None = None  # None: chosen with the model (fedtab.models.choice)
+    # Under DP with 2+ sites the model's measurements are summed securely and each site adds only its share
+    # of the noise (fedtab.federation.secagg): the "mst" model; DP-SGD models keep each site's full noise.
+    secure_aggregation: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -136,6 +139,8 @@ def check_settings(*, model: str, privacy: PrivacySettings, training: TrainingSe
     _num(p, f"{pre}delta", privacy.delta, lo=0, hi=0.1, lo_open=True)
     if privacy.preprocessing_share is not None:
         _num(p, f"{pre}preprocessing_share", privacy.preprocessing_share, lo=0, hi=0.9, lo_open=True)
+    if not isinstance(privacy.secure_aggregation, bool):
+        p.append(f"'{pre}secure_aggregation' must be true or false. Got {privacy.secure_aggregation!r} instead.")
     _num(p, f"{pre}rounds", training.rounds, lo=1, hi=10_000, integer=True)
     _num(p, f"{pre}local_epochs", training.local_epochs, lo=0, hi=1000, lo_open=True)
     _num(p, f"{pre}batch_size", training.batch_size, lo=2, hi=1_000_000, integer=True)

@@ -70,7 +70,8 @@ def run_fedtab(spec: dict) -> dict:
     if spec["model"] == "auto":  # the default: nothing but the budget, the schema and the target
         synth = fedtab.FederatedSynthesizer(
             epsilon=spec["epsilon"], delta=s["delta"], seed=spec["seed"], schema=TableSchema.load(spec["schema"]),
-            holdout=0.0, target=spec.get("target"), site_policy=fedtab.SitePolicy(allow_non_dp=True))
+            holdout=0.0, target=spec.get("target"), site_policy=fedtab.SitePolicy(allow_non_dp=True),
+            **({"secure_aggregation": s["secure_aggregation"]} if "secure_aggregation" in s else {}))
         return _fit_fedtab(synth, spec)
     dp_share = {"preprocessing_share": s.get("preprocessing_share", 0.3)} if spec["epsilon"] is not None else {}
     synth = fedtab.FederatedSynthesizer(

@@ -148,7 +148,7 @@ def _fit_marginals(transport: Transport, job: JobSpec, progress: Progress | None
     state = _prepare(transport, job, progress, setup=False)
     transformer = TableTransformer.from_dict(state.encoding)
     weights, noise = marginals.fit(lambda body: broadcast(transport, MEASURE, body), job, transformer,
-                                   progress=progress, site_rows=state.site_weights)
+                                   progress=progress, site_rows=state.site_weights, n_sites=len(transport.sites))
     return _finish(transport, replace(state, weights=weights, noise_multipliers=noise))
 
 

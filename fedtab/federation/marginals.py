@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from fedtab.federation import secagg
 from fedtab.models.marginal import (
     Discretisation, MarginalModel, coarse_codes, discretise, fine_codes, grouped, marginal_counts, model_options,
     norm_sub, renormalised, spanning_tree,
@@ -40,6 +41,8 @@ from fedtab.models.marginal import (
 
 MEASURE = "measure"
 PHASES = ("one-way", "select", "measure")
+KEYS = "keys"  # secure aggregation's key round (fedtab.federation.secagg)
+SECAGG_CACHE = "secagg:"
 # A nullable column's missing code keeps its mass only where its summed noisy count stands this many noise
 # sds above zero (a declared-nullable column without missing values gained 0.5-4% missing cells from the
 # noise otherwise). At 2 sds one column in ~40 truly without missing values still kept a share (the test
@@ -110,6 +113,9 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
     from fedtab.transform.table import TableTransformer
 
     phase = body["phase"]
+    if phase == KEYS:  # secure aggregation's first round: a fresh key pair for this job, nothing from the rows
+        keys = cache[SECAGG_CACHE + str(state.get("job_key", ""))] = secagg.SiteKeys()
+        return {"public_key": keys.public}
     if phase not in PHASES:
         raise ConfigError(f"site '{site}': unknown measurement phase {phase!r}", public=True)
     disc = Discretisation.from_dict(body["discretisation"])
@@ -157,8 +163,31 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
                                               scaled=steps)
     z = float(state["mst_z"]) * factors[PHASES.index(phase)]
     sigma = z * sensitivity
+    what = "pair scores" if phase == "select" else f"{releases} marginal(s)"
+    peers = (body.get("secagg") or {}).get("peers")
+    if peers is not None:
+        # Distributed noise: this site draws sigma / sqrt(n) and the masked sum over the n sites of the key
+        # set (checked before masking) carries sigma, which the ledger records (secagg module docstring).
+        keys = cache.get(SECAGG_CACHE + str(state.get("job_key", "")))
+        if keys is None:
+            raise ConfigError(f"site '{site}': a masked measurement without this job's secure-aggregation key: "
+                              "the coordinator asks for keys first", public=True)
+        peers = {str(k): str(v) for k, v in dict(peers).items()}
+        secagg.check_peers(site, keys, peers, len(peers))
+        share = sigma / math.sqrt(len(peers))
+        ledger.spend(phase=f"marginals/{phase}", mechanism="gaussian", noise_multiplier=z, sensitivity=sensitivity,
+                     steps=releases, target=f"{what}; secure aggregation over {len(peers)} sites: this site's own "
+                                            f"noise share sigma {share:.4g} (the sum's sigma {sigma:.4g})")
+        noise = secret_source(f"{site}/marginals/{phase}")
+        if phase == "select":
+            values = [exact[0] + noise.normal(exact[0].size) * share]
+        else:
+            values = [_noisy_counts(c, share, noise) for c in exact]
+        masked = secagg.mask(values, me=site, keys=keys, peers=peers, job=str(state.get("job_key", "")),
+                             threshold=len(peers), real=phase == "select")
+        return {"masked": masked, "shapes": [list(np.shape(v)) for v in values], "sigma": share}
     ledger.spend(phase=f"marginals/{phase}", mechanism="gaussian", noise_multiplier=z, sensitivity=sensitivity,
-                 steps=releases, target=("pair scores" if phase == "select" else f"{releases} marginal(s)"))
+                 steps=releases, target=what)
     noise = secret_source(f"{site}/marginals/{phase}")
     if phase == "select":  # real-valued scores: the continuous Gaussian from the secret stream
         return {"counts": [exact[0] + noise.normal(exact[0].size) * sigma], "sigma": sigma}
@@ -166,7 +195,7 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
 
 
 # -- at the coordinator --------------------------------------------------------------------------------
-def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | None = None
+def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | None = None, n_sites: int = 1
         ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Run the three measurement requests (``ask(body) -> {site: reply}``) and estimate the model.
     Returns (the model's weights for the model file, each site's noise in the tree measurement)."""
@@ -182,17 +211,29 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
     # Releases per phase: d one-way tables and the levels; one vector of pair scores; d - 1 tree tables.
     plan = {"counts": [d + len(levels), 1 if all_pairs else 0, max(d - 1, 0)], "shares": opts["shares"]}
     enc = transformer.to_dict()
+    secure = uses_secure_aggregation(job, n_sites)
     base = {"plan": plan, "model": job.model, "model_options": opts, "transformer": enc,
             "transformer_hash": encoding_sha256(enc), "epsilon": job.privacy.epsilon}
 
+    peers = None
+    if secure:
+        if progress is not None:
+            progress("phase", {"name": "marginals: secure aggregation keys"})
+        peers = {s: str(r["public_key"]) for s, r in ask({**base, "phase": KEYS}).items()}
+
     def measure(phase: str, cliques: list[tuple[int, ...]], disc: Discretisation, **extra):
         if progress is not None:
-            progress("phase", {"name": f"marginals: {phase} ({len(cliques)} table(s))"})
+            progress("phase", {"name": f"marginals: {phase} ({len(cliques)} table(s))"
+                                       + (f", secure sum over {len(peers)} sites" if peers else "")})
         replies = ask({**base, "discretisation": disc.to_dict(), "phase": phase,
-                       "marginals": [list(c) for c in cliques], **extra})
+                       "marginals": [list(c) for c in cliques], **extra,
+                       **({"secagg": {"peers": peers}} if peers else {})})
         sites = sorted(replies)
-        total = [np.sum([np.asarray(replies[s]["counts"][i], dtype=float) for s in sites], axis=0)
-                 for i in range(len(replies[sites[0]]["counts"]))]
+        if peers:
+            total = secure_sum(replies, peers, real=phase == "select")
+        else:
+            total = [np.sum([np.asarray(replies[s]["counts"][i], dtype=float) for s in sites], axis=0)
+                     for i in range(len(replies[sites[0]]["counts"]))]
         sd = math.sqrt(sum(float(replies[s]["sigma"]) ** 2 for s in sites))
         return total, sd, {s: float(replies[s]["sigma"]) for s in sites}
 
@@ -221,6 +262,33 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
     _drop_missing(disc, transformer, ones_fine, sd_missing, singles, pairs)
     model = MarginalModel(transformer, disc, tree, pairs, singles)
     return model.weights(), noise
+
+
+def uses_secure_aggregation(job, n_sites: int) -> bool:
+    """Secure aggregation with distributed noise: under DP, with two sites or more, unless turned off."""
+    return bool(job.privacy.enabled and job.privacy.secure_aggregation and n_sites >= 2)
+
+
+def secure_sum(replies: dict[str, dict], peers: dict[str, str], *, real: bool) -> list[np.ndarray]:
+    """The sum of the sites' masked replies (``fedtab.federation.secagg``): every site of the key set must
+    have answered, with the same shapes."""
+    from fedtab.errors import FederationError
+
+    missing = sorted(set(peers) - set(replies))
+    if missing:
+        from fedtab.federation.agreement import name_sites
+
+        raise FederationError(f"secure aggregation: no masked reply from {name_sites(missing)}; the sum cannot be "
+                              "read without every site of the key set (no dropout recovery): run the job again")
+    shapes = {json_shape(r["shapes"]) for r in replies.values()}
+    if len(shapes) != 1:
+        raise FederationError("secure aggregation: the sites' masked replies have different shapes")
+    return secagg.unmask_sum([replies[s]["masked"] for s in sorted(replies)],
+                             [tuple(x) for x in next(iter(shapes))], real=real)
+
+
+def json_shape(shapes) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(int(n) for n in s) for s in shapes)
 
 
 def _with_levels(fine_counts: list[np.ndarray], levels: list, level_counts: list[np.ndarray]) -> list[np.ndarray]:
