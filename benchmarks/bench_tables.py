@@ -98,13 +98,14 @@ def run(args) -> None:
         todo = [j for j in todo if any(w in j["key"] for w in args.only.split(","))]
     i, n = (int(x) for x in args.shard.split("/"))
     todo = todo[i::n]
-    path = Path(args.out).with_suffix(f".{'rerun' if args.only else 'shard'}{i}.json")
+    kind = ("rerun-" + args.tag if args.tag else "rerun") if args.only else "shard"
+    path = Path(args.out).with_suffix(f".{kind}{i}.json")
     rows = json.loads(path.read_text())["rows"] if path.exists() and args.resume else []
     done = {r["key"] for r in rows if r.get("status") == "ok"}
     meta = {"started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "commit": git_commit(),
             "versions": main_versions(), "train_rows": TRAIN_ROWS, "settings": SETTINGS, "timeout_s": TIMEOUT,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), one thread per method",
-            "command": "python benchmarks/bench_tables.py " + " ".join(sys.argv[1:])}
+            "command": "python benchmarks/bench_tables.py " + " ".join(sys.argv[1:]), "tag": args.tag or None}
     data_cache: dict = {}
     with tempfile.TemporaryDirectory(prefix="fedtab_tables_") as tmp:
         for job in todo:
@@ -200,11 +201,21 @@ def render(args) -> None:
     # The shards' rows, then the reruns' (``--only``): a rerun draws fresh secret noise, so its rows are
     # more runs of the same job (kept beside the first ones, key + "@rerun"), and the group's fit
     # seconds are read from the reruns alone (the code they ran on is the later one).
+    # A tagged rerun (``--tag``: the code changed what the jobs measure) supersedes the earlier rows of its
+    # jobs: those stay in the table under their own label, "(before <tag>)", and out of the acceptance.
+    tagged: dict[str, str] = {}
     for p in [*sorted(out.parent.glob(out.stem + ".shard*.json")), *sorted(out.parent.glob(out.stem + ".rerun*.json"))]:
         d = json.loads(p.read_text())
         rerun = ".rerun" in p.name
-        rows += [{**r, "key": r["key"] + ("@rerun" if rerun else ""), "rerun": rerun} for r in d["rows"]]
+        tag = d["meta"].get("tag")
+        rows += [{**r, "key": r["key"] + ("@rerun" if rerun else "") + (f"@{tag}" if tag else ""), "rerun": rerun,
+                  "tag": tag} for r in d["rows"]]
+        tagged.update({r["key"].split("@")[0]: tag for r in d["rows"] if tag})
         metas.append(d["meta"])
+    for r in rows:
+        base = r["key"].split("@")[0]
+        if base in tagged and r.get("tag") != tagged[base]:
+            r["label"] = f"{r['label']} (before {tagged[base]})"
     summary = summarise(rows)
     acc = acceptance(summary)
     lines = ["# fedtab's default across tables, against the anchors (benchmarks/bench_tables.py)", "",
@@ -243,6 +254,8 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="skip the jobs this shard's JSON already holds (ok)")
     ap.add_argument("--only", default="", help="rerun only jobs whose key holds one of these comma-separated "
                                                "strings (e.g. 'fedtab-auto-4s-eps1-'); their rows replace the earlier")
+    ap.add_argument("--tag", default="", help="with --only: name what changed; these rows supersede the earlier "
+                    "rows of the same jobs, which are kept under the label '(before TAG)'")
     ap.add_argument("--render", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results" / "bench_tables.json"))
     args = ap.parse_args()
