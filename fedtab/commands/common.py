@@ -90,6 +90,30 @@ def report_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+# Options shared by several commands: one name, one wording, one metavar each (``fedtab <cmd> --help``
+# reads the same everywhere; tests/test_cli_help.py checks it). Help text is plain: no rich markup,
+# since typer's rich mode would swallow anything written in square brackets.
+SAMPLING_SEED_HELP = ("Sampling seed, in [0, 2**32): fixes which rows are drawn from the model. It is public; "
+                      "the DP noise is secret and never seeded. Default: the model's seed.")
+SeedOpt = typer.Option(None, "--seed", metavar="SEED", help=SAMPLING_SEED_HELP)
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+ReplaceOpt = typer.Option(False, "--replace", help="Overwrite the output if it exists (without it, an existing "
+                                                   "output is refused with exit code 5).")
+TableOpt = typer.Option(None, "--table", "-t", metavar="NAME", help="Table name, for a database URL.")
+PolicyOpt = typer.Option(None, "--policy", metavar="FILE", help="Release policy (TOML); default: the shipped one "
+                                                                "(fedtab/data/default_policy.toml).")
+SiteReportsOpt = typer.Option(None, "--site-reports", metavar="DIR",
+                              help="Folder for each site's own report (default: the site's ledger folder).")
+
+
+def check_seed(seed: int | None, flag: str = "--seed") -> None:
+    """A seed option must fit numpy's seeds: [0, 2**32) (ConfigError, exit code 2)."""
+    from fedtab.errors import ConfigError
+
+    if seed is not None and not 0 <= seed < 2**32:
+        raise ConfigError(f"The '{flag}' option must be a whole number in [0, 2**32). Got {seed} instead.")
+
+
 def command(app: typer.Typer, name: str | None = None, **kwargs) -> Callable:
     """``@command(app)``: ``app.command`` plus ``report_errors``."""
 

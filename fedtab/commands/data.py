@@ -14,20 +14,23 @@ import typer
 from rich.table import Table
 
 import connectors
-from fedtab.commands.common import check_output_file, command, stdout
+from fedtab.commands.common import ReplaceOpt, TableOpt, check_output_file, command, stdout
 from fedtab.errors import SchemaError
 from fedtab.schema import TableSchema, atomic_write_text
 from fedtab.sdv_metadata import schema_from_sdv, schema_to_sdv
 
-SourceArg = typer.Argument(..., help="A .csv, .csv.gz or .parquet file, or a SQLAlchemy URL (with --table).")
-TableOpt = typer.Option(None, "--table", "-t", help="Table name, for a database URL.")
-ReplaceOpt = typer.Option(False, "--replace", help="Overwrite the output file if it exists.")
-MissingOpt = typer.Option(None, "--missing", "-m", help="A raw value that means missing (repeatable). Default: '?'.")
+SourceArg = typer.Argument(..., metavar="SOURCE", show_default=False,
+                           help="A .csv, .csv.gz or .parquet file, or a SQLAlchemy URL (with --table).")
+MissingOpt = typer.Option(None, "--missing", "-m", metavar="TEXT",
+                          help="A raw value that means missing (repeat for several). Default: '?'.")
+SchemaOutputOpt = typer.Option(None, "--output", "-o", metavar="FILE",
+                               help="Write the schema JSON here (default: print it).")
 
 
 def register(app: typer.Typer) -> None:
     command(app, "inspect")(inspect_cmd)
-    schema_app = typer.Typer(help="Infer, check and convert table schemas.", no_args_is_help=True)
+    schema_app = typer.Typer(help="Infer, check and convert table schemas (JSON).", no_args_is_help=True,
+                             rich_markup_mode="rich")
     command(schema_app, "infer")(schema_infer)
     command(schema_app, "check")(schema_check)
     command(schema_app, "import-sdv")(schema_import_sdv)
@@ -68,10 +71,13 @@ def schema_infer(
     source: str = SourceArg,
     table: Optional[str] = TableOpt,
     missing: Optional[List[str]] = MissingOpt,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the schema here (default: stdout)."),
+    output: Optional[Path] = SchemaOutputOpt,
     replace: bool = ReplaceOpt,
 ) -> None:
-    """Infer a schema from a table. Review it: declare public bounds and category domains by hand."""
+    """Infer a schema from a table (stays local).
+
+    The schema holds no observed minima, maxima or category lists (they are private data): review it
+    and declare public bounds and category domains by hand before a DP job."""
     _check_output(output, replace)
     schema = connectors.scan_table(source, table=table, missing_markers=missing or ["?"]).schema
     _emit(schema.to_json(), output, f"{len(schema)} columns")
@@ -79,19 +85,20 @@ def schema_infer(
 
 def schema_check(
     source: str = SourceArg,
-    schema: Path = typer.Option(..., "--schema", "-s", help="The schema JSON file to check against."),
+    schema: Path = typer.Option(..., "--schema", "-s", metavar="FILE", help="The schema JSON file to check against."),
     table: Optional[str] = TableOpt,
 ) -> None:
-    """Check a table against a schema; list every problem (exit code 4) or confirm it matches."""
+    """Check a table against a schema: list every problem (exit code 4) or confirm it matches."""
     spec = TableSchema.load(schema)
     df = connectors.read_table(source, table=table, schema=spec)
     typer.echo(f"OK: {connectors.source_label(source, table)} matches {schema} ({len(df)} rows, {df.shape[1]} columns).")
 
 
 def schema_import_sdv(
-    metadata: Path = typer.Argument(..., help="An SDV metadata JSON file."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the schema here (default: stdout)."),
-    table: Optional[str] = typer.Option(None, "--table", "-t", help="Which table of a multi-table metadata file."),
+    metadata: Path = typer.Argument(..., metavar="METADATA", show_default=False, help="An SDV metadata JSON file."),
+    output: Optional[Path] = SchemaOutputOpt,
+    table: Optional[str] = typer.Option(None, "--table", "-t", metavar="NAME",
+                                        help="Which table of a multi-table metadata file."),
     replace: bool = ReplaceOpt,
 ) -> None:
     """Convert SDV metadata JSON into a fedtab schema."""
@@ -101,8 +108,9 @@ def schema_import_sdv(
 
 
 def schema_export_sdv(
-    schema: Path = typer.Argument(..., help="A fedtab schema JSON file."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write SDV metadata here (default: stdout)."),
+    schema: Path = typer.Argument(..., metavar="SCHEMA", show_default=False, help="A fedtab schema JSON file."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE",
+                                          help="Write the SDV metadata JSON here (default: print it)."),
     replace: bool = ReplaceOpt,
 ) -> None:
     """Convert a fedtab schema into SDV metadata JSON (V1)."""

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from fedtab.commands.common import check_output_folder, check_output_file, command, stderr, stdout
+from fedtab.commands.common import PolicyOpt, check_output_folder, check_output_file, command, stderr, stdout
 from fedtab.errors import ConfigError
 
 
@@ -21,24 +21,31 @@ def register(app: typer.Typer) -> None:
 
 
 def coordinator_cmd(
-    config: Path = typer.Argument(..., help="Consortium configuration (TOML): sites, model, privacy, training."),
-    output: Path = typer.Option(..., "--output", "-o", help="Model file to write (e.g. model.fedtab)."),
-    superlink: Optional[str] = typer.Option(None, "--superlink", help="Join a running SuperLink at HOST:PORT "
-                                            "instead of starting one."),
+    config: Path = typer.Argument(..., metavar="CONFIG", show_default=False,
+                                  help="Consortium configuration (TOML): sites and their public keys, model, "
+                                       "privacy, training, seed (docs: Configuration)."),
+    output: Path = typer.Option(..., "--output", "-o", metavar="FILE", help="Model file to write (e.g. model.fedtab)."),
+    superlink: Optional[str] = typer.Option(None, "--superlink", metavar="HOST:PORT",
+                                            help="Join a running SuperLink instead of starting one."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this output."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address the started SuperLink listens on."),
-    port: int = typer.Option(9093, "--port", help="Port of the started SuperLink (one port for all its APIs)."),
-    ssl_certfile: Optional[Path] = typer.Option(None, "--ssl-certfile", help="SuperLink TLS certificate (PEM)."),
-    ssl_keyfile: Optional[Path] = typer.Option(None, "--ssl-keyfile", help="SuperLink TLS private key (PEM)."),
-    ssl_ca_certfile: Optional[Path] = typer.Option(None, "--ssl-ca-certfile", help="CA certificate (PEM) that "
-                                                   "signed it; the sites verify the SuperLink with it."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="HOST", help="Address the started SuperLink listens on."),
+    port: int = typer.Option(9093, "--port", metavar="PORT",
+                             help="Port of the started SuperLink (one port for all its APIs)."),
+    ssl_certfile: Optional[Path] = typer.Option(None, "--ssl-certfile", metavar="FILE",
+                                                help="SuperLink TLS certificate (PEM)."),
+    ssl_keyfile: Optional[Path] = typer.Option(None, "--ssl-keyfile", metavar="FILE",
+                                               help="SuperLink TLS private key (PEM)."),
+    ssl_ca_certfile: Optional[Path] = typer.Option(None, "--ssl-ca-certfile", metavar="FILE",
+                                                   help="CA certificate (PEM) that signed it; the sites verify the "
+                                                        "SuperLink with it."),
     insecure: bool = typer.Option(False, "--insecure", help="No TLS (loopback experiments only)."),
-    round_timeout: float = typer.Option(600.0, "--round-timeout", help="Seconds to wait for a site's reply."),
-    release: Optional[Path] = typer.Option(None, "--release", help="After training, evaluate at the sites and "
-                                           "apply the release gate; write report, audit record and (if released) "
-                                           "the synthetic table in this folder. Exit code 10 if refused."),
-    policy: Optional[Path] = typer.Option(None, "--policy", help="Release policy (TOML) for --release; default: "
-                                          "the shipped one."),
+    round_timeout: float = typer.Option(600.0, "--round-timeout", metavar="SECONDS",
+                                        help="Seconds to wait for a site's reply."),
+    release: Optional[Path] = typer.Option(None, "--release", metavar="DIR",
+                                           help="After training, evaluate at the sites and apply the release gate "
+                                                "(--policy); write report, audit record and (if released) the "
+                                                "synthetic table in this folder. Exit code 10 if refused."),
+    policy: Optional[Path] = PolicyOpt,
 ) -> None:
     """Start (or join) a Flower SuperLink and train the consortium's model across the connected sites."""
     from fedtab.deploy.runner import TLSFiles, run_coordinator
@@ -76,7 +83,8 @@ def _report_verdict(verdict: dict) -> None:
 
 
 def site_cmd(
-    config: Path = typer.Option(..., "--config", "-c", help="This site's site.toml."),
+    config: Path = typer.Option(..., "--config", "-c", metavar="FILE",
+                                help="This site's site.toml (docs: Configuration, site.toml)."),
 ) -> None:
     """Serve this site: its table stays here; a Flower SuperNode connects it to the coordinator."""
     from fedtab.deploy.runner import run_site
@@ -85,10 +93,12 @@ def site_cmd(
 
 
 def trial_keys_cmd(
-    out: Path = typer.Argument(..., help="Folder for the files."),
-    site: list[str] = typer.Option(..., "--site", help="A site name (repeat for each site)."),
-    host: list[str] = typer.Option(["127.0.0.1", "localhost"], "--host", help="A name or IP address the "
-                                   "SuperLink's certificate is valid for (repeat)."),
+    out: Path = typer.Argument(..., metavar="DIR", show_default=False,
+                               help="Folder for the keys and certificates (created if missing)."),
+    site: list[str] = typer.Option(..., "--site", metavar="NAME", help="A site name (repeat for each site)."),
+    host: list[str] = typer.Option(["127.0.0.1", "localhost"], "--host", metavar="HOST",
+                                   help="A name or IP address the SuperLink's certificate is valid for (repeat "
+                                        "for several)."),
 ) -> None:
     """Make a self-signed CA, a SuperLink certificate and one SuperNode key per site (for trials)."""
     from fedtab.config import check_site_names

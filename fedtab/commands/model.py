@@ -14,12 +14,18 @@ import click
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedtab.commands.common import check_output_file, check_output_folder, command, stderr, stdout
+from fedtab.commands.common import (QuietOpt, ReplaceOpt, SeedOpt, TableOpt, check_output_file, check_output_folder,
+                                    check_seed, command, stderr, stdout)
 from fedtab.errors import ConfigError
 
-TRANSPORT_HELP = "inprocess (all sites in this process) or flower (Flower's simulation engine)."
+TRANSPORT_HELP = ("How the simulated sites are run: inprocess (every site in this process) or flower (Flower's "
+                  "simulation engine).")
 TransportOpt = typer.Option("inprocess", "--transport", help=TRANSPORT_HELP,
                             click_type=click.Choice(["inprocess", "flower"]))
+ConfigArg = typer.Argument(..., metavar="CONFIG", show_default=False,
+                           help="Run configuration (TOML): sites, model, privacy, training, seed "
+                                "(docs: Configuration).")
+ModelArg = typer.Argument(..., metavar="MODEL", show_default=False, help="A model file written by 'fedtab train'.")
 
 
 def register(app: typer.Typer) -> None:
@@ -55,12 +61,16 @@ def round_progress(enabled: bool = True):
 
 
 def train_cmd(
-    config: Path = typer.Argument(..., help="Run configuration (TOML): sites, model, privacy, training, seed."),
-    output: Path = typer.Option(..., "--output", "-o", help="Model file to write (e.g. model.fedtab)."),
+    config: Path = ConfigArg,
+    output: Path = typer.Option(..., "--output", "-o", metavar="FILE",
+                                help="Model file to write (e.g. model.fedtab); replaced if it exists."),
     transport: str = TransportOpt,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = QuietOpt,
 ) -> None:
-    """Train a federated synthesizer across the sites named in CONFIG and write the model file."""
+    """Train a synthesizer across the sites named in CONFIG and write the model file.
+
+    The seed is the configuration's 'seed' key: it fixes what may be public (initial weights, holdout
+    split); the DP noise is secret and never seeded."""
     from fedtab.api import FederatedSynthesizer
     from fedtab.config import load_config
 
@@ -78,32 +88,32 @@ def train_cmd(
 
 
 def sample_cmd(
-    model: Path = typer.Argument(..., help="A model file written by 'fedtab train'."),
-    n: int = typer.Option(..., "-n", "--rows", help="Number of synthetic rows (at least 1; the ceiling depends on "
-                                                   "this machine's memory and is named when exceeded)."),
-    output: str = typer.Option(..., "--output", "-o", help="Output .csv, .csv.gz or .parquet file, or SQL URL."),
-    table: Optional[str] = typer.Option(None, "--table", "-t", help="Table name, for a database URL."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (default: the model's seed)."),
-    replace: bool = typer.Option(False, "--replace", help="Overwrite an existing output."),
+    model: Path = ModelArg,
+    n: int = typer.Option(..., "-n", "--rows", metavar="N", help="Rows to draw (at least 1; the ceiling depends on "
+                                                               "this machine's memory and is named when exceeded)."),
+    output: str = typer.Option(..., "--output", "-o", metavar="FILE|URL",
+                               help="Output .csv, .csv.gz or .parquet file, or a SQLAlchemy URL (with --table)."),
+    table: Optional[str] = TableOpt,
+    seed: Optional[int] = SeedOpt,
+    replace: bool = ReplaceOpt,
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
                                    help="Match every column's marginal to the one the sites agreed on "
                                         "(post-processing, no privacy cost; default on)."),
-    quantile_map: bool = typer.Option(False, "--quantile-map",
-                                      help="Also map numerical columns onto the agreed distributions "
-                                           "(helps tiny DP sites; can hurt columns with point masses)."),
+    quantile_map: bool = typer.Option(False, "--quantile-map/--no-quantile-map",
+                                      help="Map numerical columns onto the agreed marginals when sampling (helps "
+                                           "tiny DP sites; can hurt columns with point masses). Default: off."),
     relabel: Optional[bool] = typer.Option(None, "--relabel/--no-relabel",
                                            help="For a model trained with a target: draw the target again from "
                                                 "its two-way tables, or keep the generator's and rake onto them "
                                                 "(default: redraw, unless a non-DP model is conditioned on the target)."),
 ) -> None:
-    """Sample N synthetic rows from a model file."""
+    """Draw N synthetic rows from a model file (no site is asked, no privacy cost)."""
     import connectors
     from fedtab.api import load
 
     if n < 1:
         raise ConfigError(f"The '-n' option must be a whole number >= 1. Got {n} instead.")
-    if seed is not None and not 0 <= seed < 2**32:
-        raise ConfigError(f"The '--seed' option must be a whole number in [0, 2**32). Got {seed} instead.")
+    check_seed(seed)
     check_output_file(output, replace=replace, what="synthetic table")
     synth = load(model)
     frame = synth.sample(n, seed=seed, calibrate=calibrate, quantile_map=quantile_map, relabel=relabel)
@@ -112,13 +122,17 @@ def sample_cmd(
 
 
 def demo_cmd(
-    out: Path = typer.Option(Path("fedtab-demo"), "--out", help="Folder for the demo's outputs."),
-    epsilon: float = typer.Option(1.0, "--epsilon", help="Privacy budget per hospital (preprocessing included)."),
-    rounds: int = typer.Option(10, "--rounds", help="Federated rounds."),
-    rows: Optional[int] = typer.Option(None, "--rows", min=1, help="Synthetic rows to sample (default: as many as the hospitals' training rows)."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of what may be public: initial weights, "
-                             "holdout split, sampling (the DP noise is secret, never seeded)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    out: Path = typer.Option(Path("fedtab-demo"), "--out", metavar="DIR",
+                             help="Folder for the demo's outputs (created if missing)."),
+    epsilon: float = typer.Option(1.0, "--epsilon", metavar="EPSILON",
+                                  help="Privacy budget per hospital (preprocessing included)."),
+    rounds: int = typer.Option(10, "--rounds", metavar="N", help="Federated training rounds."),
+    rows: Optional[int] = typer.Option(None, "-n", "--rows", min=1, metavar="N",
+                                       help="Rows to draw (default: as many as the hospitals' training rows)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, metavar="SEED",
+                             help="Job seed, in [0, 2**32): fixes what may be public (initial weights, holdout "
+                                  "split, sampling); the DP noise is secret and never seeded."),
+    quiet: bool = QuietOpt,
 ) -> None:
     """Run the whole flow on the bundled UCI Heart Disease data (4 real hospitals, CC BY 4.0)."""
     from fedtab.demo import run_demo

@@ -7,14 +7,19 @@ from typing import Optional
 
 import typer
 
-from fedtab.commands.common import check_output_file, check_output_folder, command, stdout
-from fedtab.commands.model import TransportOpt, round_progress
+from fedtab.commands.common import (PolicyOpt, QuietOpt, SeedOpt, SiteReportsOpt, check_output_file,
+                                    check_output_folder, check_seed, command, stdout)
+from fedtab.commands.model import ConfigArg, ModelArg, TransportOpt, round_progress
 
-TargetOpt = typer.Option(None, "--target", help="Target column for the utility figures (default: the config's).")
+TargetOpt = typer.Option(None, "--target", metavar="COLUMN",
+                         help="Target column for the utility figures (default: the configuration's 'target').")
 QuantileMapOpt = typer.Option(
     None, "--quantile-map/--no-quantile-map",
-    help="Map numerical columns onto the agreed marginals when sampling (default: the configuration's "
-         "[sampling] quantile_map).")
+    help="Map numerical columns onto the agreed marginals when sampling (helps tiny DP sites; can hurt columns "
+         "with point masses). Default: the configuration's sampling.quantile_map.")
+RowsOpt = typer.Option(None, "-n", "--rows", min=1, metavar="N",
+                       help="Rows each site draws. Default: the sites' total training rows, as they reported them "
+                            "(noisy under DP).")
 
 
 def _quantile_map(cfg, flag: bool | None) -> bool:
@@ -28,22 +33,24 @@ def register(app: typer.Typer) -> None:
 
 
 def evaluate_cmd(
-    model: Path = typer.Argument(..., help="A model file written by 'fedtab train'."),
-    config: Path = typer.Argument(..., help="The run configuration naming the sites (TOML)."),
-    output: Path = typer.Option(Path("report.html"), "--output", "-o",
-                                help="Public report to write (HTML; JSON beside it)."),
-    synthetic: Optional[str] = typer.Option(None, "--synthetic", hidden=True),
-    rows: Optional[int] = typer.Option(None, "-n", "--rows", min=1, help="Rows the sites draw (default: the sites' total)."),
+    model: Path = ModelArg,
+    config: Path = ConfigArg,
+    output: Path = typer.Option(Path("report.html"), "--output", "-o", metavar="FILE",
+                                help="Public report to write (HTML; its JSON beside it); replaced if it exists."),
+    synthetic: Optional[str] = typer.Option(None, "--synthetic", hidden=True,
+                                            help="No longer accepted (sites score only tables they draw)."),
+    rows: Optional[int] = RowsOpt,
     target: Optional[str] = TargetOpt,
-    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (default: the model's)."),
+    seed: Optional[int] = SeedOpt,
     transport: str = TransportOpt,
     quantile_map: Optional[bool] = QuantileMapOpt,
-    policy: Optional[Path] = typer.Option(None, "--policy", help="Release policy (TOML); default: the shipped one."),
-    site_reports: Optional[Path] = typer.Option(
-        None, "--site-reports", help="Folder for each site's own report (default: its ledger folder)."),
+    policy: Optional[Path] = PolicyOpt,
+    site_reports: Optional[Path] = SiteReportsOpt,
 ) -> None:
-    """Have every site draw a table from the model, score it against its own rows and decide each
-    check at home; only the sites' verdicts leave them. Writes the public report."""
+    """Score a model at every site and write the public report.
+
+    Every site draws the same table from the model, scores it against its own rows and decides each
+    check of the policy at home; only its verdicts leave it."""
     from fedtab.api import load
     from fedtab.assess import evaluate, write_public
     from fedtab.config import load_config
@@ -53,6 +60,7 @@ def evaluate_cmd(
         raise ConfigError("--synthetic is no longer accepted: sites evaluate only tables they draw themselves from "
                           "the model they trained. Give --rows, --seed and --quantile-map instead; 'fedtab sample' "
                           "with the same settings draws the same table.")
+    check_seed(seed)
     cfg = load_config(config)
     check_output_file(output, replace=True, what="public report")  # before any site is asked
     check_output_file(Path(output).with_suffix(".json"), replace=True, what="public figures")
@@ -69,25 +77,29 @@ def evaluate_cmd(
 
 
 def release_cmd(
-    config: Path = typer.Argument(..., help="The run configuration (TOML): sites, model, privacy, training."),
-    policy: Optional[Path] = typer.Option(None, "--policy", help="Release policy (TOML); default: the shipped one."),
-    out: Path = typer.Option(Path("fedtab-release"), "--out", help="Folder for the outputs."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Use this model file instead of training."),
-    rows: Optional[int] = typer.Option(None, "-n", "--rows", min=1, help="Rows to sample (default: the sites' total)."),
+    config: Path = ConfigArg,
+    policy: Optional[Path] = PolicyOpt,
+    out: Path = typer.Option(Path("fedtab-release"), "--out", metavar="DIR",
+                             help="Folder for the public report, audit record and (if released) the table."),
+    model: Optional[Path] = typer.Option(None, "--model", metavar="FILE",
+                                         help="Use this model file (written by 'fedtab train') instead of training."),
+    rows: Optional[int] = RowsOpt,
     target: Optional[str] = TargetOpt,
-    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (default: the model's)."),
+    seed: Optional[int] = SeedOpt,
     transport: str = TransportOpt,
     quantile_map: Optional[bool] = QuantileMapOpt,
-    site_reports: Optional[Path] = typer.Option(
-        None, "--site-reports", help="Folder for each site's own report (default: its ledger folder)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    site_reports: Optional[Path] = SiteReportsOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
-    """Train (or load) a model; every site draws the table from it and decides each check at home; the
-    table is released only if every site passes every check."""
+    """Train (or load) a model and release its table only if every site passes every check.
+
+    Every site draws the table from the model and decides each check at home; a refusal exits with
+    code 10 and releases nothing."""
     from fedtab.api import FederatedSynthesizer, load
     from fedtab.assess import release
     from fedtab.config import load_config
 
+    check_seed(seed)
     cfg = load_config(config)
     check_output_folder(out, what="release folder")  # before any site is asked
     if site_reports is not None:
