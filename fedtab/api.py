@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import os
 import uuid
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,10 @@ class FederatedSynthesizer:
     above 1e-5, and its refusal releases nothing. ``ledger_dir``: keep each site's lasting ledger in
     ``<ledger_dir>/<site>/ledger.jsonl``, so that repeated runs on the same data add up against each
     site's ``max_total_epsilon`` (default: a ledger that lives as long as this ``fit``).
+
+    ``signing_key``: the coordinator's Ed25519 private key (a file from ``fedtab signing-keygen``, or
+    a key object): ``save`` signs the model file with it and ``fedtab.release`` the audit record too
+    (``fedtab.signing``); default None: files are written unsigned, as before.
     """
 
     def __init__(self, model: str = "auto", *, epsilon: float | None = None, delta: float = 1e-5,
@@ -87,6 +92,7 @@ class FederatedSynthesizer:
                  missing_markers: tuple[str, ...] = ("?",), holdout: float = 0.2, transport: str = "inprocess",
                  model_options: Mapping[str, Any] | None = None, target: str | None = None,
                  parallel_sites: int | None = None, site_column: str | None = None,
+                 signing_key: str | os.PathLike | Any | None = None,
                  progress: Progress | None = None, site_policy: SitePolicy | Mapping[str, SitePolicy] | None = None,
                  ledger_dir: str | os.PathLike | None = None, secure_aggregation: bool = True):
         self.model = model
@@ -109,6 +115,7 @@ class FederatedSynthesizer:
         self.progress = progress
         self.site_policy = site_policy
         self.ledger_dir = ledger_dir
+        self.signing_key = signing_key
         self.secure_aggregation = secure_aggregation
         self._check_params()  # a misspelt model or a budget of 'x' is refused here, not after the sites' work
 
@@ -135,6 +142,13 @@ class FederatedSynthesizer:
         if self.schema is not None and not isinstance(self.schema, (TableSchema, str, os.PathLike)):
             problems.append(f"'schema' must be a TableSchema, the path of a schema JSON file or None. Got "
                             f"{type(self.schema).__name__} instead.")
+        if self.signing_key is not None:  # a missing or world-readable key is refused before any site is asked
+            from fedtab.signing import load_signing_key
+
+            try:
+                load_signing_key(self.signing_key)
+            except ConfigError as e:
+                problems.append(f"'signing_key': {e}")
         if problems:
             raise ConfigError("Invalid FederatedSynthesizer parameters:\n" + "\n".join(f"  - {p}" for p in problems))
         return privacy, training
@@ -178,6 +192,7 @@ class FederatedSynthesizer:
                    max_grad_norm=config.training.max_grad_norm, seed=config.seed, schema=config.schema_path,
                    missing_markers=config.missing_markers, holdout=config.holdout, transport=transport,
                    model_options=config.model_options, target=config.target, site_column=config.site_column,
+                   signing_key=config.signing_key,
                    progress=progress, ledger_dir=config.ledger_dir,
                    secure_aggregation=config.privacy.secure_aggregation)
 
@@ -318,13 +333,15 @@ class FederatedSynthesizer:
             return CALIBRATION_OVERSAMPLE * n
         return max(CALIBRATION_OVERSAMPLE * n, min(SITE_CALIBRATION_OVERSAMPLE * n, MAX_CANDIDATES))
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the model file (safetensors + JSON; see ``fedtab.modelfile``)."""
-        return save_bundle(path, self._bundle())
+    def save(self, path: str | os.PathLike, *, signing_key: str | os.PathLike | Any | None = None) -> Path:
+        """Write the model file (safetensors + JSON; see ``fedtab.modelfile``), signed with ``signing_key``
+        (default: this synthesizer's ``signing_key``; neither: unsigned)."""
+        key = self.signing_key if signing_key is None else signing_key
+        return save_bundle(path, self._bundle(), signing_key=key)
 
     def to_bytes(self) -> bytes:
         """The model file's bytes (what ``save`` writes)."""
-        return bundle_bytes(self._bundle())
+        return bundle_bytes(self._bundle(), signing_key=self.signing_key)
 
     def _bundle(self) -> ModelBundle:
         check_is_fitted(self, "weights_")
@@ -376,9 +393,25 @@ def check_sample_request(n, seed, *, n_columns: int, oversample: int = 1) -> Non
         raise ConfigError(f"The 'seed' must be a whole number in [0, 2**32). Got {seed!r} instead.")
 
 
-def load(path: str | os.PathLike) -> FederatedSynthesizer:
-    """Load a model file written by ``FederatedSynthesizer.save`` or ``fedtab train``."""
-    return from_bundle(load_bundle(path), source=str(path))
+def load(path: str | os.PathLike, *, trusted_keys=None) -> FederatedSynthesizer:
+    """Load a model file written by ``FederatedSynthesizer.save`` or ``fedtab train``.
+
+    ``trusted_keys``: the coordinator's public key file(s) (``fedtab signing-keygen``'s PATH.pub) or key
+    objects; default: the files named in ``FEDTAB_TRUSTED_KEYS``. With any, a file not signed by one of
+    them is refused (``SignatureError``, exit code 7) and ``signed_by_`` holds the signer's fingerprint;
+    with none, the file is read with a ``SignatureNotCheckedWarning`` (``fedtab.signing``). Either way
+    its content hash catches accidental corruption."""
+    from fedtab.errors import SignatureNotCheckedWarning
+    from fedtab.signing import NOT_CHECKED, TRUSTED_KEYS_ENV, resolve_trusted_keys
+
+    trusted = resolve_trusted_keys(trusted_keys)
+    bundle = load_bundle(path, trusted_keys=trusted)
+    synth = from_bundle(bundle, source=str(path))
+    synth.signed_by_ = bundle.signed_by
+    if not trusted:
+        warnings.warn(f"{NOT_CHECKED} (pass trusted_keys= or set {TRUSTED_KEYS_ENV})", SignatureNotCheckedWarning,
+                      stacklevel=2)
+    return synth
 
 
 def from_bundle(b: ModelBundle, *, source: str = "model file") -> FederatedSynthesizer:

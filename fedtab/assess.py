@@ -84,11 +84,11 @@ class ReleaseResult:
     outputs: dict[str, Path] = field(default_factory=dict)
 
 
-def _synthesizer(model):
+def _synthesizer(model, trusted_keys=None):
     from fedtab.api import FederatedSynthesizer, load
 
     if isinstance(model, (str, os.PathLike)):
-        return load(model)
+        return load(model, trusted_keys=trusted_keys)
     if isinstance(model, FederatedSynthesizer):
         from fedtab.errors import check_is_fitted
 
@@ -120,8 +120,8 @@ def sampling_settings(synth, *, n: int | None, seed: int | None, quantile_map: b
 
 def evaluate(model, sites: Mapping, *, n: int | None = None, target: str | None = None, seed: int | None = None,
              transport: str = "inprocess", quantile_map: bool = False, ledger_dir: str | os.PathLike | None = None,
-             policy=None, report_dir: str | os.PathLike | None = None, synthetic: pd.DataFrame | None = None
-             ) -> ConsortiumEvaluation:
+             policy=None, report_dir: str | os.PathLike | None = None, synthetic: pd.DataFrame | None = None,
+             trusted_keys=None) -> ConsortiumEvaluation:
     """Have every site evaluate a table drawn from ``model``; returns their verdicts.
 
     Each site draws ``n`` rows with ``seed`` (and ``quantile_map``, see ``FederatedSynthesizer.sample``)
@@ -130,7 +130,8 @@ def evaluate(model, sites: Mapping, *, n: int | None = None, target: str | None 
     recorded the model it trained (default: the synthesizer's own, or the books it kept in memory when it
     trained in this process); each site's full report goes to ``<ledger_dir>/<site>/reports`` (else to
     ``<report_dir>/<site>`` when given). Each evaluation counts against the site's ``max_evaluations``.
-    ``synthetic`` is refused: sites evaluate only tables they draw themselves.
+    ``synthetic`` is refused: sites evaluate only tables they draw themselves. ``trusted_keys``: for a
+    model file path, the keys its signature must be by (``fedtab.load``).
     """
     from fedtab.api import _make_worker, _site_source
 
@@ -139,7 +140,7 @@ def evaluate(model, sites: Mapping, *, n: int | None = None, target: str | None 
             "'synthetic': sites evaluate only tables they draw themselves from the model they trained (a table of "
             "the coordinator's choosing could read their rows back). Pass the sampling settings instead (n, seed, "
             "quantile_map); FederatedSynthesizer.sample(n, seed=seed, quantile_map=...) draws the same table.")
-    synth = _synthesizer(model)
+    synth = _synthesizer(model, trusted_keys)
     policy, _ = _policy(policy)
     sampling = sampling_settings(synth, n=n, seed=seed, quantile_map=quantile_map)
     if ledger_dir is None:
@@ -193,20 +194,24 @@ def default_rows(synth, n: int | None = None) -> int:
 def release(model, sites: Mapping, out_dir: str | os.PathLike, *, policy=None, n: int | None = None,
             target: str | None = None, seed: int | None = None, transport: str = "inprocess",
             model_path: str | os.PathLike | None = None, quantile_map: bool = False,
-            ledger_dir: str | os.PathLike | None = None, report_dir: str | os.PathLike | None = None) -> ReleaseResult:
+            ledger_dir: str | os.PathLike | None = None, report_dir: str | os.PathLike | None = None,
+            trusted_keys=None, signing_key=None) -> ReleaseResult:
     """Have the sites evaluate a table drawn from ``model``, apply the release gate, write the outputs.
 
     Always writes the public report (HTML + JSON: the table's own statistics, each site's verdicts, the
     ledgers) and an audit record; writes the synthetic table only when every site passed every check.
     Raises ``ReleaseRefusedError`` naming every failed check otherwise. Each site's full report stays
     with the site (see ``evaluate``). ``quantile_map``: see ``FederatedSynthesizer.sample``.
+    ``trusted_keys``: for a model file path, the keys its signature must be by (``fedtab.load``).
+    ``signing_key``: sign the model file written here and the audit record (default: the synthesizer's).
     """
-    synth = _synthesizer(model)
+    synth = _synthesizer(model, trusted_keys)
     policy_obj, policy_path = _policy(policy)
     ev = evaluate(synth, sites, n=n, target=target, seed=seed, transport=transport, quantile_map=quantile_map,
                   ledger_dir=ledger_dir, policy=policy_obj, report_dir=report_dir)
     table = synth.sample_typed(ev.sampling["n"], seed=ev.sampling["seed"], quantile_map=ev.sampling["quantile_map"])
-    return gate_and_write(synth, table, ev, out_dir, policy=policy_obj, policy_path=policy_path, model_path=model_path)
+    return gate_and_write(synth, table, ev, out_dir, policy=policy_obj, policy_path=policy_path, model_path=model_path,
+                          signing_key=signing_key)
 
 
 def _gate_public(synth, table: pd.DataFrame, ev: ConsortiumEvaluation, html_path: str | os.PathLike, policy):
@@ -234,9 +239,11 @@ def write_public(synth, ev: ConsortiumEvaluation, html_path: str | os.PathLike, 
 
 def gate_and_write(synth, table: pd.DataFrame, ev: ConsortiumEvaluation, out_dir: str | os.PathLike, *, policy=None,
                    policy_path: str | os.PathLike | None = None,
-                   model_path: str | os.PathLike | None = None) -> ReleaseResult:
+                   model_path: str | os.PathLike | None = None, signing_key=None) -> ReleaseResult:
     """Apply the release gate to the sites' verdicts on ``table`` and write the public report, audit
-    record and, if released, the table (``ReleaseRefusedError`` naming every failed check otherwise)."""
+    record and, if released, the table (``ReleaseRefusedError`` naming every failed check otherwise).
+    ``signing_key`` (default: the synthesizer's ``signing_key``) signs the model file written here and
+    the audit record."""
     import connectors
     from fedtab.release import audit_record, write_audit
 
@@ -246,8 +253,10 @@ def gate_and_write(synth, table: pd.DataFrame, ev: ConsortiumEvaluation, out_dir
     out.mkdir(parents=True, exist_ok=True)
     verdict, ledger, html, js = _gate_public(synth, table, ev, out / "report.html", policy)
     outputs = {"report": html, "figures": js}
+    if signing_key is None:
+        signing_key = getattr(synth, "signing_key", None)
     if model_path is None:
-        model_path = synth.save(out / "model.fedtab")
+        model_path = synth.save(out / "model.fedtab", signing_key=signing_key)
     outputs["model"] = Path(model_path)
     table_path = None
     if verdict.released:
@@ -259,7 +268,7 @@ def gate_and_write(synth, table: pd.DataFrame, ev: ConsortiumEvaluation, out_dir
         outputs["synthetic table"] = table_path
     record = audit_record(policy=policy, verdict=verdict, ledger=ledger, model_path=model_path,
                           synthetic_path=table_path, report_path=outputs["report"], policy_path=policy_path)
-    outputs["audit record"] = write_audit(record, out / "audit.json")
+    outputs["audit record"] = write_audit(record, out / "audit.json", signing_key=signing_key)
     result = ReleaseResult(verdict=verdict, evaluation=ev, outputs=outputs)
     if not verdict.released:
         failed = "\n".join(f"  - {c.name} ({c.threshold}): {c.message}" for c in verdict.failed)

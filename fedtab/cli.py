@@ -17,7 +17,7 @@ from fedtab import __version__
 from fedtab.commands.common import DEBUG_ENV, exit_code_for
 
 COMMAND_MODULES = ("fedtab.commands.data", "fedtab.commands.model", "fedtab.commands.release",
-                   "fedtab.commands.deploy")
+                   "fedtab.commands.deploy", "fedtab.commands.keys")
 
 app = typer.Typer(
     name="fedtab",

@@ -6,6 +6,8 @@ Example (paths are relative to the TOML file)::
     schema = "heart_schema.json"      # required under DP; without DP the sites may infer and agree
     ledger_dir = "ledgers"             # optional: each site's lasting ledger (<dir>/<site>/ledger.jsonl),
                                        # so that repeated runs on the same data add up
+    signing_key = "keys/coordinator"   # optional: sign the model file and audit record (Ed25519 key made
+                                       # by 'fedtab signing-keygen'; fedtab.signing)
     missing_markers = ["?"]
     holdout = 0.2                      # share of each site's rows set aside for evaluation
 
@@ -115,6 +117,7 @@ class RunConfig:
     site_column: str | None = None
     sampling: SamplingSettings = SamplingSettings()
     ledger_dir: str | None = None
+    signing_key: str | None = None  # the coordinator's Ed25519 private key file
 
 
 def _num(problems: list[str], where: str, v: Any, *, lo: float, hi: float = math.inf,
@@ -196,7 +199,7 @@ def check_site_names(names, *, where: str = "") -> list[str]:
 
 
 _TOP = {"seed", "schema", "missing_markers", "holdout", "target", "site_column", "model", "privacy", "training",
-        "sampling", "sites", "ledger_dir"}
+        "sampling", "sites", "ledger_dir", "signing_key"}
 
 
 def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "config",
@@ -283,6 +286,19 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
         problems.append("'schema' must name the consortium's schema file under DP (privacy.epsilon is set): sites "
                         "never infer a schema for the coordinator; run 'fedtab schema infer' at a site, review it "
                         "(declare public bounds and categories) and name it here")
+    signing_key = data.get("signing_key")
+    if signing_key is not None:
+        if not isinstance(signing_key, str) or not signing_key:
+            problems.append(f"'signing_key' must be the path of an Ed25519 private key file. Got {signing_key!r} instead.")
+            signing_key = None
+        else:
+            from fedtab.signing import load_signing_key
+
+            signing_key = _resolve(signing_key, base_dir)
+            try:  # refused here, before any site is asked, not when the model file is written
+                load_signing_key(signing_key)
+            except ConfigError as e:
+                problems.append(f"'signing_key': {e}")
     site_column = data.get("site_column")
     if site_column is not None and (not isinstance(site_column, str) or not site_column):
         problems.append(f"'site_column' must be a column name (e.g. \"hospital\"). Got {site_column!r} instead.")
@@ -293,6 +309,7 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
         seed=seed, schema_path=_resolve(schema, base_dir) if isinstance(schema, str) else None,
         missing_markers=tuple(markers), holdout=float(holdout), target=data.get("target"), site_column=site_column,
         sampling=sampling, ledger_dir=_resolve(ledger_dir, base_dir) if isinstance(ledger_dir, str) else None,
+        signing_key=signing_key,
     )
 
 

@@ -15,7 +15,9 @@ code  class                      meaning
 4     DataValidationError        a table does not match its schema (every problem is listed)
 5     SourceError                a file or database table cannot be read or written
 6     PrivacyBudgetError         a spend would exceed a site's privacy budget; nothing was released
-7     ModelFileError             a model file is tampered with, foreign or unreadable
+7     ModelFileError             a model file is tampered with, foreign or unreadable; a model file
+                                 or audit record whose signature is missing or not by a trusted key
+                                 (``SignatureError``)
 8     NotFittedError             a synthesizer/transformer was used before ``fit``
 9     FederationError            a site failed or too few sites remain
 10    ReleaseRefusedError        the release gate refused the synthetic table
@@ -112,6 +114,15 @@ class ModelFileError(FedtabError, ValueError):
     """A model file is tampered with, comes from another program, or cannot be read."""
 
     exit_code = 7
+
+
+class SignatureError(ModelFileError):
+    """A model file or audit record is unsigned, or its signature is not a trusted key's (checked only
+    when a trusted key is configured: ``fedtab.signing``)."""
+
+
+class SignatureNotCheckedWarning(UserWarning):
+    """A model file was loaded without a trusted key configured: its signature was not checked."""
 
 
 class NotFittedError(FedtabError, ValueError, AttributeError):

@@ -5,7 +5,10 @@ arrays of the manifest (encoding parameters); the safetensors header's metadata 
 ``format``, the manifest JSON (schema, encoding, model config, training config, privacy ledger,
 package versions) and ``content_sha256``, a hash over the manifest and every tensor. Loading
 re-computes the hash: a file edited after it was written, or one another program wrote, fails
-with ``ModelFileError`` before anything in it is used.
+with ``ModelFileError`` before anything in it is used. The hash is unkeyed: it catches accidental
+corruption, not an attacker, who can recompute it. Against an attacker the coordinator signs the file
+(``signature`` in the same metadata, an Ed25519 signature over ``content_sha256``:
+``fedtab.signing``), and a reader with trusted keys refuses a file they did not sign.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class ModelBundle:
 
     manifest: dict[str, Any]
     weights: dict[str, np.ndarray]
+    signed_by: str | None = None  # the trusted key's fingerprint, when the signature was checked
 
 
 def content_hash(manifest_json: str, tensors: dict[str, np.ndarray]) -> str:
@@ -47,28 +51,37 @@ def content_hash(manifest_json: str, tensors: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def bundle_bytes(bundle: ModelBundle) -> bytes:
-    """The model file's bytes (what ``save_bundle`` writes; what a site receives to evaluate)."""
+def bundle_bytes(bundle: ModelBundle, *, signing_key=None) -> bytes:
+    """The model file's bytes (what ``save_bundle`` writes; what a site receives to evaluate), signed
+    with ``signing_key`` (an Ed25519 private key or its file: ``fedtab.signing``) when one is given."""
     from safetensors.numpy import save
 
     packed = pack(bundle.manifest)
     tensors = {_MANIFEST + k: v for k, v in packed.arrays.items()}
     tensors.update({_MODEL + k: np.ascontiguousarray(v) for k, v in bundle.weights.items()})
+    digest = content_hash(packed.json, tensors)
     meta = {
         "format": FORMAT,
         "manifest": packed.json,
-        "content_sha256": content_hash(packed.json, tensors),
+        "content_sha256": digest,
     }
+    if signing_key is not None:
+        from fedtab import signing
+
+        record = signing.sign(signing.load_signing_key(signing_key), domain=signing.MODEL_DOMAIN,
+                              message=digest.encode())
+        meta[signing.SIGNATURE_KEY] = json.dumps(record, sort_keys=True)
     return save(tensors, metadata=meta)
 
 
-def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
-    """Write the model file atomically (temp file + rename)."""
-    return atomic_write_bytes(path, bundle_bytes(bundle))
+def save_bundle(path: str | os.PathLike, bundle: ModelBundle, *, signing_key=None) -> Path:
+    """Write the model file atomically (temp file + rename), signed when ``signing_key`` is given."""
+    return atomic_write_bytes(path, bundle_bytes(bundle, signing_key=signing_key))
 
 
-def load_bundle(path: str | os.PathLike) -> ModelBundle:
-    """Read and verify a model file."""
+def load_bundle(path: str | os.PathLike, *, trusted_keys: tuple = ()) -> ModelBundle:
+    """Read and verify a model file (and its signature, when ``trusted_keys`` holds any: see
+    ``read_bundle``)."""
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -76,11 +89,13 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
         raise ModelFileError(f"{p}: model file not found. Train one with 'fedtab train CONFIG.toml -o {p}'.") from None
     except OSError as e:
         raise ModelFileError(f"{p}: cannot read the model file ({e.strerror}).") from None
-    return read_bundle(data, source=str(p))
+    return read_bundle(data, source=str(p), trusted_keys=trusted_keys)
 
 
-def read_bundle(data: bytes, *, source: str = "model file") -> ModelBundle:
-    """Verify and read a model file's bytes (``source`` names it in errors)."""
+def read_bundle(data: bytes, *, source: str = "model file", trusted_keys: tuple = ()) -> ModelBundle:
+    """Verify and read a model file's bytes (``source`` names it in errors). ``trusted_keys``: Ed25519
+    public keys (``fedtab.signing.resolve_trusted_keys``); when any is given, a file that is unsigned or
+    not signed by one of them is refused (``SignatureError``) before anything in it is used."""
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
@@ -104,10 +119,27 @@ def read_bundle(data: bytes, *, source: str = "model file") -> ModelBundle:
             f"{p}: content hash mismatch: the file was modified after fedtab wrote it (or is corrupt). "
             "Do not use it; ask its sender for the original."
         )
+    signed_by = _check_signature(meta, tuple(trusted_keys), source=p) if trusted_keys else None
     arrays = {k[len(_MANIFEST):]: v for k, v in tensors.items() if k.startswith(_MANIFEST)}
     weights = {k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)}
     manifest = unpack(Packed(json=manifest_json, arrays=arrays))
-    return ModelBundle(manifest=manifest, weights=weights)
+    return ModelBundle(manifest=manifest, weights=weights, signed_by=signed_by)
+
+
+def _check_signature(meta: dict[str, str], trusted: tuple, *, source: str) -> str:
+    """The signer's fingerprint, once the signature over the (just re-computed) content hash checks out
+    against a trusted key; else ``SignatureError``."""
+    from fedtab import signing
+
+    raw = meta.get(signing.SIGNATURE_KEY)
+    record = None
+    if raw is not None:
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError:
+            record = "malformed"
+    return signing.verify(record, trusted, domain=signing.MODEL_DOMAIN, message=meta["content_sha256"].encode(),
+                          source=source)
 
 
 def model_digest(model: str, model_options: dict[str, Any], encoding_sha256: str, weights: dict[str, np.ndarray],

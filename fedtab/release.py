@@ -549,8 +549,13 @@ def audit_record(
     }
 
 
-def write_audit(record: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write the audit record as JSON atomically."""
+def write_audit(record: Mapping[str, Any], path: str | os.PathLike, *, signing_key=None) -> Path:
+    """Write the audit record as JSON atomically, signed with ``signing_key`` (the coordinator's Ed25519
+    key: a ``signature`` entry over the record's canonical JSON, ``fedtab.signing``) when one is given."""
+    if signing_key is not None:
+        from fedtab.signing import sign_record
+
+        record = sign_record(record, signing_key)
     return atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
 
 

@@ -16,7 +16,9 @@ from fedtab.errors import ConfigError
 
 def register(app: typer.Typer) -> None:
     command(app, "coordinator")(coordinator_cmd)
-    command(app, "site")(site_cmd)
+    from fedtab.commands.keys import add_site_group
+
+    add_site_group(app, site_cmd)  # 'fedtab site --config site.toml' and 'fedtab site keygen PATH'
     command(app, "trial-keys")(trial_keys_cmd)
 
 
@@ -83,11 +85,20 @@ def _report_verdict(verdict: dict) -> None:
 
 
 def site_cmd(
-    config: Path = typer.Option(..., "--config", "-c", metavar="FILE",
-                                help="This site's site.toml (docs: Configuration, site.toml)."),
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", metavar="FILE",
+                                          help="This site's site.toml (docs: Configuration, site.toml)."),
 ) -> None:
-    """Serve this site: its table stays here; a Flower SuperNode connects it to the coordinator."""
+    """Serve this site: its table stays here; a Flower SuperNode connects it to the coordinator.
+
+    'fedtab site keygen PATH' makes the site's key pair here (only PATH.pub goes to the coordinator)."""
     from fedtab.deploy.runner import run_site
+
+    if ctx.invoked_subcommand is not None:
+        return
+    if config is None:
+        raise ConfigError("Missing option '--config': give this site's site.toml (or run 'fedtab site keygen PATH' "
+                          "to make its key pair).")
 
     run_site(config, on_event=lambda message: stderr().print(message))
 
@@ -100,14 +111,19 @@ def trial_keys_cmd(
                                    help="A name or IP address the SuperLink's certificate is valid for (repeat "
                                         "for several)."),
 ) -> None:
-    """Make a self-signed CA, a SuperLink certificate and one SuperNode key per site (for trials)."""
+    """Make a self-signed CA, a SuperLink certificate and one SuperNode key per site (trials only).
+
+    Every site's private key is made here, at the coordinator: that is for a trial. In a consortium
+    each site runs 'fedtab site keygen PATH' and sends only PATH.pub."""
     from fedtab.config import check_site_names
-    from fedtab.deploy.pki import make_node_key, make_tls
+    from fedtab.deploy.pki import make_node_key, make_tls, node_key_files, tls_files
+    from fedtab.signing import check_new_files
 
     problems = check_site_names(site)
     if problems:  # a name becomes a file name: '../evil' would write outside OUT
         raise ConfigError("--site: " + "; ".join(problems))
     check_output_folder(out, what="keys folder")
+    check_new_files([*tls_files(out), *(f for name in site for f in node_key_files(out, name))])  # none written yet
     pki = make_tls(out, hosts=tuple(host))
     console = stdout()
     console.print(f"CA certificate: {pki.ca_certfile}\nSuperLink certificate: {pki.certfile}\n"

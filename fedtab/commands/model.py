@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedtab.commands.common import (QuietOpt, ReplaceOpt, SeedOpt, TableOpt, check_output_file, check_output_folder,
                                     check_seed, command, stderr, stdout)
+from fedtab.commands.keys import TrustedKeyOpt
 from fedtab.errors import ConfigError
 
 TRANSPORT_HELP = ("How the simulated sites are run: inprocess (every site in this process) or flower (Flower's "
@@ -80,6 +81,10 @@ def train_cmd(
         synth = FederatedSynthesizer.from_config(cfg, transport=transport, progress=on_event)
         synth.fit({name: src for name, src in cfg.sites.items()})
     path = synth.save(output)
+    if cfg.signing_key is not None:
+        from fedtab.signing import fingerprint, load_signing_key
+
+        stdout().print(f"model file signed by {fingerprint(load_signing_key(cfg.signing_key).public_key())}")
     _print_ledger(synth)
     choice = getattr(synth, "model_choice_", None)
     if choice is not None:  # the configuration named no model: say which was chosen, and why
@@ -106,16 +111,18 @@ def sample_cmd(
                                            help="For a model trained with a target: draw the target again from "
                                                 "its two-way tables, or keep the generator's and rake onto them "
                                                 "(default: redraw, unless a non-DP model is conditioned on the target)."),
+    trusted_key: Optional[list[Path]] = TrustedKeyOpt,
 ) -> None:
     """Draw N synthetic rows from a model file (no site is asked, no privacy cost)."""
     import connectors
-    from fedtab.api import load
+    from fedtab.commands.keys import load_model, trusted_keys
 
     if n < 1:
         raise ConfigError(f"The '-n' option must be a whole number >= 1. Got {n} instead.")
     check_seed(seed)
+    trusted = trusted_keys(trusted_key)  # read (or refused) before any work
     check_output_file(output, replace=replace, what="synthetic table")
-    synth = load(model)
+    synth = load_model(model, trusted)
     frame = synth.sample(n, seed=seed, calibrate=calibrate, quantile_map=quantile_map, relabel=relabel)
     connectors.write_table(frame, output, table=table, if_exists="replace" if replace else "fail")
     stdout().print(f"{len(frame)} synthetic rows written to {output}")

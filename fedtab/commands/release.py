@@ -9,6 +9,7 @@ import typer
 
 from fedtab.commands.common import (PolicyOpt, QuietOpt, SeedOpt, SiteReportsOpt, check_output_file,
                                     check_output_folder, check_seed, command, stdout)
+from fedtab.commands.keys import TrustedKeyOpt
 from fedtab.commands.model import ConfigArg, ModelArg, TransportOpt, round_progress
 
 TargetOpt = typer.Option(None, "--target", metavar="COLUMN",
@@ -46,13 +47,14 @@ def evaluate_cmd(
     quantile_map: Optional[bool] = QuantileMapOpt,
     policy: Optional[Path] = PolicyOpt,
     site_reports: Optional[Path] = SiteReportsOpt,
+    trusted_key: Optional[list[Path]] = TrustedKeyOpt,
 ) -> None:
     """Score a model at every site and write the public report.
 
     Every site draws the same table from the model, scores it against its own rows and decides each
     check of the policy at home; only its verdicts leave it."""
-    from fedtab.api import load
     from fedtab.assess import evaluate, write_public
+    from fedtab.commands.keys import load_model, trusted_keys
     from fedtab.config import load_config
     from fedtab.errors import ConfigError
 
@@ -61,12 +63,13 @@ def evaluate_cmd(
                           "the model they trained. Give --rows, --seed and --quantile-map instead; 'fedtab sample' "
                           "with the same settings draws the same table.")
     check_seed(seed)
+    trusted = trusted_keys(trusted_key)  # read (or refused) before any work
     cfg = load_config(config)
     check_output_file(output, replace=True, what="public report")  # before any site is asked
     check_output_file(Path(output).with_suffix(".json"), replace=True, what="public figures")
     if site_reports is not None:
         check_output_folder(site_reports, what="site reports folder")
-    synth = load(model)
+    synth = load_model(model, trusted)
     ev = evaluate(synth, dict(cfg.sites), n=rows, target=target or cfg.target, seed=seed, transport=transport,
                   ledger_dir=cfg.ledger_dir, quantile_map=_quantile_map(cfg, quantile_map), policy=policy,
                   report_dir=site_reports)
@@ -90,28 +93,32 @@ def release_cmd(
     quantile_map: Optional[bool] = QuantileMapOpt,
     site_reports: Optional[Path] = SiteReportsOpt,
     quiet: bool = QuietOpt,
+    trusted_key: Optional[list[Path]] = TrustedKeyOpt,
 ) -> None:
     """Train (or load) a model and release its table only if every site passes every check.
 
     Every site draws the table from the model and decides each check at home; a refusal exits with
     code 10 and releases nothing."""
-    from fedtab.api import FederatedSynthesizer, load
+    from fedtab.api import FederatedSynthesizer
     from fedtab.assess import release
+    from fedtab.commands.keys import load_model, trusted_keys
     from fedtab.config import load_config
 
     check_seed(seed)
+    trusted = trusted_keys(trusted_key)  # read (or refused) before any work
     cfg = load_config(config)
     check_output_folder(out, what="release folder")  # before any site is asked
     if site_reports is not None:
         check_output_folder(site_reports, what="site reports folder")
     if model is not None:
-        synth = load(model)
+        synth = load_model(model, trusted)
     else:
         with round_progress(not quiet) as on_event:
             synth = FederatedSynthesizer.from_config(cfg, transport=transport, progress=on_event).fit(dict(cfg.sites))
     result = release(synth, dict(cfg.sites), out, policy=policy, n=rows, target=target or cfg.target, seed=seed,
                      transport=transport, model_path=model, ledger_dir=cfg.ledger_dir,
-                     quantile_map=_quantile_map(cfg, quantile_map), report_dir=site_reports)
+                     quantile_map=_quantile_map(cfg, quantile_map), report_dir=site_reports,
+                     signing_key=cfg.signing_key)
     print_verdict(result.verdict)
     for label, path in result.outputs.items():
         stdout().print(f"  {label}: {path}")

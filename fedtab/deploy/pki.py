@@ -3,6 +3,11 @@
 A real consortium uses certificates from a CA its members trust; these helpers make the same kinds
 of files (PEM certificates; OpenSSH EC P-384 keys, the format Flower's SuperNode authentication
 reads) so that TLS and authentication can be exercised on loopback.
+
+Every file is created with its final mode from the first byte (``fedtab.signing.write_new_file``:
+``O_CREAT | O_EXCL``, 0600 for a private key) and never over an existing file. ``make_node_key`` is
+also what ``fedtab site keygen`` runs at a site, so that its private key never leaves it; ``make_tls``
+and ``fedtab trial-keys`` make every key in one place, which only a trial may do.
 """
 
 from __future__ import annotations
@@ -21,10 +26,19 @@ class TrialPKI:
 
 
 def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    path.chmod(mode)
-    return path
+    from fedtab.signing import write_new_file
+
+    return write_new_file(path, data, mode=mode)  # the mode is set at creation: never readable by others
+
+
+def tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """The files ``make_tls`` writes in ``directory``: CA certificate, server certificate, server key."""
+    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
+
+
+def node_key_files(directory: Path, name: str) -> tuple[Path, Path]:
+    """The files ``make_node_key`` writes: private key, public key."""
+    return directory / name, directory / f"{name}.pub"
 
 
 def make_tls(directory: Path, *, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), days: int = 30) -> TrialPKI:
@@ -34,6 +48,9 @@ def make_tls(directory: Path, *, hosts: tuple[str, ...] = ("127.0.0.1", "localho
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
+    from fedtab.signing import check_new_files
+
+    check_new_files(tls_files(directory))  # before anything is written
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedtab trial CA")])
@@ -57,21 +74,34 @@ def make_tls(directory: Path, *, hosts: tuple[str, ...] = ("127.0.0.1", "localho
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(ca_key, hashes.SHA384()))
     pem = serialization.Encoding.PEM
+    ca_file, cert_file, key_file = tls_files(directory)
     return TrialPKI(
-        ca_certfile=_write(directory / "ca.pem", ca.public_bytes(pem), 0o644),
-        certfile=_write(directory / "server.pem", cert.public_bytes(pem), 0o644),
-        keyfile=_write(directory / "server.key", key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())),
+        ca_certfile=_write(ca_file, ca.public_bytes(pem), 0o644),
+        certfile=_write(cert_file, cert.public_bytes(pem), 0o644),
+        keyfile=_write(key_file, key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption())),
     )
 
 
 def make_node_key(directory: Path, name: str) -> tuple[Path, Path]:
-    """(private key, public key) files for one SuperNode: OpenSSH EC P-384, as Flower expects."""
+    """(private key, public key) files for one SuperNode: OpenSSH EC P-384, as Flower expects. Neither
+    file may exist yet; if the public one cannot be written, the private one is removed."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+
+    from fedtab.signing import check_new_files
+
+    private_file, public_file = node_key_files(directory, name)
+    check_new_files([private_file, public_file])
 
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return _write(directory / name, private), _write(directory / f"{name}.pub", public + b"\n", 0o644)
+    _write(private_file, private)
+    try:
+        _write(public_file, public + b"\n", 0o644)
+    except BaseException:
+        private_file.unlink(missing_ok=True)  # a pair or nothing
+        raise
+    return private_file, public_file

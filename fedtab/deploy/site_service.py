@@ -112,8 +112,17 @@ class SiteService:
 
 class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
-        kind, body = ipc.decode_frame(ipc.read_frame(self.request))
-        reply = self.server.service.handle(kind, body)  # type: ignore[attr-defined]
+        service = self.server.service  # type: ignore[attr-defined]
+        try:
+            kind, body = ipc.decode_frame(ipc.read_frame(self.request))
+        except Exception as e:  # noqa: BLE001 - an oversized or malformed frame: refused (its body unread), logged
+            error = e if isinstance(e, FederationError) else FederationError(f"malformed site message ({e!r})")
+            try:
+                self.request.sendall(ipc.encode_frame("error", error_reply(error, site=service.worker.name)))
+            except OSError:
+                pass  # the sender went away
+            return
+        reply = service.handle(kind, body)
         self.request.sendall(ipc.encode_frame(kind, reply))
 
 
