@@ -63,6 +63,11 @@ class FederatedSynthesizer:
     ``secure_aggregation`` (under DP, 2+ sites, the "mst" model): the coordinator receives only the sum of
     the sites' measurements and each of the n sites adds 1/sqrt(n) of the noise, so the sum carries the
     noise of one release instead of sqrt(n) times it (``fedtab.federation.secagg`` states what is assumed).
+    ``aggregation`` (DP-SGD models): "mean" (row-weighted FedAvg) or "trimmed_mean" (each value without its
+    most extreme site on either side, from 4 sites: robust to one hostile site in four). Every round, a
+    site's update that is not finite, has other shapes or moves a parameter further than a round of Adam
+    can is named and left out (``fedtab.federation.aggregation.screen_update``). ``min_sites``: the fewest
+    sites that must take part (default: all); a site left out beyond that stops the run.
     ``target``: the column that matters most downstream (e.g. the label a model will be trained on):
     the encoding also measures its two-way table with every other column (under DP from the same
     preprocessing budget) and ``sample`` calibrates the rows onto those tables, so how the other
@@ -94,7 +99,8 @@ class FederatedSynthesizer:
                  parallel_sites: int | None = None, site_column: str | None = None,
                  signing_key: str | os.PathLike | Any | None = None,
                  progress: Progress | None = None, site_policy: SitePolicy | Mapping[str, SitePolicy] | None = None,
-                 ledger_dir: str | os.PathLike | None = None, secure_aggregation: bool = True):
+                 ledger_dir: str | os.PathLike | None = None, secure_aggregation: bool = True,
+                 aggregation: str = "mean", min_sites: int | None = None):
         self.model = model
         self.epsilon = epsilon
         self.delta = delta
@@ -117,6 +123,8 @@ class FederatedSynthesizer:
         self.ledger_dir = ledger_dir
         self.signing_key = signing_key
         self.secure_aggregation = secure_aggregation
+        self.aggregation = aggregation
+        self.min_sites = min_sites
         self._check_params()  # a misspelt model or a budget of 'x' is refused here, not after the sites' work
 
     # -- configuration --------------------------------------------------------------------------
@@ -126,7 +134,8 @@ class FederatedSynthesizer:
         privacy = PrivacySettings(epsilon=self.epsilon, delta=self.delta, preprocessing_share=self.preprocessing_share,
                                   secure_aggregation=self.secure_aggregation)
         training = TrainingSettings(rounds=self.rounds, local_epochs=self.local_epochs,
-                                    batch_size=self.batch_size, max_grad_norm=self.max_grad_norm)
+                                    batch_size=self.batch_size, max_grad_norm=self.max_grad_norm,
+                                    aggregation=self.aggregation, min_sites=self.min_sites)
         problems = check_settings(model=self.model, privacy=privacy, training=training, holdout=self.holdout)
         if self.transport not in TRANSPORTS:
             problems.append(f"'transport' must be one of {list(TRANSPORTS)}. Got {self.transport!r} instead.")
@@ -189,7 +198,9 @@ class FederatedSynthesizer:
         return cls(config.model, epsilon=config.privacy.epsilon, delta=config.privacy.delta,
                    preprocessing_share=config.privacy.preprocessing_share, rounds=config.training.rounds,
                    local_epochs=config.training.local_epochs, batch_size=config.training.batch_size,
-                   max_grad_norm=config.training.max_grad_norm, seed=config.seed, schema=config.schema_path,
+                   max_grad_norm=config.training.max_grad_norm, aggregation=config.training.aggregation,
+                   min_sites=config.training.min_sites,
+                   seed=config.seed, schema=config.schema_path,
                    missing_markers=config.missing_markers, holdout=config.holdout, transport=transport,
                    model_options=config.model_options, target=config.target, site_column=config.site_column,
                    signing_key=config.signing_key,
@@ -353,7 +364,8 @@ class FederatedSynthesizer:
                         "preprocessing_share": job.privacy.preprocessing_share,
                         "secure_aggregation": job.privacy.secure_aggregation},
             "training": {"rounds": job.training.rounds, "local_epochs": job.training.local_epochs,
-                         "batch_size": job.training.batch_size, "max_grad_norm": job.training.max_grad_norm},
+                         "batch_size": job.training.batch_size, "max_grad_norm": job.training.max_grad_norm,
+                         "aggregation": job.training.aggregation},
             "ledgers": self.result_.ledgers, "noise_multipliers": self.result_.noise_multipliers,
             "site_weights": self.result_.site_weights,
             # Under DP a round's duration follows the sites' (Poisson) batch sizes, so their row counts:
@@ -427,7 +439,8 @@ def from_bundle(b: ModelBundle, *, source: str = "model file") -> FederatedSynth
             preprocessing_share=m["privacy"]["preprocessing_share"], rounds=m["training"]["rounds"],
             secure_aggregation=bool(m["privacy"].get("secure_aggregation", False)),
             local_epochs=m["training"]["local_epochs"], batch_size=m["training"]["batch_size"],
-            max_grad_norm=m["training"]["max_grad_norm"], seed=m["seed"], schema=TableSchema.from_dict(m["schema"]),
+            max_grad_norm=m["training"]["max_grad_norm"], aggregation=m["training"].get("aggregation", "mean"),
+            seed=m["seed"], schema=TableSchema.from_dict(m["schema"]),
             missing_markers=tuple(m["missing_markers"]), holdout=m["holdout"], model_options=m["model_options"],
             site_column=m["encoding"]["config"]["plan"].get("site_column"))
         history = tuple(RoundRecord(**h) for h in m["history"])

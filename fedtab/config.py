@@ -86,6 +86,9 @@ class PrivacySettings:
         return self.epsilon * self.preprocessing_share
 
 
+AGGREGATIONS = ("mean", "trimmed_mean")
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
     rounds: int = 5
@@ -93,6 +96,8 @@ class TrainingSettings:
     batch_size: int = 500
     max_grad_norm: float = 1.0
     min_sites: int | None = None  # fewest sites that must answer a round (default: all)
+    # How the DP-SGD models' rounds combine the sites' updates (fedtab.federation.coordinator.aggregate).
+    aggregation: str = "mean"
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,8 @@ def check_settings(*, model: str, privacy: PrivacySettings, training: TrainingSe
     _num(p, f"{pre}max_grad_norm", training.max_grad_norm, lo=0, lo_open=True)
     if training.min_sites is not None:
         _num(p, f"{pre}min_sites", training.min_sites, lo=1, integer=True)
+    if training.aggregation not in AGGREGATIONS:
+        p.append(f"'{pre}aggregation' must be one of {list(AGGREGATIONS)}. Got {training.aggregation!r} instead.")
     _num(p, f"{pre}holdout", holdout, lo=0, hi=0.9)
     return p
 

@@ -23,8 +23,8 @@ import numpy as np
 from fedtab.config import PrivacySettings, TrainingSettings
 from fedtab.errors import ConfigError, DataValidationError, FederationError, Problem
 from fedtab.federation import encoding
-from fedtab.federation.agreement import agree_schemas
-from fedtab.federation.aggregation import weighted_average
+from fedtab.federation.agreement import agree_schemas, name_sites
+from fedtab.federation.aggregation import screen_update, trimmed_average
 from fedtab.federation.site import ENCODE, LEDGER, MEASURE, SCHEMA, SETUP, TRAIN
 from fedtab.federation.transport import Transport, broadcast
 from fedtab.schema import TableSchema
@@ -104,6 +104,7 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
         _notify(progress, "phase", name="resumed", rounds_done=resume.rounds_done, sites=list(resume.active_sites))
     _notify(progress, "phase", name="training", rounds=job.training.rounds, noise_multipliers=state.noise_multipliers)
     min_sites = job.training.min_sites or len(state.site_weights)
+    bounds: dict[str, dict[str, float]] = {}  # per site: how far a round can move each parameter
     for r in range(state.rounds_done, job.training.rounds):
         t0 = time.perf_counter()
         body = {"round": r, "weights": state.weights}
@@ -115,7 +116,10 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
                 f"round {r + 1}: only {len(order)} site(s) answered ({order}; no reply from {missing}) but "
                 f"'training.min_sites' is {min_sites}. Restart the missing sites and run the coordinator "
                 "again with --resume: it continues from the last checkpoint.")
-        weights = weighted_average([replies[s]["weights"] for s in order], [state.site_weights[s] for s in order])
+        order = _screened(job, state, replies, order, round_index=r, min_sites=min_sites, bounds=bounds,
+                          progress=progress)
+        weights = aggregate(job.training.aggregation, [replies[s]["weights"] for s in order],
+                            [state.site_weights[s] for s in order])
         losses = {k: float(np.mean([replies[s]["losses"][k] for s in order])) for k in replies[order[0]]["losses"]}
         eps = {s: float(replies[s]["epsilon"]) for s in order}
         record = RoundRecord(round=r + 1, losses=losses, epsilon=eps, seconds=time.perf_counter() - t0)
@@ -126,6 +130,44 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
         _notify(progress, "round", round=r + 1, rounds=job.training.rounds, losses=losses, epsilon=eps)
 
     return _finish(transport, state)
+
+
+def aggregate(how: str, updates: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
+    """The round's global model: the row-weighted mean, or (``"trimmed_mean"``) the coordinate-wise mean
+    without each value's most extreme site on either side, once there are 4 sites or more (one hostile
+    site among four moves no value outside the honest sites' range)."""
+    trim = (len(updates) - 1) // 3 if how == "trimmed_mean" else 0
+    return trimmed_average(updates, weights, trim=trim)
+
+
+def _screened(job: JobSpec, state: TrainingState, replies: dict[str, Any], order: list[str], *, round_index: int,
+              min_sites: int, bounds: dict[str, dict[str, float]], progress: Progress | None) -> list[str]:
+    """The sites whose update can be averaged (``aggregation.screen_update``: the global model's shapes,
+    finite values, no parameter moved further than a round of Adam can move it). A site whose update
+    fails is named and left out of this and every later round; fewer than ``min_sites`` left stops the run."""
+    from fedtab.federation import training
+    from fedtab.transform.table import TableTransformer
+
+    rejected = {}
+    for s in order:
+        if s not in bounds:
+            setup = training.setup_body(job, TableTransformer.from_dict(state.encoding))
+            bounds[s] = training.update_bounds(setup, TableTransformer.from_dict(state.encoding),
+                                               rows=state.site_weights[s])
+        why = screen_update(replies[s]["weights"], state.weights, bounds=bounds[s])
+        if why is not None:
+            rejected[s] = why
+    if not rejected:
+        return order
+    kept = [s for s in order if s not in rejected]
+    text = "; ".join(f"site '{s}': {why}" for s, why in sorted(rejected.items())[:5])
+    if len(kept) < min_sites:
+        raise FederationError(f"round {round_index + 1}: the update of {name_sites(sorted(rejected))} cannot be "
+                              f"averaged ({text}); {len(kept)} site(s) left but 'training.min_sites' is "
+                              f"{min_sites}.")
+    _notify(progress, "phase", name=f"round {round_index + 1}: left out {name_sites(sorted(rejected))}: {text}",
+            dropped=sorted(rejected))
+    return kept
 
 
 def _finish(transport: Transport, state: TrainingState) -> FederationResult:

@@ -202,3 +202,25 @@ def model_from_weights(name: str, options: dict, transformer: TableTransformer, 
 def sample_encoded(model, n: int, *, seed: int) -> np.ndarray:
     with torch_threads(1):  # same samples from the same model file on any machine
         return model.sample(n, generator=torch.Generator().manual_seed(int(seed)))
+
+
+def update_bounds(setup: dict[str, Any], transformer: TableTransformer, *, rows: float) -> dict[str, float]:
+    """How far one round of a site with about ``rows`` rows (its DP row estimate: public) can move each
+    trained parameter: its network's learning rate x Adam's step bound over the round's steps
+    (``fedtab.federation.aggregation.adam_step_bound``), from the job's settings alone. The steps are
+    those of twice the rows, plus one: the estimate's noise cannot make an honest site's round longer."""
+    from fedtab.federation.aggregation import adam_step_bound
+
+    model = build_model(setup, transformer)
+    opt = dataclasses.replace(OPTIMIZER, **model.optimizer_options())
+    factor = adam_step_bound(opt.betas, steps_per_round(setup, 2.0 * max(float(rows), 1.0)) + 1)
+    rates = {id(model.private_network()): opt.private_lr}
+    if model.public_network() is not None:
+        rates[id(model.public_network())] = opt.public_lr
+    out: dict[str, float] = {}
+    for net_name, net in model.networks().items():
+        lr = rates.get(id(net))
+        if lr is None:
+            continue
+        out.update({f"{net_name}.{p}": float(lr) * factor for p, _ in net.named_parameters()})
+    return out
