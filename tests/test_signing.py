@@ -53,14 +53,15 @@ def keys(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def signed_model(tmp_path_factory, keys):
-    """A small non-DP model trained by 'fedtab train' with 'signing_key' in its configuration (seconds)."""
+    """A small non-DP model trained by 'fedtab train' with 'signing_key' in its configuration (seconds); its
+    configuration is job.toml beside it."""
     from typer.testing import CliRunner
 
     from fedtab.cli import app
 
     d = tmp_path_factory.mktemp("model")
     sites = fedtab.datasets.load_heart_sites()
-    text = f'schema = "{BUNDLED}/heart_schema.json"\nsigning_key = "{keys["key"]}"\n'
+    text = f'schema = "{BUNDLED}/heart_schema.json"\nsigning_key = "{keys["key"]}"\nledger_dir = "ledgers"\n'
     for name in ("cleveland", "hungary"):
         sites[name].head(60).to_csv(d / f"{name}.csv", index=False)
         text += f'[sites.{name}]\nsource = "{name}.csv"\nallow_non_dp = true\n'
@@ -274,3 +275,33 @@ def test_wrong_inputs_for_trusted_keys_are_clear(keys, tmp_path, monkeypatch):
         signing.resolve_trusted_keys(keys["key"])  # the private key given by mistake
     with pytest.raises(SourceError, match="not found"):
         signing.read_audit(tmp_path / "none.json")
+
+
+@pytest.mark.slow
+def test_cli_release_signs_the_audit_record_and_verify_checks_it(cli, signed_model, keys, tmp_path):
+    out = tmp_path / "release"
+    result = cli("release", signed_model.parent / "job.toml", "--model", signed_model, "--out", out, "-n", "200",
+                 "--trusted-key", keys["pub"])
+    assert result.exit_code in (0, 10), result.output  # released or refused: the audit record is written either way
+    assert "model file signature checked" in result.output
+    record = signing.read_audit(out / "audit.json")
+    assert record["signature"]["fingerprint"] == signing.fingerprint(signing.load_public_key(keys["pub"]))
+    assert cli("verify", out / "audit.json", "--trusted-key", keys["pub"]).exit_code == 0
+    assert cli("verify", out / "audit.json", "--trusted-key", keys["other_pub"]).exit_code == 7
+
+
+def test_readme_signing_section_commands_work(cli, tmp_path, monkeypatch):
+    from tests.conftest import REPO
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("## Signed model files and keys made at the site")
+    section = text[start:text.find("\n## ", start + 5)]
+    commands = [line.split("#")[0].split() for line in section.splitlines() if line.startswith("fedtab ")]
+    assert [c[1] for c in commands] == ["signing-keygen", "site"]
+    monkeypatch.chdir(tmp_path)
+    for argv in commands:
+        result = cli(*argv[1:])
+        assert result.exit_code == 0, (argv, result.output)
+    for private in ("keys/coordinator", "keys/cleveland"):
+        assert (tmp_path / private).stat().st_mode & 0o777 == 0o600 and (tmp_path / f"{private}.pub").exists()
+    signing.load_signing_key("keys/coordinator")  # what 'signing_key = "keys/coordinator"' reads
