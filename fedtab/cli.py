@@ -2,7 +2,7 @@
 
 Commands live in ``fedtab/commands/`` (one module per group, each with ``register(app)``); this file
 only assembles them and runs the app. ``main()`` is the console script: it exits with the exit code
-of the fedtab error raised (table in ``fedtab.errors`` and the README), never with a traceback.
+of the fedtab error raised (table in ``fedtab.errors`` and docs/exit-codes.md), never with a traceback.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every class subclasses a built-in (so ``except ValueError`` keeps working for us
 fedtab) and carries the exit code the CLI uses. Messages say what was wrong, the value seen, what was
 expected and how to fix it. Library code raises these; only ``fedtab.cli`` turns them into exit codes.
 
-Exit codes (documented in the README):
+Exit codes (documented in docs/exit-codes.md; tests/test_docs.py checks it names every class):
 
 ====  =========================  ==================================================================
 code  class                      meaning

@@ -65,7 +65,7 @@ def site_log_to_stderr() -> None:
     log.setLevel(logging.INFO)
 
 
-INTERRUPTED = 130  # Ctrl-C: the shell's convention (128 + SIGINT), in the README's exit-code table
+INTERRUPTED = 130  # Ctrl-C: the shell's convention (128 + SIGINT), in the exit-code table (docs/exit-codes.md)
 
 
 def report_errors(fn: Callable) -> Callable:

@@ -19,7 +19,7 @@ and its release policy. The site
    (a hash of synthetic rows: the coordinator releases only the table the sites judged).
 
 No figure computed from the site's rows leaves it. What the verdicts reveal, and how they are
-accounted: README "What leaves a site in evaluation".
+accounted: docs/evaluation.md, "What leaves a site in evaluation".
 """
 
 from __future__ import annotations
