@@ -68,6 +68,7 @@ def signed_model(tmp_path_factory, keys):
     (d / "job.toml").write_text(text)
     result = CliRunner().invoke(app, ["train", str(d / "job.toml"), "-o", str(d / "m.fedtab"), "-q"])
     assert result.exit_code == 0, result.output
+    assert "model file signed by SHA256:" in result.output
     return d / "m.fedtab"
 
 
