@@ -110,6 +110,7 @@ def test_a_site_sending_nan_or_scaled_weights_is_named_and_left_out(monkeypatch,
     dropped = [info for event, info in events if info.get("dropped")]
     assert dropped and dropped[0]["dropped"] == ["west"] and "site 'west'" in dropped[0]["name"]
     assert hostile.rounds == 1  # left out of every later round
+    assert set(synth.result_.ledgers) == set(_four_sites(5))  # the model records every site that contributed
     assert all(np.all(np.isfinite(v)) for v in synth.weights_.values())
     assert synth.sample(50, seed=1).notna().all().all()
 

@@ -172,8 +172,10 @@ def _screened(job: JobSpec, state: TrainingState, replies: dict[str, Any], order
 
 def _finish(transport: Transport, state: TrainingState) -> FederationResult:
     """The job ends: each site records the final model's identity (from its own setup, these weights and
-    the sites that trained) and evaluates no other model file for this job afterwards."""
-    ledger_sites = sorted(state.active_sites)
+    the sites that contributed) and evaluates no other model file for this job afterwards. Every site whose
+    releases are in the model is asked, a site left out of later rounds included (its encoding statistics
+    and earlier updates are in the model): the model file holds the ledger of each that answers."""
+    ledger_sites = sorted(state.site_weights)
     final = {"weights": state.weights, "sites": ledger_sites}
     ledgers = {s: r["ledger"] for s, r in _available(transport, LEDGER, {s: final for s in ledger_sites}).items()}
     return FederationResult(schema=state.schema, encoding=state.encoding, weights=state.weights, ledgers=ledgers,
