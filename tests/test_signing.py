@@ -306,3 +306,23 @@ def test_readme_signing_section_commands_work(cli, tmp_path, monkeypatch):
     for private in ("keys/coordinator", "keys/cleveland"):
         assert (tmp_path / private).stat().st_mode & 0o777 == 0o600 and (tmp_path / f"{private}.pub").exists()
     signing.load_signing_key("keys/coordinator")  # what 'signing_key = "keys/coordinator"' reads
+
+
+def test_a_consortium_configuration_names_the_coordinators_signing_key(keys, tmp_path):
+    """'fedtab coordinator' builds its synthesizer with FederatedSynthesizer.from_config (deploy/server.py):
+    the key named in the consortium file, relative to it, signs what the ServerApp saves."""
+    import shutil
+
+    from fedtab.api import FederatedSynthesizer
+    from fedtab.deploy.consortium import load_consortium
+
+    (tmp_path / "keys").mkdir()
+    shutil.copy(keys["key"], tmp_path / "keys" / "coordinator")
+    (tmp_path / "consortium.toml").write_text('signing_key = "keys/coordinator"\n[sites.a]\n[sites.b]\n')
+    cfg, _ = load_consortium(tmp_path / "consortium.toml")
+    assert cfg.signing_key == str(tmp_path / "keys" / "coordinator")
+    synth = FederatedSynthesizer.from_config(cfg)
+    assert synth.signing_key == cfg.signing_key
+    (tmp_path / "keys" / "coordinator").chmod(0o640)
+    with pytest.raises(ConfigError, match="readable by others"):
+        load_consortium(tmp_path / "consortium.toml")
