@@ -275,7 +275,8 @@ def verify_record(record: Mapping[str, Any], trusted_keys=None, *, source: str =
 
 
 def read_audit(path: str | os.PathLike) -> dict[str, Any]:
-    """An audit record file as a dict (``SourceError`` when it cannot be read, ``SignatureError``-free)."""
+    """An audit record file as a dict (``SourceError`` when it cannot be read); its signature is checked
+    by ``verify_record``."""
     p = Path(path)
     try:
         record = json.loads(p.read_text(encoding="utf-8"))
