@@ -141,6 +141,7 @@ def evaluate(model, sites: Mapping, *, n: int | None = None, target: str | None 
             "the coordinator's choosing could read their rows back). Pass the sampling settings instead (n, seed, "
             "quantile_map); FederatedSynthesizer.sample(n, seed=seed, quantile_map=...) draws the same table.")
     synth = _synthesizer(model, trusted_keys)
+    _check_same_job(synth, sites, target)
     policy, _ = _policy(policy)
     sampling = sampling_settings(synth, n=n, seed=seed, quantile_map=quantile_map)
     if ledger_dir is None:
@@ -166,6 +167,23 @@ def evaluate(model, sites: Mapping, *, n: int | None = None, target: str | None 
     local = {k: w.last_evaluation for k, w in sorted(workers.items()) if w.last_evaluation is not None}
     return ConsortiumEvaluation(sites=result.sites, sampling=result.sampling, target=result.target,
                                 site_local=MappingProxyType(local))
+
+
+def _check_same_job(synth, sites: Mapping, target: str | None) -> None:
+    """A model is evaluated by the sites that trained it: a model none of whose sites is asked comes from
+    another job (its target may be missing too; that is not the cause to report)."""
+    from fedtab.errors import ModelFileError
+    from fedtab.federation.agreement import name_sites
+
+    trained = sorted(synth.privacy_ledger)
+    asked = sorted(str(s) for s in sites)
+    if trained and asked and not set(trained) & set(asked):
+        missing = (f" (nor has its table the column {target!r}, this configuration's target)"
+                   if target is not None and target not in synth.schema_ else "")
+        raise ModelFileError(
+            f"this model file comes from another job: {name_sites(trained)} trained it, none of them a site of this "
+            f"configuration ({name_sites(asked)}){missing}. Evaluate it with the configuration it was trained with, "
+            "or train a model for this configuration ('fedtab train').")
 
 
 def evaluate_on(transport, synth, sampling: Mapping[str, Any], *, target: str | None = None, policy=None,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fedtab.errors import ModelFileError
+from fedtab.errors import FederationError, ModelFileError
 from fedtab.federation.wire import Packed, pack, unpack
 from fedtab.schema import atomic_write_bytes
 
@@ -122,7 +122,13 @@ def read_bundle(data: bytes, *, source: str = "model file", trusted_keys: tuple 
     signed_by = _check_signature(meta, tuple(trusted_keys), source=p) if trusted_keys else None
     arrays = {k[len(_MANIFEST):]: v for k, v in tensors.items() if k.startswith(_MANIFEST)}
     weights = {k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)}
-    manifest = unpack(Packed(json=manifest_json, arrays=arrays))
+    try:
+        manifest = unpack(Packed(json=manifest_json, arrays=arrays))
+    except FederationError:  # the wire's "malformed message": here it is the file that is malformed
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise ModelFileError(f"{p}: the model file's manifest is not a JSON object of a fedtab model (it does not "
+                             "parse, or names arrays the file lacks): not written by fedtab, or by another version.")
     return ModelBundle(manifest=manifest, weights=weights, signed_by=signed_by)
 
 

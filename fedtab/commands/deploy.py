@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from fedtab.commands.common import PolicyOpt, check_output_folder, check_output_file, command, stderr, stdout
+from fedtab.commands.common import PolicyOpt, ReplaceOpt, check_output_folder, check_output_file, command, stderr, stdout
 from fedtab.errors import ConfigError
 
 
@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
 
     add_site_group(app, site_cmd)  # 'fedtab site --config site.toml' and 'fedtab site keygen PATH'
     command(app, "trial-keys")(trial_keys_cmd)
+    command(app, "trial-data")(trial_data_cmd)
 
 
 def coordinator_cmd(
@@ -48,22 +49,36 @@ def coordinator_cmd(
                                                 "(--policy); write report, audit record and (if released) the "
                                                 "synthetic table in this folder. Exit code 10 if refused."),
     policy: Optional[Path] = PolicyOpt,
+    wait_for_sites: Optional[float] = typer.Option(
+        None, "--wait-for-sites", metavar="SECONDS", min=1.0,
+        help="How long to wait for every site to connect; then the job goes on with the sites connected if "
+             "they are at least training.min_sites. Default: --round-timeout."),
 ) -> None:
-    """Start (or join) a Flower SuperLink and train the consortium's model across the connected sites."""
-    from fedtab.deploy.runner import TLSFiles, run_coordinator
+    """Start (or join) a Flower SuperLink and train the consortium's model across the connected sites.
+
+    Everything that can be checked here is checked before any process starts: the configuration, its
+    schema file and settings, the public keys, the TLS files, the policy, the output paths."""
+    from fedtab.deploy.runner import TLSFiles, check_coordinator, run_coordinator
 
     tls_files = (ssl_certfile, ssl_keyfile, ssl_ca_certfile)
     if any(tls_files) and not all(tls_files):
         raise ConfigError("give all three of --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile, or none")
     tls = TLSFiles(*tls_files) if all(tls_files) else None
     console = stderr()
+    _, _, synth, job = check_coordinator(config, tls=tls, insecure=insecure, policy=policy)
+    check_output_file(output, replace=True, what="model file")
+    if release is not None:
+        check_output_folder(release, what="release folder")
+    if synth.model == "auto":
+        console.print(f"model: {job.model} (chosen: {synth.model_choice_.reason})")
 
     def on_round(r: dict) -> None:
         console.print(f"round {r['round']} done in {r['seconds']:.1f} s")
 
     status = run_coordinator(config, output, superlink=superlink, resume=resume, port=port, host=host, tls=tls,
                              insecure=insecure, round_timeout=round_timeout, on_round=on_round,
-                             release_dir=release, policy=policy)
+                             release_dir=release, policy=policy, join_timeout=wait_for_sites,
+                             on_event=lambda text: console.print(text, markup=False))
     stdout().print(f"model written to {status['output']} (sites: {', '.join(status.get('sites', []))})")
     verdict = status.get("verdict")
     if verdict is not None:
@@ -100,7 +115,7 @@ def site_cmd(
         raise ConfigError("Missing option '--config': give this site's site.toml (or run 'fedtab site keygen PATH' "
                           "to make its key pair).")
 
-    run_site(config, on_event=lambda message: stderr().print(message))
+    run_site(config, on_event=lambda message: stderr().print(message, markup=False))
 
 
 def trial_keys_cmd(
@@ -131,3 +146,26 @@ def trial_keys_cmd(
     for name in site:
         private, public = make_node_key(out, name)
         console.print(f"site '{name}': private key {private} (stays at the site), public key {public}")
+
+
+def trial_data_cmd(
+    out: Path = typer.Argument(..., metavar="DIR", show_default=False,
+                               help="Folder for the files (created if missing)."),
+    replace: bool = ReplaceOpt,
+) -> None:
+    """Write the bundled heart tables (one CSV per hospital) and their schema, for a trial deployment.
+
+    The README's walk-through 'Deploying across institutions' runs on these files: heart_schema.json is
+    the consortium's declared schema (public clinical ranges, not observed values)."""
+    from fedtab.datasets import HEART_SITES, heart_site_path
+    from fedtab.schema import atomic_write_bytes
+
+    files = {f"heart_{s}.csv": heart_site_path(s) for s in HEART_SITES}
+    files["heart_schema.json"] = heart_site_path(HEART_SITES[0]).parent / "heart_schema.json"
+    check_output_folder(out, what="trial data folder")
+    for name in files:  # every file checked before any is written
+        check_output_file(Path(out) / name, replace=replace, what="trial data file")
+    console = stdout()
+    for name, source in files.items():
+        atomic_write_bytes(Path(out) / name, source.read_bytes())
+        console.print(f"{Path(out) / name}")

@@ -54,4 +54,4 @@ def _main(grid, context) -> None:
     run_server(grid, config=str(cfg["fedtab-config"]), output=str(cfg["output"]), workdir=str(cfg["workdir"]),
                resume=bool(cfg["resume"]), round_timeout=float(cfg["round-timeout"]),
                attempt=str(cfg.get("attempt", "")), release_dir=str(cfg.get("release-dir", "")),
-               policy=str(cfg.get("policy", "")))
+               policy=str(cfg.get("policy", "")), join_timeout=float(cfg.get("join-timeout", 0.0)))

@@ -7,6 +7,7 @@ name ``public_key``: its SuperNode authentication public key, registered with th
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from fedtab.config import RunConfig, config_from_dict, read_toml
@@ -27,3 +28,15 @@ def load_consortium(path: str | Path) -> tuple[RunConfig, dict[str, Path]]:
                 keys[name] = Path(key) if Path(key).is_absolute() else p.parent / key
     cfg = config_from_dict(data, base_dir=p.parent, source=str(p), sources_here=False)  # min_sites checked there
     return cfg, keys
+
+
+def consortium_job(cfg: RunConfig):
+    """(synthesizer, job) of a consortium config: the settings ``fedtab train`` validates and builds (the
+    schema file read, the model chosen and its options checked), plus ``training.min_sites``. The
+    coordinator builds it before it starts anything, so a bad schema or setting is refused up front
+    (with its own exit code), and again in the ServerApp."""
+    from fedtab.api import FederatedSynthesizer
+
+    synth = FederatedSynthesizer.from_config(cfg)
+    job = synth._job()
+    return synth, replace(job, training=replace(job.training, min_sites=cfg.training.min_sites))

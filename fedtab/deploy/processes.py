@@ -64,6 +64,58 @@ def stop(proc: subprocess.Popen, *, grace: float = 10.0) -> None:
             continue
 
 
+def descendants(pid: int) -> list[int]:
+    """The process ids below ``pid`` (children, their children, ...), read from /proc. Flower's
+    SuperLink and SuperNode start helpers (``flower-superexec``, ``flwr-serverapp``, ``flwr-clientapp``),
+    some in sessions of their own: stopping the parent alone left them running."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])  # the command may hold spaces or ')'
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def stop_tree(proc: subprocess.Popen, *, grace: float = 10.0) -> None:
+    """Stop ``proc`` and every process it started (``descendants``, listed before anything is stopped):
+    SIGTERM to all, then SIGKILL to what is left after ``grace`` seconds. Each by its id."""
+    below = descendants(proc.pid) if proc.poll() is None else []
+    for pid in below:
+        _signal(pid, signal.SIGTERM)
+    stop(proc, grace=grace)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in below):
+        time.sleep(0.1)
+    for pid in below:
+        if _alive(pid):
+            _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

@@ -21,6 +21,7 @@ from pathlib import Path
 from fedtab.deploy import processes
 from fedtab.deploy.server import CHECKPOINT, STATUS
 from fedtab.errors import ConfigError, FederationError
+from fedtab.federation.agreement import name_sites
 
 FEDERATION = "fedtab"
 APP_PYPROJECT = """[build-system]
@@ -52,6 +53,7 @@ resume = false
 release-dir = ""
 policy = ""
 round-timeout = 600.0
+join-timeout = 0.0
 attempt = ""
 """
 
@@ -69,21 +71,46 @@ def _toml_str(v: object) -> str:
     return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
 
+def check_coordinator(config: Path, *, tls: TLSFiles | None = None, insecure: bool = False,
+                      policy: Path | None = None):
+    """Everything the coordinator can check before it starts a process: the consortium config, its schema
+    file and settings (the job, as ``fedtab train`` builds it), the public keys, the TLS files, the
+    release policy. Raises the error's own class (exit code: 2 configuration, 3 schema, ...).
+    Returns (config, site -> public key file, synthesizer, job)."""
+    from fedtab.deploy.consortium import consortium_job, load_consortium
+
+    cfg, keys = load_consortium(config)
+    synth, job = consortium_job(cfg)
+    if tls is None and not insecure:
+        raise ConfigError("give the SuperLink's TLS files (--ssl-certfile, --ssl-keyfile, --ssl-ca-certfile) "
+                          "or --insecure for a loopback experiment")
+    problems = [f"{flag}: {path}: file not found" for flag, path in
+                zip(("--ssl-certfile", "--ssl-keyfile", "--ssl-ca-certfile"),
+                    (tls.certfile, tls.keyfile, tls.ca_certfile) if tls is not None else ()) if not Path(path).is_file()]
+    problems += [f"site '{name}': public_key {key}: file not found (relative paths in {Path(config).name} start "
+                 f"at its folder, {Path(config).resolve().parent})" for name, key in sorted(keys.items())
+                 if not key.is_file()]
+    if problems:
+        raise ConfigError(f"{config}: {len(problems)} problem(s):\n" + "\n".join(f"  - {x}" for x in problems))
+    if policy is not None:
+        from fedtab.assess import _policy
+
+        _policy(policy)  # a malformed release policy is refused now, not after training
+    return cfg, keys, synth, job
+
+
 def run_coordinator(config: Path, output: Path, *, superlink: str | None = None, resume: bool = False,
                     port: int = 9093, host: str = "127.0.0.1", tls: TLSFiles | None = None,
                     insecure: bool = False, round_timeout: float = 600.0,
                     on_round: Callable[[dict], None] | None = None, release_dir: Path | None = None,
-                    policy: Path | None = None) -> dict:
-    """Run the consortium's training to a model file; returns the final status (rounds, seconds)."""
-    from fedtab.deploy.consortium import load_consortium
-
-    cfg, keys = load_consortium(config)
-    if tls is None and not insecure:
-        raise ConfigError("give the SuperLink's TLS files (--ssl-certfile, --ssl-keyfile, --ssl-ca-certfile) "
-                          "or --insecure for a loopback experiment")
-    missing = [str(k) for k in keys.values() if not k.is_file()]
-    if missing:
-        raise ConfigError(f"public key file(s) not found: {missing}")
+                    policy: Path | None = None, join_timeout: float | None = None,
+                    on_event: Callable[[str], None] | None = None) -> dict:
+    """Run the consortium's training to a model file; returns the final status (rounds, seconds).
+    ``on_event(text)`` receives each phase as it happens (the SuperLink, the sites joining, schema
+    agreement, encoding, rounds, evaluation, the end); ``join_timeout``: seconds to wait for every site
+    to connect before going on with those connected (at least ``training.min_sites``)."""
+    notify = on_event or (lambda text: None)
+    cfg, keys, _, _ = check_coordinator(config, tls=tls, insecure=insecure, policy=policy)
     output = output.resolve()
     workdir = output.parent / f".{output.name}.run"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +131,8 @@ def run_coordinator(config: Path, output: Path, *, superlink: str | None = None,
             if keys:
                 cmd.append("--enable-supernode-auth")
             log = workdir / "superlink.log"
+            notify(f"starting the SuperLink on {address} ({'no TLS' if tls is None else 'TLS'}"
+                   f"{', SuperNode authentication' if keys else ''}; log: {log})")
             started.append(processes.start(cmd, log, env=env, own_group=False))
             processes.wait_for_port(address, started[-1], log)
         home.mkdir(parents=True, exist_ok=True)
@@ -114,6 +143,8 @@ def run_coordinator(config: Path, output: Path, *, superlink: str | None = None,
             # A joined SuperLink may know the key from an earlier run: that is not an error.
             _flwr(["supernode", "register", str(key.resolve()), FEDERATION, "--name", name], env, workdir,
                   tolerate="already" if superlink is not None else None)
+        if keys:
+            notify(f"registered the public keys of {name_sites(sorted(keys))}")
         app = workdir / "app"
         app.mkdir(exist_ok=True)
         (app / "pyproject.toml").write_text(APP_PYPROJECT)
@@ -122,15 +153,18 @@ def run_coordinator(config: Path, output: Path, *, superlink: str | None = None,
                            f"workdir = {_toml_str(workdir)}\nresume = {'true' if resume else 'false'}\n"
                            f"round-timeout = {float(round_timeout)}\nattempt = {_toml_str(attempt)}\n"
                            f"release-dir = {_toml_str(Path(release_dir).resolve() if release_dir else '')}\n"
-                           f"policy = {_toml_str(Path(policy).resolve() if policy else '')}\n")
+                           f"policy = {_toml_str(Path(policy).resolve() if policy else '')}\n"
+                           f"join-timeout = {float(join_timeout or round_timeout)}\n")
         log = workdir / "flwr-run.log"
         run = processes.start(["flwr", "run", str(app), FEDERATION, "--run-config", str(run_cfg), "--stream"],
                               log, env=env, own_group=False)
         started.append(run)
-        return _follow(workdir, run, log, on_round, attempt)
+        notify(f"job submitted; waiting for the {len(cfg.sites)} sites to connect "
+               f"(for up to {float(join_timeout or round_timeout):.0f} s)")
+        return _follow(workdir, run, log, on_round, attempt, notify)
     finally:
-        for proc in reversed(started):
-            processes.stop(proc)
+        for proc in reversed(started):  # with every process they started (flwr-serverapp, flower-superexec)
+            processes.stop_tree(proc)
 
 
 def _flwr(args: list[str], env: dict, workdir: Path, *, tolerate: str | None = None) -> None:
@@ -141,13 +175,17 @@ def _flwr(args: list[str], env: dict, workdir: Path, *, tolerate: str | None = N
                               f"{res.stderr[-800:]}")
 
 
-def _follow(workdir: Path, run: subprocess.Popen, log: Path, on_round, attempt: str) -> dict:
-    seen = 0
+def _follow(workdir: Path, run: subprocess.Popen, log: Path, on_round, attempt: str,
+            notify: Callable[[str], None]) -> dict:
+    seen = events = 0
     exited_at = None
     while True:
         status = _read_status(workdir)
         if status.get("attempt") != attempt:
             status = {}
+        for text in status.get("events", [])[events:]:
+            notify(text)
+        events = max(events, len(status.get("events", [])))
         rounds = status.get("rounds", [])
         for r in rounds[seen:]:
             if on_round is not None:
@@ -156,12 +194,25 @@ def _follow(workdir: Path, run: subprocess.Popen, log: Path, on_round, attempt: 
         if status.get("state") == "done":
             return status
         if status.get("state") == "failed":
-            raise FederationError(f"the federation failed: {status.get('error')} (logs in {workdir})")
+            raise _failure(status, workdir)
         if run.poll() is not None:
             exited_at = exited_at or time.monotonic()
             if time.monotonic() - exited_at > 10:  # the ServerApp may write its status just after
                 raise FederationError(f"'flwr run' ended ({run.returncode}) without a model:\n{processes.tail(log)}")
         time.sleep(0.5)
+
+
+def _failure(status: dict, workdir: Path) -> Exception:
+    """The ServerApp's error as the coordinator raises it: same class, so the same exit code."""
+    from fedtab import errors
+
+    cls = getattr(errors, str(status.get("error_class", "")), None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.FedtabError)):
+        cls = FederationError
+    exc = cls.__new__(cls)  # rebuilt without __init__: some classes take structured arguments
+    Exception.__init__(exc, f"{status.get('error')} (logs in {workdir})")
+    exc.public, exc.columns, exc.problems, exc.failed, exc.source = True, (), [], [], ""
+    return exc
 
 
 def _read_status(workdir: Path) -> dict:
@@ -171,27 +222,41 @@ def _read_status(workdir: Path) -> dict:
         return {}
 
 
+# Flower's SuperNode reports a key the SuperLink does not know as this activation error (its log, 1.42).
+NOT_REGISTERED = "[code: 2004]"
+NOT_REGISTERED_PATIENCE = 120.0  # seconds: the coordinator registers the keys just after its SuperLink starts
+END_GRACE = 5.0  # seconds the SuperNode gets to deliver the site's last reply before it is stopped
+
+
 def run_site(config_path: Path, *, on_event: Callable[[str], None] | None = None,
              restart_delay: float = 5.0) -> None:
-    """Serve one site until SIGTERM: the site service plus its SuperNode.
+    """Serve one site until the job is over (the coordinator says so), Ctrl-C or SIGTERM: the site
+    service plus its SuperNode.
 
-    The SuperNode is restarted whenever it exits (the SuperLink restarted, or this site's key was
-    not registered yet); the site service, its table and its ledger stay up meanwhile.
+    Before anything starts, the site reads its own table (readable, parses, at least
+    ``MIN_SITE_ROWS`` rows, and conforms to ``schema`` when site.toml names one) and refuses with the
+    problem. The SuperNode is restarted whenever it exits (the SuperLink is not up yet or restarted);
+    a key the SuperLink does not know is said so, and after ``NOT_REGISTERED_PATIENCE`` seconds the site
+    stops (``FederationError``). Each request is printed as it is served.
     """
     from fedtab.api import _make_worker
     from fedtab.config import SiteSource
     from fedtab.deploy.site_service import SiteService, serve
-    from fedtab.deploy.siteconf import load_site_config
+    from fedtab.deploy.siteconf import check_site_source, load_site_config
     from fedtab.privacy.book import LedgerBook
 
     cfg = load_site_config(config_path)
     notify = on_event or (lambda msg: None)
+    notify(check_site_source(cfg, config_path))  # refuses a table this site cannot serve, before anything starts
     state_dir = cfg.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     _log_to(state_dir / "site.log")  # the site's own log: error details (values, rows) stay here
     worker = _make_worker(cfg.name, SiteSource(source=cfg.source, table=cfg.table), policy=cfg.policy,
                           book=LedgerBook(cfg.name, state_dir), report_dir=state_dir / "reports")
-    service = SiteService(worker, state_dir / "state.fedtab")
+    finished = threading.Event()  # the job is over, or the site cannot go on: serve() returns
+    failure: list[Exception] = []
+    service = SiteService(worker, state_dir / "state.fedtab",
+                          on_request=lambda text: notify(text), on_end=lambda: _after(END_GRACE, finished.set))
     sock = state_dir / "site.sock"
     node_config = f"site-name={_toml_str(cfg.name)} site-socket={_toml_str(sock)}"
     cmd = ["flower-supernode", "--superlink", cfg.superlink, "--node-config", node_config,
@@ -206,27 +271,70 @@ def run_site(config_path: Path, *, on_event: Callable[[str], None] | None = None
     stopping = threading.Event()
 
     def keep_node_up() -> None:
+        said = None
+        refused_since = None
         while not stopping.is_set():
             with lock:
                 if stopping.is_set():
                     return
+                offset = log.stat().st_size if log.exists() else 0
                 node[:] = [processes.start(cmd, log, env=env, own_group=False)]
             code = node[0].wait()
             if stopping.wait(0 if stopping.is_set() else restart_delay):
                 return
-            notify(f"the SuperNode exited ({code}); restarting it (log: {log})")
+            text = _read_from(log, offset)
+            if NOT_REGISTERED in text:
+                refused_since = refused_since or time.monotonic()
+                reason = (f"key not registered at the coordinator: register it with 'flwr supernode register "
+                          f"{_public_key_of(cfg)}' at the SuperLink, or name it as [sites.{cfg.name}] public_key "
+                          "in the consortium configuration ('fedtab coordinator' registers those when it starts)")
+                if time.monotonic() - refused_since > NOT_REGISTERED_PATIENCE:
+                    failure.append(FederationError(f"site '{cfg.name}': {reason}. Stopped after "
+                                                   f"{NOT_REGISTERED_PATIENCE:.0f} s of refusals."))
+                    finished.set()
+                    return
+            else:
+                refused_since = None
+                reason = (f"the SuperLink at {cfg.superlink} does not answer (not started yet, or restarting)"
+                          if "Failed to initialize the connection" in text or "UNAVAILABLE" in text
+                          else f"the SuperNode exited ({code}); see {log}")
+            if reason != said:  # each reason once, not once per restart
+                notify(f"{reason}; retrying every {restart_delay:.0f} s")
+                said = reason
 
     def ready() -> None:
         threading.Thread(target=keep_node_up, daemon=True).start()
-        notify(f"site '{cfg.name}' is serving from {state_dir}; stop it with Ctrl-C")
+        notify(f"site '{cfg.name}' is serving from {state_dir} and connecting to {cfg.superlink}; stop it with Ctrl-C")
 
     try:
-        serve(service, sock, ready=ready)
+        serve(service, sock, ready=ready, stop=finished)
     finally:
         stopping.set()
         with lock:
-            for proc in node:
-                processes.stop(proc)
+            for proc in node:  # with every process it started (flower-superexec, flwr-clientapp)
+                processes.stop_tree(proc)
+    if failure:
+        raise failure[0]
+    notify(f"the job is over: site '{cfg.name}' stopped (its ledger: {state_dir / 'ledger.jsonl'})")
+
+
+def _after(seconds: float, action: Callable[[], None]) -> None:
+    timer = threading.Timer(seconds, action)
+    timer.daemon = True
+    timer.start()
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _public_key_of(cfg) -> str:
+    return f"{cfg.private_key.resolve()}.pub" if cfg.private_key is not None else "<the site's public key file>"
 
 
 def _log_to(path: Path) -> None:
@@ -240,3 +348,4 @@ def _log_to(path: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    log.propagate = False  # its handlers are here and on the terminal; Flower's root handler would repeat it

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from fedtab.schema import atomic_write_text
@@ -24,47 +23,70 @@ def write_status(workdir: Path, attempt: str, state: str, **info) -> None:
 
 
 def run_server(grid, *, config: str, output: str, workdir: str, resume: bool, round_timeout: float,
-               attempt: str = "", release_dir: str = "", policy: str = "") -> None:
-    from fedtab.api import FederatedSynthesizer
+               attempt: str = "", release_dir: str = "", policy: str = "", join_timeout: float = 0.0) -> None:
     from fedtab.deploy.checkpoint import load_checkpoint, save_checkpoint
-    from fedtab.deploy.consortium import load_consortium
+    from fedtab.deploy.consortium import consortium_job, load_consortium
     from fedtab.errors import FederationError
+    from fedtab.federation.agreement import name_sites
     from fedtab.federation.coordinator import run_federation
     from fedtab.federation.flower_app import FlowerTransport
 
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
+    rounds: list[dict] = []
+    events: list[str] = []  # the phases as they happen: 'fedtab coordinator' prints each new one
+
+    def note(text: str) -> None:
+        events.append(text)
+        write_status(wd, attempt, "running", rounds=rounds, events=events)
+
     write_status(wd, attempt, "running")
     try:
         cfg, _ = load_consortium(config)
-        synth = FederatedSynthesizer.from_config(cfg)
-        job = synth._job()  # validated settings -> JobSpec (the same as `fedtab train` builds) ...
-        job = replace(job, training=replace(job.training, min_sites=cfg.training.min_sites))  # ... + min_sites
+        synth, job = consortium_job(cfg)  # validated settings -> JobSpec (as `fedtab train` builds) + min_sites
         resume_state = load_checkpoint(wd / CHECKPOINT, job) if resume else None
         t0 = time.perf_counter()
         # A resumed run waits for the sites that were still training (a site lost earlier may stay away).
         expected = len(resume_state.active_sites) if resume_state is not None else len(cfg.sites)
-        transport = FlowerTransport(grid, expected_sites=expected, timeout=round_timeout)
+        transport = FlowerTransport(grid, expected_sites=expected, timeout=round_timeout,
+                                    min_sites=cfg.training.min_sites, join_timeout=join_timeout or round_timeout,
+                                    on_wait=lambda n, k: note(f"waiting for sites: {n} of {k} connected"))
         unknown = sorted(set(transport.sites) - set(cfg.sites))
         if unknown:
-            raise FederationError(f"SuperNodes for site(s) {unknown} joined, but the consortium config names "
-                                  f"only {sorted(cfg.sites)}")
-        rounds: list[dict] = []
+            raise FederationError(f"SuperNodes for {name_sites(unknown)} joined, but the consortium config names "
+                                  f"only {name_sites(sorted(cfg.sites))}")
+        absent = sorted(set(cfg.sites) - set(transport.sites))
+        note(f"connected: {name_sites(transport.sites)}"
+             + (f"; {name_sites(absent)} did not connect, going on without them (training.min_sites = "
+                f"{cfg.training.min_sites})" if absent and resume_state is None else ""))
 
         def on_round(state) -> None:
             save_checkpoint(wd / CHECKPOINT, state, job)
             rounds.append({"round": state.rounds_done, "seconds": state.history[-1].seconds})
-            write_status(wd, attempt, "running", rounds=rounds)
+            write_status(wd, attempt, "running", rounds=rounds, events=events)
 
-        result = run_federation(transport, job, resume=resume_state, on_round=on_round)
+        def progress(event: str, info: dict) -> None:
+            if event == "phase":
+                note(str(info.get("name")))
+
+        result = run_federation(transport, job, resume=resume_state, on_round=on_round, progress=progress)
         synth._set_result(result, job)
         synth.save(output)
-        verdict = _release(transport, synth, cfg, sites=sorted(result.ledgers), release_dir=release_dir,
-                           policy=policy, model_path=output) if release_dir else None
+        note(f"model written to {output}")
+        verdict = None
+        if release_dir:
+            note(f"evaluation at {name_sites(sorted(result.ledgers))}: each draws the table and decides every "
+                 "check against its own rows")
+            verdict = _release(transport, synth, cfg, sites=sorted(result.ledgers), release_dir=release_dir,
+                               policy=policy, model_path=output)
+        acknowledged = transport.end()
+        note(f"the job is over: the {len(transport.sites)} connected sites were told to stop "
+             f"({len(acknowledged)} acknowledged)")
         write_status(wd, attempt, "done", output=output, rounds=rounds, seconds=time.perf_counter() - t0,
-                     sites=sorted(result.ledgers), verdict=verdict)
-    except BaseException as e:
-        write_status(wd, attempt, "failed", error=str(e), error_class=type(e).__name__)
+                     sites=sorted(result.ledgers), verdict=verdict, events=events)
+    except BaseException as e:  # the sites keep serving: a coordinator run with --resume continues the job
+        write_status(wd, attempt, "failed", error=str(e), error_class=type(e).__name__,
+                     exit_code=int(getattr(e, "exit_code", 9)), events=events)
         raise
 
 

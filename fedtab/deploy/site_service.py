@@ -25,12 +25,14 @@ import os
 import signal
 import socket
 import socketserver
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from fedtab.errors import FederationError
-from fedtab.federation.flower_app import HELLO
-from fedtab.federation.site import ENCODE, MEASURE, SCHEMA, TRAIN, SiteWorker
+from fedtab.federation.flower_app import END, HELLO
+from fedtab.federation.site import ENCODE, EVALUATE, LEDGER, MEASURE, SCHEMA, SETUP, TRAIN, SiteWorker
 from fedtab.federation.training import TRAINING_PHASE
 from fedtab.federation.transport import error_reply
 from fedtab.federation.wire import pack
@@ -64,21 +66,50 @@ def _rounds_in_ledger(worker: SiteWorker, state: dict) -> set[int]:
     return {int(e.phase[len(prefix):]) for e in entries if e.phase.startswith(prefix)}
 
 
-class SiteService:
-    """Handles requests for one site; ``state_path`` is the site-local state file."""
+def describe(kind: str, body: Any) -> str:
+    """What a request is, in the operator's words (``fedtab site`` prints one line per request)."""
+    if kind == TRAIN:
+        return f"training round {int(body.get('round', 0)) + 1}"
+    if kind in (ENCODE, MEASURE):
+        what = "federated encoding" if kind == ENCODE else "marginal measurements"
+        return f"{what} ({body.get('phase', '?')})"
+    return {SCHEMA: "schema agreement", SETUP: "training setup", LEDGER: "the job's final model (ledger closed)",
+            EVALUATE: "evaluation (the table drawn here, every check decided here)"}.get(kind, f"request '{kind}'")
 
-    def __init__(self, worker: SiteWorker, state_path: str | os.PathLike):
+
+class SiteService:
+    """Handles requests for one site; ``state_path`` is the site-local state file. ``on_request(text)``
+    hears of each request served (what it was, how long, refused or not); ``on_end()`` is called when the
+    coordinator says the job is over."""
+
+    def __init__(self, worker: SiteWorker, state_path: str | os.PathLike, *, on_request=None, on_end=None):
         self.worker = worker
         self.state_path = Path(state_path)
         self.state: dict = load_state(self.state_path, fmt=STATE_FORMAT) or {}
+        self.on_request = on_request
+        self.on_end = on_end
 
     def handle(self, kind: str, body: Any) -> Any:
         if kind == HELLO:
+            self._tell("connected to the coordinator")
             return {"site": self.worker.name}
+        if kind == END:
+            self._tell("the coordinator says the job is over")
+            if self.on_end is not None:
+                self.on_end()
+            return {"site": self.worker.name}
+        t0 = time.perf_counter()
         try:
-            return self._handle(kind, body)
+            reply = self._handle(kind, body)
         except Exception as e:  # noqa: BLE001 - every failure goes back to the coordinator, by class
+            self._tell(f"{describe(kind, body)}: refused ({type(e).__name__}; the details are in the site log)")
             return error_reply(e, site=self.worker.name)
+        self._tell(f"{describe(kind, body)}: answered in {time.perf_counter() - t0:.1f} s")
+        return reply
+
+    def _tell(self, text: str) -> None:
+        if self.on_request is not None:
+            self.on_request(text)
 
     def _handle(self, kind: str, body: Any) -> Any:
         work = dict(self.state)  # the worker replaces top-level keys; commit only on success
@@ -126,8 +157,10 @@ class _Handler(socketserver.BaseRequestHandler):
         self.request.sendall(ipc.encode_frame(kind, reply))
 
 
-def serve(service: SiteService, socket_path: str | os.PathLike, *, ready=None) -> None:
-    """Serve requests one at a time until SIGTERM/SIGINT. ``ready()`` is called once listening."""
+def serve(service: SiteService, socket_path: str | os.PathLike, *, ready=None,
+          stop: threading.Event | None = None) -> None:
+    """Serve requests one at a time until ``stop`` is set (returns) or SIGTERM/SIGINT (raises
+    KeyboardInterrupt once the socket is removed). ``ready()`` is called once listening."""
     path = Path(socket_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
@@ -145,16 +178,16 @@ def serve(service: SiteService, socket_path: str | os.PathLike, *, ready=None) -
         os.umask(old)
     server.service = service  # type: ignore[attr-defined]
 
-    def stop(signum, frame):  # noqa: ARG001
+    def stop_on_signal(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    if stop is not None:
+        threading.Thread(target=lambda: (stop.wait(), server.shutdown()), daemon=True).start()
     try:
         if ready is not None:
             ready()
         server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
     finally:
         server.server_close()
         path.unlink(missing_ok=True)

@@ -1,10 +1,12 @@
 """``site.toml``: what one institution runs (``fedtab site --config site.toml``).
 
-Example (paths are relative to the file)::
+Example (relative paths start at this file's folder, wherever ``fedtab site`` is run from)::
 
     name = "cleveland"                      # must match [sites.cleveland] in the consortium config
     source = "data/heart_cleveland.csv"     # file path or SQLAlchemy URL: read here, never sent
     # table = "patients"                    # for a database URL
+    # schema = "heart_schema.json"          # the consortium's schema: the table is checked against it
+                                            # at startup (without it: only that it reads and parses)
     max_epsilon = 2.0                       # this site refuses jobs that ask for more
     max_total_epsilon = 4.0                 # ... and any job that would take all its jobs past this
     # max_delta = 1e-5                      # the default; a job's delta must also be < 1 / (10 x rows)
@@ -35,7 +37,7 @@ from fedtab.errors import ConfigError
 
 from fedtab.privacy.book import POLICY_KEYS, SitePolicy
 
-_KEYS = {"name", "source", "table", "superlink", "state_dir", "tls", "auth", "port", *POLICY_KEYS}
+_KEYS = {"name", "source", "table", "schema", "superlink", "state_dir", "tls", "auth", "port", *POLICY_KEYS}
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class SiteConfig:
     insecure: bool = False
     private_key: Path | None = None
     port: int | None = None  # the SuperNode's local Runtime API port (default: a free one)
+    schema: Path | None = None  # the consortium's schema file: the table is checked against it at startup
 
 
 def load_site_config(path: str | Path) -> SiteConfig:
@@ -60,6 +63,17 @@ def load_site_config(path: str | Path) -> SiteConfig:
     for key in ("name", "source", "superlink"):
         if not isinstance(data.get(key), str) or not data.get(key):
             problems.append(f"'{key}' must be a non-empty string. Got {data.get(key)!r} instead.")
+    for key in ("table", "schema", "state_dir"):
+        if key in data and (not isinstance(data[key], str) or not data[key]):
+            problems.append(f"'{key}' must be a non-empty string. Got {data[key]!r} instead.")
+    if isinstance(data.get("name"), str) and data["name"]:
+        from fedtab.config import check_site_names
+
+        problems += check_site_names([data["name"]])
+    for table in ("tls", "auth"):
+        if not isinstance(data.get(table, {}), dict):
+            problems.append(f"'{table}' must be a table ([{table}] with keys under it). Got {data[table]!r} instead.")
+            data[table] = {}
     policy = SitePolicy()
     try:
         policy = SitePolicy.from_dict(data)
@@ -82,4 +96,35 @@ def load_site_config(path: str | Path) -> SiteConfig:
                       policy=(policy if policy.release_policy is None else
                               dataclasses.replace(policy, release_policy=str(rel(policy.release_policy)))),
                       root_certificates=rel(tls.get("root_certificates")), insecure=insecure,
-                      private_key=rel(auth.get("private_key")), port=data.get("port"))
+                      private_key=rel(auth.get("private_key")), port=data.get("port"), schema=rel(data.get("schema")))
+
+
+def check_site_source(cfg: SiteConfig, config_path: str | Path) -> str:
+    """Read the site's own table as ``fedtab site`` starts: it must exist, read and parse, hold at least
+    ``MIN_SITE_ROWS`` rows and, when site.toml names the consortium's ``schema``, conform to it (every
+    problem listed). Raises the problem (SourceError 5, SchemaError 3, DataValidationError 4); returns a
+    line for the operator. All of it stays at the site: it is the operator's own terminal."""
+    from connectors import is_url, read_table
+    from fedtab.errors import DataValidationError, Problem, SourceError
+    from fedtab.federation.site import MIN_SITE_ROWS
+    from fedtab.schema import TableSchema
+
+    where = f"site '{cfg.name}'"
+    folder = Path(config_path).resolve().parent
+    if not is_url(cfg.source) and not Path(cfg.source).exists():
+        raise SourceError(f"{where}: its source {Path(cfg.source).resolve()} does not exist (a relative 'source' "
+                          f"in {Path(config_path).name} starts at that file's folder, {folder}); fix 'source' there.")
+    schema = None
+    if cfg.schema is not None:
+        if not cfg.schema.is_file():
+            raise SourceError(f"{where}: its schema {cfg.schema.resolve()} does not exist (a relative 'schema' in "
+                              f"{Path(config_path).name} starts at that file's folder, {folder}).")
+        schema = TableSchema.load(cfg.schema)
+    frame = read_table(cfg.source, table=cfg.table, schema=schema)
+    if len(frame) < MIN_SITE_ROWS:
+        raise DataValidationError(f"{where}: {cfg.source}", [Problem(
+            None, f"{len(frame)} row(s); a site needs at least {MIN_SITE_ROWS} to take part (its holdout rows and "
+                  "its evaluation use them)")])
+    checked = f", conforms to {cfg.schema.name}" if schema is not None else " (no 'schema' in site.toml: not checked " \
+                                                                               "against the consortium's schema yet)"
+    return f"{where}: read its table {cfg.source}: {len(frame)} rows, {frame.shape[1]} columns{checked}"

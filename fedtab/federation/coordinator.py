@@ -26,7 +26,7 @@ from fedtab.federation import encoding
 from fedtab.federation.agreement import agree_schemas, name_sites
 from fedtab.federation.aggregation import screen_update, trimmed_average
 from fedtab.federation.site import ENCODE, LEDGER, MEASURE, SCHEMA, SETUP, TRAIN
-from fedtab.federation.transport import Transport, broadcast
+from fedtab.federation.transport import Transport, broadcast, request_outcomes
 from fedtab.schema import TableSchema
 
 Progress = Callable[[str, dict], None]
@@ -113,7 +113,7 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
         if len(order) < min_sites:
             missing = sorted(set(state.active_sites) - set(order))
             raise FederationError(
-                f"round {r + 1}: only {len(order)} site(s) answered ({order}; no reply from {missing}) but "
+                f"round {r + 1}: only {len(order)} site(s) answered (no reply from {name_sites(missing)}) but "
                 f"'training.min_sites' is {min_sites}. Restart the missing sites and run the coordinator "
                 "again with --resume: it continues from the last checkpoint.")
         order = _screened(job, state, replies, order, round_index=r, min_sites=min_sites, bounds=bounds,
@@ -191,8 +191,9 @@ def _fit_marginals(transport: Transport, job: JobSpec, progress: Progress | None
 
     state = _prepare(transport, job, progress, setup=False)
     transformer = TableTransformer.from_dict(state.encoding)
-    weights, noise = marginals.fit(lambda body: broadcast(transport, MEASURE, body), job, transformer,
-                                   progress=progress, site_rows=state.site_weights, n_sites=len(transport.sites))
+    sites = list(state.active_sites)  # the sites that took part in schema agreement and the encoding
+    weights, noise = marginals.fit(lambda body: broadcast(transport, MEASURE, body, sites=sites), job, transformer,
+                                   progress=progress, site_rows=state.site_weights, n_sites=len(sites))
     return _finish(transport, replace(state, weights=weights, noise_multipliers=noise))
 
 
@@ -208,14 +209,8 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
             "precision can turn on one record). Run 'fedtab schema infer' at a site, review it, declare public "
             "bounds and categories, and pass it ('schema' in the run configuration, schema= in the API).")
     body = {"job": job.site_job(), "schema": job.schema.to_dict() if job.schema is not None else None}
-    replies = broadcast(transport, SCHEMA, body)
-    if job.privacy.enabled:
-        bad = {s: r["columns"] for s, r in replies.items() if r["columns"]}
-        if bad:
-            raise DataValidationError("schema agreement", [
-                Problem(c, f"does not conform to the declared schema at site '{s}'",
-                        expected="the declared type, bounds and categories (the site's operator has the details)")
-                for s, cols in sorted(bad.items()) for c in cols])
+    replies = _schema_replies(transport, job, body, sites, progress)
+    sites = [s for s in sites if s in replies]  # the sites that go on
     schema = job.schema or agree_schemas({s: TableSchema.from_dict(r["schema"]) for s, r in replies.items()})
     if job.site_column is not None:
         schema = with_site_column(schema, job.site_column, sites)
@@ -225,7 +220,8 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
     plan = encoding.make_plan(schema, job)
     transformer, site_weights = encoding.run_encoding(
         plan, lambda phase, request: broadcast(transport, ENCODE, {
-            "schema": schema.to_dict(), "plan": encoding.plan_to_dict(plan), "phase": phase, "request": request}),
+            "schema": schema.to_dict(), "plan": encoding.plan_to_dict(plan), "phase": phase, "request": request},
+            sites=sites),
     )
     if plan.pairs:
         measured = len(transformer.pair_tables_)
@@ -242,11 +238,56 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
     from fedtab.federation import training
 
     setup = training.setup_body(job, transformer)
-    replies = broadcast(transport, SETUP, setup)
+    replies = broadcast(transport, SETUP, setup, sites=sites)
     noise = {s: float(r["noise_multiplier"]) for s, r in replies.items()}
     return TrainingState(schema=schema, encoding=transformer.to_dict(), site_weights=site_weights,
                          noise_multipliers=noise, weights=training.initial_weights(setup), history=(),
                          active_sites=tuple(sites), rounds_done=0)
+
+
+def _schema_replies(transport: Transport, job: JobSpec, body: dict, sites: list[str],
+                    progress: Progress | None) -> dict[str, Any]:
+    """The schema replies of the sites that go on. A site that cannot take part (its table cannot be read,
+    does not conform to the declared schema or is too small; no reply) is left out, and named, when at
+    least ``training.min_sites`` (default: all) remain; otherwise the run stops with its error."""
+    outcomes = request_outcomes(transport, SCHEMA, {s: body for s in sites})
+    failed = {s: o for s, o in outcomes.items() if isinstance(o, Exception)}
+    bad = {s: r["columns"] for s, r in outcomes.items()
+           if s not in failed and job.privacy.enabled and r["columns"]}
+    going_on = [s for s in sites if s not in failed and s not in bad]
+    if not failed and not bad:
+        return outcomes
+    for error in failed.values():  # the job itself is refused (a site's rules, a bad setting): stop
+        if not _cannot_take_part(error):
+            raise error
+    min_sites = job.training.min_sites or len(sites)
+    left_out = sorted([*failed, *bad])
+    reasons = [str(e) for _, e in sorted(failed.items())]
+    reasons += [f"site '{s}': its table does not conform to the declared schema (column(s) "
+                f"{', '.join(repr(c) for c in cols)})" for s, cols in sorted(bad.items())]
+    if len(going_on) < min_sites:
+        if job.training.min_sites is None and len(left_out) == 1 and failed:
+            raise next(iter(failed.values()))  # every site must take part: its own error, its own exit code
+        if job.training.min_sites is None and not failed:
+            raise DataValidationError("schema agreement", [
+                Problem(c, f"does not conform to the declared schema at site '{s}'",
+                        expected="the declared type, bounds and categories (the site's operator has the details)")
+                for s, cols in sorted(bad.items()) for c in cols])
+        raise FederationError(
+            f"only {len(going_on)} of {len(sites)} sites can take part, and 'training.min_sites' is {min_sites} "
+            f"(default: every site); {name_sites(left_out)} cannot:\n" + "\n".join(f"  - {r}" for r in reasons[:10])
+            + (f"\n  - ... and {len(reasons) - 10} more" if len(reasons) > 10 else ""))
+    _notify(progress, "phase", name=f"left out {name_sites(left_out)}; going on with {len(going_on)} of "
+                                    f"{len(sites)} (training.min_sites = {min_sites}): " + "; ".join(reasons[:10]),
+            dropped=left_out)
+    return {s: outcomes[s] for s in going_on}
+
+
+def _cannot_take_part(error: Exception) -> bool:
+    """A site's own trouble (its table, its connection), not the job's: the others may go on without it."""
+    from fedtab.errors import SourceError
+
+    return isinstance(error, (SourceError, DataValidationError)) or getattr(error, "no_reply", False)
 
 
 def with_site_column(schema: TableSchema, column: str, sites: list[str]) -> TableSchema:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedtab.errors import FederationError
-from fedtab.federation.transport import ERROR_KEY, error_reply, raise_if_error
+from fedtab.federation.transport import ERROR_KEY, UNAVAILABLE_KEY, error_reply, raise_if_error, unavailable
 from fedtab.federation.wire import Packed, pack, unpack
 
 # Wire keys (named once, used on both sides).
@@ -26,9 +26,9 @@ ARRAYS = "fedtab.arrays"  # ArrayRecord: packed arrays
 STATE_BODY = "fedtab.state"
 STATE_ARRAYS = "fedtab.state.arrays"
 HELLO = "hello"
+END = "end"  # the job is over: a deployed site stops after answering (fedtab.deploy.runner.run_site)
 NODE_SITE_KEY = "site-name"  # node config: the site's name (deployment)
 NODE_PARTITION_KEY = "partition-id"  # node config: set by Flower's simulation engine
-UNAVAILABLE_KEY = "unavailable"  # in an error reply: the site could not serve (not: the site refused)
 FLOWER_ERROR_PREFIX = "Flower error: "
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -124,35 +124,50 @@ class FlowerTransport:
     """``Transport`` over a Flower ``Grid`` (inside a ServerApp)."""
 
     def __init__(self, grid, *, expected_sites: int | None = None, timeout: float | None = None,
-                 min_sites: int | None = None):
+                 min_sites: int | None = None, join_timeout: float | None = None,
+                 on_wait: Callable[[int, int], None] | None = None):
+        """Waits for ``expected_sites`` SuperNodes (``on_wait(connected, expected)`` whenever the count
+        changes); after ``join_timeout`` seconds (default: ``timeout``, else 120) it goes on with those
+        connected when they are at least ``min_sites``, else raises."""
         self._grid = grid
         self._timeout = timeout
         self._round = 0
         self._min_sites = min_sites
-        node_ids = self._wait_for_nodes(expected_sites)
+        node_ids = self._wait_for_nodes(expected_sites, join_timeout or timeout or 120.0, on_wait)
         replies = self._send({nid: (HELLO, {}) for nid in node_ids})
         self._nodes: dict[str, int] = {}
         for nid, (_, body) in replies.items():
-            self._nodes[str(body["site"])] = nid
+            if isinstance(body, dict) and "site" in body:  # a node that cannot answer is not a site yet
+                self._nodes[str(body["site"])] = nid
         self._nodes = dict(sorted(self._nodes.items()))
 
-    def _wait_for_nodes(self, expected: int | None) -> list[int]:
+    def _wait_for_nodes(self, expected: int | None, join_timeout: float, on_wait) -> list[int]:
         import time
 
-        deadline = time.monotonic() + (self._timeout or 120.0)
+        deadline = time.monotonic() + join_timeout
+        seen = -1
         while True:
             ids = sorted(self._grid.get_node_ids())
+            if on_wait is not None and expected is not None and len(ids) != seen:
+                on_wait(len(ids), expected)
+            seen = len(ids)
             if expected is None or len(ids) >= expected:
                 return ids
             if time.monotonic() > deadline:
-                raise FederationError(f"only {len(ids)} of {expected} sites connected before the timeout")
+                enough = self._min_sites if self._min_sites is not None else expected
+                if ids and len(ids) >= enough:
+                    return ids
+                raise FederationError(f"only {len(ids)} of {expected} sites connected in {join_timeout:.0f} s, and "
+                                      f"at least {enough} must take part ('training.min_sites'); start the missing "
+                                      "sites ('fedtab site --config SITE.toml'), or wait longer (--wait-for-sites)")
             time.sleep(0.5)
 
     @property
     def sites(self) -> list[str]:
         return list(self._nodes)
 
-    def _send(self, per_node: Mapping[int, tuple[str, Any]]) -> dict[int, tuple[str, Any]]:
+    def _send(self, per_node: Mapping[int, tuple[str, Any]], *, timeout: float | None = None
+              ) -> dict[int, tuple[str, Any]]:
         from flwr.app import Message
 
         self._round += 1
@@ -162,49 +177,52 @@ class FlowerTransport:
             for nid, (kind, body) in per_node.items()
         ]
         out: dict[int, tuple[str, Any]] = {}
-        for rep in self._grid.send_and_receive(msgs, timeout=self._timeout):
+        for rep in self._grid.send_and_receive(msgs, timeout=self._timeout if timeout is None else timeout):
             nid = rep.metadata.src_node_id
             if rep.has_error():
                 out[nid] = ("error", {ERROR_KEY: {"class": "FederationError", "code": 9, "columns": [],
-                                                  "message": f"{FLOWER_ERROR_PREFIX}{rep.error.reason}"}})
+                                                  "message": f"{FLOWER_ERROR_PREFIX}{rep.error.reason}",
+                                                  UNAVAILABLE_KEY: True}})
             else:
                 out[nid] = _from_records(rep.content)
         return out
 
     def request(self, kind: str, bodies: Mapping[str, Any]) -> dict[str, Any]:
+        raw = self.outcomes(kind, bodies)
+        missing = [s for s in bodies if s not in raw]
+        if missing:
+            from fedtab.federation.transport import no_reply_error
+
+            raise no_reply_error(kind, missing)
+        return {s: raise_if_error(s, raw[s]) for s in sorted(raw)}
+
+    def outcomes(self, kind: str, bodies: Mapping[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """The reply body of each site that answered, error replies included (``unavailable``: its
+        service is down, or Flower could not deliver the message)."""
         unknown = [s for s in bodies if s not in self._nodes]
         if unknown:
-            raise FederationError(f"unknown site(s) {unknown}; connected sites: {self.sites}")
-        replies = self._send({self._nodes[s]: (kind, b) for s, b in bodies.items()})
+            from fedtab.federation.agreement import name_sites
+
+            raise FederationError(f"unknown {name_sites(unknown)}; connected: {name_sites(self.sites)}")
+        replies = self._send({self._nodes[s]: (kind, b) for s, b in bodies.items()}, timeout=timeout)
         by_node = {nid: s for s, nid in self._nodes.items()}
-        missing = [s for s in bodies if self._nodes[s] not in replies]
-        if missing:
-            raise FederationError(f"no reply from site(s) {missing} to '{kind}' (timed out or disconnected)")
-        return {by_node[nid]: raise_if_error(by_node[nid], body) for nid, (_, body) in sorted(replies.items())}
+        return {by_node[nid]: body for nid, (_, body) in sorted(replies.items())}
+
+    def end(self, *, timeout: float = 30.0) -> list[str]:
+        """Tell every site the job is over (a deployed site then stops); the sites that acknowledged."""
+        return sorted(s for s, body in self.outcomes(END, {s: {} for s in self._nodes}, timeout=timeout).items()
+                      if not (isinstance(body, dict) and ERROR_KEY in body))
 
     def request_available(self, kind: str, bodies: Mapping[str, Any]) -> dict[str, Any]:
         """Like ``request``, but a site that did not answer (timed out, disconnected, or whose site
         service is down) is left out of the replies instead of failing the whole request. Errors a
         site raised itself (a refused budget, bad data) are still raised."""
-        unknown = [s for s in bodies if s not in self._nodes]
-        if unknown:
-            raise FederationError(f"unknown site(s) {unknown}; connected sites: {self.sites}")
-        replies = self._send({self._nodes[s]: (kind, b) for s, b in bodies.items()})
-        by_node = {nid: s for s, nid in self._nodes.items()}
-        out: dict[str, Any] = {}
-        for nid, (_, body) in sorted(replies.items()):
-            if isinstance(body, dict) and ERROR_KEY in body and (
-                    body[ERROR_KEY].get(UNAVAILABLE_KEY) or _is_flower_error(body)):
-                continue
-            out[by_node[nid]] = raise_if_error(by_node[nid], body)
-        return out
+        return {s: raise_if_error(s, body) for s, body in self.outcomes(kind, bodies).items() if not unavailable(body)}
 
     def close(self) -> None:
         pass
 
 
-def _is_flower_error(body: dict) -> bool:
-    return str(body[ERROR_KEY].get("message", "")).startswith(FLOWER_ERROR_PREFIX)
 
 
 def run_flower_simulation(

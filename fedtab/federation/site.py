@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedtab.errors import ConfigError, DataValidationError, FederationError
+from fedtab.errors import ConfigError, DataValidationError, FederationError, Problem
 from fedtab.privacy.book import LedgerBook, SitePolicy, job_key
 from fedtab.privacy.ledger import PrivacyLedger
 from fedtab.privacy.secret import secret_source
@@ -34,6 +34,20 @@ from fedtab.schema import TableSchema
 # Request kinds (wire constants).
 SCHEMA, ENCODE, SETUP, TRAIN, LEDGER, EVALUATE = "schema", "encode", "setup", "train", "ledger", "evaluate"
 MEASURE = "measure"  # the marginal-based model's noisy counts (fedtab.federation.marginals)
+MIN_SITE_ROWS = 10  # below it a site has no holdout rows (``split_holdout``) and cannot be evaluated
+
+
+def _public(error: DataValidationError) -> DataValidationError:
+    """The error's message may go to the coordinator: it names columns and rules, never a value."""
+    error.public = True
+    return error
+
+
+def _all_missing(column: pd.Series, markers: tuple[str, ...]) -> bool:
+    values = column.dropna()
+    if values.dtype == object:
+        values = values[~values.astype(str).str.strip().isin(("", *markers))]
+    return values.empty
 
 
 def site_seed(seed: int, site: str, *salt: int) -> int:
@@ -163,13 +177,39 @@ class SiteWorker:
             from fedtab.inference import infer_schema
 
             raw = self._load_frame(None, tuple(job["missing_markers"]))
+            self._check_rows(raw)
+            self._check_inferable(raw, tuple(job["missing_markers"]))
             if "fedtab_schema" in raw.attrs:  # a source read with the schema inferred from its own form
                 return {"schema": raw.attrs["fedtab_schema"]}
             return {"schema": infer_schema(raw, missing_markers=tuple(job["missing_markers"])).to_dict()}
         schema = TableSchema.from_dict(declared, source="coordinator schema")
         if epsilon is None:
+            self._check_rows(self._raw(schema.without(job.get("site_column")), job))
             return {"schema": schema.to_dict()}
         return {"columns": self._nonconforming(schema, job)}
+
+    def _check_rows(self, raw: pd.DataFrame) -> None:
+        """A site takes part only with at least ``MIN_SITE_ROWS`` rows (its holdout and evaluation need
+        them), checked in schema agreement, before any release. The coordinator learns only that the
+        table is too small, as it learns that a table does not conform (the rule's one bit); the
+        count itself stays in the site's log."""
+        if len(raw) >= MIN_SITE_ROWS:
+            return
+        from fedtab.federation.transport import SITE_LOG
+
+        SITE_LOG.error("site %s: its table has %d row(s); a site needs at least %d", self.name, len(raw), MIN_SITE_ROWS)
+        raise _public(DataValidationError("its table", [Problem(
+            None, f"too few rows to take part: a site needs at least {MIN_SITE_ROWS} (its holdout rows and its "
+                  "evaluation use them); the site's operator has the count in the site's log")]))
+
+    def _check_inferable(self, raw: pd.DataFrame, markers: tuple[str, ...]) -> None:
+        """Without a declared schema the sites infer theirs: a column holding only missing values at a site
+        has no type to infer (it would be reported as a type disagreement); say so, by column name."""
+        empty = [str(c) for c in raw.columns if _all_missing(raw[c], markers)]
+        if empty:
+            raise _public(DataValidationError("its table", [Problem(
+                c, "holds only missing values, so no type can be inferred from it; declare the column's type in "
+                   "a shared schema ('schema' in the run configuration) or leave the column out") for c in empty]))
 
     def _nonconforming(self, schema: TableSchema, job: dict) -> list[str]:
         """The columns in which this site's table does not conform to ``schema`` (names only; the
@@ -182,6 +222,7 @@ class SiteWorker:
             from fedtab.federation.coordinator import with_site_column
 
             full = with_site_column(schema, job["site_column"], [self.name])
+        self._check_rows(self._raw(full.without(job.get("site_column")), job))
         try:
             raw = self._with_site_column(self._raw(full.without(job.get("site_column")), job), job)
             validate_table(raw, full, source=f"site '{self.name}'")

@@ -26,6 +26,7 @@ from fedtab.federation.training import torch_threads
 from fedtab.federation.wire import pack, unpack
 
 ERROR_KEY = "__error__"
+UNAVAILABLE_KEY = "unavailable"  # in an error reply: the site could not serve (not: the site refused)
 SITE_LOG = logging.getLogger("fedtab.site")
 # Requests the in-process transport hands to several sites at once: training rounds (torch releases the
 # GIL; the rest, pandas and evaluation libraries, gains little and was not written for threads).
@@ -48,6 +49,42 @@ class Transport(Protocol):
 def broadcast(transport: Transport, kind: str, body: Any, *, sites: Sequence[str] | None = None) -> dict[str, Any]:
     """Send the same body to every site (or the sites named)."""
     return transport.request(kind, {s: body for s in (sites or transport.sites)})
+
+
+def request_outcomes(transport: Transport, kind: str, bodies: Mapping[str, Any]) -> dict[str, Any]:
+    """Each site's reply, or the fedtab error it answered with (a ``FederationError`` with ``no_reply``
+    set when it did not answer): the coordinator decides which sites go on. A transport without
+    ``outcomes`` answers all or raises."""
+    outcomes = getattr(transport, "outcomes", None)
+    if outcomes is None:
+        return transport.request(kind, bodies)
+    raw = outcomes(kind, bodies)
+    out: dict[str, Any] = {}
+    for site in bodies:
+        if site not in raw:
+            out[site] = no_reply_error(kind, [site])
+            continue
+        try:
+            out[site] = raise_if_error(site, raw[site])
+        except errors.FedtabError as e:
+            e.no_reply = unavailable(raw[site])  # its service is down: it cannot take part, like a silent site
+            out[site] = e
+    return out
+
+
+def unavailable(reply: Any) -> bool:
+    """Whether a reply says the site could not serve at all (its service down, the message undelivered)."""
+    return isinstance(reply, dict) and ERROR_KEY in reply and bool(reply[ERROR_KEY].get(UNAVAILABLE_KEY))
+
+
+def no_reply_error(kind: str, sites: Sequence[str]) -> errors.FederationError:
+    """The error of sites that did not answer a request (timed out, disconnected, service down)."""
+    from fedtab.federation.agreement import name_sites
+
+    e = errors.FederationError(f"no reply from {name_sites(sites)} to '{kind}' (timed out or disconnected)",
+                               public=True)
+    e.no_reply = True
+    return e
 
 
 def error_reply(exc: BaseException, *, site: str | None = None) -> dict[str, Any]:
@@ -112,6 +149,10 @@ class InProcessTransport:
         return list(self._workers)
 
     def request(self, kind: str, bodies: Mapping[str, Any]) -> dict[str, Any]:
+        return {site: raise_if_error(site, reply) for site, reply in self.outcomes(kind, bodies).items()}
+
+    def outcomes(self, kind: str, bodies: Mapping[str, Any]) -> dict[str, Any]:
+        """Each site's reply body, an error reply included (``request_outcomes``)."""
         unknown = [s for s in bodies if s not in self._workers]
         if unknown:
             raise errors.FederationError(f"unknown site '{unknown[0]}'; known sites: {self.sites}")
@@ -141,7 +182,7 @@ class InProcessTransport:
                 raw.update(zip(rest, pool.map(handle, rest)))
         else:
             raw.update((site, handle(site)) for site in rest)
-        return {site: raise_if_error(site, raw[site]) for site in sites}
+        return {site: raw[site] for site in sites}
 
     def close(self) -> None:
         self._state.clear()
