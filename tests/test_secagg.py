@@ -21,69 +21,137 @@ import pytest
 import fedtab
 from fedtab.errors import FederationError
 from fedtab.federation import secagg
-from fedtab.federation.marginals import MEASURE, secure_sum
+from fedtab.federation.marginals import MEASURE
 from fedtab.federation.transport import InProcessTransport
 from fedtab.privacy.secret import SecretSource, _replace_source_for_tests
 from tests.test_marginal_model import SCHEMA, _sites
 
 
 # -- the protocol on its own ---------------------------------------------------------------------------
-def _key_set(names):
-    keys = {n: secagg.SiteKeys() for n in names}
-    return keys, {n: k.public for n, k in keys.items()}
+def _sessions(names, threshold=None, requests=3):
+    """Sessions that went through the keys and shares rounds; the relayed share boxes by recipient."""
+    sessions = {n: secagg.SiteSession(requests) for n in names}
+    peers = {n: s.public() for n, s in sessions.items()}
+    t = threshold or len(names)
+    shared = {n: s.share_keys(n, peers, t, job="j") for n, s in sessions.items()}
+    boxes = {to: {frm: shared[frm][to] for frm in names} for to in names}
+    return sessions, peers, boxes
+
+
+def _round(sessions, peers, boxes, inputs, *, request=0, drop=(), real=False):
+    """One masked request and its unmasking; the sites in ``drop`` mask but their input never arrives."""
+    names = sorted(inputs)
+    out = {n: sessions[n].mask(inputs[n], me=n, request=request, sites=names, job="j", real=real) for n in names}
+    survivors = [n for n in names if n not in drop]
+    b_boxes = {to: {frm: out[frm][1][to] for frm in survivors} for to in survivors}
+    s_boxes = {to: {frm: boxes[to][frm] for frm in drop} for to in survivors}
+    opened = {n: sessions[n].unmask(me=n, request=request, survivors=survivors, dropped=list(drop),
+                                    s_inbox=s_boxes[n], b_inbox=b_boxes[n], job="j") for n in survivors}
+    shapes = [np.shape(v) for v in inputs[names[0]]]
+    total = secagg.unmask_sum({n: out[n][0] for n in survivors}, shapes, peers=peers, dropped=list(drop),
+                              b_shares={n: [o["b"][n] for o in opened.values()] for n in survivors},
+                              s_shares={d: [o["s"][d] for o in opened.values()] for d in drop},
+                              request=request, job="j", real=real)
+    return total, out
 
 
 def test_masks_cancel_in_the_sum_and_hide_each_input():
     rng = np.random.default_rng(0)
     names = ["a", "b", "c", "d", "e"]
-    keys, peers = _key_set(names)
+    sessions, peers, boxes = _sessions(names)
     inputs = {n: [rng.integers(-50, 500, size=7).astype(float), rng.integers(0, 9, size=(2, 3)).astype(float)]
               for n in names}
-    masked = [secagg.mask(inputs[n], me=n, keys=keys[n], peers=peers, job="j", threshold=5) for n in names]
-    total = secagg.unmask_sum(masked, [(7,), (2, 3)])
-    for got, i in zip(total, range(2)):
+    total, out = _round(sessions, peers, boxes, inputs)
+    for i, got in enumerate(total):
         assert np.array_equal(got, sum(inputs[n][i] for n in names))
-    # Each masked reply on its own: uniform 64-bit words, nowhere near the counts it carries.
-    for n, m in zip(names, masked):
+    for n in names:  # each masked reply on its own: uniform 64-bit words, nowhere near the counts it carries
         plain = secagg.encode(inputs[n], real=False)
-        assert np.all(np.abs(m.view(np.int64).astype(float) - plain.view(np.int64)) > 1e6)
-    # A second request with the same keys uses new masks (the request number is in every seed).
-    again = secagg.mask(inputs["a"], me="a", keys=keys["a"], peers=peers, job="j", threshold=5)
-    assert not np.array_equal(again, masked[0])
+        assert np.all(np.abs(out[n][0].view(np.int64).astype(float) - plain.view(np.int64)) > 1e6)
+
+
+def test_a_dropped_site_is_removed_and_the_others_sum_is_read():
+    rng = np.random.default_rng(1)
+    names = ["a", "b", "c", "d", "e"]
+    sessions, peers, boxes = _sessions(names, threshold=3)
+    inputs = {n: [rng.integers(0, 100, size=11).astype(float)] for n in names}
+    total, _ = _round(sessions, peers, boxes, inputs, drop=("b", "d"))
+    assert np.array_equal(total[0], sum(inputs[n][0] for n in ("a", "c", "e")))
+    # the dropped sites take part in no later request: the others refuse a key set that holds them
+    with pytest.raises(FederationError, match="refused"):
+        sessions["a"].mask(inputs["a"], me="a", request=1, sites=names, job="j")
+    total, _ = _round(sessions, peers, boxes, {n: inputs[n] for n in ("a", "c", "e")}, request=1)
+    assert np.array_equal(total[0], sum(inputs[n][0] for n in ("a", "c", "e")))
 
 
 def test_real_values_round_trip_in_fixed_point():
-    keys, peers = _key_set(["x", "y"])
+    sessions, peers, boxes = _sessions(["x", "y"])
     vals = {"x": [np.array([1.25, -3.5, 1e6])], "y": [np.array([0.001, 2.0, -1e6])]}
-    total = secagg.unmask_sum([secagg.mask(vals[n], me=n, keys=keys[n], peers=peers, job="j", threshold=2, real=True)
-                               for n in ("x", "y")], [(3,)], real=True)[0]
-    assert np.allclose(total, vals["x"][0] + vals["y"][0], atol=2 ** -15)
+    total, _ = _round(sessions, peers, boxes, vals, real=True)
+    assert np.allclose(total[0], vals["x"][0] + vals["y"][0], atol=2 ** -15)
 
 
-@pytest.mark.parametrize("case", ["missing own key", "replaced own key", "key twice", "too few", "not a key"])
+def test_the_split_view_attack_is_refused():
+    """A coordinator that tells some sites 'b survived' (for b's self-mask share) and others 'b dropped'
+    (for b's mask key share) would unmask b's input; a site answers one split per request, and the
+    threshold is a majority, so the two views cannot both gather enough shares."""
+    names = ["a", "b", "c"]
+    sessions, peers, boxes = _sessions(names, threshold=2)
+    inputs = {n: [np.arange(4.0)] for n in names}
+    out = {n: sessions[n].mask(inputs[n], me=n, request=0, sites=names, job="j") for n in names}
+    b_box = {frm: out[frm][1]["a"] for frm in names}
+    sessions["a"].unmask(me="a", request=0, survivors=names, dropped=[], s_inbox={}, b_inbox=b_box, job="j")
+    with pytest.raises(FederationError, match="already unmasked"):
+        sessions["a"].unmask(me="a", request=0, survivors=["a", "c"], dropped=["b"],
+                             s_inbox={"b": boxes["a"]["b"]}, b_inbox=b_box, job="j")
+    with pytest.raises(FederationError, match="not a split"):
+        sessions["c"].unmask(me="c", request=0, survivors=["a", "c"], dropped=[], s_inbox={}, b_inbox=b_box, job="j")
+    with pytest.raises(FederationError, match="must be a majority"):
+        _sessions(["p", "q", "r", "s"], threshold=2)
+
+
+def test_too_few_survivors_unmask_nothing():
+    names = ["a", "b", "c", "d"]
+    sessions, peers, boxes = _sessions(names, threshold=3)
+    out = {n: sessions[n].mask([np.ones(3)], me=n, request=0, sites=names, job="j") for n in names}
+    with pytest.raises(FederationError, match="fewer than the 3"):
+        sessions["a"].unmask(me="a", request=0, survivors=["a", "b"], dropped=["c", "d"],
+                             s_inbox={d: boxes["a"][d] for d in ("c", "d")},
+                             b_inbox={f: out[f][1]["a"] for f in ("a", "b")}, job="j")
+
+
+@pytest.mark.parametrize("case", ["missing own key", "replaced own key", "key twice", "not a key", "wrong count"])
 def test_a_site_refuses_a_key_set_it_cannot_trust(case):
-    keys, peers = _key_set(["a", "b", "c"])
-    other = secagg.SiteKeys()
-    threshold = 3
+    sessions = {n: secagg.SiteSession(3) for n in ("a", "b", "c")}
+    peers = {n: s.public() for n, s in sessions.items()}
     if case == "missing own key":
         peers.pop("a")
     elif case == "replaced own key":
-        peers["a"] = other.public
+        peers["a"] = secagg.SiteSession(3).public()
     elif case == "key twice":
         peers["c"] = peers["b"]
-    elif case == "too few":
-        threshold = 4
+    elif case == "not a key":
+        peers["b"] = {**peers["b"], "c": "bm90IGEga2V5"}
     else:
-        peers["b"] = "bm90IGEga2V5"
-    with pytest.raises(FederationError, match="site 'a'|key of site 'b'"):
-        secagg.mask([np.ones(3)], me="a", keys=keys["a"], peers=peers, job="j", threshold=threshold)
+        peers["b"] = {**peers["b"], "s": peers["b"]["s"][:2]}
+    with pytest.raises(FederationError, match="site 'a'|site 'b'"):
+        sessions["a"].share_keys("a", peers, 3, job="j")
+
+
+def test_a_tampered_share_is_refused():
+    names = ["a", "b", "c"]
+    sessions, peers, boxes = _sessions(names)
+    out = {n: sessions[n].mask([np.ones(2)], me=n, request=0, sites=names, job="j") for n in names}
+    b_box = {frm: out[frm][1]["a"] for frm in names}
+    b_box["b"] = out["b"][1]["c"]  # a share meant for site c, relayed to site a
+    with pytest.raises(FederationError, match="does not decrypt"):
+        sessions["a"].unmask(me="a", request=0, survivors=names, dropped=[], s_inbox={}, b_inbox=b_box, job="j")
 
 
 def test_keys_are_never_serialised():
     import pickle
 
     with pytest.raises(TypeError):
-        pickle.dumps(secagg.SiteKeys())
+        pickle.dumps(secagg.SiteSession(3))
 
 
 # -- the coordinator's view of a real job -------------------------------------------------------------
@@ -129,31 +197,49 @@ def _site_draws(draws, site, phase):
     return sigma, exact, noisy
 
 
+def _unmasked(seen, index):
+    """What the coordinator reads from the masked request ``seen[index]`` and its unmasking (the next one)."""
+    peers = seen[1][0]["secagg"]["peers"]
+    (body, replies), (ubody, opened) = seen[index], seen[index + 1]
+    dropped = ubody["secagg"]["dropped"]
+    survivors = sorted(replies)
+    total = secagg.unmask_sum({n: replies[n]["masked"] for n in survivors},
+                              [tuple(x) for x in replies[survivors[0]]["shapes"]], peers=peers, dropped=dropped,
+                              b_shares={n: [o["b"][n] for o in opened.values()] for n in survivors},
+                              s_shares={d: [o["s"][d] for o in opened.values()] for d in dropped},
+                              request=body["secagg"]["request"], job=body["secagg"]["job"])
+    return np.concatenate([t.ravel() for t in total])
+
+
 def test_the_coordinator_sees_only_masked_sums_and_distributed_noise(monkeypatch):
     synth, seen, draws = _run(monkeypatch, secure=True)
     sites = sorted(_sites(10))
     phases = [body["phase"] for body, _ in seen]
-    assert phases == ["keys", "one-way", "select", "measure"]
-    for body, replies in seen[1:]:
+    assert phases == ["keys", "shares", "one-way", "unmask", "select", "unmask", "measure", "unmask"]
+    # Every message the coordinator received: public keys, encrypted shares, masked vectors, mask shares.
+    for body, replies in seen:
         for site, reply in replies.items():
-            assert set(reply) == {"masked", "shapes", "sigma"}, "a count left a site outside the masked sum"
-            assert reply["masked"].dtype == np.uint64
+            want = {"keys": {"c", "s"}, "shares": {"shares"}, "unmask": {"b", "s"}}.get(
+                body["phase"], {"masked", "b_shares", "shapes", "sigma"})
+            assert set(reply) == want, "a count left a site outside the masked sum"
+            if "masked" in reply:
+                assert reply["masked"].dtype == np.uint64
+                assert all(isinstance(x, str) for x in reply["b_shares"].values())
     # The attack: read one site's one-way counts off its own reply. Uniform 64-bit words: far from them.
-    body, replies = seen[1]
+    body, replies = seen[2]
     for site in sites:
         sigma, exact, noisy = _site_draws(draws, site, "one-way")
         read = replies[site]["masked"].view(np.int64).astype(float)
         assert np.median(np.abs(read - exact)) > 1e12
     # The sum the coordinator reads is exactly the sum of the sites' noisy counts ...
-    total = np.concatenate([t.ravel() for t in secure_sum(replies, body["secagg"]["peers"], real=False)])
-    assert np.array_equal(total, sum(_site_draws(draws, s, "one-way")[2] for s in sites))
+    assert np.array_equal(_unmasked(seen, 2), sum(_site_draws(draws, s, "one-way")[2] for s in sites))
     # ... each site drew sigma / sqrt(3), and the ledger records the sum's sigma (noise multiplier x 1).
     ledger_sigma = {s: next(e for e in synth.result_.ledgers[s]["entries"] if e["phase"] == "marginals/one-way")
                     for s in sites}
     for s in sites:
         sigma = _site_draws(draws, s, "one-way")[0]
         assert sigma == pytest.approx(ledger_sigma[s]["noise_multiplier"] / math.sqrt(3), rel=1e-9)
-        assert "secure aggregation over 3 sites" in ledger_sigma[s]["target"]
+        assert "secure aggregation over at least 3 sites" in ledger_sigma[s]["target"]
     # The noise in the sum: sd close to the ledger's sigma (not sqrt(3) times it), over a few hundred cells.
     residual = sum(_site_draws(draws, s, "one-way")[2] - _site_draws(draws, s, "one-way")[1] for s in sites)
     want = ledger_sigma[sites[0]]["noise_multiplier"]
@@ -177,9 +263,37 @@ def test_broken_control_without_secure_aggregation_the_same_reading_recovers_eac
     assert 0.8 * want < residual.std() < 1.2 * want
 
 
-def test_a_site_missing_from_the_sum_leaves_nothing_readable():
-    keys, peers = _key_set(["a", "b", "c"])
-    replies = {n: {"masked": secagg.mask([np.arange(4.0)], me=n, keys=keys[n], peers=peers, job="j", threshold=3),
-                   "shapes": [[4]], "sigma": 1.0} for n in ("a", "b")}
-    with pytest.raises(FederationError, match="no masked reply from 1 site .*'c'"):
-        secure_sum(replies, peers, real=False)
+class _Dropping(InProcessTransport):
+    """A transport on which one site's reply to one phase never arrives (what Flower's request_available
+    returns when a site dies mid-request)."""
+
+    lose: tuple[str, str] = ("", "")
+
+    def request_available(self, kind, bodies):
+        site, phase = self.lose
+        if kind == MEASURE and next(iter(bodies.values())).get("phase") == phase:
+            replies = self.request(kind, bodies)  # the site computed (and spent) it; the reply is lost
+            return {s: r for s, r in replies.items() if s != site}
+        return self.request(kind, bodies)
+
+
+@pytest.mark.parametrize("min_sites, survives", [(2, True), (None, False)])
+def test_a_site_lost_mid_job_is_dropped_when_min_sites_allows(monkeypatch, min_sites, survives):
+    """Three sites, 'south' lost at the 'select' request. With min_sites = 2 each site adds sigma / sqrt(2)
+    and the two others' sum is read; by default (every site) nothing is unmasked and the run stops."""
+    from fedtab.api import FederatedSynthesizer
+
+    monkeypatch.setattr(_Dropping, "lose", ("south", "select"))
+    monkeypatch.setattr("fedtab.federation.transport.InProcessTransport", _Dropping)
+    events = []
+    synth = FederatedSynthesizer("mst", epsilon=1.0, schema=SCHEMA, seed=1, min_sites=min_sites,
+                                 model_options={"iters": 50}, progress=lambda e, i: events.append(i.get("name", "")))
+    if not survives:
+        with pytest.raises(FederationError, match="fewer than the 3"):
+            synth.fit(_sites(300))
+        return
+    synth.fit(_sites(300))
+    assert any("'south'" in e and "dropped out of 'select'" in e for e in events)
+    shares = {e["target"] for e in synth.result_.ledgers["north"]["entries"] if e["phase"].startswith("marginals/")}
+    assert all("at least 2 sites" in t for t in shares)
+    assert synth.sample(100, seed=1).notna().all().all()

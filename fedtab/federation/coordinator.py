@@ -192,8 +192,15 @@ def _fit_marginals(transport: Transport, job: JobSpec, progress: Progress | None
     state = _prepare(transport, job, progress, setup=False)
     transformer = TableTransformer.from_dict(state.encoding)
     sites = list(state.active_sites)  # the sites that took part in schema agreement and the encoding
-    weights, noise = marginals.fit(lambda body: broadcast(transport, MEASURE, body, sites=sites), job, transformer,
-                                   progress=progress, site_rows=state.site_weights, n_sites=len(sites))
+
+    def ask(body, only=None, available=False):
+        chosen = list(only) if only is not None else sites
+        if available:
+            return _available(transport, MEASURE, {s: body for s in chosen})
+        return broadcast(transport, MEASURE, body, sites=chosen)
+
+    weights, noise = marginals.fit(ask, job, transformer, progress=progress, site_rows=state.site_weights,
+                                   n_sites=len(sites))
     return _finish(transport, replace(state, weights=weights, noise_multipliers=noise))
 
 

@@ -41,7 +41,8 @@ from fedtab.models.marginal import (
 
 MEASURE = "measure"
 PHASES = ("one-way", "select", "measure")
-KEYS = "keys"  # secure aggregation's key round (fedtab.federation.secagg)
+# Secure aggregation's rounds (fedtab.federation.secagg): keys and shares once per job, unmask after each phase.
+KEYS, SHARES, UNMASK = "keys", "shares", "unmask"
 SECAGG_CACHE = "secagg:"
 # A nullable column's missing code keeps its mass only where its summed noisy count stands this many noise
 # sds above zero (a declared-nullable column without missing values gained 0.5-4% missing cells from the
@@ -113,9 +114,8 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
     from fedtab.transform.table import TableTransformer
 
     phase = body["phase"]
-    if phase == KEYS:  # secure aggregation's first round: a fresh key pair for this job, nothing from the rows
-        keys = cache[SECAGG_CACHE + str(state.get("job_key", ""))] = secagg.SiteKeys()
-        return {"public_key": keys.public}
+    if phase in (KEYS, SHARES, UNMASK):  # secure aggregation's own rounds: keys and shares, nothing from the rows
+        return _secure_round(site, phase, body.get("secagg") or {}, state, cache)
     if phase not in PHASES:
         raise ConfigError(f"site '{site}': unknown measurement phase {phase!r}", public=True)
     disc = Discretisation.from_dict(body["discretisation"])
@@ -164,28 +164,26 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
     z = float(state["mst_z"]) * factors[PHASES.index(phase)]
     sigma = z * sensitivity
     what = "pair scores" if phase == "select" else f"{releases} marginal(s)"
-    peers = (body.get("secagg") or {}).get("peers")
-    if peers is not None:
-        # Distributed noise: this site draws sigma / sqrt(n) and the masked sum over the n sites of the key
-        # set (checked before masking) carries sigma, which the ledger records (secagg module docstring).
-        keys = cache.get(SECAGG_CACHE + str(state.get("job_key", "")))
-        if keys is None:
-            raise ConfigError(f"site '{site}': a masked measurement without this job's secure-aggregation key: "
-                              "the coordinator asks for keys first", public=True)
-        peers = {str(k): str(v) for k, v in dict(peers).items()}
-        secagg.check_peers(site, keys, peers, len(peers))
-        share = sigma / math.sqrt(len(peers))
+    secure = body.get("secagg")
+    if secure is not None:
+        # Distributed noise: this site draws sigma / sqrt(t); the sum over the at least t sites whose masked
+        # inputs the coordinator can unmask carries sigma, which the ledger records (secagg module docstring).
+        session = _session(site, state, cache)
+        t = session.threshold
+        share = sigma / math.sqrt(max(t, 1))
+        request, sites = secure.get("request"), [str(x) for x in secure.get("sites", [])]
+        session._check_request(site, request, sites)  # refused before anything is spent
         ledger.spend(phase=f"marginals/{phase}", mechanism="gaussian", noise_multiplier=z, sensitivity=sensitivity,
-                     steps=releases, target=f"{what}; secure aggregation over {len(peers)} sites: this site's own "
+                     steps=releases, target=f"{what}; secure aggregation over at least {t} sites: this site's own "
                                             f"noise share sigma {share:.4g} (the sum's sigma {sigma:.4g})")
         noise = secret_source(f"{site}/marginals/{phase}")
         if phase == "select":
             values = [exact[0] + noise.normal(exact[0].size) * share]
         else:
             values = [_noisy_counts(c, share, noise) for c in exact]
-        masked = secagg.mask(values, me=site, keys=keys, peers=peers, job=str(state.get("job_key", "")),
-                             threshold=len(peers), real=phase == "select")
-        return {"masked": masked, "shapes": [list(np.shape(v)) for v in values], "sigma": share}
+        masked, b_shares = session.mask(values, me=site, request=request, sites=sites, job=str(secure.get("job", "")),
+                                        real=phase == "select")
+        return {"masked": masked, "b_shares": b_shares, "shapes": [list(np.shape(v)) for v in values], "sigma": share}
     ledger.spend(phase=f"marginals/{phase}", mechanism="gaussian", noise_multiplier=z, sensitivity=sensitivity,
                  steps=releases, target=what)
     noise = secret_source(f"{site}/marginals/{phase}")
@@ -194,11 +192,37 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
     return {"counts": [_noisy_counts(c, sigma, noise) for c in exact], "sigma": sigma}
 
 
+def _session(site: str, state: dict, cache: dict) -> secagg.SiteSession:
+    session = cache.get(SECAGG_CACHE + str(state.get("job_key", "")))
+    if session is None:
+        from fedtab.errors import FederationError
+
+        raise FederationError(f"site '{site}': a secure-aggregation round without this job's keys (the site "
+                              "restarted, or the coordinator skipped the key round): run the job again", public=True)
+    return session
+
+
+def _secure_round(site: str, phase: str, body: dict, state: dict, cache: dict) -> dict[str, Any]:
+    job = str(body.get("job", ""))
+    if phase == KEYS:  # fresh keys for this job (memory only)
+        session = cache[SECAGG_CACHE + str(state.get("job_key", ""))] = secagg.SiteSession(body.get("requests"))
+        return session.public()
+    session = _session(site, state, cache)
+    if phase == SHARES:
+        return {"shares": session.share_keys(site, body.get("peers") or {}, body.get("threshold"), job=job)}
+    return session.unmask(me=site, request=body.get("request"), survivors=body.get("survivors") or [],
+                          dropped=body.get("dropped") or [], s_inbox=(body.get("s_inbox") or {}).get(site) or {},
+                          b_inbox=(body.get("b_inbox") or {}).get(site) or {}, job=job)
+
+
 # -- at the coordinator --------------------------------------------------------------------------------
 def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | None = None, n_sites: int = 1
         ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Run the three measurement requests (``ask(body) -> {site: reply}``) and estimate the model.
-    Returns (the model's weights for the model file, each site's noise in the tree measurement)."""
+    """Run the three measurement requests and estimate the model. ``ask(body, only=None, available=False)
+    -> {site: reply}`` sends ``body`` to every site (or those in ``only``); with ``available`` it returns
+    the replies of the sites that answered instead of failing on a missing one (secure aggregation copes
+    with dropouts). Returns (the model's weights for the model file, each site's noise in the tree
+    measurement)."""
     from fedtab.modelfile import encoding_sha256
 
     opts = model_options(job.model_options)
@@ -215,25 +239,20 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
     base = {"plan": plan, "model": job.model, "model_options": opts, "transformer": enc,
             "transformer_hash": encoding_sha256(enc), "epsilon": job.privacy.epsilon}
 
-    peers = None
-    if secure:
-        if progress is not None:
-            progress("phase", {"name": "marginals: secure aggregation keys"})
-        peers = {s: str(r["public_key"]) for s, r in ask({**base, "phase": KEYS}).items()}
+    rounds = SecureRounds(ask, n_sites, job, progress) if secure else None
 
     def measure(phase: str, cliques: list[tuple[int, ...]], disc: Discretisation, **extra):
         if progress is not None:
             progress("phase", {"name": f"marginals: {phase} ({len(cliques)} table(s))"
-                                       + (f", secure sum over {len(peers)} sites" if peers else "")})
-        replies = ask({**base, "discretisation": disc.to_dict(), "phase": phase,
-                       "marginals": [list(c) for c in cliques], **extra,
-                       **({"secagg": {"peers": peers}} if peers else {})})
+                                       + (f", secure sum over {len(rounds.alive)} sites" if rounds else "")})
+        body = {**base, "discretisation": disc.to_dict(), "phase": phase, "marginals": [list(c) for c in cliques],
+                **extra}
+        if rounds is not None:
+            return rounds.measure(body, real=phase == "select")
+        replies = ask(body)
         sites = sorted(replies)
-        if peers:
-            total = secure_sum(replies, peers, real=phase == "select")
-        else:
-            total = [np.sum([np.asarray(replies[s]["counts"][i], dtype=float) for s in sites], axis=0)
-                     for i in range(len(replies[sites[0]]["counts"]))]
+        total = [np.sum([np.asarray(replies[s]["counts"][i], dtype=float) for s in sites], axis=0)
+                 for i in range(len(replies[sites[0]]["counts"]))]
         sd = math.sqrt(sum(float(replies[s]["sigma"]) ** 2 for s in sites))
         return total, sd, {s: float(replies[s]["sigma"]) for s in sites}
 
@@ -269,26 +288,76 @@ def uses_secure_aggregation(job, n_sites: int) -> bool:
     return bool(job.privacy.enabled and job.privacy.secure_aggregation and n_sites >= 2)
 
 
-def secure_sum(replies: dict[str, dict], peers: dict[str, str], *, real: bool) -> list[np.ndarray]:
-    """The sum of the sites' masked replies (``fedtab.federation.secagg``): every site of the key set must
-    have answered, with the same shapes."""
-    from fedtab.errors import FederationError
+def secure_threshold(job, n_sites: int) -> int:
+    """The fewest sites whose noise shares a readable sum holds: ``training.min_sites`` (default: every
+    site), raised to a majority (two views of one request must not both reach it)."""
+    return min(n_sites, max(int(job.training.min_sites or n_sites), n_sites // 2 + 1))
 
-    missing = sorted(set(peers) - set(replies))
-    if missing:
+
+class SecureRounds:
+    """The coordinator's side of ``fedtab.federation.secagg``: keys and shares once, then for each phase a
+    masked request to the sites still in, and an unmasking request to those whose masked input arrived.
+    ``ask(body, only=..., available=True)`` returns the replies of the sites that answered."""
+
+    def __init__(self, ask, n_sites: int, job, progress=None):
+        from fedtab.errors import FederationError
+
+        self._ask, self._progress, self._error = ask, progress, FederationError
+        self.job = str(job.job_id or "")
+        self.threshold = secure_threshold(job, n_sites)
+        self._note("secure aggregation: keys")
+        keys = ask({"phase": KEYS, "secagg": {"requests": len(PHASES), "job": self.job}}, available=True)
+        self.peers = self._enough(keys, "keys")
+        self._note(f"secure aggregation: key shares ({self.threshold} of {len(self.peers)} sites rebuild a key)")
+        shared = ask({"phase": SHARES, "secagg": {"peers": self.peers, "threshold": self.threshold, "job": self.job}},
+                     only=sorted(self.peers), available=True)
+        self.alive = sorted(self._enough(shared, "key shares"))
+        self._s_boxes = {to: {frm: shared[frm]["shares"][to] for frm in self.alive} for to in self.alive}
+        self.request = 0
+
+    def _note(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress("phase", {"name": f"marginals: {text}"})
+
+    def _enough(self, replies: dict, what: str) -> dict:
+        if len(replies) < self.threshold:
+            from fedtab.federation.agreement import name_sites
+
+            raise self._error(f"secure aggregation: {len(replies)} site(s) answered the {what} round, fewer than the "
+                              f"{self.threshold} whose noise shares a readable sum needs (training.min_sites); "
+                              f"answered: {name_sites(sorted(replies))}")
+        return replies
+
+    def measure(self, body: dict, *, real: bool):
+        """One masked phase: (the survivors' summed counts, the sum's noise sd, each survivor's noise share)."""
         from fedtab.federation.agreement import name_sites
 
-        raise FederationError(f"secure aggregation: no masked reply from {name_sites(missing)}; the sum cannot be "
-                              "read without every site of the key set (no dropout recovery): run the job again")
-    shapes = {json_shape(r["shapes"]) for r in replies.values()}
-    if len(shapes) != 1:
-        raise FederationError("secure aggregation: the sites' masked replies have different shapes")
-    return secagg.unmask_sum([replies[s]["masked"] for s in sorted(replies)],
-                             [tuple(x) for x in next(iter(shapes))], real=real)
-
-
-def json_shape(shapes) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(int(n) for n in s) for s in shapes)
+        r = self.request
+        self.request += 1
+        replies = self._ask({**body, "secagg": {"request": r, "sites": self.alive, "job": self.job}},
+                            only=self.alive, available=True)
+        survivors = sorted(self._enough(replies, f"'{body['phase']}'"))
+        dropped = sorted(set(self.alive) - set(survivors))
+        if dropped:
+            self._note(f"{name_sites(dropped)} dropped out of '{body['phase']}': their masks are removed from the "
+                       f"sum of the {len(survivors)} others; they take part in no later request")
+        shapes = {tuple(tuple(int(n) for n in x) for x in replies[s]["shapes"]) for s in survivors}
+        if len(shapes) != 1:
+            raise self._error("secure aggregation: the sites' masked replies have different shapes")
+        b_boxes = {to: {frm: replies[frm]["b_shares"][to] for frm in survivors} for to in survivors}
+        s_boxes = {to: {frm: box[frm] for frm in dropped} for to, box in self._s_boxes.items() if to in survivors}
+        opened = self._ask({"phase": UNMASK, "secagg": {"request": r, "survivors": survivors, "dropped": dropped,
+                                                        "b_inbox": b_boxes, "s_inbox": s_boxes, "job": self.job}},
+                           only=survivors, available=True)
+        self._enough(opened, "unmasking")
+        total = secagg.unmask_sum({s: replies[s]["masked"] for s in survivors}, list(next(iter(shapes))),
+                                  peers=self.peers, dropped=dropped,
+                                  b_shares={s: [o["b"][s] for o in opened.values()] for s in survivors},
+                                  s_shares={d: [o["s"][d] for o in opened.values()] for d in dropped},
+                                  request=r, job=self.job, real=real)
+        self.alive = survivors
+        sd = math.sqrt(sum(float(replies[s]["sigma"]) ** 2 for s in survivors))
+        return total, sd, {s: float(replies[s]["sigma"]) for s in survivors}
 
 
 def _with_levels(fine_counts: list[np.ndarray], levels: list, level_counts: list[np.ndarray]) -> list[np.ndarray]:

@@ -1,35 +1,47 @@
-"""Secure aggregation of the sites' noisy counts: the coordinator learns their sum and nothing else.
+"""Secure aggregation of the sites' noisy counts, with dropouts: the coordinator learns their sum only.
 
-Pairwise additive masking (Bonawitz et al., CCS 2017, its first two rounds), with the primitives of the
-``cryptography`` package:
+The protocol of Bonawitz et al. (CCS 2017, "Practical Secure Aggregation for Privacy-Preserving Machine
+Learning"), semi-honest version, built on ``cryptography`` (X25519, HKDF-SHA256, ChaCha20, AES-GCM) and
+Flower's Shamir secret sharing (``flwr.common.secure_aggregation.crypto.shamir``, over pycryptodome):
 
-1. keys: each site draws an X25519 key pair for the job (operating-system entropy, kept in the site's
-   memory only) and sends its public key; the coordinator hands every site the set of public keys.
-2. masked input: sites ``a`` and ``b`` derive the same 32-byte seed (X25519 shared secret, HKDF-SHA256
-   over the job, the request number and both names) and expand it with ChaCha20 into a vector of
-   uint64 masks; ``a`` adds it when its name sorts first, ``b`` subtracts it. A site's reply is its
-   integer vector (counts, or scores in fixed point) plus the sum of its masks, modulo 2**64: uniform,
-   whatever the counts. Summed over every site of the key set, the masks cancel and the coordinator
-   reads the sum of the inputs.
+1. ``keys`` (once per job): each site draws an X25519 key pair ``c`` for encrypting shares and one mask
+   key pair ``s[r]`` per planned request ``r`` (operating-system entropy, kept in the site's memory only,
+   never stored or sent), and sends the public keys.
+2. ``shares`` (once per job): the coordinator hands every site the key set; each site checks it (its own
+   keys, no key twice, a threshold ``t`` above half the sites) and splits each of its mask private keys
+   into ``t``-of-``n`` Shamir shares, one per site, encrypted to that site (AES-GCM under their X25519
+   ``c`` agreement; the coordinator relays what it cannot read).
+3. per request ``r``, ``mask``: the site adds to its integer vector (counts; real values in fixed point)
+   a self mask expanded from a fresh seed ``b`` (whose shares it sends along, encrypted to each site)
+   and, for every other site ``j`` of the request, the mask expanded from their ``s[r]`` agreement
+   (added when its name sorts first, subtracted otherwise), modulo 2**64: uniform, whatever the counts.
+4. per request ``r``, ``unmask``: the coordinator names the sites whose masked input arrived
+   (survivors, at least ``t``) and those that dropped; each survivor returns its share of every
+   survivor's ``b`` and of every dropped site's ``s[r]``, never both for one site, once per request. The
+   coordinator rebuilds the seeds, removes the self masks and the dropped sites' pairwise masks, and
+   reads the sum of the survivors' inputs.
 
-Distributed noise (``fedtab.federation.marginals``): with the sum hidden, each of at least ``threshold``
-sites adds only ``sigma / sqrt(threshold)`` of discrete Gaussian noise, and the sum carries at least the
-noise ``sigma`` of one central release. What a site checks before it sends: the key set holds its own
-key, no key twice, and at least ``threshold`` keys (it scales its noise to that number, never to what
-the coordinator claims). A sum is readable only with every masked input of the key set, so a site
-missing from a request leaves the coordinator nothing it can read, and the phase fails: there is no
-dropout recovery (SecAgg's secret-shared masks): fewer sites than planned means running the job again.
+Distributed noise (``fedtab.federation.marginals``): each site adds ``sigma / sqrt(t)`` of discrete
+Gaussian noise, so a sum over at least ``t`` sites carries at least ``sigma``, the noise of one central
+release, which is what each site's ledger records. Fewer than ``t`` survivors: no site unmasks and the
+request releases nothing readable (the run stops); ``t`` is ``training.min_sites`` (default: every site),
+raised to a majority.
 
-Assumed, and stated in the ledger entries and the docs: the coordinator relays the keys the sites sent
-(it could otherwise pose as sites of its own keys: binding each key to a registered site identity is
-the deployment's node authentication), and the sites' noise is drawn by fedtab's code at each site.
-If other sites reveal their own noise to the coordinator, a site is left with the noise it drew
-itself: the ledger's entry names that share, so the weaker guarantee can be computed from it.
+What is assumed (the docs' threat model says the same): the coordinator relays messages as the protocol
+says (a coordinator that shows different key sets to different sites, or invents sites of its own keys,
+is stopped only by binding each key to a registered site, the deployment's node authentication); the
+sites' noise is drawn by fedtab's code at each site. Against a coordinator that also learns the noise
+of other sites, a site is left with its own share, ``sigma / sqrt(t)``: each ledger entry names it, so
+that weaker guarantee can be computed. A site dropped at one request has its mask key of that request
+rebuilt, so it takes part in no later request of the job (each request has its own mask keys: earlier
+requests stay hidden). The key set travels whole with each request: O(n^2) relayed shares, fine for
+hundreds of sites; SecAgg+'s sparse graph would be needed for many thousands.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -38,64 +50,218 @@ from fedtab.errors import FederationError
 
 SCALE_BITS = 16  # fixed point of real-valued inputs (pair scores): 2**-16 resolution, far below the noise
 KEY_BYTES = 32
+MAX_REQUESTS = 16
+_NONCE = 12
 
 
-class SiteKeys:
-    """One site's key pair for one job, and the number of masked requests it has answered with it:
-    the request number is part of every mask's seed, so no mask is ever used twice."""
+# -- at a site ----------------------------------------------------------------------------------------------
+class SiteSession:
+    """One site's secure-aggregation keys and commitments for one job (memory only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, requests: int) -> None:
         from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-        self._private = X25519PrivateKey.generate()
-        self.requests = 0
+        if not isinstance(requests, int) or not 1 <= requests <= MAX_REQUESTS:
+            raise FederationError(f"secure aggregation: {requests!r} requests planned; 1 to {MAX_REQUESTS} allowed",
+                                  public=True)
+        self.requests = requests
+        self._c = X25519PrivateKey.generate()
+        self._s = [X25519PrivateKey.generate() for _ in range(requests)]
+        self.peers: dict[str, dict] | None = None  # the key set this site shared its keys over
+        self.threshold = 0
+        self._masked: dict[int, tuple[str, ...]] = {}  # request -> the sites it masked with
+        self._unmasked: set[int] = set()
+        self._dropped: set[str] = set()  # sites whose mask key of some request was rebuilt: never again a peer
 
     def __getstate__(self):  # never pickled, copied or stored
         raise TypeError("secure-aggregation keys never leave the site's memory")
 
-    @property
-    def public(self) -> str:
-        from cryptography.hazmat.primitives import serialization
+    def public(self) -> dict:
+        return {"c": _b64(_raw_public(self._c)), "s": [_b64(_raw_public(k)) for k in self._s]}
 
-        raw = self._private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return base64.b64encode(raw).decode("ascii")
+    # step 2
+    def share_keys(self, me: str, peers: Mapping[str, Mapping], threshold: int, *, job: str) -> dict[str, str]:
+        """Check the key set and return this site's Shamir shares of its mask keys, encrypted to each site."""
+        from flwr.common.secure_aggregation.crypto.shamir import create_shares
 
-    def masks(self, me: str, peers: Mapping[str, str], *, job: str, length: int) -> np.ndarray:
-        """The sum of this site's signed pairwise masks with every other site of ``peers`` (uint64)."""
+        if self.peers is not None:
+            raise FederationError(f"site '{me}': secure-aggregation keys were already shared for this job",
+                                  public=True)
+        peers = _check_key_set(me, self, peers, threshold)
+        names = sorted(peers)
+        # Each mask key split on its own: rebuilding the key of one request reveals nothing of the others.
+        per_key = [create_shares(_raw_private(k), threshold, len(names)) for k in self._s]
+        out = {}
+        for i, other in enumerate(names):
+            plain = b"".join(len(s[i]).to_bytes(2, "big") + s[i] for s in per_key)
+            out[other] = self._encrypt(peers[other], plain, ("s", job, me, other))
+        self.peers, self.threshold = peers, int(threshold)
+        return out
+
+    # step 3
+    def mask(self, values: Sequence[np.ndarray], *, me: str, request: int, sites: Sequence[str], job: str,
+             real: bool = False) -> tuple[np.ndarray, dict[str, str]]:
+        """This site's masked input for ``request`` and its shares of the self-mask seed, one per site."""
+        from flwr.common.secure_aggregation.crypto.shamir import create_shares
+
+        sites = self._check_request(me, request, sites)
+        plain = encode(values, real=real)
+        seed = os.urandom(KEY_BYTES)
+        names = sorted(self.peers)
+        shares = create_shares(seed, self.threshold, len(names))
+        out = {other: self._encrypt(self.peers[other], shares[names.index(other)], ("b", job, str(request), me, other))
+               for other in sites}
+        total = _stream(seed, plain.size)
+        for other in sites:
+            if other != me:
+                with np.errstate(over="ignore"):
+                    m = pair_mask(self._s[request], self.peers[other]["s"][request], me, other, job=job,
+                                  request=request, length=plain.size)
+                    total = total + m if me < other else total - m
+        self._masked[request] = tuple(sites)
+        with np.errstate(over="ignore"):
+            return plain + total, out
+
+    # step 4
+    def unmask(self, *, me: str, request: int, survivors: Sequence[str], dropped: Sequence[str],
+               s_inbox: Mapping[str, str], b_inbox: Mapping[str, str], job: str) -> dict[str, dict[str, str]]:
+        """This site's shares of each survivor's self-mask seed and of each dropped site's mask key of
+        ``request`` (decrypted from what the sites sent it through the coordinator)."""
+        if request not in self._masked:
+            raise FederationError(f"site '{me}': asked to unmask request {request}, which it did not mask",
+                                  public=True)
+        if request in self._unmasked:
+            raise FederationError(f"site '{me}': request {request} was already unmasked: refused (a second "
+                                  "answer could reveal both masks of one site)", public=True)
+        survivors, dropped = sorted(set(survivors)), sorted(set(dropped))
+        if set(survivors) & set(dropped) or set(survivors) | set(dropped) != set(self._masked[request]):
+            raise FederationError(f"site '{me}': the survivors and dropped sites of request {request} are not a "
+                                  "split of the sites it masked with: refused", public=True)
+        if me not in survivors or len(survivors) < self.threshold:
+            raise FederationError(f"site '{me}': {len(survivors)} survivor(s) of request {request}, fewer than "
+                                  f"the {self.threshold} its noise share needs (or without this site): refused",
+                                  public=True)
+        b = {j: _b64(self._decrypt(self.peers[j], b_inbox.get(j), ("b", job, str(request), j, me), me))
+             for j in survivors}
+        s = {}
+        for j in dropped:
+            plain = self._decrypt(self.peers[j], s_inbox.get(j), ("s", job, j, me), me)
+            s[j] = _b64(_split_shares(plain, self.requests, me)[request])
+        self._unmasked.add(request)
+        self._dropped.update(dropped)
+        return {"b": b, "s": s}
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _check_request(self, me: str, request: int, sites: Sequence[str]) -> list[str]:
+        if self.peers is None:
+            raise FederationError(f"site '{me}': a masked request before the keys were shared: refused", public=True)
+        sites = sorted(set(str(s) for s in sites))
+        bad = (not isinstance(request, int) or not 0 <= request < self.requests or request in self._masked
+               or me not in sites or not set(sites) <= set(self.peers) or set(sites) & self._dropped
+               or len(sites) < self.threshold)
+        if bad:
+            raise FederationError(
+                f"site '{me}': masked request {request!r} refused (each request is masked once, over at least "
+                f"{self.threshold} of the sites that shared keys, none of them dropped earlier)", public=True)
+        return sites
+
+    def _aead(self, peer: Mapping):
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-        self.requests += 1
-        total = np.zeros(length, dtype=np.uint64)
-        for other in sorted(peers):
-            if other == me:
-                continue
-            shared = self._private.exchange(X25519PublicKey.from_public_bytes(_key_bytes(other, peers[other])))
-            first, second = sorted((me, other))
-            info = "\0".join(("fedtab-secagg/1", job, str(self.requests), first, second)).encode()
-            seed = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
-            mask = _stream(seed, length)
-            with np.errstate(over="ignore"):
-                total = total + mask if me == first else total - mask
-        return total
+        shared = self._c.exchange(X25519PublicKey.from_public_bytes(_unb64(peer["c"])))
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedtab-secagg/1 share").derive(shared)
+        return AESGCM(key)
+
+    def _encrypt(self, peer: Mapping, plain: bytes, context: tuple[str, ...]) -> str:
+        nonce = os.urandom(_NONCE)
+        return _b64(nonce + self._aead(peer).encrypt(nonce, plain, "\0".join(context).encode()))
+
+    def _decrypt(self, peer: Mapping, text: str | None, context: tuple[str, ...], me: str) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            raw = _unb64(str(text))
+            return self._aead(peer).decrypt(raw[:_NONCE], raw[_NONCE:], "\0".join(context).encode())
+        except (InvalidTag, ValueError, TypeError, FederationError):
+            raise FederationError(f"site '{me}': a relayed share is missing or does not decrypt (sender "
+                                  f"'{context[-2]}'): refused", public=True) from None
 
 
-def check_peers(me: str, keys: SiteKeys, peers: Mapping[str, str], threshold: int) -> None:
-    """What a site checks before it masks: its own key in the set, no key twice, enough sites."""
-    if peers.get(me) != keys.public:
-        raise FederationError(f"site '{me}': the secure-aggregation key set does not hold this site's key "
-                              "(a coordinator that replaces keys could read this site's counts): refused",
-                              public=True)
-    raw = [_key_bytes(s, k) for s, k in peers.items()]
+def _check_key_set(me: str, own: SiteSession, peers: Mapping[str, Mapping], threshold: int) -> dict[str, dict]:
+    """What a site checks before it shares its keys: its own keys in the set, well-formed keys, none twice,
+    and a threshold above half the sites (two views of one request cannot both reach it)."""
+    peers = {str(k): {"c": str(v["c"]), "s": [str(x) for x in v["s"]]} for k, v in dict(peers).items()}
+    if peers.get(me) != own.public():
+        raise FederationError(f"site '{me}': the secure-aggregation key set does not hold this site's keys (a "
+                              "coordinator that replaces keys could read this site's counts): refused", public=True)
+    raw = []
+    for site, keys in peers.items():
+        if len(keys["s"]) != own.requests:
+            raise FederationError(f"secure aggregation: site '{site}' sent {len(keys['s'])} mask key(s), not "
+                                  f"{own.requests}", public=True)
+        raw += [_key_bytes(site, keys["c"])] + [_key_bytes(site, k) for k in keys["s"]]
     if len(set(raw)) != len(raw):
         raise FederationError(f"site '{me}': the secure-aggregation key set holds a key twice: refused", public=True)
-    if len(peers) < max(2, int(threshold)):
-        raise FederationError(
-            f"site '{me}': secure aggregation over {len(peers)} site(s) but the noise is shared among "
-            f"{max(2, int(threshold))}: the sum would carry less noise than the ledger records: refused", public=True)
+    n = len(peers)
+    if n < 2 or not isinstance(threshold, int) or not n // 2 + 1 <= threshold <= n:
+        raise FederationError(f"site '{me}': secure aggregation over {n} site(s) with threshold {threshold!r}; it "
+                              f"must be a majority (at least {n // 2 + 1}) and at most {n}: refused", public=True)
+    return peers
 
 
+# -- at the coordinator --------------------------------------------------------------------------------------
+def unmask_sum(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ...]], *, peers: Mapping[str, Mapping],
+               dropped: Sequence[str], b_shares: Mapping[str, list[str]], s_shares: Mapping[str, list[str]],
+               request: int, job: str, real: bool = False) -> list[np.ndarray]:
+    """The sum of the survivors' inputs: their masked vectors, less each survivor's self mask (seed rebuilt
+    from its shares) and the masks each survivor shared with a dropped site (that site's mask key of this
+    request rebuilt from its shares), split back into ``shapes``."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from flwr.common.secure_aggregation.crypto.shamir import combine_shares
+
+    if not masked:
+        raise FederationError("secure aggregation: no masked reply to sum")
+    size = int(sum(int(np.prod(s)) for s in shapes))
+    survivors = sorted(masked)
+    arrays = {s: np.asarray(masked[s]) for s in survivors}
+    if any(a.dtype != np.uint64 or a.shape != (size,) for a in arrays.values()):
+        raise FederationError("secure aggregation: a site's masked reply has the wrong type or length")
+    with np.errstate(over="ignore"):
+        total = np.zeros(size, dtype=np.uint64)
+        for s in survivors:
+            total = total + arrays[s]
+            total = total - _stream(_combine(combine_shares, b_shares.get(s), s), size)
+        for d in sorted(dropped):
+            key = X25519PrivateKey.from_private_bytes(_combine(combine_shares, s_shares.get(d), d))
+            for s in survivors:
+                m = pair_mask(key, peers[s]["s"][request], d, s, job=job, request=request, length=size)
+                total = total - m if s < d else total + m
+    out = total.view(np.int64).astype(np.float64)
+    if real:
+        out = out / (1 << SCALE_BITS)
+    parts, start = [], 0
+    for sh in shapes:
+        n = int(np.prod(sh))
+        parts.append(out[start:start + n].reshape(sh))
+        start += n
+    return parts
+
+
+def _combine(combine_shares, shares, site: str) -> bytes:
+    try:
+        secret = combine_shares([_unb64(x) for x in shares or []])
+    except (ValueError, IndexError, FederationError):
+        secret = b""
+    if len(secret) != KEY_BYTES:
+        raise FederationError(f"secure aggregation: the shares of site '{site}' do not rebuild its key: too few "
+                              "survivors answered the unmasking")
+    return secret
+
+
+# -- shared --------------------------------------------------------------------------------------------------
 def encode(values: Sequence[np.ndarray], *, real: bool) -> np.ndarray:
     """A reply's vectors as one int64 vector (counts as they are; real values in fixed point), viewed uint64."""
     flat = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in values]) if values else np.zeros(0)
@@ -106,37 +272,51 @@ def encode(values: Sequence[np.ndarray], *, real: bool) -> np.ndarray:
     return np.rint(flat).astype(np.int64).view(np.uint64)
 
 
-def mask(values: Sequence[np.ndarray], *, me: str, keys: SiteKeys, peers: Mapping[str, str], job: str,
-         threshold: int, real: bool = False) -> np.ndarray:
-    """This site's masked reply: ``encode(values) + masks`` modulo 2**64."""
-    check_peers(me, keys, peers, threshold)
-    plain = encode(values, real=real)
-    with np.errstate(over="ignore"):
-        return plain + keys.masks(me, peers, job=job, length=plain.size)
+def pair_mask(private, other_public: str, me: str, other: str, *, job: str, request: int, length: int) -> np.ndarray:
+    """The mask two sites share for one request: ChaCha20 keyed by HKDF of their X25519 agreement."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    shared = private.exchange(X25519PublicKey.from_public_bytes(_key_bytes(other, other_public)))
+    first, second = sorted((me, other))
+    info = "\0".join(("fedtab-secagg/1 mask", job, str(request), first, second)).encode()
+    return _stream(HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared), length)
 
 
-def unmask_sum(masked: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]], *, real: bool = False
-               ) -> list[np.ndarray]:
-    """The coordinator's sum of every site's masked reply, split back into the requested shapes."""
-    if not masked:
-        raise FederationError("secure aggregation: no masked reply to sum")
-    size = int(sum(int(np.prod(s)) for s in shapes))
-    arrays = [np.asarray(m) for m in masked]
-    if any(a.dtype != np.uint64 or a.shape != (size,) for a in arrays):
-        raise FederationError("secure aggregation: a site's masked reply has the wrong type or length")
-    with np.errstate(over="ignore"):
-        total = np.zeros(size, dtype=np.uint64)
-        for a in arrays:
-            total = total + a
-    out = total.view(np.int64).astype(np.float64)
-    if real:
-        out = out / (1 << SCALE_BITS)
-    parts, start = [], 0
-    for s in shapes:
-        n = int(np.prod(s))
-        parts.append(out[start:start + n].reshape(s))
-        start += n
-    return parts
+def _split_shares(plain: bytes, requests: int, me: str) -> list[bytes]:
+    out, i = [], 0
+    while i < len(plain):
+        n = int.from_bytes(plain[i:i + 2], "big")
+        out.append(plain[i + 2:i + 2 + n])
+        i += 2 + n
+    if len(out) != requests:
+        raise FederationError(f"site '{me}': a relayed key share is malformed: refused", public=True)
+    return out
+
+
+def _raw_public(private) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _raw_private(private) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                 serialization.NoEncryption())
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.b64decode(str(text), validate=True)
+    except (ValueError, TypeError):
+        raise FederationError("secure aggregation: a value is not base64", public=True) from None
 
 
 def _key_bytes(site: str, text: str) -> bytes:
@@ -145,7 +325,7 @@ def _key_bytes(site: str, text: str) -> bytes:
     except (ValueError, TypeError):
         raw = b""
     if len(raw) != KEY_BYTES:
-        raise FederationError(f"secure aggregation: the key of site '{site}' is not a 32-byte X25519 key",
+        raise FederationError(f"secure aggregation: a key of site '{site}' is not a 32-byte X25519 key",
                               public=True)
     return raw
 
