@@ -44,7 +44,8 @@ def file_kind(path: Path) -> str:
 def check_readable(path: Path) -> str:
     """Raise SourceError unless ``path`` is an existing, readable file of a known kind."""
     if not path.exists():
-        raise SourceError(f"{path}: no such file. Check the path (relative paths start at {Path.cwd()}).")
+        hint = "" if path.is_absolute() else f" (a relative path starts at the current folder, {Path.cwd()})"
+        raise SourceError(f"{path}: no such file. Check the path{hint}.")
     if path.is_dir():
         raise SourceError(f"{path}: is a directory; expected a .csv, .csv.gz or .parquet file.")
     kind = file_kind(path)

@@ -297,7 +297,7 @@ def privacy_tests(policy: ReleasePolicy, figures: Mapping[str, Mapping[str, Any]
         missing = [r[0] for r in rows if not r[6]]
         if missing or not rows:
             checks.append(Check(check, None, threshold, False,
-                                f"{what} or its p-value was not measured at site(s) {missing or 'any'}; "
+                                f"{what} or its p-value was not measured at {_sites(missing) if missing else 'any site'}; "
                                 "the gate fails closed."))
             continue
         refused = [r for r in rows if r[5]]
@@ -418,11 +418,11 @@ def decide_consortium(policy: ReleasePolicy, evaluation: Any, *, trained: list[s
     checks = []
     missing = sorted(set(trained) - set(sites))
     checks.append(Check("sites_answered", None, "every site that trained", not missing,
-                        f"Sites {missing} trained the model but sent no verdict: the gate fails closed." if missing
+                        f"{_sites(missing).capitalize()} trained the model but sent no verdict: the gate fails closed." if missing
                         else f"All {len(trained)} sites that trained evaluated the table."))
     other = sorted(s for s, v in sites.items() if v.table_sha256 != table_sha256)
     checks.append(Check("same_table", None, "every site drew the released table", not other,
-                        f"Sites {other} evaluated another table than the one the coordinator drew (SHA-256 "
+                        f"{_sites(other).capitalize()} evaluated another table than the one the coordinator drew (SHA-256 "
                         f"{table_sha256[:12]}...): refused." if other else
                         f"Every site drew the table that would be released (SHA-256 {table_sha256[:12]}...)."))
     names: list[str] = []
@@ -431,7 +431,7 @@ def decide_consortium(policy: ReleasePolicy, evaluation: Any, *, trained: list[s
     for name in names:
         failed = sorted(s for s, v in sites.items() if not v.checks.get(name, False))
         if failed:
-            message = (f"Failed at site(s) {failed} (decided at each site against its own rows; its figures are "
+            message = (f"Failed at {_sites(failed)} (decided at each site against its own rows; its figures are "
                        "in its own report).")
         else:
             message = f"Passed at all {len(sites)} site(s)."
@@ -458,7 +458,7 @@ def _dcr_low_check(p: ReleasePolicy, figures: Mapping[str, Mapping[str, Any]]) -
     missing = [s for s, v in values.items() if _missing(v)]
     if missing or not values:
         return Check("dcr_share_low", None, f">= {p.dcr_share_min:g}", False,
-                     f"DCR share was not measured at site(s) {missing or 'any'}; the gate fails closed.")
+                     f"DCR share was not measured at {_sites(missing) if missing else 'any site'}; the gate fails closed.")
     s = min(values, key=values.get)
     return _check("dcr_share_low", values[s], low=p.dcr_share_min, where=f"site '{s}' (lowest of {len(values)})",
                   what="DCR share (below it: training and holdout rows swapped, or a table of holdout rows)")
@@ -562,3 +562,10 @@ def write_audit(record: Mapping[str, Any], path: str | os.PathLike, *, signing_k
 __all__ = ["Check", "ReleasePolicy", "TESTED_CHECKS", "Verdict", "audit_record", "decide", "decide_consortium",
            "enforce", "holm",
            "memorised_share_caught", "power_check", "privacy_tests", "write_audit"]
+
+
+def _sites(names) -> str:
+    """Sites for a message: all of a few, else the first ones and how many more (``name_sites``)."""
+    from fedtab.federation.agreement import name_sites
+
+    return name_sites(names)

@@ -79,7 +79,9 @@ def coordinator_cmd(
                              insecure=insecure, round_timeout=round_timeout, on_round=on_round,
                              release_dir=release, policy=policy, join_timeout=wait_for_sites,
                              on_event=lambda text: console.print(text, markup=False))
-    stdout().print(f"model written to {status['output']} (sites: {', '.join(status.get('sites', []))})")
+    from fedtab.federation.agreement import name_sites
+
+    stdout().print(f"model written to {status['output']} (trained by {name_sites(status.get('sites', []))})")
     verdict = status.get("verdict")
     if verdict is not None:
         _report_verdict(verdict)

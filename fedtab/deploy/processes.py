@@ -101,6 +101,42 @@ def stop_tree(proc: subprocess.Popen, *, grace: float = 10.0) -> None:
             _signal(pid, signal.SIGKILL)
 
 
+class Family:
+    """The processes below some started ones, noted while they run (``note``): a terminal's Ctrl-C may
+    end a parent before its helpers, which then belong to no one. ``stop`` ends every noted process
+    still running, each by its id and only if it is the same process (its start time matches)."""
+
+    def __init__(self):
+        self._seen: dict[int, str] = {}
+
+    def note(self, procs) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                for pid in descendants(proc.pid):
+                    self._seen.setdefault(pid, _start_time(pid))
+
+    def running(self) -> list[int]:
+        return [pid for pid, started in self._seen.items() if _alive(pid) and _start_time(pid) == started]
+
+    def stop(self, *, grace: float = 10.0) -> None:
+        left = self.running()
+        for pid in left:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self.running():
+            time.sleep(0.1)
+        for pid in self.running():
+            _signal(pid, signal.SIGKILL)
+
+
+def _start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]  # field 22: start time since boot
+    except (OSError, IndexError):
+        return ""
+
+
 def _signal(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)

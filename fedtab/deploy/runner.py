@@ -122,6 +122,7 @@ def run_coordinator(config: Path, output: Path, *, superlink: str | None = None,
     # Statuses carry this attempt's id: a ServerApp orphaned by a killed coordinator may still write.
     attempt = uuid.uuid4().hex
     started: list[subprocess.Popen] = []
+    family = processes.Family()  # flwr-serverapp and flower-superexec, noted while they run
     try:
         address = superlink or f"{host}:{port}"
         if superlink is None:
@@ -161,10 +162,11 @@ def run_coordinator(config: Path, output: Path, *, superlink: str | None = None,
         started.append(run)
         notify(f"job submitted; waiting for the {len(cfg.sites)} sites to connect "
                f"(for up to {float(join_timeout or round_timeout):.0f} s)")
-        return _follow(workdir, run, log, on_round, attempt, notify)
+        return _follow(workdir, run, log, on_round, attempt, notify, lambda: family.note(started))
     finally:
         for proc in reversed(started):  # with every process they started (flwr-serverapp, flower-superexec)
             processes.stop_tree(proc)
+        family.stop()  # those whose parent had already gone (a terminal's Ctrl-C reaches them all at once)
 
 
 def _flwr(args: list[str], env: dict, workdir: Path, *, tolerate: str | None = None) -> None:
@@ -176,10 +178,11 @@ def _flwr(args: list[str], env: dict, workdir: Path, *, tolerate: str | None = N
 
 
 def _follow(workdir: Path, run: subprocess.Popen, log: Path, on_round, attempt: str,
-            notify: Callable[[str], None]) -> dict:
+            notify: Callable[[str], None], note_family: Callable[[], None]) -> dict:
     seen = events = 0
     exited_at = None
     while True:
+        note_family()
         status = _read_status(workdir)
         if status.get("attempt") != attempt:
             status = {}
@@ -269,6 +272,7 @@ def run_site(config_path: Path, *, on_event: Callable[[str], None] | None = None
     lock = threading.Lock()
     node: list[subprocess.Popen] = []
     stopping = threading.Event()
+    family = processes.Family()  # flower-superexec and flwr-clientapp, noted while they run
 
     def keep_node_up() -> None:
         said = None
@@ -279,6 +283,9 @@ def run_site(config_path: Path, *, on_event: Callable[[str], None] | None = None
                     return
                 offset = log.stat().st_size if log.exists() else 0
                 node[:] = [processes.start(cmd, log, env=env, own_group=False)]
+            while node[0].poll() is None and not stopping.is_set():
+                family.note(node)
+                stopping.wait(1.0)
             code = node[0].wait()
             if stopping.wait(0 if stopping.is_set() else restart_delay):
                 return
@@ -313,6 +320,7 @@ def run_site(config_path: Path, *, on_event: Callable[[str], None] | None = None
         with lock:
             for proc in node:  # with every process it started (flower-superexec, flwr-clientapp)
                 processes.stop_tree(proc)
+        family.stop()
     if failure:
         raise failure[0]
     notify(f"the job is over: site '{cfg.name}' stopped (its ledger: {state_dir / 'ledger.jsonl'})")

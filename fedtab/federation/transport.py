@@ -155,7 +155,9 @@ class InProcessTransport:
         """Each site's reply body, an error reply included (``request_outcomes``)."""
         unknown = [s for s in bodies if s not in self._workers]
         if unknown:
-            raise errors.FederationError(f"unknown site '{unknown[0]}'; known sites: {self.sites}")
+            from fedtab.federation.agreement import name_sites
+
+            raise errors.FederationError(f"unknown site '{unknown[0]}'; known: {name_sites(self.sites)}")
 
         def handle(site: str) -> Any:
             try:
