@@ -297,3 +297,33 @@ def test_a_site_lost_mid_job_is_dropped_when_min_sites_allows(monkeypatch, min_s
     shares = {e["target"] for e in synth.result_.ledgers["north"]["entries"] if e["phase"].startswith("marginals/")}
     assert all("at least 2 sites" in t for t in shares)
     assert synth.sample(100, seed=1).notna().all().all()
+
+
+def test_the_targets_two_way_tables_of_the_encoding_are_summed_securely(monkeypatch):
+    """With a declared target, the encoding's two-way tables reach the coordinator masked too (and their
+    noise is one release's: more of them stand above it), for every model."""
+    from fedtab.federation.site import ENCODE
+
+    seen = []
+    original = InProcessTransport.request
+
+    def recording(self, kind, bodies):
+        replies = original(self, kind, bodies)
+        if kind == ENCODE:
+            seen.append((next(iter(bodies.values()))["phase"], replies))
+        return replies
+
+    monkeypatch.setattr(InProcessTransport, "request", recording)
+    measured = {}
+    for secure in (True, False):
+        seen.clear()
+        synth = fedtab.FederatedSynthesizer("mst", epsilon=3.0, schema=SCHEMA, seed=1, target="kind",
+                                            secure_aggregation=secure, model_options={"iters": 50}).fit(_sites(600))
+        [(_, pairs)] = [(p, r) for p, r in seen if p == "pairs"]
+        for reply in pairs.values():
+            counts = [k for k in reply if k.startswith("@pair")]
+            assert (set(reply) >= {"masked", "b_shares"} and not counts) if secure else (counts and "masked" not in reply)
+        measured[secure] = len(synth.transformer_.pair_tables_)
+        entries = [e for e in synth.result_.ledgers["north"]["entries"] if e["phase"].endswith("pairs")]
+        assert entries and all(("secure aggregation" in e["target"]) == secure for e in entries)
+    assert measured[True] >= measured[False] > 0

@@ -189,23 +189,33 @@ def _fit_marginals(transport: Transport, job: JobSpec, progress: Progress | None
     from fedtab.federation import marginals
     from fedtab.transform.table import TableTransformer
 
-    state = _prepare(transport, job, progress, setup=False)
+    box: dict = {}  # the secure-aggregation rounds the encoding started, if any
+    state = _prepare(transport, job, progress, setup=False, secure_box=box)
     transformer = TableTransformer.from_dict(state.encoding)
     sites = list(state.active_sites)  # the sites that took part in schema agreement and the encoding
+    weights, noise = marginals.fit(_measure_ask(transport, sites), job, transformer, progress=progress,
+                                   site_rows=state.site_weights, n_sites=len(sites), rounds=box.get("rounds"))
+    return _finish(transport, replace(state, weights=weights, noise_multipliers=noise))
 
+
+def _measure_ask(transport: Transport, sites: list[str]):
+    """``ask(body, only=None, available=False)`` for ``fedtab.federation.marginals``: a measurement request
+    to ``sites`` (or those in ``only``); with ``available``, the replies of the sites that answered."""
     def ask(body, only=None, available=False):
         chosen = list(only) if only is not None else sites
         if available:
             return _available(transport, MEASURE, {s: body for s in chosen})
         return broadcast(transport, MEASURE, body, sites=chosen)
 
-    weights, noise = marginals.fit(ask, job, transformer, progress=progress, site_rows=state.site_weights,
-                                   n_sites=len(sites))
-    return _finish(transport, replace(state, weights=weights, noise_multipliers=noise))
+    return ask
 
 
-def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, setup: bool = True) -> TrainingState:
-    """Phases 1-3: schema agreement, federated encoding, training setup."""
+def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, setup: bool = True,
+             secure_box: dict | None = None) -> TrainingState:
+    """Phases 1-3: schema agreement, federated encoding, training setup. Under secure aggregation
+    (``marginals.uses_secure_aggregation``) the encoding's two-way tables with the target are summed
+    securely; the rounds object, keys shared, goes into ``secure_box["rounds"]`` for the marginal model's
+    measurements."""
     sites = transport.sites
     # Phase 1: schema agreement. Under DP the consortium declares the schema and each site answers only
     # which columns of its table do not conform (names, no values); without DP sites may infer one.
@@ -225,11 +235,29 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
     # Phase 2: federated encoding (noised statistics, recorded in each site's ledger).
     _notify(progress, "phase", name="federated encoding")
     plan = encoding.make_plan(schema, job)
+    from fedtab.federation import marginals
+
+    rounds = None
+    if marginals.uses_secure_aggregation(job, len(sites)) and (plan.pairs or job.model == "mst"):
+        rounds = marginals.SecureRounds(_measure_ask(transport, sites), len(sites), job, progress,
+                                        requests=(1 if plan.pairs else 0) + (3 if job.model == "mst" else 0))
+        if secure_box is not None:
+            secure_box["rounds"] = rounds
+
+    def ask_encoding(phase: str, request: dict) -> dict:
+        body = {"schema": schema.to_dict(), "plan": encoding.plan_to_dict(plan), "phase": phase, "request": request}
+        if phase != encoding.PHASE_PAIRS or rounds is None or not len(request.get(encoding.KEY_PAIRS_MEASURED, [])):
+            return broadcast(transport, ENCODE, body, sites=sites)
+        total, replies = rounds.secure_sum(lambda b, only: _available(transport, ENCODE, {s: b for s in only}),
+                                           body, real=False)
+        keys = {tuple(r["keys"]) for r in replies.values()}
+        if len(keys) != 1:
+            raise FederationError("secure aggregation: the sites masked different two-way tables")
+        # One release: the sum (its noise, one release's: ``pair_noise_sd`` below), merged like a site's.
+        return {"secure sum": {encoding.KEY_PHASE: phase, **dict(zip(next(iter(keys)), total))}}
+
     transformer, site_weights = encoding.run_encoding(
-        plan, lambda phase, request: broadcast(transport, ENCODE, {
-            "schema": schema.to_dict(), "plan": encoding.plan_to_dict(plan), "phase": phase, "request": request},
-            sites=sites),
-    )
+        plan, ask_encoding, pair_noise_sd=plan.noise_multiplier if rounds is not None else None)
     if plan.pairs:
         measured = len(transformer.pair_tables_)
         _notify(progress, "phase", measured=measured, named=len(plan.pairs),

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fedtab.transform.plan import PHASE_HISTOGRAM, EncodingDP, EncodingPlan, target_pairs  # noqa: F401
+from fedtab.transform.plan import (  # noqa: F401
+    KEY_PHASE, PHASE_HISTOGRAM, PHASE_PAIRS, EncodingDP, EncodingPlan, target_pairs,
+)
+from fedtab.transform.pairs import KEY_PAIRS_MEASURED  # noqa: F401
 from fedtab.transform.statistics import private_row_count, site_rows, site_statistics  # noqa: F401 (site side)
 from fedtab.transform.table import TableTransformer, run_phases
 
@@ -31,13 +34,14 @@ def plan_from_dict(data: dict) -> EncodingPlan:
     return EncodingPlan.from_dict(data)
 
 
-def run_encoding(plan: EncodingPlan, ask: Callable[[str, dict], dict[str, dict]]) -> tuple[TableTransformer, dict[str, float]]:
+def run_encoding(plan: EncodingPlan, ask: Callable[[str, dict], dict[str, dict]], *,
+                 pair_noise_sd: float | None = None) -> tuple[TableTransformer, dict[str, float]]:
     """Run every phase: ``ask(phase, request) -> {site: release}``; merge; fit.
 
     Also returns each site's FedAvg weight: its (noisy, under DP) row count read off its histogram
     release (``site_rows``), so the weights cost no extra privacy budget (post-processing).
     """
-    transformer, histogram = run_phases(plan, ask)
+    transformer, histogram = run_phases(plan, ask, pair_noise_sd=pair_noise_sd)
     weights = {s: site_rows(plan, r) for s, r in histogram.items()}
     return transformer, weights
 

@@ -43,6 +43,7 @@ MEASURE = "measure"
 PHASES = ("one-way", "select", "measure")
 # Secure aggregation's rounds (fedtab.federation.secagg): keys and shares once per job, unmask after each phase.
 KEYS, SHARES, UNMASK = "keys", "shares", "unmask"
+SECURE_ROUNDS = (KEYS, SHARES, UNMASK)
 SECAGG_CACHE = "secagg:"
 # A nullable column's missing code keeps its mass only where its summed noisy count stands this many noise
 # sds above zero (a declared-nullable column without missing values gained 0.5-4% missing cells from the
@@ -114,8 +115,8 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
     from fedtab.transform.table import TableTransformer
 
     phase = body["phase"]
-    if phase in (KEYS, SHARES, UNMASK):  # secure aggregation's own rounds: keys and shares, nothing from the rows
-        return _secure_round(site, phase, body.get("secagg") or {}, state, cache)
+    if phase in SECURE_ROUNDS:  # secure aggregation's own rounds: keys and shares, nothing from the rows
+        return secure_round(site, phase, body.get("secagg") or {}, state, cache)
     if phase not in PHASES:
         raise ConfigError(f"site '{site}': unknown measurement phase {phase!r}", public=True)
     disc = Discretisation.from_dict(body["discretisation"])
@@ -168,7 +169,7 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
     if secure is not None:
         # Distributed noise: this site draws sigma / sqrt(t); the sum over the at least t sites whose masked
         # inputs the coordinator can unmask carries sigma, which the ledger records (secagg module docstring).
-        session = _session(site, state, cache)
+        session = site_session(site, state, cache)
         t = session.threshold
         share = sigma / math.sqrt(max(t, 1))
         request, sites = secure.get("request"), [str(x) for x in secure.get("sites", [])]
@@ -192,7 +193,7 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
     return {"counts": [_noisy_counts(c, sigma, noise) for c in exact], "sigma": sigma}
 
 
-def _session(site: str, state: dict, cache: dict) -> secagg.SiteSession:
+def site_session(site: str, state: dict, cache: dict) -> secagg.SiteSession:
     session = cache.get(SECAGG_CACHE + str(state.get("job_key", "")))
     if session is None:
         from fedtab.errors import FederationError
@@ -202,12 +203,12 @@ def _session(site: str, state: dict, cache: dict) -> secagg.SiteSession:
     return session
 
 
-def _secure_round(site: str, phase: str, body: dict, state: dict, cache: dict) -> dict[str, Any]:
+def secure_round(site: str, phase: str, body: dict, state: dict, cache: dict) -> dict[str, Any]:
     job = str(body.get("job", ""))
     if phase == KEYS:  # fresh keys for this job (memory only)
         session = cache[SECAGG_CACHE + str(state.get("job_key", ""))] = secagg.SiteSession(body.get("requests"))
         return session.public()
-    session = _session(site, state, cache)
+    session = site_session(site, state, cache)
     if phase == SHARES:
         return {"shares": session.share_keys(site, body.get("peers") or {}, body.get("threshold"), job=job)}
     return session.unmask(me=site, request=body.get("request"), survivors=body.get("survivors") or [],
@@ -216,8 +217,8 @@ def _secure_round(site: str, phase: str, body: dict, state: dict, cache: dict) -
 
 
 # -- at the coordinator --------------------------------------------------------------------------------
-def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | None = None, n_sites: int = 1
-        ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | None = None, n_sites: int = 1,
+        rounds: "SecureRounds | None" = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Run the three measurement requests and estimate the model. ``ask(body, only=None, available=False)
     -> {site: reply}`` sends ``body`` to every site (or those in ``only``); with ``available`` it returns
     the replies of the sites that answered instead of failing on a missing one (secure aggregation copes
@@ -239,7 +240,9 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
     base = {"plan": plan, "model": job.model, "model_options": opts, "transformer": enc,
             "transformer_hash": encoding_sha256(enc), "epsilon": job.privacy.epsilon}
 
-    rounds = SecureRounds(ask, n_sites, job, progress) if secure else None
+    if secure and rounds is None:
+        rounds = SecureRounds(ask, n_sites, job, progress)
+    rounds = rounds if secure else None
 
     def measure(phase: str, cliques: list[tuple[int, ...]], disc: Discretisation, **extra):
         if progress is not None:
@@ -299,14 +302,14 @@ class SecureRounds:
     masked request to the sites still in, and an unmasking request to those whose masked input arrived.
     ``ask(body, only=..., available=True)`` returns the replies of the sites that answered."""
 
-    def __init__(self, ask, n_sites: int, job, progress=None):
+    def __init__(self, ask, n_sites: int, job, progress=None, *, requests: int = len(PHASES)):
         from fedtab.errors import FederationError
 
         self._ask, self._progress, self._error = ask, progress, FederationError
         self.job = str(job.job_id or "")
         self.threshold = secure_threshold(job, n_sites)
         self._note("secure aggregation: keys")
-        keys = ask({"phase": KEYS, "secagg": {"requests": len(PHASES), "job": self.job}}, available=True)
+        keys = ask({"phase": KEYS, "secagg": {"requests": int(requests), "job": self.job}}, available=True)
         self.peers = self._enough(keys, "keys")
         self._note(f"secure aggregation: key shares ({self.threshold} of {len(self.peers)} sites rebuild a key)")
         shared = ask({"phase": SHARES, "secagg": {"peers": self.peers, "threshold": self.threshold, "job": self.job}},
@@ -330,12 +333,19 @@ class SecureRounds:
 
     def measure(self, body: dict, *, real: bool):
         """One masked phase: (the survivors' summed counts, the sum's noise sd, each survivor's noise share)."""
+        total, replies = self.secure_sum(lambda b, only: self._ask(b, only=only, available=True), body, real=real)
+        sd = math.sqrt(sum(float(r["sigma"]) ** 2 for r in replies.values()))
+        return total, sd, {s: float(r["sigma"]) for s, r in replies.items()}
+
+    def secure_sum(self, ask_masked, body: dict, *, real: bool):
+        """One masked request (``ask_masked(body, only=...)`` -> the replies that arrived) and its
+        unmasking: (the survivors' summed vectors, the survivors' replies)."""
         from fedtab.federation.agreement import name_sites
 
         r = self.request
         self.request += 1
-        replies = self._ask({**body, "secagg": {"request": r, "sites": self.alive, "job": self.job}},
-                            only=self.alive, available=True)
+        replies = ask_masked({**body, "secagg": {"request": r, "sites": self.alive, "job": self.job}},
+                             only=self.alive)
         survivors = sorted(self._enough(replies, f"'{body['phase']}'"))
         dropped = sorted(set(self.alive) - set(survivors))
         if dropped:
@@ -356,8 +366,7 @@ class SecureRounds:
                                   s_shares={d: [o["s"][d] for o in opened.values()] for d in dropped},
                                   request=r, job=self.job, real=real)
         self.alive = survivors
-        sd = math.sqrt(sum(float(replies[s]["sigma"]) ** 2 for s in survivors))
-        return total, sd, {s: float(replies[s]["sigma"]) for s in survivors}
+        return total, {s: replies[s] for s in survivors}
 
 
 def _with_levels(fine_counts: list[np.ndarray], levels: list, level_counts: list[np.ndarray]) -> list[np.ndarray]:

@@ -246,8 +246,22 @@ class SiteWorker:
                                                   noise=secret_source(f"{self.name}/rows"))
                 SitePolicy.check_delta_for_rows(self.name, plan.dp.delta, rows, plan.noise_multiplier)
                 state["rows_checked"] = True
+            secure = body.get("secagg")
+            session = None
+            if secure is not None:  # the two-way tables masked for secure aggregation, at this site's noise share
+                from fedtab.federation.marginals import site_session
+
+                session = site_session(self.name, state, self._cache)
+                session._check_request(self.name, secure.get("request"), secure.get("sites") or [])
             reply = encoding.site_statistics(train, plan, body["phase"], body["request"], ledger=ledger,
-                                             noise=secret_source(f"{self.name}/encode/{body['phase']}"))
+                                             noise=secret_source(f"{self.name}/encode/{body['phase']}"),
+                                             secure_share=None if session is None else session.threshold)
+        if session is not None:
+            keys = sorted(k for k in reply if k != encoding.KEY_PHASE)
+            masked, b_shares = session.mask([reply[k] for k in keys], me=self.name, request=secure["request"],
+                                            sites=secure.get("sites") or [], job=str(secure.get("job", "")))
+            return {encoding.KEY_PHASE: reply[encoding.KEY_PHASE], "masked": masked, "b_shares": b_shares,
+                    "keys": keys, "shapes": [list(np.shape(reply[k])) for k in keys], "sigma": 0.0}
         if body["phase"] == encoding.PHASE_HISTOGRAM:
             # The site's row estimate for its training plan: the same post-processing of its own
             # histogram release that gives the coordinator its FedAvg weight (exact without DP).
@@ -282,6 +296,8 @@ class SiteWorker:
     def _measure(self, body: dict, state: dict) -> dict:
         from fedtab.federation import marginals
 
+        if body.get("phase") in marginals.SECURE_ROUNDS:  # keys and shares: nothing read from the rows, nothing spent
+            return marginals.secure_round(self.name, body["phase"], body.get("secagg") or {}, state, self._cache)
         train, _ = self._frames(state)
         with self._spending(state) as ledger:
             return marginals.site_measure(self.name, body, state, train=train, ledger=ledger, cache=self._cache)

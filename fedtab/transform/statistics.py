@@ -99,12 +99,13 @@ def finalize_bounds(spec: ColumnSpec, lower: float, upper: float) -> tuple[float
 
 
 # -- coordinator: requests ----------------------------------------------------------------------
-def phase_request(plan: EncodingPlan, phase: str, merged_domain: dict[str, Any] | None = None) -> dict[str, Any]:
+def phase_request(plan: EncodingPlan, phase: str, merged_domain: dict[str, Any] | None = None, *,
+                  pair_noise_sd: float | None = None) -> dict[str, Any]:
     """What the coordinator asks of every site in ``phase`` (public: depends only on plan and merges)."""
     if phase == PHASE_DOMAIN:
         return {KEY_PHASE: PHASE_DOMAIN}
     if phase == PHASE_PAIRS:
-        return _pairs_request(plan, merged_domain or {})
+        return _pairs_request(plan, merged_domain or {}, noise_sd=pair_noise_sd)
     if phase != PHASE_HISTOGRAM:
         raise ConfigError(f"Unknown encoding phase {phase!r}; expected one of {list(plan.phases())}.")
     merged_domain = merged_domain or {}
@@ -155,9 +156,12 @@ def _row_estimate(vectors: list[np.ndarray]) -> float:
     return float(np.average([v.sum() for v in vectors], weights=[1.0 / v.size for v in vectors]))
 
 
-def _pairs_request(plan: EncodingPlan, merged_histogram: dict[str, Any]) -> dict[str, Any]:
+def _pairs_request(plan: EncodingPlan, merged_histogram: dict[str, Any], *, noise_sd: float | None = None
+                   ) -> dict[str, Any]:
     """The pairs phase's layouts: categories as in the histogram phase, numerical cells of about equal
-    mass read off the merged histograms (public: post-processing of released counts)."""
+    mass read off the merged histograms (public: post-processing of released counts). A pair is measured
+    where its cells would stand above the noise of the summed tables, ``noise_sd`` (default: the merged
+    histograms', every site's full noise; under secure aggregation, the sum's)."""
     if merged_histogram.get(KEY_PHASE) != PHASE_HISTOGRAM:
         raise ConfigError(f"The '{PHASE_PAIRS}' phase needs the merged '{PHASE_HISTOGRAM}' statistics.")
     req: dict[str, Any] = {KEY_PHASE: PHASE_PAIRS}
@@ -166,7 +170,8 @@ def _pairs_request(plan: EncodingPlan, merged_histogram: dict[str, Any]) -> dict
     for name in named:
         req.update(_pair_layout(by_name[name], merged_histogram))
     rows = histogram_rows(plan, merged_histogram)
-    noise_sd = float(merged_histogram[wire_key(plan.columns[0].name, F_NOISE_SD)])
+    if noise_sd is None:
+        noise_sd = float(merged_histogram[wire_key(plan.columns[0].name, F_NOISE_SD)])
     size = {name: cell_layout(plan, req, name).size for name in named}
     req[KEY_PAIRS_MEASURED] = np.array(
         [i for i, (a, b) in enumerate(plan.pairs)
@@ -198,14 +203,18 @@ def cell_layout(plan: EncodingPlan, request: dict[str, Any], column: str) -> Cel
 # -- site -------------------------------------------------------------------------------------
 def site_statistics(
     df: pd.DataFrame, plan: EncodingPlan, phase: str, request: dict[str, Any], *,
-    ledger: PrivacyLedger, noise: SecretSource | None = None,
+    ledger: PrivacyLedger, noise: SecretSource | None = None, secure_share: int | None = None,
 ) -> dict[str, Any]:
     """One site's release for ``phase``. Every release is spent on ``ledger`` before it is computed
     into the message; the whole phase is checked against the budget first, so a refusal records nothing.
     Under DP every count is released with discrete Gaussian noise from ``noise`` (default: a fresh
-    secret source, ``fedtab.privacy.secret``; never seeded)."""
+    secret source, ``fedtab.privacy.secret``; never seeded). ``secure_share = t`` (the pairs phase only,
+    when the caller masks the release for secure aggregation, ``fedtab.federation.secagg``): the noise is
+    this site's share, ``1 / sqrt(t)`` of it, and the ledger records the noise of the sum."""
     if request.get(KEY_PHASE) != phase:
         raise ConfigError(f"The request is for phase {request.get(KEY_PHASE)!r}, not {phase!r}.")
+    if secure_share is not None and phase != PHASE_PAIRS:
+        raise ConfigError(f"Only the '{PHASE_PAIRS}' phase is released under secure aggregation, not {phase!r}.")
     specs = plan.domain_columns() if phase == PHASE_DOMAIN else plan.columns
     dp = plan.dp is not None
     z = plan.noise_multiplier
@@ -226,7 +235,7 @@ def site_statistics(
     out: dict[str, Any] = {KEY_PHASE: phase}
     values: dict[str, np.ndarray] = {}  # histogram phase: each column's values, for its rounding profile
     if phase == PHASE_PAIRS:
-        return {**out, **_pair_releases(df, plan, request, ledger=ledger, noise=noise)}
+        return {**out, **_pair_releases(df, plan, request, ledger=ledger, noise=noise, secure_share=secure_share)}
     for spec in specs:
         if spec.name not in df.columns:
             raise SchemaError(f"Column '{spec.name}' of the encoding plan is missing from the site's table.")
@@ -268,7 +277,7 @@ def rounding_counts(x: np.ndarray, spec: ColumnSpec) -> np.ndarray:
     return np.bincount(rounding_classes(k), minlength=len(ROUNDING_STEPS)).astype(np.float64)
 
 
-def _pair_releases(df, plan, request, *, ledger, noise) -> dict[str, Any]:
+def _pair_releases(df, plan, request, *, ledger, noise, secure_share: int | None = None) -> dict[str, Any]:
     measured = measured_pairs(request)
     layouts = {name: cell_layout(plan, request, name) for i in measured for name in plan.pairs[i]}
     codes = {}
@@ -279,11 +288,17 @@ def _pair_releases(df, plan, request, *, ledger, noise) -> dict[str, Any]:
         x = numeric_values(df[name], spec) if lay.kind == "numerical" else category_values(df[name], spec)
         codes[name] = lay.codes(x)
     out = {}
+    scale = 1.0 if secure_share is None else 1.0 / math.sqrt(max(int(secure_share), 1))
+    note = "" if secure_share is None or plan.dp is None else (
+        f"; secure aggregation over at least {int(secure_share)} sites: this site's own noise share sigma "
+        f"{plan.noise_multiplier * scale:.4g} (the sum's sigma {plan.noise_multiplier:.4g})")
     for i in measured:
         a, b = plan.pairs[i]
-        ledger.spend(phase=LEDGER_PHASE_PREFIX + PHASE_PAIRS, target=f"{a} x {b}", noise_multiplier=plan.noise_multiplier,
-                     sensitivity=1.0, mechanism="gaussian" if plan.dp is not None else "exact")
-        out[pair_key(i, F_COUNTS)] = _noised(pair_counts(layouts[a], layouts[b], codes[a], codes[b]), plan, noise)
+        ledger.spend(phase=LEDGER_PHASE_PREFIX + PHASE_PAIRS, target=f"{a} x {b}{note}",
+                     noise_multiplier=plan.noise_multiplier, sensitivity=1.0,
+                     mechanism="gaussian" if plan.dp is not None else "exact")
+        out[pair_key(i, F_COUNTS)] = _noised(pair_counts(layouts[a], layouts[b], codes[a], codes[b]), plan, noise,
+                                             scale=scale)
     return out
 
 
@@ -292,8 +307,8 @@ def _noisy_counts(counts: np.ndarray, sigma: float, noise: SecretSource) -> np.n
     return noise.discrete_gaussian(np.asarray(counts), sigma).astype(np.float64)
 
 
-def _noised(counts: np.ndarray, plan: EncodingPlan, noise: SecretSource | None) -> np.ndarray:
-    return counts if plan.dp is None else _noisy_counts(counts, plan.noise_multiplier, noise)
+def _noised(counts: np.ndarray, plan: EncodingPlan, noise: SecretSource | None, *, scale: float = 1.0) -> np.ndarray:
+    return counts if plan.dp is None else _noisy_counts(counts, plan.noise_multiplier * scale, noise)
 
 
 def _domain_release(spec, x, plan, noise) -> dict[str, Any]:

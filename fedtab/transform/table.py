@@ -405,14 +405,15 @@ def _cell_margin(layout, merged: dict[str, Any]) -> np.ndarray:
     return np.append(counts, missing)  # categories (+ 'other'), then missing: the histogram's own order
 
 
-def run_phases(plan: EncodingPlan, ask) -> tuple["TableTransformer", dict[str, dict]]:
+def run_phases(plan: EncodingPlan, ask, *, pair_noise_sd: float | None = None) -> tuple["TableTransformer", dict[str, dict]]:
     """Every encoding phase: ``ask(phase, request) -> {site: release}``, merged in site-name order (the
     same sums whichever transport or order the sites answer in); then the fit. Returns the fitted
-    transformer and the sites' ``histogram`` releases."""
+    transformer and the sites' ``histogram`` releases. ``pair_noise_sd``: the noise of the summed
+    two-way tables when it is not every site's full noise (secure aggregation: one release's)."""
     merged: dict[str, dict] = {}
     previous, histogram = None, {}
     for phase in plan.phases():
-        releases = ask(phase, phase_request(plan, phase, previous))
+        releases = ask(phase, phase_request(plan, phase, previous, pair_noise_sd=pair_noise_sd))
         merged[phase] = previous = merge_statistics(plan, phase, [releases[s] for s in sorted(releases)])
         if phase == PHASE_HISTOGRAM:
             histogram = releases
