@@ -98,6 +98,11 @@ class RecordingTransport(InProcessTransport):
         self.messages.extend((kind, site, bodies[site], replies[site]) for site in bodies)
         return replies
 
+    def outcomes(self, kind, bodies):  # the schema phase's path (each site's reply or its error reply)
+        replies = super().outcomes(kind, bodies)
+        self.messages.extend((kind, site, bodies[site], replies[site]) for site in bodies if site in replies)
+        return replies
+
 
 @dataclass
 class Recorded:
