@@ -157,8 +157,8 @@ def trial_data_cmd(
 ) -> None:
     """Write the bundled heart tables (one CSV per hospital) and their schema, for a trial deployment.
 
-    The README's walk-through 'Deploying across institutions' runs on these files: heart_schema.json is
-    the consortium's declared schema (public clinical ranges, not observed values)."""
+    The deployment guide's walk-through runs on these files (docs/deployment.md).
+    heart_schema.json is the consortium's declared schema: public clinical ranges, not observed values."""
     from fedtab.datasets import HEART_SITES, heart_site_path
     from fedtab.schema import atomic_write_bytes
 
