@@ -136,3 +136,17 @@ def test_a_model_from_another_job_is_named_so_not_as_a_missing_target(cli, heart
     assert "another job" in r.output and "'label'" in r.output
     assert "not in the schema" not in r.output
     assert not (tmp_path / "report.html").exists()
+
+
+def test_a_missing_file_names_the_current_folder_only_for_a_relative_path(tmp_path, monkeypatch):
+    """'relative paths start at <cwd>' was said of absolute paths too (a site.toml's sources are resolved
+    from its folder, so they reach the connector absolute)."""
+    from connectors import read_table
+    from fedtab.errors import SourceError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceError) as absolute:
+        read_table(tmp_path / "sub" / "nowhere.csv")
+    assert "current folder" not in str(absolute.value) and str(tmp_path / "sub" / "nowhere.csv") in str(absolute.value)
+    with pytest.raises(SourceError, match=f"a relative path starts at the current folder, {tmp_path}"):
+        read_table("nowhere.csv")
