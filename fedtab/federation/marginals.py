@@ -16,7 +16,10 @@ table: a row adds one to one cell of each table):
    site's two-way table and what the consortium's one-way shares (public after step 1) predict for its
    rows (a row moves each score by at most 2: L2 sensitivity 2 sqrt(pairs)). The coordinator sums the
    sites' vectors (local scores, as FLAIM reads heterogeneous sites: a pair that depends at any site
-   scores there) and keeps a maximum spanning tree of pairs;
+   scores there) and keeps a maximum spanning tree of pairs. Without DP each site sends its exact two-way
+   tables instead and the coordinator scores the pooled ones by mutual information (``excess_information``):
+   on non-IID sites the local scores also reward what merely differs between sites (4 sites against 1,
+   breast cancer 0.881 against 0.915);
 3. ``measure``: the tree's pairs again, at less noise.
 
 The training budget (what the encoding left of each site's epsilon) is split over the three by the
@@ -145,17 +148,24 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
     exact = marginal_counts(codes, sizes, cliques)
     # Coarser levels of numerical columns (one-way, under DP): each a table of its own, sensitivity 1.
     exact += [np.bincount(g[codes[:, j]], minlength=int(g.max()) + 1).astype(float) for j, g in levels]
-    if phase == "select":
+    if phase == "select" and ledger.is_dp:
         # One release: each candidate pair's L1 distance between this site's two-way table and what the
         # consortium's one-way shares (public, ``body["shares"]``) predict for its rows. A row moves each
-        # distance by at most 2, so the vector's L2 sensitivity is 2 sqrt(pairs).
+        # distance by at most 2, so the vector's L2 sensitivity is 2 sqrt(pairs). (Without DP the site
+        # sends the tables themselves and the coordinator scores the pooled ones.)
         exact = [pair_scores(exact, cliques, [np.asarray(x, dtype=float) for x in body["shares"]], rows=len(codes))]
     sensitivity = 2.0 * math.sqrt(len(cliques)) if phase == "select" else 1.0
-    releases = 1 if phase == "select" else len(exact)
+    releases = 1 if phase == "select" and ledger.is_dp else len(exact)
     factors = _factors(counts, shares)
     if not ledger.is_dp:
         ledger.spend(phase=f"marginals/{phase}", mechanism="exact", noise_multiplier=0.0, steps=releases,
-                     target=f"{releases} marginal(s), exact")
+                     target=f"{releases} marginal(s), exact" + ("; secure aggregation" if body.get("secagg") else ""))
+        if body.get("secagg") is not None:  # masks only: the coordinator reads the sites' sum, not this site's counts
+            secure = body["secagg"]
+            masked, b_shares = site_session(site, state, cache).mask(
+                exact, me=site, request=secure.get("request"), sites=secure.get("sites") or [],
+                job=str(secure.get("job", "")))
+            return {"masked": masked, "b_shares": b_shares, "shapes": [list(np.shape(v)) for v in exact], "sigma": 0.0}
         return {"counts": exact, "sigma": 0.0}
     if "mst_z" not in state:  # once per job: the whole plan fits in what the encoding left
         steps = [(f, k) for f, k in zip(factors[1:], counts[1:]) if k > 0]
@@ -251,7 +261,7 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
         body = {**base, "discretisation": disc.to_dict(), "phase": phase, "marginals": [list(c) for c in cliques],
                 **extra}
         if rounds is not None:
-            return rounds.measure(body, real=phase == "select")
+            return rounds.measure(body, real=phase == "select" and job.privacy.enabled)
         replies = ask(body)
         sites = sorted(replies)
         total = [np.sum([np.asarray(replies[s]["counts"][i], dtype=float) for s in sites], axis=0)
@@ -269,13 +279,18 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
     noise: dict[str, float] = {}
     if d > 1:
         shares = [_probs(o) for o in ones]
-        [summed], _, _ = measure("select", all_pairs, disc, shares=[list(map(float, x)) for x in shares])
-        # Less what independent columns score by chance at each site's size (the DP row estimates, public):
-        # a column of many cells would otherwise win every pair and the tree would be a star around it.
-        sizes_s = [max(float(v), 1.0) for v in (site_rows or {"all": rows}).values()]
-        chance = {(a, b): sum(float(np.sqrt(2 / np.pi * m * (q := np.outer(shares[a], shares[b]).ravel()) * (1 - q)).sum())
-                              for m in sizes_s) for a, b in all_pairs}
-        tree = spanning_tree(d, {pair: float(v) - chance[pair] for pair, v in zip(all_pairs, summed)})
+        selected, _, _ = measure("select", all_pairs, disc, shares=[list(map(float, x)) for x in shares])
+        if job.privacy.enabled:  # the sites' noisy scores, summed (FLAIM's local scores)
+            # Less what independent columns score by chance at each site's size (the DP row estimates,
+            # public): a column of many cells would otherwise win every pair and the tree would be a star.
+            sizes_s = [max(float(v), 1.0) for v in (site_rows or {"all": rows}).values()]
+            chance = {(a, b): sum(float(np.sqrt(2 / np.pi * m * (q := np.outer(shares[a], shares[b]).ravel())
+                                                * (1 - q)).sum()) for m in sizes_s) for a, b in all_pairs}
+            scores = {pair: float(v) - chance[pair] for pair, v in zip(all_pairs, selected[0])}
+        else:  # the pooled exact tables: Chow and Liu's tree (non-IID sites differ by design; see ``select``)
+            scores = {pair: excess_information(t, disc.sizes[pair[0]], disc.sizes[pair[1]])
+                      for pair, t in zip(all_pairs, selected)}
+        tree = spanning_tree(d, scores)
         chosen, sd3, noise = measure("measure", tree, disc)
         measurements += [(pair, t, sd3) for pair, t in zip(tree, chosen)]
     singles, pairs = _estimate(disc.sizes, measurements, tree, rows=rows, iters=int(opts["iters"]))
@@ -286,9 +301,26 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
     return model.weights(), noise
 
 
+def excess_information(table: np.ndarray, rows: int, cols: int) -> float:
+    """A pair's score from its exact two-way counts: the G statistic ``2 N I(a; b)`` (mutual information
+    in nats) less its degrees of freedom, its expectation under independence. The maximum spanning tree
+    of mutual information is Chow and Liu's tree, the tree distribution closest to the joint in KL; the
+    L1 scores of the DP path ranked a function of a column above the column (a yes/no flag of one kind
+    above the kind) and the tree lost the kind's own dependence."""
+    t = np.clip(np.asarray(table, dtype=np.float64).reshape(rows, cols), 0.0, None)
+    n = t.sum()
+    if n <= 0:
+        return 0.0
+    pa, pb = t.sum(axis=1, keepdims=True), t.sum(axis=0, keepdims=True)
+    nz = t > 0
+    g = 2.0 * float((t[nz] * np.log(t[nz] * n / (pa @ pb)[nz])).sum())
+    return g - (int((pa > 0).sum()) - 1) * (int((pb > 0).sum()) - 1)
+
+
 def uses_secure_aggregation(job, n_sites: int) -> bool:
-    """Secure aggregation with distributed noise: under DP, with two sites or more, unless turned off."""
-    return bool(job.privacy.enabled and job.privacy.secure_aggregation and n_sites >= 2)
+    """Secure aggregation (with distributed noise under DP; masks alone without): two sites or more,
+    unless turned off."""
+    return bool(job.privacy.secure_aggregation and n_sites >= 2)
 
 
 def secure_threshold(job, n_sites: int) -> int:
