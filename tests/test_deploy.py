@@ -209,8 +209,15 @@ class FakeGrid:
                 body = {"__error__": {"class": "FederationError", "message": "service down", "unavailable": True}}
             else:
                 continue
-            yield SimpleNamespace(metadata=SimpleNamespace(src_node_id=nid), has_error=lambda: False,
-                                  content=to_records(kind, body))
+            yield SimpleNamespace(metadata=SimpleNamespace(src_node_id=nid, reply_to_message_id=f"m{id(m)}"),
+                                  has_error=lambda: False, content=to_records(kind, body))
+
+    def push_messages(self, msgs):  # what FlowerTransport uses: push, then pull the replies by message id
+        self._replies = {r.metadata.reply_to_message_id: r for r in self.send_and_receive(msgs)}
+        return [f"m{id(m)}" for m in msgs]
+
+    def pull_messages(self, ids):
+        return [self._replies.pop(i) for i in ids if i in self._replies]
 
 
 def test_flower_transport_averages_over_the_sites_that_answered(monkeypatch):
@@ -221,7 +228,7 @@ def test_flower_transport_averages_over_the_sites_that_answered(monkeypatch):
     for attr in ("_run_id", "_node_id", "_task_id"):  # Flower sets these inside a ServerApp process
         monkeypatch.setattr(TaskIdentity, attr, 1)
 
-    t = FlowerTransport(FakeGrid(), expected_sites=1)
+    t = FlowerTransport(FakeGrid(), expected_sites=1, timeout=0.5)  # node 3 never answers
     assert t.sites == ["a", "b", "c"]
     out = t.request_available("train", {"a": {}, "b": {}, "c": {}})
     assert list(out) == ["a"] and np.array_equal(out["a"]["ok"], np.arange(3))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -19,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedtab.deploy import processes
-from fedtab.deploy.server import CHECKPOINT, STATUS
+from fedtab.deploy.server import CHECKPOINT, NODES, STATUS
 from fedtab.errors import ConfigError, FederationError
 from fedtab.federation.agreement import name_sites
+from fedtab.schema import atomic_write_text
 
 FEDERATION = "fedtab"
 APP_PYPROJECT = """[build-system]
@@ -115,6 +117,7 @@ def run_coordinator(config: Path, output: Path, *, superlink: str | None = None,
     workdir = output.parent / f".{output.name}.run"
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / STATUS).unlink(missing_ok=True)
+    (workdir / NODES).unlink(missing_ok=True)  # written afresh from the SuperLink's registrations
     if not resume:
         (workdir / CHECKPOINT).unlink(missing_ok=True)
     home = workdir / "flwr-home"
@@ -145,7 +148,9 @@ def run_coordinator(config: Path, output: Path, *, superlink: str | None = None,
             _flwr(["supernode", "register", str(key.resolve()), FEDERATION, "--name", name], env, workdir,
                   tolerate="already" if superlink is not None else None)
         if keys:
-            notify(f"registered the public keys of {name_sites(sorted(keys))}")
+            bound = bind_nodes(keys, _registered_nodes(env, workdir))
+            atomic_write_text(workdir / NODES, json.dumps({str(nid): name for nid, name in sorted(bound.items())}))
+            notify(f"registered the public keys of {name_sites(sorted(keys))}; each site is known by its key")
         app = workdir / "app"
         app.mkdir(exist_ok=True)
         (app / "pyproject.toml").write_text(APP_PYPROJECT)
@@ -175,6 +180,61 @@ def _flwr(args: list[str], env: dict, workdir: Path, *, tolerate: str | None = N
     if res.returncode != 0 and not (tolerate and tolerate in (res.stdout + res.stderr).lower()):
         raise FederationError(f"'flwr {' '.join(args[:2])}' failed ({res.returncode}): {res.stdout[-800:]}"
                               f"{res.stderr[-800:]}")
+
+
+def key_id(data: bytes) -> bytes:
+    """A public key (OpenSSH, PEM or DER) as DER SubjectPublicKeyInfo: one form to compare keys in."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    for load in (serialization.load_ssh_public_key, serialization.load_pem_public_key,
+                 serialization.load_der_public_key):
+        try:
+            key = load(data.strip() if load is not serialization.load_der_public_key else data)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            continue
+        return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    raise ConfigError("a public key that is neither OpenSSH, PEM nor DER")
+
+
+def bind_nodes(keys: dict[str, Path], registered: dict[int, bytes]) -> dict[int, str]:
+    """node id -> site name: the node the SuperLink registered with each site's public key (from the
+    consortium configuration). The SuperLink authenticates every node by its key, so the node id of a
+    reply says which site's key sent it. Two sites naming one key are refused (ConfigError)."""
+    by_key: dict[bytes, str] = {}
+    for name, path in sorted(keys.items()):
+        k = key_id(Path(path).read_bytes())
+        if k in by_key:
+            raise ConfigError(f"sites '{by_key[k]}' and '{name}' name the same public key ({path}); each site needs "
+                              "its own key pair ('fedtab site keygen' at the site)")
+        by_key[k] = name
+    return {nid: by_key[key_id(pk)] for nid, pk in registered.items() if key_id(pk) in by_key}
+
+
+_LIST_NODES = """
+import json, sys
+from flwr.cli.flower_config import read_superlink_connection
+from flwr.cli.utils import init_http_client_from_connection
+from flwr.proto.control_pb2 import ListNodesRequest
+client = init_http_client_from_connection(read_superlink_connection(sys.argv[1]))
+try:
+    res = client.ListNodes(ListNodesRequest())
+finally:
+    client.close()
+print(json.dumps({str(n.node_id): n.public_key.hex() for n in res.nodes_info
+                  if n.status not in ("unregistered", "deleted") and n.public_key}))
+"""
+
+
+def _registered_nodes(env: dict, workdir: Path) -> dict[int, bytes]:
+    """node id -> public key of every node registered at the SuperLink (its Control API, as ``flwr supernode
+    list`` reads it; that command does not print the keys)."""
+    res = subprocess.run([sys.executable, "-c", _LIST_NODES, FEDERATION], capture_output=True, text=True, cwd=workdir,
+                         env={**os.environ, **processes.DEPLOY_ENV, **env}, timeout=120)
+    if res.returncode != 0:
+        raise FederationError(f"could not list the SuperLink's registered SuperNodes ({res.returncode}): "
+                              f"{res.stderr[-800:]}")
+    return {int(nid): bytes.fromhex(pk) for nid, pk in json.loads(res.stdout.strip().splitlines()[-1]).items()}
 
 
 def _follow(workdir: Path, run: subprocess.Popen, log: Path, on_round, attempt: str,
@@ -262,8 +322,11 @@ def run_site(config_path: Path, *, on_event: Callable[[str], None] | None = None
                           on_request=lambda text: notify(text), on_end=lambda: _after(END_GRACE, finished.set))
     sock = state_dir / "site.sock"
     node_config = f"site-name={_toml_str(cfg.name)} site-socket={_toml_str(sock)}"
-    cmd = ["flower-supernode", "--superlink", cfg.superlink, "--node-config", node_config,
-           "--port", str(cfg.port or processes.free_port())]
+    runtime_port = cfg.port or processes.free_port()
+    # The SuperNode runs no ClientApp of its own (--isolation process): fedtab's executor, a thread of this
+    # process, runs the installed fedtab's ClientApp for each task and refuses any other app (executor.py).
+    cmd = [sys.executable, "-m", "fedtab.deploy.supernode_main", "--superlink", cfg.superlink, "--node-config",
+           node_config, "--isolation", "process", "--host", "127.0.0.1", "--port", str(runtime_port)]
     cmd += ["--insecure"] if cfg.insecure else ["--root-certificates", str(cfg.root_certificates)]
     if cfg.private_key is not None:
         cmd += ["--auth-supernode-private-key", str(cfg.private_key)]
@@ -309,7 +372,17 @@ def run_site(config_path: Path, *, on_event: Callable[[str], None] | None = None
                 notify(f"{reason}; retrying every {restart_delay:.0f} s")
                 said = reason
 
+    def refused(reason: str) -> None:
+        import logging
+
+        logging.getLogger("fedtab.site").warning(reason)
+        notify(reason)
+
     def ready() -> None:
+        from fedtab.deploy.executor import serve_tasks
+
+        threading.Thread(target=serve_tasks, args=(f"127.0.0.1:{runtime_port}", stopping), daemon=True,
+                         kwargs={"on_refused": refused, "on_error": lambda e: notify(f"a task failed: {e!r}")}).start()
         threading.Thread(target=keep_node_up, daemon=True).start()
         notify(f"site '{cfg.name}' is serving from {state_dir} and connecting to {cfg.superlink}; stop it with Ctrl-C")
 

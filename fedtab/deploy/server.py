@@ -14,6 +14,7 @@ from fedtab.schema import atomic_write_text
 
 CHECKPOINT = "checkpoint.fedtab"
 STATUS = "status.json"
+NODES = "nodes.json"  # node id -> site name, bound by the registered public keys (runner.bind_nodes)
 
 
 def write_status(workdir: Path, attempt: str, state: str, **info) -> None:
@@ -48,9 +49,14 @@ def run_server(grid, *, config: str, output: str, workdir: str, resume: bool, ro
         t0 = time.perf_counter()
         # A resumed run waits for the sites that were still training (a site lost earlier may stay away).
         expected = len(resume_state.active_sites) if resume_state is not None else len(cfg.sites)
+        bound = ({int(k): v for k, v in json.loads((wd / NODES).read_text()).items()} if (wd / NODES).is_file()
+                 else None)  # no keys in the consortium configuration: the names the sites state
         transport = FlowerTransport(grid, expected_sites=expected, timeout=round_timeout,
                                     min_sites=cfg.training.min_sites, join_timeout=join_timeout or round_timeout,
-                                    on_wait=lambda n, k: note(f"waiting for sites: {n} of {k} connected"))
+                                    on_wait=lambda n, k: note(f"waiting for sites: {n} of {k} connected"),
+                                    names_by_node=bound)
+        for reason in transport.refused:
+            note(f"refused: {reason}")
         unknown = sorted(set(transport.sites) - set(cfg.sites))
         if unknown:
             raise FederationError(f"SuperNodes for {name_sites(unknown)} joined, but the consortium config names "

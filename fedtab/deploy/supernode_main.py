@@ -1,0 +1,58 @@
+"""``python -m fedtab.deploy.supernode_main ARGS``: Flower 1.42's ``flower-supernode ARGS`` with shorter waits.
+
+Two of the SuperNode's waits are constants in Flower 1.42, not options, and they set how fast a
+deployment goes:
+
+- it asks the SuperLink for a message every 3 s when it has none, and checks every 0.5 s whether its
+  ClientApp has replied: a round pays up to 3.5 s of waiting per message. Here both waits are
+  ``POLL`` seconds (a request on an idle connection; the SuperLink answers at once);
+- it tells the SuperLink to hold it alive for 30 s between heartbeats (sent every ~20 s), and the
+  SuperLink marks a node offline only after two such intervals: a site killed mid-round was noticed
+  after about a minute. Here the interval is ``HEARTBEAT_INTERVAL`` seconds, the shortest a Flower 1.42
+  SuperLink accepts (``HEARTBEAT_MIN_INTERVAL``; it refuses a node that asks for less), with one
+  heartbeat every ~``(HEARTBEAT_INTERVAL - HEARTBEAT_CALL_TIMEOUT) * 0.8`` s: the SuperLink answers a
+  dead site's pending messages with "node unavailable" at most ``2 * HEARTBEAT_INTERVAL`` seconds after
+  its last heartbeat.
+
+Everything else is Flower's own code, unchanged (``flwr.supernode.cli:flower_supernode``). The names
+patched are checked when this starts: a Flower release that moved them fails loudly here.
+"""
+
+from __future__ import annotations
+
+import sys
+import time as _time
+import types
+
+POLL = 0.2
+HEARTBEAT_INTERVAL = 10.0  # flwr.common.constant.HEARTBEAT_MIN_INTERVAL in 1.42
+HEARTBEAT_CALL_TIMEOUT = 1.0
+
+
+def _patch() -> None:
+    import flwr.supercore.heartbeat as heartbeat
+    import flwr.supernode.fleet_http_connection as fleet
+    import flwr.supernode.start_client_internal as node
+
+    for module, name in ((heartbeat, "HEARTBEAT_DEFAULT_INTERVAL"), (heartbeat, "HEARTBEAT_CALL_TIMEOUT"),
+                         (fleet, "HEARTBEAT_DEFAULT_INTERVAL"), (node, "time")):
+        if not hasattr(module, name):
+            raise SystemExit(f"fedtab: {module.__name__}.{name} is gone in this Flower release; fedtab's SuperNode "
+                             "settings need updating (run plain flower-supernode meanwhile)")
+    heartbeat.HEARTBEAT_DEFAULT_INTERVAL = fleet.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_INTERVAL
+    heartbeat.HEARTBEAT_CALL_TIMEOUT = HEARTBEAT_CALL_TIMEOUT
+    quick = types.SimpleNamespace(**{k: getattr(_time, k) for k in dir(_time) if not k.startswith("__")})
+    quick.sleep = lambda seconds: _time.sleep(min(float(seconds), POLL))  # only this module's waits
+    node.time = quick
+
+
+def main(argv: list[str] | None = None) -> None:
+    _patch()
+    from flwr.supernode.cli import flower_supernode
+
+    sys.argv = ["flower-supernode", *(sys.argv[1:] if argv is None else argv)]
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()

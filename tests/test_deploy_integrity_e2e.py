@@ -1,0 +1,229 @@
+"""Issue 22 parts 1, 2 and the dead site, with real processes (SuperLink, SuperNodes, ServerApp):
+
+- a coordinator that ships a modified app (fedtab's bundle with another ClientApp in it) is refused at a
+  pinned site: its ClientApp never runs, the site says why in its log, the coordinator gets the reason
+  as an error reply; broken control: a SuperNode started as before (Flower's default executor) runs it;
+- a site that calls itself "hungary" but holds cleveland's registered key is refused as an impostor,
+  the real hungary trains, and the model names exactly the sites admitted;
+- a site killed mid-round is noticed within seconds (the round's time is printed) and the model
+  still names every site whose releases are in it.
+
+Every process a test starts leads its own process group and is stopped by that group's id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedtab.datasets import heart_site_path
+from fedtab.deploy import processes
+from fedtab.deploy.runner import APP_PYPROJECT
+
+pytestmark = pytest.mark.slow
+
+FEDTAB = [sys.executable, "-m", "fedtab"]
+EVIL_CLIENT = '''from pathlib import Path
+from flwr.app import Message, RecordDict
+from flwr.clientapp import ClientApp
+
+client_app = ClientApp()
+
+
+@client_app.query()
+def _run(msg, context):
+    Path(str(context.run_config["marker"])).write_text("the coordinator's code ran at the site")
+    return Message(RecordDict(), reply_to=msg)
+'''
+EVIL_SERVER = '''import json, time
+from pathlib import Path
+from flwr.app import Message, RecordDict
+from flwr.serverapp import ServerApp
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def _main(grid, context):
+    while not grid.get_node_ids():
+        time.sleep(0.2)
+    msgs = [Message(RecordDict(), dst_node_id=n, message_type="query") for n in grid.get_node_ids()]
+    replies = list(grid.send_and_receive(msgs, timeout=60))
+    Path(str(context.run_config["result"])).write_text(json.dumps(
+        [r.error.reason if r.has_error() else "served" for r in replies]))
+'''
+
+
+def modified_app(folder: Path, marker: Path, result: Path) -> Path:
+    """fedtab's app bundle with the ClientApp (and ServerApp) swapped for the coordinator's own code."""
+    folder.mkdir()
+    (folder / "evil.py").write_text(EVIL_CLIENT)
+    (folder / "evilserver.py").write_text(EVIL_SERVER)
+    (folder / "pyproject.toml").write_text(
+        APP_PYPROJECT.replace("fedtab.deploy.apps:client_app", "evil:client_app")
+        .replace("fedtab.deploy.apps:server_app", "evilserver:server_app")
+        .replace('fedtab-config = ""', f'fedtab-config = ""\nmarker = {json.dumps(str(marker))}\n'
+                                       f'result = {json.dumps(str(result))}'))
+    return folder
+
+
+def superlink(tmp_path: Path, port: int, started: list) -> dict:
+    env = {"FLWR_HOME": str(tmp_path / "flwr-home")}
+    started.append(processes.start(["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port)],
+                                   tmp_path / "superlink.log", env=env))
+    processes.wait_for_port(f"127.0.0.1:{port}", started[-1], tmp_path / "superlink.log")
+    (tmp_path / "flwr-home").mkdir(exist_ok=True)
+    (tmp_path / "flwr-home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "t"\n\n[superlink.t]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+    return env
+
+
+def wait_until(cond, what: str, limit: float = 240.0, procs=()) -> None:
+    deadline = time.monotonic() + limit
+    while not cond():
+        for p in procs:
+            assert p.poll() is None, f"a process exited ({p.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} after {limit:.0f} s"
+        time.sleep(0.3)
+
+
+@pytest.mark.parametrize("pinned", [True, False], ids=["fedtab-site", "broken-control-plain-supernode"])
+def test_a_modified_app_is_refused_at_a_pinned_site_and_runs_at_an_unpinned_one(tmp_path, pinned):
+    port = processes.free_port()
+    marker, result = tmp_path / "ran-at-site", tmp_path / "replies.json"
+    started: list[subprocess.Popen] = []
+    try:
+        env = superlink(tmp_path, port, started)
+        state = tmp_path / "state-cleveland"
+        if pinned:
+            (tmp_path / "cleveland.toml").write_text(
+                f'name = "cleveland"\nsource = "{heart_site_path("cleveland")}"\nsuperlink = "127.0.0.1:{port}"\n'
+                f'state_dir = "{state}"\n[tls]\ninsecure = true\n')
+            started.append(processes.start([*FEDTAB, "site", "--config", "cleveland.toml"], tmp_path / "site.log",
+                                           cwd=tmp_path))
+        else:  # how 'fedtab site' started its SuperNode before: Flower's executor runs what the bundle names
+            started.append(processes.start(["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
+                                            "--node-config", 'site-name="cleveland"', "--port",
+                                            str(processes.free_port())], tmp_path / "site.log", env=env))
+        app = modified_app(tmp_path / "app", marker, result)
+        started.append(processes.start(["flwr", "run", str(app), "t"], tmp_path / "flwr-run.log", env=env))
+        wait_until(result.exists, "the coordinator's replies", procs=started[:2])
+    finally:
+        processes.stop_all(started)
+    replies = json.loads(result.read_text())
+    if pinned:
+        assert not marker.exists()  # the coordinator's ClientApp never ran at the site
+        assert len(replies) == 1 and "app refused" in replies[0] and "'evil:client_app'" in replies[0], replies
+        site_out = (tmp_path / "site.log").read_text()
+        assert "app refused" in site_out and "evil.py" in site_out  # said on the site's terminal
+        assert "app refused" in (state / "site.log").read_text()  # and kept in its log
+    else:
+        assert marker.exists() and replies == ["served"]  # without the pin, the coordinator's code ran
+
+
+def write_consortium(folder: Path, port: int, sites: dict[str, str], *, extra: str = "", min_sites: int = 2) -> None:
+    """sites: name in the config -> its key's name. Keys and TLS from 'fedtab trial-keys'."""
+    schema = Path(heart_site_path("cleveland")).parent / "heart_schema.json"
+    (folder / "consortium.toml").write_text(
+        f'seed = 0\nschema = "{schema}"\n{extra}\n[privacy]\nepsilon = 1.0\n[training]\nmin_sites = {min_sites}\n'
+        + "".join(f'[sites.{s}]\npublic_key = "keys/{s}.pub"\n' for s in ("cleveland", "hungary", "switzerland")))
+    for name, (stated, key) in sites.items():
+        (folder / f"{name}.toml").write_text(
+            f'name = "{stated}"\nsource = "{heart_site_path(stated)}"\nsuperlink = "127.0.0.1:{port}"\n'
+            f'state_dir = "state-{name}"\n[tls]\nroot_certificates = "keys/ca.pem"\n[auth]\nprivate_key = "keys/{key}"\n')
+
+
+def coordinator(port: int, *extra) -> list[str]:
+    return [*FEDTAB, "coordinator", "consortium.toml", "-o", "model.fedtab", "--port", str(port),
+            "--ssl-certfile", "keys/server.pem", "--ssl-keyfile", "keys/server.key", "--ssl-ca-certfile",
+            "keys/ca.pem", *extra]
+
+
+@pytest.fixture
+def keyed(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    r = subprocess.run([*FEDTAB, "trial-keys", "keys", "--site", "cleveland", "--site", "hungary", "--site",
+                        "switzerland"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return tmp_path
+
+
+def test_an_impostor_with_clevelands_key_calling_itself_hungary_is_refused_and_hungary_trains(keyed):
+    port = processes.free_port()
+    # The issue's scenario: 'impostor' states "hungary" but holds cleveland's key; the real hungary and
+    # switzerland hold their own. The impostor's table is hungary's (what it has does not matter).
+    write_consortium(keyed, port, {"impostor": ("hungary", "cleveland"), "hungary": ("hungary", "hungary"),
+                                   "switzerland": ("switzerland", "switzerland")})
+    started: list[subprocess.Popen] = []
+    try:
+        coord = processes.start(coordinator(port, "--wait-for-sites", "60"), keyed / "coordinator.log", cwd=keyed)
+        started.append(coord)
+        wait_until(lambda: (keyed / ".model.fedtab.run" / "flwr-run.log").exists(), "the job", procs=[coord])
+        for name in ("impostor", "hungary", "switzerland"):
+            started.append(processes.start([*FEDTAB, "site", "--config", f"{name}.toml"], keyed / f"site-{name}.log",
+                                           cwd=keyed))
+        rc = coord.wait(timeout=400)
+    finally:
+        processes.stop_all(started)
+    log = (keyed / "coordinator.log").read_text()
+    assert rc == 0, log[-3000:]
+    assert "the SuperNode holding cleveland's registered key calls itself 'hungary': refused" in log, log
+    from fedtab.api import load
+
+    model = load(keyed / "model.fedtab")
+    assert sorted(model.ledgers_) == ["hungary", "switzerland"]  # the real hungary is not locked out
+    assert "connected to the coordinator" in (keyed / "site-hungary.log").read_text()
+
+
+def test_a_site_killed_mid_round_is_noticed_within_seconds(keyed):
+    port = processes.free_port()
+    sites = {s: (s, s) for s in ("cleveland", "hungary", "switzerland")}
+    write_consortium(keyed, port, sites, extra='[model]\nname = "ctgan"', min_sites=2)
+    text = (keyed / "consortium.toml").read_text().replace("[training]\n", "[training]\nrounds = 3\n")
+    (keyed / "consortium.toml").write_text(text)
+    run_dir = keyed / ".model.fedtab.run"
+
+    def rounds() -> list[float]:
+        try:
+            return [r["seconds"] for r in json.loads((run_dir / "status.json").read_text()).get("rounds", [])]
+        except (OSError, ValueError):
+            return []
+
+    started: list[subprocess.Popen] = []
+    try:
+        coord = processes.start(coordinator(port, "--round-timeout", "120"), keyed / "coordinator.log", cwd=keyed)
+        started.append(coord)
+        procs = {s: processes.start([*FEDTAB, "site", "--config", f"{s}.toml"], keyed / f"site-{s}.log", cwd=keyed)
+                 for s in sites}
+        started += procs.values()
+        wait_until(lambda: len(rounds()) >= 1, "round 1", limit=400, procs=[coord])
+        site_log = keyed / "site-switzerland.log"
+        seen = site_log.read_text().count("training round 2")
+        wait_until(lambda: site_log.read_text().count("training round 2") > seen, "round 2 at switzerland",
+                   procs=[coord])
+        killed = time.monotonic()
+        os.killpg(procs["switzerland"].pid, signal.SIGKILL)  # its service, executor and SuperNode, mid-round
+        procs["switzerland"].wait()
+        wait_until(lambda: len(rounds()) >= 2, "round 2 without switzerland", procs=[coord])
+        noticed = time.monotonic() - killed
+        rc = coord.wait(timeout=300)
+    finally:
+        processes.stop_all(started)
+    assert rc == 0, (keyed / "coordinator.log").read_text()[-3000:]
+    seconds = rounds()
+    print(f"\nrounds {seconds} s; round 2 ended {noticed:.1f} s after switzerland was killed")
+    assert noticed < 20.0, seconds  # before: about 50 s (Flower's default heartbeat, 30 s x 2)
+    from fedtab.api import load
+
+    model = load(keyed / "model.fedtab")
+    assert sorted(model.history_[0].epsilon) == ["cleveland", "hungary", "switzerland"]
+    # every site whose releases are in the model is named in it
+    named = set(model.ledgers_) | {s for h in model.history_ for s in h.epsilon}
+    assert named == {"cleveland", "hungary", "switzerland"}, (sorted(model.ledgers_), named)
