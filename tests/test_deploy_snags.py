@@ -202,8 +202,15 @@ class JoinGrid:
         for m in msgs:
             nid = m.metadata.dst_node_id
             kind, _ = from_records(m.content)
-            yield SimpleNamespace(metadata=SimpleNamespace(src_node_id=nid), has_error=lambda: False,
-                                  content=to_records(kind, {"site": {1: "a", 2: "b"}[nid]}))
+            yield SimpleNamespace(metadata=SimpleNamespace(src_node_id=nid, reply_to_message_id=f"m{id(m)}"),
+                                  has_error=lambda: False, content=to_records(kind, {"site": {1: "a", 2: "b"}[nid]}))
+
+    def push_messages(self, msgs):  # a Grid's push/pull form of the same exchange
+        self._replies = {r.metadata.reply_to_message_id: r for r in self.send_and_receive(msgs)}
+        return [f"m{id(m)}" for m in msgs]
+
+    def pull_messages(self, ids):
+        return [self._replies.pop(i) for i in ids if i in self._replies]
 
 
 @pytest.fixture
@@ -221,6 +228,11 @@ def test_the_coordinator_goes_on_without_a_site_that_never_connects(in_server_ap
     t = FlowerTransport(JoinGrid(), expected_sites=3, min_sites=2, join_timeout=1.0,
                         on_wait=lambda n, k: waits.append((n, k)))
     assert t.sites == ["a", "b"] and waits == [(2, 3)]  # said once, not once per poll
+    # A configured site that never connected (one lost before a --resume) does not answer; the strict
+    # request names it.
+    assert t.outcomes("ledger", {"c": {}}) == {}
+    with pytest.raises(FederationError, match=r"unknown 1 site \('c'\)"):
+        t.request("ledger", {"a": {}, "c": {}})
 
 
 def test_the_control_without_enough_sites_it_stops_and_says_how_to_wait_longer(in_server_app):
