@@ -120,26 +120,77 @@ def make_client_app(worker_for: Callable[[Any], tuple[str, Callable[[str, Any, d
     return app
 
 
+REPLY_POLL = 0.1  # seconds between the ServerApp's pulls of replies (a local call to its SuperLink)
+
+
+def _flower_error(reason: str) -> tuple[str, Any]:
+    return ("error", {ERROR_KEY: {"class": "FederationError", "code": 9, "columns": [],
+                                  "message": f"{FLOWER_ERROR_PREFIX}{reason}", UNAVAILABLE_KEY: True}})
+
+
+def admit_sites(replies: Mapping[int, tuple[str, Any]], names_by_node: Mapping[int, str] | None
+                ) -> tuple[dict[str, int], list[str]]:
+    """(site name -> node id, reasons for each node refused) from the nodes' HELLO replies. Pure.
+
+    With ``names_by_node`` (node id -> the site whose registered public key that node authenticated
+    with), a node's name is its key's: one that states another name is an impostor (or a site holding
+    the wrong key), one whose key no site names is unknown; both are refused. Without it, the stated
+    names count, and a name stated by several nodes is refused for all of them."""
+    from collections import Counter
+
+    stated: dict[int, str] = {}
+    refused: list[str] = []
+    for nid, (_, body) in sorted(replies.items()):
+        if isinstance(body, dict) and ERROR_KEY in body:
+            refused.append(f"node {nid} did not answer: {body[ERROR_KEY].get('message', '')}")
+        elif isinstance(body, dict) and "site" in body:
+            stated[nid] = str(body["site"])
+    nodes: dict[str, int] = {}
+    if names_by_node is not None:
+        for nid, name in stated.items():
+            bound = names_by_node.get(nid)
+            if bound is None:
+                refused.append(f"a SuperNode (node {nid}) calls itself '{name}', but its key is none of the keys the "
+                               "consortium configuration binds to its sites: refused")
+            elif bound != name:
+                refused.append(f"the SuperNode holding {bound}'s registered key calls itself '{name}': refused (an "
+                               f"impostor, or {bound}'s key at the wrong site); '{name}' is admitted only with its "
+                               "own key")
+            else:
+                nodes[name] = nid
+    else:
+        counts = Counter(stated.values())
+        for nid, name in stated.items():
+            if counts[name] > 1:
+                refused.append(f"{counts[name]} SuperNodes call themselves '{name}' (node {nid} among them): none is "
+                               f"admitted; bind each name to its key ([sites.{name}] public_key)")
+            else:
+                nodes[name] = nid
+    return dict(sorted(nodes.items())), refused
+
+
 class FlowerTransport:
     """``Transport`` over a Flower ``Grid`` (inside a ServerApp)."""
 
     def __init__(self, grid, *, expected_sites: int | None = None, timeout: float | None = None,
                  min_sites: int | None = None, join_timeout: float | None = None,
-                 on_wait: Callable[[int, int], None] | None = None):
+                 on_wait: Callable[[int, int], None] | None = None,
+                 names_by_node: Mapping[int, str] | None = None):
         """Waits for ``expected_sites`` SuperNodes (``on_wait(connected, expected)`` whenever the count
         changes); after ``join_timeout`` seconds (default: ``timeout``, else 120) it goes on with those
-        connected when they are at least ``min_sites``, else raises."""
+        connected when they are at least ``min_sites``, else raises.
+
+        ``names_by_node``: the site name bound to each registered node id (the consortium's public key
+        of that name, registered at the SuperLink, which authenticates the node that replies). A node's
+        name is then that binding; a node that calls itself by another name, or whose key no site
+        names, is refused (``refused``). Without it (no keys), a name several nodes claim is refused."""
         self._grid = grid
         self._timeout = timeout
         self._round = 0
         self._min_sites = min_sites
         node_ids = self._wait_for_nodes(expected_sites, join_timeout or timeout or 120.0, on_wait)
         replies = self._send({nid: (HELLO, {}) for nid in node_ids})
-        self._nodes: dict[str, int] = {}
-        for nid, (_, body) in replies.items():
-            if isinstance(body, dict) and "site" in body:  # a node that cannot answer is not a site yet
-                self._nodes[str(body["site"])] = nid
-        self._nodes = dict(sorted(self._nodes.items()))
+        self._nodes, self.refused = admit_sites(replies, names_by_node)
 
     def _wait_for_nodes(self, expected: int | None, join_timeout: float, on_wait) -> list[int]:
         import time
@@ -168,23 +219,42 @@ class FlowerTransport:
 
     def _send(self, per_node: Mapping[int, tuple[str, Any]], *, timeout: float | None = None
               ) -> dict[int, tuple[str, Any]]:
+        """Push one message per node, then pull the replies every ``REPLY_POLL`` seconds (Flower's
+        ``send_and_receive`` waits 3 s between pulls) until all are in or the timeout passes. A reply is
+        the node's it answers (by message id): the SuperLink's own error replies (a node gone offline)
+        come from the SuperLink's id, and a reply from any other node than the one asked is not taken."""
+        import time
+
         from flwr.app import Message
 
         self._round += 1
-        msgs = [
-            Message(content=_to_records(kind, body), dst_node_id=nid,
-                    message_type=_message_type(kind), group_id=str(self._round))
-            for nid, (kind, body) in per_node.items()
-        ]
+        nodes = list(per_node)
+        msgs = [Message(content=_to_records(kind, body), dst_node_id=nid,
+                        message_type=_message_type(kind), group_id=str(self._round))
+                for nid, (kind, body) in per_node.items()]
         out: dict[int, tuple[str, Any]] = {}
-        for rep in self._grid.send_and_receive(msgs, timeout=self._timeout if timeout is None else timeout):
-            nid = rep.metadata.src_node_id
-            if rep.has_error():
-                out[nid] = ("error", {ERROR_KEY: {"class": "FederationError", "code": 9, "columns": [],
-                                                  "message": f"{FLOWER_ERROR_PREFIX}{rep.error.reason}",
-                                                  UNAVAILABLE_KEY: True}})
+        pending: dict[str, int] = {}
+        for nid, mid in zip(nodes, self._grid.push_messages(msgs)):
+            if mid:
+                pending[str(mid)] = nid
             else:
-                out[nid] = _from_records(rep.content)
+                out[nid] = _flower_error("the SuperLink did not take the message")
+        limit = self._timeout if timeout is None else timeout
+        deadline = None if limit is None else time.monotonic() + limit
+        while pending:
+            for rep in self._grid.pull_messages(list(pending)):
+                nid = pending.pop(rep.metadata.reply_to_message_id, None)
+                if nid is None:
+                    continue
+                if rep.has_error():
+                    out[nid] = _flower_error(rep.error.reason)
+                elif rep.metadata.src_node_id != nid:
+                    out[nid] = _flower_error(f"a reply came from node {rep.metadata.src_node_id}, not the one asked")
+                else:
+                    out[nid] = _from_records(rep.content)
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(REPLY_POLL)
         return out
 
     def request(self, kind: str, bodies: Mapping[str, Any]) -> dict[str, Any]:
