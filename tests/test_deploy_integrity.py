@@ -117,10 +117,13 @@ def test_a_name_comes_from_the_key_impostors_and_unknown_keys_are_refused():
     assert nodes == {"hungary": 12, "switzerland": 13}  # the real hungary is not locked out
     assert any("holding cleveland's registered key calls itself 'hungary'" in r for r in refused)
     assert any("node 14" in r and "none of the keys" in r for r in refused)
-    # Broken control: the stated names (what the coordinator did before) let the impostor in as hungary.
-    stated = {str(b[1]["site"]): nid for nid, b in sorted(replies.items())}
-    assert stated["hungary"] == 12 or stated["hungary"] == 11
-    assert {str(b[1]["site"]): nid for nid, b in replies.items() if nid != 12}["hungary"] == 11
+    # Broken control: names as stated (no binding). The impostor alone is let in as hungary; with the real
+    # hungary there, the real one is locked out with it.
+    alone = {nid: r for nid, r in replies.items() if nid in (11, 13)}
+    assert admit_sites(alone, None)[0] == {"hungary": 11, "switzerland": 13}
+    assert "hungary" not in admit_sites(replies, None)[0]
+    # Bound, the impostor alone is refused all the same.
+    assert admit_sites(alone, bound)[0] == {"switzerland": 13}
 
 
 def test_without_keys_a_duplicate_name_is_refused_for_every_node_claiming_it():

@@ -63,8 +63,8 @@ def run_server(grid, *, config: str, output: str, workdir: str, resume: bool, ro
                                   f"only {name_sites(sorted(cfg.sites))}")
         absent = sorted(set(cfg.sites) - set(transport.sites))
         note(f"connected: {name_sites(transport.sites)}"
-             + (f"; {name_sites(absent)} did not connect, going on without them (training.min_sites = "
-                f"{cfg.training.min_sites})" if absent and resume_state is None else ""))
+             + (f"; {name_sites(absent)} did not connect or were refused, going on without them "
+                f"(training.min_sites = {cfg.training.min_sites})" if absent and resume_state is None else ""))
 
         def on_round(state) -> None:
             save_checkpoint(wd / CHECKPOINT, state, job)
