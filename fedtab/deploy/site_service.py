@@ -178,8 +178,12 @@ def serve(service: SiteService, socket_path: str | os.PathLike, *, ready=None,
         os.umask(old)
     server.service = service  # type: ignore[attr-defined]
 
+    stopped: list[bool] = []
+
     def stop_on_signal(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
+        if not stopped:  # once: a SIGTERM while the process winds down (its children stopping) is not an error
+            stopped.append(True)
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop_on_signal)
     if stop is not None:
@@ -189,5 +193,6 @@ def serve(service: SiteService, socket_path: str | os.PathLike, *, ready=None,
             ready()
         server.serve_forever(poll_interval=0.2)
     finally:
+        stopped.append(True)
         server.server_close()
         path.unlink(missing_ok=True)
