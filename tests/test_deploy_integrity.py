@@ -87,7 +87,7 @@ def test_the_executor_never_runs_a_refused_bundle_and_a_broken_control_would(mon
 
     message = Message(content=RecordDict(), dst_node_id=1, message_type="query")
     bundle = SimpleNamespace(content=fab({"pyproject.toml": MODIFIED, "evil.py": EVIL}))
-    monkeypatch.setattr(rc, "pull_task_input", lambda client: (message, SimpleNamespace(), None, bundle))
+    monkeypatch.setattr(executor, "_pull_task_input", lambda client: (message, SimpleNamespace(), None, bundle))
     monkeypatch.setattr(rc, "push_message", lambda client, reply, context: pushed.append(reply))
     monkeypatch.setattr(rc, "push_task_output", lambda **kw: None)
     monkeypatch.setattr("flwr.supercore.heartbeat.HeartbeatSender", FakeHeartbeat)
@@ -193,3 +193,31 @@ def test_replies_are_pulled_quickly_and_each_is_the_asked_nodes(monkeypatch):
     assert out[1] == ("train", {"ok": 1})
     assert "node unavailable" in out[2][1]["__error__"]["message"]  # keyed by the node asked, not src 0
     assert "not the one asked" in out[3][1]["__error__"]["message"]
+
+
+def test_a_message_carries_its_arrays_in_one_blob_and_a_bad_index_is_refused():
+    import json
+
+    import numpy as np
+    from flwr.app import ConfigRecord
+
+    from fedtab.errors import FederationError
+    from fedtab.federation.flower_app import ARRAYS, BODY, INDEX, from_records, to_records
+
+    body = {"weights": {f"w{i}": np.random.rand(3, 4).astype(np.float32) for i in range(40)},
+            "n": np.arange(3), "empty": np.zeros((0, 2)), "s": np.array(["ab", "c"])}
+    rd = to_records("train", body)
+    assert len(rd[ARRAYS]) == 1  # one Flower object for 43 arrays (was one each)
+    _, back = from_records(rd)
+    for k, v in body["weights"].items():
+        assert np.array_equal(back["weights"][k], v) and back["weights"][k].dtype == v.dtype
+    assert back["empty"].shape == (0, 2) and list(back["s"]) == ["ab", "c"]
+    index = json.loads(rd[BODY][INDEX])
+    for bad, words in (([["a0", "|O", [1]]] + index[1:], "object arrays"),  # no pickle, ever
+                       ([[index[0][0], index[0][1], [10 ** 6]]] + index[1:], "overrun"),
+                       (index[:-1], "longer than its arrays")):
+        cfg = dict(rd[BODY])
+        cfg[INDEX] = json.dumps(bad)
+        rd[BODY] = ConfigRecord(cfg)
+        with pytest.raises(FederationError, match=words):
+            from_records(rd)

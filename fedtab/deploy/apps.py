@@ -48,8 +48,12 @@ server_app = ServerApp()
 
 @server_app.main()
 def _main(grid, context) -> None:
-    from fedtab.deploy.server import run_server
+    import flwr.superlink.grid.http_grid as http_grid
 
+    from fedtab.deploy.server import run_server
+    from fedtab.deploy.supernode_main import patch_pulls
+
+    patch_pulls(http_grid)  # a reply's objects pulled with quick retries (supernode_main.py says why)
     cfg = context.run_config
     run_server(grid, config=str(cfg["fedtab-config"]), output=str(cfg["output"]), workdir=str(cfg["workdir"]),
                resume=bool(cfg["resume"]), round_timeout=float(cfg["round-timeout"]),

@@ -75,6 +75,37 @@ def _runtime_client(address: str, *interceptors, retry: bool = True):
                                                  interceptors=list(interceptors), retry_invoker=invoker)
 
 
+def _pull_task_input(client):
+    """Flower's ``pull_task_input`` (flwr.supernode.runtime.run_clientapp), with quick retries for the
+    message's objects: the SuperNode offers the task as soon as the message's header arrives, before it
+    holds every object, and Flower's first retry waits 1 s."""
+    from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest  # pylint: disable=E0611
+    from flwr.app import Message
+    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+        make_confirm_message_received_fn_protobuf, make_pull_object_fn_protobuf)
+    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedtab.deploy.supernode_main import PULL_BACKOFF, PULL_BACKOFF_CAP
+
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
+    context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("no message from the SuperNode's Runtime API")
+    node = Node(node_id=context.node_id)
+    tree = pulled.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, initial_backoff=PULL_BACKOFF, backoff_cap=PULL_BACKOFF_CAP)
+    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower does: the header has no id
+    return message, context, run, fab
+
+
 def run_task(address: str, token: str, *, on_refused: Callable[[str], None] | None = None) -> None:
     """Serve one task of the SuperNode (what ``flwr-clientapp --token`` does, minus installing and importing
     the bundle): pull the message, check the bundle, run fedtab's ClientApp, push the reply."""
@@ -83,7 +114,7 @@ def run_task(address: str, token: str, *, on_refused: Callable[[str], None] | No
     from flwr.common.constant import ErrorCode, SubStatus
     from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
     from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
-    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
     from fedtab.deploy.apps import client_app
 
@@ -94,7 +125,7 @@ def run_task(address: str, token: str, *, on_refused: Callable[[str], None] | No
     message = context = reply = None
     status, details = SubStatus.FAILED, "the task failed"
     try:
-        message, context, _run, fab = pull_task_input(client)
+        message, context, _run, fab = _pull_task_input(client)
         check_app(fab.content)
         reply = client_app(message=message, context=context)
         status, details = SubStatus.COMPLETED, ""

@@ -14,6 +14,11 @@ deployment goes:
   dead site's pending messages with "node unavailable" at most ``2 * HEARTBEAT_INTERVAL`` seconds after
   its last heartbeat.
 
+- when it pulls a message's objects before the sender has pushed them all (it learns of a message
+  as soon as its header is stored), Flower waits 1 s before the first retry, doubling up to 10 s:
+  here the retries start at ``PULL_BACKOFF`` seconds and stay under ``PULL_BACKOFF_CAP``
+  (``quick_pull_objects``; fedtab's executor and ServerApp pull the same way).
+
 Everything else is Flower's own code, unchanged (``flwr.supernode.cli:flower_supernode``). The names
 patched are checked when this starts: a Flower release that moved them fails loudly here.
 """
@@ -25,8 +30,27 @@ import time as _time
 import types
 
 POLL = 0.2
+PULL_BACKOFF = 0.05
+PULL_BACKOFF_CAP = 0.25
 HEARTBEAT_INTERVAL = 10.0  # flwr.common.constant.HEARTBEAT_MIN_INTERVAL in 1.42
 HEARTBEAT_CALL_TIMEOUT = 1.0
+
+
+def quick_pull_objects():
+    """Flower's ``pull_objects`` with short retries (objects not pushed yet are asked for again soon)."""
+    import functools
+
+    from flwr.supercore.inflatable.inflatable_utils import pull_objects
+
+    return functools.partial(pull_objects, initial_backoff=PULL_BACKOFF, backoff_cap=PULL_BACKOFF_CAP)
+
+
+def patch_pulls(module) -> None:
+    """Make ``module``'s own ``pull_objects`` (a name it imported from Flower) retry quickly."""
+    if not hasattr(module, "pull_objects"):
+        raise SystemExit(f"fedtab: {module.__name__}.pull_objects is gone in this Flower release; fedtab's "
+                         "settings for it need updating")
+    module.pull_objects = quick_pull_objects()
 
 
 def _patch() -> None:
@@ -34,6 +58,7 @@ def _patch() -> None:
     import flwr.supernode.fleet_http_connection as fleet
     import flwr.supernode.start_client_internal as node
 
+    patch_pulls(node)
     for module, name in ((heartbeat, "HEARTBEAT_DEFAULT_INTERVAL"), (heartbeat, "HEARTBEAT_CALL_TIMEOUT"),
                          (fleet, "HEARTBEAT_DEFAULT_INTERVAL"), (node, "time")):
         if not hasattr(module, name):

@@ -49,14 +49,50 @@ def _message_type(kind: str) -> str:
     return {"train": "train", "evaluate": "evaluate"}.get(kind, "query")
 
 
+INDEX = "arrays"  # in BODY: [[name, dtype, shape], ...] of the arrays laid end to end in one blob
+BLOB = "blob"
+
+
 def _to_records(kind: str, body: Any):
+    """One blob for every array of the message: Flower stores, pushes and pulls each Array as an object of
+    its own (one HTTP call per object at every hop), and a model is dozens of arrays."""
+    import json
+
+    import numpy as np
     from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
     p = pack(body)
     rd = RecordDict()
-    rd[BODY] = ConfigRecord({"json": p.json, "kind": kind})
-    rd[ARRAYS] = ArrayRecord(array_dict={k: Array(v) for k, v in p.arrays.items()})
+    index = [[k, a.dtype.str, list(a.shape)] for k, a in p.arrays.items()]
+    rd[BODY] = ConfigRecord({"json": p.json, "kind": kind, INDEX: json.dumps(index)})
+    blob = np.frombuffer(b"".join(a.tobytes() for a in p.arrays.values()), dtype=np.uint8)
+    rd[ARRAYS] = ArrayRecord(array_dict={BLOB: Array(blob)} if index else {})
     return rd
+
+
+def _unblob(index_json: str, arr) -> dict:
+    import json
+
+    import numpy as np
+
+    try:
+        index = json.loads(index_json)
+        blob = arr[BLOB].numpy() if index else np.zeros(0, np.uint8)
+        out, at = {}, 0
+        for name, dtype, shape in index:
+            dt = np.dtype(str(dtype))
+            if dt.hasobject:
+                raise ValueError("object arrays are not sent between sites")
+            n = dt.itemsize * int(np.prod(shape, dtype=np.int64))
+            if at + n > blob.size:
+                raise ValueError("the arrays overrun the blob")
+            out[str(name)] = np.frombuffer(blob[at:at + n], dtype=dt).reshape([int(x) for x in shape]).copy()
+            at += n
+        if at != blob.size:
+            raise ValueError("the blob is longer than its arrays")
+        return out
+    except (ValueError, TypeError, KeyError) as e:
+        raise FederationError(f"malformed Flower message: its arrays do not match their index ({e})") from None
 
 
 def _from_records(rd) -> tuple[str, Any]:
@@ -64,7 +100,10 @@ def _from_records(rd) -> tuple[str, Any]:
     arr = rd.array_records.get(ARRAYS) if hasattr(rd, "array_records") else rd[ARRAYS]
     if cfg is None:
         raise FederationError("malformed Flower message: no fedtab body (is this a fedtab coordinator?)")
-    arrays = {k: v.numpy() for k, v in (arr or {}).items()}
+    if INDEX in cfg:
+        arrays = _unblob(str(cfg[INDEX]), arr or {})
+    else:  # one Array per array (fedtab before the blob)
+        arrays = {k: v.numpy() for k, v in (arr or {}).items()}
     return str(cfg["kind"]), unpack(Packed(json=str(cfg["json"]), arrays=arrays))
 
 
