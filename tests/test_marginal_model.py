@@ -218,3 +218,27 @@ def test_a_site_refuses_a_level_that_does_not_fit_its_column():
             "marginals": [[0]], "levels": [[0, [0, 1]]], "plan": {"counts": [2, 0, 0], "shares": [1, 1, 1]}}
     with pytest.raises(fedtab.errors.ConfigError, match="level does not fit"):
         site_measure("north", body, {}, train=None, ledger=None, cache={})
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_a_pair_score_moves_by_at_most_its_stated_sensitivity(own):
+    """One row added moves a site's pair score by at most 2 against public shares and by at most 4
+    against the site's own shares (which the row moves too): the sensitivity the select phase charges."""
+    from fedtab.federation.marginals import pair_scores
+
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for _ in range(2000):
+        n, (ka, kb) = int(rng.integers(1, 40)), rng.integers(1, 6, 2)
+        a, b = rng.integers(0, ka, n), rng.integers(0, kb, n)
+        public = [rng.dirichlet(np.ones(ka)), rng.dirichlet(np.ones(kb))]
+
+        def score(a, b):
+            t = np.zeros((ka, kb))
+            np.add.at(t, (a, b), 1)
+            ref = [np.bincount(a, minlength=ka) / len(a), np.bincount(b, minlength=kb) / len(b)] if own else public
+            return pair_scores([t.ravel()], [(0, 1)], ref, rows=len(a))[0]
+
+        i, j = rng.integers(0, ka), rng.integers(0, kb)
+        worst = max(worst, abs(score(np.append(a, i), np.append(b, j)) - score(a, b)))
+    assert worst <= (4.0 if own else 2.0) + 1e-9

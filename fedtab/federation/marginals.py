@@ -13,8 +13,10 @@ table: a row adds one to one cell of each table):
    bounds (heart at epsilon 1, 3 seeds: synthetic mean age 62 against a real 53.5); a coarse cell's one
    count tells an empty region from noise better (57, 4 seeds; column shapes 0.865 against 0.854);
 2. ``select``: one noisy vector of pair scores per site: for every pair, the L1 distance between the
-   site's two-way table and what the consortium's one-way shares (public after step 1) predict for its
-   rows (a row moves each score by at most 2: L2 sensitivity 2 sqrt(pairs)). The coordinator sums the
+   site's two-way table and what its own one-way shares predict (model option ``select_shares="site"``,
+   the default: a row moves each score by at most 4: L2 sensitivity 4 sqrt(pairs)) or, with
+   ``"consortium"``, what the consortium's shares (public after step 1) predict for its rows (at most 2:
+   2 sqrt(pairs); it also scores how far a site's shares differ from the consortium's). The coordinator sums the
    sites' vectors (local scores, as FLAIM reads heterogeneous sites: a pair that depends at any site
    scores there) and keeps a maximum spanning tree of pairs. Without DP each site sends its exact two-way
    tables instead and the coordinator scores the pooled ones by mutual information (``excess_information``):
@@ -153,8 +155,14 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
         # consortium's one-way shares (public, ``body["shares"]``) predict for its rows. A row moves each
         # distance by at most 2, so the vector's L2 sensitivity is 2 sqrt(pairs). (Without DP the site
         # sends the tables themselves and the coordinator scores the pooled ones.)
-        exact = [pair_scores(exact, cliques, [np.asarray(x, dtype=float) for x in body["shares"]], rows=len(codes))]
-    sensitivity = 2.0 * math.sqrt(len(cliques)) if phase == "select" else 1.0
+        own = body["model_options"].get("select_shares") == "site"
+        ref = ([np.bincount(codes[:, j], minlength=sizes[j]) / max(len(codes), 1) for j in range(len(sizes))] if own
+               else [np.asarray(x, dtype=float) for x in body["shares"]])
+        exact = [pair_scores(exact, cliques, ref, rows=len(codes))]
+    # A row moves a score by at most 2 against public shares; against the site's own shares (which the row
+    # also moves: the product of the one-way counts over the rows changes by less than 3 in L1) by at most 4.
+    own = phase == "select" and body["model_options"].get("select_shares") == "site"
+    sensitivity = (4.0 if own else 2.0) * math.sqrt(len(cliques)) if phase == "select" else 1.0
     releases = 1 if phase == "select" and ledger.is_dp else len(exact)
     factors = _factors(counts, shares)
     if not ledger.is_dp:
