@@ -6,12 +6,16 @@ Processes (one machine each, in a real consortium)::
                        running ``fedtab.deploy.apps:server_app``: run_federation over FlowerTransport)
     each site host:    fedtab site         ->  site service (long-lived: holds torch, the table, the
                                                ledger; state file on local disk)
-                                           ->  flower-supernode (--node-config site-name, site-socket)
-                                               ClientApp ``fedtab.deploy.apps:client_app``: a thin
-                                               forwarder to the site service over a local Unix socket
+                                           ->  flower-supernode (``supernode_main``: shorter waits;
+                                               --isolation process: it runs no ClientApp itself)
+                                           ->  fedtab's executor (``executor``, a thread): each task
+                                               to the installed ClientApp ``fedtab.deploy.apps:client_app``,
+                                               a thin forwarder to the site service over a local Unix
+                                               socket; an app bundle that is not fedtab's is refused
 
-Flower 1.42 starts a fresh ``flwr-clientapp`` process for every message (its SuperExec has no warm
-pool for ClientApps), so the ClientApp imports no torch and loads no table: it hands the request to
-the site service that has both in memory. Everything that crosses an institution's boundary travels
-over Flower (TLS, SuperNode authentication); the Unix socket never leaves the site's host.
+Flower 1.42 would start a fresh ``flwr-clientapp`` process for every message and import whatever the
+coordinator's app bundle names; fedtab's executor does neither. Everything that crosses an
+institution's boundary travels over Flower (TLS, SuperNode authentication); the Unix socket never
+leaves the site's host. The coordinator knows each site by the node its registered key became
+(``runner.bind_nodes``), not by the name the site states.
 """

@@ -1,7 +1,7 @@
 """The Flower app components that ``flwr run`` starts (``fedtab.deploy.runner.APP_PYPROJECT``).
 
-- ``client_app``: runs in Flower's per-message ``flwr-clientapp`` process at a site. It imports no
-  torch and reads no table: it forwards the request to the site service named by the SuperNode's
+- ``client_app``: runs in fedtab's executor at a site (``fedtab.deploy.executor``: the SuperNode runs
+  no ClientApp of its own, so no bundle's code runs at a site). It imports no torch and reads no table: it forwards the request to the site service named by the SuperNode's
   ``--node-config site-socket=...`` and returns its reply.
 - ``server_app``: runs in Flower's ``flwr-serverapp`` process next to the SuperLink. It reads the
   consortium config named in the run config, runs ``run_federation`` over ``FlowerTransport``,
