@@ -129,7 +129,9 @@ def run_coordinator(config: Path, output: Path, *, superlink: str | None = None,
     try:
         address = superlink or f"{host}:{port}"
         if superlink is None:
-            cmd = ["flower-superlink", "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+            # Flower's SuperLink, accepting fedtab's shorter SuperNode heartbeats (superlink_main.py)
+            cmd = [sys.executable, "-m", "fedtab.deploy.superlink_main", "--host", host, "--port", str(port),
+                   "--disable-runtime-dependency-installation"]
             cmd += ["--insecure"] if tls is None else ["--ssl-certfile", str(tls.certfile), "--ssl-keyfile",
                                                        str(tls.keyfile), "--ssl-ca-certfile", str(tls.ca_certfile)]
             if keys:
@@ -287,6 +289,7 @@ def _read_status(workdir: Path) -> dict:
 
 # Flower's SuperNode reports a key the SuperLink does not know as this activation error (its log, 1.42).
 NOT_REGISTERED = "[code: 2004]"
+HEARTBEAT_REFUSED = "[code: 2003]"  # "Invalid heartbeat interval": a stock SuperLink's 10 s floor
 NOT_REGISTERED_PATIENCE = 120.0  # seconds: the coordinator registers the keys just after its SuperLink starts
 END_GRACE = 5.0  # seconds the SuperNode gets to deliver the site's last reply before it is stopped
 
@@ -304,6 +307,7 @@ def run_site(config_path: Path, *, on_event: Callable[[str], None] | None = None
     """
     from fedtab.api import _make_worker
     from fedtab.config import SiteSource
+    from fedtab.deploy.supernode_main import HEARTBEAT_OPTION, STOCK_MIN_HEARTBEAT
     from fedtab.deploy.site_service import SiteService, serve
     from fedtab.deploy.siteconf import check_site_source, load_site_config
     from fedtab.privacy.book import LedgerBook
@@ -353,6 +357,12 @@ def run_site(config_path: Path, *, on_event: Callable[[str], None] | None = None
             if stopping.wait(0 if stopping.is_set() else restart_delay):
                 return
             text = _read_from(log, offset)
+            if HEARTBEAT_REFUSED in text and HEARTBEAT_OPTION not in cmd:
+                # A stock SuperLink (one this site joined): Flower's own floor for the heartbeat.
+                cmd[3:3] = [HEARTBEAT_OPTION, str(STOCK_MIN_HEARTBEAT)]
+                notify(f"the SuperLink at {cfg.superlink} takes heartbeats no shorter than {STOCK_MIN_HEARTBEAT:.0f} "
+                       f"s: if this site dies, the coordinator notices within {2 * STOCK_MIN_HEARTBEAT:.0f} s")
+                continue
             if NOT_REGISTERED in text:
                 refused_since = refused_since or time.monotonic()
                 reason = (f"key not registered at the coordinator: register it with 'flwr supernode register "

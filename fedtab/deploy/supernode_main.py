@@ -8,11 +8,13 @@ deployment goes:
   ``POLL`` seconds (a request on an idle connection; the SuperLink answers at once);
 - it tells the SuperLink to hold it alive for 30 s between heartbeats (sent every ~20 s), and the
   SuperLink marks a node offline only after two such intervals: a site killed mid-round was noticed
-  after about a minute. Here the interval is ``HEARTBEAT_INTERVAL`` seconds, the shortest a Flower 1.42
-  SuperLink accepts (``HEARTBEAT_MIN_INTERVAL``; it refuses a node that asks for less), with one
-  heartbeat every ~``(HEARTBEAT_INTERVAL - HEARTBEAT_CALL_TIMEOUT) * 0.8`` s: the SuperLink answers a
-  dead site's pending messages with "node unavailable" at most ``2 * HEARTBEAT_INTERVAL`` seconds after
-  its last heartbeat.
+  after about a minute. Here the interval is ``--fedtab-heartbeat`` seconds (default
+  ``HEARTBEAT_INTERVAL``), with one heartbeat every ~``(interval - HEARTBEAT_CALL_TIMEOUT) * 0.8`` s:
+  the SuperLink answers a dead site's pending messages with "node unavailable" at most twice the
+  interval after its last heartbeat. A stock Flower 1.42 SuperLink refuses intervals under 10 s
+  (``HEARTBEAT_MIN_INTERVAL``; the SuperNode exits with "[code: 2003] Invalid heartbeat interval"):
+  ``fedtab site`` then starts it again with ``STOCK_MIN_HEARTBEAT``; the SuperLink ``fedtab
+  coordinator`` starts accepts ``superlink_main.MIN_HEARTBEAT``.
 
 - when it pulls a message's objects before the sender has pushed them all (it learns of a message
   as soon as its header is stored), Flower waits 1 s before the first retry, doubling up to 10 s:
@@ -32,28 +34,32 @@ import types
 POLL = 0.2
 PULL_BACKOFF = 0.05
 PULL_BACKOFF_CAP = 0.25
-HEARTBEAT_INTERVAL = 10.0  # flwr.common.constant.HEARTBEAT_MIN_INTERVAL in 1.42
+HEARTBEAT_INTERVAL = 5.0
+STOCK_MIN_HEARTBEAT = 10.0  # flwr.common.constant.HEARTBEAT_MIN_INTERVAL in 1.42
+HEARTBEAT_OPTION = "--fedtab-heartbeat"
 HEARTBEAT_CALL_TIMEOUT = 1.0
 
 
-def quick_pull_objects():
-    """Flower's ``pull_objects`` with short retries (objects not pushed yet are asked for again soon)."""
+def quick_pull_objects(*, max_time: float | None = None):
+    """Flower's ``pull_objects`` with short retries (objects not pushed yet are asked for again soon);
+    ``max_time``: seconds after which the objects still missing are given up (Flower's default: 2 h)."""
     import functools
 
     from flwr.supercore.inflatable.inflatable_utils import pull_objects
 
-    return functools.partial(pull_objects, initial_backoff=PULL_BACKOFF, backoff_cap=PULL_BACKOFF_CAP)
+    extra = {} if max_time is None else {"max_time": max_time}
+    return functools.partial(pull_objects, initial_backoff=PULL_BACKOFF, backoff_cap=PULL_BACKOFF_CAP, **extra)
 
 
-def patch_pulls(module) -> None:
+def patch_pulls(module, *, max_time: float | None = None) -> None:
     """Make ``module``'s own ``pull_objects`` (a name it imported from Flower) retry quickly."""
     if not hasattr(module, "pull_objects"):
         raise SystemExit(f"fedtab: {module.__name__}.pull_objects is gone in this Flower release; fedtab's "
                          "settings for it need updating")
-    module.pull_objects = quick_pull_objects()
+    module.pull_objects = quick_pull_objects(max_time=max_time)
 
 
-def _patch() -> None:
+def _patch(heartbeat_interval: float = HEARTBEAT_INTERVAL) -> None:
     import flwr.supercore.heartbeat as heartbeat
     import flwr.supernode.fleet_http_connection as fleet
     import flwr.supernode.start_client_internal as node
@@ -64,7 +70,7 @@ def _patch() -> None:
         if not hasattr(module, name):
             raise SystemExit(f"fedtab: {module.__name__}.{name} is gone in this Flower release; fedtab's SuperNode "
                              "settings need updating (run plain flower-supernode meanwhile)")
-    heartbeat.HEARTBEAT_DEFAULT_INTERVAL = fleet.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_INTERVAL
+    heartbeat.HEARTBEAT_DEFAULT_INTERVAL = fleet.HEARTBEAT_DEFAULT_INTERVAL = heartbeat_interval
     heartbeat.HEARTBEAT_CALL_TIMEOUT = HEARTBEAT_CALL_TIMEOUT
     quick = types.SimpleNamespace(**{k: getattr(_time, k) for k in dir(_time) if not k.startswith("__")})
     quick.sleep = lambda seconds: _time.sleep(min(float(seconds), POLL))  # only this module's waits
@@ -72,10 +78,16 @@ def _patch() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    _patch()
+    args = list(sys.argv[1:] if argv is None else argv)
+    interval = HEARTBEAT_INTERVAL
+    if HEARTBEAT_OPTION in args:  # fedtab's own option, not Flower's
+        at = args.index(HEARTBEAT_OPTION)
+        interval = float(args[at + 1])
+        del args[at:at + 2]
+    _patch(interval)
     from flwr.supernode.cli import flower_supernode
 
-    sys.argv = ["flower-supernode", *(sys.argv[1:] if argv is None else argv)]
+    sys.argv = ["flower-supernode", *args]
     flower_supernode()
 
 
