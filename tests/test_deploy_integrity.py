@@ -221,3 +221,28 @@ def test_a_message_carries_its_arrays_in_one_blob_and_a_bad_index_is_refused():
         rd[BODY] = ConfigRecord(cfg)
         with pytest.raises(FederationError, match=words):
             from_records(rd)
+
+
+def test_a_message_whose_sender_stopped_is_given_up_after_the_stall_not_flowers_two_hours():
+    import time
+
+    from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, ObjectUnavailableError
+
+    from fedtab.deploy.supernode_main import quick_pull_objects
+
+    def sender_died(object_id):  # the header arrived; its objects never will
+        raise ObjectUnavailableError(object_id)
+
+    t0 = time.perf_counter()
+    with pytest.raises(ObjectPullError, match="sender stopped"):
+        quick_pull_objects(stall=0.5)(["a", "b"], sender_died)
+    assert time.perf_counter() - t0 < 3.0
+    arrived = {"a": 0}
+
+    def slow_but_alive(object_id):  # each object comes after a few tries: never a stall
+        arrived[object_id] = arrived.get(object_id, 0) + 1
+        if arrived[object_id] < 3:
+            raise ObjectUnavailableError(object_id)
+        return b"x"
+
+    assert quick_pull_objects(stall=0.5)(["a", "b", "c"], slow_but_alive) == {"a": b"x", "b": b"x", "c": b"x"}

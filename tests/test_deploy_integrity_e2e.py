@@ -208,24 +208,23 @@ def test_a_site_killed_mid_round_is_noticed_within_seconds(keyed):
         seen = site_log.read_text().count("training round 2")
         wait_until(lambda: site_log.read_text().count("training round 2") > seen, "round 2 at switzerland",
                    procs=[coord])
-        killed = time.monotonic()
         os.killpg(procs["switzerland"].pid, signal.SIGKILL)  # its service, executor and SuperNode, mid-round
         procs["switzerland"].wait()
-        wait_until(lambda: len(rounds()) >= 2, "round 2 without switzerland", procs=[coord])
-        noticed = time.monotonic() - killed
         rc = coord.wait(timeout=300)
     finally:
         processes.stop_all(started)
     assert rc == 0, (keyed / "coordinator.log").read_text()[-3000:]
     seconds = rounds()
-    print(f"\nrounds {seconds} s; round 2 ended {noticed:.1f} s after switzerland was killed")
-    # Before: about 50 s (Flower's default heartbeat: held alive 30 s, offline after two intervals). Now the
-    # SuperLink answers for the dead site at most 10 s after its last heartbeat (fedtab's 5 s interval,
-    # twice); the rest of the round is the live sites' work.
-    assert noticed < 15.0, seconds
     from fedtab.api import load
 
     model = load(keyed / "model.fedtab")
+    # The first round without switzerland is the one that waited for it (its reply may have left before
+    # the kill: then that is round 3). Before: about 50 s (Flower's default heartbeat: held alive 30 s,
+    # offline after two intervals). Now the SuperLink answers for the dead site at most 10 s after its
+    # last heartbeat (fedtab's 5 s interval, twice); the rest of the round is the live sites' work.
+    first = next(i for i, h in enumerate(model.history_) if "switzerland" not in h.epsilon)
+    print(f"\nrounds {seconds} s; the first round without switzerland (round {first + 1}) took {seconds[first]:.1f} s")
+    assert seconds[first] < 15.0, seconds
     # The model names every site whose releases are in it: switzerland's encoding and first round.
     assert sorted(model.result_.site_weights) == ["cleveland", "hungary", "switzerland"]
     assert sorted(model.history_[0].epsilon) == ["cleveland", "hungary", "switzerland"]

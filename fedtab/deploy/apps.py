@@ -19,7 +19,9 @@ from fedtab.federation.flower_app import UNAVAILABLE_KEY, from_records, to_recor
 from fedtab.federation.transport import ERROR_KEY, error_reply
 
 SOCKET_KEY = "site-socket"  # node config: the site service's Unix socket
-REPLY_OBJECTS_PATIENCE = 30.0  # seconds; a live site pushes a reply's objects right after its header
+# Seconds without a new object of a reply before it is given up: a live site pushes a reply's objects one
+# after the other right after its header; twice the heartbeat a dead site is declared offline in.
+REPLY_STALL = 10.0
 
 client_app = ClientApp()
 
@@ -54,10 +56,10 @@ def _main(grid, context) -> None:
     from fedtab.deploy.server import run_server
     from fedtab.deploy.supernode_main import patch_pulls
 
-    # A reply's objects are pulled with quick retries (supernode_main.py says why), and given up after
-    # REPLY_OBJECTS_PATIENCE s: a site killed while it pushed its reply would otherwise hold every other
+    # A reply's objects are pulled with quick retries (supernode_main.py says why), and given up once none
+    # has arrived for REPLY_STALL s: a site killed while it pushed its reply would otherwise hold every other
     # site's reply up to Flower's 2 h limit (Flower then answers for that reply alone with an error).
-    patch_pulls(http_grid, max_time=REPLY_OBJECTS_PATIENCE)
+    patch_pulls(http_grid, stall=REPLY_STALL)
     cfg = context.run_config
     run_server(grid, config=str(cfg["fedtab-config"]), output=str(cfg["output"]), workdir=str(cfg["workdir"]),
                resume=bool(cfg["resume"]), round_timeout=float(cfg["round-timeout"]),

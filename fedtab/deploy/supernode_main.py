@@ -40,23 +40,46 @@ HEARTBEAT_OPTION = "--fedtab-heartbeat"
 HEARTBEAT_CALL_TIMEOUT = 1.0
 
 
-def quick_pull_objects(*, max_time: float | None = None):
-    """Flower's ``pull_objects`` with short retries (objects not pushed yet are asked for again soon);
-    ``max_time``: seconds after which the objects still missing are given up (Flower's default: 2 h)."""
-    import functools
+def quick_pull_objects(*, stall: float | None = None):
+    """Flower's ``pull_objects`` with short retries (objects not pushed yet are asked for again soon).
+    ``stall``: give the message up once none of its objects has arrived for that many seconds (its sender
+    stopped pushing: it died mid-message); Flower itself waits up to 2 h, and meanwhile the caller waits."""
+    import threading
+    import time
 
-    from flwr.supercore.inflatable.inflatable_utils import pull_objects
+    from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, ObjectUnavailableError, pull_objects
 
-    extra = {} if max_time is None else {"max_time": max_time}
-    return functools.partial(pull_objects, initial_backoff=PULL_BACKOFF, backoff_cap=PULL_BACKOFF_CAP, **extra)
+    def pull(object_ids, pull_object_fn, **kwargs):
+        last = [time.monotonic()]
+        lock = threading.Lock()
+
+        def pull_one(object_id):
+            try:
+                content = pull_object_fn(object_id)
+            except ObjectUnavailableError:
+                with lock:
+                    stalled = stall is not None and time.monotonic() - last[0] > stall
+                if stalled:
+                    raise ObjectPullError(object_id, f"no object of this message arrived for {stall:.0f} s; its "
+                                                     "sender stopped sending") from None
+                raise
+            with lock:
+                last[0] = time.monotonic()
+            return content
+
+        kwargs.setdefault("initial_backoff", PULL_BACKOFF)
+        kwargs.setdefault("backoff_cap", PULL_BACKOFF_CAP)
+        return pull_objects(object_ids, pull_one, **kwargs)
+
+    return pull
 
 
-def patch_pulls(module, *, max_time: float | None = None) -> None:
+def patch_pulls(module, *, stall: float | None = None) -> None:
     """Make ``module``'s own ``pull_objects`` (a name it imported from Flower) retry quickly."""
     if not hasattr(module, "pull_objects"):
         raise SystemExit(f"fedtab: {module.__name__}.pull_objects is gone in this Flower release; fedtab's "
                          "settings for it need updating")
-    module.pull_objects = quick_pull_objects(max_time=max_time)
+    module.pull_objects = quick_pull_objects(stall=stall)
 
 
 def _patch(heartbeat_interval: float = HEARTBEAT_INTERVAL) -> None:
