@@ -13,7 +13,7 @@ ServerApp), no TLS (loopback):
    nothing but echo (the ServerApp sends one query per node and waits for the replies, 10 times): (a) stock
    ``flower-supernode`` (a new ``flwr-clientapp`` process per message, 3 s polls, and Flower's own
    ``send_and_receive``, which waits 3 s between pulls), (b) fedtab's SuperNode settings
-   (``fedtab.deploy.supernode_main``: 0.2 s polls) with the same stock executor, and a 0.1 s pull loop,
+   (``fedtab.deploy.supernode_main`` and ``superlink_main``: 0.2 s polls) with the same stock executor, and a 0.1 s pull loop,
    (c) those settings with fedtab's long-lived executor (``fedtab.deploy.executor``, serving the echo).
    Each query carries a 460 KB array and the reply brings it back (a CTGAN model's size).
 
@@ -154,7 +154,8 @@ def flower_alone(folder: Path, *, fedtab_settings: bool, executor: bool = False,
     result = folder / "times.json"
     started = []
     try:
-        started.append(processes.start(["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port)],
+        link = [sys.executable, "-m", "fedtab.deploy.superlink_main"] if fedtab_settings else ["flower-superlink"]
+        started.append(processes.start([*link, "--insecure", "--host", "127.0.0.1", "--port", str(port)],
                                        folder / "superlink.log", env=env))
         processes.wait_for_port(f"127.0.0.1:{port}", started[-1], folder / "superlink.log")
         node = [sys.executable, "-m", "fedtab.deploy.supernode_main"] if fedtab_settings else ["flower-supernode"]
