@@ -93,12 +93,7 @@ class RecordingTransport(InProcessTransport):
         super().__init__(workers)
         self.messages: list[tuple[str, str, Any, Any]] = []  # (kind, site, body sent, reply received)
 
-    def request(self, kind, bodies):
-        replies = super().request(kind, bodies)
-        self.messages.extend((kind, site, bodies[site], replies[site]) for site in bodies)
-        return replies
-
-    def outcomes(self, kind, bodies):  # the schema phase's path (each site's reply or its error reply)
+    def outcomes(self, kind, bodies):  # every request goes through it (``request`` raises the error replies)
         replies = super().outcomes(kind, bodies)
         self.messages.extend((kind, site, bodies[site], replies[site]) for site in bodies if site in replies)
         return replies
