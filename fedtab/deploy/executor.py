@@ -68,7 +68,20 @@ def _runtime_client(address: str, *interceptors, retry: bool = True):
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
 
+    import httpx
+
     invoker = make_simple_http_retry_invoker()
+    flower_giveup = invoker.should_giveup
+
+    def should_giveup(exc: Exception) -> bool:
+        # Flower's invoker answers a 401 (a task token the SuperNode no longer knows: it restarted, as after
+        # the SuperLink restarts) by sending SIGINT to its own process, written for a flwr-clientapp process
+        # of its own; here that process is `fedtab site`, which it stopped. Give up the task instead.
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == httpx.codes.UNAUTHORIZED:
+            return True
+        return flower_giveup(exc)
+
+    invoker.should_giveup = should_giveup
     if not retry:
         invoker.max_tries = 1  # the caller waits and asks again, without Flower's warnings on every try
     return RuntimeHttpClient.from_server_address(server_address=address, insecure=True, root_certificates=None,
