@@ -117,7 +117,6 @@ def fingerprint(key) -> str:
 def load_signing_key(key: PrivateKeyLike, *, what: str = "signing key"):
     """An Ed25519 private key from a key object or a file (OpenSSH or PEM), refused (``ConfigError``)
     when missing, unreadable, not Ed25519, or readable by anyone but its owner."""
-    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -128,13 +127,8 @@ def load_signing_key(key: PrivateKeyLike, *, what: str = "signing key"):
                           "instead.")
     p = Path(key)
     data = _read_key_file(p, what)
-    loaded = None
-    for reader in (serialization.load_ssh_private_key, serialization.load_pem_private_key):
-        try:
-            loaded = reader(data, password=None)
-            break
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            continue
+    loaded = _first_readable(data, serialization.load_ssh_private_key, serialization.load_pem_private_key,
+                             password=None)
     if not isinstance(loaded, Ed25519PrivateKey):
         raise ConfigError(f"{p}: not an unencrypted Ed25519 private key; make one with 'fedtab signing-keygen {p}'.")
     mode = p.stat().st_mode & 0o777
@@ -146,7 +140,6 @@ def load_signing_key(key: PrivateKeyLike, *, what: str = "signing key"):
 
 def load_public_key(key: PublicKeyLike, *, what: str = "trusted key"):
     """An Ed25519 public key from a key object or a file (an ``ssh-ed25519`` line or PEM)."""
-    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -157,17 +150,23 @@ def load_public_key(key: PublicKeyLike, *, what: str = "trusted key"):
                           "instead.")
     p = Path(key)
     data = _read_key_file(p, what)
-    loaded = None
-    for reader in (serialization.load_ssh_public_key, serialization.load_pem_public_key):
-        try:
-            loaded = reader(data.strip())
-            break
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            continue
+    loaded = _first_readable(data.strip(), serialization.load_ssh_public_key, serialization.load_pem_public_key)
     if not isinstance(loaded, Ed25519PublicKey):
         raise ConfigError(f"{p}: not an Ed25519 public key (expected the 'ssh-ed25519 ...' line of the "
                           "coordinator's PATH.pub from 'fedtab signing-keygen PATH').")
     return loaded
+
+
+def _first_readable(data: bytes, *readers, **kwargs):
+    """The key the first of ``readers`` (OpenSSH, then PEM) reads from ``data``, or None."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    for reader in readers:
+        try:
+            return reader(data, **kwargs)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            continue
+    return None
 
 
 def _read_key_file(p: Path, what: str) -> bytes:

@@ -149,11 +149,12 @@ def _screened(job: JobSpec, state: TrainingState, replies: dict[str, Any], order
     from fedtab.transform.table import TableTransformer
 
     rejected = {}
+    new = [s for s in order if s not in bounds]
+    if new:  # once per site and run: the bound depends on public settings and the site's DP row estimate
+        transformer = TableTransformer.from_dict(state.encoding)
+        setup = training.setup_body(job, transformer)
+        bounds.update({s: training.update_bounds(setup, transformer, rows=state.site_weights[s]) for s in new})
     for s in order:
-        if s not in bounds:
-            setup = training.setup_body(job, TableTransformer.from_dict(state.encoding))
-            bounds[s] = training.update_bounds(setup, TableTransformer.from_dict(state.encoding),
-                                               rows=state.site_weights[s])
         why = screen_update(replies[s]["weights"], state.weights, bounds=bounds[s])
         if why is not None:
             rejected[s] = why

@@ -150,18 +150,17 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
     exact = marginal_counts(codes, sizes, cliques)
     # Coarser levels of numerical columns (one-way, under DP): each a table of its own, sensitivity 1.
     exact += [np.bincount(g[codes[:, j]], minlength=int(g.max()) + 1).astype(float) for j, g in levels]
+    own = phase == "select" and body["model_options"].get("select_shares") == "site"
     if phase == "select" and ledger.is_dp:
         # One release: each candidate pair's L1 distance between this site's two-way table and what the
         # consortium's one-way shares (public, ``body["shares"]``) predict for its rows. A row moves each
         # distance by at most 2, so the vector's L2 sensitivity is 2 sqrt(pairs). (Without DP the site
         # sends the tables themselves and the coordinator scores the pooled ones.)
-        own = body["model_options"].get("select_shares") == "site"
         ref = ([np.bincount(codes[:, j], minlength=sizes[j]) / max(len(codes), 1) for j in range(len(sizes))] if own
                else [np.asarray(x, dtype=float) for x in body["shares"]])
         exact = [pair_scores(exact, cliques, ref, rows=len(codes))]
     # A row moves a score by at most 2 against public shares; against the site's own shares (which the row
     # also moves: the product of the one-way counts over the rows changes by less than 3 in L1) by at most 4.
-    own = phase == "select" and body["model_options"].get("select_shares") == "site"
     sensitivity = (4.0 if own else 2.0) * math.sqrt(len(cliques)) if phase == "select" else 1.0
     releases = 1 if phase == "select" and ledger.is_dp else len(exact)
     factors = _factors(counts, shares)
@@ -191,7 +190,7 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
         t = session.threshold
         share = sigma / math.sqrt(max(t, 1))
         request, sites = secure.get("request"), [str(x) for x in secure.get("sites", [])]
-        session._check_request(site, request, sites)  # refused before anything is spent
+        session.check_request(site, request, sites)  # refused before anything is spent
         ledger.spend(phase=f"marginals/{phase}", mechanism="gaussian", noise_multiplier=z, sensitivity=sensitivity,
                      steps=releases, target=f"{what}; secure aggregation over at least {t} sites: this site's own "
                                             f"noise share sigma {share:.4g} (the sum's sigma {sigma:.4g})")

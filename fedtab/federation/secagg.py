@@ -104,7 +104,7 @@ class SiteSession:
         """This site's masked input for ``request`` and its shares of the self-mask seed, one per site."""
         from flwr.common.secure_aggregation.crypto.shamir import create_shares
 
-        sites = self._check_request(me, request, sites)
+        sites = self.check_request(me, request, sites)
         plain = encode(values, real=real)
         seed = os.urandom(KEY_BYTES)
         names = sorted(self.peers)
@@ -152,7 +152,7 @@ class SiteSession:
         return {"b": b, "s": s}
 
     # -- helpers ---------------------------------------------------------------------------------------
-    def _check_request(self, me: str, request: int, sites: Sequence[str]) -> list[str]:
+    def check_request(self, me: str, request: int, sites: Sequence[str]) -> list[str]:
         if self.peers is None:
             raise FederationError(f"site '{me}': a masked request before the keys were shared: refused", public=True)
         sites = sorted(set(str(s) for s in sites))

@@ -252,7 +252,7 @@ class SiteWorker:
                 from fedtab.federation.marginals import site_session
 
                 session = site_session(self.name, state, self._cache)
-                session._check_request(self.name, secure.get("request"), secure.get("sites") or [])
+                session.check_request(self.name, secure.get("request"), secure.get("sites") or [])
             reply = encoding.site_statistics(train, plan, body["phase"], body["request"], ledger=ledger,
                                              noise=secret_source(f"{self.name}/encode/{body['phase']}"),
                                              secure_share=None if session is None else session.threshold)
