@@ -1,5 +1,8 @@
 """A poisoned site is contained (issue 22 part 5): DP-SGD rounds screen each update and can trim.
 
+These runs turn secure aggregation off: the screen and the trimmed mean need each site's update, which
+the coordinator sees only then (with the trimmed mean, or secure aggregation off).
+
 Attacks: one site of four returns NaN weights, weights scaled far beyond a round's reach, or its update
 sign-flipped (inside the bound). Controls: the screen's bound is derived from Adam alone, so an honest
 run (DP or not) is never screened out (false alarm), and a plain mean lets the flipped update through
@@ -92,6 +95,10 @@ class _Hostile:
 
 
 def _fit(aggregation="mean", epsilon=None, events=None, min_sites=3, **kw):
+    """Secure aggregation off: screening and trimming need each site's update (under secure aggregation
+    of the updates the coordinator screens only their sum: tests/test_secagg_updates.py)."""
+    kw.setdefault("secure_aggregation", False)
+
     def progress(event, info):
         if events is not None:
             events.append((event, info))

@@ -99,27 +99,23 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
                    on_round: Callable[[TrainingState], None] | None = None) -> FederationResult:
     if job.model == "mst":  # the marginal-based model: measurements, not rounds of DP-SGD
         return _fit_marginals(transport, job, progress)
-    state = resume if resume is not None else _prepare(transport, job, progress)
+    box: dict = {}  # the secure-aggregation rounds the encoding started, if any
+    state = resume if resume is not None else _prepare(transport, job, progress, secure_box=box)
     if resume is not None:
         _notify(progress, "phase", name="resumed", rounds_done=resume.rounds_done, sites=list(resume.active_sites))
+    rounds = _training_rounds(transport, job, state, box.get("rounds"), progress)
     _notify(progress, "phase", name="training", rounds=job.training.rounds, noise_multipliers=state.noise_multipliers)
     min_sites = job.training.min_sites or len(state.site_weights)
     bounds: dict[str, dict[str, float]] = {}  # per site: how far a round can move each parameter
     for r in range(state.rounds_done, job.training.rounds):
         t0 = time.perf_counter()
         body = {"round": r, "weights": state.weights}
-        replies = _train_round(transport, body, list(state.active_sites))
-        order = sorted(replies)  # fixed order: identical sums on every transport
-        if len(order) < min_sites:
-            missing = sorted(set(state.active_sites) - set(order))
-            raise FederationError(
-                f"round {r + 1}: only {len(order)} site(s) answered (no reply from {name_sites(missing)}) but "
-                f"'training.min_sites' is {min_sites}. Restart the missing sites and run the coordinator "
-                "again with --resume: it continues from the last checkpoint.")
-        order = _screened(job, state, replies, order, round_index=r, min_sites=min_sites, bounds=bounds,
-                          progress=progress)
-        weights = aggregate(job.training.aggregation, [replies[s]["weights"] for s in order],
-                            [state.site_weights[s] for s in order])
+        if rounds is not None:  # the coordinator reads the round's sum only (fedtab.federation.secure_updates)
+            weights, replies = _secure_round(transport, job, state, rounds, body, round_index=r, bounds=bounds)
+            order = sorted(replies)
+        else:
+            weights, replies, order = _plain_round(transport, job, state, body, round_index=r, min_sites=min_sites,
+                                                   bounds=bounds, progress=progress)
         losses = {k: float(np.mean([replies[s]["losses"][k] for s in order])) for k in replies[order[0]]["losses"]}
         eps = {s: float(replies[s]["epsilon"]) for s in order}
         record = RoundRecord(round=r + 1, losses=losses, epsilon=eps, seconds=time.perf_counter() - t0)
@@ -130,6 +126,67 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
         _notify(progress, "round", round=r + 1, rounds=job.training.rounds, losses=losses, epsilon=eps)
 
     return _finish(transport, state)
+
+
+def _plain_round(transport: Transport, job: JobSpec, state: TrainingState, body: dict, *, round_index: int,
+                 min_sites: int, bounds: dict[str, dict[str, float]], progress: Progress | None):
+    """One round in which every site sends its updated weights: screened one by one and averaged
+    (``aggregate``). Returns (the new global weights, the replies, the sites averaged)."""
+    r = round_index
+    replies = _train_round(transport, body, list(state.active_sites))
+    order = sorted(replies)  # fixed order: identical sums on every transport
+    if len(order) < min_sites:
+        missing = sorted(set(state.active_sites) - set(order))
+        raise FederationError(
+            f"round {r + 1}: only {len(order)} site(s) answered (no reply from {name_sites(missing)}) but "
+            f"'training.min_sites' is {min_sites}. Restart the missing sites and run the coordinator "
+            "again with --resume: it continues from the last checkpoint.")
+    order = _screened(job, state, replies, order, round_index=r, min_sites=min_sites, bounds=bounds,
+                      progress=progress)
+    weights = aggregate(job.training.aggregation, [replies[s]["weights"] for s in order],
+                        [state.site_weights[s] for s in order])
+    return weights, replies, order
+
+
+def _training_rounds(transport: Transport, job: JobSpec, state: TrainingState, rounds, progress: Progress | None):
+    """The secure-aggregation rounds that sum the training updates (``secure_updates``), or None: the
+    encoding's (keys drawn with one request per training round) or, on resume, fresh keys for the rounds
+    left. The trimmed mean needs each site's update: the coordinator says once that it sees them."""
+    from fedtab.federation import marginals, secure_updates
+
+    sites = list(state.active_sites)
+    if not secure_updates.secure_updates(job, len(sites)):
+        if marginals.uses_secure_aggregation(job, len(sites)) and job.training.aggregation != "mean":
+            _notify(progress, "phase", name=secure_updates.TRIMMED_NOTE)
+        return None
+    left = secure_updates.planned_requests(job, state.rounds_done)
+    if rounds is not None and rounds.planned - rounds.request >= left:
+        return rounds
+    return marginals.SecureRounds(_measure_ask(transport, sites), len(sites), job, progress, requests=max(left, 1),
+                                  label="training")
+
+
+def _secure_round(transport: Transport, job: JobSpec, state: TrainingState, rounds, body: dict, *, round_index: int,
+                  bounds: dict[str, dict[str, float]]):
+    """One round summed securely: (the new global weights, the survivors' replies)."""
+    from fedtab.federation import secure_updates
+
+    _site_bounds(job, state, rounds.alive, bounds)
+    return secure_updates.train_round(lambda b, only: _available(transport, TRAIN, {s: b for s in only}), rounds,
+                                      body, state, bounds=bounds, round_index=round_index)
+
+
+def _site_bounds(job: JobSpec, state: TrainingState, sites, bounds: dict[str, dict[str, float]]) -> None:
+    """Fill ``bounds`` with how far a round of each of ``sites`` can move each parameter, once per site and
+    run: the bound depends on public settings and the site's DP row estimate."""
+    from fedtab.federation import training
+    from fedtab.transform.table import TableTransformer
+
+    new = [s for s in sites if s not in bounds]
+    if new:
+        transformer = TableTransformer.from_dict(state.encoding)
+        setup = training.setup_body(job, transformer)
+        bounds.update({s: training.update_bounds(setup, transformer, rows=state.site_weights[s]) for s in new})
 
 
 def aggregate(how: str, updates: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
@@ -145,15 +202,8 @@ def _screened(job: JobSpec, state: TrainingState, replies: dict[str, Any], order
     """The sites whose update can be averaged (``aggregation.screen_update``: the global model's shapes,
     finite values, no parameter moved further than a round of Adam can move it). A site whose update
     fails is named and left out of this and every later round; fewer than ``min_sites`` left stops the run."""
-    from fedtab.federation import training
-    from fedtab.transform.table import TableTransformer
-
     rejected = {}
-    new = [s for s in order if s not in bounds]
-    if new:  # once per site and run: the bound depends on public settings and the site's DP row estimate
-        transformer = TableTransformer.from_dict(state.encoding)
-        setup = training.setup_body(job, transformer)
-        bounds.update({s: training.update_bounds(setup, transformer, rows=state.site_weights[s]) for s in new})
+    _site_bounds(job, state, order, bounds)
     for s in order:
         why = screen_update(replies[s]["weights"], state.weights, bounds=bounds[s])
         if why is not None:
@@ -216,7 +266,7 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
     """Phases 1-3: schema agreement, federated encoding, training setup. Under secure aggregation
     (``marginals.uses_secure_aggregation``) the encoding's two-way tables with the target are summed
     securely; the rounds object, keys shared, goes into ``secure_box["rounds"]`` for the marginal model's
-    measurements."""
+    measurements or the DP-SGD models' training rounds (``secure_updates``: one request per round)."""
     sites = transport.sites
     # Phase 1: schema agreement. Under DP the consortium declares the schema and each site answers only
     # which columns of its table do not conform (names, no values); without DP sites may infer one.
@@ -238,10 +288,14 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
     plan = encoding.make_plan(schema, job)
     from fedtab.federation import marginals
 
+    from fedtab.federation.secure_updates import planned_requests, secure_updates
+
     rounds = None
-    if marginals.uses_secure_aggregation(job, len(sites)) and (plan.pairs or job.model == "mst"):
+    training_requests = planned_requests(job) if setup and secure_updates(job, len(sites)) else 0
+    if marginals.uses_secure_aggregation(job, len(sites)) and (plan.pairs or job.model == "mst" or training_requests):
         rounds = marginals.SecureRounds(_measure_ask(transport, sites), len(sites), job, progress,
-                                        requests=(1 if plan.pairs else 0) + (3 if job.model == "mst" else 0))
+                                        requests=(1 if plan.pairs else 0) + (3 if job.model == "mst" else 0)
+                                        + training_requests, label="marginals" if job.model == "mst" else "federation")
         if secure_box is not None:
             secure_box["rounds"] = rounds
 

@@ -341,10 +341,11 @@ class SecureRounds:
     masked request to the sites still in, and an unmasking request to those whose masked input arrived.
     ``ask(body, only=..., available=True)`` returns the replies of the sites that answered."""
 
-    def __init__(self, ask, n_sites: int, job, progress=None, *, requests: int = len(PHASES)):
+    def __init__(self, ask, n_sites: int, job, progress=None, *, requests: int = len(PHASES), label: str = "marginals"):
         from fedtab.errors import FederationError
 
-        self._ask, self._progress, self._error = ask, progress, FederationError
+        self._ask, self._progress, self._error, self._label = ask, progress, FederationError, label
+        self.planned = int(requests)
         self.job = str(job.job_id or "")
         self.threshold = secure_threshold(job, n_sites)
         self._note("secure aggregation: keys")
@@ -359,7 +360,7 @@ class SecureRounds:
 
     def _note(self, text: str) -> None:
         if self._progress is not None:
-            self._progress("phase", {"name": f"marginals: {text}"})
+            self._progress("phase", {"name": f"{self._label}: {text}"})
 
     def _enough(self, replies: dict, what: str) -> dict:
         if len(replies) < self.threshold:
@@ -376,12 +377,16 @@ class SecureRounds:
         sd = math.sqrt(sum(float(r["sigma"]) ** 2 for r in replies.values()))
         return total, sd, {s: float(r["sigma"]) for s, r in replies.items()}
 
-    def secure_sum(self, ask_masked, body: dict, *, real: bool):
+    def secure_sum(self, ask_masked, body: dict, *, real: bool, bits: int = secagg.SCALE_BITS):
         """One masked request (``ask_masked(body, only=...)`` -> the replies that arrived) and its
-        unmasking: (the survivors' summed vectors, the survivors' replies)."""
+        unmasking: (the survivors' summed vectors, the survivors' replies). ``real``: the sites' values in
+        fixed point of ``bits`` fractional bits."""
         from fedtab.federation.agreement import name_sites
 
         r = self.request
+        if r >= self.planned:  # each request has its own mask keys, drawn in the keys round
+            raise self._error(f"secure aggregation: request {r + 1} of a job that planned {self.planned} (keys "
+                              f"are drawn once per job, one per request): '{body['phase']}' cannot be masked")
         self.request += 1
         replies = ask_masked({**body, "secagg": {"request": r, "sites": self.alive, "job": self.job}},
                              only=self.alive)
@@ -403,7 +408,7 @@ class SecureRounds:
                                   peers=self.peers, dropped=dropped,
                                   b_shares={s: [o["b"][s] for o in opened.values()] for s in survivors},
                                   s_shares={d: [o["s"][d] for o in opened.values()] for d in dropped},
-                                  request=r, job=self.job, real=real)
+                                  request=r, job=self.job, real=real, bits=bits)
         self.alive = survivors
         return total, {s: replies[s] for s in survivors}
 

@@ -49,8 +49,14 @@ import numpy as np
 from fedtab.errors import FederationError
 
 SCALE_BITS = 16  # fixed point of real-valued inputs (pair scores): 2**-16 resolution, far below the noise
+# Fixed point of the DP-SGD models' weighted updates (``fedtab.federation.secure_updates``): a site's
+# rows x its weights' change, at 2**-32 resolution (below float32's own rounding of any weight above
+# 1e-3 in size), up to 2**30 in size (rows x change: 1e9).
+UPDATE_BITS = 32
 KEY_BYTES = 32
-MAX_REQUESTS = 16
+# One mask key per planned request: the encoding's pair tables, the marginal model's three phases, or one
+# per training round (``training.rounds`` is at most 10,000).
+MAX_REQUESTS = 10_004
 _NONCE = 12
 
 
@@ -100,12 +106,13 @@ class SiteSession:
 
     # step 3
     def mask(self, values: Sequence[np.ndarray], *, me: str, request: int, sites: Sequence[str], job: str,
-             real: bool = False) -> tuple[np.ndarray, dict[str, str]]:
-        """This site's masked input for ``request`` and its shares of the self-mask seed, one per site."""
+             real: bool = False, bits: int = SCALE_BITS) -> tuple[np.ndarray, dict[str, str]]:
+        """This site's masked input for ``request`` and its shares of the self-mask seed, one per site
+        (``real``: values in fixed point of ``bits`` fractional bits)."""
         from flwr.common.secure_aggregation.crypto.shamir import create_shares
 
         sites = self.check_request(me, request, sites)
-        plain = encode(values, real=real)
+        plain = encode(values, real=real, bits=bits)
         seed = os.urandom(KEY_BYTES)
         names = sorted(self.peers)
         shares = create_shares(seed, self.threshold, len(names))
@@ -215,7 +222,7 @@ def _check_key_set(me: str, own: SiteSession, peers: Mapping[str, Mapping], thre
 # -- at the coordinator --------------------------------------------------------------------------------------
 def unmask_sum(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ...]], *, peers: Mapping[str, Mapping],
                dropped: Sequence[str], b_shares: Mapping[str, list[str]], s_shares: Mapping[str, list[str]],
-               request: int, job: str, real: bool = False) -> list[np.ndarray]:
+               request: int, job: str, real: bool = False, bits: int = SCALE_BITS) -> list[np.ndarray]:
     """The sum of the survivors' inputs: their masked vectors, less each survivor's self mask (seed rebuilt
     from its shares) and the masks each survivor shared with a dropped site (that site's mask key of this
     request rebuilt from its shares), split back into ``shapes``."""
@@ -241,7 +248,7 @@ def unmask_sum(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ...
                 total = total - m if s < d else total + m
     out = total.view(np.int64).astype(np.float64)
     if real:
-        out = out / (1 << SCALE_BITS)
+        out = out / float(1 << bits)
     parts, start = [], 0
     for sh in shapes:
         n = int(np.prod(sh))
@@ -262,11 +269,12 @@ def _combine(combine_shares, shares, site: str) -> bytes:
 
 
 # -- shared --------------------------------------------------------------------------------------------------
-def encode(values: Sequence[np.ndarray], *, real: bool) -> np.ndarray:
-    """A reply's vectors as one int64 vector (counts as they are; real values in fixed point), viewed uint64."""
+def encode(values: Sequence[np.ndarray], *, real: bool, bits: int = SCALE_BITS) -> np.ndarray:
+    """A reply's vectors as one int64 vector (counts as they are; real values in fixed point of ``bits``
+    fractional bits), viewed uint64."""
     flat = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in values]) if values else np.zeros(0)
     if real:
-        flat = flat * (1 << SCALE_BITS)
+        flat = flat * float(1 << bits)
     if not np.all(np.isfinite(flat)) or np.any(np.abs(flat) >= 2.0 ** 62):
         raise FederationError("secure aggregation: a value is not finite or too large to encode", public=True)
     return np.rint(flat).astype(np.int64).view(np.uint64)

@@ -287,11 +287,21 @@ class SiteWorker:
         key = "encoded:" + setup["transformer_hash"]
         if key not in self._cache:
             self._cache[key] = training.encode_rows(setup, train)
+        session = None
+        if body.get("secagg") is not None:  # secure aggregation: refused before the round spends anything
+            from fedtab.federation import secure_updates
+            from fedtab.federation.marginals import site_session
+
+            session = site_session(self.name, state, self._cache)
+            secure_updates.check(self.name, body, session)
         with self._spending(state) as ledger:
-            return training.train_one_round(
+            reply = training.train_one_round(
                 setup, self._cache[key], body["weights"], round_index=int(body["round"]), ledger=ledger,
                 seed=site_seed(state["job"]["seed"], self.name, 3, int(body["round"])), site=self.name,
             )
+        if session is not None:  # only the masked, row-weighted change leaves: the coordinator reads the sum
+            return secure_updates.masked_reply(self.name, body, reply, state, session)
+        return reply
 
     def _measure(self, body: dict, state: dict) -> dict:
         from fedtab.federation import marginals
