@@ -266,6 +266,8 @@ class FederatedSynthesizer:
         self.transformer_ = encoding.transformer_from_dict(result.encoding)
         self.weights_ = result.weights
         self.ledgers_ = {s: PrivacyLedger.from_dict(d) for s, d in result.ledgers.items()}
+        # Sites whose ledger here is the last one seen before they dropped out (not their final one).
+        self.ledgers_last_seen_ = tuple(result.ledgers_last_seen)
         self.history_ = result.history
         self.result_ = result
         # The options the sites trained with (a declared target may condition the model): saved with it.
@@ -367,6 +369,9 @@ class FederatedSynthesizer:
                          "batch_size": job.training.batch_size, "max_grad_norm": job.training.max_grad_norm,
                          "aggregation": job.training.aggregation},
             "ledgers": self.result_.ledgers, "noise_multipliers": self.result_.noise_multipliers,
+            # The sites that died before the job ended: theirs is the last ledger seen before they dropped
+            # out (every release of theirs in this model is in it), not the final one they hold.
+            "ledgers_last_seen": list(self.result_.ledgers_last_seen),
             "site_weights": self.result_.site_weights,
             # Under DP a round's duration follows the sites' (Poisson) batch sizes, so their row counts:
             # the published file leaves it out (the operator's progress bar shows it).
@@ -446,7 +451,8 @@ def from_bundle(b: ModelBundle, *, source: str = "model file") -> FederatedSynth
         history = tuple(RoundRecord(**h) for h in m["history"])
         result = FederationResult(schema=TableSchema.from_dict(m["schema"]), encoding=m["encoding"],
                                   weights=b.weights, ledgers=m["ledgers"], history=history,
-                                  site_weights=m["site_weights"], noise_multipliers=m["noise_multipliers"])
+                                  site_weights=m["site_weights"], noise_multipliers=m["noise_multipliers"],
+                                  ledgers_last_seen=tuple(m.get("ledgers_last_seen", ())))
         synth._set_result(result, dataclasses.replace(synth._job(), job_id=m.get("job_id", "")))
     except (KeyError, TypeError) as e:
         raise ModelFileError(f"{path}: the model file's manifest lacks {e}: written by another fedtab version?") from None

@@ -208,9 +208,16 @@ def test_a_site_killed_mid_round_is_noticed_within_seconds(keyed):
         seen = site_log.read_text().count("training round 2")
         wait_until(lambda: site_log.read_text().count("training round 2") > seen, "round 2 at switzerland",
                    procs=[coord])
+        at_kill = len(rounds())
         os.killpg(procs["switzerland"].pid, signal.SIGKILL)  # its service, executor and SuperNode, mid-round
+        killed = time.monotonic()
         procs["switzerland"].wait()
-        rc = coord.wait(timeout=300)
+        done: dict[int, float] = {}  # rounds recorded -> seconds after the kill
+        deadline = killed + 300
+        while coord.poll() is None and time.monotonic() < deadline:
+            done.setdefault(len(rounds()), time.monotonic() - killed)
+            time.sleep(0.1)
+        rc = coord.wait(timeout=10)
     finally:
         processes.stop_all(started)
     assert rc == 0, (keyed / "coordinator.log").read_text()[-3000:]
@@ -223,14 +230,22 @@ def test_a_site_killed_mid_round_is_noticed_within_seconds(keyed):
     # offline after two intervals). Now the SuperLink answers for the dead site at most 10 s after its
     # last heartbeat (fedtab's 5 s interval, twice); the rest of the round is the live sites' work.
     first = next(i for i, h in enumerate(model.history_) if "switzerland" not in h.epsilon)
-    print(f"\nrounds {seconds} s; the first round without switzerland (round {first + 1}) took {seconds[first]:.1f} s")
-    assert seconds[first] < 15.0, seconds
+    # The round recorded first after the kill is the one that waited for the dead site (if that is round
+    # 2): the time from the kill to its end is how long the coordinator took to notice, plus the wait for
+    # the live sites' replies when those came later.
+    noticed = done.get(first + 1) if first == at_kill else None
+    print(f"\nrounds {seconds} s; the first round without switzerland (round {first + 1}) took {seconds[first]:.1f} s"
+          + (f", ended {noticed:.1f} s after the kill" if noticed is not None else ""))
+    assert seconds[first] < 10.0, seconds
     # The model names every site whose releases are in it: switzerland's encoding and first round.
     assert sorted(model.result_.site_weights) == ["cleveland", "hungary", "switzerland"]
     assert sorted(model.history_[0].epsilon) == ["cleveland", "hungary", "switzerland"]
     assert all(sorted(h.epsilon) == ["cleveland", "hungary"] for h in model.history_[2:])
-    # Its ledger is that of each site that answered at the end; a dead one's stays on its own disk.
-    assert sorted(model.ledgers_) == ["cleveland", "hungary"]
+    # A ledger for every site whose releases are in it: the dead one's is the last its replies carried
+    # (marked as such); its own, on its disk, may hold one release more (a reply that never arrived).
+    assert sorted(model.ledgers_) == ["cleveland", "hungary", "switzerland"]
+    assert model.ledgers_last_seen_ == ("switzerland",)
+    assert "training/round 1" in [e.phase for e in model.ledgers_["switzerland"].entries]
     assert (keyed / "state-switzerland" / "ledger.jsonl").is_file()
 
 

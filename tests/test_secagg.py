@@ -220,8 +220,10 @@ def test_the_coordinator_sees_only_masked_sums_and_distributed_noise(monkeypatch
     for body, replies in seen:
         for site, reply in replies.items():
             want = {"keys": {"c", "s"}, "shares": {"shares"}, "unmask": {"b", "s"}}.get(
-                body["phase"], {"masked", "b_shares", "shapes", "sigma"})
+                body["phase"], {"masked", "b_shares", "shapes", "sigma", "job_ledger"})
             assert set(reply) == want, "a count left a site outside the masked sum"
+            if "job_ledger" in reply:  # the site's DP accounting so far (the model file's, if it dies): no count
+                assert set(reply["job_ledger"]) == {"format", "site", "epsilon_budget", "delta", "epsilon", "entries"}
             if "masked" in reply:
                 assert reply["masked"].dtype == np.uint64
                 assert all(isinstance(x, str) for x in reply["b_shares"].values())

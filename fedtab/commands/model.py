@@ -166,10 +166,16 @@ def _print_ledger(synth) -> None:
     from rich.table import Table
 
     t = Table(title="privacy ledger (per site)")
-    for col in ("site", "budget", "epsilon spent", "releases"):
+    for col in ("site", "budget", "epsilon spent", "releases", "ledger"):
         t.add_column(col)
+    last_seen = set(getattr(synth, "ledgers_last_seen_", ()))
     for site, ledger in synth.privacy_ledger.items():
         budget = "non-DP" if ledger.epsilon_budget is None else f"{ledger.epsilon_budget:g}"
         spent = "exact (non-DP)" if not ledger.is_dp else f"{ledger.epsilon:.4f}"
-        t.add_row(site, budget, spent, str(len(ledger.entries)))
+        t.add_row(site, budget, spent, str(len(ledger.entries)),
+                  "last seen before the site dropped out" if site in last_seen else "final")
     stderr().print(t)
+    if last_seen:
+        stderr().print(f"{len(last_seen)} site(s) dropped out before the job ended: their ledger here is the last one "
+                       "their replies carried (every release of theirs in this model); a release whose reply never "
+                       "arrived is only in the site's own ledger.")

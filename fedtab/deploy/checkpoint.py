@@ -2,7 +2,8 @@
 
 It holds only what the coordinator already had in memory: the agreed schema, the encoding (fitted
 from noised statistics), each site's FedAvg weight and noise multiplier, the global weights and the
-round history. No rows, no pickle. The job's fingerprint is stored with it so that ``--resume``
+round history, and the last ledger each site's replies carried (for a site that dies before the end). No
+rows, no pickle. The job's fingerprint is stored with it so that ``--resume``
 refuses a checkpoint written for another configuration.
 """
 
@@ -35,7 +36,8 @@ def save_checkpoint(path: str | os.PathLike, state: TrainingState, job: JobSpec)
              "site_weights": state.site_weights, "noise_multipliers": state.noise_multipliers,
              "weights": state.weights, "active_sites": list(state.active_sites), "rounds_done": state.rounds_done,
              "history": [{"round": h.round, "losses": h.losses, "epsilon": h.epsilon, "seconds": h.seconds}
-                         for h in state.history]}
+                         for h in state.history],
+             "seen_ledgers": state.seen_ledgers}
     return save_state(path, value, fmt=CHECKPOINT_FORMAT)
 
 
@@ -50,4 +52,5 @@ def load_checkpoint(path: str | os.PathLike, job: JobSpec) -> TrainingState | No
                          site_weights={k: float(x) for k, x in v["site_weights"].items()},
                          noise_multipliers={k: float(x) for k, x in v["noise_multipliers"].items()},
                          weights=v["weights"], history=tuple(RoundRecord(**h) for h in v["history"]),
-                         active_sites=tuple(v["active_sites"]), rounds_done=int(v["rounds_done"]))
+                         active_sites=tuple(v["active_sites"]), rounds_done=int(v["rounds_done"]),
+                         seen_ledgers=dict(v.get("seen_ledgers") or {}))

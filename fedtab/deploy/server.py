@@ -80,16 +80,20 @@ def run_server(grid, *, config: str, output: str, workdir: str, resume: bool, ro
         synth.save(output)
         note(f"model written to {output}")
         verdict = None
+        if result.ledgers_last_seen:
+            note(f"{name_sites(list(result.ledgers_last_seen))} did not answer at the end: the model file holds "
+                 "the last ledger seen before each dropped out")
+        finished = sorted(set(result.ledgers) - set(result.ledgers_last_seen))  # the sites still there
         if release_dir:
-            note(f"evaluation at {name_sites(sorted(result.ledgers))}: each draws the table and decides every "
+            note(f"evaluation at {name_sites(finished)}: each draws the table and decides every "
                  "check against its own rows")
-            verdict = _release(transport, synth, cfg, sites=sorted(result.ledgers), release_dir=release_dir,
+            verdict = _release(transport, synth, cfg, sites=finished, release_dir=release_dir,
                                policy=policy, model_path=output)
         acknowledged = transport.end()
         note(f"the job is over: the {len(transport.sites)} connected sites were told to stop "
              f"({len(acknowledged)} acknowledged)")
         write_status(wd, attempt, "done", output=output, rounds=rounds, seconds=time.perf_counter() - t0,
-                     sites=sorted(result.ledgers), verdict=verdict, events=events)
+                     sites=finished, verdict=verdict, events=events)
     except BaseException as e:  # the sites keep serving: a coordinator run with --resume continues the job
         write_status(wd, attempt, "failed", error=str(e), error_class=type(e).__name__,
                      exit_code=int(getattr(e, "exit_code", 9)), events=events)

@@ -25,8 +25,8 @@ from fedtab.errors import ConfigError, DataValidationError, FederationError, Pro
 from fedtab.federation import encoding
 from fedtab.federation.agreement import agree_schemas, name_sites
 from fedtab.federation.aggregation import screen_update, trimmed_average
-from fedtab.federation.site import ENCODE, LEDGER, MEASURE, SCHEMA, SETUP, TRAIN
-from fedtab.federation.transport import Transport, broadcast, request_outcomes
+from fedtab.federation.site import ENCODE, JOB_LEDGER, LEDGER, MEASURE, SCHEMA, SETUP, TRAIN
+from fedtab.federation.transport import ERROR_KEY, Transport, broadcast, request_outcomes
 from fedtab.schema import TableSchema
 
 Progress = Callable[[str, dict], None]
@@ -76,6 +76,8 @@ class TrainingState:
     history: tuple[RoundRecord, ...]
     active_sites: tuple[str, ...]
     rounds_done: int
+    # Per site, the last ledger its releasing replies carried (``LedgerWatch``): kept for ``_finish``.
+    seen_ledgers: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,48 @@ class FederationResult:
     history: tuple[RoundRecord, ...]
     site_weights: dict[str, float]
     noise_multipliers: dict[str, float]
+    # The sites in ``ledgers`` that did not answer the job's end: theirs is the last ledger seen before
+    # the site dropped out (it covers every release of theirs in the model), not the site's final one.
+    ledgers_last_seen: tuple[str, ...] = ()
+
+
+class LedgerWatch:
+    """A transport that keeps, per site, the last ``JOB_LEDGER`` its replies carried and takes it out of
+    the reply (no phase sees the extra key: shape checks and merges stay as they were).
+
+    A site that dies mid-run never answers the job's ``ledger`` request; the model file then holds this
+    ledger for it. It covers every release whose reply reached the coordinator (each releasing reply
+    carries the ledger with that release recorded). A release the site recorded but whose reply never
+    arrived is not in the model and not in this ledger: it is only in the site's own lasting ledger.
+    Ledgers only grow, so the longest one seen is kept (a replayed reply carries an older one)."""
+
+    def __init__(self, transport: Transport, seen: dict[str, dict] | None = None):
+        self._transport = transport
+        self.seen: dict[str, dict] = dict(seen or {})
+
+    @property
+    def sites(self) -> list[str]:
+        return self._transport.sites
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._transport, name)
+        if name not in ("request", "request_available", "outcomes"):
+            return attr
+
+        def call(kind: str, bodies, *args, **kwargs):
+            return self._take(attr(kind, bodies, *args, **kwargs))
+        return call
+
+    def _take(self, replies: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for site, reply in replies.items():
+            if isinstance(reply, dict) and JOB_LEDGER in reply and ERROR_KEY not in reply:
+                reply = dict(reply)
+                ledger = reply.pop(JOB_LEDGER)
+                if len(ledger.get("entries", ())) >= len(self.seen.get(site, {}).get("entries", ())):
+                    self.seen[site] = ledger
+            out[site] = reply
+        return out
 
 
 def _notify(progress: Progress | None, event: str, **info: Any) -> None:
@@ -97,6 +141,7 @@ def _notify(progress: Progress | None, event: str, **info: Any) -> None:
 def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | None = None,
                    resume: TrainingState | None = None,
                    on_round: Callable[[TrainingState], None] | None = None) -> FederationResult:
+    transport = LedgerWatch(transport, None if resume is None else resume.seen_ledgers)
     if job.model == "mst":  # the marginal-based model: measurements, not rounds of DP-SGD
         return _fit_marginals(transport, job, progress)
     box: dict = {}  # the secure-aggregation rounds the encoding started, if any
@@ -120,7 +165,7 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
         eps = {s: float(replies[s]["epsilon"]) for s in order}
         record = RoundRecord(round=r + 1, losses=losses, epsilon=eps, seconds=time.perf_counter() - t0)
         state = replace(state, weights=weights, history=state.history + (record,), active_sites=tuple(order),
-                        rounds_done=r + 1)
+                        rounds_done=r + 1, seen_ledgers=dict(transport.seen))
         if on_round is not None:
             on_round(state)
         _notify(progress, "round", round=r + 1, rounds=job.training.rounds, losses=losses, epsilon=eps)
@@ -221,17 +266,22 @@ def _screened(job: JobSpec, state: TrainingState, replies: dict[str, Any], order
     return kept
 
 
-def _finish(transport: Transport, state: TrainingState) -> FederationResult:
+def _finish(transport: LedgerWatch, state: TrainingState) -> FederationResult:
     """The job ends: each site records the final model's identity (from its own setup, these weights and
     the sites that contributed) and evaluates no other model file for this job afterwards. Every site whose
     releases are in the model is asked, a site left out of later rounds included (its encoding statistics
-    and earlier updates are in the model): the model file holds the ledger of each that answers."""
+    and earlier updates are in the model): the model file holds the ledger of each that answers, and for
+    a site that does not (it died) the last ledger its replies carried (``LedgerWatch``), named in
+    ``ledgers_last_seen``."""
     ledger_sites = sorted(state.site_weights)
     final = {"weights": state.weights, "sites": ledger_sites}
     ledgers = {s: r["ledger"] for s, r in _available(transport, LEDGER, {s: final for s in ledger_sites}).items()}
-    return FederationResult(schema=state.schema, encoding=state.encoding, weights=state.weights, ledgers=ledgers,
-                            history=state.history, site_weights=state.site_weights,
-                            noise_multipliers=state.noise_multipliers)
+    last_seen = tuple(s for s in ledger_sites if s not in ledgers and s in transport.seen)
+    ledgers.update({s: transport.seen[s] for s in last_seen})
+    return FederationResult(schema=state.schema, encoding=state.encoding, weights=state.weights,
+                            ledgers={s: ledgers[s] for s in sorted(ledgers)}, history=state.history,
+                            site_weights=state.site_weights, noise_multipliers=state.noise_multipliers,
+                            ledgers_last_seen=last_seen)
 
 
 def _fit_marginals(transport: Transport, job: JobSpec, progress: Progress | None) -> FederationResult:

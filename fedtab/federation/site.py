@@ -35,6 +35,11 @@ from fedtab.schema import TableSchema
 SCHEMA, ENCODE, SETUP, TRAIN, LEDGER, EVALUATE = "schema", "encode", "setup", "train", "ledger", "evaluate"
 MEASURE = "measure"  # the marginal-based model's noisy counts (fedtab.federation.marginals)
 MIN_SITE_ROWS = 10  # below it a site has no holdout rows (``split_holdout``) and cannot be evaluated
+# In every reply that releases something (``encode``, ``train``, a ``measure`` that counts): the job's
+# ledger as the site's lasting book holds it once that release is recorded (``PrivacyLedger.to_dict``,
+# what the ``ledger`` reply sends: public DP accounting, no count). The coordinator keeps the last one
+# seen per site: the model file holds it for a site that dies before the job ends.
+JOB_LEDGER = "job_ledger"
 
 
 def _public(error: DataValidationError) -> DataValidationError:
@@ -103,7 +108,20 @@ class SiteWorker:
                    LEDGER: self._ledger, EVALUATE: self._evaluate, MEASURE: self._measure}.get(kind)
         if handler is None:
             raise FederationError(f"site '{self.name}' does not know the request '{kind}'", public=True)
-        return handler(body, state)
+        reply = handler(body, state)
+        if isinstance(reply, dict) and "job_key" in state and self._releases(kind, body):
+            reply = {**reply, JOB_LEDGER: self._ledger_of(state).to_dict()}
+        return reply
+
+    @staticmethod
+    def _releases(kind: str, body: dict) -> bool:
+        """Whether a ``kind`` request spends (its reply then carries ``JOB_LEDGER``): the encoding, a
+        training round, a measurement (not the secure-aggregation rounds of keys and shares)."""
+        if kind == MEASURE:
+            from fedtab.federation.marginals import SECURE_ROUNDS
+
+            return body.get("phase") not in SECURE_ROUNDS
+        return kind in (ENCODE, TRAIN)
 
     # -- data ---------------------------------------------------------------------------------------
     def _frames(self, state: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
