@@ -218,7 +218,7 @@ def test_a_site_lost_mid_round_leaves_the_survivors_mean(monkeypatch):
 
 
 def test_by_default_a_lost_site_stops_the_run(monkeypatch):
-    with pytest.raises(FederationError, match="fewer than the 4"):
+    with pytest.raises(FederationError, match="round 2: only 3 site\\(s\\) answered.*'west'.*min_sites' is 4"):
         _fit(monkeypatch, transport=_Dropping)
 
 
@@ -279,3 +279,18 @@ def test_a_hostile_update_inside_the_secure_sum_stops_the_run(monkeypatch):
     monkeypatch.setattr(training, "train_one_round", hostile)
     with pytest.raises(FederationError, match="round 1: the summed update moved parameter.*cannot be named"):
         _fit(monkeypatch)
+
+
+def test_a_recorded_update_is_masked_again_only_until_a_sum_holding_it_was_read():
+    """A resumed coordinator re-sends the round it was in under fresh keys: the site masks its recorded
+    update again (no second training, no second spend), but never once a sum holding it was unmasked (a
+    second sum over other sites would single it out by difference)."""
+    glob = {"w": np.zeros(3, np.float32)}
+    state = {}
+    secure_updates.keep({"round": 2, "weights": glob, "secagg": {"request": 2}}, {"weights": glob}, state)
+    again = {"round": 2, "weights": glob, "secagg": {"request": 0}}
+    assert secure_updates.recorded(again, state) is not None
+    assert secure_updates.recorded({**again, "weights": {"w": np.ones(3, np.float32)}}, state) is None  # other model
+    assert secure_updates.recorded({**again, "round": 1}, state) is None
+    secure_updates.unmasked(0, state)
+    assert secure_updates.recorded(again, state) is None

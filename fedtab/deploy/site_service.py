@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fedtab.errors import FederationError
+from fedtab.federation import secure_updates
 from fedtab.federation.flower_app import END, HELLO
 from fedtab.federation.site import ENCODE, EVALUATE, LEDGER, MEASURE, SCHEMA, SETUP, TRAIN, SiteWorker
 from fedtab.federation.training import TRAINING_PHASE
@@ -125,7 +126,8 @@ class SiteService:
             replies = dict(work.get("replies", {}))
             if key in replies:
                 return replies[key]["reply"]
-            if kind == TRAIN and int(body["round"]) + 1 in _rounds_in_ledger(self.worker, work):
+            if (kind == TRAIN and int(body["round"]) + 1 in _rounds_in_ledger(self.worker, work)
+                    and secure_updates.recorded(body, work) is None):  # (a recorded update is masked again, unspent)
                 raise FederationError(
                     f"site '{self.worker.name}' already trained round {int(body['round']) + 1} of this job on "
                     "another global model; refusing to spend its budget on that round twice", public=True)

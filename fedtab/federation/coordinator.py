@@ -156,7 +156,8 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
         t0 = time.perf_counter()
         body = {"round": r, "weights": state.weights}
         if rounds is not None:  # the coordinator reads the round's sum only (fedtab.federation.secure_updates)
-            weights, replies = _secure_round(transport, job, state, rounds, body, round_index=r, bounds=bounds)
+            weights, replies = _secure_round(transport, job, state, rounds, body, round_index=r, bounds=bounds,
+                                             min_sites=min_sites)
             order = sorted(replies)
         else:
             weights, replies, order = _plain_round(transport, job, state, body, round_index=r, min_sites=min_sites,
@@ -180,17 +181,21 @@ def _plain_round(transport: Transport, job: JobSpec, state: TrainingState, body:
     r = round_index
     replies = _train_round(transport, body, list(state.active_sites))
     order = sorted(replies)  # fixed order: identical sums on every transport
-    if len(order) < min_sites:
-        missing = sorted(set(state.active_sites) - set(order))
-        raise FederationError(
-            f"round {r + 1}: only {len(order)} site(s) answered (no reply from {name_sites(missing)}) but "
-            f"'training.min_sites' is {min_sites}. Restart the missing sites and run the coordinator "
-            "again with --resume: it continues from the last checkpoint.")
+    _enough_answered(order, list(state.active_sites), round_index=r, min_sites=min_sites)
     order = _screened(job, state, replies, order, round_index=r, min_sites=min_sites, bounds=bounds,
                       progress=progress)
     weights = aggregate(job.training.aggregation, [replies[s]["weights"] for s in order],
                         [state.site_weights[s] for s in order])
     return weights, replies, order
+
+
+def _enough_answered(order: list[str], asked: list[str], *, round_index: int, min_sites: int) -> None:
+    if len(order) < min_sites:
+        missing = sorted(set(asked) - set(order))
+        raise FederationError(
+            f"round {round_index + 1}: only {len(order)} site(s) answered (no reply from {name_sites(missing)}) "
+            f"but 'training.min_sites' is {min_sites}. Restart the missing sites and run the coordinator "
+            "again with --resume: it continues from the last checkpoint.")
 
 
 def _training_rounds(transport: Transport, job: JobSpec, state: TrainingState, rounds, progress: Progress | None):
@@ -208,17 +213,21 @@ def _training_rounds(transport: Transport, job: JobSpec, state: TrainingState, r
     if rounds is not None and rounds.planned - rounds.request >= left:
         return rounds
     return marginals.SecureRounds(_measure_ask(transport, sites), len(sites), job, progress, requests=max(left, 1),
-                                  label="training")
+                                  label="training", fresh=True)
 
 
 def _secure_round(transport: Transport, job: JobSpec, state: TrainingState, rounds, body: dict, *, round_index: int,
-                  bounds: dict[str, dict[str, float]]):
+                  bounds: dict[str, dict[str, float]], min_sites: int):
     """One round summed securely: (the new global weights, the survivors' replies)."""
     from fedtab.federation import secure_updates
 
+    def ask_train(b, only):
+        replies = _available(transport, TRAIN, {s: b for s in only})
+        _enough_answered(sorted(replies), list(only), round_index=round_index, min_sites=min_sites)
+        return replies
+
     _site_bounds(job, state, rounds.alive, bounds)
-    return secure_updates.train_round(lambda b, only: _available(transport, TRAIN, {s: b for s in only}), rounds,
-                                      body, state, bounds=bounds, round_index=round_index)
+    return secure_updates.train_round(ask_train, rounds, body, state, bounds=bounds, round_index=round_index)
 
 
 def _site_bounds(job: JobSpec, state: TrainingState, sites, bounds: dict[str, dict[str, float]]) -> None:

@@ -34,6 +34,7 @@ model keeps its tree marginals. Without DP the counts are exact (a non-DP job, a
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -228,9 +229,13 @@ def secure_round(site: str, phase: str, body: dict, state: dict, cache: dict) ->
     session = site_session(site, state, cache)
     if phase == SHARES:
         return {"shares": session.share_keys(site, body.get("peers") or {}, body.get("threshold"), job=job)}
-    return session.unmask(me=site, request=body.get("request"), survivors=body.get("survivors") or [],
-                          dropped=body.get("dropped") or [], s_inbox=(body.get("s_inbox") or {}).get(site) or {},
-                          b_inbox=(body.get("b_inbox") or {}).get(site) or {}, job=job)
+    opened = session.unmask(me=site, request=body.get("request"), survivors=body.get("survivors") or [],
+                            dropped=body.get("dropped") or [], s_inbox=(body.get("s_inbox") or {}).get(site) or {},
+                            b_inbox=(body.get("b_inbox") or {}).get(site) or {}, job=job)
+    from fedtab.federation.secure_updates import unmasked
+
+    unmasked(body.get("request"), state)  # a training round's sum was read: its update is never masked again
+    return opened
 
 
 # -- at the coordinator --------------------------------------------------------------------------------
@@ -341,7 +346,8 @@ class SecureRounds:
     masked request to the sites still in, and an unmasking request to those whose masked input arrived.
     ``ask(body, only=..., available=True)`` returns the replies of the sites that answered."""
 
-    def __init__(self, ask, n_sites: int, job, progress=None, *, requests: int = len(PHASES), label: str = "marginals"):
+    def __init__(self, ask, n_sites: int, job, progress=None, *, requests: int = len(PHASES), label: str = "marginals",
+                 fresh: bool = False):
         from fedtab.errors import FederationError
 
         self._ask, self._progress, self._error, self._label = ask, progress, FederationError, label
@@ -349,7 +355,10 @@ class SecureRounds:
         self.job = str(job.job_id or "")
         self.threshold = secure_threshold(job, n_sites)
         self._note("secure aggregation: keys")
-        keys = ask({"phase": KEYS, "secagg": {"requests": int(requests), "job": self.job}}, available=True)
+        # ``fresh``: a key request no earlier one equals (a deployment's site replays a request it answered
+        # before; a coordinator resumed mid-training needs new keys for the rounds left).
+        body = {"requests": int(requests), "job": self.job, **({"fresh": os.urandom(8).hex()} if fresh else {})}
+        keys = ask({"phase": KEYS, "secagg": body}, available=True)
         self.peers = self._enough(keys, "keys")
         self._note(f"secure aggregation: key shares ({self.threshold} of {len(self.peers)} sites rebuild a key)")
         shared = ask({"phase": SHARES, "secagg": {"peers": self.peers, "threshold": self.threshold, "job": self.job}},

@@ -1,5 +1,9 @@
 """Secure aggregation of the sites' noisy counts, with dropouts: the coordinator learns their sum only.
 
+Used for the marginal model's measurements and the encoding's target tables (counts, scores) and for the
+DP-SGD models' training rounds (``fedtab.federation.secure_updates``: each site's row-weighted update,
+fixed point of ``UPDATE_BITS``, one request per round).
+
 The protocol of Bonawitz et al. (CCS 2017, "Practical Secure Aggregation for Privacy-Preserving Machine
 Learning"), semi-honest version, built on ``cryptography`` (X25519, HKDF-SHA256, ChaCha20, AES-GCM) and
 Flower's Shamir secret sharing (``flwr.common.secure_aggregation.crypto.shamir``, over pycryptodome):

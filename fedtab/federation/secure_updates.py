@@ -86,6 +86,46 @@ def masked_reply(site: str, body: dict, reply: dict[str, Any], state: dict, sess
     return {**out, "masked": masked, "b_shares": b_shares, "shapes": [list(np.shape(c)) for c in change]}
 
 
+def _digest(weights: dict) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        a = np.ascontiguousarray(weights[name])
+        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def keep(body: dict, reply: dict, state: dict) -> None:
+    """Keep the site's latest round's update (plain, in the site's own state: its state file in a
+    deployment) with the request it was masked for: a coordinator resumed from its checkpoint re-sends
+    the round it was in under fresh keys, and the site masks the same update again instead of training
+    (and spending) twice."""
+    secure = body.get("secagg")
+    state["last_update"] = {"round": int(body["round"]), "digest": _digest(body["weights"]), "reply": reply,
+                            "request": None if secure is None else secure.get("request"), "unmasked": False}
+
+
+def recorded(body: dict, state: dict) -> dict | None:
+    """The kept update of this round on these weights, when it may be masked again: never after a sum
+    holding it was unmasked (a second sum over other sites would tell it apart by difference)."""
+    kept = state.get("last_update")
+    if (body.get("secagg") is None or not kept or kept.get("unmasked") or kept["round"] != int(body["round"])
+            or kept["digest"] != _digest(body["weights"])):
+        return None
+    kept["request"] = body["secagg"].get("request")
+    return kept["reply"]
+
+
+def unmasked(request, state: dict) -> None:
+    """The site answered the unmasking of ``request``: if its latest update was masked for it, that update
+    is in a sum the coordinator read."""
+    kept = state.get("last_update")
+    if kept and kept.get("request") is not None and kept["request"] == request:
+        kept["unmasked"] = True
+
+
 # -- at the coordinator --------------------------------------------------------------------------------
 def mean_of_sum(total: list[np.ndarray], names: list[str], current: dict[str, np.ndarray],
                 weight: float) -> dict[str, np.ndarray]:

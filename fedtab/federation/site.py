@@ -312,11 +312,17 @@ class SiteWorker:
 
             session = site_session(self.name, state, self._cache)
             secure_updates.check(self.name, body, session)
+            kept = secure_updates.recorded(body, state)
+            if kept is not None:  # this round, trained on these weights already (a resumed coordinator's fresh keys)
+                return secure_updates.masked_reply(self.name, body, kept, state, session)
         with self._spending(state) as ledger:
             reply = training.train_one_round(
                 setup, self._cache[key], body["weights"], round_index=int(body["round"]), ledger=ledger,
                 seed=site_seed(state["job"]["seed"], self.name, 3, int(body["round"])), site=self.name,
             )
+        from fedtab.federation import secure_updates
+
+        secure_updates.keep(body, reply, state)
         if session is not None:  # only the masked, row-weighted change leaves: the coordinator reads the sum
             return secure_updates.masked_reply(self.name, body, reply, state, session)
         return reply
