@@ -20,8 +20,9 @@ from fedtab.federation.transport import ERROR_KEY, error_reply
 
 SOCKET_KEY = "site-socket"  # node config: the site service's Unix socket
 # Seconds without a new object of a reply before it is given up: a live site pushes a reply's objects one
-# after the other right after its header; twice the heartbeat a dead site is declared offline in.
-REPLY_STALL = 10.0
+# after the other right after its header (a gap of seconds would mean a starved machine); a little over
+# the 4 s in which a dead site is declared offline (twice its 2 s heartbeat, ``superlink_main``).
+REPLY_STALL = 5.0
 
 client_app = ClientApp()
 
