@@ -204,7 +204,11 @@ def render(args) -> None:
     # A tagged rerun (``--tag``: the code changed what the jobs measure) supersedes the earlier rows of its
     # jobs: those stay in the table under their own label, "(before <tag>)", and out of the acceptance.
     tagged: dict[str, str] = {}
-    for p in [*sorted(out.parent.glob(out.stem + ".shard*.json")), *sorted(out.parent.glob(out.stem + ".rerun*.json"))]:
+    def started(path: Path) -> str:  # reruns in the order they ran: a later tag supersedes an earlier one
+        return json.loads(path.read_text())["meta"].get("started") or ""
+
+    reruns = sorted(out.parent.glob(out.stem + ".rerun*.json"), key=lambda q: (started(q), q.name))
+    for p in [*sorted(out.parent.glob(out.stem + ".shard*.json")), *reruns]:
         d = json.loads(p.read_text())
         rerun = ".rerun" in p.name
         tag = d["meta"].get("tag")
