@@ -370,8 +370,17 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
         # One release: the sum (its noise, one release's: ``pair_noise_sd`` below), merged like a site's.
         return {"secure sum": {encoding.KEY_PHASE: phase, **dict(zip(next(iter(keys)), total))}}
 
+    def screen(histogram: dict) -> set[str]:  # a conforming table of random values: named and left out
+        from fedtab.federation.screening import leave_out_garbage
+
+        dropped = leave_out_garbage(plan, histogram, min_sites=job.training.min_sites or len(sites), progress=progress)
+        sites[:] = [s for s in sites if s not in dropped]  # no later request goes to them
+        if rounds is not None and dropped:
+            rounds.alive = [s for s in rounds.alive if s not in dropped]
+        return dropped
+
     transformer, site_weights = encoding.run_encoding(
-        plan, ask_encoding, pair_noise_sd=plan.noise_multiplier if rounds is not None else None)
+        plan, ask_encoding, pair_noise_sd=plan.noise_multiplier if rounds is not None else None, screen=screen)
     if plan.pairs:
         measured = len(transformer.pair_tables_)
         _notify(progress, "phase", measured=measured, named=len(plan.pairs),

@@ -35,13 +35,14 @@ def plan_from_dict(data: dict) -> EncodingPlan:
 
 
 def run_encoding(plan: EncodingPlan, ask: Callable[[str, dict], dict[str, dict]], *,
-                 pair_noise_sd: float | None = None) -> tuple[TableTransformer, dict[str, float]]:
+                 pair_noise_sd: float | None = None, screen=None) -> tuple[TableTransformer, dict[str, float]]:
     """Run every phase: ``ask(phase, request) -> {site: release}``; merge; fit.
 
     Also returns each site's FedAvg weight: its (noisy, under DP) row count read off its histogram
-    release (``site_rows``), so the weights cost no extra privacy budget (post-processing).
+    release (``site_rows``), so the weights cost no extra privacy budget (post-processing). ``screen``:
+    see ``run_phases`` (a site it leaves out has no weight).
     """
-    transformer, histogram = run_phases(plan, ask, pair_noise_sd=pair_noise_sd)
+    transformer, histogram = run_phases(plan, ask, pair_noise_sd=pair_noise_sd, screen=screen)
     weights = {s: site_rows(plan, r) for s, r in histogram.items()}
     return transformer, weights
 

@@ -1,0 +1,131 @@
+"""A site whose table conforms to the schema but is random values is named and left out (issue 22 part 5).
+
+The screen (``fedtab.federation.screening``) reads only the one-way histograms each site releases in the
+encoding (DP under DP: no new release). Controls: honest non-IID consortia (the four heart hospitals, DP and
+not; sites with a genuinely uniform column) are never named; with the screen off the garbage site stays in
+(the broken control); a table with its columns shuffled has the real one-way histograms and is not seen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fedtab
+from fedtab.errors import FederationError
+from fedtab.federation import screening
+from tests.conftest import non_dp_policy
+from tests.test_marginal_model import SCHEMA
+
+
+def _four_sites(n: int) -> dict[str, pd.DataFrame]:
+    """'kind' shares differ by site (non-IID), 'value' follows 'kind', 'noise' is uniform in every site."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, shares in (("north", (0.6, 0.3, 0.1)), ("south", (0.1, 0.3, 0.6)), ("east", (0.3, 0.4, 0.3)),
+                         ("west", (0.2, 0.6, 0.2))):
+        kind = rng.choice(["a", "b", "c"], size=n, p=shares)
+        mean = np.select([kind == "a", kind == "b"], [20.0, 50.0], 80.0)
+        out[name] = pd.DataFrame({"kind": kind, "value": np.round(np.clip(rng.normal(mean, 4.0), 0, 100), 1),
+                                  "flag": np.where(kind == "a", "yes", "no"),
+                                  "noise": np.round(rng.uniform(0, 10, n), 1)})
+    return out
+
+
+def _uniform(schema, n: int, seed: int = 5) -> pd.DataFrame:
+    """A table that conforms to ``schema``: every value drawn uniformly in the declared bounds / categories."""
+    rng = np.random.default_rng(seed)
+    cols = {}
+    for c in schema.columns:
+        if c.type == "numerical":
+            cols[c.name] = (rng.integers(int(c.lower), int(c.upper) + 1, n) if c.is_integer
+                            else np.round(rng.uniform(c.lower, c.upper, n), c.precision or 6))
+        elif c.type == "boolean":
+            cols[c.name] = rng.integers(0, 2, n).astype(bool)
+        else:
+            cols[c.name] = rng.choice(np.array(c.categories, dtype=object), n)
+    return pd.DataFrame(cols)
+
+
+def _fit(sites, *, epsilon=1.0, min_sites=3, schema=SCHEMA, events=None, **kw):
+    policy = {} if epsilon is not None else {"site_policy": non_dp_policy()}
+    return fedtab.FederatedSynthesizer("mst", epsilon=epsilon, schema=schema, seed=0, min_sites=min_sites,
+                                       progress=lambda e, info: events.append(info) if events is not None else None,
+                                       **policy, **kw).fit(sites)
+
+
+def _dropped(events):
+    return [info for info in events if info.get("dropped")]
+
+
+@pytest.mark.parametrize("epsilon", [1.0, None])
+def test_a_garbage_site_is_named_and_left_out(epsilon):
+    """Under DP (secure aggregation of the target's two-way tables and the measurements: the left-out site
+    is out of the masked sums) and without."""
+    sites = _four_sites(2000)
+    sites["west"] = _uniform(SCHEMA, 2000)
+    events = []
+    synth = _fit(sites, epsilon=epsilon, events=events, target="flag")
+    dropped = _dropped(events)
+    assert len(dropped) == 1 and dropped[0]["dropped"] == ["west"]
+    assert "site 'west'" in dropped[0]["name"] and "uniformly" in dropped[0]["name"]
+    assert set(synth.result_.site_weights) == {"north", "south", "east"}
+    assert list(synth.sample(100, seed=1).columns) == list(SCHEMA.names)
+
+
+def test_min_sites_stops_the_run_when_a_garbage_site_is_named():
+    sites = _four_sites(500)
+    sites["west"] = _uniform(SCHEMA, 500)
+    with pytest.raises(FederationError, match="'west'.*not real rows.*min_sites"):
+        _fit(sites, epsilon=None, min_sites=None)
+
+
+def test_broken_control_without_the_screen_the_garbage_site_stays_in(monkeypatch):
+    monkeypatch.setattr(screening, "garbage_sites", lambda plan, histogram: {})
+    sites = _four_sites(500)
+    sites["west"] = _uniform(SCHEMA, 500)
+    events = []
+    synth = _fit(sites, epsilon=None, events=events)
+    assert not _dropped(events) and "west" in synth.result_.site_weights
+
+
+@pytest.mark.parametrize("epsilon", [1.0, None])
+def test_honest_non_iid_sites_are_never_named(epsilon):
+    """The four heart hospitals (switzerland has no cholesterol values; sizes 123-303) and four synthetic
+    non-IID sites with a uniform column: no site named."""
+    heart = fedtab.datasets.load_heart_sites()
+    for sites, schema in ((heart, fedtab.datasets.heart_schema()), (_four_sites(2000), SCHEMA)):
+        events = []
+        _fit(sites, epsilon=epsilon, schema=schema, events=events)
+        assert not _dropped(events)
+
+
+def test_the_screen_reads_the_histograms_alone():
+    """On the encoding's histogram releases: honest heart hospitals (fresh DP noise, 5 draws) are never named;
+    uniform garbage is, without DP; shuffled columns (real one-way histograms) are not: a stated limit."""
+    from fedtab.privacy.ledger import PrivacyLedger
+    from fedtab.transform.plan import EncodingDP, EncodingPlan
+    from fedtab.transform.statistics import PHASE_HISTOGRAM, merge_statistics, phase_request, site_statistics
+
+    def histograms(frames, schema, epsilon):
+        dp = None if epsilon is None else EncodingDP(epsilon=epsilon, delta=1e-5)
+        plan = EncodingPlan(schema, dp=dp, seed=0)
+        ledgers = {s: PrivacyLedger(s, epsilon_budget=epsilon, delta=None if dp is None else 1e-5) for s in frames}
+        previous = None
+        for phase in plan.phases()[:plan.phases().index(PHASE_HISTOGRAM) + 1]:
+            request = phase_request(plan, phase, previous)
+            out = {s: site_statistics(df, plan, phase, request, ledger=ledgers[s]) for s, df in frames.items()}
+            previous = merge_statistics(plan, phase, [out[s] for s in sorted(out)])
+        return plan, out
+
+    heart, schema = fedtab.datasets.load_heart_sites(), fedtab.datasets.heart_schema()
+    for _ in range(5):
+        assert screening.garbage_sites(*histograms(heart, schema, 0.3)) == {}
+    assert screening.garbage_sites(*histograms(heart, schema, None)) == {}
+    garbage = {**heart, "hungary": _uniform(schema, len(heart["hungary"])).astype(heart["hungary"].dtypes)}
+    assert list(screening.garbage_sites(*histograms(garbage, schema, None))) == ["hungary"]
+    rng = np.random.default_rng(0)
+    shuffled = {**heart, "hungary": heart["hungary"].apply(lambda c: c.sample(frac=1.0, random_state=rng.integers(1e6))
+                                                           .reset_index(drop=True))}
+    assert screening.garbage_sites(*histograms(shuffled, schema, None)) == {}
