@@ -189,6 +189,12 @@ def run_grid(args, meta: dict, out: Path, earlier: list[dict]) -> list[dict]:
             data = prepare(table, {"train_rows": TRAIN_ROWS}, work, 0)
             frames = {k: pd.read_parquet(p) for k, p in data["sites"].items()}
             site = max(frames, key=lambda k: len(frames[k]))  # the largest site is the hostile one
+            scored = data
+            if args.score_on_honest:  # every run scored against the other three sites' rows only
+                starts = np.cumsum([0, *data["n_sites"].values()])
+                keep = np.concatenate([np.arange(a, b) for k, a, b in zip(data["n_sites"], starts, starts[1:])
+                                       if k != site])
+                scored = {**data, "train": data["train"].iloc[keep].reset_index(drop=True)}
             for eps in args.epsilons:
                 for model in args.models:
                     for cond in CONDITIONS[model]:
@@ -206,7 +212,7 @@ def run_grid(args, meta: dict, out: Path, earlier: list[dict]) -> list[dict]:
                                 with hostile(site, cond):
                                     synth, info = fit_and_sample(model, None if eps == "none" else float(eps),
                                                                  sites, data, seed)
-                                row.update(status="ok", **info, **score(synth, data, seed=seed))
+                                row.update(status="ok", **info, **score(synth, scored, seed=seed))
                             except Exception as exc:  # noqa: BLE001 - recorded (a run may stop: min_sites)
                                 row["status"] = f"{type(exc).__name__}: {exc}"[:400]
                             print(f"   {row['status'][:80]} quality {row.get('quality')} dropped {row.get('dropped')} "
@@ -249,6 +255,7 @@ def _r(x, digits=4):
 def render(meta: dict, summary: list[dict], detector: dict | None) -> str:
     f = lambda x: "-" if x is None else f"{x:+.3f}" if isinstance(x, float) and x < 0 else f"{x:.3f}"  # noqa: E731
     yn = lambda b: "-" if b is None else "yes" if b else "**no**"  # noqa: E731
+    scored_on = meta.get("scored_on", "all 4 sites' training rows")
     auto = "/".join(sorted({e.get("model_used") or "?" for e in summary if e.get("model") == "auto"}))
     lines = ["# One hostile site among four (benchmarks/bench_hostile.py)", "",
              f"Commit {meta['commit']}, started {meta['started']}; delta {DELTA}; at most {TRAIN_ROWS} training rows; "
@@ -256,7 +263,7 @@ def render(meta: dict, summary: list[dict], detector: dict | None) -> str:
              f"'auto' = the default model ({auto}); "
              f"seeds {meta['seeds']}; hostile site: the largest ({meta.get('hostile_sites')}). "
              "Command: `" + meta["command"] + "`.", "",
-             "Quality: sdmetrics quality against the training rows (`suite.score`). Difference: the condition's mean "
+             f"Quality: sdmetrics quality against {scored_on} (`suite.score`). Difference: the condition's mean "
              "quality minus the all-honest mean of the same table, epsilon and model. Spread: the honest runs' sd "
              "across seeds (the criterion) and their min-max range (shown too).", "",
              "| table | epsilon | model | condition | quality (mean ± sd) | difference | honest sd | honest range | "
@@ -268,10 +275,17 @@ def render(meta: dict, summary: list[dict], detector: dict | None) -> str:
                      f"{f(e['difference'])} | "
                      f"{f(e['reference_sd'])} | {f(e['reference_range'])} | {yn(e['within_sd'])} | "
                      f"{yn(e['within_range'])} | {', '.join(e['dropped']) or '-'} | {e['ok']}/{e['runs']} |")
+    judged = [e for e in summary if e["condition"] != "honest"]
+    lines += ["", f"Acceptance (|difference| < the honest sd, every run finished): "
+              f"{sum(1 for e in judged if e['within_sd'] and e['ok'] == e['runs'])} of {len(judged)} conditions; "
+              f"within the min-max range: {sum(1 for e in judged if e['within_range'] and e['ok'] == e['runs'])}; "
+              f"runs stopped: {sum(1 for e in judged if e['ok'] < e['runs'])} condition(s)."]
     fails = [(e, m) for e in summary for m in e["failures"]]
     if fails:
         lines += ["", "Runs that stopped:", ""] + [f"- {e['table']} {e['epsilon']} {e['model']} {e['condition']}: {m}"
                                                    for e, m in fails]
+    if meta.get("notes"):
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in meta["notes"]]
     if detector:
         lines += ["", *render_detector(detector)]
     return "\n".join(lines) + "\n"
@@ -337,7 +351,8 @@ def render_detector(d: dict) -> list[str]:
     lines = ["## Garbage-site detector on the encoding's per-site one-way histograms", "",
              f"Each split: {d['seeds']} draws of fresh secret DP noise; for power every site in turn replaced by "
              "garbage (each kind), so runs = draws x sites. False alarm: any site named in a run where all sites "
-             "are real. 'others named': real sites named in the runs with one garbage site.", "",
+             "are real. 'others named': real sites named in the runs with one garbage site. "
+             f"Commit {d.get('commit')}; command: `{d.get('command')}`.", "",
              "| table | epsilon | sites | false alarms (runs with any real site named) | uniform garbage named | "
              "shuffled garbage named | real sites named beside garbage |", "|---|---|---|---|---|---|---|"]
     for t in d["splits"]:
@@ -354,11 +369,14 @@ def main() -> None:
     ap.add_argument("--epsilons", nargs="+", default=["1", "none"], help="epsilon per site, or 'none' (non-DP)")
     ap.add_argument("--models", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
     ap.add_argument("--conditions", nargs="+", default=None, help="run only these conditions")
+    ap.add_argument("--score-on-honest", action="store_true",
+                    help="score against the training rows of the three sites that are never hostile (not all four)")
     ap.add_argument("--merge", action="store_true", help="keep the earlier rows of the results file not rerun")
     ap.add_argument("--detector", action="store_true", help="measure the garbage-site detector only (no training)")
     ap.add_argument("--detector-seeds", type=int, default=10)
     ap.add_argument("--detector-json", default=None, help="take the detector results from this file, re-render")
     ap.add_argument("--render-only", action="store_true", help="rewrite the markdown from the JSON, run nothing")
+    ap.add_argument("--note", action="append", default=[], help="with --render-only: a line for the notes")
     ap.add_argument("--out", default=str(HERE / "results" / "bench_hostile.json"))
     args = ap.parse_args()
     if args.conditions:  # exactly these (with --merge the earlier honest rows stay the reference)
@@ -367,11 +385,14 @@ def main() -> None:
     out = Path(args.out)
     meta = {"started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "commit": git_commit(),
             "versions": main_versions(), "train_rows": TRAIN_ROWS, "delta": DELTA, "tvae": TVAE,
-            "seeds": args.seeds, "command": "python benchmarks/bench_hostile.py " + " ".join(sys.argv[1:])}
+            "seeds": args.seeds, "scored_on": "the 3 never-hostile sites' training rows" if args.score_on_honest
+            else "all 4 sites' training rows", "command": "python benchmarks/bench_hostile.py " + " ".join(sys.argv[1:])}
     saved = json.loads(out.read_text()) if out.exists() else {}
     if args.detector_json or args.render_only:  # a detector measurement made to another file; re-render
         if args.detector_json:
             saved["detector"] = json.loads(Path(args.detector_json).read_text())["detector"]
+        saved["meta"]["notes"] = saved["meta"].get("notes", []) + [n for n in args.note
+                                                                   if n not in saved["meta"].get("notes", [])]
         atomic_write_text(out, json.dumps(saved, indent=1, default=_json_default))
         atomic_write_text(out.with_suffix(".md"), render(saved["meta"], saved["summary"], saved.get("detector")))
         return
