@@ -242,3 +242,19 @@ def test_a_pair_score_moves_by_at_most_its_stated_sensitivity(own):
         i, j = rng.integers(0, ka), rng.integers(0, kb)
         worst = max(worst, abs(score(np.append(a, i), np.append(b, j)) - score(a, b)))
     assert worst <= (4.0 if own else 2.0) + 1e-9
+
+
+def test_auto_bins_reads_only_the_row_estimate_and_the_noise():
+    """``bins = "auto"``: more runs where a pair table's cells stand above the noise, within [4, 16]; without
+    DP (no noise) the most; an explicit number is kept and a wrong one refused."""
+    from fedtab.errors import ConfigError
+    from fedtab.models.marginal import MAX_BINS, MIN_BINS, auto_bins, model_options
+
+    assert auto_bins(3000, 0.0) == MAX_BINS
+    assert auto_bins(266, 15.6) == 8 and auto_bins(455, 32.2) == 7 and auto_bins(736, 22.0) == MAX_BINS
+    assert auto_bins(50, 100.0) == MIN_BINS
+    sizes = [auto_bins(rows, 20.0) for rows in (100, 200, 400, 800, 1600)]
+    assert sizes == sorted(sizes)
+    assert model_options(None)["bins"] == "auto" and model_options({"bins": 12})["bins"] == 12
+    with pytest.raises(ConfigError, match="bins"):
+        model_options({"bins": "many"})

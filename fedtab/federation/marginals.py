@@ -42,8 +42,8 @@ import numpy as np
 
 from fedtab.federation import secagg
 from fedtab.models.marginal import (
-    Discretisation, MarginalModel, coarse_codes, discretise, fine_codes, grouped, marginal_counts, model_options,
-    norm_sub, renormalised, spanning_tree,
+    Discretisation, MarginalModel, auto_bins, coarse_codes, discretise, fine_codes, grouped, marginal_counts,
+    model_options, norm_sub, renormalised, spanning_tree,
 )
 
 MEASURE = "measure"
@@ -285,7 +285,10 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
     measured, sd1, _ = measure("one-way", [(j,) for j in range(d)], fine, levels=levels)
     rows = row_estimate(measured) if job.privacy.enabled else max(1.0, float(np.median([t.sum() for t in measured])))
     ones_fine = _with_levels(fine, measured[:d], levels, measured[d:], rows=rows)
-    disc = grouped(fine, ones_fine, bins=int(opts["bins"]))
+    bins = opts["bins"]
+    if bins == "auto":  # from the DP row estimate and the tree measurement's noise (its phase's share of sd1)
+        bins = auto_bins(rows, sd1 * _factors(plan["counts"], plan["shares"])[2] if job.privacy.enabled else 0.0)
+    disc = grouped(fine, ones_fine, bins=int(bins))
     ones, sd_ones = _coarse_ones(disc, ones_fine, sd1, estimated={j for j, _ in levels})
     tree: list[tuple[int, int]] = []
     measurements = [((j,), ones[j], sd_ones[j]) for j in range(d)]
