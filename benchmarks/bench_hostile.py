@@ -408,6 +408,7 @@ def main() -> None:
     if args.merge and saved.get("meta"):
         meta["command"] = saved["meta"]["command"] + "; then " + meta["command"]
         meta["started"] = saved["meta"]["started"]
+        meta["notes"] = saved["meta"].get("notes", [])
     rows = run_grid(args, meta, out, saved.get("rows", []) if args.merge else [])
     summary = summarise(rows)
     for e in summary:
