@@ -267,6 +267,10 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
         rounds = SecureRounds(ask, n_sites, job, progress)
     rounds = rounds if secure else None
 
+    checks = RowChecks(job, transformer, site_rows, n_sites, progress)
+    left_out: set[str] = set()  # sites whose releases failed the row check (without secure aggregation)
+    answered: list[str] = []
+
     def measure(phase: str, cliques: list[tuple[int, ...]], disc: Discretisation, **extra):
         if progress is not None:
             progress("phase", {"name": f"marginals: {phase} ({len(cliques)} table(s))"
@@ -274,8 +278,15 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
         body = {**base, "discretisation": disc.to_dict(), "phase": phase, "marginals": [list(c) for c in cliques],
                 **extra}
         if rounds is not None:
-            return rounds.measure(body, real=phase == "select" and job.privacy.enabled)
-        replies = ask(body)
+            total, sd, shares = rounds.measure(body, real=phase == "select" and job.privacy.enabled)
+            if phase != "select":
+                checks.of_sum(phase, total, sd, sorted(shares))
+            return total, sd, shares
+        replies = ask(body, only=[s for s in answered if s not in left_out] if left_out else None)
+        answered[:] = sorted(replies)
+        if phase != "select":
+            left_out.update(checks.of_sites(phase, replies))
+            replies = {s: r for s, r in replies.items() if s not in left_out}
         sites = sorted(replies)
         total = [np.sum([np.asarray(replies[s]["counts"][i], dtype=float) for s in sites], axis=0)
                  for i in range(len(replies[sites[0]]["counts"]))]
@@ -435,6 +446,90 @@ def row_estimate(tables: list[np.ndarray]) -> float:
     sizes = np.array([max(np.size(t), 1) for t in tables], dtype=float)
     totals = np.array([float(np.sum(t)) for t in tables])
     return max(1.0, float((totals / sizes).sum() / (1.0 / sizes).sum()))
+
+
+# The row check (``RowChecks``): a counting phase's tables each count every row of the sites in them once,
+# so their total must agree with those sites' own DP row estimates from the encoding (public), within
+# this many sds of the two noises (about one false alarm in 1.7 million honest checks). Without DP, within
+# 1% (and one row).
+ROWS_Z = 5.0
+
+
+def encoding_rows_sd(transformer) -> float:
+    """The noise sd of one site's row estimate from its encoding histograms (``statistics.site_rows``: the
+    inverse-variance mean over its columns' totals); 0 without DP. A categorical column counts one cell
+    more than its encoding slots (its missing cell), which errs toward a larger sd."""
+    from fedtab.transform.numerical import NumericalColumnTransformer
+    from fedtab.transform.statistics import histogram_edges
+
+    plan = transformer.plan_
+    if plan.dp is None:
+        return 0.0
+    cells = [len(histogram_edges(c.spec, float(c.lower_), float(c.upper_), plan.n_bins))  # cells + missing
+             if isinstance(c, NumericalColumnTransformer) else int(c.output_dim) + 1 for c in transformer.columns_]
+    return float(plan.noise_multiplier) / math.sqrt(sum(1.0 / max(c, 1) for c in cells))
+
+
+class RowChecks:
+    """A site's counts must count its rows (issue 22 part 5: a hostile site's code scaling its releases).
+    With secure aggregation only the sum can be checked: a failing sum stops the job (no site can be
+    named); without it each site's releases are checked, a failing site named and left out of this and
+    every later phase (``training.min_sites`` decides whether the job goes on). A site that also inflates
+    its encoding row estimate is not caught: it reads as a larger site (its weight is its row estimate)."""
+
+    def __init__(self, job, transformer, site_rows: dict[str, float] | None, n_sites: int, progress=None):
+        self.rows = dict(site_rows or {})
+        self.rows_sd = encoding_rows_sd(transformer)
+        self.dp = bool(job.privacy.enabled)
+        self.min_sites = int(job.training.min_sites or n_sites)
+        self.progress = progress
+
+    def z(self, tables: list[np.ndarray], sd: float, sites: list[str]) -> float:
+        expected = sum(float(self.rows.get(s, 0.0)) for s in sites)
+        if self.dp:
+            var = sd ** 2 / sum(1.0 / max(np.size(t), 1) for t in tables) + len(sites) * self.rows_sd ** 2
+        else:
+            var = (0.01 * expected) ** 2 + 1.0
+        return (row_estimate(tables) - expected) / math.sqrt(max(var, 1e-12))
+
+    def of_sum(self, phase: str, tables: list[np.ndarray], sd: float, sites: list[str]) -> None:
+        if not self.rows or not set(sites) <= set(self.rows):
+            return
+        z = self.z(tables, sd, sites)
+        if abs(z) > ROWS_Z:
+            from fedtab.errors import FederationError
+
+            raise FederationError(
+                f"marginals '{phase}': the securely summed tables count {z:+.1f} noise sds away from the rows "
+                "the sites' own encoding releases give: a site's masked release is not what its rows give (broken "
+                "or hostile code at a site). Secure aggregation cannot say which site: run the job again with "
+                "privacy.secure_aggregation = false to have each site's releases checked and the site named.")
+
+    def of_sites(self, phase: str, replies: dict[str, dict]) -> list[str]:
+        """The sites whose releases fail the check (named in the progress output)."""
+        from fedtab.errors import FederationError
+        from fedtab.federation.agreement import name_sites
+
+        if not self.rows:
+            return []
+        failed = {}
+        for site, reply in replies.items():
+            if site in self.rows:
+                z = self.z([np.asarray(t, dtype=float) for t in reply["counts"]], float(reply["sigma"]), [site])
+                if abs(z) > ROWS_Z:
+                    failed[site] = z
+        if not failed:
+            return []
+        why = "; ".join(f"site '{s}': its tables count {z:+.1f} noise sds from its own row estimate"
+                        for s, z in sorted(failed.items()))
+        kept = len(replies) - len(failed)
+        if kept < self.min_sites:
+            raise FederationError(f"marginals '{phase}': {why}; {kept} site(s) left but 'training.min_sites' is "
+                                  f"{self.min_sites}.")
+        if self.progress is not None:
+            self.progress("phase", {"name": f"marginals '{phase}': left out {name_sites(sorted(failed))}: {why}",
+                                    "dropped": sorted(failed)})
+        return sorted(failed)
 
 
 def _with_levels(disc: Discretisation, fine_counts: list[np.ndarray], levels: list,

@@ -1,0 +1,79 @@
+"""A site's counts must count its rows (issue 22 part 5): the marginal model's row check.
+
+Attack: hostile code at one site of four multiplies every count it releases by 10 (masked under secure
+aggregation, in the clear without it), while its encoding releases stay honest. With secure aggregation
+the sum fails the check and the job stops (no site can be named); without it the site is named and left
+out, and ``training.min_sites`` lets the job go on. Controls: honest consortia (DP with and without secure
+aggregation, and non-DP) pass; with the check off (the broken control) the inflated job completes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import fedtab
+from fedtab.errors import FederationError
+from fedtab.federation import marginals, secagg
+from tests.conftest import non_dp_policy
+from tests.test_garbage_site import _four_sites
+from tests.test_marginal_model import SCHEMA
+
+HOSTILE = "west"
+
+
+def _inflate(monkeypatch, site: str = HOSTILE, factor: float = 10.0) -> None:
+    mask, measure = secagg.SiteSession.mask, marginals.site_measure
+
+    def inflated_mask(session, values, *, me, **kw):
+        return mask(session, [np.asarray(v) * factor for v in values] if me == site else values, me=me, **kw)
+
+    def inflated_measure(name, body, state, **kw):
+        reply = measure(name, body, state, **kw)
+        if name == site and "counts" in reply:
+            reply = {**reply, "counts": [np.asarray(c) * factor for c in reply["counts"]]}
+        return reply
+
+    monkeypatch.setattr(secagg.SiteSession, "mask", inflated_mask)
+    monkeypatch.setattr(marginals, "site_measure", inflated_measure)
+
+
+def _fit(*, secure: bool, dp: bool = True, events: list | None = None, min_sites: int | None = None):
+    kwargs = dict(epsilon=1.0, delta=1e-5) if dp else dict(site_policy=non_dp_policy())
+    synth = fedtab.FederatedSynthesizer("mst", schema=SCHEMA, secure_aggregation=secure, min_sites=min_sites,
+                                        progress=(lambda e, info: events.append((e, info))) if events is not None
+                                        else None, **kwargs)
+    return synth.fit(_four_sites(600))
+
+
+def test_an_inflating_site_stops_a_secure_sum(monkeypatch):
+    _inflate(monkeypatch)
+    with pytest.raises(FederationError, match="cannot say which site"):
+        _fit(secure=True)
+
+
+def test_without_secure_aggregation_the_inflating_site_is_named_and_left_out(monkeypatch):
+    _inflate(monkeypatch)
+    events: list = []
+    synth = _fit(secure=False, events=events, min_sites=3)
+    left = [info for e, info in events if e == "phase" and info.get("dropped")]
+    assert left and all(info["dropped"] == [HOSTILE] for info in left), left
+    assert f"site '{HOSTILE}'" in left[0]["name"]
+    with pytest.raises(FederationError, match="min_sites"):  # every site needed: the job stops instead
+        _fit(secure=False)
+    assert synth.sample(50, seed=0).shape[0] == 50
+
+
+@pytest.mark.parametrize("secure,dp", [(True, True), (False, True), (True, False)])
+def test_honest_sites_pass_the_row_check(secure, dp):
+    events: list = []
+    _fit(secure=secure, dp=dp, events=events)
+    assert not [info for e, info in events if e == "phase" and info.get("dropped")]
+
+
+def test_broken_control_without_the_check_the_inflated_job_completes(monkeypatch):
+    _inflate(monkeypatch)
+    monkeypatch.setattr(marginals, "ROWS_Z", math.inf)
+    _fit(secure=True)  # no error: the sum of a site's x10 counts went into the model unnoticed
