@@ -439,13 +439,12 @@ class SecureRounds:
 
 def row_estimate(tables: list[np.ndarray]) -> float:
     """The consortium's row count from the one-way phase's noisy tables (every one a partition of the
-    rows, every cell with the same noise): the inverse-variance mean of their totals (a table of k cells
-    has a total with k times a cell's variance), dominated by the tables of few cells. Post-processing.
-    (The median of the estimated columns' totals, used before, read high: non-negative estimates of a
-    wide column keep the noise's positive part in its empty cells.)"""
-    sizes = np.array([max(np.size(t), 1) for t in tables], dtype=float)
-    totals = np.array([float(np.sum(t)) for t in tables])
-    return max(1.0, float((totals / sizes).sum() / (1.0 / sizes).sum()))
+    rows, every cell with the same noise): ``statistics.row_estimate``, the inverse-variance mean of their
+    totals, at least 1. Post-processing. (The median of the estimated columns' totals, used before, read
+    high: non-negative estimates of a wide column keep the noise's positive part in its empty cells.)"""
+    from fedtab.transform.statistics import row_estimate as inverse_variance_rows
+
+    return max(1.0, inverse_variance_rows([np.asarray(t, dtype=float).ravel() for t in tables]))
 
 
 # The row check (``RowChecks``): a counting phase's tables each count every row of the sites in them once,

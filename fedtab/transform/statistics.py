@@ -134,7 +134,7 @@ def histogram_rows(plan: EncodingPlan, release: dict[str, Any]) -> float:
     is the estimate (a 2-cell column counts for ten 20-cell ones). Reading one column only left the
     noise of its 20-odd cells: at epsilon 1 a 98-row hospital read as 1 row (FedAvg weight ~0).
     Post-processing: no privacy cost. Exact without DP."""
-    return _row_estimate([np.append(np.asarray(release[wire_key(spec.name, F_COUNTS)], dtype=np.float64),
+    return row_estimate([np.append(np.asarray(release[wire_key(spec.name, F_COUNTS)], dtype=np.float64),
                                     float(release[wire_key(spec.name, F_MISSING)])) for spec in plan.columns])
 
 
@@ -151,7 +151,7 @@ def site_rows(plan: EncodingPlan, release: dict[str, Any]) -> float:
     return max(1.0, rows, sd)
 
 
-def _row_estimate(vectors: list[np.ndarray]) -> float:
+def row_estimate(vectors: list[np.ndarray]) -> float:
     """Inverse-variance mean of the totals of count vectors that each count every row once."""
     return float(np.average([v.sum() for v in vectors], weights=[1.0 / v.size for v in vectors]))
 
@@ -394,7 +394,7 @@ def merge_statistics(plan: EncodingPlan, phase: str, site_stats: list[dict[str, 
     # every column (dominated by the few-cell ones), zeroing the cells that only hold noise; the
     # unclipped cells of numerical columns are kept too, for the mixture fit (``F_RAW``). Exact (non-DP)
     # counts come back unchanged.
-    rows = _row_estimate(list(raw.values())) if plan.dp is not None else None
+    rows = row_estimate(list(raw.values())) if plan.dp is not None else None
     for spec in plan.columns:
         name = spec.name
         merged = norm_sub(raw[name], total=rows)
