@@ -258,3 +258,29 @@ def test_auto_bins_reads_only_the_row_estimate_and_the_noise():
     assert model_options(None)["bins"] == "auto" and model_options({"bins": 12})["bins"] == 12
     with pytest.raises(ConfigError, match="bins"):
         model_options({"bins": "many"})
+
+
+def test_unreadable_selection_gives_the_star_on_the_target_and_its_budget_to_the_measurement():
+    """At epsilon 1 on small sites the selection's noise would swamp every score: with a declared target
+    the coordinator skips it, the tree is the star on the target, and each site spends its whole budget
+    (the measurement takes what the selection would have). Without a target the selection runs."""
+    from tests.test_garbage_site import _four_sites
+
+    def fit(target):
+        events: list = []
+        synth = fedtab.FederatedSynthesizer("mst", epsilon=1.0, delta=1e-5, schema=SCHEMA, target=target,
+                                            progress=lambda e, info: events.append(info.get("name", "")))
+        synth.fit(_four_sites(60))
+        phases = {site: [e["phase"] for e in led.to_dict()["entries"]] for site, led in synth.privacy_ledger.items()}
+        return synth, events, phases
+
+    synth, events, phases = fit("kind")
+    assert any("the star on the target" in str(e) for e in events)
+    assert all("marginals/select" not in p and "marginals/measure" in p for p in phases.values())
+    assert all(abs(led.epsilon - 1.0) < 1e-3 for led in synth.privacy_ledger.values())
+    tree = np.asarray(synth.weights_["mst/tree"]).reshape(-1, 2)
+    target = [c.spec.name for c in synth.transformer_.columns_].index("kind")
+    assert all(target in edge for edge in tree.tolist())
+    _, events, phases = fit(None)
+    assert not any("the star on the target" in str(e) for e in events)
+    assert all("marginals/select" in p for p in phases.values())
