@@ -342,13 +342,21 @@ def run_flower_simulation(
     coordinator: Callable[[FlowerTransport], Any],
     workers: Mapping[str, Callable[[], Callable[[str, Any, dict], Any]]],
     *,
-    cpus_per_site: float = 1.0,
+    cpus_per_site: float | None = None,
 ) -> Any:
     """Run ``coordinator(transport)`` on Flower's simulation engine with one SuperNode per site.
 
     ``workers`` maps site names (in partition order) to factories of site handlers; factories are
     shipped to Flower's worker processes, so they must be importable functions / partials.
+    ``cpus_per_site`` defaults to every CPU: one worker process serves every site in turn. Secure
+    aggregation's per-job keys live in a site's memory only (``secagg.SiteSession``: never stored), so
+    all of a site's messages must reach the same process; with a worker per CPU, Flower handed a site's
+    training round to a process that never saw its key round.
     """
+    import os
+
+    if cpus_per_site is None:
+        cpus_per_site = float(os.cpu_count() or 1)
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
