@@ -16,21 +16,12 @@ import fedtab
 from fedtab.errors import FederationError
 from fedtab.federation import screening
 from tests.conftest import non_dp_policy
-from tests.test_marginal_model import SCHEMA
+from tests.test_marginal_model import SCHEMA, _sites
 
 
 def _four_sites(n: int) -> dict[str, pd.DataFrame]:
     """'kind' shares differ by site (non-IID), 'value' follows 'kind', 'noise' is uniform in every site."""
-    rng = np.random.default_rng(0)
-    out = {}
-    for name, shares in (("north", (0.6, 0.3, 0.1)), ("south", (0.1, 0.3, 0.6)), ("east", (0.3, 0.4, 0.3)),
-                         ("west", (0.2, 0.6, 0.2))):
-        kind = rng.choice(["a", "b", "c"], size=n, p=shares)
-        mean = np.select([kind == "a", kind == "b"], [20.0, 50.0], 80.0)
-        out[name] = pd.DataFrame({"kind": kind, "value": np.round(np.clip(rng.normal(mean, 4.0), 0, 100), 1),
-                                  "flag": np.where(kind == "a", "yes", "no"),
-                                  "noise": np.round(rng.uniform(0, 10, n), 1)})
-    return out
+    return _sites(n, names=("north", "south", "east", "west"))
 
 
 def _uniform(schema, n: int, seed: int = 5) -> pd.DataFrame:

@@ -21,11 +21,16 @@ SCHEMA = TableSchema((ColumnSpec("kind", "categorical", categories=("a", "b", "c
                       ColumnSpec("noise", "numerical", subtype="float", lower=0.0, upper=10.0, precision=1)))
 
 
-def _sites(n: int = 400) -> dict[str, pd.DataFrame]:
-    """'value' follows 'kind' (means 20 / 50 / 80), 'flag' is yes for kind a only; 'noise' is independent."""
+SITE_SHARES = {"north": (0.6, 0.3, 0.1), "south": (0.1, 0.3, 0.6), "east": (0.3, 0.4, 0.3), "west": (0.2, 0.6, 0.2)}
+
+
+def _sites(n: int = 400, names: tuple[str, ...] = ("north", "south", "east")) -> dict[str, pd.DataFrame]:
+    """'value' follows 'kind' (means 20 / 50 / 80), 'flag' is yes for kind a only; 'noise' is independent.
+    Each site's 'kind' shares differ (``SITE_SHARES``); sites are drawn in order from one seed."""
     rng = np.random.default_rng(0)
     out = {}
-    for name, shares in (("north", (0.6, 0.3, 0.1)), ("south", (0.1, 0.3, 0.6)), ("east", (0.3, 0.4, 0.3))):
+    for name in names:
+        shares = SITE_SHARES[name]
         kind = rng.choice(["a", "b", "c"], size=n, p=shares)
         mean = np.select([kind == "a", kind == "b"], [20.0, 50.0], 80.0)
         out[name] = pd.DataFrame({"kind": kind, "value": np.round(np.clip(rng.normal(mean, 4.0), 0, 100), 1),
