@@ -216,6 +216,54 @@ def test_coarse_levels_keep_noise_out_of_the_empty_part_of_wide_bounds():
     assert np.mean(mean_err["levels"]) < 0.7 * np.mean(mean_err["fine"])
 
 
+def _isolated_draws(truth, sd, draws, seed):
+    """The one-way estimate of ``truth`` (32 cells, levels 2-16) from ``draws`` noise draws at ``sd``, as
+    ``_with_levels`` makes it, before and after ``isolated_runs``."""
+    from fedtab.federation.marginals import _with_levels, level_groups
+
+    levels = [[0, g] for g in level_groups(32, missing=False)]
+    disc = type("D", (), {"columns": ({"edges": list(range(1, 32))},)})()
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(draws):
+        noisy = [truth + rng.normal(size=32) * sd]
+        level_counts = [np.bincount(g, weights=truth) + rng.normal(size=max(g) + 1) * sd for _, g in levels]
+        with_rule = _with_levels(disc, noisy, levels, level_counts, rows=truth.sum(), sd=sd)[0]
+        without = _with_levels(disc, noisy, levels, level_counts, rows=truth.sum(), sd=0.0)[0]  # rule off
+        out.append((without, with_rule))
+    return out
+
+
+def test_noise_spikes_far_from_the_rows_are_emptied_and_the_mean_comes_back():
+    """A column whose rows sit in 6 of 32 cells, at the heart hospitals' one-way noise (sd 49 a count, 600
+    rows): the runs the norm-sub leaves far from the rows (noise) are emptied, so less mass stands outside
+    the occupied cells and the mean is closer, over 40 draws; the total is kept. Broken control: the rule
+    off (a noise sd of ~0 never empties a run) keeps the spikes."""
+    truth = np.zeros(32)
+    truth[8:14] = [60, 150, 120, 140, 90, 40]
+    mids = np.arange(32) + 0.5
+    outside, err = {0: [], 1: []}, {0: [], 1: []}
+    for pair in _isolated_draws(truth, 49.0, 40, seed=3):
+        assert pair[1].sum() == pytest.approx(pair[0].sum(), rel=1e-9)  # the rows emptied go to the others
+        for k, est in enumerate(pair):
+            p = est / est.sum()
+            outside[k].append(p[truth == 0].sum())
+            err[k].append(abs(p @ mids - truth @ mids / truth.sum()))
+    assert np.mean(outside[0]) > 0.03  # the control: the spikes are there without the rule
+    assert np.mean(outside[1]) < 0.5 * np.mean(outside[0])
+    assert np.mean(err[1]) < 0.6 * np.mean(err[0])
+
+
+def test_a_real_isolated_run_above_the_noise_stays():
+    """Rows in two places far apart (a point mass and a second group of 10% of the rows, like capital
+    losses): where the second group stands above its sum's noise it is kept in every draw."""
+    truth = np.zeros(32)
+    truth[0] = 2000.0
+    truth[20:23] = [80, 120, 60]
+    for without, with_rule in _isolated_draws(truth, 20.0, 20, seed=4):
+        assert with_rule[18:25].sum() > 0.5 * truth[20:23].sum()
+
+
 def test_a_site_refuses_a_level_that_does_not_fit_its_column():
     from fedtab.federation.marginals import site_measure
 
