@@ -118,23 +118,18 @@ def renormalised(p: np.ndarray) -> np.ndarray:
 
 
 def norm_sub(counts: np.ndarray, total: float | None = None) -> np.ndarray:
-    """Noisy counts -> shares: subtract the one constant that leaves ``total`` (default: their sum) in the
-    cells still above zero, zero the rest (McKenna's norm-sub; keeps empty regions empty, where clipping
-    at zero would spread the noise's positive half over them). Post-processing."""
+    """Noisy counts -> shares: ``fedtab.privacy.mechanisms.norm_sub`` (one constant off every cell, the
+    cells it empties left empty, ``total`` left in the rest), as shares summing to one; uniform where no
+    cell holds anything. Post-processing."""
+    from fedtab.privacy.mechanisms import norm_sub as counts_norm_sub
+
     c = np.asarray(counts, dtype=float)
-    total = float(c.sum()) if total is None else float(total)
     if c.size == 0:
         return c
+    total = float(c.sum()) if total is None else float(total)
     if total <= 0 or not np.any(c > 0):
         return np.full(c.size, 1.0 / c.size)
-    lo, hi = float(c.min()) - total, float(c.max())
-    for _ in range(100):  # bisection on the constant
-        mid = 0.5 * (lo + hi)
-        if np.maximum(c - mid, 0).sum() > total:
-            lo = mid
-        else:
-            hi = mid
-    return renormalised(np.maximum(c - hi, 0))
+    return renormalised(counts_norm_sub(c, total=total))
 
 
 def auto_bins(rows: float, pair_sd: float) -> int:
