@@ -264,6 +264,23 @@ def test_a_real_isolated_run_above_the_noise_stays():
         assert with_rule[18:25].sum() > 0.5 * truth[20:23].sum()
 
 
+def test_where_the_rows_fill_the_bounds_no_run_is_emptied():
+    """Bounds the data fill (a range rounded outward, 190 rows over 24 of 32 cells at penguins' noise, sd
+    44): the core spans more than ``CORE_SPAN`` of the cells, so the rule leaves every run the norm-sub
+    kept (each would be under one noise sd); with a narrow core the same spikes far off go."""
+    from fedtab.federation.marginals import isolated_runs, level_groups, sum_sds
+
+    cov = sum_sds(32, level_groups(32, missing=False))
+    wide = np.zeros(32)
+    wide[[2, 3, 9, 10, 16, 17, 24, 25]] = [20, 25, 30, 20, 25, 30, 20, 20]
+    assert np.array_equal(isolated_runs(wide, cov, 44.0), wide)
+    narrow = np.zeros(32)
+    narrow[[12, 13, 14]] = [150, 200, 100]
+    narrow[[2, 28]] = [20, 20]  # far from the rows, each under one noise sd of its sum
+    out = isolated_runs(narrow, cov, 44.0)
+    assert out[[2, 28]].sum() == 0 and out.sum() == pytest.approx(narrow.sum())
+
+
 def test_a_site_refuses_a_level_that_does_not_fit_its_column():
     from fedtab.federation.marginals import site_measure
 
