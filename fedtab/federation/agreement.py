@@ -29,6 +29,26 @@ def name_sites(sites, *, shown: int = 5) -> str:
     return f"{len(sites)} {label} ({head}{f' and {more} more' if more > 0 else ''})"
 
 
+def leave_out(reasons: Mapping[str, str], *, going_on: int, of: int, min_sites: int, where: str,
+              progress=None) -> list[str]:
+    """One policy for every screen of what sites send: the sites in ``reasons`` (site -> why) are named and
+    left out when ``going_on`` sites (of ``of``) still reach ``min_sites``; otherwise the run stops with a
+    ``FederationError`` naming them. ``where``: the step (a message's prefix). Returns the sites left out."""
+    from fedtab.errors import FederationError
+
+    named = sorted(reasons)
+    if not named:
+        return []
+    text = "; ".join(f"site '{s}': {reasons[s]}" for s in named[:5])
+    if going_on < min_sites:
+        raise FederationError(f"{where}: {name_sites(named)} cannot go on ({text}); {going_on} of {of} site(s) "
+                              f"left but 'training.min_sites' is {min_sites} (default: every site).")
+    if progress is not None:
+        progress("phase", {"name": f"{where}: left out {name_sites(named)}; going on with {going_on} of {of} "
+                                   f"(training.min_sites = {min_sites}): {text}", "dropped": named})
+    return named
+
+
 def agree_schemas(site_schemas: Mapping[str, TableSchema]) -> TableSchema:
     """One schema for all sites, or a SchemaError listing every mismatch by site and column."""
     if not site_schemas:

@@ -23,7 +23,7 @@ import numpy as np
 from fedtab.config import PrivacySettings, TrainingSettings
 from fedtab.errors import ConfigError, DataValidationError, FederationError, Problem
 from fedtab.federation import encoding
-from fedtab.federation.agreement import agree_schemas, name_sites
+from fedtab.federation.agreement import agree_schemas, leave_out, name_sites
 from fedtab.federation.aggregation import screen_update, trimmed_average
 from fedtab.federation.site import ENCODE, JOB_LEDGER, LEDGER, MEASURE, SCHEMA, SETUP, TRAIN
 from fedtab.federation.transport import ERROR_KEY, Transport, broadcast, request_outcomes
@@ -261,18 +261,10 @@ def _screened(job: JobSpec, state: TrainingState, replies: dict[str, Any], order
     for s in order:
         why = screen_update(replies[s]["weights"], state.weights, bounds=bounds[s])
         if why is not None:
-            rejected[s] = why
-    if not rejected:
-        return order
-    kept = [s for s in order if s not in rejected]
-    text = "; ".join(f"site '{s}': {why}" for s, why in sorted(rejected.items())[:5])
-    if len(kept) < min_sites:
-        raise FederationError(f"round {round_index + 1}: the update of {name_sites(sorted(rejected))} cannot be "
-                              f"averaged ({text}); {len(kept)} site(s) left but 'training.min_sites' is "
-                              f"{min_sites}.")
-    _notify(progress, "phase", name=f"round {round_index + 1}: left out {name_sites(sorted(rejected))}: {text}",
-            dropped=sorted(rejected))
-    return kept
+            rejected[s] = f"its update cannot be averaged: {why}"
+    dropped = leave_out(rejected, going_on=len(order) - len(rejected), of=len(order), min_sites=min_sites,
+                        where=f"round {round_index + 1}", progress=progress)
+    return [s for s in order if s not in dropped]
 
 
 def _finish(transport: LedgerWatch, state: TrainingState) -> FederationResult:

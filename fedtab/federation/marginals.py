@@ -626,8 +626,7 @@ class RowChecks:
 
     def of_sites(self, phase: str, replies: dict[str, dict]) -> list[str]:
         """The sites whose releases fail the check (named in the progress output)."""
-        from fedtab.errors import FederationError
-        from fedtab.federation.agreement import name_sites
+        from fedtab.federation.agreement import leave_out
 
         if not self.rows:
             return []
@@ -636,19 +635,9 @@ class RowChecks:
             if site in self.rows:
                 z = self.z([np.asarray(t, dtype=float) for t in reply["counts"]], float(reply["sigma"]), [site])
                 if abs(z) > ROWS_Z:
-                    failed[site] = z
-        if not failed:
-            return []
-        why = "; ".join(f"site '{s}': its tables count {z:+.1f} noise sds from its own row estimate"
-                        for s, z in sorted(failed.items()))
-        kept = len(replies) - len(failed)
-        if kept < self.min_sites:
-            raise FederationError(f"marginals '{phase}': {why}; {kept} site(s) left but 'training.min_sites' is "
-                                  f"{self.min_sites}.")
-        if self.progress is not None:
-            self.progress("phase", {"name": f"marginals '{phase}': left out {name_sites(sorted(failed))}: {why}",
-                                    "dropped": sorted(failed)})
-        return sorted(failed)
+                    failed[site] = f"its tables count {z:+.1f} noise sds from its own row estimate"
+        return leave_out(failed, going_on=len(replies) - len(failed), of=len(replies), min_sites=self.min_sites,
+                         where=f"marginals '{phase}'", progress=self.progress)
 
 
 def _with_levels(disc: Discretisation, fine_counts: list[np.ndarray], levels: list,

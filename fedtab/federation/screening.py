@@ -99,18 +99,8 @@ def leave_out_garbage(plan, histogram: dict[str, dict[str, Any]], *, min_sites: 
     """The coordinator's screen of the encoding's histogram releases: the sites ``garbage_sites`` names,
     named with the reason and left out when at least ``min_sites`` remain (like a site whose table does not
     conform to the schema); otherwise the run stops (``FederationError``)."""
-    from fedtab.errors import FederationError
-    from fedtab.federation.agreement import name_sites
+    from fedtab.federation.agreement import leave_out
 
     named = garbage_sites(plan, histogram)
-    if not named:
-        return set()
-    text = "; ".join(f"site '{s}': {why}" for s, why in sorted(named.items())[:5])
-    left = len(histogram) - len(named)
-    if left < min_sites:
-        raise FederationError(f"the encoding's statistics of {name_sites(sorted(named))} are not real rows ({text}); "
-                              f"{left} site(s) left but 'training.min_sites' is {min_sites} (default: every site).")
-    if progress is not None:
-        progress("phase", {"name": f"left out {name_sites(sorted(named))}; going on with {left} of {len(histogram)} "
-                                   f"(training.min_sites = {min_sites}): {text}", "dropped": sorted(named)})
-    return set(named)
+    return set(leave_out(named, going_on=len(histogram) - len(named), of=len(histogram), min_sites=min_sites,
+                         where="the encoding's statistics", progress=progress))
