@@ -30,6 +30,7 @@ from fedtab.config import PrivacySettings, RunConfig, SiteSource, TrainingSettin
 from fedtab.errors import ConfigError, check_is_fitted
 from fedtab.federation.coordinator import FederationResult, JobSpec, Progress, run_federation
 from fedtab.federation.site import SiteWorker
+from fedtab.models.registry import is_measured, measured_module
 from fedtab.modelfile import ModelBundle, bundle_bytes, load_bundle, package_versions, save_bundle
 from fedtab.privacy.book import LedgerBook, SitePolicy
 from fedtab.privacy.ledger import PrivacyLedger
@@ -172,11 +173,9 @@ class FederatedSynthesizer:
             choice = choose_model(dp=privacy.enabled, schema=schema)
             self.model_choice_ = choice
             model = choice.model
-        if model == "mst":  # its options are checked here, before any site is asked
-            from fedtab.models.marginal import model_options
-
+        if is_measured(model):  # its options are checked here, before any site is asked
             try:
-                model_options(dict(self.model_options or {}))
+                measured_module(model).model_options(dict(self.model_options or {}))
             except ConfigError as e:
                 raise ConfigError(f"Invalid FederatedSynthesizer parameters:\n  - {e}") from None
         if privacy.preprocessing_share is None:  # chosen with the model (fedtab.models.choice)
@@ -322,14 +321,14 @@ class FederatedSynthesizer:
         ``Int64``, booleans as ``boolean``): what the sites evaluate and what the release gate hashes."""
         check_is_fitted(self, "weights_")
         check_sample_request(n, seed, n_columns=len(self.schema_),
-                             oversample=CALIBRATION_OVERSAMPLE if calibrate and self.job_.model != "mst" else 1)
+                             oversample=CALIBRATION_OVERSAMPLE if calibrate and not is_measured(self.job_.model) else 1)
         from fedtab.federation import training
 
         seed = self.seed if seed is None else seed
         if self._model is None:
             self._model = training.model_from_weights(self.job_.model, self.job_.model_options,
                                                       self.transformer_, self.weights_, seed=self.seed)
-        if self.job_.model == "mst":  # the marginal model draws typed rows itself (its own marginals: no calibration)
+        if is_measured(self.job_.model):  # it draws typed rows itself (its own marginals: no calibration)
             return _with_ids(self._model.sample_frame(int(n), seed=seed, relabel=relabel is not False), self.schema_,
                              seed=seed)
         if relabel is None:  # see the docstring: a non-DP model conditioned on the target keeps its own

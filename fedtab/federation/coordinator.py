@@ -24,6 +24,7 @@ from fedtab.config import PrivacySettings, TrainingSettings
 from fedtab.errors import ConfigError, DataValidationError, FederationError, Problem
 from fedtab.federation import encoding
 from fedtab.federation.agreement import agree_schemas, leave_out, name_sites
+from fedtab.models.registry import is_measured
 from fedtab.federation.aggregation import screen_update, trimmed_average
 from fedtab.federation.site import ENCODE, JOB_LEDGER, LEDGER, MEASURE, SCHEMA, SETUP, TRAIN
 from fedtab.federation.transport import ERROR_KEY, Transport, broadcast, request_outcomes
@@ -142,7 +143,7 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
                    resume: TrainingState | None = None,
                    on_round: Callable[[TrainingState], None] | None = None) -> FederationResult:
     transport = LedgerWatch(transport, None if resume is None else resume.seen_ledgers)
-    if job.model == "mst":  # the marginal-based model: measurements, not rounds of DP-SGD
+    if is_measured(job.model):  # the marginal-based model: measurements, not rounds of DP-SGD
         return _fit_marginals(transport, job, progress)
     box: dict = {}  # the secure-aggregation rounds the encoding started, if any
     state = resume if resume is not None else _prepare(transport, job, progress, secure_box=box)
@@ -343,10 +344,11 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
 
     rounds = None
     training_requests = planned_requests(job) if setup and secure_updates(job, len(sites)) else 0
-    if marginals.uses_secure_aggregation(job, len(sites)) and (plan.pairs or job.model == "mst" or training_requests):
+    measured = is_measured(job.model)
+    if marginals.uses_secure_aggregation(job, len(sites)) and (plan.pairs or measured or training_requests):
         rounds = marginals.SecureRounds(_measure_ask(transport, sites), len(sites), job, progress,
-                                        requests=(1 if plan.pairs else 0) + (3 if job.model == "mst" else 0)
-                                        + training_requests, label="marginals" if job.model == "mst" else "federation")
+                                        requests=(1 if plan.pairs else 0) + (len(marginals.PHASES) if measured else 0)
+                                        + training_requests, label="marginals" if measured else "federation")
         if secure_box is not None:
             secure_box["rounds"] = rounds
 

@@ -18,10 +18,12 @@ def make_plan(schema, job) -> EncodingPlan:
     with a ``target``, its two-way table against every other column (for the sampler's calibration)."""
     pre = job.privacy.preprocessing_epsilon
     dp = None if pre is None else EncodingDP(epsilon=pre, delta=job.privacy.delta)
-    # The marginal model reads its own cells, never the mode-specific normalisation (the mixture of each
+    # A model trained by measurement reads its own cells, never the mode-specific normalisation (the mixture of each
     # numerical column): one mode keeps the fit trivial (breast cancer's 30 columns under DP: 77 of a
     # 118 s fit went to mixtures nothing used).
-    modes = {"max_modes": 1} if job.model == "mst" else {}
+    from fedtab.models.registry import is_measured
+
+    modes = {"max_modes": 1} if is_measured(job.model) else {}
     return EncodingPlan(schema, dp=dp, seed=job.seed, pairs=target_pairs(schema, job.target),
                         site_column=job.site_column, **modes)
 

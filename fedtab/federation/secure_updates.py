@@ -47,7 +47,10 @@ def secure_updates(job, n_sites: int) -> bool:
     DP-SGD model and the weighted mean (the trimmed mean needs each site's update)."""
     from fedtab.federation.marginals import uses_secure_aggregation
 
-    return bool(job.model != "mst" and job.training.aggregation == "mean" and uses_secure_aggregation(job, n_sites))
+    from fedtab.models.registry import is_measured
+
+    return bool(not is_measured(job.model) and job.training.aggregation == "mean"
+                and uses_secure_aggregation(job, n_sites))
 
 
 def planned_requests(job, rounds_done: int = 0) -> int:

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from fedtab.modelfile import encoding_sha256
-from fedtab.models.registry import create_model, get_model_class
+from fedtab.models.registry import create_model, get_model_class, is_measured, measured_module
 from fedtab.privacy.accountant import calibrate_noise_multiplier
 from fedtab.privacy.dpsgd import DPSGDConfig
 from fedtab.privacy.ledger import PrivacyLedger
@@ -46,10 +46,8 @@ def resolve_model_options(job, transformer: TableTransformer) -> dict[str, Any]:
     conditions on the class label (see ``fedtab.models.diffusion``). An option the user set is kept
     (``condition_column = None`` turns it off). Pure: the coordinator's
     setup and the saved model file carry the result, so a loaded model needs no target."""
-    if job.model == "mst":
-        from fedtab.models.marginal import model_options
-
-        return model_options(job.model_options)
+    if is_measured(job.model):
+        return measured_module(job.model).model_options(job.model_options)
     options = dict(job.model_options)
     target = job.target
     fields = {f.name for f in dataclasses.fields(get_model_class(job.model).config_class)}
@@ -190,10 +188,8 @@ def train_one_round(setup: dict[str, Any], data: np.ndarray, weights: dict[str, 
 
 def model_from_weights(name: str, options: dict, transformer: TableTransformer, weights: dict[str, np.ndarray], *,
                        seed: int):
-    if name == "mst":
-        from fedtab.models.marginal import MarginalModel
-
-        return MarginalModel.from_weights(transformer, weights, options)
+    if is_measured(name):
+        return measured_module(name).MODEL.from_weights(transformer, weights, options)
     model = build_model({"model": name, "model_options": options, "seed": seed}, transformer)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
     return model

@@ -386,3 +386,6 @@ class MarginalModel:
             series = numeric_series if isinstance(col, NumericalColumnTransformer) else category_series
             out[col.spec.name] = series(decoded[col.spec.name], col.spec, index)
         return pd.DataFrame(out, index=index)
+
+
+MODEL = MarginalModel  # what ``fedtab.models.registry.measured_module`` names

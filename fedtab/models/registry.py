@@ -1,6 +1,11 @@
-"""Models by name: ``"ctgan"``, ``"tvae"`` and ``"diffusion"``; more register with ``register_model``."""
+"""Models by name: ``"ctgan"``, ``"tvae"`` and ``"diffusion"`` (trained by rounds of DP-SGD; more register with
+``register_model``), and the models trained by measurement (``MEASURED``: noisy marginals summed across sites,
+``fedtab.federation.marginals``), each named with the module that holds its options and fitted model."""
 
 from __future__ import annotations
+
+import importlib
+from types import ModuleType
 
 from fedtab.errors import ConfigError
 from fedtab.models.base import GenerativeModel
@@ -9,6 +14,21 @@ from fedtab.models.diffusion import TabDiffusion
 from fedtab.models.tvae import TVAE
 
 _MODELS: dict[str, type[GenerativeModel]] = {m.name: m for m in (CTGAN, TVAE, TabDiffusion)}
+
+
+# A model trained by measurement, and its module: ``model_options(options)`` (defaults filled in, unknown keys
+# refused) and ``MODEL`` (``from_weights(transformer, weights, options)``, ``sample_frame(n, seed=..., relabel=...)``:
+# typed rows drawn from its own marginals, no calibration).
+MEASURED = {"mst": "fedtab.models.marginal"}
+
+
+def is_measured(name: str) -> bool:
+    """Whether the model ``name`` is trained by measurement (no DP-SGD rounds, no encoding of rows)."""
+    return name in MEASURED
+
+
+def measured_module(name: str) -> ModuleType:
+    return importlib.import_module(MEASURED[name])
 
 
 def register_model(cls: type[GenerativeModel]) -> type[GenerativeModel]:
