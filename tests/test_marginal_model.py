@@ -330,10 +330,11 @@ def test_auto_bins_reads_only_the_row_estimate_and_the_noise():
         model_options({"bins": "many"})
 
 
-def test_unreadable_selection_gives_the_star_on_the_target_and_its_budget_to_the_measurement():
+def test_unreadable_selection_gives_the_star_on_the_target_and_its_budget_to_the_one_way_tables():
     """At epsilon 1 on small sites the selection's noise would swamp every score: with a declared target
-    the coordinator skips it, the tree is the star on the target, and each site spends its whole budget
-    (the measurement takes what the selection would have). Without a target the selection runs."""
+    the coordinator skips it, the tree is the star on the target, the selection's budget measures the
+    one-way tables a second time (at the selection's share: the first phase's noise with equal shares) and
+    each site spends its whole budget, no more. Without a target the selection runs."""
     from tests.test_garbage_site import _four_sites
 
     def fit(target):
@@ -347,10 +348,32 @@ def test_unreadable_selection_gives_the_star_on_the_target_and_its_budget_to_the
     synth, events, phases = fit("kind")
     assert any("the star on the target" in str(e) for e in events)
     assert all("marginals/select" not in p and "marginals/measure" in p for p in phases.values())
+    assert all(p.count("marginals/one-way again") == 1 for p in phases.values())
     assert all(abs(led.epsilon - 1.0) < 1e-3 for led in synth.privacy_ledger.values())
+    for led in synth.privacy_ledger.values():
+        z = {e["phase"]: e["noise_multiplier"] for e in led.to_dict()["entries"] if e["phase"].startswith("marginals/")}
+        assert z["marginals/one-way again"] == pytest.approx(z["marginals/one-way"])  # shares 0.25 / 0.25
     tree = np.asarray(synth.weights_["mst/tree"]).reshape(-1, 2)
     target = [c.spec.name for c in synth.transformer_.columns_].index("kind")
     assert all(target in edge for edge in tree.tolist())
     _, events, phases = fit(None)
     assert not any("the star on the target" in str(e) for e in events)
-    assert all("marginals/select" in p for p in phases.values())
+    assert all("marginals/select" in p and "marginals/one-way again" not in p for p in phases.values())
+
+
+def test_a_site_measures_its_one_way_tables_again_only_once_and_only_in_place_of_the_selection():
+    """A curious coordinator that asks for the one-way tables again and again (to average the noise away),
+    or again while the job still plans its selection, is refused before anything is spent."""
+    from fedtab.federation.marginals import AGAIN, site_measure
+
+    body = {"phase": AGAIN, "discretisation": {"columns": [{"name": "a", "kind": "categorical", "size": 3}]},
+            "marginals": [[0]], "plan": {"counts": [1, 1, 0], "shares": [1, 1, 1]}}
+    spent = []
+    ledger = type("L", (), {"spend": lambda self, **k: spent.append(k), "is_dp": True})()
+    with pytest.raises(fedtab.errors.ConfigError, match="only once, in place of the selection"):  # still planned
+        site_measure("north", body, {"mst_plan_select": 1, "mst_z": 1.0}, train=None, ledger=ledger, cache={})
+    skipped = {**body, "plan": {"counts": [1, 0, 0], "shares": [1, 1, 1]}}
+    with pytest.raises(fedtab.errors.ConfigError, match="only once"):  # measured again already
+        site_measure("north", skipped, {"mst_plan_select": 1, "mst_z": 1.0, "mst_again": True}, train=None,
+                     ledger=ledger, cache={})
+    assert spent == []

@@ -45,7 +45,7 @@ STATE_FORMAT = "fedtab.site-state/1"
 REPLAYED = (ENCODE, TRAIN, MEASURE)
 # What a repeated ``schema`` request of the same job keeps: the replies it released, its row estimate, and
 # what the marginal model's measurements fixed (their noise scale, the model's setup for its identity).
-KEPT = ("replies", "rows_checked", "rows_estimate", "mst_z", "training")
+KEPT = ("replies", "rows_checked", "rows_estimate", "mst_z", "mst_plan_select", "mst_again", "training")
 
 
 def request_key(kind: str, body: Any) -> str:
