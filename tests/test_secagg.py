@@ -301,6 +301,34 @@ def test_a_site_lost_mid_job_is_dropped_when_min_sites_allows(monkeypatch, min_s
     assert synth.sample(100, seed=1).notna().all().all()
 
 
+def test_a_site_lost_between_the_one_way_measurements_leaves_the_second_alone(monkeypatch):
+    """Under the star on the target the one-way tables are measured twice and averaged; a site lost at the
+    second request leaves a sum over fewer sites, which is not averaged with the first (their totals
+    differ): the second alone is kept. Broken control: the average taken anyway is caught by the spy."""
+    from fedtab.api import FederatedSynthesizer
+    from fedtab.federation import marginals
+
+    calls = []
+    monkeypatch.setattr(marginals, "averaged", lambda *a: calls.append(a) or (a[0], a[1]))
+
+    def fit(lose):
+        monkeypatch.setattr(_Dropping, "lose", lose)
+        monkeypatch.setattr("fedtab.federation.transport.InProcessTransport", _Dropping)
+        events = []
+        synth = FederatedSynthesizer("mst", epsilon=1.0, schema=SCHEMA, seed=1, min_sites=2, target="kind",
+                                     model_options={"iters": 50}, progress=lambda e, i: events.append(i.get("name", "")))
+        synth.fit(_sites(60))
+        assert any("the star on the target" in e for e in events)
+        return synth, events
+
+    fit(("", ""))
+    assert len(calls) == 1  # the control: with every site in both, the two are averaged
+    synth, events = fit(("south", marginals.AGAIN))
+    assert any("'south'" in e and f"dropped out of '{marginals.AGAIN}'" in e for e in events)
+    assert len(calls) == 1
+    assert synth.sample(100, seed=1).notna().all().all()
+
+
 def test_the_targets_two_way_tables_of_the_encoding_are_summed_securely(monkeypatch):
     """With a declared target, the encoding's two-way tables reach the coordinator masked too (and their
     noise is one release's: more of them stand above it), for every model."""

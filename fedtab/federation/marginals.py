@@ -417,7 +417,7 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
         sd = math.sqrt(sum(float(replies[s]["sigma"]) ** 2 for s in sites))
         return total, sd, {s: float(replies[s]["sigma"]) for s in sites}
 
-    measured, sd1, _ = measure("one-way", [(j,) for j in range(d)], fine, levels=levels)
+    measured, sd1, first_sites = measure("one-way", [(j,) for j in range(d)], fine, levels=levels)
     rows = row_estimate(measured) if job.privacy.enabled else max(1.0, float(np.median([t.sum() for t in measured])))
     factors = _factors(plan["counts"], plan["shares"])
     target = _target_index(job, transformer)
@@ -434,8 +434,11 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
                                        f"{STAR_NOISE:g} x the {rows:.0f} rows): the tree is the star on the target, "
                                        "and the selection's budget measures the one-way tables again"})
         base["plan"] = plan = {**plan, "counts": [plan["counts"][0], 0, plan["counts"][2]]}
-        again, sd2, _ = measure(AGAIN, [(j,) for j in range(d)], fine, levels=levels)
-        measured, sd1 = averaged(measured, sd1, again, sd2)
+        again, sd2, again_sites = measure(AGAIN, [(j,) for j in range(d)], fine, levels=levels)
+        # Averaged where the same sites answered both; where a site dropped out in between, the second
+        # alone (the sum over the sites that go on, like the tree measurement after it).
+        measured, sd1 = (averaged(measured, sd1, again, sd2) if set(again_sites) == set(first_sites)
+                         else (again, sd2))
         rows = row_estimate(measured)
     ones_fine = _with_levels(fine, measured[:d], levels, measured[d:], rows=rows, sd=sd1)
     bins = opts["bins"]
