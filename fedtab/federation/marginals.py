@@ -152,17 +152,18 @@ def isolated_runs(cells: np.ndarray, cov: np.ndarray, sd: float) -> np.ndarray:
     Declared bounds are often far wider than the data (oldpeak -10..10, cholesterol 50-1000) and a noise
     spike the norm-sub left in an empty region, far from every row, moved a mean by tenths of its sd. The
     data's own tails and second modes are runs the core does not hold: they stay where they stand above
-    the noise. Measured by simulating the one-way phase's noise at epsilon 1 on 4 sites on every numerical
-    column of the 7 tables of benchmarks/bench_tables.py (30 draws each; mean bias of the column's mean in
-    its sds / distance of the distributions, KS), without and with the rule: heart 0.29 / 0.122 and 0.22 /
-    0.122 (cholesterol 0.49 and 0.29), Adult 0.062 / 0.031 and 0.070 / 0.033, bank 0.35 / 0.033 and 0.12 /
-    0.030, breast cancer 0.56 / 0.275 and 0.51 / 0.284, penguins 1.30 / 0.205 and 0.29 / 0.196, diabetes
-    0.24 / 0.041 and 0.10 / 0.040; with ``LONE_CELL_Z`` 2 (1 before) heart 0.19 / 0.120, bank 0.072 /
-    0.030, diabetes 0.074 / 0.039, the others level. Without the ``CORE_SPAN`` condition, on tables whose bounds the data
-    fill (the data's range rounded outward: breast cancer, penguins) real runs went (benchmarks/
-    bench_tables.py, 3 seeds: penguins' quality 0.684 against 0.732 before the rule); at 2 sds instead of
-    1 the real positive capital losses of Adult (an isolated run of 4.7% of the rows) went too (KS 0.049
-    against 0.021); keeping only the largest run, breast cancer's and penguins' KS rose to 0.35 / 0.32."""
+    the noise. benchmarks/bench_one_way.py simulates the one-way phase at epsilon 1 on 4 sites on every
+    numerical column of the 7 tables of benchmarks/bench_tables.py (30 draws; mean bias of a column's mean
+    in its sds / distance of the distributions, KS; rule off and on): heart 0.21 / 0.091 and 0.14 / 0.089,
+    Adult 0.061 / 0.031 and 0.069 / 0.033, bank 0.35 / 0.033 and 0.072 / 0.030, breast cancer 0.44 /
+    0.223 and 0.38 / 0.232, penguins 0.79 / 0.147 and 0.15 / 0.138, diabetes 0.18 / 0.030 and 0.057 /
+    0.029. Variants tried with the same simulation while choosing the rule: ``LONE_CELL_Z`` 1 (heart's
+    bias 0.22 against 0.19, bank 0.12 against 0.07, diabetes 0.10 against 0.07); without the ``CORE_SPAN``
+    condition, on tables whose bounds the data fill (the data's range rounded outward: breast cancer,
+    penguins) real runs went (benchmarks/bench_tables.py, 3 seeds: penguins' quality 0.684 against 0.732
+    before the rule); at 2 sds for every run the real positive capital losses of Adult (an isolated run of
+    4.7% of the rows) went too (KS 0.049 against 0.021); keeping only the largest run, breast cancer's and
+    penguins' KS rose to 0.35 / 0.32."""
     c = np.asarray(cells, dtype=float)
     n, total = c.size, float(np.asarray(cells, dtype=float).sum())
     held = c > 1e-9 * max(total, 1.0)
