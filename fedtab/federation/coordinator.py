@@ -24,10 +24,10 @@ from fedtab.config import PrivacySettings, TrainingSettings
 from fedtab.errors import ConfigError, DataValidationError, FederationError, Problem
 from fedtab.federation import encoding
 from fedtab.federation.agreement import agree_schemas, leave_out, name_sites
-from fedtab.models.registry import is_measured
 from fedtab.federation.aggregation import screen_update, trimmed_average
 from fedtab.federation.site import ENCODE, JOB_LEDGER, LEDGER, MEASURE, SCHEMA, SETUP, TRAIN
 from fedtab.federation.transport import ERROR_KEY, Transport, broadcast, request_outcomes
+from fedtab.models.registry import is_measured
 from fedtab.schema import TableSchema
 
 Progress = Callable[[str, dict], None]
