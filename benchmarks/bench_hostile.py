@@ -184,10 +184,7 @@ def run_grid(args, meta: dict, out: Path, earlier: list[dict]) -> list[dict]:
     rows: list[dict] = [r for r in earlier if ident(r) not in planned]  # --merge: the rows not rerun
     with tempfile.TemporaryDirectory(prefix="fedtab_hostile_") as tmp:
         for table in args.tables:
-            work = Path(tmp) / table
-            work.mkdir()
-            data = prepare(table, {"train_rows": TRAIN_ROWS}, work, 0)
-            frames = {k: pd.read_parquet(p) for k, p in data["sites"].items()}
+            data, frames = _prepared(table, tmp)
             site = max(frames, key=lambda k: len(frames[k]))  # the largest site is the hostile one
             scored = data
             if args.score_on_honest:  # every run scored against the other three sites' rows only
@@ -311,16 +308,21 @@ def site_histograms(frames: dict, schema, epsilon: float | None, seed: int) -> t
     return plan, histogram
 
 
+def _prepared(table: str, tmp: str) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """``table``'s inputs as bench_tables prepares them (in a folder of ``tmp``), and each site's rows."""
+    work = Path(tmp) / table
+    work.mkdir()
+    data = prepare(table, {"train_rows": TRAIN_ROWS}, work, 0)
+    return data, {k: pd.read_parquet(p) for k, p in data["sites"].items()}
+
+
 def run_detector(args, meta: dict) -> dict:
     from fedtab.federation.screening import garbage_sites
 
     results = {"splits": [], "seeds": args.detector_seeds, "epsilons": args.epsilons}
     with tempfile.TemporaryDirectory(prefix="fedtab_detect_") as tmp:
         for table in args.tables:
-            work = Path(tmp) / table
-            work.mkdir()
-            data = prepare(table, {"train_rows": TRAIN_ROWS}, work, 0)
-            frames = {k: pd.read_parquet(p) for k, p in data["sites"].items()}
+            data, frames = _prepared(table, tmp)
             schema = data["schema_obj"]
             for eps in args.epsilons:
                 e = None if eps == "none" else float(eps)
