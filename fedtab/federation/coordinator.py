@@ -347,6 +347,8 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
     measured = is_measured(job.model)
     if marginals.uses_secure_aggregation(job, len(sites)) and (plan.pairs or measured or training_requests):
         rounds = marginals.SecureRounds(_measure_ask(transport, sites), len(sites), job, progress,
+                                        # the measured model's three requests (under the star on the target the
+                                        # second one-way measurement takes the selection's)
                                         requests=(1 if plan.pairs else 0) + (len(marginals.PHASES) if measured else 0)
                                         + training_requests, label="marginals" if measured else "federation")
         if secure_box is not None:

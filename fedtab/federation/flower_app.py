@@ -353,8 +353,6 @@ def run_flower_simulation(
     all of a site's messages must reach the same process; with a worker per CPU, Flower handed a site's
     training round to a process that never saw its key round.
     """
-    import os
-
     if cpus_per_site is None:
         cpus_per_site = float(os.cpu_count() or 1)
     from flwr.serverapp import ServerApp

@@ -115,27 +115,28 @@ def fine_estimate(fine: np.ndarray, levels: list[tuple[list[int], np.ndarray]]) 
     from scipy.optimize import nnls
 
     fine = np.asarray(fine, dtype=float)
-    design, rhs = [np.eye(fine.size)], [fine]
-    for groups, counts in levels:
-        g = np.asarray(groups, dtype=np.int64)
-        a = np.zeros((int(g.max()) + 1, fine.size))
-        a[g, np.arange(fine.size)] = 1.0
-        design.append(a)
-        rhs.append(np.asarray(counts, dtype=float))
-    return nnls(np.vstack(design), np.concatenate(rhs), maxiter=50 * fine.size)[0]
+    design = levels_design(fine.size, [groups for groups, _ in levels])
+    rhs = np.concatenate([fine, *(np.asarray(counts, dtype=float) for _, counts in levels)])
+    return nnls(design, rhs, maxiter=50 * fine.size)[0]
 
 
-def sum_sds(n_codes: int, levels: list[list[int]]) -> np.ndarray:
-    """The covariance, in units of the noise variance, of the least-squares estimate of a column's cells
-    from its fine table and its coarser ``levels`` (each table with the same noise): a run of cells sums
-    with sd ``sqrt(a' C a)`` noise sds. Public: depends on the discretisation only."""
+def levels_design(n_codes: int, levels: list) -> np.ndarray:
+    """The tables a column's one-way phase measures, as rows over its ``n_codes`` codes: the fine table
+    (the identity), then each coarser level (a row per run, 1 on the run's codes)."""
     design = [np.eye(n_codes)]
     for groups in levels:
         g = np.asarray(groups, dtype=np.int64)
         a = np.zeros((int(g.max()) + 1, n_codes))
         a[g, np.arange(n_codes)] = 1.0
         design.append(a)
-    x = np.vstack(design)
+    return np.vstack(design)
+
+
+def sum_sds(n_codes: int, levels: list[list[int]]) -> np.ndarray:
+    """The covariance, in units of the noise variance, of the least-squares estimate of a column's cells
+    from its fine table and its coarser ``levels`` (each table with the same noise): a run of cells sums
+    with sd ``sqrt(a' C a)`` noise sds. Public: depends on the discretisation only."""
+    x = levels_design(n_codes, levels)
     return np.linalg.inv(x.T @ x)
 
 
@@ -165,7 +166,7 @@ def isolated_runs(cells: np.ndarray, cov: np.ndarray, sd: float) -> np.ndarray:
     4.7% of the rows) went too (KS 0.049 against 0.021); keeping only the largest run, breast cancer's and
     penguins' KS rose to 0.35 / 0.32."""
     c = np.asarray(cells, dtype=float)
-    n, total = c.size, float(np.asarray(cells, dtype=float).sum())
+    n, total = c.size, float(c.sum())
     held = c > 1e-9 * max(total, 1.0)
     if total <= 0 or held.sum() < 2:
         return c

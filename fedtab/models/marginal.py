@@ -161,7 +161,7 @@ def grouped(disc: Discretisation, fine_counts: list[np.ndarray], *, bins: int) -
         n_cells = len(c["edges"]) + 1
         counts = np.asarray(counts, dtype=float)
         p = norm_sub(counts[:n_cells], total=max(float(counts.sum()) - float(counts[n_cells:].sum()), 1.0))
-        # The norm-sub's bisection leaves ~1e-18 in cells it emptied; a run of those must not count as held.
+        # Float dust (1e-12 or less) holds no rows: a run of such cells must not count as held.
         p = renormalised(np.where(p > 1e-12, p, 0.0))
         centre = np.cumsum(p) - p / 2
         groups = np.minimum((centre * bins).astype(int), bins - 1)
