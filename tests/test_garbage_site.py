@@ -53,9 +53,12 @@ def _dropped(events):
 @pytest.mark.parametrize("epsilon", [1.0, None])
 def test_a_garbage_site_is_named_and_left_out(epsilon):
     """Under DP (secure aggregation of the target's two-way tables and the measurements: the left-out site
-    is out of the masked sums) and without."""
-    sites = _four_sites(2000)
-    sites["west"] = _uniform(SCHEMA, 2000)
+    is out of the masked sums) and without. 4,000 rows a site: on this table two of four columns tell
+    garbage from the others ('kind' pooled over the sites is near uniform, 'noise' is uniform everywhere),
+    and at epsilon 1 the screen named the site in 47 of 50 fits of 2,000 rows a site (the screen's
+    statistic against the other sites 51-144 for a limit of 57) and in 40 of 40 of 4,000 (214-343)."""
+    sites = _four_sites(4000)
+    sites["west"] = _uniform(SCHEMA, 4000)
     events = []
     synth = _fit(sites, epsilon=epsilon, events=events, target="flag")
     dropped = _dropped(events)
