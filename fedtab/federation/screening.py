@@ -43,56 +43,70 @@ GROUPS = 10  # a numerical column's cells are read in at most this many runs of 
 def garbage_sites(plan, histogram: dict[str, dict[str, Any]]) -> dict[str, str]:
     """``{site: reason}`` for each site whose ``histogram`` release looks like uniform garbage (see the
     module docstring); ``plan`` is the encoding plan (public), ``histogram`` the sites' releases."""
-    from scipy.stats import chi2
-
-    from fedtab.transform.plan import F_COUNTS, F_EDGES, wire_key
+    from fedtab.transform.plan import F_COUNTS, wire_key
 
     sites = sorted(histogram)
     if len(sites) < 3:  # the reference is the other sites: with one other, either could be the odd one
         return {}
-    var_noise = (float(plan.noise_multiplier) if plan.dp is not None else 0.0) ** 2
     out = {}
     for site in sites:
-        d_u = d_o = 0.0
-        cells = 0
-        for spec in plan.columns:
-            if spec.name == plan.site_column:  # each site's own name: says nothing about its rows
-                continue
-            counts = {s: np.asarray(histogram[s][wire_key(spec.name, F_COUNTS)], dtype=np.float64) for s in sites}
-            c = counts[site]
-            if c.size < 2:
-                continue
-            if spec.type in ("numerical", "datetime"):
-                uniform = np.diff(np.asarray(histogram[site][wire_key(spec.name, F_EDGES)], dtype=np.float64))
-            else:  # declared categories alike; an 'other' cell (undeclared values) holds none of a uniform draw
-                uniform = np.ones(c.size)
-                if spec.categories and c.size > len(spec.categories):
-                    uniform[len(spec.categories):] = 0.0
-            uniform = uniform / uniform.sum()
-            others = [counts[s] for s in sites if s != site]
-            pooled = np.sum(others, axis=0)
-            if spec.type in ("numerical", "datetime") and c.size > GROUPS:  # sparse cells: read runs of them
-                runs = np.array_split(np.arange(c.size), GROUPS)
-                width = np.array([len(r) for r in runs], dtype=np.float64)
-                c, uniform, pooled = (np.array([v[r].sum() for r in runs]) for v in (c, uniform, pooled))
-            else:
-                width = np.ones(c.size)
-            pooled = np.clip(pooled, 0.0, None)
-            n, n_o = max(float(c.sum()), 0.0), float(pooled.sum())
-            if n_o <= 0.0:
-                continue
-            p_o = pooled / n_o
-            noise = var_noise * width  # a run of cells carries each cell's noise
-            d_u += float(np.sum((c - n * uniform) ** 2 / (n * uniform + noise + 1.0)))
-            d_o += float(np.sum((c - n * p_o) ** 2 / (
-                n * p_o + noise + n ** 2 * (len(others) * noise + n_o * p_o) / n_o ** 2 + 1.0)))
-            cells += c.size
-        limit = float(chi2.ppf(1.0 - ALPHA, cells)) if cells else math.inf
-        if d_u <= limit < d_o and d_o >= RATIO * d_u:
-            out[site] = (f"its one-way histograms match random values drawn uniformly in the declared bounds and "
-                         f"categories (chi-square {d_u:.0f} over {cells} cells, limit {limit:.0f}) and not the other "
-                         f"sites' (chi-square {d_o:.0f}): a table of random values, not real rows")
+        pooled = {spec.name: np.sum([np.asarray(histogram[s][wire_key(spec.name, F_COUNTS)], dtype=np.float64)
+                                     for s in sites if s != site], axis=0) for spec in plan.columns}
+        reason = verdict(plan, histogram[site], pooled, n_others=len(sites) - 1)
+        if reason is not None:
+            out[site] = reason
     return out
+
+
+def verdict(plan, release: dict[str, Any], pooled: dict[str, np.ndarray], *, n_others: int) -> str | None:
+    """Why one site's ``histogram`` release looks like uniform garbage, or None: its distances from the
+    uniform distribution and from ``pooled`` (per column, the other ``n_others`` sites' summed counts;
+    each with every site's full noise) against the limit (see the module docstring). A site under secure
+    aggregation reads the others' sum as the secure sum less its own release
+    (``fedtab.federation.secure_encoding``)."""
+    from scipy.stats import chi2
+
+    from fedtab.transform.plan import F_COUNTS, F_EDGES, wire_key
+
+    var_noise = (float(plan.noise_multiplier) if plan.dp is not None else 0.0) ** 2
+    d_u = d_o = 0.0
+    cells = 0
+    for spec in plan.columns:
+        if spec.name == plan.site_column:  # each site's own name: says nothing about its rows
+            continue
+        c = np.asarray(release[wire_key(spec.name, F_COUNTS)], dtype=np.float64)
+        if c.size < 2:
+            continue
+        if spec.type in ("numerical", "datetime"):
+            uniform = np.diff(np.asarray(release[wire_key(spec.name, F_EDGES)], dtype=np.float64))
+        else:  # declared categories alike; an 'other' cell (undeclared values) holds none of a uniform draw
+            uniform = np.ones(c.size)
+            if spec.categories and c.size > len(spec.categories):
+                uniform[len(spec.categories):] = 0.0
+        uniform = uniform / uniform.sum()
+        pooled_c = np.asarray(pooled[spec.name], dtype=np.float64)
+        if spec.type in ("numerical", "datetime") and c.size > GROUPS:  # sparse cells: read runs of them
+            runs = np.array_split(np.arange(c.size), GROUPS)
+            width = np.array([len(r) for r in runs], dtype=np.float64)
+            c, uniform, pooled_c = (np.array([v[r].sum() for r in runs]) for v in (c, uniform, pooled_c))
+        else:
+            width = np.ones(c.size)
+        pooled_c = np.clip(pooled_c, 0.0, None)
+        n, n_o = max(float(c.sum()), 0.0), float(pooled_c.sum())
+        if n_o <= 0.0:
+            continue
+        p_o = pooled_c / n_o
+        noise = var_noise * width  # a run of cells carries each cell's noise
+        d_u += float(np.sum((c - n * uniform) ** 2 / (n * uniform + noise + 1.0)))
+        d_o += float(np.sum((c - n * p_o) ** 2 / (
+            n * p_o + noise + n ** 2 * (n_others * noise + n_o * p_o) / n_o ** 2 + 1.0)))
+        cells += c.size
+    limit = float(chi2.ppf(1.0 - ALPHA, cells)) if cells else math.inf
+    if d_u <= limit < d_o and d_o >= RATIO * d_u:
+        return (f"its one-way histograms match random values drawn uniformly in the declared bounds and "
+                f"categories (chi-square {d_u:.0f} over {cells} cells, limit {limit:.0f}) and not the other "
+                f"sites' (chi-square {d_o:.0f}): a table of random values, not real rows")
+    return None
 
 
 def leave_out_garbage(plan, histogram: dict[str, dict[str, Any]], *, min_sites: int, progress=None) -> set[str]:
