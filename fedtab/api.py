@@ -372,6 +372,8 @@ class FederatedSynthesizer:
             # out (every release of theirs in this model is in it), not the final one they hold.
             "ledgers_last_seen": list(self.result_.ledgers_last_seen),
             "site_weights": self.result_.site_weights,
+            # False: the encoding's histograms were summed securely, the weights are equal shares of the sum
+            "site_rows_known": self.result_.site_rows_known,
             # Under DP a round's duration follows the sites' (Poisson) batch sizes, so their row counts:
             # the published file leaves it out (the operator's progress bar shows it).
             "history": [{"round": h.round, "losses": h.losses, "epsilon": h.epsilon,
@@ -451,7 +453,8 @@ def from_bundle(b: ModelBundle, *, source: str = "model file") -> FederatedSynth
         result = FederationResult(schema=TableSchema.from_dict(m["schema"]), encoding=m["encoding"],
                                   weights=b.weights, ledgers=m["ledgers"], history=history,
                                   site_weights=m["site_weights"], noise_multipliers=m["noise_multipliers"],
-                                  ledgers_last_seen=tuple(m.get("ledgers_last_seen", ())))
+                                  ledgers_last_seen=tuple(m.get("ledgers_last_seen", ())),
+                                  site_rows_known=bool(m.get("site_rows_known", True)))
         synth._set_result(result, dataclasses.replace(synth._job(), job_id=m.get("job_id", "")))
     except (KeyError, TypeError) as e:
         raise ModelFileError(f"{path}: the model file's manifest lacks {e}: written by another fedtab version?") from None

@@ -50,17 +50,18 @@ def _dropped(events):
     return [info for info in events if info.get("dropped")]
 
 
-@pytest.mark.parametrize("epsilon", [1.0, None])
-def test_a_garbage_site_is_named_and_left_out(epsilon):
-    """Under DP (secure aggregation of the target's two-way tables and the measurements: the left-out site
-    is out of the masked sums) and without. 4,000 rows a site: on this table two of four columns tell
+@pytest.mark.parametrize("epsilon, secure", [(1.0, True), (None, True), (1.0, False)])
+def test_a_garbage_site_is_named_and_left_out(epsilon, secure):
+    """Under DP and without. Under secure aggregation (the default) the coordinator sees the histograms'
+    sum only: the site screens itself against it and sends its release (``secure_encoding``); the
+    left-out site is out of the masked sums that follow. Without it the coordinator screens each release. 4,000 rows a site: on this table two of four columns tell
     garbage from the others ('kind' pooled over the sites is near uniform, 'noise' is uniform everywhere),
     and at epsilon 1 the screen named the site in 47 of 50 fits of 2,000 rows a site (the screen's
     statistic against the other sites 51-144 for a limit of 57) and in 40 of 40 of 4,000 (214-343)."""
     sites = _four_sites(4000)
     sites["west"] = _uniform(SCHEMA, 4000)
     events = []
-    synth = _fit(sites, epsilon=epsilon, events=events, target="flag")
+    synth = _fit(sites, epsilon=epsilon, events=events, target="flag", secure_aggregation=secure)
     dropped = _dropped(events)
     assert len(dropped) == 1 and dropped[0]["dropped"] == ["west"]
     assert "site 'west'" in dropped[0]["name"] and "uniformly" in dropped[0]["name"]
@@ -76,7 +77,9 @@ def test_min_sites_stops_the_run_when_a_garbage_site_is_named():
 
 
 def test_broken_control_without_the_screen_the_garbage_site_stays_in(monkeypatch):
-    monkeypatch.setattr(screening, "garbage_sites", lambda plan, histogram: {})
+    """The verdict (the coordinator's under plain replies, each site's own under secure aggregation, the
+    default) made to name nothing: the garbage site stays in."""
+    monkeypatch.setattr(screening, "verdict", lambda *args, **kwargs: None)
     sites = _four_sites(500)
     sites["west"] = _uniform(SCHEMA, 500)
     events = []
@@ -123,3 +126,31 @@ def test_the_screen_reads_the_histograms_alone():
     shuffled = {**heart, "hungary": heart["hungary"].apply(lambda c: c.sample(frac=1.0, random_state=rng.integers(1e6))
                                                            .reset_index(drop=True))}
     assert screening.garbage_sites(*histograms(shuffled, schema, None)) == {}
+
+
+def test_a_site_screens_its_release_once_and_only_its_own():
+    """A curious coordinator cannot read a site's histogram release off repeated screens (a bit each): a
+    second screen is refused, as is one before the site masked a release or against a sum of other shape;
+    refusals carry no value."""
+    from fedtab.federation import secure_encoding
+    from fedtab.transform.plan import PHASE_HISTOGRAM, EncodingDP, EncodingPlan
+    from fedtab.transform.statistics import phase_request, site_statistics
+    from fedtab.privacy.ledger import PrivacyLedger
+
+    plan = EncodingPlan(SCHEMA, dp=EncodingDP(epsilon=1.0, delta=1e-5), seed=0)
+    frame = _four_sites(300)["north"]
+    request = phase_request(plan, PHASE_HISTOGRAM, None)
+    release = site_statistics(frame, plan, PHASE_HISTOGRAM, request,
+                              ledger=PrivacyLedger("north", epsilon_budget=1.0, delta=1e-5))
+    keys = secure_encoding.count_keys(release)
+    body = {"phase": secure_encoding.SCREEN, "plan": plan.to_dict(), "n_sites": 4,
+            "sum": {k: np.asarray(release[k], dtype=float) * 4 for k in keys}}
+    with pytest.raises(FederationError, match="masked no histogram release"):
+        secure_encoding.screen_reply("north", body, {})
+    state = {"histogram_release": release}
+    with pytest.raises(FederationError, match="not the sum of its release's counts"):
+        secure_encoding.screen_reply("north", {**body, "sum": {k: body["sum"][k] for k in keys[1:]}}, state)
+    assert secure_encoding.screen_reply("north", body, state) == {"garbage": False}
+    with pytest.raises(FederationError, match="refused") as refused:
+        secure_encoding.screen_reply("north", body, state)
+    assert refused.value.public and not any(ch.isdigit() for ch in str(refused.value).replace("north", ""))

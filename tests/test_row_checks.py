@@ -16,7 +16,7 @@ import pytest
 
 import fedtab
 from fedtab.errors import FederationError
-from fedtab.federation import marginals, secagg
+from fedtab.federation import marginals, secagg, secure_encoding
 from tests.conftest import non_dp_policy
 from tests.test_garbage_site import _four_sites
 from tests.test_marginal_model import SCHEMA
@@ -25,10 +25,19 @@ HOSTILE = "west"
 
 
 def _inflate(monkeypatch, site: str = HOSTILE, factor: float = 10.0) -> None:
-    mask, measure = secagg.SiteSession.mask, marginals.site_measure
+    mask, measure, release = secagg.SiteSession.mask, marginals.site_measure, secure_encoding.masked_release
+    in_encoding = []  # its encoding's histograms (masked too under secure aggregation) stay honest
 
     def inflated_mask(session, values, *, me, **kw):
-        return mask(session, [np.asarray(v) * factor for v in values] if me == site else values, me=me, **kw)
+        hostile = me == site and not in_encoding
+        return mask(session, [np.asarray(v) * factor for v in values] if hostile else values, me=me, **kw)
+
+    def honest_release(*args, **kwargs):
+        in_encoding.append(True)
+        try:
+            return release(*args, **kwargs)
+        finally:
+            in_encoding.pop()
 
     def inflated_measure(name, body, state, **kw):
         reply = measure(name, body, state, **kw)
@@ -38,6 +47,7 @@ def _inflate(monkeypatch, site: str = HOSTILE, factor: float = 10.0) -> None:
 
     monkeypatch.setattr(secagg.SiteSession, "mask", inflated_mask)
     monkeypatch.setattr(marginals, "site_measure", inflated_measure)
+    monkeypatch.setattr(secure_encoding, "masked_release", honest_release)
 
 
 def _fit(*, secure: bool, dp: bool = True, events: list | None = None, min_sites: int | None = None):

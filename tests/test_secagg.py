@@ -170,18 +170,21 @@ class _Recording(SecretSource):
         return out
 
 
-def _run(monkeypatch, secure: bool):
-    """A DP mst job on 3 sites; every measurement request and reply the coordinator handled."""
+def _run(monkeypatch, secure: bool, every: list | None = None):
+    """A DP mst job on 3 sites; every measurement request and reply the coordinator handled (and, in
+    ``every``, each message of every kind: (kind, a request body, the replies))."""
     seen = []
-    original = InProcessTransport.request
+    original = InProcessTransport.outcomes
 
     def recording(self, kind, bodies):
         replies = original(self, kind, bodies)
         if kind == MEASURE:
             seen.append((next(iter(bodies.values())), replies))
+        if every is not None:
+            every.append((kind, next(iter(bodies.values())), replies))
         return replies
 
-    monkeypatch.setattr(InProcessTransport, "request", recording)
+    monkeypatch.setattr(InProcessTransport, "outcomes", recording)
     _Recording.draws = defaultdict(list)
     with _replace_source_for_tests(_Recording):
         synth = fedtab.FederatedSynthesizer("mst", epsilon=1.0, schema=SCHEMA, seed=1, secure_aggregation=secure,
@@ -197,10 +200,11 @@ def _site_draws(draws, site, phase):
     return sigma, exact, noisy
 
 
-def _unmasked(seen, index):
-    """What the coordinator reads from the masked request ``seen[index]`` and its unmasking (the next one)."""
+def _unmasked(seen, index, masked=None):
+    """What the coordinator reads from the masked request ``seen[index]`` (or ``masked``: (body, replies))
+    and its unmasking (``seen[index + 1]``)."""
     peers = seen[1][0]["secagg"]["peers"]
-    (body, replies), (ubody, opened) = seen[index], seen[index + 1]
+    (body, replies), (ubody, opened) = masked or seen[index], seen[index + 1]
     dropped = ubody["secagg"]["dropped"]
     survivors = sorted(replies)
     total = secagg.unmask_sum({n: replies[n]["masked"] for n in survivors},
@@ -211,30 +215,66 @@ def _unmasked(seen, index):
     return np.concatenate([t.ravel() for t in total])
 
 
+def _only_sums(kind, body, reply) -> None:
+    """What one reply may hold under secure aggregation: public keys, encrypted shares, masked vectors,
+    mask shares, copies of the public request, a site's DP accounting, its one-bit screen verdict."""
+    from fedtab.federation import secure_encoding
+    from fedtab.federation.site import ENCODE, LEDGER, SCHEMA as SCHEMA_KIND
+
+    ledger = {"format", "site", "epsilon_budget", "delta", "epsilon", "entries"}
+    reply = dict(reply)
+    if "job_ledger" in reply:  # the site's DP accounting so far (the model file's, if it dies): no count
+        assert set(reply.pop("job_ledger")) == ledger
+    phase = body.get("phase")
+    if kind == SCHEMA_KIND:  # under DP: the columns that do not conform, by name (none here)
+        assert reply == {"columns": []}
+    elif kind == LEDGER:
+        assert set(reply) == {"ledger"} and set(reply["ledger"]) == ledger
+    elif kind == ENCODE and phase == secure_encoding.SCREEN:
+        assert reply == {"garbage": False}  # an honest site: one bit
+    elif kind == ENCODE:  # the histograms: masked counts, the layout a copy of the request
+        layout = {k: v for k, v in reply.items() if k not in secure_encoding.WIRE and k != "phase"}
+        assert layout and all(np.array_equal(np.asarray(v), np.asarray(body["request"][k])) for k, v in layout.items())
+        assert set(reply) - set(layout) == {"phase", *secure_encoding.WIRE}, "a count left a site outside the sum"
+    else:
+        want = {"keys": {"c", "s"}, "shares": {"shares"}, "unmask": {"b", "s"}}.get(
+            phase, {"masked", "b_shares", "shapes", "sigma"})
+        assert set(reply) == want, "a count left a site outside the masked sum"
+    if "masked" in reply:
+        assert reply["masked"].dtype == np.uint64
+        assert all(isinstance(x, str) for x in reply["b_shares"].values())
+
+
 def test_the_coordinator_sees_only_masked_sums_and_distributed_noise(monkeypatch):
-    synth, seen, draws = _run(monkeypatch, secure=True)
+    every = []
+    synth, seen, draws = _run(monkeypatch, secure=True, every=every)
     sites = sorted(_sites(10))
     phases = [body["phase"] for body, _ in seen]
-    assert phases == ["keys", "shares", "one-way", "unmask", "select", "unmask", "measure", "unmask"]
-    # Every message the coordinator received: public keys, encrypted shares, masked vectors, mask shares.
-    for body, replies in seen:
-        for site, reply in replies.items():
-            want = {"keys": {"c", "s"}, "shares": {"shares"}, "unmask": {"b", "s"}}.get(
-                body["phase"], {"masked", "b_shares", "shapes", "sigma", "job_ledger"})
-            assert set(reply) == want, "a count left a site outside the masked sum"
-            if "job_ledger" in reply:  # the site's DP accounting so far (the model file's, if it dies): no count
-                assert set(reply["job_ledger"]) == {"format", "site", "epsilon_budget", "delta", "epsilon", "entries"}
-            if "masked" in reply:
-                assert reply["masked"].dtype == np.uint64
-                assert all(isinstance(x, str) for x in reply["b_shares"].values())
+    assert phases == ["keys", "shares", "unmask", "one-way", "unmask", "select", "unmask", "measure", "unmask"]
+    # Every message the coordinator received, of every kind.
+    kinds = [(kind, body.get("phase")) for kind, body, _ in every]
+    assert ("encode", "histogram") in kinds and ("ledger", None) in kinds and ("schema", None) in kinds
+    for kind, body, replies in every:
+        assert sorted(replies) == sites
+        for reply in replies.values():
+            _only_sums(kind, body, reply)
+    # The histograms: each site's reply is far from its counts; the sum read is the sum of its noisy ones.
+    [histogram] = [(body, replies) for kind, body, replies in every if body.get("phase") == "histogram"]
+    noisy = {}
+    for site in sites:
+        [(exact, noisy[site])] = [(np.concatenate([e.ravel() for _, e, _ in v]), np.concatenate([n.ravel() for _, _, n in v]))
+                                  for label, v in draws.items() if label == f"{site}/encode/histogram"]
+        read = histogram[1][site]["masked"].view(np.int64).astype(float)
+        assert read.size == exact.size and np.median(np.abs(read - exact)) > 1e12
+    assert np.array_equal(np.sort(_unmasked(seen, 1, masked=histogram)), np.sort(sum(noisy.values())))
     # The attack: read one site's one-way counts off its own reply. Uniform 64-bit words: far from them.
-    body, replies = seen[2]
+    body, replies = seen[3]
     for site in sites:
         sigma, exact, noisy = _site_draws(draws, site, "one-way")
         read = replies[site]["masked"].view(np.int64).astype(float)
         assert np.median(np.abs(read - exact)) > 1e12
     # The sum the coordinator reads is exactly the sum of the sites' noisy counts ...
-    assert np.array_equal(_unmasked(seen, 2), sum(_site_draws(draws, s, "one-way")[2] for s in sites))
+    assert np.array_equal(_unmasked(seen, 3), sum(_site_draws(draws, s, "one-way")[2] for s in sites))
     # ... each site drew sigma / sqrt(3), and the ledger records the sum's sigma (noise multiplier x 1).
     ledger_sigma = {s: next(e for e in synth.result_.ledgers[s]["entries"] if e["phase"] == "marginals/one-way")
                     for s in sites}

@@ -130,6 +130,9 @@ def _real_updates(monkeypatch):
     return seen
 
 
+_ROWS: dict = {}  # each site's own row estimate, read where it weights its update
+
+
 def _arrays(x):
     if isinstance(x, np.ndarray):
         yield x
@@ -157,6 +160,13 @@ def _fit(monkeypatch, *, secure=True, epsilon=None, transport=_Recording, min_si
 @pytest.mark.parametrize("epsilon", [None, 2.0])
 def test_no_training_reply_holds_a_sites_update(monkeypatch, epsilon):
     real = _real_updates(monkeypatch)
+    masked_reply = secure_updates.masked_reply
+
+    def recording(site, body, reply, state, session):
+        _ROWS[site] = float(state["rows_estimate"])
+        return masked_reply(site, body, reply, state, session)
+
+    monkeypatch.setattr(secure_updates, "masked_reply", recording)
     synth = _fit(monkeypatch, epsilon=epsilon)
     messages = _Recording.messages
     assert len(messages) == 8  # 4 sites x 2 rounds
@@ -175,8 +185,13 @@ def test_no_training_reply_holds_a_sites_update(monkeypatch, epsilon):
         read = reply["masked"].view(np.int64).astype(np.float64)
         assert read.size == delta.size > 1000
         assert abs(np.corrcoef(read, delta)[0, 1]) < 0.1
-    # The model still trained: its weights are the row-weighted mean of the last round's updates.
-    rows = synth.result_.site_weights
+    # The model still trained: its weights are the mean of the last round's updates, each weighted by its
+    # site's own row estimate (the encoding's histograms were summed securely too: the coordinator divides
+    # by the consortium's row estimate, its equal shares summing to the sites' own estimates).
+    assert not synth.result_.site_rows_known
+    shares = synth.result_.site_weights
+    rows = {site: _ROWS[site] for site in shares}
+    assert sum(shares.values()) == pytest.approx(sum(rows.values()), rel=1e-9)
     plain = weighted_average([real[s][1] for s in sorted(rows)], [rows[s] for s in sorted(rows)])
     for k, v in synth.weights_.items():
         if np.issubdtype(v.dtype, np.floating):

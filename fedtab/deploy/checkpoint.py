@@ -37,7 +37,7 @@ def save_checkpoint(path: str | os.PathLike, state: TrainingState, job: JobSpec)
              "weights": state.weights, "active_sites": list(state.active_sites), "rounds_done": state.rounds_done,
              "history": [{"round": h.round, "losses": h.losses, "epsilon": h.epsilon, "seconds": h.seconds}
                          for h in state.history],
-             "seen_ledgers": state.seen_ledgers}
+             "seen_ledgers": state.seen_ledgers, "site_rows_known": state.site_rows_known}
     return save_state(path, value, fmt=CHECKPOINT_FORMAT)
 
 
@@ -53,4 +53,5 @@ def load_checkpoint(path: str | os.PathLike, job: JobSpec) -> TrainingState | No
                          noise_multipliers={k: float(x) for k, x in v["noise_multipliers"].items()},
                          weights=v["weights"], history=tuple(RoundRecord(**h) for h in v["history"]),
                          active_sites=tuple(v["active_sites"]), rounds_done=int(v["rounds_done"]),
-                         seen_ledgers=dict(v.get("seen_ledgers") or {}))
+                         seen_ledgers=dict(v.get("seen_ledgers") or {}),
+                         site_rows_known=bool(v.get("site_rows_known", True)))

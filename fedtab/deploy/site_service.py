@@ -43,9 +43,11 @@ from fedtab.deploy.state_files import load_state, save_state
 
 STATE_FORMAT = "fedtab.site-state/1"
 REPLAYED = (ENCODE, TRAIN, MEASURE)
-# What a repeated ``schema`` request of the same job keeps: the replies it released, its row estimate, and
-# what the marginal model's measurements fixed (their noise scale, the model's setup for its identity).
-KEPT = ("replies", "rows_checked", "rows_estimate", "mst_z", "mst_plan_select", "mst_again", "training")
+# What a repeated ``schema`` request of the same job keeps: the replies it released, its row estimate, its
+# securely summed histogram release and whether it screened it, and what the marginal model's measurements
+# fixed (their noise scale, the model's setup for its identity).
+KEPT = ("replies", "rows_checked", "rows_estimate", "histogram_release", "screened", "mst_z", "mst_plan_select",
+        "mst_again", "training")
 
 
 def request_key(kind: str, body: Any) -> str:

@@ -22,13 +22,14 @@ import numpy as np
 
 from fedtab.config import PrivacySettings, TrainingSettings
 from fedtab.errors import ConfigError, DataValidationError, FederationError, Problem
-from fedtab.federation import encoding
+from fedtab.federation import encoding, secure_encoding
 from fedtab.federation.agreement import agree_schemas, leave_out, name_sites
 from fedtab.federation.aggregation import screen_update, trimmed_average
 from fedtab.federation.site import ENCODE, JOB_LEDGER, LEDGER, MEASURE, SCHEMA, SETUP, TRAIN
 from fedtab.federation.transport import ERROR_KEY, Transport, broadcast, request_outcomes
 from fedtab.models.registry import is_measured
 from fedtab.schema import TableSchema
+from fedtab.transform.plan import KEY_N_SITES
 
 Progress = Callable[[str, dict], None]
 
@@ -79,6 +80,9 @@ class TrainingState:
     rounds_done: int
     # Per site, the last ledger its releasing replies carried (``LedgerWatch``): kept for ``_finish``.
     seen_ledgers: dict[str, dict] = field(default_factory=dict)
+    # False where the encoding's histograms were summed securely: ``site_weights`` are equal shares of
+    # the consortium's row estimate (``fedtab.federation.secure_encoding``).
+    site_rows_known: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,8 @@ class FederationResult:
     # The sites in ``ledgers`` that did not answer the job's end: theirs is the last ledger seen before
     # the site dropped out (it covers every release of theirs in the model), not the site's final one.
     ledgers_last_seen: tuple[str, ...] = ()
+    # False where the encoding's histograms were summed securely: ``site_weights`` are equal shares.
+    site_rows_known: bool = True
 
 
 class LedgerWatch:
@@ -241,7 +247,9 @@ def _site_bounds(job: JobSpec, state: TrainingState, sites, bounds: dict[str, di
     if new:
         transformer = TableTransformer.from_dict(state.encoding)
         setup = training.setup_body(job, transformer)
-        bounds.update({s: training.update_bounds(setup, transformer, rows=state.site_weights[s]) for s in new})
+        total = sum(state.site_weights.values())  # each site's bound for all the rows where only that is known
+        bounds.update({s: training.update_bounds(setup, transformer, rows=state.site_weights[s]
+                                                 if state.site_rows_known else total) for s in new})
 
 
 def aggregate(how: str, updates: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
@@ -283,7 +291,7 @@ def _finish(transport: LedgerWatch, state: TrainingState) -> FederationResult:
     return FederationResult(schema=state.schema, encoding=state.encoding, weights=state.weights,
                             ledgers={s: ledgers[s] for s in sorted(ledgers)}, history=state.history,
                             site_weights=state.site_weights, noise_multipliers=state.noise_multipliers,
-                            ledgers_last_seen=last_seen)
+                            ledgers_last_seen=last_seen, site_rows_known=state.site_rows_known)
 
 
 def _fit_marginals(transport: Transport, job: JobSpec, progress: Progress | None) -> FederationResult:
@@ -297,7 +305,8 @@ def _fit_marginals(transport: Transport, job: JobSpec, progress: Progress | None
     transformer = TableTransformer.from_dict(state.encoding)
     sites = list(state.active_sites)  # the sites that took part in schema agreement and the encoding
     weights, noise = marginals.fit(_measure_ask(transport, sites), job, transformer, progress=progress,
-                                   site_rows=state.site_weights, n_sites=len(sites), rounds=box.get("rounds"))
+                                   site_rows=state.site_weights, n_sites=len(sites), rounds=box.get("rounds"),
+                                   rows_known=state.site_rows_known)
     return _finish(transport, replace(state, weights=weights, noise_multipliers=noise))
 
 
@@ -346,37 +355,62 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
     training_requests = planned_requests(job) if setup and secure_updates(job, len(sites)) else 0
     measured = is_measured(job.model)
     if marginals.uses_secure_aggregation(job, len(sites)) and (plan.pairs or measured or training_requests):
+        summed = secure_encoding.summed_histograms(job, plan, updates=training_requests > 0)
         rounds = marginals.SecureRounds(_measure_ask(transport, sites), len(sites), job, progress,
                                         # the measured model's three requests (under the star on the target the
                                         # second one-way measurement takes the selection's)
-                                        requests=(1 if plan.pairs else 0) + (len(marginals.PHASES) if measured else 0)
+                                        requests=(1 if plan.pairs else 0) + (1 if summed else 0)
+                                        + (len(marginals.PHASES) if measured else 0)
                                         + training_requests, label="marginals" if measured else "federation")
         if secure_box is not None:
             secure_box["rounds"] = rounds
+    summed_histograms = rounds is not None and secure_encoding.summed_histograms(job, plan, updates=training_requests > 0)
+    in_sum: list[str] = []  # the sites in the summed histograms
+
+    def ask_masked(body, only):
+        return _available(transport, ENCODE, {s: body for s in only})
 
     def ask_encoding(phase: str, request: dict) -> dict:
         body = {"schema": schema.to_dict(), "plan": encoding.plan_to_dict(plan), "phase": phase, "request": request}
+        if phase == encoding.PHASE_HISTOGRAM and summed_histograms:
+            total, replies = rounds.secure_sum(ask_masked, body, real=False)
+            in_sum[:] = sorted(replies)
+            sites[:] = [s for s in sites if s in replies]  # a site lost here is in no release of the model
+            return {secure_encoding.SUMMED: secure_encoding.summed_release(total, replies)}
         if phase != encoding.PHASE_PAIRS or rounds is None or not len(request.get(encoding.KEY_PAIRS_MEASURED, [])):
-            return broadcast(transport, ENCODE, body, sites=sites)
-        total, replies = rounds.secure_sum(lambda b, only: _available(transport, ENCODE, {s: b for s in only}),
-                                           body, real=False)
+            replies = broadcast(transport, ENCODE, body, sites=sites)
+            # a site's own release counts one site: only a secure sum counts as several (merge_statistics)
+            return {s: {k: v for k, v in r.items() if k != KEY_N_SITES} for s, r in replies.items()}
+        total, replies = rounds.secure_sum(ask_masked, body, real=False)
         keys = {tuple(r["keys"]) for r in replies.values()}
         if len(keys) != 1:
             raise FederationError("secure aggregation: the sites masked different two-way tables")
         # One release: the sum (its noise, one release's: ``pair_noise_sd`` below), merged like a site's.
         return {"secure sum": {encoding.KEY_PHASE: phase, **dict(zip(next(iter(keys)), total))}}
 
-    def screen(histogram: dict) -> set[str]:  # a conforming table of random values: named and left out
+    def screen(histogram: dict) -> dict:  # a conforming table of random values: named and left out
         from fedtab.federation.screening import leave_out_garbage
 
-        dropped = leave_out_garbage(plan, histogram, min_sites=job.training.min_sites or len(sites), progress=progress)
+        min_sites = job.training.min_sites or len(sites)
+        if summed_histograms:  # each site screens its own release against the sum (secure_encoding)
+            dropped, total = secure_encoding.screen(lambda b: ask_masked(b, in_sum), plan,
+                                                    histogram[secure_encoding.SUMMED], in_sum, min_sites=min_sites,
+                                                    progress=progress)
+            histogram = {secure_encoding.SUMMED: total}
+        else:
+            dropped = leave_out_garbage(plan, histogram, min_sites=min_sites, progress=progress)
+            histogram = {s: r for s, r in histogram.items() if s not in dropped}
         sites[:] = [s for s in sites if s not in dropped]  # no later request goes to them
         if rounds is not None and dropped:
             rounds.alive = [s for s in rounds.alive if s not in dropped]
-        return dropped
+        return histogram
 
     transformer, site_weights = encoding.run_encoding(
         plan, ask_encoding, pair_noise_sd=plan.noise_multiplier if rounds is not None else None, screen=screen)
+    rows_known = secure_encoding.SUMMED not in site_weights
+    if not rows_known:  # the coordinator knows the sum of the sites' rows: each site an equal share of it
+        total = site_weights.pop(secure_encoding.SUMMED)
+        site_weights = {s: total / len(sites) for s in sites}
     if plan.pairs:
         measured = len(transformer.pair_tables_)
         _notify(progress, "phase", measured=measured, named=len(plan.pairs),
@@ -387,7 +421,8 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
 
     if not setup:  # the marginal-based model measures instead of training
         return TrainingState(schema=schema, encoding=transformer.to_dict(), site_weights=site_weights,
-                             noise_multipliers={}, weights={}, history=(), active_sites=tuple(sites), rounds_done=0)
+                             noise_multipliers={}, weights={}, history=(), active_sites=tuple(sites), rounds_done=0,
+                             site_rows_known=rows_known)
     # Phase 3: each site calibrates its DP-SGD noise to its remaining budget.
     from fedtab.federation import training
 
@@ -396,7 +431,7 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
     noise = {s: float(r["noise_multiplier"]) for s, r in replies.items()}
     return TrainingState(schema=schema, encoding=transformer.to_dict(), site_weights=site_weights,
                          noise_multipliers=noise, weights=training.initial_weights(setup), history=(),
-                         active_sites=tuple(sites), rounds_done=0)
+                         active_sites=tuple(sites), rounds_done=0, site_rows_known=rows_known)
 
 
 def _schema_replies(transport: Transport, job: JobSpec, body: dict, sites: list[str],

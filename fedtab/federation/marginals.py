@@ -367,12 +367,13 @@ def secure_round(site: str, phase: str, body: dict, state: dict, cache: dict) ->
 
 # -- at the coordinator --------------------------------------------------------------------------------
 def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | None = None, n_sites: int = 1,
-        rounds: "SecureRounds | None" = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        rounds: "SecureRounds | None" = None, rows_known: bool = True) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Run the three measurement requests and estimate the model. ``ask(body, only=None, available=False)
     -> {site: reply}`` sends ``body`` to every site (or those in ``only``); with ``available`` it returns
     the replies of the sites that answered instead of failing on a missing one (secure aggregation copes
-    with dropouts). Returns (the model's weights for the model file, each site's noise in the tree
-    measurement)."""
+    with dropouts). ``rows_known`` False: ``site_rows`` are equal shares of the sites' summed row estimate
+    (``fedtab.federation.secure_encoding``). Returns (the model's weights for the model file, each site's
+    noise in the tree measurement)."""
     from fedtab.modelfile import encoding_sha256
 
     opts = model_options(job.model_options)
@@ -393,7 +394,7 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
         rounds = SecureRounds(ask, n_sites, job, progress)
     rounds = rounds if secure else None
 
-    checks = RowChecks(job, transformer, site_rows, n_sites, progress)
+    checks = RowChecks(job, transformer, site_rows, n_sites, progress, per_site=rows_known)
     left_out: set[str] = set()  # sites whose releases failed the row check (without secure aggregation)
     answered: list[str] = []
 
@@ -641,8 +642,12 @@ class RowChecks:
     every later phase (``training.min_sites`` decides whether the job goes on). A site that also inflates
     its encoding row estimate is not caught: it reads as a larger site (its weight is its row estimate)."""
 
-    def __init__(self, job, transformer, site_rows: dict[str, float] | None, n_sites: int, progress=None):
+    def __init__(self, job, transformer, site_rows: dict[str, float] | None, n_sites: int, progress=None, *,
+                 per_site: bool = True):
         self.rows = dict(site_rows or {})
+        # Without each site's row estimate (the encoding's histograms summed securely) only a sum over
+        # the encoding's own sites can be checked.
+        self.per_site = per_site
         self.rows_sd = encoding_rows_sd(transformer)
         self.dp = bool(job.privacy.enabled)
         self.min_sites = int(job.training.min_sites or n_sites)
@@ -657,7 +662,7 @@ class RowChecks:
         return (row_estimate(tables) - expected) / math.sqrt(max(var, 1e-12))
 
     def of_sum(self, phase: str, tables: list[np.ndarray], sd: float, sites: list[str]) -> None:
-        if not self.rows or not set(sites) <= set(self.rows):
+        if not self.rows or not set(sites) <= set(self.rows) or (not self.per_site and set(sites) != set(self.rows)):
             return
         z = self.z(tables, sd, sites)
         if abs(z) > ROWS_Z:
@@ -673,7 +678,7 @@ class RowChecks:
         """The sites whose releases fail the check (named in the progress output)."""
         from fedtab.federation.agreement import leave_out
 
-        if not self.rows:
+        if not self.rows or not self.per_site:
             return []
         failed = {}
         for site, reply in replies.items():

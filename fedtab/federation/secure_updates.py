@@ -175,6 +175,8 @@ def train_round(ask_train, rounds, body: dict, state, *, bounds: dict[str, dict[
     total, replies = rounds.secure_sum(ask_train, {**body, "phase": f"{PHASE} {round_index + 1}"}, real=True,
                                        bits=secagg.UPDATE_BITS)
     survivors = sorted(replies)
+    # Where the encoding's histograms were summed securely too (``TrainingState.site_rows_known`` False)
+    # these are equal shares of the consortium's row estimate, and each bound is for all of its rows.
     weights = {s: float(state.site_weights[s]) for s in survivors}
     why = screen_sum(total, names, state.weights, weights=weights, bounds={s: bounds[s] for s in survivors},
                      n_sites=len(survivors))

@@ -251,8 +251,10 @@ class SiteWorker:
 
     # -- phase 2: encoding statistics ------------------------------------------------------------------
     def _encode(self, body: dict, state: dict) -> dict:
-        from fedtab.federation import encoding
+        from fedtab.federation import encoding, secure_encoding
 
+        if body.get("phase") == secure_encoding.SCREEN:  # its own release against the others': nothing spent
+            return secure_encoding.screen_reply(self.name, body, state)
         state["schema"] = TableSchema.from_dict(body["schema"]).to_json()
         train, _ = self._frames(state)
         plan = encoding.plan_from_dict(body["plan"])
@@ -266,24 +268,28 @@ class SiteWorker:
                 state["rows_checked"] = True
             secure = body.get("secagg")
             session = None
-            if secure is not None:  # the two-way tables masked for secure aggregation, at this site's noise share
+            if secure is not None:  # masked for secure aggregation: the two-way tables at this site's noise
+                # share, the histograms at its full noise (``secure_encoding``)
                 from fedtab.federation.marginals import site_session
 
                 session = site_session(self.name, state, self._cache)
                 session.check_request(self.name, secure.get("request"), secure.get("sites") or [])
             reply = encoding.site_statistics(train, plan, body["phase"], body["request"], ledger=ledger,
                                              noise=secret_source(f"{self.name}/encode/{body['phase']}"),
-                                             secure_share=None if session is None else session.threshold)
+                                             secure_share=None if session is None or body["phase"] != encoding.PHASE_PAIRS
+                                             else session.threshold)
+        if body["phase"] == encoding.PHASE_HISTOGRAM:
+            # The site's row estimate for its training plan: the same post-processing of its own
+            # histogram release that gives the coordinator its FedAvg weight (exact without DP).
+            state["rows_estimate"] = encoding.site_rows(plan, reply)
+            if session is not None:
+                return secure_encoding.masked_release(self.name, reply, state, session, secure)
         if session is not None:
             keys = sorted(k for k in reply if k != encoding.KEY_PHASE)
             masked, b_shares = session.mask([reply[k] for k in keys], me=self.name, request=secure["request"],
                                             sites=secure.get("sites") or [], job=str(secure.get("job", "")))
             return {encoding.KEY_PHASE: reply[encoding.KEY_PHASE], "masked": masked, "b_shares": b_shares,
                     "keys": keys, "shapes": [list(np.shape(reply[k])) for k in keys], "sigma": 0.0}
-        if body["phase"] == encoding.PHASE_HISTOGRAM:
-            # The site's row estimate for its training plan: the same post-processing of its own
-            # histogram release that gives the coordinator its FedAvg weight (exact without DP).
-            state["rows_estimate"] = encoding.site_rows(plan, reply)
         return reply
 
     # -- phase 3: training --------------------------------------------------------------------------

@@ -359,7 +359,9 @@ def merge_statistics(plan: EncodingPlan, phase: str, site_stats: list[dict[str, 
     for s in site_stats:
         if s.get(KEY_PHASE) != phase:
             raise ConfigError(f"A site sent statistics of phase {s.get(KEY_PHASE)!r} where {phase!r} was expected.")
-    n = len(site_stats)
+    # A securely summed release counts as the sites in it (``KEY_N_SITES``; the coordinator strips the key
+    # from sites' own replies): its cells carry each one's noise.
+    n = sum(int(s.get(KEY_N_SITES, 1)) for s in site_stats)
     noise_sd = plan.noise_multiplier * math.sqrt(n)
     out: dict[str, Any] = {KEY_PHASE: phase, KEY_N_SITES: n}
     if phase == PHASE_DOMAIN:

@@ -411,15 +411,14 @@ def run_phases(plan: EncodingPlan, ask, *, pair_noise_sd: float | None = None,
     same sums whichever transport or order the sites answer in); then the fit. Returns the fitted
     transformer and the sites' ``histogram`` releases. ``pair_noise_sd``: the noise of the summed
     two-way tables when it is not every site's full noise (secure aggregation: one release's).
-    ``screen(histogram releases) -> sites``: sites left out from the histogram phase on (their releases
-    are not merged; the caller stops asking them)."""
+    ``screen(histogram releases) -> releases``: the releases to merge, without those of the sites it
+    leaves out (the caller stops asking them; under secure aggregation, the sum less theirs)."""
     merged: dict[str, dict] = {}
     previous, histogram = None, {}
     for phase in plan.phases():
         releases = ask(phase, phase_request(plan, phase, previous, pair_noise_sd=pair_noise_sd))
         if phase == PHASE_HISTOGRAM and screen is not None:
-            left_out = set(screen(releases))
-            releases = {s: r for s, r in releases.items() if s not in left_out}
+            releases = screen(releases)
         merged[phase] = previous = merge_statistics(plan, phase, [releases[s] for s in sorted(releases)])
         if phase == PHASE_HISTOGRAM:
             histogram = releases

@@ -1,0 +1,163 @@
+"""Secure aggregation of the encoding's one-way histograms: the coordinator reads their sum, never a site's.
+
+With secure aggregation on (``marginals.uses_secure_aggregation``: two sites or more), for the marginal
+model (the default: ``models.registry.is_measured``) and for the DP-SGD models whose updates are summed
+securely (``secure_updates``: ``training.aggregation = "mean"``), without a site column
+(``summed_histograms``):
+
+- the ``histogram`` phase: each site computes its release as before, with its full noise, and masks its
+  counts (every column's cells and missing count, the rounding profiles) in one request of the job's
+  secure-aggregation rounds (``fedtab.federation.secagg``); the layout (edges, bounds, categories) is a
+  copy of the public request and goes in the clear. The coordinator unmasks the sum over the sites whose
+  masked release arrived and merges it as the release of that many sites (``KEY_N_SITES``: the sum carries
+  each one's noise, sqrt(k) times one release's, as without secure aggregation).
+- the garbage screen (``fedtab.federation.screening``) compares a site's release with the other sites';
+  the coordinator no longer can. It sends the sum to the sites in it (``SCREEN``); each site reads the
+  others' counts as the sum less its own release and runs ``screening.verdict`` on its own release. An
+  honest site answers one bit. A site that finds its table random values says so and sends its release
+  (the one it masked: a DP release on its ledger already); the coordinator runs the verdict again on it,
+  leaves the site out (``agreement.leave_out``, ``training.min_sites``) and takes its release off the sum.
+  A site screens once per job: a coordinator sending made-up sums would learn a bit of its release each
+  time. A site's own code can lie about its verdict and its release, as it can about anything it sends.
+- why full noise and not the measurements' distributed noise: the site's own row estimate (its training
+  plan, the weight of a masked update) and its verdict are post-processing of its own release only when
+  that release carries the noise its ledger records.
+
+The coordinator then knows the consortium's row count, not each site's: each site's weight is an equal
+share of it (``TrainingState.site_rows_known`` False; the model file says so). The marginal model's row
+check reads a sum only when its sites are the encoding's, and its pair selection discounts chance scores
+for equal sites; a DP-SGD round is the survivors' summed update over their equal shares (exact unless a
+site dropped out), screened against bounds each for all the rows (looser than per site). A site whose
+code inflates its histograms as well as what follows reads as a larger site, as without secure
+aggregation. Not summed: the ``domain`` phase (columns
+declared without bounds or categories; a DP set union is per site by nature), and a job with a site
+column (each site's own marginals are its purpose).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedtab.errors import FederationError
+
+SUMMED = "secure sum"  # the one release the coordinator merges in place of the sites'
+SCREEN = "garbage screen"  # the encoding request in which each site screens its own release
+WIRE = ("masked", "b_shares", "keys", "shapes", "sigma")  # a masked reply's own fields
+
+
+def summed_histograms(job, plan, *, updates: bool) -> bool:
+    """Whether, under secure aggregation, the encoding's histogram phase is summed securely too: for the
+    marginal model, and for a DP-SGD model whose updates are (``updates``), without a site column."""
+    from fedtab.models.registry import is_measured
+
+    return plan.site_column is None and (is_measured(job.model) or updates)
+
+
+def count_keys(release: dict[str, Any]) -> list[str]:
+    """The keys of a histogram release that hold counts (summed), in a fixed order; the rest is layout."""
+    from fedtab.transform.plan import F_COUNTS, F_MISSING, F_ROUNDING
+
+    return sorted(k for k in release if k.rsplit("/", 1)[-1] in (F_COUNTS, F_MISSING, F_ROUNDING) and "/" in k)
+
+
+# -- at a site ----------------------------------------------------------------------------------------
+def masked_release(site: str, reply: dict[str, Any], state: dict, session, secure: dict) -> dict[str, Any]:
+    """The site's histogram reply with its counts masked; the release itself is kept in the site's state
+    for its screen (``screen_reply``)."""
+    keys = count_keys(reply)
+    state["histogram_release"] = reply
+    state.pop("screened", None)
+    values = [np.asarray(reply[k], dtype=np.float64) for k in keys]
+    masked, b_shares = session.mask(values, me=site, request=secure["request"], sites=secure.get("sites") or [],
+                                    job=str(secure.get("job", "")))
+    layout = {k: v for k, v in reply.items() if k not in keys}
+    return {**layout, "masked": masked, "b_shares": b_shares, "keys": keys,
+            "shapes": [list(np.shape(v)) for v in values], "sigma": 0.0}
+
+
+def screen_reply(site: str, body: dict[str, Any], state: dict) -> dict[str, Any]:
+    """The site's verdict on its own histogram release against the others' (the sum less its own)."""
+    from fedtab.federation import screening
+    from fedtab.federation.encoding import plan_from_dict
+    from fedtab.transform.plan import F_COUNTS, wire_key
+
+    own = state.get("histogram_release")
+    if own is None:
+        raise FederationError(f"site '{site}' masked no histogram release in this job: nothing to screen",
+                              public=True)
+    if state.get("screened"):
+        raise FederationError(f"site '{site}' screened its release for this job already: a second screen is "
+                              "refused (each answer tells a bit of its release)", public=True)
+    keys = count_keys(own)
+    total = body.get("sum") or {}
+    if sorted(total) != keys or any(np.shape(total[k]) != np.shape(own[k]) for k in keys):
+        raise FederationError(f"site '{site}': the sum to screen against is not the sum of its release's counts",
+                              public=True)
+    state["screened"] = True
+    n_sites = int(body.get("n_sites", 0))
+    if n_sites < 3:  # with one other site either could be the odd one
+        return {"garbage": False}
+    plan = plan_from_dict(body["plan"])
+    pooled = {spec.name: np.asarray(total[wire_key(spec.name, F_COUNTS)], dtype=np.float64)
+              - np.asarray(own[wire_key(spec.name, F_COUNTS)], dtype=np.float64) for spec in plan.columns}
+    if screening.verdict(plan, own, pooled, n_others=n_sites - 1) is None:
+        return {"garbage": False}
+    return {"garbage": True, "release": {k: own[k] for k in keys}}
+
+
+# -- at the coordinator --------------------------------------------------------------------------------
+def summed_release(total: list[np.ndarray], replies: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The sum of the sites' masked histogram releases as one release of ``len(replies)`` sites."""
+    from fedtab.transform.plan import F_MISSING, KEY_N_SITES
+
+    keys = {tuple(r["keys"]) for r in replies.values()}
+    if len(keys) != 1:
+        raise FederationError("secure aggregation: the sites masked different histogram releases")
+    layouts = [{k: v for k, v in r.items() if k not in WIRE} for r in replies.values()]
+    first = layouts[0]
+    if any(set(x) != set(first) or any(not np.array_equal(np.asarray(x[k], dtype=object), np.asarray(first[k], dtype=object))
+                                       for k in first) for x in layouts[1:]):
+        raise FederationError("secure aggregation: the sites sent different histogram layouts")
+    counts = {k: (float(np.asarray(t).reshape(-1)[0]) if k.endswith("/" + F_MISSING) else np.asarray(t, dtype=np.float64))
+              for k, t in zip(next(iter(keys)), total)}
+    return {**first, **counts, KEY_N_SITES: len(replies)}
+
+
+def screen(ask, plan, release: dict[str, Any], sites: list[str], *, min_sites: int,
+           progress=None) -> tuple[list[str], dict[str, Any]]:
+    """The sites' screens of their own releases against ``release`` (the sum over ``sites``): (the sites
+    left out, the sum less their releases). ``ask(body)`` returns the replies of the sites that answered."""
+    from fedtab.federation import screening
+    from fedtab.federation.agreement import leave_out
+    from fedtab.federation.encoding import plan_to_dict
+    from fedtab.transform.plan import F_COUNTS, KEY_N_SITES, wire_key
+
+    if len(sites) < 3:
+        return [], release
+    keys = count_keys(release)
+    replies = ask({"phase": SCREEN, "plan": plan_to_dict(plan), "sum": {k: release[k] for k in keys},
+                   "n_sites": len(sites)})
+    named, theirs = {}, {}
+    for site, reply in sorted(replies.items()):
+        if site not in sites or not reply.get("garbage"):
+            continue
+        got = reply.get("release") or {}
+        if sorted(got) != keys or any(np.shape(got[k]) != np.shape(release[k]) for k in keys):
+            raise FederationError(f"site '{site}' named its table random values but sent a release of another shape")
+        own = {**release, **got}
+        pooled = {spec.name: np.asarray(release[wire_key(spec.name, F_COUNTS)], dtype=np.float64)
+                  - np.asarray(own[wire_key(spec.name, F_COUNTS)], dtype=np.float64) for spec in plan.columns}
+        named[site] = (screening.verdict(plan, own, pooled, n_others=len(sites) - 1)
+                       or "it found its own table random values, not real rows")
+        theirs[site] = got
+    dropped = leave_out(named, going_on=len(sites) - len(named), of=len(sites), min_sites=min_sites,
+                        where="the encoding's statistics", progress=progress)
+    out = dict(release)
+    for site in dropped:
+        for k in keys:
+            out[k] = (float(out[k]) - float(np.asarray(theirs[site][k]).reshape(-1)[0]) if np.ndim(release[k]) == 0
+                      else np.asarray(out[k], dtype=np.float64) - np.asarray(theirs[site][k], dtype=np.float64))
+    out[KEY_N_SITES] = int(release[KEY_N_SITES]) - len(dropped)
+    return dropped, out
