@@ -279,8 +279,8 @@ class SiteWorker:
                                              secure_share=None if session is None or body["phase"] != encoding.PHASE_PAIRS
                                              else session.threshold)
         if body["phase"] == encoding.PHASE_HISTOGRAM:
-            # The site's row estimate for its training plan: the same post-processing of its own
-            # histogram release that gives the coordinator its FedAvg weight (exact without DP).
+            # The site's row estimate for its training plan and its update's weight: post-processing of its
+            # own histogram release (exact without DP), which the coordinator reads too, or only summed.
             state["rows_estimate"] = encoding.site_rows(plan, reply)
             if session is not None:
                 return secure_encoding.masked_release(self.name, reply, state, session, secure)
