@@ -354,8 +354,8 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
     rounds = None
     training_requests = planned_requests(job) if setup and secure_updates(job, len(sites)) else 0
     measured = is_measured(job.model)
+    summed = secure_encoding.summed_histograms(job, plan, updates=training_requests > 0)
     if marginals.uses_secure_aggregation(job, len(sites)) and (plan.pairs or measured or training_requests):
-        summed = secure_encoding.summed_histograms(job, plan, updates=training_requests > 0)
         rounds = marginals.SecureRounds(_measure_ask(transport, sites), len(sites), job, progress,
                                         # the measured model's three requests (under the star on the target the
                                         # second one-way measurement takes the selection's)
@@ -364,7 +364,7 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
                                         + training_requests, label="marginals" if measured else "federation")
         if secure_box is not None:
             secure_box["rounds"] = rounds
-    summed_histograms = rounds is not None and secure_encoding.summed_histograms(job, plan, updates=training_requests > 0)
+    summed = summed and rounds is not None
     in_sum: list[str] = []  # the sites in the summed histograms
 
     def ask_masked(body, only):
@@ -372,7 +372,7 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
 
     def ask_encoding(phase: str, request: dict) -> dict:
         body = {"schema": schema.to_dict(), "plan": encoding.plan_to_dict(plan), "phase": phase, "request": request}
-        if phase == encoding.PHASE_HISTOGRAM and summed_histograms:
+        if phase == encoding.PHASE_HISTOGRAM and summed:
             total, replies = rounds.secure_sum(ask_masked, body, real=False)
             in_sum[:] = sorted(replies)
             sites[:] = [s for s in sites if s in replies]  # a site lost here is in no release of the model
@@ -386,13 +386,13 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
         if len(keys) != 1:
             raise FederationError("secure aggregation: the sites masked different two-way tables")
         # One release: the sum (its noise, one release's: ``pair_noise_sd`` below), merged like a site's.
-        return {"secure sum": {encoding.KEY_PHASE: phase, **dict(zip(next(iter(keys)), total))}}
+        return {secure_encoding.SUMMED: {encoding.KEY_PHASE: phase, **dict(zip(next(iter(keys)), total))}}
 
     def screen(histogram: dict) -> dict:  # a conforming table of random values: named and left out
         from fedtab.federation.screening import leave_out_garbage
 
         min_sites = job.training.min_sites or len(sites)
-        if summed_histograms:  # each site screens its own release against the sum (secure_encoding)
+        if summed:  # each site screens its own release against the sum (secure_encoding)
             dropped, total = secure_encoding.screen(lambda b: ask_masked(b, in_sum), plan,
                                                     histogram[secure_encoding.SUMMED], in_sum, min_sites=min_sites,
                                                     progress=progress)
