@@ -143,11 +143,11 @@ def test_a_site_screens_its_release_once_and_only_its_own():
     release = site_statistics(frame, plan, PHASE_HISTOGRAM, request,
                               ledger=PrivacyLedger("north", epsilon_budget=1.0, delta=1e-5))
     keys = secure_encoding.count_keys(release)
-    body = {"phase": secure_encoding.SCREEN, "plan": plan.to_dict(), "n_sites": 4,
-            "sum": {k: np.asarray(release[k], dtype=float) * 4 for k in keys}}
+    body = {"phase": secure_encoding.SCREEN, "n_sites": 4, "sum": {k: np.asarray(release[k], dtype=float) * 4
+                                                                   for k in keys}}
     with pytest.raises(FederationError, match="masked no histogram release"):
         secure_encoding.screen_reply("north", body, {})
-    state = {"histogram_release": release}
+    state = {"histogram_release": {"release": release, "plan": plan.to_dict()}}
     with pytest.raises(FederationError, match="not the sum of its release's counts"):
         secure_encoding.screen_reply("north", {**body, "sum": {k: body["sum"][k] for k in keys[1:]}}, state)
     assert secure_encoding.screen_reply("north", body, state) == {"garbage": False}

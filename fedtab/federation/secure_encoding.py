@@ -17,8 +17,11 @@ securely (``secure_updates``: ``training.aggregation = "mean"``), without a site
   honest site answers one bit. A site that finds its table random values says so and sends its release
   (the one it masked: a DP release on its ledger already); the coordinator runs the verdict again on it,
   leaves the site out (``agreement.leave_out``, ``training.min_sites``) and takes its release off the sum.
-  A site screens once per job: a coordinator sending made-up sums would learn a bit of its release each
-  time. A site's own code can lie about its verdict and its release, as it can about anything it sends.
+  A site screens once per job, with the plan of its own release: a coordinator sending made-up sums
+  would learn a bit of its release each time. One that makes up the sum can still make a small site,
+  whose noisy histograms cannot be told from uniform, name itself and send its release: a DP release on
+  its ledger, but then not only summed. A site's own code can lie about its verdict and its release, as
+  it can about anything it sends.
 - why full noise and not the measurements' distributed noise: the site's own row estimate (its training
   plan, the weight of a masked update) and its verdict are post-processing of its own release only when
   that release carries the noise its ledger records.
@@ -63,11 +66,12 @@ def count_keys(release: dict[str, Any]) -> list[str]:
 
 
 # -- at a site ----------------------------------------------------------------------------------------
-def masked_release(site: str, reply: dict[str, Any], state: dict, session, secure: dict) -> dict[str, Any]:
-    """The site's histogram reply with its counts masked; the release itself is kept in the site's state
-    for its screen (``screen_reply``)."""
+def masked_release(site: str, reply: dict[str, Any], state: dict, session, secure: dict, *,
+                   plan: dict[str, Any]) -> dict[str, Any]:
+    """The site's histogram reply with its counts masked; the release itself and the plan it was made
+    for are kept in the site's state for its screen (``screen_reply``)."""
     keys = count_keys(reply)
-    state["histogram_release"] = reply
+    state["histogram_release"] = {"release": reply, "plan": plan}
     state.pop("screened", None)
     values = [np.asarray(reply[k], dtype=np.float64) for k in keys]
     masked, b_shares = session.mask(values, me=site, request=secure["request"], sites=secure.get("sites") or [],
@@ -83,13 +87,14 @@ def screen_reply(site: str, body: dict[str, Any], state: dict) -> dict[str, Any]
     from fedtab.federation.encoding import plan_from_dict
     from fedtab.transform.plan import F_COUNTS, wire_key
 
-    own = state.get("histogram_release")
-    if own is None:
+    kept = state.get("histogram_release")
+    if kept is None:
         raise FederationError(f"site '{site}' masked no histogram release in this job: nothing to screen",
                               public=True)
     if state.get("screened"):
         raise FederationError(f"site '{site}' screened its release for this job already: a second screen is "
                               "refused (each answer tells a bit of its release)", public=True)
+    own = kept["release"]
     keys = count_keys(own)
     total = body.get("sum") or {}
     if sorted(total) != keys or any(np.shape(total[k]) != np.shape(own[k]) for k in keys):
@@ -99,7 +104,7 @@ def screen_reply(site: str, body: dict[str, Any], state: dict) -> dict[str, Any]
     n_sites = int(body.get("n_sites", 0))
     if n_sites < 3:  # with one other site either could be the odd one
         return {"garbage": False}
-    plan = plan_from_dict(body["plan"])
+    plan = plan_from_dict(kept["plan"])  # its own release's plan, not one the screen request names
     pooled = {spec.name: np.asarray(total[wire_key(spec.name, F_COUNTS)], dtype=np.float64)
               - np.asarray(own[wire_key(spec.name, F_COUNTS)], dtype=np.float64) for spec in plan.columns}
     if screening.verdict(plan, own, pooled, n_others=n_sites - 1) is None:
@@ -131,14 +136,12 @@ def screen(ask, plan, release: dict[str, Any], sites: list[str], *, min_sites: i
     left out, the sum less their releases). ``ask(body)`` returns the replies of the sites that answered."""
     from fedtab.federation import screening
     from fedtab.federation.agreement import leave_out
-    from fedtab.federation.encoding import plan_to_dict
     from fedtab.transform.plan import F_COUNTS, KEY_N_SITES, wire_key
 
     if len(sites) < 3:
         return [], release
     keys = count_keys(release)
-    replies = ask({"phase": SCREEN, "plan": plan_to_dict(plan), "sum": {k: release[k] for k in keys},
-                   "n_sites": len(sites)})
+    replies = ask({"phase": SCREEN, "sum": {k: release[k] for k in keys}, "n_sites": len(sites)})
     named, theirs = {}, {}
     for site, reply in sorted(replies.items()):
         if site not in sites or not reply.get("garbage"):

@@ -283,7 +283,7 @@ class SiteWorker:
             # own histogram release (exact without DP), which the coordinator reads too, or only summed.
             state["rows_estimate"] = encoding.site_rows(plan, reply)
             if session is not None:
-                return secure_encoding.masked_release(self.name, reply, state, session, secure)
+                return secure_encoding.masked_release(self.name, reply, state, session, secure, plan=body["plan"])
         if session is not None:
             keys = sorted(k for k in reply if k != encoding.KEY_PHASE)
             masked, b_shares = session.mask([reply[k] for k in keys], me=self.name, request=secure["request"],
