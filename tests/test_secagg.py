@@ -149,6 +149,28 @@ def test_a_tampered_share_is_refused():
         sessions["a"].unmask(me="a", request=0, survivors=names, dropped=[], s_inbox={}, b_inbox=b_box, job="j")
 
 
+def test_shares_recombine_as_flowers_own_combine_does():
+    """secagg.combine_shares (Lagrange coefficients once per set of holders, for 100-site jobs) gives the
+    secret and the same bytes as Flower's combine_shares, from any threshold-sized or larger subset."""
+    import os
+    import random
+
+    from flwr.common.secure_aggregation.crypto.shamir import combine_shares as flower_combine
+    from flwr.common.secure_aggregation.crypto.shamir import create_shares
+
+    rnd = random.Random(0)
+    cache: dict = {}
+    for t, n in [(2, 3), (3, 5), (6, 9), (12, 12)]:
+        for _ in range(3):
+            secret = os.urandom(secagg.KEY_BYTES)
+            shares = create_shares(secret, t, n)
+            subset = rnd.sample(shares, rnd.randint(t, n))
+            assert secagg.combine_shares(subset, cache) == flower_combine(subset) == secret
+    with pytest.raises(ValueError, match="duplicate"):
+        secagg.combine_shares([shares[0], shares[0]])
+    assert secagg._gf_mul(secagg._gf_inverse(0x1234), 0x1234) == 1
+
+
 def test_keys_are_never_serialised():
     import pickle
 

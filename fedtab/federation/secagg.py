@@ -231,7 +231,6 @@ def unmask_sum(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ...
     from its shares) and the masks each survivor shared with a dropped site (that site's mask key of this
     request rebuilt from its shares), split back into ``shapes``."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 
     if not masked:
         raise FederationError("secure aggregation: no masked reply to sum")
@@ -240,13 +239,14 @@ def unmask_sum(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ...
     arrays = {s: np.asarray(masked[s]) for s in survivors}
     if any(a.dtype != np.uint64 or a.shape != (size,) for a in arrays.values()):
         raise FederationError("secure aggregation: a site's masked reply has the wrong type or length")
+    lagrange: dict = {}  # the shares of one request come from the same holders: one set of coefficients
     with np.errstate(over="ignore"):
         total = np.zeros(size, dtype=np.uint64)
         for s in survivors:
             total = total + arrays[s]
-            total = total - _stream(_combine(combine_shares, b_shares.get(s), s), size)
+            total = total - _stream(_combine(b_shares.get(s), s, lagrange), size)
         for d in sorted(dropped):
-            key = X25519PrivateKey.from_private_bytes(_combine(combine_shares, s_shares.get(d), d))
+            key = X25519PrivateKey.from_private_bytes(_combine(s_shares.get(d), d, lagrange))
             for s in survivors:
                 m = pair_mask(key, peers[s]["s"][request], d, s, job=job, request=request, length=size)
                 total = total - m if s < d else total + m
@@ -261,15 +261,79 @@ def unmask_sum(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ...
     return parts
 
 
-def _combine(combine_shares, shares, site: str) -> bytes:
+def _combine(shares, site: str, lagrange: dict) -> bytes:
     try:
-        secret = combine_shares([_unb64(x) for x in shares or []])
+        secret = combine_shares([_unb64(x) for x in shares or []], lagrange)
     except (ValueError, IndexError, FederationError):
         secret = b""
     if len(secret) != KEY_BYTES:
         raise FederationError(f"secure aggregation: the shares of site '{site}' do not rebuild its key: too few "
                               "survivors answered the unmasking")
     return secret
+
+
+# Shamir's secret sharing as Flower's ``create_shares`` writes it (pycryptodome's ``Shamir.split`` of each
+# 16-byte chunk of the PKCS#7-padded secret, in GF(2^128) modulo 1 + x + x^2 + x^7 + x^128; a share is its
+# 4-byte little-endian index, then one 16-byte big-endian value per chunk), recombined here: Flower's
+# ``combine_shares`` interpolates every chunk of every secret from scratch, k^2 field products each in
+# pycryptodome's constant-time Python loop, which took minutes per request for 100 sites. The Lagrange
+# coefficients at zero depend only on the holders' indices, the same for every secret of a request:
+# computed once, a chunk is then k products. Only the coordinator recombines, secrets it is meant to learn.
+_GF_POLY = (1 << 128) | 0x87
+
+
+def _gf_mul(a: int, b: int) -> int:
+    z = 0
+    while b:
+        if b & 1:
+            z ^= a
+        b >>= 1
+        a <<= 1
+        if a >> 128:
+            a ^= _GF_POLY
+    return z
+
+
+def _gf_inverse(a: int) -> int:
+    if not a:
+        raise ValueError("inverse of zero")
+    out, e = 1, (1 << 128) - 2  # a^(2^128 - 2)
+    while e:
+        if e & 1:
+            out = _gf_mul(out, a)
+        a = _gf_mul(a, a)
+        e >>= 1
+    return out
+
+
+def combine_shares(shares: Sequence[bytes], lagrange: dict | None = None) -> bytes:
+    """The secret of ``shares`` (as many as were made available; at least the threshold). ``lagrange``:
+    a cache of coefficients by the holders' indices, shared across the secrets of one request."""
+    from Crypto.Util.Padding import unpad
+
+    if not shares or (len(shares[0]) - 4) % 16 or len({len(x) for x in shares}) != 1:
+        raise ValueError("shares of different or wrong lengths")
+    xs = tuple(int.from_bytes(x[:4], "little") for x in shares)
+    if len(set(xs)) != len(xs) or 0 in xs:
+        raise ValueError("duplicate or zero share index")
+    cache = {} if lagrange is None else lagrange
+    if xs not in cache:
+        coeffs = []
+        for j, xj in enumerate(xs):
+            num = den = 1
+            for m, xm in enumerate(xs):
+                if m != j:
+                    num, den = _gf_mul(num, xm), _gf_mul(den, xj ^ xm)
+            coeffs.append(_gf_mul(num, _gf_inverse(den)))
+        cache[xs] = coeffs
+    coeffs = cache[xs]
+    out = bytearray()
+    for start in range(4, len(shares[0]), 16):
+        value = 0
+        for c, x in zip(coeffs, shares):
+            value ^= _gf_mul(int.from_bytes(x[start:start + 16], "big"), c)
+        out += value.to_bytes(16, "big")
+    return unpad(bytes(out), 16)
 
 
 # -- shared --------------------------------------------------------------------------------------------------
