@@ -149,26 +149,37 @@ def test_a_tampered_share_is_refused():
         sessions["a"].unmask(me="a", request=0, survivors=names, dropped=[], s_inbox={}, b_inbox=b_box, job="j")
 
 
-def test_shares_recombine_as_flowers_own_combine_does():
-    """secagg.combine_shares (Lagrange coefficients once per set of holders, for 100-site jobs) gives the
-    secret and the same bytes as Flower's combine_shares, from any threshold-sized or larger subset."""
+def test_shares_are_flowers_and_recombine_as_flowers_own_functions_do():
+    """secagg's Shamir sharing (Horner at small indices; Lagrange coefficients once per set of holders: for
+    100-site jobs) interoperates with Flower's create_shares / combine_shares both ways, from any subset of
+    at least the threshold; fewer shares do not give the secret."""
     import os
     import random
 
     from flwr.common.secure_aggregation.crypto.shamir import combine_shares as flower_combine
-    from flwr.common.secure_aggregation.crypto.shamir import create_shares
+    from flwr.common.secure_aggregation.crypto.shamir import create_shares as flower_create
 
     rnd = random.Random(0)
     cache: dict = {}
-    for t, n in [(2, 3), (3, 5), (6, 9), (12, 12)]:
-        for _ in range(3):
+    for t, n in [(1, 2), (2, 3), (3, 5), (6, 9), (12, 12)]:
+        for create in (flower_create, secagg.create_shares):
             secret = os.urandom(secagg.KEY_BYTES)
-            shares = create_shares(secret, t, n)
+            shares = create(secret, t, n)
+            assert [x[:4] for x in shares] == [i.to_bytes(4, "little") for i in range(1, n + 1)]
             subset = rnd.sample(shares, rnd.randint(t, n))
             assert secagg.combine_shares(subset, cache) == flower_combine(subset) == secret
+            if t > 1:
+                short = rnd.sample(shares, t - 1)
+                try:
+                    assert secagg.combine_shares(short) != secret
+                except ValueError:  # the padding does not survive a wrong interpolation
+                    pass
     with pytest.raises(ValueError, match="duplicate"):
         secagg.combine_shares([shares[0], shares[0]])
     assert secagg._gf_mul(secagg._gf_inverse(0x1234), 0x1234) == 1
+    a, b = (int.from_bytes(os.urandom(16), "big") for _ in range(2))
+    from Crypto.Protocol.SecretSharing import _Element  # the field of pycryptodome (Flower's Shamir) itself
+    assert secagg._gf_mul(a, b) == int(_Element(a) * _Element(b))
 
 
 def test_keys_are_never_serialised():

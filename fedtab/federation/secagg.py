@@ -92,8 +92,6 @@ class SiteSession:
     # step 2
     def share_keys(self, me: str, peers: Mapping[str, Mapping], threshold: int, *, job: str) -> dict[str, str]:
         """Check the key set and return this site's Shamir shares of its mask keys, encrypted to each site."""
-        from flwr.common.secure_aggregation.crypto.shamir import create_shares
-
         if self.peers is not None:
             raise FederationError(f"site '{me}': secure-aggregation keys were already shared for this job",
                                   public=True)
@@ -113,8 +111,6 @@ class SiteSession:
              real: bool = False, bits: int = SCALE_BITS) -> tuple[np.ndarray, dict[str, str]]:
         """This site's masked input for ``request`` and its shares of the self-mask seed, one per site
         (``real``: values in fixed point of ``bits`` fractional bits)."""
-        from flwr.common.secure_aggregation.crypto.shamir import create_shares
-
         sites = self.check_request(me, request, sites)
         plain = encode(values, real=real, bits=bits)
         seed = os.urandom(KEY_BYTES)
@@ -272,26 +268,49 @@ def _combine(shares, site: str, lagrange: dict) -> bytes:
     return secret
 
 
-# Shamir's secret sharing as Flower's ``create_shares`` writes it (pycryptodome's ``Shamir.split`` of each
-# 16-byte chunk of the PKCS#7-padded secret, in GF(2^128) modulo 1 + x + x^2 + x^7 + x^128; a share is its
-# 4-byte little-endian index, then one 16-byte big-endian value per chunk), recombined here: Flower's
-# ``combine_shares`` interpolates every chunk of every secret from scratch, k^2 field products each in
-# pycryptodome's constant-time Python loop, which took minutes per request for 100 sites. The Lagrange
-# coefficients at zero depend only on the holders' indices, the same for every secret of a request:
-# computed once, a chunk is then k products. Only the coordinator recombines, secrets it is meant to learn.
+# Shamir's secret sharing in Flower's format (``flwr.common.secure_aggregation.crypto.shamir``: each 16-byte
+# chunk of the PKCS#7-padded secret shared as pycryptodome's ``Shamir.split`` does, in GF(2^128) modulo
+# 1 + x + x^2 + x^7 + x^128; a share is its 4-byte little-endian index, then one 16-byte big-endian value
+# per chunk). Done here because Flower's functions took minutes per request at 100 sites: pycryptodome
+# multiplies field elements in a Python loop of string operations, ``combine_shares`` interpolates every
+# chunk from scratch (k^2 products). Here a share is a polynomial evaluated by Horner's rule at a small
+# index (a product by a number of a few bits), and recombining computes the Lagrange coefficients at zero
+# once per set of holders' indices (the same for every secret of a request): a chunk is then k products.
+# The polynomial's coefficients come from the OS's entropy. Only the coordinator recombines, secrets it is
+# meant to learn. Tested against Flower's functions (tests/test_secagg.py).
 _GF_POLY = (1 << 128) | 0x87
 
 
 def _gf_mul(a: int, b: int) -> int:
     z = 0
     while b:
-        if b & 1:
-            z ^= a
+        z ^= a * (b & 1)
         b >>= 1
         a <<= 1
-        if a >> 128:
-            a ^= _GF_POLY
+        a ^= _GF_POLY * (a >> 128)  # reduce without a branch on the value's bits
     return z
+
+
+def create_shares(secret: bytes, threshold: int, num: int) -> list[bytes]:
+    """``num`` shares of ``secret``, any ``threshold`` of which rebuild it (Flower's format)."""
+    import secrets as entropy
+
+    from Crypto.Util.Padding import pad
+
+    if not 1 <= int(threshold) <= int(num):
+        raise ValueError("the threshold must be between 1 and the number of shares")
+    padded = pad(secret, 16)
+    out = [bytearray(i.to_bytes(4, "little")) for i in range(1, num + 1)]
+    for start in range(0, len(padded), 16):
+        # highest degree first, the chunk itself the constant term
+        coeffs = [int.from_bytes(entropy.token_bytes(16), "big") for _ in range(threshold - 1)]
+        coeffs.append(int.from_bytes(padded[start:start + 16], "big"))
+        for i in range(1, num + 1):
+            value = 0
+            for c in coeffs:
+                value = _gf_mul(value, i) ^ c
+            out[i - 1] += value.to_bytes(16, "big")
+    return [bytes(x) for x in out]
 
 
 def _gf_inverse(a: int) -> int:
