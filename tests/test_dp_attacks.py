@@ -80,7 +80,10 @@ def training_rows(site: str, schema=None) -> pd.DataFrame:
 
 
 def dp_job(schema) -> JobSpec:
-    return JobSpec(model="ctgan", privacy=PrivacySettings(epsilon=1.0, delta=1e-5, preprocessing_share=0.5),
+    """Without secure aggregation: the coordinator reads each site's releases (under it, only their sums),
+    the widest view these attacks can have."""
+    return JobSpec(model="ctgan", privacy=PrivacySettings(epsilon=1.0, delta=1e-5, preprocessing_share=0.5,
+                                                          secure_aggregation=False),
                    training=TrainingSettings(rounds=1, local_epochs=0.5, batch_size=BATCH), seed=JOB_SEED,
                    schema=schema)
 
