@@ -23,6 +23,10 @@ Fair, breast cancer, penguins cut by a column's quartiles), epsilon 1 and non-DP
 site named without DP, and at epsilon 1 on Adult, bank and Fair (700-1,300 rows a site), none on heart,
 breast cancer and penguins (under 250 rows a site).
 
+Where the histograms are summed securely (``fedtab.federation.secure_encoding``) the coordinator holds
+no site's release: each site runs ``verdict`` on its own release against the sum less its own, which are
+the other sites' releases summed, the same statistic.
+
 It cannot see a table whose columns are real but shuffled independently (its one-way histograms are the
 real ones; only a two-way release would show it), and under strong noise (small sites, small epsilon) it
 names nothing: the noise hides the difference. Post-processing of DP releases only.
