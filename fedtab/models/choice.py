@@ -38,8 +38,12 @@ TARGET_PREPROCESSING_SHARE = 0.3
 
 
 def preprocessing_share_for(model: str, *, target: str | None) -> float:
-    """The encoding's share of epsilon for a job that sets none (see the module docstring)."""
-    return TARGET_PREPROCESSING_SHARE if model == "mst" and target is not None else DEFAULT_PREPROCESSING_SHARE
+    """The encoding's share of epsilon for a job that sets none (see the module docstring): more for a
+    model trained by measurement with a declared target (sampling draws the target again from the two-way
+    tables the encoding measures)."""
+    from fedtab.models.registry import is_measured
+
+    return TARGET_PREPROCESSING_SHARE if is_measured(model) and target is not None else DEFAULT_PREPROCESSING_SHARE
 
 
 @dataclass(frozen=True)
