@@ -382,11 +382,8 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
             # a site's own release counts one site: only a secure sum counts as several (merge_statistics)
             return {s: {k: v for k, v in r.items() if k != KEY_N_SITES} for s, r in replies.items()}
         total, replies = rounds.secure_sum(ask_masked, body, real=False)
-        keys = {tuple(r["keys"]) for r in replies.values()}
-        if len(keys) != 1:
-            raise FederationError("secure aggregation: the sites masked different two-way tables")
         # One release: the sum (its noise, one release's: ``pair_noise_sd`` below), merged like a site's.
-        return {secure_encoding.SUMMED: {encoding.KEY_PHASE: phase, **dict(zip(next(iter(keys)), total))}}
+        return {secure_encoding.SUMMED: secure_encoding.summed_release(total, replies, full_noise=False)}
 
     def screen(histogram: dict) -> dict:  # a conforming table of random values: named and left out
         from fedtab.federation.screening import leave_out_garbage

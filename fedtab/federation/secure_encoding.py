@@ -66,19 +66,23 @@ def count_keys(release: dict[str, Any]) -> list[str]:
 
 
 # -- at a site ----------------------------------------------------------------------------------------
+def masked(site: str, reply: dict[str, Any], keys: list[str], session, secure: dict) -> dict[str, Any]:
+    """``reply`` with its values under ``keys`` masked for the request ``secure`` names, the rest in the
+    clear (the encoding's masked replies: the histograms' counts, every two-way table)."""
+    values = [np.asarray(reply[k], dtype=np.float64) for k in keys]
+    masked_values, b_shares = session.mask(values, me=site, request=secure["request"],
+                                           sites=secure.get("sites") or [], job=str(secure.get("job", "")))
+    return {**{k: v for k, v in reply.items() if k not in keys}, "masked": masked_values, "b_shares": b_shares,
+            "keys": list(keys), "shapes": [list(np.shape(v)) for v in values], "sigma": 0.0}
+
+
 def masked_release(site: str, reply: dict[str, Any], state: dict, session, secure: dict, *,
                    plan: dict[str, Any]) -> dict[str, Any]:
     """The site's histogram reply with its counts masked; the release itself and the plan it was made
     for are kept in the site's state for its screen (``screen_reply``)."""
-    keys = count_keys(reply)
     state["histogram_release"] = {"release": reply, "plan": plan}
     state.pop("screened", None)
-    values = [np.asarray(reply[k], dtype=np.float64) for k in keys]
-    masked, b_shares = session.mask(values, me=site, request=secure["request"], sites=secure.get("sites") or [],
-                                    job=str(secure.get("job", "")))
-    layout = {k: v for k, v in reply.items() if k not in keys}
-    return {**layout, "masked": masked, "b_shares": b_shares, "keys": keys,
-            "shapes": [list(np.shape(v)) for v in values], "sigma": 0.0}
+    return masked(site, reply, count_keys(reply), session, secure)
 
 
 def screen_reply(site: str, body: dict[str, Any], state: dict) -> dict[str, Any]:
@@ -113,21 +117,24 @@ def screen_reply(site: str, body: dict[str, Any], state: dict) -> dict[str, Any]
 
 
 # -- at the coordinator --------------------------------------------------------------------------------
-def summed_release(total: list[np.ndarray], replies: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The sum of the sites' masked histogram releases as one release of ``len(replies)`` sites."""
+def summed_release(total: list[np.ndarray], replies: dict[str, dict[str, Any]], *,
+                   full_noise: bool = True) -> dict[str, Any]:
+    """The sum of the sites' masked encoding releases (``masked``) as one release: with ``full_noise``
+    (the histograms: each site's full noise) of ``len(replies)`` sites, else of one (the two-way tables,
+    whose noise shares add up to one release's)."""
     from fedtab.transform.plan import F_MISSING, KEY_N_SITES
 
     keys = {tuple(r["keys"]) for r in replies.values()}
     if len(keys) != 1:
-        raise FederationError("secure aggregation: the sites masked different histogram releases")
+        raise FederationError("secure aggregation: the sites masked different releases")
     layouts = [{k: v for k, v in r.items() if k not in WIRE} for r in replies.values()]
     first = layouts[0]
     if any(set(x) != set(first) or any(not np.array_equal(np.asarray(x[k], dtype=object), np.asarray(first[k], dtype=object))
                                        for k in first) for x in layouts[1:]):
-        raise FederationError("secure aggregation: the sites sent different histogram layouts")
+        raise FederationError("secure aggregation: the sites sent different layouts beside their masked releases")
     counts = {k: (float(np.asarray(t).reshape(-1)[0]) if k.endswith("/" + F_MISSING) else np.asarray(t, dtype=np.float64))
               for k, t in zip(next(iter(keys)), total)}
-    return {**first, **counts, KEY_N_SITES: len(replies)}
+    return {**first, **counts, **({KEY_N_SITES: len(replies)} if full_noise else {})}
 
 
 def screen(ask, plan, release: dict[str, Any], sites: list[str], *, min_sites: int,

@@ -284,12 +284,9 @@ class SiteWorker:
             state["rows_estimate"] = encoding.site_rows(plan, reply)
             if session is not None:
                 return secure_encoding.masked_release(self.name, reply, state, session, secure, plan=body["plan"])
-        if session is not None:
-            keys = sorted(k for k in reply if k != encoding.KEY_PHASE)
-            masked, b_shares = session.mask([reply[k] for k in keys], me=self.name, request=secure["request"],
-                                            sites=secure.get("sites") or [], job=str(secure.get("job", "")))
-            return {encoding.KEY_PHASE: reply[encoding.KEY_PHASE], "masked": masked, "b_shares": b_shares,
-                    "keys": keys, "shapes": [list(np.shape(reply[k])) for k in keys], "sigma": 0.0}
+        if session is not None:  # the two-way tables
+            return secure_encoding.masked(self.name, reply, sorted(k for k in reply if k != encoding.KEY_PHASE),
+                                          session, secure)
         return reply
 
     # -- phase 3: training --------------------------------------------------------------------------
