@@ -34,28 +34,36 @@ TOL = 2.0 ** -(secagg.UPDATE_BITS + 1)
 
 
 # -- at the aggregation level ---------------------------------------------------------------------------
-def _secure_mean(glob, new, rows, *, drop=()):
+def _secure_mean(glob, new, rows, *, drop=(), losses=None):
     """Each site masks its reply (``masked_reply``), the coordinator unmasks the survivors' sum and takes
-    the mean (``mean_of_sum``), as a training round does; the sites in ``drop`` mask but never arrive."""
+    the mean (``mean_of_sum``), as a training round does; the sites in ``drop`` mask but never arrive.
+    Returns (the new weights, the mean changes, the replies, the losses' row-weighted means)."""
     names = sorted(new)
+    losses = losses or {}
     sessions, peers, boxes = _sessions(names, threshold=len(names) - len(drop))
     body = {"weights": glob, "secagg": {"request": 0, "sites": names, "job": "j"}}
-    replies = {n: secure_updates.masked_reply(n, body, {"weights": new[n], "losses": {}}, {"rows_estimate": rows[n]},
-                                              sessions[n]) for n in names}
+    replies = {n: secure_updates.masked_reply(n, body, {"weights": new[n], "losses": losses.get(n, {}), "epsilon": 1.5,
+                                                        "steps": 12},
+                                              {"rows_estimate": rows[n]}, sessions[n])
+               for n in names}
     survivors = [n for n in names if n not in drop]
     b_boxes = {to: {frm: replies[frm]["b_shares"][to] for frm in survivors} for to in survivors}
     s_boxes = {to: {frm: boxes[to][frm] for frm in drop} for to in survivors}
     opened = {n: sessions[n].unmask(me=n, request=0, survivors=survivors, dropped=list(drop), s_inbox=s_boxes[n],
                                     b_inbox=b_boxes[n], job="j") for n in survivors}
     keys = sorted(glob)
-    total = secagg.unmask_sum({n: replies[n]["masked"] for n in survivors}, [np.shape(glob[k]) for k in keys],
+    shapes = [tuple(x) for x in replies[survivors[0]]["shapes"]]
+    assert shapes[:-1] == [np.shape(glob[k]) for k in keys]  # the weights' changes, then the losses' entries
+    total = secagg.unmask_sum({n: replies[n]["masked"] for n in survivors}, shapes,
                               peers=peers, dropped=list(drop),
                               b_shares={n: [o["b"][n] for o in opened.values()] for n in survivors},
                               s_shares={d: [o["s"][d] for o in opened.values()] for d in drop},
                               request=0, job="j", real=True, bits=secagg.UPDATE_BITS)
     weight = sum(rows[n] for n in survivors)
     means = {k: t / weight for k, t in zip(keys, total)}
-    return secure_updates.mean_of_sum(total, keys, glob, weight), means, replies
+    read, mean_losses = secure_updates.read_extra(total[-1])
+    assert read == pytest.approx(weight, abs=1e-8)  # the weight the coordinator divides by: the survivors' own
+    return secure_updates.mean_of_sum(total[:-1], keys, glob, read), means, replies, mean_losses
 
 
 def _updates(names, rng):
@@ -77,7 +85,8 @@ def test_the_secure_mean_is_the_plain_weighted_mean(drop):
     names = ["a", "b", "c", "d"]
     glob, new = _updates(names, rng)
     rows = {"a": 812.0, "b": 95.5, "c": 3021.0, "d": 1.0}
-    got, means, replies = _secure_mean(glob, new, rows, drop=drop)
+    losses = {"a": {"public": 2.0}, "b": {"public": -1.0, "private": 0.5}, "c": {"public": float("nan")}, "d": {}}
+    got, means, replies, mean_losses = _secure_mean(glob, new, rows, drop=drop, losses=losses)
     kept = [n for n in names if n not in drop]  # a site lost mid-round: the survivors' mean
     plain = weighted_average([new[n] for n in kept], [rows[n] for n in kept])
     w = np.array([rows[n] for n in kept]) / sum(rows[n] for n in kept)
@@ -87,8 +96,14 @@ def test_the_secure_mean_is_the_plain_weighted_mean(drop):
         assert got[k].dtype == np.float32
         assert np.all(np.abs(got[k].astype(np.float64) - plain[k]) <= np.spacing(np.abs(plain[k])))
     assert got["count"] == 19  # an integer buffer: the rounded mean change
-    for n in names:  # what left each site: a uint64 vector and encrypted shares, no weights
-        assert set(replies[n]) == {"masked", "b_shares", "shapes", "losses"}
+    # The losses are read summed: each the row-weighted mean over the survivors that report it (a site's
+    # non-finite loss counts as not reported).
+    public = {n: v["public"] for n, v in losses.items() if n in kept and np.isfinite(v.get("public", np.nan))}
+    assert mean_losses["public"] == pytest.approx(sum(rows[n] * v for n, v in public.items())
+                                                  / sum(rows[n] for n in public), abs=1e-8)
+    assert mean_losses["private"] == pytest.approx(0.5, abs=1e-8) and set(mean_losses) == {"public", "private"}
+    for n in names:  # what left each site: a uint64 vector, encrypted shares, the public plan's epsilon and steps
+        assert set(replies[n]) == {"masked", "b_shares", "shapes", "epsilon", "steps"}
         assert replies[n]["masked"].dtype == np.uint64
 
 
@@ -130,9 +145,6 @@ def _real_updates(monkeypatch):
     return seen
 
 
-_ROWS: dict = {}  # each site's own row estimate, read where it weights its update
-
-
 def _arrays(x):
     if isinstance(x, np.ndarray):
         yield x
@@ -144,8 +156,17 @@ def _arrays(x):
             yield from _arrays(v)
 
 
+def _unequal_sites():
+    """Four sites of 150, 300, 600 and 1,200 rows: a reply that follows a site's size tells them apart."""
+    from tests.test_marginal_model import _sites
+
+    rows = {"north": 150, "south": 300, "east": 600, "west": 1200}
+    return {name: frame for name, frame in
+            ((n, _sites(rows[n], names=(n,))[n]) for n in rows)}
+
+
 def _fit(monkeypatch, *, secure=True, epsilon=None, transport=_Recording, min_sites=None, aggregation="mean",
-         events=None):
+         events=None, sites=None):
     transport.messages = []
     monkeypatch.setattr("fedtab.federation.transport.InProcessTransport", transport)
     policy = {} if epsilon is not None else {"site_policy": non_dp_policy()}
@@ -154,19 +175,26 @@ def _fit(monkeypatch, *, secure=True, epsilon=None, transport=_Recording, min_si
         min_sites=min_sites, aggregation=aggregation, model_options={"compress_dims": [32], "decompress_dims": [32],
                                                                       "embedding_dim": 16},
         progress=None if events is None else (lambda e, i: events.append(i.get("name", ""))), **policy,
-    ).fit(_four_sites())
+    ).fit(sites or _four_sites())
+
+
+def _record_rows(monkeypatch) -> dict[str, float]:
+    """Each site's own row estimate, read where it weights its masked update."""
+    rows = {}
+    masked_reply = secure_updates.masked_reply
+
+    def recording(site, body, reply, state, session):
+        rows[site] = float(state["rows_estimate"])
+        return masked_reply(site, body, reply, state, session)
+
+    monkeypatch.setattr(secure_updates, "masked_reply", recording)
+    return rows
 
 
 @pytest.mark.parametrize("epsilon", [None, 2.0])
 def test_no_training_reply_holds_a_sites_update(monkeypatch, epsilon):
     real = _real_updates(monkeypatch)
-    masked_reply = secure_updates.masked_reply
-
-    def recording(site, body, reply, state, session):
-        _ROWS[site] = float(state["rows_estimate"])
-        return masked_reply(site, body, reply, state, session)
-
-    monkeypatch.setattr(secure_updates, "masked_reply", recording)
+    own_rows = _record_rows(monkeypatch)
     synth = _fit(monkeypatch, epsilon=epsilon)
     messages = _Recording.messages
     assert len(messages) == 8  # 4 sites x 2 rounds
@@ -182,16 +210,15 @@ def test_no_training_reply_holds_a_sites_update(monkeypatch, epsilon):
                 if a.shape == new[n].shape and a.size > 1:
                     assert not np.allclose(a, new[n]) and not np.allclose(a, new[n] - glob[n])
         # The attack: read the masked vector as the site's (rows x) update: noise, uncorrelated with it.
-        read = reply["masked"].view(np.int64).astype(np.float64)
-        assert read.size == delta.size > 1000
+        read = reply["masked"].view(np.int64).astype(np.float64)[:delta.size]  # then its weight and losses
+        assert reply["masked"].size == delta.size + 5 and delta.size > 1000
         assert abs(np.corrcoef(read, delta)[0, 1]) < 0.1
     # The model still trained: its weights are the mean of the last round's updates, each weighted by its
-    # site's own row estimate (the encoding's histograms were summed securely too: the coordinator divides
-    # by the consortium's row estimate, its equal shares summing to the sites' own estimates).
+    # site's own row estimate (the encoding's histograms were summed securely too: the coordinator knows
+    # none of them, and divides by their sum, read from the masked vectors; a site's estimate is floored
+    # at its noise sd, so their sum need not be the consortium's estimate its equal shares add up to).
     assert not synth.result_.site_rows_known
-    shares = synth.result_.site_weights
-    rows = {site: _ROWS[site] for site in shares}
-    assert sum(shares.values()) == pytest.approx(sum(rows.values()), rel=1e-9)
+    rows = {site: own_rows[site] for site in synth.result_.site_weights}
     plain = weighted_average([real[s][1] for s in sorted(rows)], [rows[s] for s in sorted(rows)])
     for k, v in synth.weights_.items():
         if np.issubdtype(v.dtype, np.floating):
@@ -218,12 +245,17 @@ class _Dropping(_Recording):
         return replies
 
 
-def test_a_site_lost_mid_round_leaves_the_survivors_mean(monkeypatch):
+@pytest.mark.parametrize("epsilon", [None, 2.0])
+def test_a_site_lost_mid_round_leaves_the_survivors_mean(monkeypatch, epsilon):
+    """The survivors' mean weighted by their own row estimates, on sites of 150 to 1,200 rows (the
+    largest lost): the weight divided by is theirs, read from the sum, not the coordinator's shares."""
     real = _real_updates(monkeypatch)
+    rows = _record_rows(monkeypatch)
     events = []
-    synth = _fit(monkeypatch, transport=_Dropping, min_sites=3, events=events)
+    synth = _fit(monkeypatch, transport=_Dropping, min_sites=3, events=events, epsilon=epsilon,
+                 sites=_unequal_sites())
     assert any("'west'" in e and "dropped out of 'training round 2'" in e for e in events)
-    rows = synth.result_.site_weights
+    assert not synth.result_.site_rows_known
     kept = ["east", "north", "south"]
     plain = weighted_average([real[s][1] for s in kept], [rows[s] for s in kept])
     for k, v in synth.weights_.items():
@@ -309,3 +341,72 @@ def test_a_recorded_update_is_masked_again_only_until_a_sum_holding_it_was_read(
     assert secure_updates.recorded({**again, "round": 1}, state) is None
     secure_updates.unmasked(0, state)
     assert secure_updates.recorded(again, state) is None
+
+
+# -- every message of a DP-SGD job: nothing that follows from one site's size ------------------------------
+class _Every(InProcessTransport):
+    """Every message of every kind the coordinator received: (kind, one request body, the replies)."""
+
+    messages: list = []
+
+    def outcomes(self, kind, bodies):
+        replies = super().outcomes(kind, bodies)
+        self.messages.append((kind, next(iter(bodies.values())), replies))
+        return replies
+
+
+def _dp_job(monkeypatch, secure: bool):
+    _Every.messages = []
+    monkeypatch.setattr("fedtab.federation.transport.InProcessTransport", _Every)
+    return fedtab.FederatedSynthesizer(
+        "tvae", epsilon=2.0, schema=SCHEMA, seed=0, rounds=2, batch_size=100, secure_aggregation=secure,
+        model_options={"compress_dims": [32], "decompress_dims": [32], "embedding_dim": 16},
+    ).fit(_unequal_sites())
+
+
+def _without_site(ledger: dict) -> dict:
+    return {k: v for k, v in ledger.items() if k != "site"}
+
+
+def test_every_reply_of_a_dp_sgd_job_is_the_same_at_every_site_but_its_masked_vectors(monkeypatch):
+    """Under secure aggregation the coordinator plans every site's training for one public size (the summed
+    histograms' rows, an equal share a site): the setup replies (noise multiplier, steps), the round replies
+    (epsilon, steps), every ledger it receives (the model file's) are identical at the four sites of 150 to
+    1,200 rows; what differs is masked (uniform 64-bit words), shares and keys."""
+    from tests.test_secagg import _only_sums
+
+    synth = _dp_job(monkeypatch, secure=True)
+    kinds = {(kind, body.get("phase")) for kind, body, _ in _Every.messages}
+    assert {("setup", None), ("train", "training round 1"), ("train", "training round 2"), ("ledger", None),
+            ("encode", "histogram")} <= kinds
+    for kind, body, replies in _Every.messages:
+        assert sorted(replies) == ["east", "north", "south", "west"]
+        public = {}
+        for site, reply in replies.items():
+            reply = dict(reply)
+            ledger = reply.pop("job_ledger", None)
+            if ledger is not None:
+                public.setdefault("job_ledger", set()).add(repr(_without_site(ledger)))
+            if kind == "setup":
+                assert set(reply) == {"noise_multiplier", "steps_per_round"}
+                public.setdefault("setup", set()).add(repr(reply))
+            elif kind == "train":
+                assert set(reply) == {"masked", "b_shares", "shapes", "epsilon", "steps"}
+                public.setdefault("train", set()).add(repr((reply["epsilon"], reply["steps"], reply["shapes"])))
+            elif kind == "ledger":
+                public.setdefault("ledger", set()).add(repr(_without_site(reply["ledger"])))
+            else:  # the encoding and the secure-aggregation rounds, as for the marginal model
+                _only_sums(kind, body, reply)
+        assert all(len(v) == 1 for v in public.values()), (kind, body.get("phase"), public)
+    assert not synth.result_.site_rows_known
+    assert len(set(synth.result_.noise_multipliers.values())) == 1
+    # The model trained: its rounds' epsilon is what every site spent, within the job's budget.
+    assert 0 < synth.result_.history[-1].epsilon["north"] <= 2.0 + 1e-9
+
+
+def test_broken_control_without_secure_aggregation_the_setup_replies_tell_the_sites_sizes_apart(monkeypatch):
+    _dp_job(monkeypatch, secure=False)
+    [setup] = [replies for kind, _, replies in _Every.messages if kind == "setup"]
+    steps = {s: r["steps_per_round"] for s, r in setup.items()}
+    # Each site's steps follow its own DP row estimate: the reading orders the sites by size.
+    assert sorted(steps, key=steps.get) == ["north", "south", "east", "west"]

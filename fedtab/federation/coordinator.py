@@ -163,13 +163,13 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
         t0 = time.perf_counter()
         body = {"round": r, "weights": state.weights}
         if rounds is not None:  # the coordinator reads the round's sum only (fedtab.federation.secure_updates)
-            weights, replies = _secure_round(transport, job, state, rounds, body, round_index=r, bounds=bounds,
-                                             min_sites=min_sites)
+            weights, replies, losses = _secure_round(transport, job, state, rounds, body, round_index=r,
+                                                     bounds=bounds, min_sites=min_sites)
             order = sorted(replies)
         else:
             weights, replies, order = _plain_round(transport, job, state, body, round_index=r, min_sites=min_sites,
                                                    bounds=bounds, progress=progress)
-        losses = {k: float(np.mean([replies[s]["losses"][k] for s in order])) for k in replies[order[0]]["losses"]}
+            losses = {k: float(np.mean([replies[s]["losses"][k] for s in order])) for k in replies[order[0]]["losses"]}
         eps = {s: float(replies[s]["epsilon"]) for s in order}
         record = RoundRecord(round=r + 1, losses=losses, epsilon=eps, seconds=time.perf_counter() - t0)
         state = replace(state, weights=weights, history=state.history + (record,), active_sites=tuple(order),
@@ -246,10 +246,16 @@ def _site_bounds(job: JobSpec, state: TrainingState, sites, bounds: dict[str, di
     new = [s for s in sites if s not in bounds]
     if new:
         transformer = TableTransformer.from_dict(state.encoding)
-        setup = training.setup_body(job, transformer)
-        total = sum(state.site_weights.values())  # each site's bound for all the rows where only that is known
-        bounds.update({s: training.update_bounds(setup, transformer, rows=state.site_weights[s]
-                                                 if state.site_rows_known else total) for s in new})
+        setup = training.setup_body(job, transformer, plan_rows=_plan_rows(state))
+        bounds.update({s: training.update_bounds(setup, transformer, rows=state.site_weights[s]) for s in new})
+
+
+def _plan_rows(state: TrainingState) -> float | None:
+    """The public rows a site that every site plans its training for where the coordinator knows only the
+    sites' summed rows (``training.site_training_plan``): the equal share; None where each site's is known."""
+    if state.site_rows_known or not state.site_weights:
+        return None
+    return sum(state.site_weights.values()) / len(state.site_weights)
 
 
 def aggregate(how: str, updates: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
@@ -423,12 +429,13 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
     # Phase 3: each site calibrates its DP-SGD noise to its remaining budget.
     from fedtab.federation import training
 
-    setup = training.setup_body(job, transformer)
+    state = TrainingState(schema=schema, encoding=transformer.to_dict(), site_weights=site_weights,
+                          noise_multipliers={}, weights={}, history=(), active_sites=tuple(sites), rounds_done=0,
+                          site_rows_known=rows_known)
+    setup = training.setup_body(job, transformer, plan_rows=_plan_rows(state))
     replies = broadcast(transport, SETUP, setup, sites=sites)
     noise = {s: float(r["noise_multiplier"]) for s, r in replies.items()}
-    return TrainingState(schema=schema, encoding=transformer.to_dict(), site_weights=site_weights,
-                         noise_multipliers=noise, weights=training.initial_weights(setup), history=(),
-                         active_sites=tuple(sites), rounds_done=0, site_rows_known=rows_known)
+    return replace(state, noise_multipliers=noise, weights=training.initial_weights(setup))
 
 
 def _schema_replies(transport: Transport, job: JobSpec, body: dict, sites: list[str],

@@ -7,19 +7,25 @@ shares drawn once per job, one mask key per round: ``planned_requests``) and its
 
 - each site trains its round as before (its full DP-SGD noise, on its ledger), then masks
   ``rows x (new weights - global weights)``, every entry of the state dict in fixed point of
-  ``secagg.UPDATE_BITS`` fractional bits, as one real vector. ``rows`` is the site's own row estimate
-  (``state["rows_estimate"]``: the post-processing of its histogram release that gives the coordinator its
-  FedAvg weight, exact without DP), never a weight the coordinator sends: a coordinator that could scale
-  the other sites' updates towards zero would read one site's update off the sum.
+  ``secagg.UPDATE_BITS`` fractional bits, as one real vector, then its round's losses (``rows x loss`` and
+  ``rows`` per loss: the coordinator reads their row-weighted mean), and ``rows`` itself: the coordinator
+  divides by the summed weights it reads. ``rows`` is the site's own row estimate (``state["rows_estimate"]``:
+  post-processing of its histogram release, floored at its noise sd; exact without DP), never a weight the
+  coordinator sends: a coordinator that could scale the other sites' updates towards zero would read one
+  site's update off the sum. Beside the masked
+  vector a reply holds the site's epsilon spent and its steps: under secure histograms the same at
+  every site (one public training plan, ``training.site_training_plan``).
 - the coordinator unmasks the sum over the sites whose masked update arrived (a site lost mid-round is
-  removed by secagg's unmask round and takes part in no later round), divides by their summed public
-  weights (``TrainingState.site_weights``) and adds the mean change to the global weights. Float entries
+  removed by secagg's unmask round and takes part in no later round), divides by their summed weights
+  (read from the sum; where it knows each site's weight, ``TrainingState.site_weights``, checked equal to
+  theirs) and adds the mean change to the global weights. Float entries
   (parameters and running statistics) are averaged as ``aggregation.weighted_average`` averages them;
   integer buffers (a BatchNorm's ``num_batches_tracked``) get the rounded mean of their change (the plain
   path copies the first site's counter: a count of local steps, public through each site's setup reply).
 - screening: the coordinator cannot see an update, so it screens the sum: the global model's shapes,
   finite values, and no parameter moved by more than the summed weights x each site's bound
-  (``training.update_bounds``: a round of Adam). A failing sum stops the run: which site sent the broken
+  (``training.update_bounds``: a round of Adam; under one public plan every site's, exact), so that the
+  mean moves no parameter further than one site's round can, whatever the weights. A failing sum stops the run: which site sent the broken
   update cannot be told. ``training.aggregation = "trimmed_mean"`` screens and trims each site's update,
   which the coordinator then sees (secure aggregation of updates is off for that job, and the
   coordinator says so): robustness to a hostile site against the coordinator seeing only sums.
@@ -82,11 +88,43 @@ def masked_reply(site: str, body: dict, reply: dict[str, Any], state: dict, sess
         raise FederationError(f"site '{site}': its model has other parameters than the global model", public=True)
     change = [rows * (np.asarray(reply["weights"][n], dtype=np.float64) - np.asarray(body["weights"][n], dtype=np.float64))
               for n in names]
+    change.append(_extra_entries(reply.get("losses") or {}, rows))
     secure = body["secagg"]
     masked, b_shares = session.mask(change, me=site, request=secure["request"], sites=secure.get("sites") or [],
                                     job=str(secure.get("job", "")), real=True, bits=secagg.UPDATE_BITS)
-    out = {k: v for k, v in reply.items() if k != "weights"}
+    out = {k: v for k, v in reply.items() if k in PUBLIC_REPLY}
     return {**out, "masked": masked, "b_shares": b_shares, "shapes": [list(np.shape(c)) for c in change]}
+
+
+# What a masked round reply holds beside the masked vector: the site's epsilon spent and its steps, both the
+# same at every site under the public plan (``training.site_training_plan`` with ``plan_rows``). The site's
+# weight and the round's losses go inside the sum (``_extra_entries``).
+PUBLIC_REPLY = ("epsilon", "steps")
+LOSSES = ("private", "public")  # the names a round's losses may have (``training.train_one_round``)
+LOSS_LIMIT = 1e3  # a loss is clipped to +-1e3 before it is weighted and summed (fixed point's range)
+
+
+def _extra_entries(losses: dict[str, float], rows: float) -> np.ndarray:
+    """The masked vector's last entry: ``rows`` (summed: the weight the coordinator divides by), then
+    ``rows x loss`` and ``rows`` for each of ``LOSSES`` the site reports (both 0 for one it does not):
+    summed, their ratio is the row-weighted mean of the losses the sites report."""
+    out = np.zeros(1 + 2 * len(LOSSES))
+    out[0] = rows
+    for i, name in enumerate(LOSSES):
+        value = losses.get(name)
+        if value is not None and np.isfinite(value):
+            out[1 + 2 * i:3 + 2 * i] = (rows * float(np.clip(value, -LOSS_LIMIT, LOSS_LIMIT)), rows)
+    return out
+
+
+def read_extra(summed: np.ndarray) -> tuple[float, dict[str, float]]:
+    """The summed weight and the row-weighted mean of each loss some site reported, from the summed
+    ``_extra_entries``."""
+    summed = np.asarray(summed, dtype=np.float64).ravel()
+    if summed.size != 1 + 2 * len(LOSSES):
+        return float("nan"), {}
+    return float(summed[0]), {name: float(summed[1 + 2 * i] / summed[2 + 2 * i]) for i, name in enumerate(LOSSES)
+                              if summed[2 + 2 * i] > 0.5}
 
 
 def _digest(weights: dict) -> str:
@@ -167,22 +205,47 @@ def screen_sum(total: list[np.ndarray], names: list[str], current: dict[str, np.
 
 
 def train_round(ask_train, rounds, body: dict, state, *, bounds: dict[str, dict[str, float]],
-                round_index: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """One securely summed round: (the new global weights, the survivors' replies: losses, epsilon).
+                round_index: int) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
+    """One securely summed round: (the new global weights, the survivors' replies: epsilon and steps,
+    the row-weighted mean of the losses the sites reported).
     ``ask_train(body, only=...)`` sends the training request and returns the replies that arrived;
     ``bounds`` holds each site's update bound (``training.update_bounds``)."""
     names = sorted(state.weights)
     total, replies = rounds.secure_sum(ask_train, {**body, "phase": f"{PHASE} {round_index + 1}"}, real=True,
                                        bits=secagg.UPDATE_BITS)
+    if len(total) != len(names) + 1:
+        raise FederationError(f"round {round_index + 1}: the summed update has other shapes than the global model")
+    weight, losses = read_extra(total[-1])
+    total = total[:-1]
     survivors = sorted(replies)
-    # Where the encoding's histograms were summed securely too (``TrainingState.site_rows_known`` False)
-    # these are equal shares of the consortium's row estimate, and each bound is for all of its rows.
-    weights = {s: float(state.site_weights[s]) for s in survivors}
-    why = screen_sum(total, names, state.weights, weights=weights, bounds={s: bounds[s] for s in survivors},
-                     n_sites=len(survivors))
+    why = _weight_check(weight, state, survivors)
+    if why is None:
+        # The sites' own weights, summed: where each site's is known, each bound x its weight; where only the
+        # consortium's rows are (histograms summed securely: one public plan, every site the same bound),
+        # the bound x the weight read (a site lost mid-job leaves the survivors' own, not their shares).
+        weights = ({s: float(state.site_weights[s]) for s in survivors} if state.site_rows_known
+                   else {s: weight / len(survivors) for s in survivors})
+        why = screen_sum(total, names, state.weights, weights=weights, bounds={s: bounds[s] for s in survivors},
+                         n_sites=len(survivors))
     if why is not None:
         raise FederationError(
             f"round {round_index + 1}: {why}. Under secure aggregation the coordinator sees only the sum, so the "
             "site whose update is broken or hostile cannot be named; 'training.aggregation = \"trimmed_mean\"' "
             "screens (and trims) each site's update, which the coordinator then sees.")
-    return mean_of_sum(total, names, state.weights, sum(weights.values())), replies
+    # The mean: over the weights the sites used (the summed weight), which a site lost mid-job leaves exact.
+    return mean_of_sum(total, names, state.weights, weight), replies, losses
+
+
+def _weight_check(weight: float, state, survivors: list[str]) -> str | None:
+    """Why the summed weight cannot be the survivors' row estimates, or None. Where each site's weight is
+    known the sum must equal theirs (to the fixed point's rounding); otherwise positive (each site's is
+    floored at its estimate's noise sd, so their sum is not the consortium's estimate: no upper bound;
+    the screen bounds the mean's move whatever the weights)."""
+    rounding = len(survivors) * 0.5 / float(1 << secagg.UPDATE_BITS)
+    if not np.isfinite(weight) or weight <= 0.5:
+        return "the summed weight of the sites' updates is not a row count"
+    if state.site_rows_known:
+        want = sum(float(state.site_weights[s]) for s in survivors)
+        if abs(weight - want) > 1e-9 * want + rounding + 1e-9:
+            return f"the sites weighted their updates by {weight:.6g} rows in all, not their row estimates' {want:.6g}"
+    return None

@@ -296,6 +296,8 @@ class SiteWorker:
         train, _ = self._frames(state)
         ledger = self._ledger_of(state)
         rows = float(len(train)) if not ledger.is_dp else float(state["rows_estimate"])
+        # With the coordinator's public plan_rows (histograms summed securely) the reply is the same at
+        # every site: nothing in it follows from this site's size (``training.site_training_plan``).
         plan = training.site_training_plan(body, n_rows=rows, ledger=ledger)
         state["training"] = {**body, **plan}
         return {"noise_multiplier": plan["noise_multiplier"], "steps_per_round": plan["steps_per_round"]}

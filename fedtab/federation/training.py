@@ -57,9 +57,12 @@ def resolve_model_options(job, transformer: TableTransformer) -> dict[str, Any]:
     return options
 
 
-def setup_body(job, transformer: TableTransformer) -> dict[str, Any]:
+def setup_body(job, transformer: TableTransformer, *, plan_rows: float | None = None) -> dict[str, Any]:
+    """What the coordinator sends to set training up. ``plan_rows``: the public rows a site every site plans
+    its training for (``site_training_plan``), where the coordinator knows only the sites' summed rows."""
     enc = transformer.to_dict()
-    return {
+    public = {} if plan_rows is None else {"plan_rows": float(plan_rows)}
+    return {**public,
         "transformer": enc,
         "transformer_hash": encoding_sha256(enc),
         "model": job.model, "model_options": resolve_model_options(job, transformer), "seed": job.seed,
@@ -105,10 +108,18 @@ def site_training_plan(setup: dict[str, Any], *, n_rows: float, ledger: PrivacyL
     sent back). Under DP ``n_rows`` is the site's DP row estimate, never its exact count: the sample
     rate, the steps and the expected batch (which divides the noisy gradient sum) all follow from it.
     The accounting stays exact whatever the estimate: each row is in a step's batch with probability
-    ``sample_rate``, which is all the subsampled Gaussian's analysis uses."""
+    ``sample_rate``, which is all the subsampled Gaussian's analysis uses.
+
+    With ``setup["plan_rows"]`` (the coordinator's public rows a site, an equal share of the securely
+    summed histograms' row estimate: ``fedtab.federation.secure_encoding``) every site trains to one
+    public plan: the sample rate, steps and noise multiplier follow from ``plan_rows``, so the site's
+    setup and round replies and its ledger hold nothing of its own size; only the expected batch, which
+    stays at the site, is ``sample_rate x n_rows``. Each site still passes over its rows the stated
+    epochs a round (steps x sample rate)."""
     n_rows = max(1.0, float(n_rows))
-    steps = steps_per_round(setup, n_rows)
-    sample_rate = min(1.0, int(setup["batch_size"]) / n_rows)
+    plan_rows = max(1.0, float(setup.get("plan_rows") or n_rows))
+    steps = steps_per_round(setup, plan_rows)
+    sample_rate = min(1.0, int(setup["batch_size"]) / plan_rows)
     z = 0.0
     if ledger.is_dp:
         z = calibrate_noise_multiplier(ledger=ledger, sample_rate=sample_rate, steps=steps * int(setup["rounds"]),
@@ -204,12 +215,15 @@ def update_bounds(setup: dict[str, Any], transformer: TableTransformer, *, rows:
     """How far one round of a site with about ``rows`` rows (its DP row estimate: public) can move each
     trained parameter: its network's learning rate x Adam's step bound over the round's steps
     (``fedtab.federation.aggregation.adam_step_bound``), from the job's settings alone. The steps are
-    those of twice the rows, plus one: the estimate's noise cannot make an honest site's round longer."""
+    those of twice the rows, plus one: the estimate's noise cannot make an honest site's round longer.
+    Under one public plan (``setup["plan_rows"]``: ``site_training_plan``) every site runs exactly its steps."""
     from fedtab.federation.aggregation import adam_step_bound
 
     model = build_model(setup, transformer)
     opt = dataclasses.replace(OPTIMIZER, **model.optimizer_options())
-    factor = adam_step_bound(opt.betas, steps_per_round(setup, 2.0 * max(float(rows), 1.0)) + 1)
+    steps = (steps_per_round(setup, float(setup["plan_rows"])) if setup.get("plan_rows")
+             else steps_per_round(setup, 2.0 * max(float(rows), 1.0)) + 1)
+    factor = adam_step_bound(opt.betas, steps)
     rates = {id(model.private_network()): opt.private_lr}
     if model.public_network() is not None:
         rates[id(model.public_network())] = opt.public_lr
