@@ -42,6 +42,10 @@ import numpy as np
 ALPHA = 1e-4
 RATIO = 2.0
 GROUPS = 10  # a numerical column's cells are read in at most this many runs of neighbouring cells
+# The reference is the other sites: with one other, either could be the odd one. Fewer sites: no screen
+# (here, at each site under secure aggregation, and at the coordinator that asks them).
+MIN_SITES = 3
+WHERE = "the encoding's statistics"  # where a named site is left out, in the coordinator's notes and errors
 
 
 def garbage_sites(plan, histogram: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -50,7 +54,7 @@ def garbage_sites(plan, histogram: dict[str, dict[str, Any]]) -> dict[str, str]:
     from fedtab.transform.plan import F_COUNTS, wire_key
 
     sites = sorted(histogram)
-    if len(sites) < 3:  # the reference is the other sites: with one other, either could be the odd one
+    if len(sites) < MIN_SITES:
         return {}
     out = {}
     for site in sites:
@@ -121,4 +125,4 @@ def leave_out_garbage(plan, histogram: dict[str, dict[str, Any]], *, min_sites: 
 
     named = garbage_sites(plan, histogram)
     return set(leave_out(named, going_on=len(histogram) - len(named), of=len(histogram), min_sites=min_sites,
-                         where="the encoding's statistics", progress=progress))
+                         where=WHERE, progress=progress))

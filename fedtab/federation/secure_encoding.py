@@ -106,7 +106,7 @@ def screen_reply(site: str, body: dict[str, Any], state: dict) -> dict[str, Any]
                               public=True)
     state["screened"] = True
     n_sites = int(body.get("n_sites", 0))
-    if n_sites < 3:  # with one other site either could be the odd one
+    if n_sites < screening.MIN_SITES:
         return {"garbage": False}
     plan = plan_from_dict(kept["plan"])  # its own release's plan, not one the screen request names
     pooled = {spec.name: np.asarray(total[wire_key(spec.name, F_COUNTS)], dtype=np.float64)
@@ -145,7 +145,7 @@ def screen(ask, plan, release: dict[str, Any], sites: list[str], *, min_sites: i
     from fedtab.federation.agreement import leave_out
     from fedtab.transform.plan import F_COUNTS, KEY_N_SITES, wire_key
 
-    if len(sites) < 3:
+    if len(sites) < screening.MIN_SITES:
         return [], release
     keys = count_keys(release)
     replies = ask({"phase": SCREEN, "sum": {k: release[k] for k in keys}, "n_sites": len(sites)})
@@ -163,7 +163,7 @@ def screen(ask, plan, release: dict[str, Any], sites: list[str], *, min_sites: i
                        or "it found its own table random values, not real rows")
         theirs[site] = got
     dropped = leave_out(named, going_on=len(sites) - len(named), of=len(sites), min_sites=min_sites,
-                        where="the encoding's statistics", progress=progress)
+                        where=screening.WHERE, progress=progress)
     out = dict(release)
     for site in dropped:
         for k in keys:
