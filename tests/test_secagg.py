@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import fedtab
-from fedtab.errors import FederationError
+from fedtab.errors import ConfigError, FederationError
 from fedtab.federation import secagg
 from fedtab.federation.marginals import MEASURE
 from fedtab.federation.transport import InProcessTransport
@@ -205,7 +205,7 @@ class _Recording(SecretSource):
         return out
 
 
-def _run(monkeypatch, secure: bool, every: list | None = None):
+def _run(monkeypatch, secure: bool, every: list | None = None, schema: TableSchema = SCHEMA, rows: int = 300):
     """A DP mst job on 3 sites; every measurement request and reply the coordinator handled (and, in
     ``every``, each message of every kind: (kind, a request body, the replies))."""
     seen = []
@@ -222,8 +222,8 @@ def _run(monkeypatch, secure: bool, every: list | None = None):
     monkeypatch.setattr(InProcessTransport, "outcomes", recording)
     _Recording.draws = defaultdict(list)
     with _replace_source_for_tests(_Recording):
-        synth = fedtab.FederatedSynthesizer("mst", epsilon=1.0, schema=SCHEMA, seed=1, secure_aggregation=secure,
-                                            model_options={"iters": 50}).fit(_sites(300))
+        synth = fedtab.FederatedSynthesizer("mst", epsilon=1.0, schema=schema, seed=1, secure_aggregation=secure,
+                                            model_options={"iters": 50}).fit(_sites(rows))
     return synth, seen, dict(_Recording.draws)
 
 
@@ -267,9 +267,10 @@ def _only_sums(kind, body, reply) -> None:
         assert set(reply) == {"ledger"} and set(reply["ledger"]) == ledger
     elif kind == ENCODE and phase == secure_encoding.SCREEN:
         assert reply == {"garbage": False}  # an honest site: one bit
-    elif kind == ENCODE:  # the histograms: masked counts, the layout a copy of the request
+    elif kind == ENCODE:  # the histograms (or a domain's magnitude counts): masked counts, the layout a copy
         layout = {k: v for k, v in reply.items() if k not in secure_encoding.WIRE and k != "phase"}
-        assert layout and all(np.array_equal(np.asarray(v), np.asarray(body["request"][k])) for k, v in layout.items())
+        assert layout or phase == "domain"  # the domain's grid is public: no layout
+        assert all(np.array_equal(np.asarray(v), np.asarray(body["request"][k])) for k, v in layout.items())
         assert set(reply) - set(layout) == {"phase", *secure_encoding.WIRE}, "a count left a site outside the sum"
     else:
         want = {"keys": {"c", "s"}, "shares": {"shares"}, "unmask": {"b", "s"}}.get(
@@ -408,6 +409,59 @@ def test_a_site_lost_between_the_one_way_measurements_leaves_the_second_alone(mo
     assert any("'south'" in e and f"dropped out of '{marginals.AGAIN}'" in e for e in events)
     assert len(calls) == 1
     assert synth.sample(100, seed=1).notna().all().all()
+
+
+def _without_bounds(*names: str) -> TableSchema:
+    """SCHEMA with the numerical columns ``names`` declared without bounds (the domain phase finds them)."""
+    return dataclasses.replace(SCHEMA, columns=tuple(
+        dataclasses.replace(c, lower=None, upper=None) if c.name in names else c for c in SCHEMA.columns))
+
+
+def test_a_domain_phase_of_numerical_columns_is_summed_securely(monkeypatch):
+    """Columns declared without bounds: each site's DP magnitude counts reach the coordinator masked; it
+    reads their sum (each site's noisy counts summed) and finds the bounds from it; every message of the
+    job holds only sums. Broken control: without secure aggregation each site's counts are in the clear."""
+    from fedtab.transform.plan import F_COUNTS, wire_key
+
+    every = []
+    synth, _, draws = _run(monkeypatch, secure=True, every=every, schema=_without_bounds("value", "noise"), rows=6000)
+    [(body, replies)] = [(b, r) for kind, b, r in every if kind == "encode" and b.get("phase") == "domain"]
+    for kind, b, r in every:
+        for reply in r.values():
+            _only_sums(kind, b, reply)
+    sites = sorted(replies)
+    assert len(sites) == 3 and all(set(r["keys"]) == {"value/counts", "noise/counts"} for r in replies.values())
+    # The sum read is the sum of the sites' noisy magnitude counts (drawn at each one's full noise).
+    [unmask] = [(b, r) for kind, b, r in every if b.get("phase") == "unmask"
+                and b["secagg"]["request"] == body["secagg"]["request"]]
+    peers = next(b for _, b, _ in every if b.get("phase") == "shares")["secagg"]["peers"]
+    total = secagg.unmask_sum({n: replies[n]["masked"] for n in sites}, [tuple(x) for x in replies[sites[0]]["shapes"]],
+                              peers=peers, dropped=[], b_shares={n: [o["b"][n] for o in unmask[1].values()] for n in sites},
+                              s_shares={}, request=body["secagg"]["request"], job=body["secagg"]["job"])
+    order = ["value", "noise"]  # the columns' draws in the schema's order; the masked vector in its keys'
+    keys = replies[sites[0]]["keys"]
+    noisy = {s: np.concatenate([v[order.index(k.split("/")[0])][2].ravel() for k in keys]) for s in sites
+             for label, v in draws.items() if label == f"{s}/encode/domain"}
+    assert np.array_equal(np.concatenate([t.ravel() for t in total]), sum(noisy.values()))
+    for s in sites:  # each reply read as counts: uniform words, far from its own
+        assert np.median(np.abs(replies[s]["masked"].view(np.int64).astype(float) - noisy[s])) > 1e12
+    # The bounds found from the sum: magnitude cells about the rows (value in 0-100, noise in 0-10).
+    sample = synth.sample(2000, seed=0)
+    assert 8 <= sample["value"].min() and 80 <= sample["value"].max() <= 128
+    assert 0 <= sample["noise"].min() and 8 <= sample["noise"].max() <= 16
+    # Broken control: the same job without secure aggregation sends each site's counts in the clear.
+    plain = []
+    _run(monkeypatch, secure=False, every=plain, schema=_without_bounds("value", "noise"), rows=6000)
+    [(_, clear)] = [(b, r) for kind, b, r in plain if kind == "encode" and b.get("phase") == "domain"]
+    assert all("masked" not in r and np.size(r[wire_key("value", F_COUNTS)]) > 1 for r in clear.values())
+
+
+@pytest.mark.parametrize("secure", [True, False])
+def test_a_range_the_noise_hides_is_refused_not_guessed(monkeypatch, secure):
+    """3 sites of 300 rows at epsilon 1: no magnitude cell of 'value' stands 4 sds above the noise. The run
+    stops naming the column and the fix (the fullest noisy cell gave bounds of -1e6 for values in 0-100)."""
+    with pytest.raises(ConfigError, match="Column 'value' is declared without bounds.*Declare the column's public"):
+        _run(monkeypatch, secure=secure, schema=_without_bounds("value"))
 
 
 def test_the_targets_two_way_tables_of_the_encoding_are_summed_securely(monkeypatch):

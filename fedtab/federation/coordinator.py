@@ -361,16 +361,18 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
     training_requests = planned_requests(job) if setup and secure_updates(job, len(sites)) else 0
     measured = is_measured(job.model)
     summed = secure_encoding.summed_histograms(job, plan, updates=training_requests > 0)
+    domain = secure_encoding.summed_domain(plan, histograms=summed)
     if marginals.uses_secure_aggregation(job, len(sites)) and (plan.pairs or measured or training_requests):
         rounds = marginals.SecureRounds(_measure_ask(transport, sites), len(sites), job, progress,
                                         # the measured model's three requests (under the star on the target the
                                         # second one-way measurement takes the selection's)
-                                        requests=(1 if plan.pairs else 0) + (1 if summed else 0)
+                                        requests=(1 if plan.pairs else 0) + (1 if summed else 0) + (1 if domain else 0)
                                         + (len(marginals.PHASES) if measured else 0)
                                         + training_requests, label="marginals" if measured else "federation")
         if secure_box is not None:
             secure_box["rounds"] = rounds
     summed = summed and rounds is not None
+    domain = domain and summed
     in_sum: list[str] = []  # the sites in the summed histograms
 
     def ask_masked(body, only):
@@ -378,10 +380,10 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
 
     def ask_encoding(phase: str, request: dict) -> dict:
         body = {"schema": schema.to_dict(), "plan": encoding.plan_to_dict(plan), "phase": phase, "request": request}
-        if phase == encoding.PHASE_HISTOGRAM and summed:
+        if (phase == encoding.PHASE_HISTOGRAM and summed) or (phase == encoding.PHASE_DOMAIN and domain):
             total, replies = rounds.secure_sum(ask_masked, body, real=False)
             in_sum[:] = sorted(replies)
-            sites[:] = [s for s in sites if s in replies]  # a site lost here is in no release of the model
+            sites[:] = [s for s in sites if s in replies]  # a site lost here is in no later release of the model
             return {secure_encoding.SUMMED: secure_encoding.summed_release(total, replies)}
         if phase != encoding.PHASE_PAIRS or rounds is None or not len(request.get(encoding.KEY_PAIRS_MEASURED, [])):
             replies = broadcast(transport, ENCODE, body, sites=sites)

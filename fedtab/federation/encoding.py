@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fedtab.transform.plan import (  # noqa: F401
-    KEY_PHASE, PHASE_HISTOGRAM, PHASE_PAIRS, EncodingDP, EncodingPlan, target_pairs,
+    KEY_PHASE, PHASE_DOMAIN, PHASE_HISTOGRAM, PHASE_PAIRS, EncodingDP, EncodingPlan, target_pairs,
 )
 from fedtab.transform.pairs import KEY_PAIRS_MEASURED  # noqa: F401
 from fedtab.transform.statistics import private_row_count, site_rows, site_statistics  # noqa: F401 (site side)

@@ -29,12 +29,17 @@ securely (``secure_updates``: ``training.aggregation = "mean"``), without a site
 The coordinator then knows the consortium's row count, not each site's: each site's weight is an equal
 share of it (``TrainingState.site_rows_known`` False; the model file says so). The marginal model's row
 check reads a sum only when its sites are the encoding's, and its pair selection discounts chance scores
-for equal sites; a DP-SGD round is the survivors' summed update over their equal shares (exact unless a
-site dropped out), screened against bounds each for all the rows (looser than per site). A site whose
-code inflates its histograms as well as what follows reads as a larger site, as without secure
-aggregation. Not summed: the ``domain`` phase (columns
-declared without bounds or categories; a DP set union is per site by nature), and a job with a site
-column (each site's own marginals are its purpose).
+for equal sites; the DP-SGD models train to one public plan for that equal share
+(``training.site_training_plan``) and a round is the survivors' summed update over their summed own
+weights (``secure_updates``). A site whose code inflates its histograms as well as what follows reads as
+a larger site, as without secure aggregation.
+
+- the ``domain`` phase under DP (columns declared without bounds: ``summed_domain``): a numerical
+  column's release is a count vector on a public magnitude grid, so it is masked and summed the same way,
+  at each site's full noise, and merged as the release of the sites in the sum. Not summed: a categorical
+  column declared without categories (its release is the set of values a site holds, a DP set union: no
+  sum of it names the values; with one, the whole domain phase stays per site), and a job with a site
+  column (each site's own marginals are its purpose).
 """
 
 from __future__ import annotations
@@ -56,6 +61,14 @@ def summed_histograms(job, plan, *, updates: bool) -> bool:
     from fedtab.models.registry import is_measured
 
     return plan.site_column is None and (is_measured(job.model) or updates)
+
+
+def summed_domain(plan, *, histograms: bool) -> bool:
+    """Whether the ``domain`` phase is summed securely too: where the histograms are (``histograms``),
+    under DP, and every column it asks about is numerical (magnitude counts on a public grid)."""
+    columns = plan.domain_columns()
+    return bool(histograms and plan.dp is not None and columns
+                and all(c.type in ("numerical", "datetime") for c in columns))
 
 
 def count_keys(release: dict[str, Any]) -> list[str]:
@@ -82,6 +95,17 @@ def masked_release(site: str, reply: dict[str, Any], state: dict, session, secur
     for are kept in the site's state for its screen (``screen_reply``)."""
     state["histogram_release"] = {"release": reply, "plan": plan}
     state.pop("screened", None)
+    return masked(site, reply, count_keys(reply), session, secure)
+
+
+def masked_domain(site: str, reply: dict[str, Any], session, secure: dict) -> dict[str, Any]:
+    """The site's domain reply with its magnitude counts masked; refused where it holds a categorical
+    column's values (a set of values, which no sum can carry)."""
+    from fedtab.transform.plan import F_KEYS
+
+    if any(k.rsplit("/", 1)[-1] == F_KEYS for k in reply):
+        raise FederationError(f"site '{site}': a secure sum of the domain phase was asked for a column declared "
+                              "without categories (its release is a set of values, not counts)", public=True)
     return masked(site, reply, count_keys(reply), session, secure)
 
 

@@ -284,6 +284,8 @@ class SiteWorker:
             state["rows_estimate"] = encoding.site_rows(plan, reply)
             if session is not None:
                 return secure_encoding.masked_release(self.name, reply, state, session, secure, plan=body["plan"])
+        if session is not None and body["phase"] == encoding.PHASE_DOMAIN:  # numerical columns' magnitude counts
+            return secure_encoding.masked_domain(self.name, reply, session, secure)
         if session is not None:  # the two-way tables
             return secure_encoding.masked(self.name, reply, sorted(k for k in reply if k != encoding.KEY_PHASE),
                                           session, secure)
