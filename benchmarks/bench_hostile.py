@@ -249,6 +249,14 @@ def _r(x, digits=4):
     return None if x is None else round(float(x), digits)
 
 
+def _summary(rows: list[dict]) -> list[dict]:
+    summary = summarise(rows)
+    for e in summary:
+        e["model_used"] = next((r["model_used"] for r in rows if r["model"] == e["model"] and r.get("model_used")),
+                               None)
+    return summary
+
+
 def render(meta: dict, summary: list[dict], detector: dict | None) -> str:
     f = lambda x: "-" if x is None else f"{x:+.3f}" if isinstance(x, float) and x < 0 else f"{x:.3f}"  # noqa: E731
     yn = lambda b: "-" if b is None else "yes" if b else "**no**"  # noqa: E731
@@ -395,6 +403,7 @@ def main() -> None:
             saved["detector"] = json.loads(Path(args.detector_json).read_text())["detector"]
         saved["meta"]["notes"] = saved["meta"].get("notes", []) + [n for n in args.note
                                                                    if n not in saved["meta"].get("notes", [])]
+        saved["summary"] = _summary(saved["rows"])  # rows merged into the file by hand count too
         atomic_write_text(out, json.dumps(saved, indent=1, default=_json_default))
         atomic_write_text(out.with_suffix(".md"), render(saved["meta"], saved["summary"], saved.get("detector")))
         return
@@ -412,10 +421,7 @@ def main() -> None:
         meta["started"] = saved["meta"]["started"]
         meta["notes"] = saved["meta"].get("notes", [])
     rows = run_grid(args, meta, out, saved.get("rows", []) if args.merge else [])
-    summary = summarise(rows)
-    for e in summary:
-        e["model_used"] = next((r["model_used"] for r in rows if r["model"] == e["model"] and r.get("model_used")),
-                               None)
+    summary = _summary(rows)
     meta["hostile_sites"] = sorted({r["hostile_site"] for r in rows if r.get("hostile_site")})
     detector = saved.get("detector")
     atomic_write_text(out, json.dumps({"meta": meta, "summary": summary, "rows": rows, "detector": detector},
