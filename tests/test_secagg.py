@@ -456,6 +456,29 @@ def test_a_domain_phase_of_numerical_columns_is_summed_securely(monkeypatch):
     assert all("masked" not in r and np.size(r[wire_key("value", F_COUNTS)]) > 1 for r in clear.values())
 
 
+def test_a_categorical_domain_stays_per_site_and_the_coordinator_says_so(monkeypatch):
+    """A categorical column declared without categories: its DP set union is per site (the masked sum
+    cannot carry values), said once in the progress notes; the histograms are still summed."""
+    schema = dataclasses.replace(SCHEMA, columns=tuple(
+        dataclasses.replace(c, categories=None) if c.name == "kind" else c for c in SCHEMA.columns))
+    notes, every = [], []
+    original = InProcessTransport.outcomes
+
+    def recording(self, kind, bodies):
+        replies = original(self, kind, bodies)
+        every.append((kind, next(iter(bodies.values())), replies))
+        return replies
+
+    monkeypatch.setattr(InProcessTransport, "outcomes", recording)
+    fedtab.FederatedSynthesizer("mst", epsilon=1.0, schema=schema, seed=1, model_options={"iters": 20},
+                                progress=lambda e, i: notes.append(i.get("name", ""))).fit(_sites(2000))
+    assert sum("domain phase stays per site" in n and "'kind'" in n for n in notes) == 1
+    [domain] = [r for kind, b, r in every if kind == "encode" and b.get("phase") == "domain"]
+    assert all("masked" not in r and "kind/keys" in r for r in domain.values())  # per site, in the clear
+    [histogram] = [r for kind, b, r in every if kind == "encode" and b.get("phase") == "histogram"]
+    assert all("masked" in r for r in histogram.values())
+
+
 @pytest.mark.parametrize("secure", [True, False])
 def test_a_range_the_noise_hides_is_refused_not_guessed(monkeypatch, secure):
     """3 sites of 300 rows at epsilon 1: no magnitude cell of 'value' stands 4 sds above the noise. The run

@@ -373,6 +373,8 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
             secure_box["rounds"] = rounds
     summed = summed and rounds is not None
     domain = domain and summed
+    if summed and not domain and plan.domain_columns():  # a set union of values: no sum carries it
+        _notify(progress, "phase", name=secure_encoding.domain_note(plan))
     in_sum: list[str] = []  # the sites in the summed histograms
 
     def ask_masked(body, only):

@@ -71,6 +71,14 @@ def summed_domain(plan, *, histograms: bool) -> bool:
                 and all(c.type in ("numerical", "datetime") for c in columns))
 
 
+def domain_note(plan) -> str:
+    """What the coordinator says where the histograms are summed but the domain phase is not."""
+    names = [c.name for c in plan.threshold_columns()]
+    return (f"secure aggregation: the domain phase stays per site (a DP set union of the values each site holds, "
+            f"which no sum carries) for column(s) declared without categories: {', '.join(repr(n) for n in names)}; "
+            "declare their categories to keep the coordinator's view to sums")
+
+
 def count_keys(release: dict[str, Any]) -> list[str]:
     """The keys of a histogram release that hold counts (summed), in a fixed order; the rest is layout."""
     from fedtab.transform.plan import F_COUNTS, F_MISSING, F_ROUNDING
