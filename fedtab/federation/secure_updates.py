@@ -12,9 +12,8 @@ shares drawn once per job, one mask key per round: ``planned_requests``) and its
   divides by the summed weights it reads. ``rows`` is the site's own row estimate (``state["rows_estimate"]``:
   post-processing of its histogram release, floored at its noise sd; exact without DP), never a weight the
   coordinator sends: a coordinator that could scale the other sites' updates towards zero would read one
-  site's update off the sum. Beside the masked
-  vector a reply holds the site's epsilon spent and its steps: under secure histograms the same at
-  every site (one public training plan, ``training.site_training_plan``).
+  site's update off the sum. Beside the masked vector a reply holds the site's epsilon spent and its
+  steps: under secure histograms the same at every site (one public plan, ``training.site_training_plan``).
 - the coordinator unmasks the sum over the sites whose masked update arrived (a site lost mid-round is
   removed by secagg's unmask round and takes part in no later round), divides by their summed weights
   (read from the sum; where it knows each site's weight, ``TrainingState.site_weights``, checked equal to
@@ -25,8 +24,8 @@ shares drawn once per job, one mask key per round: ``planned_requests``) and its
 - screening: the coordinator cannot see an update, so it screens the sum: the global model's shapes,
   finite values, and no parameter moved by more than the summed weights x each site's bound
   (``training.update_bounds``: a round of Adam; under one public plan every site's, exact), so that the
-  mean moves no parameter further than one site's round can, whatever the weights. A failing sum stops the run: which site sent the broken
-  update cannot be told. ``training.aggregation = "trimmed_mean"`` screens and trims each site's update,
+  mean moves no parameter further than one site's round can, whatever the weights. A failing sum stops
+  the run: which site sent the broken update cannot be told. ``training.aggregation = "trimmed_mean"`` screens and trims each site's update,
   which the coordinator then sees (secure aggregation of updates is off for that job, and the
   coordinator says so): robustness to a hostile site against the coordinator seeing only sums.
 
