@@ -69,6 +69,10 @@ class FederatedSynthesizer:
     site's update that is not finite, has other shapes or moves a parameter further than a round of Adam
     can is named and left out (``fedtab.federation.aggregation.screen_update``). ``min_sites``: the fewest
     sites that must take part (default: all); a site left out beyond that stops the run.
+    ``site_rows_at_most``: site name -> the consortium's public declaration of its most rows (or
+    ``rows_at_most`` on a ``SiteSource``); a site whose encoding histograms count more is named and left
+    out, and under secure aggregation a sum over the declared sizes stops the run
+    (``fedtab.federation.screening``): a site whose code inflates all its counts weighs no more than declared.
     ``target``: the column that matters most downstream (e.g. the label a model will be trained on):
     the encoding also measures its two-way table with every other column (under DP from the same
     preprocessing budget) and ``sample`` calibrates the rows onto those tables, so how the other
@@ -101,7 +105,8 @@ class FederatedSynthesizer:
                  signing_key: str | os.PathLike | Any | None = None,
                  progress: Progress | None = None, site_policy: SitePolicy | Mapping[str, SitePolicy] | None = None,
                  ledger_dir: str | os.PathLike | None = None, secure_aggregation: bool = True,
-                 aggregation: str = "mean", min_sites: int | None = None):
+                 aggregation: str = "mean", min_sites: int | None = None,
+                 site_rows_at_most: Mapping[str, int] | None = None):
         self.model = model
         self.epsilon = epsilon
         self.delta = delta
@@ -126,6 +131,7 @@ class FederatedSynthesizer:
         self.secure_aggregation = secure_aggregation
         self.aggregation = aggregation
         self.min_sites = min_sites
+        self.site_rows_at_most = site_rows_at_most
         self._check_params()  # a misspelt model or a budget of 'x' is refused here, not after the sites' work
 
     # -- configuration --------------------------------------------------------------------------
@@ -159,6 +165,11 @@ class FederatedSynthesizer:
                 load_signing_key(self.signing_key)
             except ConfigError as e:
                 problems.append(f"'signing_key': {e}")
+        caps = self.site_rows_at_most
+        if caps is not None and (not isinstance(caps, Mapping) or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in caps.values())):
+            problems.append("'site_rows_at_most' must map site names to whole numbers >= 1 (each site's declared "
+                            f"most rows) or be None. Got {caps!r} instead.")
         if problems:
             raise ConfigError("Invalid FederatedSynthesizer parameters:\n" + "\n".join(f"  - {p}" for p in problems))
         return privacy, training
@@ -189,7 +200,8 @@ class FederatedSynthesizer:
         return JobSpec(model=model, model_options=dict(self.model_options or {}), privacy=privacy,
                        training=training, seed=self.seed, holdout=self.holdout,
                        missing_markers=tuple(self.missing_markers), schema=schema, target=self.target,
-                       site_column=self.site_column)
+                       site_column=self.site_column,
+                       site_rows_at_most={str(k): int(v) for k, v in (self.site_rows_at_most or {}).items()})
 
     @classmethod
     def from_config(cls, config: RunConfig, *, transport: str = "inprocess",
@@ -204,7 +216,9 @@ class FederatedSynthesizer:
                    model_options=config.model_options, target=config.target, site_column=config.site_column,
                    signing_key=config.signing_key,
                    progress=progress, ledger_dir=config.ledger_dir,
-                   secure_aggregation=config.privacy.secure_aggregation)
+                   secure_aggregation=config.privacy.secure_aggregation,
+                   site_rows_at_most={n: s.rows_at_most for n, s in config.sites.items()
+                                      if s.rows_at_most is not None} or None)
 
     # -- fitting ----------------------------------------------------------------------------------
     def fit(self, sites: Mapping[str, SiteInput]) -> "FederatedSynthesizer":
@@ -216,6 +230,12 @@ class FederatedSynthesizer:
             raise ConfigError("'sites' must be a non-empty mapping of site name -> table or source. "
                               f"Got {type(sites).__name__} instead.")
         _check_sites(sites)
+        declared = {**{str(n): s.rows_at_most for n, s in sites.items()
+                       if isinstance(s, SiteSource) and s.rows_at_most is not None}, **job.site_rows_at_most}
+        unknown = sorted(set(declared) - {str(n) for n in sites})
+        if unknown:
+            raise ConfigError(f"'site_rows_at_most' names {unknown}, which are not among the sites {sorted(map(str, sites))}.")
+        job = dataclasses.replace(job, site_rows_at_most=declared)
         # Without a ledger directory each site's book lives in memory: kept here, so that evaluating this
         # model in the same process finds the model each site recorded (a simulation runs every site).
         # (In-process only: Flower's simulation keeps a site's book in the site's own context state.)

@@ -61,6 +61,9 @@ class SiteSource:
     source: str
     table: str | None = None
     policy: dict | None = None  # the site's own rules (SitePolicy keys); None: the defaults
+    # The consortium's public declaration of the site's size (an upper bound on its rows), which the
+    # coordinator checks its counts against (``fedtab.federation.screening.size_check``); None: undeclared.
+    rows_at_most: int | None = None
 
 
 @dataclass(frozen=True)
@@ -255,7 +258,7 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
         if not isinstance(s, dict) or not isinstance(s.get("source"), str):
             problems.append(f"site '{name}': needs a 'source' (a file path or a SQLAlchemy URL)")
             continue
-        allowed = {"source", "table", *POLICY_KEYS}
+        allowed = {"source", "table", "rows_at_most", *POLICY_KEYS}
         extra = sorted(set(s) - allowed)
         if extra:
             problems.append(f"site '{name}': unknown key(s) {extra}; allowed: {sorted(allowed)}")
@@ -267,7 +270,11 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
                 SitePolicy.from_dict(policy)
             except ConfigError as e:
                 problems += [f"site '{name}': {line.strip()[2:]}" for line in str(e).splitlines()[1:]]
-        sites[name] = SiteSource(source=_resolve(s["source"], base_dir), table=s.get("table"), policy=policy)
+        rows_at_most = s.get("rows_at_most")
+        if rows_at_most is not None:
+            _num(problems, f"sites.{name}.rows_at_most", rows_at_most, lo=1, integer=True)
+        sites[name] = SiteSource(source=_resolve(s["source"], base_dir), table=s.get("table"), policy=policy,
+                                 rows_at_most=rows_at_most)
     by_source: dict[tuple, str] = {}
     for name, src in (sites.items() if sources_here else ()):  # one table read by two sites would count its rows twice
         key = (src.source if "://" in src.source else str(Path(src.source).resolve()), src.table)

@@ -216,7 +216,7 @@ def test_the_configuration_page_names_every_key_the_parsers_accept():
     from fedtab.privacy.book import POLICY_KEYS
 
     page = (DOCS / "configuration.md").read_text(encoding="utf-8")
-    keys = set(config._TOP) | set(POLICY_KEYS) | {"name", "source", "table", "public_key"}
+    keys = set(config._TOP) | set(POLICY_KEYS) | {"name", "source", "table", "public_key", "rows_at_most"}
     for settings in (config.PrivacySettings, config.TrainingSettings, config.SamplingSettings):
         keys |= {f.name for f in dataclasses.fields(settings)}
     keys |= set(siteconf._KEYS)

@@ -109,3 +109,16 @@ def test_config_file_errors(tmp_path):
     (tmp_path / "bad.toml").write_text("seed = = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml")
+
+
+def test_config_declares_site_sizes():
+    """``[sites.<name>] rows_at_most``: the consortium's declared most rows a site, the coordinator's check
+    (``fedtab.federation.screening``); the API gets them from the configuration."""
+    from fedtab.api import FederatedSynthesizer
+
+    base = {"sites": {"a": {"source": "a.csv", "rows_at_most": 300}, "b": {"source": "b.csv"}}}
+    cfg = config_from_dict(base)
+    assert cfg.sites["a"].rows_at_most == 300 and cfg.sites["b"].rows_at_most is None
+    assert FederatedSynthesizer.from_config(cfg)._job().site_rows_at_most == {"a": 300}
+    with pytest.raises(ConfigError, match=r"'sites.a.rows_at_most' must be a whole number"):
+        config_from_dict({"sites": {"a": {"source": "a.csv", "rows_at_most": 2.5}}})

@@ -87,3 +87,93 @@ def test_broken_control_without_the_check_the_inflated_job_completes(monkeypatch
     _inflate(monkeypatch)
     monkeypatch.setattr(marginals, "ROWS_Z", math.inf)
     _fit(secure=True)  # no error: the sum of a site's x10 counts went into the model unnoticed
+
+
+# -- declared site sizes ---------------------------------------------------------------------------------
+# Attack: hostile code inflates every count it sends x10, its encoding histograms included: its counts agree
+# with each other, so the row check above passes, and it reads as a site ten times larger. Against the
+# consortium's declared sizes (rows_at_most, public) it does not.
+DECLARED = {s: 700 for s in ("north", "south", "east", "west")}  # each site holds 600 rows
+
+
+def _inflate_all(monkeypatch, *, secure: bool, site: str = HOSTILE, factor: float = 10.0) -> None:
+    from fedtab.federation import encoding
+
+    if secure:  # everything it masks, its histograms included
+        mask = secagg.SiteSession.mask
+
+        def inflated_mask(session, values, *, me, **kw):
+            return mask(session, [np.asarray(v) * factor for v in values] if me == site else values, me=me, **kw)
+
+        monkeypatch.setattr(secagg.SiteSession, "mask", inflated_mask)
+        return
+    statistics, measure = encoding.site_statistics, marginals.site_measure
+
+    def inflated_statistics(df, plan, phase, request, *, ledger, **kw):
+        reply = statistics(df, plan, phase, request, ledger=ledger, **kw)
+        if ledger.site != site or phase != encoding.PHASE_HISTOGRAM:
+            return reply
+        return {k: (np.asarray(v) * factor if k.endswith(("/counts", "/rounding")) else
+                    float(v) * factor if k.endswith("/missing") else v) for k, v in reply.items()}
+
+    def inflated_measure(name, body, state, **kw):
+        reply = measure(name, body, state, **kw)
+        if name == site and "counts" in reply:
+            reply = {**reply, "counts": [np.asarray(c) * factor for c in reply["counts"]]}
+        return reply
+
+    monkeypatch.setattr(encoding, "site_statistics", inflated_statistics)
+    monkeypatch.setattr(marginals, "site_measure", inflated_measure)
+
+
+def _fit_declared(*, secure: bool, declared: dict | None, events: list | None = None, min_sites: int | None = None):
+    synth = fedtab.FederatedSynthesizer("mst", schema=SCHEMA, secure_aggregation=secure, min_sites=min_sites,
+                                        epsilon=1.0, delta=1e-5, site_rows_at_most=declared,
+                                        progress=(lambda e, info: events.append((e, info))) if events is not None
+                                        else None)
+    return synth.fit(_four_sites(600))
+
+
+def test_broken_control_a_site_inflating_everything_passes_every_consistency_check(monkeypatch):
+    """Nothing declared: the job completes, poisoned. (The row check is off here: it compares the site's
+    counts with each other, which agree, and trips only now and then on the site's x10 noise, as in
+    bench_hostile's inflated runs: 1 of 3 per table stopped there.)"""
+    _inflate_all(monkeypatch, secure=True)
+    monkeypatch.setattr(marginals, "ROWS_Z", math.inf)
+    synth = _fit_declared(secure=True, declared=None)
+    assert synth.sample(50, seed=0).shape[0] == 50
+
+
+def test_against_declared_sizes_an_inflating_site_stops_a_secure_sum(monkeypatch):
+    _inflate_all(monkeypatch, secure=True)
+    with pytest.raises(FederationError, match="declares for these 4 sites.*cannot say which site"):
+        _fit_declared(secure=True, declared=DECLARED)
+
+
+def test_against_declared_sizes_an_inflating_site_is_named_without_secure_aggregation(monkeypatch):
+    _inflate_all(monkeypatch, secure=False)
+    events: list = []
+    synth = _fit_declared(secure=False, declared=DECLARED, events=events, min_sites=3)
+    left = [info for e, info in events if e == "phase" and info.get("dropped")]
+    assert [info["dropped"] for info in left] == [[HOSTILE]], left
+    assert "the declared site sizes" in left[0]["name"] and "more than the 700" in left[0]["name"]
+    assert synth.sample(50, seed=0).shape[0] == 50
+
+
+@pytest.mark.parametrize("secure,dp", [(True, True), (False, True), (False, False)])
+def test_honest_sites_within_their_declared_sizes_pass(secure, dp):
+    events: list = []
+    kwargs = dict(epsilon=1.0, delta=1e-5) if dp else dict(site_policy=non_dp_policy())
+    fedtab.FederatedSynthesizer("mst", schema=SCHEMA, secure_aggregation=secure, site_rows_at_most=DECLARED,
+                                progress=lambda e, info: events.append((e, info)), **kwargs).fit(_four_sites(600))
+    assert not [info for e, info in events if e == "phase" and info.get("dropped")]
+
+
+def test_a_declaration_must_name_sites_and_be_a_count():
+    from fedtab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="site_rows_at_most"):
+        fedtab.FederatedSynthesizer("mst", schema=SCHEMA, epsilon=1.0, site_rows_at_most={"north": 0})
+    with pytest.raises(ConfigError, match="not among the sites"):
+        fedtab.FederatedSynthesizer("mst", schema=SCHEMA, epsilon=1.0, site_rows_at_most={"nowhere": 10}).fit(
+            _four_sites(50))

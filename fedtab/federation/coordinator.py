@@ -51,6 +51,9 @@ class JobSpec:
     # One run's name (random, public; ``FederatedSynthesizer.fit`` draws one): a site keeps one ledger per
     # run, so training the same configuration again is a new job on its book (counted in its total).
     job_id: str = ""
+    # The consortium's declared upper bounds on sites' rows (public; the coordinator's check only, never
+    # sent to a site): ``fedtab.federation.screening.size_check``.
+    site_rows_at_most: dict = field(default_factory=dict)
 
     def site_job(self) -> dict:
         job = {"seed": self.seed, "holdout": self.holdout, "missing_markers": list(self.missing_markers),
@@ -395,18 +398,33 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
         # One release: the sum (its noise, one release's: ``pair_noise_sd`` below), merged like a site's.
         return {secure_encoding.SUMMED: secure_encoding.summed_release(total, replies, full_noise=False)}
 
-    def screen(histogram: dict) -> dict:  # a conforming table of random values: named and left out
-        from fedtab.federation.screening import leave_out_garbage
+    def screen(histogram: dict) -> dict:
+        """The histograms to merge: without the sites that count more rows than the consortium declares for
+        them (``screening.oversized_sites``) or whose table is random values (the garbage screen), each named
+        and left out; under secure aggregation a sum over the declared sizes stops the job."""
+        from fedtab.federation import screening
 
         min_sites = job.training.min_sites or len(sites)
+        caps = job.site_rows_at_most
+        dropped: list[str] = []
+        if caps and summed:
+            why = screening.summed_oversize(plan, histogram[secure_encoding.SUMMED], caps, in_sum)
+            if why is not None:
+                raise FederationError(f"{screening.SIZES_WHERE}: {why}.")
+        elif caps:
+            big = screening.oversized_sites(plan, histogram, caps)
+            dropped += leave_out(big, going_on=len(histogram) - len(big), of=len(histogram), min_sites=min_sites,
+                                 where=screening.SIZES_WHERE, progress=progress)
+            histogram = {s: r for s, r in histogram.items() if s not in dropped}
         if summed:  # each site screens its own release against the sum (secure_encoding)
-            dropped, total = secure_encoding.screen(lambda b: ask_masked(b, in_sum), plan,
+            garbage, total = secure_encoding.screen(lambda b: ask_masked(b, in_sum), plan,
                                                     histogram[secure_encoding.SUMMED], in_sum, min_sites=min_sites,
                                                     progress=progress)
             histogram = {secure_encoding.SUMMED: total}
         else:
-            dropped = leave_out_garbage(plan, histogram, min_sites=min_sites, progress=progress)
-            histogram = {s: r for s, r in histogram.items() if s not in dropped}
+            garbage = screening.leave_out_garbage(plan, histogram, min_sites=min_sites, progress=progress)
+            histogram = {s: r for s, r in histogram.items() if s not in garbage}
+        dropped += garbage
         sites[:] = [s for s in sites if s not in dropped]  # no later request goes to them
         if rounds is not None and dropped:
             rounds.alive = [s for s in rounds.alive if s not in dropped]

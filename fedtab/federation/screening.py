@@ -126,3 +126,56 @@ def leave_out_garbage(plan, histogram: dict[str, dict[str, Any]], *, min_sites: 
     named = garbage_sites(plan, histogram)
     return set(leave_out(named, going_on=len(histogram) - len(named), of=len(histogram), min_sites=min_sites,
                          where=WHERE, progress=progress))
+
+
+# -- declared site sizes --------------------------------------------------------------------------------
+# A consortium may declare each site's most rows (public: ``rows_at_most`` in a run configuration,
+# ``site_rows_at_most=`` in the API). A site whose code inflates every count it sends, its encoding
+# histograms included, passes every consistency check (its counts agree with each other) and reads as a
+# larger site; against a declared size it does not. Without secure aggregation the site is named and left
+# out; under it the sum of the declared sites is checked, and a failing sum stops the job (no site can be
+# named). What it bounds: no site weighs more than its declaration (plus the noise), so the tighter the
+# declarations, the less an inflating site can move the model.
+SIZE_Z = 5.0  # noise sds of slack, as the row check (``marginals.ROWS_Z``): ~1 false alarm in 1.7 million
+SIZES_WHERE = "the declared site sizes"
+
+
+def _over(rows: float, cap: float, sd: float, dp: bool) -> bool:
+    """Whether ``rows`` counts more than ``cap`` beyond the noise (without DP: beyond 1% and one row)."""
+    return rows > cap + (SIZE_Z * sd if dp else max(0.01 * cap, 1.0))
+
+
+def oversized_sites(plan, histogram: dict[str, dict[str, Any]], caps: dict[str, int]) -> dict[str, str]:
+    """``{site: reason}`` for each site whose histogram release counts more rows than ``caps`` declares."""
+    from fedtab.transform.statistics import histogram_rows, rows_noise_sd
+
+    out = {}
+    for site in sorted(histogram):
+        if site not in caps:
+            continue
+        rows, sd = histogram_rows(plan, histogram[site]), rows_noise_sd(plan, histogram[site])
+        if _over(rows, float(caps[site]), sd, plan.dp is not None):
+            out[site] = (f"its encoding histograms count about {rows:.0f} rows, more than the {caps[site]} the "
+                         "consortium declares for it (rows_at_most)" + (f", beyond {SIZE_Z:g} noise sds ({sd:.0f} rows "
+                                                                        "each)" if plan.dp is not None else ""))
+    return out
+
+
+def summed_oversize(plan, release: dict[str, Any], caps: dict[str, int], sites: list[str]) -> str | None:
+    """Why the summed histograms of ``sites`` count more rows than their declared sizes allow, or None
+    (also None where a site in the sum declares none: the sum has no bound)."""
+    from fedtab.transform.plan import KEY_N_SITES
+    from fedtab.transform.statistics import histogram_rows, rows_noise_sd
+
+    if not sites or any(s not in caps for s in sites):
+        return None
+    rows = histogram_rows(plan, release)
+    sd = rows_noise_sd(plan, release) * math.sqrt(int(release.get(KEY_N_SITES, len(sites))))
+    cap = float(sum(caps[s] for s in sites))
+    if not _over(rows, cap, sd, plan.dp is not None):
+        return None
+    return (f"the sites' summed encoding histograms count about {rows:.0f} rows, more than the {cap:.0f} the "
+            f"consortium declares for these {len(sites)} sites (rows_at_most)"
+            + (f", beyond {SIZE_Z:g} noise sds ({sd:.0f} rows)" if plan.dp is not None else "")
+            + ": a site's code inflates its counts, or a declaration is too small; under secure aggregation the "
+            "coordinator cannot say which site")

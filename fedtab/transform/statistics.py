@@ -148,9 +148,16 @@ def site_rows(plan: EncodingPlan, release: dict[str, Any]) -> float:
     rows = histogram_rows(plan, release)
     if plan.dp is None:
         return max(1.0, rows)
+    return max(1.0, rows, rows_noise_sd(plan, release))
+
+
+def rows_noise_sd(plan: EncodingPlan, release: dict[str, Any]) -> float:
+    """The noise sd of ``histogram_rows`` of one site's release (each column's total carries the noise of
+    its cells and missing count); 0 without DP."""
+    if plan.dp is None:
+        return 0.0
     cells = [len(np.asarray(release[wire_key(spec.name, F_COUNTS)])) + 1 for spec in plan.columns]
-    sd = plan.noise_multiplier / math.sqrt(sum(1.0 / c for c in cells))
-    return max(1.0, rows, sd)
+    return plan.noise_multiplier / math.sqrt(sum(1.0 / c for c in cells))
 
 
 def row_estimate(vectors: list[np.ndarray]) -> float:
