@@ -154,3 +154,20 @@ def test_a_site_screens_its_release_once_and_only_its_own():
     with pytest.raises(FederationError, match="refused") as refused:
         secure_encoding.screen_reply("north", body, state)
     assert refused.value.public and not any(ch.isdigit() for ch in str(refused.value).replace("north", ""))
+
+
+def test_where_the_noise_hides_garbage_the_coordinator_says_the_screen_cannot_tell():
+    """At heart's hospitals (98-242 training rows) at epsilon 1 a table of random values cannot be told
+    from real rows (``screening.can_tell``, the gate on naming a site): the coordinator says so once; at
+    2,000 rows a site it says nothing."""
+    from fedtab.datasets import heart_schema, load_heart_sites
+
+    def notes(schema, sites, secure):
+        seen = []
+        fedtab.FederatedSynthesizer("mst", epsilon=1.0, schema=schema, seed=0, secure_aggregation=secure,
+                                    model_options={"iters": 10},
+                                    progress=lambda e, i: seen.append(i.get("name", ""))).fit(sites)
+        return [n for n in seen if n.startswith("garbage screen:")]
+
+    assert len(notes(heart_schema(), load_heart_sites(), True)) == 1
+    assert notes(SCHEMA, _four_sites(2000), False) == []

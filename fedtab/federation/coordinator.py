@@ -416,6 +416,9 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
             dropped += leave_out(big, going_on=len(histogram) - len(big), of=len(histogram), min_sites=min_sites,
                                  where=screening.SIZES_WHERE, progress=progress)
             histogram = {s: r for s, r in histogram.items() if s not in dropped}
+        note = screening.power_note(plan, histogram, summed=secure_encoding.SUMMED if summed else None)
+        if note is not None:
+            _notify(progress, "phase", name=note)
         if summed:  # each site screens its own release against the sum (secure_encoding)
             garbage, total = secure_encoding.screen(lambda b: ask_masked(b, in_sum), plan,
                                                     histogram[secure_encoding.SUMMED], in_sum, min_sites=min_sites,

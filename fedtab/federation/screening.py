@@ -70,19 +70,12 @@ def garbage_sites(plan, histogram: dict[str, dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def verdict(plan, release: dict[str, Any], pooled: dict[str, np.ndarray], *, n_others: int) -> str | None:
-    """Why one site's ``histogram`` release looks like uniform garbage, or None: its distances from the
-    uniform distribution and from ``pooled`` (per column, the other ``n_others`` sites' summed counts;
-    each with every site's full noise) against the limit (see the module docstring). A site under secure
-    aggregation reads the others' sum as the secure sum less its own release
-    (``fedtab.federation.secure_encoding``)."""
-    from scipy.stats import chi2
-
+def _cells(plan, release: dict[str, Any], pooled: dict[str, np.ndarray]):
+    """Per column with at least two cells: (the release's present-value counts, the uniform distribution
+    over the declared domain, the others' pooled counts (clipped at 0), each cell's width in fine cells),
+    a numerical column's cells read in ``GROUPS`` runs of neighbours."""
     from fedtab.transform.plan import F_COUNTS, F_EDGES, wire_key
 
-    var_noise = (float(plan.noise_multiplier) if plan.dp is not None else 0.0) ** 2
-    d_u = d_o = power = 0.0
-    cells = 0
     for spec in plan.columns:
         if spec.name == plan.site_column:  # each site's own name: says nothing about its rows
             continue
@@ -103,25 +96,85 @@ def verdict(plan, release: dict[str, Any], pooled: dict[str, np.ndarray], *, n_o
             c, uniform, pooled_c = (np.array([v[r].sum() for r in runs]) for v in (c, uniform, pooled_c))
         else:
             width = np.ones(c.size)
-        pooled_c = np.clip(pooled_c, 0.0, None)
+        yield c, uniform, np.clip(pooled_c, 0.0, None), width
+
+
+def _limit(cells: int) -> float:
+    from scipy.stats import chi2
+
+    return float(chi2.ppf(1.0 - ALPHA, cells)) if cells else math.inf
+
+
+def verdict(plan, release: dict[str, Any], pooled: dict[str, np.ndarray], *, n_others: int) -> str | None:
+    """Why one site's ``histogram`` release looks like uniform garbage, or None: its distances from the
+    uniform distribution and from ``pooled`` (per column, the other ``n_others`` sites' summed counts;
+    each with every site's full noise) against the limit (see the module docstring). A site under secure
+    aggregation reads the others' sum as the secure sum less its own release
+    (``fedtab.federation.secure_encoding``)."""
+    var_noise = (float(plan.noise_multiplier) if plan.dp is not None else 0.0) ** 2
+    d_u = d_o = power = 0.0
+    cells = 0
+    for c, uniform, pooled_c, width in _cells(plan, release, pooled):
         n, n_o = max(float(c.sum()), 0.0), float(pooled_c.sum())
         if n_o <= 0.0:
             continue
         p_o = pooled_c / n_o
         noise = var_noise * width  # a run of cells carries each cell's noise
         d_u += float(np.sum((c - n * uniform) ** 2 / (n * uniform + noise + 1.0)))
-        # How far from uniform a table of n rows like the others' would read (its chi-square's expected
-        # excess over the cells): where the noise hides that, 'consistent with uniform' says nothing.
-        power += float(np.sum((n * p_o - n * uniform) ** 2 / (n * uniform + noise + 1.0)))
         d_o += float(np.sum((c - n * p_o) ** 2 / (
             n * p_o + noise + n ** 2 * (n_others * noise + n_o * p_o) / n_o ** 2 + 1.0)))
+        power += _excess(n, p_o, uniform, noise)
         cells += c.size
-    limit = float(chi2.ppf(1.0 - ALPHA, cells)) if cells else math.inf
+    limit = _limit(cells)
     if d_u <= limit < d_o and d_o >= RATIO * d_u and cells + power > limit:
         return (f"its one-way histograms match random values drawn uniformly in the declared bounds and "
                 f"categories (chi-square {d_u:.0f} over {cells} cells, limit {limit:.0f}) and not the other "
                 f"sites' (chi-square {d_o:.0f}): a table of random values, not real rows")
     return None
+
+
+def _excess(n: float, p_o: np.ndarray, uniform: np.ndarray, noise: np.ndarray) -> float:
+    """How far from uniform a table of ``n`` rows distributed as ``p_o`` reads (its chi-square's expected
+    excess over the cells): where the noise hides that, 'consistent with uniform' says nothing."""
+    return float(np.sum((n * p_o - n * uniform) ** 2 / (n * uniform + noise + 1.0)))
+
+
+def power_note(plan, histogram: dict[str, dict[str, Any]], *, summed: str | None = None) -> str | None:
+    """What the coordinator says where the screen cannot tell a table of random values from real rows at a
+    site of the average size (``can_tell`` on the sites' summed histograms: ``histogram[summed]`` where they
+    were summed securely, else the sum of the sites' releases), or None."""
+    from fedtab.transform.plan import KEY_N_SITES
+
+    if summed is not None:
+        total, n_sites = histogram[summed], int(histogram[summed].get(KEY_N_SITES, 1))
+    else:
+        from fedtab.federation.secure_encoding import count_keys
+
+        first = next(iter(histogram.values()))
+        total = {**first, **{k: np.sum([np.asarray(r[k], dtype=np.float64) for r in histogram.values()], axis=0)
+                             for k in count_keys(first)}}
+        n_sites = len(histogram)
+    if n_sites < MIN_SITES or can_tell(plan, total, n_sites):
+        return None
+    return ("garbage screen: at these sites' sizes and budget a table of random values cannot be told from real "
+            "rows (its noisy histograms would not read apart from uniform), so the screen can name no site")
+
+
+def can_tell(plan, release: dict[str, Any], n_sites: int) -> bool:
+    """Whether the screen can tell a table of random values from real rows at a site of the average size
+    of ``release`` (the sites' summed histograms) shared by ``n_sites``."""
+    var_noise = (float(plan.noise_multiplier) if plan.dp is not None else 0.0) ** 2
+    from fedtab.transform.plan import F_COUNTS, wire_key
+
+    pooled = {spec.name: np.asarray(release[wire_key(spec.name, F_COUNTS)], dtype=np.float64) for spec in plan.columns}
+    power, cells = 0.0, 0
+    for _, uniform, pooled_c, width in _cells(plan, release, pooled):
+        total = float(pooled_c.sum())
+        if total <= 0.0:
+            continue
+        power += _excess(total / max(n_sites, 1), pooled_c / total, uniform, var_noise * width)
+        cells += uniform.size
+    return cells + power > _limit(cells)
 
 
 def leave_out_garbage(plan, histogram: dict[str, dict[str, Any]], *, min_sites: int, progress=None) -> set[str]:
