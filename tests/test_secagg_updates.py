@@ -408,5 +408,6 @@ def test_broken_control_without_secure_aggregation_the_setup_replies_tell_the_si
     _dp_job(monkeypatch, secure=False)
     [setup] = [replies for kind, _, replies in _Every.messages if kind == "setup"]
     steps = {s: r["steps_per_round"] for s, r in setup.items()}
-    # Each site's steps follow its own DP row estimate: the reading orders the sites by size.
-    assert sorted(steps, key=steps.get) == ["north", "south", "east", "west"]
+    # Each site's steps follow its own DP row estimate (noisy by a step or so at these sizes): the replies
+    # differ, and the 1,200-row site reads far larger than the 150-row one.
+    assert len(set(steps.values())) > 1 and steps["west"] >= steps["north"] + 5, steps
