@@ -20,7 +20,8 @@ product code; like ``tests/test_hostile_sites.py`` it alters what the site sends
   secure aggregation: its counts x10).
 
 Model ``auto-declared``: the default with the consortium's declared site sizes (``site_rows_at_most``,
-``DECLARED_SLACK`` x each site's training rows), honest and inflated.
+``DECLARED_SLACK`` x each site's training rows), honest and inflated (x10, and ``inflated_x2``,
+``inflated_x1.5``: how small an inflation the declarations stop).
 
 Models: TVAE (DP-SGD; ``aggregation="trimmed_mean"`` and ``"mean"``) and the default chosen without model
 options (``auto``: "mst" under DP and without). The update attacks do not apply to the marginal model.
@@ -65,7 +66,7 @@ TABLE_ATTACKS = ("garbage_uniform", "garbage_shuffled")
 CONDITIONS = {"tvae-trimmed": ("honest", *UPDATE_ATTACKS, *TABLE_ATTACKS),
               "tvae-mean": ("honest", *UPDATE_ATTACKS, *TABLE_ATTACKS),
               "auto": ("honest", *TABLE_ATTACKS, "inflated"),
-              "auto-declared": ("honest", "inflated")}
+              "auto-declared": ("honest", "inflated", "inflated_x2", "inflated_x1.5")}
 TVAE = dict(rounds=4, local_epochs=5.0, batch_size=64)
 # 'auto-declared': the default model with the consortium's declared site sizes (``site_rows_at_most``) at
 # this many times each site's real training rows (a consortium that knows its sites' sizes within 10%).
@@ -135,16 +136,17 @@ def hostile(site: str, how: str):
             return masked_reply(name, body, reply, state, session)
 
         patch(secure_updates, "masked_reply", hostile_masked_reply)
-    elif how == "inflated":
+    elif how.startswith("inflated"):
         mask, measure = secagg.SiteSession.mask, marginals.site_measure
+        factor = float(how.split("_x")[1]) if "_x" in how else 10.0
 
         def inflated_mask(session, values, *, me, **kw):
-            return mask(session, [np.asarray(v) * 10 for v in values] if me == site else values, me=me, **kw)
+            return mask(session, [np.asarray(v) * factor for v in values] if me == site else values, me=me, **kw)
 
         def inflated_measure(name, body, state, **kw):
             reply = measure(name, body, state, **kw)
             if name == site and "counts" in reply:  # sent in the clear (no secure aggregation)
-                reply = {**reply, "counts": [np.asarray(c) * 10 for c in reply["counts"]]}
+                reply = {**reply, "counts": [np.asarray(c) * factor for c in reply["counts"]]}
             return reply
 
         patch(secagg.SiteSession, "mask", inflated_mask)
