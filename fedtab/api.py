@@ -234,7 +234,8 @@ class FederatedSynthesizer:
                        if isinstance(s, SiteSource) and s.rows_at_most is not None}, **job.site_rows_at_most}
         unknown = sorted(set(declared) - {str(n) for n in sites})
         if unknown:
-            raise ConfigError(f"'site_rows_at_most' names {unknown}, which are not among the sites {sorted(map(str, sites))}.")
+            raise ConfigError(f"'site_rows_at_most' names {unknown}, which are not among the sites "
+                              f"{sorted(map(str, sites))}.")
         job = dataclasses.replace(job, site_rows_at_most=declared)
         # Without a ledger directory each site's book lives in memory: kept here, so that evaluating this
         # model in the same process finds the model each site recorded (a simulation runs every site).

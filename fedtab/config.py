@@ -62,7 +62,7 @@ class SiteSource:
     table: str | None = None
     policy: dict | None = None  # the site's own rules (SitePolicy keys); None: the defaults
     # The consortium's public declaration of the site's size (an upper bound on its rows), which the
-    # coordinator checks its counts against (``fedtab.federation.screening.size_check``); None: undeclared.
+    # coordinator checks its counts against (``fedtab.federation.screening``: declared site sizes); None: undeclared.
     rows_at_most: int | None = None
 
 

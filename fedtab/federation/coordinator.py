@@ -52,7 +52,7 @@ class JobSpec:
     # run, so training the same configuration again is a new job on its book (counted in its total).
     job_id: str = ""
     # The consortium's declared upper bounds on sites' rows (public; the coordinator's check only, never
-    # sent to a site): ``fedtab.federation.screening.size_check``.
+    # sent to a site): ``fedtab.federation.screening`` (declared site sizes).
     site_rows_at_most: dict = field(default_factory=dict)
 
     def site_job(self) -> dict:
