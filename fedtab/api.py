@@ -69,9 +69,9 @@ class FederatedSynthesizer:
     site's update that is not finite, has other shapes or moves a parameter further than a round of Adam
     can is named and left out (``fedtab.federation.aggregation.screen_update``). ``min_sites``: the fewest
     sites that must take part (default: all); a site left out beyond that stops the run.
-    ``site_rows_at_most``: site name -> the consortium's public declaration of its most rows (or
-    ``rows_at_most`` on a ``SiteSource``); a site whose encoding histograms count more is named and left
-    out, and under secure aggregation a sum over the declared sizes stops the run
+    ``site_rows_at_most``: site name -> the consortium's public declaration of its most rows (a run
+    configuration's ``[sites.<name>] rows_at_most``); a site whose encoding histograms count more is named
+    and left out, and under secure aggregation a sum over the declared sizes stops the run
     (``fedtab.federation.screening``): a site whose code inflates all its counts weighs no more than declared.
     ``target``: the column that matters most downstream (e.g. the label a model will be trained on):
     the encoding also measures its two-way table with every other column (under DP from the same
@@ -217,8 +217,7 @@ class FederatedSynthesizer:
                    signing_key=config.signing_key,
                    progress=progress, ledger_dir=config.ledger_dir,
                    secure_aggregation=config.privacy.secure_aggregation,
-                   site_rows_at_most={n: s.rows_at_most for n, s in config.sites.items()
-                                      if s.rows_at_most is not None} or None)
+                   site_rows_at_most=config.site_rows_at_most or None)
 
     # -- fitting ----------------------------------------------------------------------------------
     def fit(self, sites: Mapping[str, SiteInput]) -> "FederatedSynthesizer":
@@ -230,13 +229,10 @@ class FederatedSynthesizer:
             raise ConfigError("'sites' must be a non-empty mapping of site name -> table or source. "
                               f"Got {type(sites).__name__} instead.")
         _check_sites(sites)
-        declared = {**{str(n): s.rows_at_most for n, s in sites.items()
-                       if isinstance(s, SiteSource) and s.rows_at_most is not None}, **job.site_rows_at_most}
-        unknown = sorted(set(declared) - {str(n) for n in sites})
+        unknown = sorted(set(job.site_rows_at_most) - {str(n) for n in sites})
         if unknown:
             raise ConfigError(f"'site_rows_at_most' names {unknown}, which are not among the sites "
                               f"{sorted(map(str, sites))}.")
-        job = dataclasses.replace(job, site_rows_at_most=declared)
         # Without a ledger directory each site's book lives in memory: kept here, so that evaluating this
         # model in the same process finds the model each site recorded (a simulation runs every site).
         # (In-process only: Flower's simulation keeps a site's book in the site's own context state.)

@@ -61,9 +61,6 @@ class SiteSource:
     source: str
     table: str | None = None
     policy: dict | None = None  # the site's own rules (SitePolicy keys); None: the defaults
-    # The consortium's public declaration of the site's size (an upper bound on its rows), which the
-    # coordinator checks its counts against (``fedtab.federation.screening``: declared site sizes); None: undeclared.
-    rows_at_most: int | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +123,9 @@ class RunConfig:
     sampling: SamplingSettings = SamplingSettings()
     ledger_dir: str | None = None
     signing_key: str | None = None  # the coordinator's Ed25519 private key file
+    # The consortium's public declarations of sites' most rows (``[sites.<name>] rows_at_most``), which the
+    # coordinator checks their counts against (``fedtab.federation.screening``: declared site sizes).
+    site_rows_at_most: dict[str, int] = field(default_factory=dict)
 
 
 def _num(problems: list[str], where: str, v: Any, *, lo: float, hi: float = math.inf,
@@ -254,6 +254,7 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
     from fedtab.privacy.book import POLICY_KEYS, SitePolicy  # here: data commands never import the privacy stack
 
     problems += check_site_names(list(raw_sites))
+    declared: dict[str, int] = {}  # [sites.<name>] rows_at_most
     for name, s in raw_sites.items():
         if not isinstance(s, dict) or not isinstance(s.get("source"), str):
             problems.append(f"site '{name}': needs a 'source' (a file path or a SQLAlchemy URL)")
@@ -270,11 +271,9 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
                 SitePolicy.from_dict(policy)
             except ConfigError as e:
                 problems += [f"site '{name}': {line.strip()[2:]}" for line in str(e).splitlines()[1:]]
-        rows_at_most = s.get("rows_at_most")
-        if rows_at_most is not None:
-            _num(problems, f"sites.{name}.rows_at_most", rows_at_most, lo=1, integer=True)
-        sites[name] = SiteSource(source=_resolve(s["source"], base_dir), table=s.get("table"), policy=policy,
-                                 rows_at_most=rows_at_most)
+        if "rows_at_most" in s:
+            declared[name] = _num(problems, f"sites.{name}.rows_at_most", s["rows_at_most"], lo=1, integer=True)
+        sites[name] = SiteSource(source=_resolve(s["source"], base_dir), table=s.get("table"), policy=policy)
     by_source: dict[tuple, str] = {}
     for name, src in (sites.items() if sources_here else ()):  # one table read by two sites would count its rows twice
         key = (src.source if "://" in src.source else str(Path(src.source).resolve()), src.table)
@@ -323,7 +322,7 @@ def config_from_dict(data: dict, *, base_dir: Path = Path("."), source: str = "c
         seed=seed, schema_path=_resolve(schema, base_dir) if isinstance(schema, str) else None,
         missing_markers=tuple(markers), holdout=float(holdout), target=data.get("target"), site_column=site_column,
         sampling=sampling, ledger_dir=_resolve(ledger_dir, base_dir) if isinstance(ledger_dir, str) else None,
-        signing_key=signing_key,
+        signing_key=signing_key, site_rows_at_most=declared,
     )
 
 

@@ -118,7 +118,7 @@ def test_config_declares_site_sizes():
 
     base = {"sites": {"a": {"source": "a.csv", "rows_at_most": 300}, "b": {"source": "b.csv"}}}
     cfg = config_from_dict(base)
-    assert cfg.sites["a"].rows_at_most == 300 and cfg.sites["b"].rows_at_most is None
+    assert cfg.site_rows_at_most == {"a": 300}
     assert FederatedSynthesizer.from_config(cfg)._job().site_rows_at_most == {"a": 300}
     with pytest.raises(ConfigError, match=r"'sites.a.rows_at_most' must be a whole number"):
         config_from_dict({"sites": {"a": {"source": "a.csv", "rows_at_most": 2.5}}})
