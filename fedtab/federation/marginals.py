@@ -625,14 +625,14 @@ def encoding_rows_sd(transformer) -> float:
     inverse-variance mean over its columns' totals); 0 without DP. A categorical column counts one cell
     more than its encoding slots (its missing cell), which errs toward a larger sd."""
     from fedtab.transform.numerical import NumericalColumnTransformer
-    from fedtab.transform.statistics import histogram_edges
+    from fedtab.transform.statistics import histogram_edges, row_estimate_sd
 
     plan = transformer.plan_
     if plan.dp is None:
         return 0.0
     cells = [len(histogram_edges(c.spec, float(c.lower_), float(c.upper_), plan.n_bins))  # cells + missing
              if isinstance(c, NumericalColumnTransformer) else int(c.output_dim) + 1 for c in transformer.columns_]
-    return float(plan.noise_multiplier) / math.sqrt(sum(1.0 / max(c, 1) for c in cells))
+    return row_estimate_sd(plan, cells)
 
 
 class RowChecks:

@@ -155,12 +155,17 @@ def site_rows(plan: EncodingPlan, release: dict[str, Any]) -> float:
 
 
 def rows_noise_sd(plan: EncodingPlan, release: dict[str, Any]) -> float:
-    """The noise sd of ``histogram_rows`` of one site's release (each column's total carries the noise of
-    its cells and missing count); 0 without DP."""
+    """The noise sd of ``histogram_rows`` of one site's release; 0 without DP."""
+    return row_estimate_sd(plan, [len(np.asarray(release[wire_key(spec.name, F_COUNTS)])) + 1
+                                  for spec in plan.columns])
+
+
+def row_estimate_sd(plan: EncodingPlan, cells: list[int]) -> float:
+    """The noise sd of ``row_estimate`` over vectors of ``cells`` cells each (every column's cells and its
+    missing count; each total carries the noise of its cells); 0 without DP."""
     if plan.dp is None:
         return 0.0
-    cells = [len(np.asarray(release[wire_key(spec.name, F_COUNTS)])) + 1 for spec in plan.columns]
-    return plan.noise_multiplier / math.sqrt(sum(1.0 / c for c in cells))
+    return float(plan.noise_multiplier) / math.sqrt(sum(1.0 / max(int(c), 1) for c in cells))
 
 
 def row_estimate(vectors: list[np.ndarray]) -> float:
