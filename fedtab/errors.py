@@ -19,7 +19,8 @@ code  class                      meaning
                                  or audit record whose signature is missing or not by a trusted key
                                  (``SignatureError``)
 8     NotFittedError             a synthesizer/transformer was used before ``fit``
-9     FederationError            a site failed or too few sites remain
+9     FederationError            a site failed or too few sites remain; a site's update that cannot
+                                 be sent (``UnusableUpdateError``)
 10    ReleaseRefusedError        the release gate refused the synthetic table
 ====  =========================  ==================================================================
 """
@@ -135,6 +136,12 @@ class FederationError(FedtabError, RuntimeError):
     """A site failed, or too few sites remain to go on."""
 
     exit_code = 9
+
+
+class UnusableUpdateError(FederationError):
+    """A site cannot send its model update (a value not finite or too large to encode: its training
+    diverged, or its code is broken). The coordinator names the site and leaves it out of the rounds
+    when ``training.min_sites`` allows, like a site whose update fails the screen."""
 
 
 class ReleaseRefusedError(FedtabError, RuntimeError):

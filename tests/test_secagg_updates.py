@@ -238,8 +238,8 @@ def test_broken_control_without_secure_aggregation_the_reading_finds_each_update
 class _Dropping(_Recording):
     """One site's reply to the second training round never arrives (it trained and spent it)."""
 
-    def request_available(self, kind, bodies):
-        replies = self.request(kind, bodies)
+    def outcomes(self, kind, bodies):
+        replies = super().outcomes(kind, bodies)
         if kind == TRAIN and int(next(iter(bodies.values()))["round"]) == 1:
             return {s: r for s, r in replies.items() if s != "west"}
         return replies
@@ -267,6 +267,50 @@ def test_a_site_lost_mid_round_leaves_the_survivors_mean(monkeypatch, epsilon):
 def test_by_default_a_lost_site_stops_the_run(monkeypatch):
     with pytest.raises(FederationError, match="round 2: only 3 site\\(s\\) answered.*'west'.*min_sites' is 4"):
         _fit(monkeypatch, transport=_Dropping)
+
+
+def _unsendable(monkeypatch, site: str = "west"):
+    """``site``'s training diverged: its new weights are NaN, which its own masking refuses to encode."""
+    masked_reply = secure_updates.masked_reply
+
+    def broken(name, body, reply, state, session):
+        if name == site:
+            reply = {**reply, "weights": {k: np.full_like(v, np.nan) if np.issubdtype(v.dtype, np.floating) else v
+                                          for k, v in reply["weights"].items()}}
+        return masked_reply(name, body, reply, state, session)
+
+    monkeypatch.setattr(secure_updates, "masked_reply", broken)
+
+
+@pytest.mark.parametrize("epsilon", [None, 2.0])
+def test_a_site_whose_update_cannot_be_sent_is_named_and_left_out(monkeypatch, epsilon):
+    """Under secure aggregation the coordinator cannot screen a site's update, but a site whose own
+    update is not finite says so: it is named and left out (as the plain round's screen does), its masks
+    leave the sum as a lost site's do, and the mean is the others' own."""
+    real = _real_updates(monkeypatch)
+    rows = _record_rows(monkeypatch)
+    _unsendable(monkeypatch)
+    events = []
+    synth = _fit(monkeypatch, min_sites=3, events=events, epsilon=epsilon, sites=_unequal_sites())
+    [left] = [e for e in events if e.startswith("round 1: left out 1 site ('west'); going on with 3 of 4")]
+    assert "not finite" in left
+    kept = ["east", "north", "south"]
+    assert [sorted(r.epsilon) for r in synth.result_.history] == [kept, kept]
+    asked = {int(body["round"]): set() for _, body, _ in _Recording.messages}
+    for site, body, _ in _Recording.messages:
+        asked[int(body["round"])].add(site)
+    assert asked == {0: {*kept, "west"}, 1: set(kept)}  # never asked again
+    plain = weighted_average([real[s][1] for s in kept], [rows[s] for s in kept])
+    for k, v in synth.weights_.items():
+        if np.issubdtype(v.dtype, np.floating):
+            assert np.all(np.isfinite(v)) and np.allclose(v, plain[k], rtol=0, atol=1e-6), k
+    assert "west" in synth.result_.ledgers  # its encoding releases are in the model: its ledger too
+
+
+def test_by_default_a_site_whose_update_cannot_be_sent_stops_the_run(monkeypatch):
+    _unsendable(monkeypatch)
+    with pytest.raises(FederationError, match="round 1: 1 site \\('west'\\) cannot go on.*not finite.*min_sites' is 4"):
+        _fit(monkeypatch)
 
 
 def test_the_trimmed_mean_sees_each_update_and_says_so(monkeypatch):

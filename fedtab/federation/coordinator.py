@@ -167,7 +167,7 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
         body = {"round": r, "weights": state.weights}
         if rounds is not None:  # the coordinator reads the round's sum only (fedtab.federation.secure_updates)
             weights, replies, losses = _secure_round(transport, job, state, rounds, body, round_index=r,
-                                                     bounds=bounds, min_sites=min_sites)
+                                                     bounds=bounds, min_sites=min_sites, progress=progress)
             order = sorted(replies)
         else:
             weights, replies, order = _plain_round(transport, job, state, body, round_index=r, min_sites=min_sites,
@@ -227,13 +227,26 @@ def _training_rounds(transport: Transport, job: JobSpec, state: TrainingState, r
 
 
 def _secure_round(transport: Transport, job: JobSpec, state: TrainingState, rounds, body: dict, *, round_index: int,
-                  bounds: dict[str, dict[str, float]], min_sites: int):
-    """One round summed securely: (the new global weights, the survivors' replies)."""
+                  bounds: dict[str, dict[str, float]], min_sites: int, progress: Progress | None = None):
+    """One round summed securely: (the new global weights, the survivors' replies). A site that answers
+    that it cannot send its update (``UnusableUpdateError``: not finite, too large to encode) is named and
+    left out like a site whose update fails the screen (``_screened``); its masks leave the sum as a
+    lost site's do, and it takes part in no later round."""
+    from fedtab.errors import UnusableUpdateError
     from fedtab.federation import secure_updates
 
     def ask_train(b, only):
-        replies = _available(transport, TRAIN, {s: b for s in only})
-        _enough_answered(sorted(replies), list(only), round_index=round_index, min_sites=min_sites)
+        outcomes = _answered(transport, TRAIN, {s: b for s in only})
+        unusable = {s: "its update cannot be sent (a value not finite or too large to encode)"
+                    for s, o in outcomes.items() if isinstance(o, UnusableUpdateError)}
+        for s, o in sorted(outcomes.items()):
+            if isinstance(o, Exception) and s not in unusable:
+                raise o  # the job's trouble (a refused budget, a bad request): stop
+        replies = {s: o for s, o in outcomes.items() if not isinstance(o, Exception)}
+        leave_out(unusable, going_on=len(replies), of=len(only), min_sites=min_sites,
+                  where=f"round {round_index + 1}", progress=progress)
+        _enough_answered(sorted(replies), [s for s in only if s not in unusable], round_index=round_index,
+                         min_sites=min_sites)
         return replies
 
     _site_bounds(job, state, rounds.alive, bounds)
@@ -532,6 +545,15 @@ def _available(transport: Transport, kind: str, bodies: dict[str, Any]) -> dict[
     if request_available is None:
         return transport.request(kind, bodies)
     return request_available(kind, bodies)
+
+
+def _answered(transport: Transport, kind: str, bodies: dict[str, Any]) -> dict[str, Any]:
+    """Like ``_available``, but each site's error comes back as its outcome (``request_outcomes``) for the
+    coordinator to weigh; a site that did not answer is left out. A transport without ``outcomes``:
+    ``_available``'s (a site's error raises)."""
+    if getattr(transport, "outcomes", None) is None:
+        return _available(transport, kind, bodies)
+    return {s: o for s, o in request_outcomes(transport, kind, bodies).items() if not getattr(o, "no_reply", False)}
 
 
 def _train_round(transport: Transport, body: dict, sites: list[str]) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from fedtab.errors import FederationError
+from fedtab.errors import FederationError, UnusableUpdateError
 
 SCALE_BITS = 16  # fixed point of real-valued inputs (pair scores): 2**-16 resolution, far below the noise
 # Fixed point of the DP-SGD models' weighted updates (``fedtab.federation.secure_updates``): a site's
@@ -363,7 +363,7 @@ def encode(values: Sequence[np.ndarray], *, real: bool, bits: int = SCALE_BITS) 
     if real:
         flat = flat * float(1 << bits)
     if not np.all(np.isfinite(flat)) or np.any(np.abs(flat) >= 2.0 ** 62):
-        raise FederationError("secure aggregation: a value is not finite or too large to encode", public=True)
+        raise UnusableUpdateError("secure aggregation: a value is not finite or too large to encode", public=True)
     return np.rint(flat).astype(np.int64).view(np.uint64)
 
 
