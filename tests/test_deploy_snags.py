@@ -157,7 +157,7 @@ def test_an_unreadable_site_is_left_out_and_named_when_min_sites_allows(tmp_path
     result = run_federation(transport({**SOURCES, "gone": str(tmp_path / "nowhere.csv")}), heart_job(2),
                             progress=lambda e, info: events.append(info.get("name", "")))
     assert sorted(result.ledgers) == ["cleveland", "hungary"]
-    [left] = [e for e in events if e.startswith("left out")]
+    [left] = [e for e in events if e.startswith("schema agreement: left out")]
     assert "'gone'" in left and "cannot read its table" in left and "going on with 2 of 3" in left
     assert str(tmp_path) not in left  # the path (the site's) stays in its log
 
@@ -175,7 +175,7 @@ def test_a_site_whose_table_does_not_conform_is_left_out_under_dp(tmp_path):
     result = run_federation(transport({**SOURCES, "odd": str(tmp_path / "odd.csv")}), heart_job(2),
                             progress=lambda e, info: events.append(info.get("name", "")))
     assert sorted(result.ledgers) == ["cleveland", "hungary"]
-    [left] = [e for e in events if e.startswith("left out")]
+    [left] = [e for e in events if e.startswith("schema agreement: left out")]
     assert "'odd'" in left and "'age'" in left and "500" not in left
 
 
@@ -183,7 +183,8 @@ def test_too_many_sites_out_stops_the_run_naming_them(tmp_path):
     sources = {"cleveland": SOURCES["cleveland"], "a": str(tmp_path / "a.csv"), "b": str(tmp_path / "b.csv")}
     with pytest.raises(FederationError) as e:
         run_federation(transport(sources), heart_job(2))
-    assert "only 1 of 3 sites can take part" in str(e.value) and "2 sites ('a', 'b')" in str(e.value)
+    assert "schema agreement: 2 sites ('a', 'b') cannot go on" in str(e.value)
+    assert "1 of 3 site(s) left but 'training.min_sites' is 2" in str(e.value)
 
 
 class JoinGrid:

@@ -492,25 +492,19 @@ def _schema_replies(transport: Transport, job: JobSpec, body: dict, sites: list[
         if not _cannot_take_part(error):
             raise error
     min_sites = job.training.min_sites or len(sites)
-    left_out = sorted([*failed, *bad])
-    reasons = [str(e) for _, e in sorted(failed.items())]
-    reasons += [f"site '{s}': its table does not conform to the declared schema (column(s) "
-                f"{', '.join(repr(c) for c in cols)})" for s, cols in sorted(bad.items())]
-    if len(going_on) < min_sites:
-        if job.training.min_sites is None and len(left_out) == 1 and failed:
+    if len(going_on) < min_sites and job.training.min_sites is None:
+        if len(failed) + len(bad) == 1 and failed:
             raise next(iter(failed.values()))  # every site must take part: its own error, its own exit code
-        if job.training.min_sites is None and not failed:
+        if not failed:
             raise DataValidationError("schema agreement", [
                 Problem(c, f"does not conform to the declared schema at site '{s}'",
                         expected="the declared type, bounds and categories (the site's operator has the details)")
                 for s, cols in sorted(bad.items()) for c in cols])
-        raise FederationError(
-            f"only {len(going_on)} of {len(sites)} sites can take part, and 'training.min_sites' is {min_sites} "
-            f"(default: every site); {name_sites(left_out)} cannot:\n" + "\n".join(f"  - {r}" for r in reasons[:10])
-            + (f"\n  - ... and {len(reasons) - 10} more" if len(reasons) > 10 else ""))
-    _notify(progress, "phase", name=f"left out {name_sites(left_out)}; going on with {len(going_on)} of "
-                                    f"{len(sites)} (training.min_sites = {min_sites}): " + "; ".join(reasons[:10]),
-            dropped=left_out)
+    reasons = {s: str(e).removeprefix(f"site '{s}': ") for s, e in failed.items()}
+    reasons.update({s: "its table does not conform to the declared schema (column(s) "
+                       f"{', '.join(repr(c) for c in cols)})" for s, cols in bad.items()})
+    leave_out(reasons, going_on=len(going_on), of=len(sites), min_sites=min_sites, where="schema agreement",
+              progress=progress)
     return {s: outcomes[s] for s in going_on}
 
 
