@@ -235,6 +235,20 @@ def test_broken_control_without_secure_aggregation_the_reading_finds_each_update
         assert all(np.array_equal(reply["weights"][n], new[n]) for n in new)  # each site's update, in the clear
 
 
+def test_the_plain_rounds_losses_are_row_weighted(monkeypatch):
+    """One meaning for the history's losses whatever the aggregation: each site's loss weighted by its
+    rows, as a secure round reads it from its sum (non-DP: under DP a TVAE site sends no loss)."""
+    synth = _fit(monkeypatch, secure=False, sites=_unequal_sites())
+    weights = synth.result_.site_weights
+    for r, record in enumerate(synth.result_.history):
+        sent = {site: reply["losses"] for site, body, reply in _Recording.messages if int(body["round"]) == r}
+        assert sorted(sent) == sorted(weights)
+        for k, v in record.losses.items():
+            want = sum(weights[s] * sent[s][k] for s in sent) / sum(weights.values())
+            assert v == pytest.approx(want, rel=1e-9)
+        assert len({round(sent[s][k], 9) for s in sent for k in sent[s]}) > 1  # the sites' losses differ
+
+
 class _Dropping(_Recording):
     """One site's reply to the second training round never arrives (it trained and spent it)."""
 

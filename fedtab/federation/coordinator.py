@@ -172,7 +172,10 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
         else:
             weights, replies, order = _plain_round(transport, job, state, body, round_index=r, min_sites=min_sites,
                                                    bounds=bounds, progress=progress)
-            losses = {k: float(np.mean([replies[s]["losses"][k] for s in order])) for k in replies[order[0]]["losses"]}
+            # Row-weighted, as a secure round's (read from its sum): one meaning for the history's losses.
+            losses = {k: float(np.average([replies[s]["losses"][k] for s in order],
+                                          weights=[max(float(state.site_weights[s]), 1e-12) for s in order]))
+                      for k in replies[order[0]]["losses"]}
         eps = {s: float(replies[s]["epsilon"]) for s in order}
         record = RoundRecord(round=r + 1, losses=losses, epsilon=eps, seconds=time.perf_counter() - t0)
         state = replace(state, weights=weights, history=state.history + (record,), active_sites=tuple(order),
@@ -376,9 +379,10 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
     rounds = None
     training_requests = planned_requests(job) if setup and secure_updates(job, len(sites)) else 0
     measured = is_measured(job.model)
-    summed = secure_encoding.summed_histograms(job, plan, updates=training_requests > 0)
+    secure = marginals.uses_secure_aggregation(job, len(sites)) and bool(plan.pairs or measured or training_requests)
+    summed = secure and secure_encoding.summed_histograms(job, plan, updates=training_requests > 0)
     domain = secure_encoding.summed_domain(plan, histograms=summed)
-    if marginals.uses_secure_aggregation(job, len(sites)) and (plan.pairs or measured or training_requests):
+    if secure:
         rounds = marginals.SecureRounds(_measure_ask(transport, sites), len(sites), job, progress,
                                         # the measured model's three requests (under the star on the target the
                                         # second one-way measurement takes the selection's)
@@ -387,8 +391,6 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
                                         + training_requests, label="marginals" if measured else "federation")
         if secure_box is not None:
             secure_box["rounds"] = rounds
-    summed = summed and rounds is not None
-    domain = domain and summed
     if summed and not domain and plan.domain_columns():  # a set union of values: no sum carries it
         _notify(progress, "phase", name=secure_encoding.domain_note(plan))
     in_sum: list[str] = []  # the sites in the summed histograms
