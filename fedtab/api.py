@@ -69,6 +69,11 @@ class FederatedSynthesizer:
     site's update that is not finite, has other shapes or moves a parameter further than a round of Adam
     can is named and left out (``fedtab.federation.aggregation.screen_update``). ``min_sites``: the fewest
     sites that must take part (default: all); a site left out beyond that stops the run.
+    ``on_failed_sum`` (DP-SGD models, updates summed securely): when a round's sum fails its screen, "stop"
+    (the default: which site sent the broken update cannot be told) or "screen_each": the sites, told so
+    in the job they accept, show that round's updates (each a DP release already on its ledger: under DP
+    each site keeps its full DP-SGD noise), which the coordinator screens one by one, naming and leaving
+    out a site whose update fails; every round before the failure, and after it, stays a sum.
     ``site_rows_at_most``: site name -> the consortium's public declaration of its most rows (a run
     configuration's ``[sites.<name>] rows_at_most``); a site whose encoding histograms count more is named
     and left out, and under secure aggregation a sum over the declared sizes stops the run
@@ -106,7 +111,7 @@ class FederatedSynthesizer:
                  progress: Progress | None = None, site_policy: SitePolicy | Mapping[str, SitePolicy] | None = None,
                  ledger_dir: str | os.PathLike | None = None, secure_aggregation: bool = True,
                  aggregation: str = "mean", min_sites: int | None = None,
-                 site_rows_at_most: Mapping[str, int] | None = None):
+                 site_rows_at_most: Mapping[str, int] | None = None, on_failed_sum: str = "stop"):
         self.model = model
         self.epsilon = epsilon
         self.delta = delta
@@ -132,6 +137,7 @@ class FederatedSynthesizer:
         self.aggregation = aggregation
         self.min_sites = min_sites
         self.site_rows_at_most = site_rows_at_most
+        self.on_failed_sum = on_failed_sum
         self._check_params()  # a misspelt model or a budget of 'x' is refused here, not after the sites' work
 
     # -- configuration --------------------------------------------------------------------------
@@ -142,7 +148,8 @@ class FederatedSynthesizer:
                                   secure_aggregation=self.secure_aggregation)
         training = TrainingSettings(rounds=self.rounds, local_epochs=self.local_epochs,
                                     batch_size=self.batch_size, max_grad_norm=self.max_grad_norm,
-                                    aggregation=self.aggregation, min_sites=self.min_sites)
+                                    aggregation=self.aggregation, min_sites=self.min_sites,
+                                    on_failed_sum=self.on_failed_sum)
         problems = check_settings(model=self.model, privacy=privacy, training=training, holdout=self.holdout)
         if self.transport not in TRANSPORTS:
             problems.append(f"'transport' must be one of {list(TRANSPORTS)}. Got {self.transport!r} instead.")
@@ -210,7 +217,7 @@ class FederatedSynthesizer:
                    preprocessing_share=config.privacy.preprocessing_share, rounds=config.training.rounds,
                    local_epochs=config.training.local_epochs, batch_size=config.training.batch_size,
                    max_grad_norm=config.training.max_grad_norm, aggregation=config.training.aggregation,
-                   min_sites=config.training.min_sites,
+                   min_sites=config.training.min_sites, on_failed_sum=config.training.on_failed_sum,
                    seed=config.seed, schema=config.schema_path,
                    missing_markers=config.missing_markers, holdout=config.holdout, transport=transport,
                    model_options=config.model_options, target=config.target, site_column=config.site_column,
@@ -383,7 +390,7 @@ class FederatedSynthesizer:
                         "secure_aggregation": job.privacy.secure_aggregation},
             "training": {"rounds": job.training.rounds, "local_epochs": job.training.local_epochs,
                          "batch_size": job.training.batch_size, "max_grad_norm": job.training.max_grad_norm,
-                         "aggregation": job.training.aggregation},
+                         "aggregation": job.training.aggregation, "on_failed_sum": job.training.on_failed_sum},
             "ledgers": self.result_.ledgers, "noise_multipliers": self.result_.noise_multipliers,
             # The sites that died before the job ended: theirs is the last ledger seen before they dropped
             # out (every release of theirs in this model is in it), not the final one they hold.
@@ -463,7 +470,7 @@ def from_bundle(b: ModelBundle, *, source: str = "model file") -> FederatedSynth
             secure_aggregation=bool(m["privacy"].get("secure_aggregation", False)),
             local_epochs=m["training"]["local_epochs"], batch_size=m["training"]["batch_size"],
             max_grad_norm=m["training"]["max_grad_norm"], aggregation=m["training"].get("aggregation", "mean"),
-            seed=m["seed"], schema=TableSchema.from_dict(m["schema"]),
+            on_failed_sum=m["training"].get("on_failed_sum", "stop"), seed=m["seed"], schema=TableSchema.from_dict(m["schema"]),
             missing_markers=tuple(m["missing_markers"]), holdout=m["holdout"], model_options=m["model_options"],
             site_column=m["encoding"]["config"]["plan"].get("site_column"))
         history = tuple(RoundRecord(**h) for h in m["history"])

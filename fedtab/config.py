@@ -87,6 +87,9 @@ class PrivacySettings:
 
 
 AGGREGATIONS = ("mean", "trimmed_mean")
+# What the coordinator does when a securely summed round fails its screen (``training.on_failed_sum``): stop
+# (no site can be named), or ask the sites to show that round's updates, which it screens one by one.
+ON_FAILED_SUM = ("stop", "screen_each")
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ class TrainingSettings:
     min_sites: int | None = None  # fewest sites that must answer a round (default: all)
     # How the DP-SGD models' rounds combine the sites' updates (fedtab.federation.coordinator.aggregate).
     aggregation: str = "mean"
+    # Under secure aggregation of the updates, a round whose sum fails its screen: "stop", or "screen_each"
+    # (the sites, told so in the job they accept, show that round's updates: fedtab.federation.secure_updates).
+    on_failed_sum: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,8 @@ def check_settings(*, model: str, privacy: PrivacySettings, training: TrainingSe
         _num(p, f"{pre}min_sites", training.min_sites, lo=1, integer=True)
     if training.aggregation not in AGGREGATIONS:
         p.append(f"'{pre}aggregation' must be one of {list(AGGREGATIONS)}. Got {training.aggregation!r} instead.")
+    if training.on_failed_sum not in ON_FAILED_SUM:
+        p.append(f"'{pre}on_failed_sum' must be one of {list(ON_FAILED_SUM)}. Got {training.on_failed_sum!r} instead.")
     _num(p, f"{pre}holdout", holdout, lo=0, hi=0.9)
     return p
 

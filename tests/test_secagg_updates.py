@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import fedtab
-from fedtab.errors import FederationError
+from fedtab.errors import ConfigError, FederationError
 from fedtab.federation import secagg, secure_updates, training
 from fedtab.federation.aggregation import weighted_average
 from fedtab.federation.site import TRAIN
@@ -166,7 +166,7 @@ def _unequal_sites():
 
 
 def _fit(monkeypatch, *, secure=True, epsilon=None, transport=_Recording, min_sites=None, aggregation="mean",
-         events=None, sites=None):
+         events=None, sites=None, **kw):
     transport.messages = []
     monkeypatch.setattr("fedtab.federation.transport.InProcessTransport", transport)
     policy = {} if epsilon is not None else {"site_policy": non_dp_policy()}
@@ -174,7 +174,7 @@ def _fit(monkeypatch, *, secure=True, epsilon=None, transport=_Recording, min_si
         "tvae", epsilon=epsilon, schema=SCHEMA, seed=0, rounds=2, batch_size=100, secure_aggregation=secure,
         min_sites=min_sites, aggregation=aggregation, model_options={"compress_dims": [32], "decompress_dims": [32],
                                                                       "embedding_dim": 16},
-        progress=None if events is None else (lambda e, i: events.append(i.get("name", ""))), **policy,
+        progress=None if events is None else (lambda e, i: events.append(i.get("name", ""))), **policy, **kw,
     ).fit(sites or _four_sites())
 
 
@@ -384,6 +384,114 @@ def test_a_hostile_update_inside_the_secure_sum_stops_the_run(monkeypatch):
     monkeypatch.setattr(training, "train_one_round", hostile)
     with pytest.raises(FederationError, match="round 1: the summed update moved parameter.*cannot be named"):
         _fit(monkeypatch)
+
+
+def _scaled_at(monkeypatch, site: str = "west", *, masked_only: bool = False):
+    """``site`` sends its update x100: as it trained it (the update it keeps and would show) or, with
+    ``masked_only``, only inside its masked reply (it keeps, and shows, its honest update)."""
+    def scaled(glob, new):
+        return {k: glob[k] + 100.0 * (v - glob[k]) if np.issubdtype(np.asarray(v).dtype, np.floating) else v
+                for k, v in new.items()}
+
+    if masked_only:
+        masked_reply = secure_updates.masked_reply
+
+        def hostile_mask(name, body, reply, state, session):
+            if name == site:
+                reply = {**reply, "weights": scaled(body["weights"], reply["weights"])}
+            return masked_reply(name, body, reply, state, session)
+
+        monkeypatch.setattr(secure_updates, "masked_reply", hostile_mask)
+        return
+    original = training.train_one_round
+
+    def hostile(setup, data, weights, *, round_index, site=None, **kw):
+        out = original(setup, data, weights, round_index=round_index, site=site, **kw)
+        if site == "west":
+            out["weights"] = scaled(weights, out["weights"])
+        return out
+
+    monkeypatch.setattr(training, "train_one_round", hostile)
+
+
+def _shown(messages) -> dict[int, set]:
+    """Per round, the sites asked to show their update in the clear."""
+    out = defaultdict(set)
+    for site, body, _ in messages:
+        if body.get("show"):
+            out[int(body["round"])].add(site)
+    return dict(out)
+
+
+@pytest.mark.parametrize("epsilon", [None, 2.0])
+def test_on_failed_sum_screen_each_names_and_leaves_out_the_site_whose_update_fails(monkeypatch, epsilon):
+    """With ``training.on_failed_sum = "screen_each"`` a failed sum is not the end: the sites show that
+    round's updates, the x100 one is named and left out, and the next round is a sum again, without it."""
+    _scaled_at(monkeypatch)
+    events = []
+    synth = _fit(monkeypatch, min_sites=3, events=events, epsilon=epsilon, on_failed_sum="screen_each")
+    assert any(e.startswith("round 1: the secure sum failed its screen") for e in events)
+    [left] = [e for e in events if e.startswith("round 1: left out 1 site ('west'); going on with 3 of 4")]
+    assert "its update cannot be averaged" in left
+    assert _shown(_Recording.messages) == {0: {"east", "north", "south", "west"}}  # round 2: a sum again
+    round_2 = [(site, reply) for site, body, reply in _Recording.messages if int(body["round"]) == 1]
+    assert sorted(site for site, _ in round_2) == ["east", "north", "south"]
+    assert all("masked" in reply and "weights" not in reply for _, reply in round_2)
+    assert [sorted(r.epsilon) for r in synth.result_.history] == [["east", "north", "south"]] * 2
+    assert all(np.all(np.isfinite(v)) for v in synth.weights_.values())
+
+
+def test_a_site_that_shows_another_update_than_it_masked_is_contained_not_named(monkeypatch):
+    """A hostile site that masks x100 but shows its honest update: every round's sum fails and falls back
+    to the updates shown, none of which fails, so no site is named; the model is their mean (each update
+    within its bound, as in a plain round), never the poisoned sum."""
+    real = _real_updates(monkeypatch)
+    _scaled_at(monkeypatch, masked_only=True)
+    events = []
+    synth = _fit(monkeypatch, min_sites=3, events=events, on_failed_sum="screen_each")
+    assert _shown(_Recording.messages) == {0: {"east", "north", "south", "west"}, 1: {"east", "north", "south", "west"}}
+    assert not any("left out" in e for e in events)
+    weights = synth.result_.site_weights
+    plain = weighted_average([real[s][1] for s in sorted(weights)], [weights[s] for s in sorted(weights)])
+    for k, v in synth.weights_.items():
+        if np.issubdtype(v.dtype, np.floating):
+            assert np.allclose(v, plain[k], rtol=0, atol=1e-6), k
+
+
+def test_an_honest_job_that_allows_screen_each_still_sends_only_sums(monkeypatch):
+    _fit(monkeypatch, epsilon=2.0, on_failed_sum="screen_each")
+    assert len(_Recording.messages) == 8 and not _shown(_Recording.messages)
+    assert all("masked" in reply and "weights" not in reply for _, _, reply in _Recording.messages)
+
+
+def test_a_site_shows_its_update_only_where_its_job_allows_and_after_the_sum_was_read():
+    """The attack: a coordinator asks a site for its update in the clear. Refused where the job the site
+    accepted does not allow it (the default), and before the sum holding the update was read; the broken
+    control (a job that allows it, the sum read) gets the kept update, unchanged."""
+    glob = {"w": np.arange(3, dtype=np.float32)}
+    reply = {"weights": {"w": glob["w"] + 1}, "losses": {}, "epsilon": 0.5, "steps": 3}
+    body = {"round": 0, "weights": glob, "secagg": {"request": 0}}
+
+    def state(allowed: bool) -> dict:
+        st = {"job": {"seed": 0, **({"show_update_on_failed_sum": True} if allowed else {})}}
+        secure_updates.keep(body, reply, st)
+        return st
+
+    ask = {"round": 0, "weights": glob, "show": True}
+    with pytest.raises(FederationError, match="refuses to show its update.*on_failed_sum"):
+        secure_updates.shown("a", ask, state(False))
+    allowed = state(True)
+    with pytest.raises(FederationError, match="only the update of the round whose secure sum"):
+        secure_updates.shown("a", ask, allowed)  # the sum holding it not read yet
+    secure_updates.unmasked(0, allowed)
+    with pytest.raises(FederationError, match="only the update of the round"):
+        secure_updates.shown("a", {**ask, "round": 1}, allowed)  # another round
+    assert np.array_equal(secure_updates.shown("a", ask, allowed)["weights"]["w"], reply["weights"]["w"])
+
+
+def test_on_failed_sum_takes_stop_or_screen_each():
+    with pytest.raises(ConfigError, match="on_failed_sum' must be one of"):
+        fedtab.FederatedSynthesizer("tvae", on_failed_sum="name")
 
 
 def test_a_recorded_update_is_masked_again_only_until_a_sum_holding_it_was_read():

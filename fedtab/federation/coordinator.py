@@ -58,6 +58,8 @@ class JobSpec:
     def site_job(self) -> dict:
         job = {"seed": self.seed, "holdout": self.holdout, "missing_markers": list(self.missing_markers),
                "epsilon": self.privacy.epsilon, "delta": self.privacy.delta, "site_column": self.site_column}
+        if self.training.on_failed_sum == "screen_each":  # public in the job: no site shows an update otherwise
+            job["show_update_on_failed_sum"] = True
         return {**job, "job_id": self.job_id} if self.job_id else job
 
 
@@ -172,10 +174,7 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
         else:
             weights, replies, order = _plain_round(transport, job, state, body, round_index=r, min_sites=min_sites,
                                                    bounds=bounds, progress=progress)
-            # Row-weighted, as a secure round's (read from its sum): one meaning for the history's losses.
-            losses = {k: float(np.average([replies[s]["losses"][k] for s in order],
-                                          weights=[max(float(state.site_weights[s]), 1e-12) for s in order]))
-                      for k in replies[order[0]]["losses"]}
+            losses = _mean_losses(replies, order, state)
         eps = {s: float(replies[s]["epsilon"]) for s in order}
         record = RoundRecord(round=r + 1, losses=losses, epsilon=eps, seconds=time.perf_counter() - t0)
         state = replace(state, weights=weights, history=state.history + (record,), active_sites=tuple(order),
@@ -200,6 +199,14 @@ def _plain_round(transport: Transport, job: JobSpec, state: TrainingState, body:
     weights = aggregate(job.training.aggregation, [replies[s]["weights"] for s in order],
                         [state.site_weights[s] for s in order])
     return weights, replies, order
+
+
+def _mean_losses(replies: dict[str, Any], order: list[str], state: TrainingState) -> dict[str, float]:
+    """The round's losses, row-weighted as a secure round reads them from its sum: one meaning for the
+    history's losses whatever the aggregation."""
+    return {k: float(np.average([replies[s]["losses"][k] for s in order],
+                                weights=[max(float(state.site_weights[s]), 1e-12) for s in order]))
+            for k in replies[order[0]]["losses"]}
 
 
 def _enough_answered(order: list[str], asked: list[str], *, round_index: int, min_sites: int) -> None:
@@ -253,7 +260,33 @@ def _secure_round(transport: Transport, job: JobSpec, state: TrainingState, roun
         return replies
 
     _site_bounds(job, state, rounds.alive, bounds)
-    return secure_updates.train_round(ask_train, rounds, body, state, bounds=bounds, round_index=round_index)
+    try:
+        return secure_updates.train_round(ask_train, rounds, body, state, bounds=bounds, round_index=round_index)
+    except secure_updates.SumFailed as failed:
+        if job.training.on_failed_sum != "screen_each":
+            raise
+        return _shown_round(transport, job, state, rounds, body, failed, round_index=round_index, bounds=bounds,
+                            min_sites=min_sites, progress=progress)
+
+
+def _shown_round(transport: Transport, job: JobSpec, state: TrainingState, rounds, body: dict, failed, *,
+                 round_index: int, bounds: dict[str, dict[str, float]], min_sites: int, progress: Progress | None):
+    """A round whose secure sum failed its screen, under ``training.on_failed_sum = "screen_each"``: the
+    sites in the sum show their kept update of the round (``secure_updates.shown``), which the coordinator
+    screens one by one and averages as a plain round does; a site whose update fails is named and left out
+    of this and every later round (the later rounds are summed again)."""
+    r = round_index
+    asked = sorted(failed.replies)
+    _notify(progress, "phase", name=f"round {r + 1}: the secure sum failed its screen ({failed.why}); as the job "
+                                    f"allows (training.on_failed_sum = \"screen_each\"), the {len(asked)} sites in "
+                                    "it show this round's updates, each screened")
+    replies = _available(transport, TRAIN, {s: {**body, "show": True} for s in asked})
+    _enough_answered(sorted(replies), asked, round_index=r, min_sites=min_sites)
+    order = _screened(job, state, replies, sorted(replies), round_index=r, min_sites=min_sites, bounds=bounds,
+                      progress=progress)
+    weights = aggregate("mean", [replies[s]["weights"] for s in order], [state.site_weights[s] for s in order])
+    rounds.alive = [s for s in rounds.alive if s in order]
+    return weights, {s: replies[s] for s in order}, _mean_losses(replies, order, state)
 
 
 def _site_bounds(job: JobSpec, state: TrainingState, sites, bounds: dict[str, dict[str, float]]) -> None:

@@ -25,7 +25,14 @@ shares drawn once per job, one mask key per round: ``planned_requests``) and its
   finite values, and no parameter moved by more than the summed weights x each site's bound
   (``training.update_bounds``: a round of Adam; under one public plan every site's, exact), so that the
   mean moves no parameter further than one site's round can, whatever the weights. A failing sum stops
-  the run: which site sent the broken update cannot be told. ``training.aggregation = "trimmed_mean"`` screens and trims each site's update,
+  the run (``SumFailed``): which site sent the broken update cannot be told. With ``training.on_failed_sum =
+  "screen_each"``, public in the job each site accepted, the coordinator instead asks the sites for that
+  round's updates (``shown``: the one kept, only once its sum was read, never a new one) and screens them
+  one by one as a plain round does; rounds whose sum passes stay sums. A site whose masked update was
+  hostile but which shows an honest-looking one is not named: the round's mean then comes from the
+  updates shown, each within its bound. A site whose own update is not finite cannot mask it and says so
+  (``secagg.encode``: ``UnusableUpdateError``); the coordinator names it and leaves it out, its masks
+  removed as a lost site's. ``training.aggregation = "trimmed_mean"`` screens and trims each site's update,
   which the coordinator then sees (secure aggregation of updates is off for that job, and the
   coordinator says so): robustness to a hostile site against the coordinator seeing only sums.
 
@@ -166,7 +173,33 @@ def unmasked(request, state: dict) -> None:
         kept["unmasked"] = True
 
 
+def shown(site: str, body: dict, state: dict) -> dict:
+    """The site's kept update of this round, in the clear, for a coordinator whose secure sum of the round
+    failed its screen (``training.on_failed_sum = "screen_each"``). Only where the job the site accepted
+    says so, only the update of this round on these weights, and only once the coordinator read the sum
+    holding it: a coordinator cannot read an update without the sum, nor make a site train again. Under DP
+    the update is a DP release already on the site's ledger (its full DP-SGD noise); nothing is spent."""
+    if not (state.get("job") or {}).get("show_update_on_failed_sum"):
+        raise FederationError(f"site '{site}' refuses to show its update: the job it accepted sums the updates "
+                              "securely and does not let the coordinator see them (training.on_failed_sum)",
+                              public=True)
+    kept = state.get("last_update")
+    if (not kept or kept["round"] != int(body["round"]) or kept["digest"] != _digest(body["weights"])
+            or not kept.get("unmasked")):
+        raise FederationError(f"site '{site}' refuses to show an update: it shows only the update of the round "
+                              "whose secure sum the coordinator has read", public=True)
+    return dict(kept["reply"])
+
+
 # -- at the coordinator --------------------------------------------------------------------------------
+class SumFailed(FederationError):
+    """A round's secure sum failed its screen: ``why``, over the sites in ``survivors`` (their replies)."""
+
+    def __init__(self, message: str, *, why: str, replies: dict[str, Any]):
+        super().__init__(message)
+        self.why, self.replies = why, replies
+
+
 def mean_of_sum(total: list[np.ndarray], names: list[str], current: dict[str, np.ndarray],
                 weight: float) -> dict[str, np.ndarray]:
     """The global model after a round: ``current`` plus the summed weighted changes over ``weight`` (the
@@ -227,10 +260,11 @@ def train_round(ask_train, rounds, body: dict, state, *, bounds: dict[str, dict[
         why = screen_sum(total, names, state.weights, weights=weights, bounds={s: bounds[s] for s in survivors},
                          n_sites=len(survivors))
     if why is not None:
-        raise FederationError(
+        raise SumFailed(
             f"round {round_index + 1}: {why}. Under secure aggregation the coordinator sees only the sum, so the "
-            "site whose update is broken or hostile cannot be named; 'training.aggregation = \"trimmed_mean\"' "
-            "screens (and trims) each site's update, which the coordinator then sees.")
+            "site whose update is broken or hostile cannot be named; 'training.on_failed_sum = \"screen_each\"' "
+            "lets it see the updates of a round whose sum fails, and 'training.aggregation = \"trimmed_mean\"' "
+            "screens (and trims) each site's update every round.", why=why, replies=replies)
     # The mean: over the weights the sites used (the summed weight), which a site lost mid-job leaves exact.
     return mean_of_sum(total, names, state.weights, weight), replies, losses
 
