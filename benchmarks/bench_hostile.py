@@ -23,6 +23,10 @@ Model ``auto-declared``: the default with the consortium's declared site sizes (
 ``DECLARED_SLACK`` x each site's training rows), honest and inflated (x10, and ``inflated_x2``,
 ``inflated_x1.5``: how small an inflation the declarations stop).
 
+Model ``tvae-show``: the secure mean with ``training.on_failed_sum = "screen_each"`` (a round whose sum fails
+its screen falls back to the updates the sites show, each screened). There the hostile site shows the update it
+masked (x100, NaN, flipped), or, ``scaled_hidden``, masks x100 and shows its honest update.
+
 Models: TVAE (DP-SGD; ``aggregation="trimmed_mean"`` and ``"mean"``) and the default chosen without model
 options (``auto``: "mst" under DP and without). The update attacks do not apply to the marginal model.
 Scoring: ``suite.score`` (sdmetrics quality against the training rows, TSTR, detection AUC, ...), in this
@@ -65,6 +69,7 @@ UPDATE_ATTACKS = ("scaled", "nan", "flipped")
 TABLE_ATTACKS = ("garbage_uniform", "garbage_shuffled")
 CONDITIONS = {"tvae-trimmed": ("honest", *UPDATE_ATTACKS, *TABLE_ATTACKS),
               "tvae-mean": ("honest", *UPDATE_ATTACKS, *TABLE_ATTACKS),
+              "tvae-show": ("honest", *UPDATE_ATTACKS, "scaled_hidden"),
               "auto": ("honest", *TABLE_ATTACKS, "inflated"),
               "auto-declared": ("honest", "inflated", "inflated_x2", "inflated_x1.5")}
 TVAE = dict(rounds=4, local_epochs=5.0, batch_size=64)
@@ -108,19 +113,20 @@ def hostile(site: str, how: str):
         saved.append((owner, name, getattr(owner, name)))
         setattr(owner, name, new)
 
-    if how in UPDATE_ATTACKS:
+    if how.removesuffix("_hidden") in UPDATE_ATTACKS:
         original = InProcessTransport.request
 
         def altered(glob, w):
             if how == "nan":
                 return {k: np.full_like(v, np.nan) if np.issubdtype(v.dtype, np.floating) else v for k, v in w.items()}
-            if how == "scaled":
+            if how.removesuffix("_hidden") == "scaled":
                 return {k: glob[k] + 100.0 * (v - glob[k]) for k, v in w.items()}
             return {k: glob[k] - (v - glob[k]) for k, v in w.items()}
 
         def request(transport, kind, bodies):
             replies = original(transport, kind, bodies)
-            if kind == "train" and site in replies and "weights" in replies[site]:  # sent in the clear
+            if (kind == "train" and site in replies and "weights" in replies[site]  # sent in the clear
+                    and not bodies[site].get("show")):  # (what it shows after a failed sum: below)
                 replies[site] = {**replies[site], "weights": altered(bodies[site]["weights"], replies[site]["weights"])}
             return replies
 
@@ -136,6 +142,17 @@ def hostile(site: str, how: str):
             return masked_reply(name, body, reply, state, session)
 
         patch(secure_updates, "masked_reply", hostile_masked_reply)
+        # Asked to show its update after a failed sum (training.on_failed_sum): the one it masked, or
+        # (``_hidden``) its honest one.
+        shown = secure_updates.shown
+
+        def hostile_shown(name, body, state):
+            out = shown(name, body, state)
+            if name == site and not how.endswith("_hidden"):
+                out = {**out, "weights": altered(body["weights"], out["weights"])}
+            return out
+
+        patch(secure_updates, "shown", hostile_shown)
     elif how.startswith("inflated"):
         mask, measure = secagg.SiteSession.mask, marginals.site_measure
         factor = float(how.split("_x")[1]) if "_x" in how else 10.0
@@ -174,8 +191,9 @@ def fit_and_sample(model: str, epsilon: float | None, frames: dict, data: dict, 
             k: int(math.ceil(DECLARED_SLACK * n)) for k, n in data["n_sites"].items()})
     else:
         dp_share = {"preprocessing_share": 0.3} if epsilon is not None else {}
-        synth = fedtab.FederatedSynthesizer("tvae", aggregation=model.split("-")[1].replace("trimmed", "trimmed_mean"),
-                                            **TVAE, **dp_share, **common)
+        how = {"tvae-trimmed": {"aggregation": "trimmed_mean"}, "tvae-mean": {"aggregation": "mean"},
+               "tvae-show": {"aggregation": "mean", "on_failed_sum": "screen_each"}}[model]
+        synth = fedtab.FederatedSynthesizer("tvae", **how, **TVAE, **dp_share, **common)
     t0 = time.perf_counter()
     synth.fit(frames)
     fit_s = time.perf_counter() - t0
