@@ -23,8 +23,9 @@ Model ``auto-declared``: the default with the consortium's declared site sizes (
 ``DECLARED_SLACK`` x each site's training rows), honest and inflated (x10, and ``inflated_x2``,
 ``inflated_x1.5``: how small an inflation the declarations stop).
 
-Model ``tvae-show``: the secure mean with ``training.on_failed_sum = "screen_each"`` (a round whose sum fails
-its screen falls back to the updates the sites show, each screened). There the hostile site shows the update it
+Model ``tvae-show``: the secure mean with ``training.on_failed_sum = "screen_each"`` (the default since
+commit 0b50b7b: a round whose sum fails its screen falls back to the updates the sites show, each screened);
+``tvae-mean``: the secure mean with ``"stop"`` (a failed sum stops the run). There the hostile site shows the update it
 masked (x100, NaN, flipped), or, ``scaled_hidden``, masks x100 and shows its honest update.
 
 Models: TVAE (DP-SGD; ``aggregation="trimmed_mean"`` and ``"mean"``) and the default chosen without model
@@ -191,7 +192,8 @@ def fit_and_sample(model: str, epsilon: float | None, frames: dict, data: dict, 
             k: int(math.ceil(DECLARED_SLACK * n)) for k, n in data["n_sites"].items()})
     else:
         dp_share = {"preprocessing_share": 0.3} if epsilon is not None else {}
-        how = {"tvae-trimmed": {"aggregation": "trimmed_mean"}, "tvae-mean": {"aggregation": "mean"},
+        how = {"tvae-trimmed": {"aggregation": "trimmed_mean"},
+               "tvae-mean": {"aggregation": "mean", "on_failed_sum": "stop"},
                "tvae-show": {"aggregation": "mean", "on_failed_sum": "screen_each"}}[model]
         synth = fedtab.FederatedSynthesizer("tvae", **how, **TVAE, **dp_share, **common)
     t0 = time.perf_counter()

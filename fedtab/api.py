@@ -69,11 +69,12 @@ class FederatedSynthesizer:
     site's update that is not finite, has other shapes or moves a parameter further than a round of Adam
     can is named and left out (``fedtab.federation.aggregation.screen_update``). ``min_sites``: the fewest
     sites that must take part (default: all); a site left out beyond that stops the run.
-    ``on_failed_sum`` (DP-SGD models, updates summed securely): when a round's sum fails its screen, "stop"
-    (the default: which site sent the broken update cannot be told) or "screen_each": the sites, told so
-    in the job they accept, show that round's updates (each a DP release already on its ledger: under DP
-    each site keeps its full DP-SGD noise), which the coordinator screens one by one, naming and leaving
-    out a site whose update fails; every round before the failure, and after it, stays a sum.
+    ``on_failed_sum`` (DP-SGD models, updates summed securely): when a round's sum fails its screen,
+    "screen_each" (the default): the sites, told so in the job they accept, show that round's updates
+    (each a DP release already on its ledger: under DP each site keeps its full DP-SGD noise), which the
+    coordinator screens one by one, naming and leaving out a site whose update fails; every round whose
+    sum passes stays a sum. "stop": the run stops (which site sent the broken update cannot be told) and
+    no site ever shows an update.
     ``site_rows_at_most``: site name -> the consortium's public declaration of its most rows (a run
     configuration's ``[sites.<name>] rows_at_most``); a site whose encoding histograms count more is named
     and left out, and under secure aggregation a sum over the declared sizes stops the run
@@ -111,7 +112,7 @@ class FederatedSynthesizer:
                  progress: Progress | None = None, site_policy: SitePolicy | Mapping[str, SitePolicy] | None = None,
                  ledger_dir: str | os.PathLike | None = None, secure_aggregation: bool = True,
                  aggregation: str = "mean", min_sites: int | None = None,
-                 site_rows_at_most: Mapping[str, int] | None = None, on_failed_sum: str = "stop"):
+                 site_rows_at_most: Mapping[str, int] | None = None, on_failed_sum: str = "screen_each"):
         self.model = model
         self.epsilon = epsilon
         self.delta = delta

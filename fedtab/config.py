@@ -101,9 +101,9 @@ class TrainingSettings:
     min_sites: int | None = None  # fewest sites that must answer a round (default: all)
     # How the DP-SGD models' rounds combine the sites' updates (fedtab.federation.coordinator.aggregate).
     aggregation: str = "mean"
-    # Under secure aggregation of the updates, a round whose sum fails its screen: "stop", or "screen_each"
-    # (the sites, told so in the job they accept, show that round's updates: fedtab.federation.secure_updates).
-    on_failed_sum: str = "stop"
+    # Under secure aggregation of the updates, a round whose sum fails its screen: "screen_each" (the sites,
+    # told so in the job they accept, show that round's updates: fedtab.federation.secure_updates), or "stop".
+    on_failed_sum: str = "screen_each"
 
 
 @dataclass(frozen=True)

@@ -383,7 +383,7 @@ def test_a_hostile_update_inside_the_secure_sum_stops_the_run(monkeypatch):
 
     monkeypatch.setattr(training, "train_one_round", hostile)
     with pytest.raises(FederationError, match="round 1: the summed update moved parameter.*cannot be named"):
-        _fit(monkeypatch)
+        _fit(monkeypatch, on_failed_sum="stop")
 
 
 def _scaled_at(monkeypatch, site: str = "west", *, masked_only: bool = False):

@@ -55,10 +55,20 @@ class JobSpec:
     # sent to a site): ``fedtab.federation.screening`` (declared site sizes).
     site_rows_at_most: dict = field(default_factory=dict)
 
+    @property
+    def shows_updates_on_failed_sum(self) -> bool:
+        """Whether a DP-SGD round whose secure sum fails asks the sites to show their updates
+        (``training.on_failed_sum``): only where the updates are summed (a DP-SGD model, the mean, secure
+        aggregation on)."""
+        from fedtab.models.registry import is_measured
+
+        return (self.training.on_failed_sum == "screen_each" and self.training.aggregation == "mean"
+                and self.privacy.secure_aggregation and not is_measured(self.model))
+
     def site_job(self) -> dict:
         job = {"seed": self.seed, "holdout": self.holdout, "missing_markers": list(self.missing_markers),
                "epsilon": self.privacy.epsilon, "delta": self.privacy.delta, "site_column": self.site_column}
-        if self.training.on_failed_sum == "screen_each":  # public in the job: no site shows an update otherwise
+        if self.shows_updates_on_failed_sum:  # public in the job: no site shows an update otherwise
             job["show_update_on_failed_sum"] = True
         return {**job, "job_id": self.job_id} if self.job_id else job
 
@@ -263,7 +273,7 @@ def _secure_round(transport: Transport, job: JobSpec, state: TrainingState, roun
     try:
         return secure_updates.train_round(ask_train, rounds, body, state, bounds=bounds, round_index=round_index)
     except secure_updates.SumFailed as failed:
-        if job.training.on_failed_sum != "screen_each":
+        if not job.shows_updates_on_failed_sum:
             raise
         return _shown_round(transport, job, state, rounds, body, failed, round_index=round_index, bounds=bounds,
                             min_sites=min_sites, progress=progress)

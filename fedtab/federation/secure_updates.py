@@ -24,11 +24,12 @@ shares drawn once per job, one mask key per round: ``planned_requests``) and its
 - screening: the coordinator cannot see an update, so it screens the sum: the global model's shapes,
   finite values, and no parameter moved by more than the summed weights x each site's bound
   (``training.update_bounds``: a round of Adam; under one public plan every site's, exact), so that the
-  mean moves no parameter further than one site's round can, whatever the weights. A failing sum stops
-  the run (``SumFailed``): which site sent the broken update cannot be told. With ``training.on_failed_sum =
-  "screen_each"``, public in the job each site accepted, the coordinator instead asks the sites for that
-  round's updates (``shown``: the one kept, only once its sum was read, never a new one) and screens them
-  one by one as a plain round does; rounds whose sum passes stay sums. A site whose masked update was
+  mean moves no parameter further than one site's round can, whatever the weights (an honest sum always
+  passes). A failing sum (``SumFailed``) cannot tell which site sent the broken update. With
+  ``training.on_failed_sum = "screen_each"`` (the default), public in the job each site accepted, the
+  coordinator then asks the sites for that round's updates (``shown``: the one kept, only once its sum was read, never a new one) and screens them
+  one by one as a plain round does; rounds whose sum passes stay sums. With ``"stop"`` the run stops, and
+  no site ever shows an update. A site whose masked update was
   hostile but which shows an honest-looking one is not named: the round's mean then comes from the
   updates shown, each within its bound. A site whose own update is not finite cannot mask it and says so
   (``secagg.encode``: ``UnusableUpdateError``); the coordinator names it and leaves it out, its masks
@@ -263,8 +264,8 @@ def train_round(ask_train, rounds, body: dict, state, *, bounds: dict[str, dict[
         raise SumFailed(
             f"round {round_index + 1}: {why}. Under secure aggregation the coordinator sees only the sum, so the "
             "site whose update is broken or hostile cannot be named; 'training.on_failed_sum = \"screen_each\"' "
-            "lets it see the updates of a round whose sum fails, and 'training.aggregation = \"trimmed_mean\"' "
-            "screens (and trims) each site's update every round.", why=why, replies=replies)
+            "(the default) lets it see the updates of a round whose sum fails, and 'training.aggregation = "
+            "\"trimmed_mean\"' screens (and trims) each site's update every round.", why=why, replies=replies)
     # The mean: over the weights the sites used (the summed weight), which a site lost mid-job leaves exact.
     return mean_of_sum(total, names, state.weights, weight), replies, losses
 
