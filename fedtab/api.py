@@ -471,7 +471,8 @@ def from_bundle(b: ModelBundle, *, source: str = "model file") -> FederatedSynth
             secure_aggregation=bool(m["privacy"].get("secure_aggregation", False)),
             local_epochs=m["training"]["local_epochs"], batch_size=m["training"]["batch_size"],
             max_grad_norm=m["training"]["max_grad_norm"], aggregation=m["training"].get("aggregation", "mean"),
-            on_failed_sum=m["training"].get("on_failed_sum", "stop"), seed=m["seed"], schema=TableSchema.from_dict(m["schema"]),
+            on_failed_sum=m["training"].get("on_failed_sum", "stop"),  # files from before the setting: "stop"
+            seed=m["seed"], schema=TableSchema.from_dict(m["schema"]),
             missing_markers=tuple(m["missing_markers"]), holdout=m["holdout"], model_options=m["model_options"],
             site_column=m["encoding"]["config"]["plan"].get("site_column"))
         history = tuple(RoundRecord(**h) for h in m["history"])

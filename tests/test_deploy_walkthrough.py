@@ -118,7 +118,8 @@ def test_the_walk_through_leaves_out_a_bad_site_prints_its_phases_and_every_site
     assert coord.returncode == 0, log[-3000:]
     phases = ["model: mst", "starting the SuperLink", "registered the public keys of 3 sites",
               "waiting for sites:", "connected: 3 sites", "schema agreement",
-              "schema agreement: left out 1 site ('switzerland'); going on with 2 of 3", "federated encoding", "marginals:",
+              "schema agreement: left out 1 site ('switzerland'); going on with 2 of 3", "federated encoding",
+              "marginals:",
               "model written to", "the job is over"]
     where = [log.find(p) for p in phases]
     assert all(w >= 0 for w in where) and where == sorted(where), (list(zip(phases, where)), log)

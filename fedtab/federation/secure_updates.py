@@ -27,10 +27,10 @@ shares drawn once per job, one mask key per round: ``planned_requests``) and its
   mean moves no parameter further than one site's round can, whatever the weights (an honest sum always
   passes). A failing sum (``SumFailed``) cannot tell which site sent the broken update. With
   ``training.on_failed_sum = "screen_each"`` (the default), public in the job each site accepted, the
-  coordinator then asks the sites for that round's updates (``shown``: the one kept, only once its sum was read, never a new one) and screens them
-  one by one as a plain round does; rounds whose sum passes stay sums. With ``"stop"`` the run stops, and
-  no site ever shows an update. A site whose masked update was
-  hostile but which shows an honest-looking one is not named: the round's mean then comes from the
+  coordinator then asks the sites for that round's updates (``shown``: the one kept, only once its sum
+  was read, never a new one) and screens them one by one as a plain round does; rounds whose sum passes
+  stay sums. With ``"stop"`` the run stops, and no site ever shows an update. A site whose masked update
+  was hostile but which shows an honest-looking one is not named: the round's mean then comes from the
   updates shown, each within its bound. A site whose own update is not finite cannot mask it and says so
   (``secagg.encode``: ``UnusableUpdateError``); the coordinator names it and leaves it out, its masks
   removed as a lost site's. ``training.aggregation = "trimmed_mean"`` screens and trims each site's update,
