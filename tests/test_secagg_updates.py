@@ -489,6 +489,19 @@ def test_a_site_shows_its_update_only_where_its_job_allows_and_after_the_sum_was
     assert np.array_equal(secure_updates.shown("a", ask, allowed)["weights"]["w"], reply["weights"]["w"])
 
 
+def test_a_site_whose_policy_never_shows_updates_refuses_such_a_job(monkeypatch):
+    """``SitePolicy(show_updates=False)``: the default DP-SGD job (which may ask for an update after a failed
+    sum) is refused before anything is released; the same job with ``on_failed_sum = "stop"`` runs."""
+    from fedtab.errors import PrivacyBudgetError
+
+    strict = {"west": fedtab.SitePolicy(show_updates=False)}
+    with pytest.raises(PrivacyBudgetError, match="site 'west' refuses the job \\(rule show_updates"):
+        _fit(monkeypatch, epsilon=2.0, site_policy=strict)
+    assert not _Recording.messages  # no training request reached any site
+    synth = _fit(monkeypatch, epsilon=2.0, site_policy=strict, on_failed_sum="stop")
+    assert "west" in synth.result_.ledgers
+
+
 def test_on_failed_sum_takes_stop_or_screen_each():
     with pytest.raises(ConfigError, match="on_failed_sum' must be one of"):
         fedtab.FederatedSynthesizer("tvae", on_failed_sum="name")

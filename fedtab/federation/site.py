@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedtab.errors import ConfigError, DataValidationError, FederationError, Problem
+from fedtab.errors import ConfigError, DataValidationError, FederationError, PrivacyBudgetError, Problem
 from fedtab.privacy.book import LedgerBook, SitePolicy, job_key
 from fedtab.privacy.ledger import PrivacyLedger
 from fedtab.privacy.secret import secret_source
@@ -181,6 +181,11 @@ class SiteWorker:
         key = job_key(job)
         # The site's rules come first: a refused job gets nothing, not even a conformance answer.
         book = self.book(state)
+        if job.get("show_update_on_failed_sum") and not self.policy.show_updates and not book.admitted(key):
+            raise PrivacyBudgetError(
+                f"site '{self.name}' refuses the job (rule show_updates: it never shows its update in the clear, "
+                "and this job may ask for it after a failed secure sum; set training.on_failed_sum = \"stop\"). "
+                "Nothing was released.", public=True)
         book.admit(key, epsilon=epsilon, delta=job["delta"], policy=self.policy)
         kept = state.get("book")
         state.clear()  # a new job (or the same one again) starts from its schema; the book stays

@@ -48,7 +48,8 @@ DELTA_ROWS_FACTOR = 10  # delta < 1 / (DELTA_ROWS_FACTOR x rows)
 DEFAULT_MAX_EVALUATIONS = 10  # tables of one job a site scores against its rows
 
 
-POLICY_KEYS = ("max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp", "max_evaluations", "release_policy")
+POLICY_KEYS = ("max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp", "max_evaluations", "release_policy",
+               "show_updates")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +64,9 @@ class SitePolicy:
     # The site's own release policy (a TOML file; None: the packaged default): its privacy thresholds
     # are a floor under the coordinator's policy when the site decides its verdicts.
     release_policy: str | None = None
+    # Whether the site accepts a job whose securely summed DP-SGD rounds may ask it to show its update
+    # after a failed sum (``training.on_failed_sum = "screen_each"``, the default); false: only sums, ever.
+    show_updates: bool = True
 
     def __post_init__(self):
         problems = []
@@ -73,8 +77,9 @@ class SitePolicy:
         d = self.max_delta
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d < 1:
             problems.append(f"'max_delta' must be a number in (0, 1). Got {d!r} instead.")
-        if not isinstance(self.allow_non_dp, bool):
-            problems.append(f"'allow_non_dp' must be true or false. Got {self.allow_non_dp!r} instead.")
+        for name in ("allow_non_dp", "show_updates"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"'{name}' must be true or false. Got {getattr(self, name)!r} instead.")
         m = self.max_evaluations
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             problems.append(f"'max_evaluations' must be a whole number >= 0. Got {m!r} instead.")
