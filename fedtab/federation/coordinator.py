@@ -70,6 +70,8 @@ class JobSpec:
                "epsilon": self.privacy.epsilon, "delta": self.privacy.delta, "site_column": self.site_column}
         if self.shows_updates_on_failed_sum:  # public in the job: no site shows an update otherwise
             job["show_update_on_failed_sum"] = True
+        if not self.privacy.secure_aggregation:  # a site that requires it refuses the job at admission
+            job["secure_aggregation"] = False
         return {**job, "job_id": self.job_id} if self.job_id else job
 
 

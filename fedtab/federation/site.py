@@ -181,11 +181,17 @@ class SiteWorker:
         key = job_key(job)
         # The site's rules come first: a refused job gets nothing, not even a conformance answer.
         book = self.book(state)
-        if job.get("show_update_on_failed_sum") and not self.policy.show_updates and not book.admitted(key):
+        strict = self.policy.require_secure_aggregation
+        if job.get("show_update_on_failed_sum") and (strict or not self.policy.show_updates) and not book.admitted(key):
             raise PrivacyBudgetError(
-                f"site '{self.name}' refuses the job (rule show_updates: it never shows its update in the clear, "
-                "and this job may ask for it after a failed secure sum; set training.on_failed_sum = \"stop\"). "
-                "Nothing was released.", public=True)
+                f"site '{self.name}' refuses the job (rule {'require_secure_aggregation' if strict else 'show_updates'}:"
+                " it never shows its update in the clear, and this job may ask for it after a failed secure sum; set "
+                "training.on_failed_sum = \"stop\"). Nothing was released.", public=True)
+        if job.get("secure_aggregation") is False and strict and not book.admitted(key):
+            raise PrivacyBudgetError(
+                f"site '{self.name}' refuses the job (rule require_secure_aggregation: it sends counts and updates "
+                "only masked, and this job runs without secure aggregation; set privacy.secure_aggregation = "
+                "true). Nothing was released.", public=True)
         book.admit(key, epsilon=epsilon, delta=job["delta"], policy=self.policy)
         kept = state.get("book")
         state.clear()  # a new job (or the same one again) starts from its schema; the book stays
@@ -260,6 +266,7 @@ class SiteWorker:
 
         if body.get("phase") == secure_encoding.SCREEN:  # its own release against the others': nothing spent
             return secure_encoding.screen_reply(self.name, body, state)
+        self._only_masked(body, "its encoding statistics")
         state["schema"] = TableSchema.from_dict(body["schema"]).to_json()
         train, _ = self._frames(state)
         plan = encoding.plan_from_dict(body["plan"])
@@ -316,6 +323,7 @@ class SiteWorker:
             from fedtab.federation import secure_updates
 
             return secure_updates.shown(self.name, body, state)
+        self._only_masked(body, "its model update")
         train, _ = self._frames(state)
         setup = state["training"]
         key = "encoded:" + setup["transformer_hash"]
@@ -348,9 +356,18 @@ class SiteWorker:
 
         if body.get("phase") in marginals.SECURE_ROUNDS:  # keys and shares: nothing read from the rows, nothing spent
             return marginals.secure_round(self.name, body["phase"], body.get("secagg") or {}, state, self._cache)
+        self._only_masked(body, "its marginal counts")
         train, _ = self._frames(state)
         with self._spending(state) as ledger:
             return marginals.site_measure(self.name, body, state, train=train, ledger=ledger, cache=self._cache)
+
+    def _only_masked(self, body: dict, what: str) -> None:
+        """The site's rule ``require_secure_aggregation``: a request for counts or an update in the clear
+        is refused before anything is computed or spent for it."""
+        if self.policy.require_secure_aggregation and body.get("secagg") is None:
+            raise PrivacyBudgetError(
+                f"site '{self.name}' refuses to send {what} in the clear (rule require_secure_aggregation: only "
+                "masked, for a secure sum). Nothing was released for this request.", public=True)
 
     def _ledger(self, body: dict, state: dict) -> dict:
         from fedtab.modelfile import model_digest

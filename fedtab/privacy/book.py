@@ -49,7 +49,7 @@ DEFAULT_MAX_EVALUATIONS = 10  # tables of one job a site scores against its rows
 
 
 POLICY_KEYS = ("max_epsilon", "max_total_epsilon", "max_delta", "allow_non_dp", "max_evaluations", "release_policy",
-               "show_updates")
+               "show_updates", "require_secure_aggregation")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +67,10 @@ class SitePolicy:
     # Whether the site accepts a job whose securely summed DP-SGD rounds may ask it to show its update
     # after a failed sum (``training.on_failed_sum = "screen_each"``, the default); false: only sums, ever.
     show_updates: bool = True
+    # Whether every count and model update the site sends must be masked for secure aggregation (only
+    # sums reach the coordinator): a job run without it is refused at admission, and any request for a
+    # count or an update in the clear is refused before anything is spent for it.
+    require_secure_aggregation: bool = False
 
     def __post_init__(self):
         problems = []
@@ -77,7 +81,7 @@ class SitePolicy:
         d = self.max_delta
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d < 1:
             problems.append(f"'max_delta' must be a number in (0, 1). Got {d!r} instead.")
-        for name in ("allow_non_dp", "show_updates"):
+        for name in ("allow_non_dp", "show_updates", "require_secure_aggregation"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"'{name}' must be true or false. Got {getattr(self, name)!r} instead.")
         m = self.max_evaluations

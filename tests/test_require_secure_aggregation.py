@@ -1,0 +1,102 @@
+"""A site can require secure aggregation (``SitePolicy.require_secure_aggregation``, issue 22).
+
+Claim: a site with the rule sends its counts and model updates only masked, whatever the coordinator's job
+says. The attacks: a coordinator that runs the job without secure aggregation (refused at admission,
+nothing released), one that asks for the updates in the clear (the trimmed mean: refused at the first
+round, before it is trained or spent), and a job that may ask a site to show its update after a failed
+sum (refused at admission). The broken control: a site without the rule serves each of these jobs, and
+its releases leave in the clear.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import fedtab
+from fedtab.errors import PrivacyBudgetError
+from fedtab.federation.site import ENCODE, MEASURE, TRAIN
+from fedtab.federation.transport import InProcessTransport
+from tests.test_hostile_sites import _four_sites
+from tests.test_marginal_model import SCHEMA
+
+STRICT = "west"
+
+
+class _Recording(InProcessTransport):
+    """Every reply the strict site sent with counts or an update in it."""
+
+    replies: list = []
+
+    def outcomes(self, kind, bodies):
+        out = super().outcomes(kind, bodies)
+        if STRICT in out and kind in (ENCODE, MEASURE, TRAIN):
+            self.replies.append((kind, bodies[STRICT], out[STRICT]))
+        return out
+
+
+def _fit(monkeypatch, model="mst", *, strict=True, **kw):
+    _Recording.replies = []
+    monkeypatch.setattr("fedtab.federation.transport.InProcessTransport", _Recording)
+    policy = {STRICT: fedtab.SitePolicy(require_secure_aggregation=strict)}
+    extra = {"rounds": 2, "batch_size": 100,
+             "model_options": {"compress_dims": [32], "decompress_dims": [32], "embedding_dim": 16}} \
+        if model == "tvae" else {}
+    return fedtab.FederatedSynthesizer(model, epsilon=2.0, schema=SCHEMA, seed=0, site_policy=policy,
+                                       **extra, **kw).fit(_four_sites())
+
+
+def _clear(replies) -> list:
+    """The strict site's replies that held counts or an update in the clear (not masked, not a screen)."""
+    return [(kind, body.get("phase")) for kind, body, reply in replies
+            if isinstance(reply, dict) and "masked" not in reply and not body.get("secagg")
+            and body.get("phase") not in ("keys", "shares", "unmask", "screen")
+            and any(k in reply for k in ("weights", "counts")) | any("/counts" in k for k in reply)]
+
+
+def test_a_strict_site_takes_part_in_a_secure_job_and_sends_only_masked_releases(monkeypatch):
+    synth = _fit(monkeypatch)
+    assert STRICT in synth.result_.ledgers and synth.privacy_ledger[STRICT].entries
+    assert _Recording.replies and not _clear(_Recording.replies)
+    assert any("masked" in reply for _, _, reply in _Recording.replies)
+
+
+def test_a_strict_site_refuses_a_job_without_secure_aggregation_before_anything(monkeypatch):
+    with pytest.raises(PrivacyBudgetError, match="site 'west' refuses the job \\(rule require_secure_aggregation"):
+        _fit(monkeypatch, secure_aggregation=False)
+    assert not _Recording.replies  # not one encoding request reached a site
+    # The broken control: without the rule the site serves the job, its histograms in the clear.
+    _fit(monkeypatch, strict=False, secure_aggregation=False)
+    assert ("encode", "histogram") in _clear(_Recording.replies)
+
+
+def test_a_strict_site_refuses_a_release_in_the_clear_within_a_secure_job(monkeypatch):
+    """The trimmed mean needs each update, so such a job sums neither the updates nor the encoding's
+    histograms: the strict site refuses the first request for counts in the clear, before anything is
+    computed for it. Without the rule its histograms and updates leave in the clear."""
+    with pytest.raises(PrivacyBudgetError, match="refuses to send its encoding statistics in the clear"):
+        _fit(monkeypatch, "tvae", aggregation="trimmed_mean")
+    assert not _clear(_Recording.replies)
+    _fit(monkeypatch, "tvae", strict=False, aggregation="trimmed_mean")
+    assert {("encode", "histogram"), ("train", None)} <= set(_clear(_Recording.replies))
+
+
+@pytest.mark.parametrize("kind, body", [(TRAIN, {"round": 0, "weights": {}}),
+                                        (MEASURE, {"phase": "one-way"}),
+                                        (ENCODE, {"phase": "histogram"})])
+def test_each_request_for_counts_or_an_update_in_the_clear_is_refused_before_any_work(kind, body):
+    from fedtab.federation.site import SiteWorker
+
+    def never(*args):
+        raise AssertionError("the table was read")
+
+    worker = SiteWorker(STRICT, never, policy=fedtab.SitePolicy(require_secure_aggregation=True))
+    with pytest.raises(PrivacyBudgetError, match="in the clear \\(rule require_secure_aggregation"):
+        worker(kind, body, {})
+
+
+def test_a_strict_site_refuses_a_job_that_may_ask_it_to_show_an_update(monkeypatch):
+    with pytest.raises(PrivacyBudgetError, match="rule require_secure_aggregation: it never shows its update"):
+        _fit(monkeypatch, "tvae")  # the default on_failed_sum: "screen_each"
+    synth = _fit(monkeypatch, "tvae", on_failed_sum="stop")
+    assert [sorted(r.epsilon) for r in synth.result_.history] == [sorted(_four_sites())] * 2
+    assert not _clear(_Recording.replies)
