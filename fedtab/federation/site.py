@@ -183,10 +183,11 @@ class SiteWorker:
         book = self.book(state)
         strict = self.policy.require_secure_aggregation
         if job.get("show_update_on_failed_sum") and (strict or not self.policy.show_updates) and not book.admitted(key):
+            rule = "require_secure_aggregation" if strict else "show_updates"
             raise PrivacyBudgetError(
-                f"site '{self.name}' refuses the job (rule {'require_secure_aggregation' if strict else 'show_updates'}:"
-                " it never shows its update in the clear, and this job may ask for it after a failed secure sum; set "
-                "training.on_failed_sum = \"stop\"). Nothing was released.", public=True)
+                f"site '{self.name}' refuses the job (rule {rule}: it never shows its update in the clear, and this "
+                "job may ask for it after a failed secure sum; set training.on_failed_sum = \"stop\"). Nothing was "
+                "released.", public=True)
         if job.get("secure_aggregation") is False and strict and not book.admitted(key):
             raise PrivacyBudgetError(
                 f"site '{self.name}' refuses the job (rule require_secure_aggregation: it sends counts and updates "
