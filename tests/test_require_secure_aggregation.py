@@ -100,3 +100,9 @@ def test_a_strict_site_refuses_a_job_that_may_ask_it_to_show_an_update(monkeypat
     synth = _fit(monkeypatch, "tvae", on_failed_sum="stop")
     assert [sorted(r.epsilon) for r in synth.result_.history] == [sorted(_four_sites())] * 2
     assert not _clear(_Recording.replies)
+
+
+def test_a_sites_refusal_names_the_site_once_at_the_coordinator(monkeypatch):
+    with pytest.raises(PrivacyBudgetError) as e:
+        _fit(monkeypatch, secure_aggregation=False)
+    assert str(e.value).startswith("site 'west' refuses the job") and str(e.value).count("site 'west'") == 1

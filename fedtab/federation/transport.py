@@ -118,7 +118,8 @@ def raise_if_error(site: str, reply: Any) -> Any:
             text = (f"{cls.__name__}: {what}"
                     + (f" (column(s) {', '.join(repr(c) for c in columns)})" if columns else "")
                     + "; the details (values, rows) stay in the site's own log for its operator")
-        msg = f"site '{site}': {text}"
+        # The site's name in front, once (a site's own message often starts with it already).
+        msg = text if text.startswith(f"site '{site}'") else f"site '{site}': {text}"
         # Rebuild without calling __init__: some classes take structured arguments we do not ship.
         exc = cls.__new__(cls)
         Exception.__init__(exc, msg)
