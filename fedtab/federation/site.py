@@ -181,19 +181,7 @@ class SiteWorker:
         key = job_key(job)
         # The site's rules come first: a refused job gets nothing, not even a conformance answer.
         book = self.book(state)
-        strict = self.policy.require_secure_aggregation
-        if job.get("show_update_on_failed_sum") and (strict or not self.policy.show_updates) and not book.admitted(key):
-            rule = "require_secure_aggregation" if strict else "show_updates"
-            raise PrivacyBudgetError(
-                f"site '{self.name}' refuses the job (rule {rule}: it never shows its update in the clear, and this "
-                "job may ask for it after a failed secure sum; set training.on_failed_sum = \"stop\"). Nothing was "
-                "released.", public=True)
-        if job.get("secure_aggregation") is False and strict and not book.admitted(key):
-            raise PrivacyBudgetError(
-                f"site '{self.name}' refuses the job (rule require_secure_aggregation: it sends counts and updates "
-                "only masked, and this job runs without secure aggregation; set privacy.secure_aggregation = "
-                "true). Nothing was released.", public=True)
-        book.admit(key, epsilon=epsilon, delta=job["delta"], policy=self.policy)
+        book.admit(key, epsilon=epsilon, delta=job["delta"], policy=self.policy, job=job)
         kept = state.get("book")
         state.clear()  # a new job (or the same one again) starts from its schema; the book stays
         state.update(job=job, job_key=key, **({"book": kept} if kept is not None else {}))

@@ -111,6 +111,21 @@ class SitePolicy:
         return cls(**{k: data[k] for k in POLICY_KEYS if k in data})
 
 
+def _secure_aggregation_refusal(job: dict[str, Any], policy: SitePolicy) -> str | None:
+    """Why the site's rules on secure aggregation refuse ``job`` (its public description), or None:
+    ``show_updates`` (and ``require_secure_aggregation``) against a job that may ask the site to show its
+    update after a failed secure sum; ``require_secure_aggregation`` against a job run without it."""
+    strict = policy.require_secure_aggregation
+    if job.get("show_update_on_failed_sum") and (strict or not policy.show_updates):
+        return (f"rule {'require_secure_aggregation' if strict else 'show_updates'}: it never shows its update in "
+                "the clear, and this job may ask for it after a failed secure sum; set training.on_failed_sum = "
+                "\"stop\"")
+    if job.get("secure_aggregation") is False and strict:
+        return ("rule require_secure_aggregation: it sends counts and updates only masked, and this job runs "
+                "without secure aggregation; set privacy.secure_aggregation = true")
+    return None
+
+
 def job_key(job: dict[str, Any]) -> str:
     """A job's identity at a site: the SHA-256 of its public description (seed, budget, holdout, ...)."""
     return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode("utf-8")).hexdigest()
@@ -168,13 +183,15 @@ class LedgerBook:
         return float(sum(j["delta"] for j in self._jobs().values() if j["delta"] is not None))
 
     # -- rules -----------------------------------------------------------------------------------
-    def admit(self, key: str, *, epsilon: float | None, delta: float | None, policy: SitePolicy) -> None:
-        """Apply ``policy`` to a job and record it, before anything is released for it. A job already
-        admitted (a resumed coordinator) goes on under the rules it was admitted by."""
+    def admit(self, key: str, *, epsilon: float | None, delta: float | None, policy: SitePolicy,
+              job: dict[str, Any] | None = None) -> None:
+        """Apply ``policy`` to a job (its budget, and the public description ``job`` when given) and record
+        it, before anything is released for it. A job already admitted (a resumed coordinator) goes on
+        under the rules it was admitted by."""
         with self._lock:
             if self.admitted(key):
                 return
-            refusal = self._refusal(epsilon, delta, policy)
+            refusal = _secure_aggregation_refusal(job or {}, policy) or self._refusal(epsilon, delta, policy)
             if refusal is not None:
                 raise PrivacyBudgetError(f"site '{self.site}' refuses the job ({refusal}). Nothing was released.",
                                          public=True)
