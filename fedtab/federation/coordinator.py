@@ -60,10 +60,9 @@ class JobSpec:
         """Whether a DP-SGD round whose secure sum fails asks the sites to show their updates
         (``training.on_failed_sum``): only where the updates are summed (a DP-SGD model, the mean, secure
         aggregation on)."""
-        from fedtab.models.registry import is_measured
+        from fedtab.federation.secure_updates import secure_updates
 
-        return (self.training.on_failed_sum == "screen_each" and self.training.aggregation == "mean"
-                and self.privacy.secure_aggregation and not is_measured(self.model))
+        return self.training.on_failed_sum == "screen_each" and secure_updates(self, n_sites=2)
 
     def site_job(self) -> dict:
         job = {"seed": self.seed, "holdout": self.holdout, "missing_markers": list(self.missing_markers),
@@ -199,13 +198,16 @@ def run_federation(transport: Transport, job: JobSpec, *, progress: Progress | N
 
 
 def _plain_round(transport: Transport, job: JobSpec, state: TrainingState, body: dict, *, round_index: int,
-                 min_sites: int, bounds: dict[str, dict[str, float]], progress: Progress | None):
-    """One round in which every site sends its updated weights: screened one by one and averaged
-    (``aggregate``). Returns (the new global weights, the replies, the sites averaged)."""
+                 min_sites: int, bounds: dict[str, dict[str, float]], progress: Progress | None,
+                 sites: list[str] | None = None):
+    """One round in which every site (of ``sites``, default the active ones) sends its updated weights:
+    screened one by one and averaged (``aggregate``). Returns (the new global weights, the replies, the
+    sites averaged)."""
     r = round_index
-    replies = _train_round(transport, body, list(state.active_sites))
+    asked = list(state.active_sites) if sites is None else list(sites)
+    replies = _train_round(transport, body, asked)
     order = sorted(replies)  # fixed order: identical sums on every transport
-    _enough_answered(order, list(state.active_sites), round_index=r, min_sites=min_sites)
+    _enough_answered(order, asked, round_index=r, min_sites=min_sites)
     order = _screened(job, state, replies, order, round_index=r, min_sites=min_sites, bounds=bounds,
                       progress=progress)
     weights = aggregate(job.training.aggregation, [replies[s]["weights"] for s in order],
@@ -287,16 +289,12 @@ def _shown_round(transport: Transport, job: JobSpec, state: TrainingState, round
     sites in the sum show their kept update of the round (``secure_updates.shown``), which the coordinator
     screens one by one and averages as a plain round does; a site whose update fails is named and left out
     of this and every later round (the later rounds are summed again)."""
-    r = round_index
     asked = sorted(failed.replies)
-    _notify(progress, "phase", name=f"round {r + 1}: the secure sum failed its screen ({failed.why}); as the job "
-                                    f"allows (training.on_failed_sum = \"screen_each\"), the {len(asked)} sites in "
-                                    "it show this round's updates, each screened")
-    replies = _available(transport, TRAIN, {s: {**body, "show": True} for s in asked})
-    _enough_answered(sorted(replies), asked, round_index=r, min_sites=min_sites)
-    order = _screened(job, state, replies, sorted(replies), round_index=r, min_sites=min_sites, bounds=bounds,
-                      progress=progress)
-    weights = aggregate("mean", [replies[s]["weights"] for s in order], [state.site_weights[s] for s in order])
+    _notify(progress, "phase", name=f"round {round_index + 1}: the secure sum failed its screen ({failed.why}); as "
+                                    f"the job allows (training.on_failed_sum = \"screen_each\"), the {len(asked)} "
+                                    "sites in it show this round's updates, each screened")
+    weights, replies, order = _plain_round(transport, job, state, {**body, "show": True}, round_index=round_index,
+                                           min_sites=min_sites, bounds=bounds, progress=progress, sites=asked)
     rounds.alive = [s for s in rounds.alive if s in order]
     return weights, {s: replies[s] for s in order}, _mean_losses(replies, order, state)
 
