@@ -371,23 +371,14 @@ def _masked(worker, body, state):
 
 def test_a_hostile_update_inside_the_secure_sum_stops_the_run(monkeypatch):
     """The coordinator screens what it sees, the sum: an update scaled far beyond a round's reach makes
-    the sum fail its bound, and the run stops (the site cannot be named)."""
-    original = training.train_one_round
-
-    def hostile(setup, data, weights, *, round_index, site=None, **kw):
-        out = original(setup, data, weights, round_index=round_index, site=site, **kw)
-        if site == "west":
-            out["weights"] = {k: weights[k] + 100.0 * (v - weights[k]) if np.issubdtype(v.dtype, np.floating) else v
-                              for k, v in out["weights"].items()}
-        return out
-
-    monkeypatch.setattr(training, "train_one_round", hostile)
+    the sum fail its bound, and with ``on_failed_sum = "stop"`` the run stops (the site cannot be named)."""
+    _scaled_at(monkeypatch)
     with pytest.raises(FederationError, match="round 1: the summed update moved parameter.*cannot be named"):
         _fit(monkeypatch, on_failed_sum="stop")
 
 
-def _scaled_at(monkeypatch, site: str = "west", *, masked_only: bool = False):
-    """``site`` sends its update x100: as it trained it (the update it keeps and would show) or, with
+def _scaled_at(monkeypatch, hostile_site: str = "west", *, masked_only: bool = False):
+    """``hostile_site`` sends its update x100: as it trained it (the update it keeps and would show) or, with
     ``masked_only``, only inside its masked reply (it keeps, and shows, its honest update)."""
     def scaled(glob, new):
         return {k: glob[k] + 100.0 * (v - glob[k]) if np.issubdtype(np.asarray(v).dtype, np.floating) else v
@@ -397,7 +388,7 @@ def _scaled_at(monkeypatch, site: str = "west", *, masked_only: bool = False):
         masked_reply = secure_updates.masked_reply
 
         def hostile_mask(name, body, reply, state, session):
-            if name == site:
+            if name == hostile_site:
                 reply = {**reply, "weights": scaled(body["weights"], reply["weights"])}
             return masked_reply(name, body, reply, state, session)
 
@@ -407,7 +398,7 @@ def _scaled_at(monkeypatch, site: str = "west", *, masked_only: bool = False):
 
     def hostile(setup, data, weights, *, round_index, site=None, **kw):
         out = original(setup, data, weights, round_index=round_index, site=site, **kw)
-        if site == "west":
+        if site == hostile_site:
             out["weights"] = scaled(weights, out["weights"])
         return out
 

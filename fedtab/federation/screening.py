@@ -163,9 +163,9 @@ def power_note(plan, histogram: dict[str, dict[str, Any]], *, summed: str | None
 def can_tell(plan, release: dict[str, Any], n_sites: int) -> bool:
     """Whether the screen can tell a table of random values from real rows at a site of the average size
     of ``release`` (the sites' summed histograms) shared by ``n_sites``."""
-    var_noise = (float(plan.noise_multiplier) if plan.dp is not None else 0.0) ** 2
     from fedtab.transform.plan import F_COUNTS, wire_key
 
+    var_noise = (float(plan.noise_multiplier) if plan.dp is not None else 0.0) ** 2
     pooled = {spec.name: np.asarray(release[wire_key(spec.name, F_COUNTS)], dtype=np.float64) for spec in plan.columns}
     power, cells = 0.0, 0
     for _, uniform, pooled_c, width in _cells(plan, release, pooled):
