@@ -2,10 +2,11 @@
 
 Claim: a site with the rule sends its counts and model updates only masked, whatever the coordinator's job
 says. The attacks: a coordinator that runs the job without secure aggregation (refused at admission,
-nothing released), one that asks for the updates in the clear (the trimmed mean: refused at the first
-round, before it is trained or spent), and a job that may ask a site to show its update after a failed
-sum (refused at admission). The broken control: a site without the rule serves each of these jobs, and
-its releases leave in the clear.
+nothing released), one whose job sends some counts or updates in the clear (the trimmed mean, a site
+column, undeclared categories: refused at admission where the coordinator says so, at the first clear
+request, before anything is computed for it, where it does not), and a job that may ask a site to show
+its update after a failed sum (refused at admission). The broken control: a site without the rule serves
+each of these jobs, and its releases leave in the clear.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import fedtab
 from fedtab.errors import PrivacyBudgetError
 from fedtab.federation.site import ENCODE, MEASURE, TRAIN
 from fedtab.federation.transport import InProcessTransport
+from fedtab.schema import ColumnSpec, TableSchema
 from tests.test_hostile_sites import _four_sites
 from tests.test_marginal_model import SCHEMA
 
 STRICT = "west"
+SCHEMA_UNDECLARED = TableSchema((ColumnSpec("kind", "categorical"),) + tuple(SCHEMA.columns[1:]))
 
 
 class _Recording(InProcessTransport):
@@ -41,8 +44,9 @@ def _fit(monkeypatch, model="mst", *, strict=True, **kw):
     extra = {"rounds": 2, "batch_size": 100,
              "model_options": {"compress_dims": [32], "decompress_dims": [32], "embedding_dim": 16}} \
         if model == "tvae" else {}
-    return fedtab.FederatedSynthesizer(model, epsilon=2.0, schema=SCHEMA, seed=0, site_policy=policy,
-                                       **extra, **kw).fit(_four_sites())
+    kw.setdefault("schema", SCHEMA)
+    return fedtab.FederatedSynthesizer(model, epsilon=2.0, seed=0, site_policy=policy, **extra,
+                                       **kw).fit(_four_sites())
 
 
 def _clear(replies) -> list:
@@ -69,15 +73,51 @@ def test_a_strict_site_refuses_a_job_without_secure_aggregation_before_anything(
     assert ("encode", "histogram") in _clear(_Recording.replies)
 
 
-def test_a_strict_site_refuses_a_release_in_the_clear_within_a_secure_job(monkeypatch):
-    """The trimmed mean needs each update, so such a job sums neither the updates nor the encoding's
-    histograms: the strict site refuses the first request for counts in the clear, before anything is
-    computed for it. Without the rule its histograms and updates leave in the clear."""
+@pytest.mark.parametrize("model, kw, said", [
+    ("tvae", {"aggregation": "trimmed_mean"}, "each site's model update and encoding histograms"),
+    ("mst", {"site_column": "hospital"}, "each site's encoding histograms \\(a site column"),
+    ("mst", {"schema": SCHEMA_UNDECLARED},
+     "the values each site holds of the columns declared without categories or bounds \\('kind'\\)")])
+def test_a_strict_site_refuses_a_secure_job_that_sends_some_releases_in_the_clear_at_admission(monkeypatch, model,
+                                                                                                kw, said):
+    """The trimmed mean needs each update (so such a job sums neither the updates nor the encoding's
+    histograms), a site column each site's own histograms, undeclared categories each site's values: the
+    coordinator says so with the schema request, and the strict site refuses the job there, before any of
+    its budget is spent. Without the rule the same job's releases leave in the clear."""
+    with pytest.raises(PrivacyBudgetError, match="site 'west' refuses the job \\(rule require_secure_aggregation: "
+                                                 f"it sends counts and updates only masked, and this job sends in "
+                                                 f"the clear {said}"):
+        _fit(monkeypatch, model, **kw)
+    assert not _Recording.replies  # not one encoding request reached a site
+    _fit(monkeypatch, model, strict=False, **kw)
+    assert _clear(_Recording.replies)
+
+
+def test_a_coordinator_that_does_not_say_what_leaves_in_the_clear_meets_the_refusal_at_its_first_clear_request(
+        monkeypatch):
+    """The attack: a coordinator that keeps quiet about the trimmed mean's clear releases gets the job
+    admitted, then the strict site refuses the first request for counts in the clear, before anything is
+    computed for it."""
+    monkeypatch.setattr("fedtab.federation.coordinator.JobSpec.releases_in_the_clear", lambda self: [])
     with pytest.raises(PrivacyBudgetError, match="refuses to send its encoding statistics in the clear"):
         _fit(monkeypatch, "tvae", aggregation="trimmed_mean")
     assert not _clear(_Recording.replies)
     _fit(monkeypatch, "tvae", strict=False, aggregation="trimmed_mean")
     assert {("encode", "histogram"), ("train", None)} <= set(_clear(_Recording.replies))
+
+
+def test_a_job_says_what_it_sends_in_the_clear_from_its_own_settings():
+    from fedtab.config import PrivacySettings
+    from fedtab.federation.coordinator import JobSpec
+
+    assert JobSpec(model="mst", schema=SCHEMA).releases_in_the_clear() == []
+    assert JobSpec(model="tvae", schema=SCHEMA).releases_in_the_clear() == []
+    assert JobSpec(model="mst", schema=None).releases_in_the_clear() == [
+        "the schema each site infers and the values it holds (no declared schema)"]
+    # Without secure aggregation every release is in the clear: the job says so with its own flag.
+    off = JobSpec(model="mst", schema=SCHEMA, privacy=PrivacySettings(epsilon=1.0, secure_aggregation=False),
+                  site_column="hospital")
+    assert off.releases_in_the_clear() == [] and off.site_job()["secure_aggregation"] is False
 
 
 @pytest.mark.parametrize("kind, body", [(TRAIN, {"round": 0, "weights": {}}),

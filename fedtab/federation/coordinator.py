@@ -64,6 +64,31 @@ class JobSpec:
 
         return self.training.on_failed_sum == "screen_each" and secure_updates(self, n_sites=2)
 
+    def releases_in_the_clear(self) -> list[str]:
+        """What this job sends the coordinator in the clear although secure aggregation is on (public, from
+        the job alone; with it off, every release is): told to the sites with the schema request, so that a
+        site requiring secure aggregation refuses the job before it spends anything on it. Empty: every
+        count and update is masked (two sites or more; ``secure_encoding.summed_histograms`` and
+        ``summed_domain`` decide the same from the plan)."""
+        from fedtab.transform.plan import EncodingPlan
+
+        if not self.privacy.secure_aggregation:
+            return []
+        out = []
+        if not is_measured(self.model) and self.training.aggregation != "mean":
+            out.append(f"each site's model update and encoding histograms (training.aggregation = "
+                       f"\"{self.training.aggregation}\")")
+        if self.site_column is not None:
+            out.append("each site's encoding histograms (a site column: each site's own marginals)")
+        if self.schema is None:
+            out.append("the schema each site infers and the values it holds (no declared schema)")
+        else:
+            domain = [c for c in self.schema.columns if EncodingPlan.needs_domain(c)]
+            if domain and (not self.privacy.enabled or any(c.type == "categorical" for c in domain)):
+                names = ", ".join(repr(c.name) for c in domain)
+                out.append(f"the values each site holds of the columns declared without categories or bounds ({names})")
+        return out
+
     def site_job(self) -> dict:
         job = {"seed": self.seed, "holdout": self.holdout, "missing_markers": list(self.missing_markers),
                "epsilon": self.privacy.epsilon, "delta": self.privacy.delta, "site_column": self.site_column}
@@ -406,6 +431,9 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
             "precision can turn on one record). Run 'fedtab schema infer' at a site, review it, declare public "
             "bounds and categories, and pass it ('schema' in the run configuration, schema= in the API).")
     body = {"job": job.site_job(), "schema": job.schema.to_dict() if job.schema is not None else None}
+    clear = job.releases_in_the_clear()
+    if clear:  # not in the job's key: a site's rules read it (require_secure_aggregation)
+        body["in_the_clear"] = clear
     replies = _schema_replies(transport, job, body, sites, progress)
     sites = [s for s in sites if s in replies]  # the sites that go on
     schema = job.schema or agree_schemas({s: TableSchema.from_dict(r["schema"]) for s, r in replies.items()})

@@ -181,7 +181,10 @@ class SiteWorker:
         key = job_key(job)
         # The site's rules come first: a refused job gets nothing, not even a conformance answer.
         book = self.book(state)
-        book.admit(key, epsilon=epsilon, delta=job["delta"], policy=self.policy, job=job)
+        # What the coordinator says will leave in the clear is read by the rules, not part of the job's key;
+        # a coordinator that leaves it out meets the refusal at its first clear request (``_only_masked``).
+        public = {**job, "in_the_clear": [str(x) for x in body.get("in_the_clear") or []]}
+        book.admit(key, epsilon=epsilon, delta=job["delta"], policy=self.policy, job=public)
         kept = state.get("book")
         state.clear()  # a new job (or the same one again) starts from its schema; the book stays
         state.update(job=job, job_key=key, **({"book": kept} if kept is not None else {}))

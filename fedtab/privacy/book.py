@@ -114,7 +114,8 @@ class SitePolicy:
 def _secure_aggregation_refusal(job: dict[str, Any], policy: SitePolicy) -> str | None:
     """Why the site's rules on secure aggregation refuse ``job`` (its public description), or None:
     ``show_updates`` (and ``require_secure_aggregation``) against a job that may ask the site to show its
-    update after a failed secure sum; ``require_secure_aggregation`` against a job run without it."""
+    update after a failed secure sum; ``require_secure_aggregation`` against a job run without it or one
+    whose coordinator says it sends some counts or updates in the clear (``in_the_clear``)."""
     strict = policy.require_secure_aggregation
     if job.get("show_update_on_failed_sum") and (strict or not policy.show_updates):
         return (f"rule {'require_secure_aggregation' if strict else 'show_updates'}: it never shows its update in "
@@ -123,6 +124,9 @@ def _secure_aggregation_refusal(job: dict[str, Any], policy: SitePolicy) -> str 
     if job.get("secure_aggregation") is False and strict:
         return ("rule require_secure_aggregation: it sends counts and updates only masked, and this job runs "
                 "without secure aggregation; set privacy.secure_aggregation = true")
+    if job.get("in_the_clear") and strict:
+        return ("rule require_secure_aggregation: it sends counts and updates only masked, and this job sends "
+                f"in the clear {'; '.join(job['in_the_clear'])}")
     return None
 
 
