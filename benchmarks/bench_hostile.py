@@ -24,9 +24,11 @@ Model ``auto-declared``: the default with the consortium's declared site sizes (
 ``inflated_x1.5``: how small an inflation the declarations stop).
 
 Model ``tvae-show``: the secure mean with ``training.on_failed_sum = "screen_each"`` (the default since
-commit 0b50b7b: a round whose sum fails its screen falls back to the updates the sites show, each screened);
-``tvae-mean``: the secure mean with ``"stop"`` (a failed sum stops the run). There the hostile site shows the update it
-masked (x100, NaN, flipped), or, ``scaled_hidden``, masks x100 and shows its honest update.
+commit 0b50b7b: a round whose sum fails its screen is opened site by site, each update screened);
+``tvae-mean``: the secure mean with ``"stop"`` (a failed sum stops the run). There the hostile site masks the
+altered update (x100, NaN, flipped); ``scaled_hidden`` was a site that masks x100 and shows its honest update,
+until a failed sum was opened with the round's mask keys (commit after fe4ebbe): since, the coordinator reads
+the update in the sum, whatever the site keeps, so ``scaled`` and ``scaled_hidden`` are the same attack there.
 
 Models: TVAE (DP-SGD; ``aggregation="trimmed_mean"`` and ``"mean"``) and the default chosen without model
 options (``auto``: "mst" under DP and without). The update attacks do not apply to the marginal model.
@@ -143,17 +145,9 @@ def hostile(site: str, how: str):
             return masked_reply(name, body, reply, state, session)
 
         patch(secure_updates, "masked_reply", hostile_masked_reply)
-        # Asked to show its update after a failed sum (training.on_failed_sum): the one it masked, or
-        # (``_hidden``) its honest one.
-        shown = secure_updates.shown
-
-        def hostile_shown(name, body, state):
-            out = shown(name, body, state)
-            if name == site and not how.endswith("_hidden"):
-                out = {**out, "weights": altered(body["weights"], out["weights"])}
-            return out
-
-        patch(secure_updates, "shown", hostile_shown)
+        # ``_hidden``: it keeps its honest update (what it trains and records) and alters only what it masks.
+        # After a failed sum (training.on_failed_sum) the coordinator opens the masked one with the round's
+        # mask keys, whatever the site keeps.
     elif how.startswith("inflated"):
         mask, measure = secagg.SiteSession.mask, marginals.site_measure
         factor = float(how.split("_x")[1]) if "_x" in how else 10.0

@@ -406,7 +406,7 @@ def _scaled_at(monkeypatch, hostile_site: str = "west", *, masked_only: bool = F
 
 
 def _shown(messages) -> dict[int, set]:
-    """Per round, the sites asked to show their update in the clear."""
+    """Per round, the sites asked to show their update (to reveal the mask key that opens it)."""
     out = defaultdict(set)
     for site, body, _ in messages:
         if body.get("show"):
@@ -432,18 +432,23 @@ def test_on_failed_sum_screen_each_names_and_leaves_out_the_site_whose_update_fa
     assert all(np.all(np.isfinite(v)) for v in synth.weights_.values())
 
 
-def test_a_site_that_shows_another_update_than_it_masked_is_contained_not_named(monkeypatch):
-    """A hostile site that masks x100 but shows its honest update: every round's sum fails and falls back
-    to the updates shown, none of which fails, so no site is named; the model is their mean (each update
-    within its bound, as in a plain round), never the poisoned sum."""
+def test_a_site_that_masks_another_update_than_it_keeps_is_named_once_the_keys_open_its_update(monkeypatch):
+    """The attack: a hostile site masks x100 but keeps (and would show) its honest update. The sum fails,
+    the sites reveal that round's mask keys, and the coordinator opens each site's update in the sum itself:
+    the x100 one is named and left out, and the round's mean is the honest sites' sum over their weights.
+    The next round is a sum again, without it."""
     real = _real_updates(monkeypatch)
     _scaled_at(monkeypatch, masked_only=True)
     events = []
     synth = _fit(monkeypatch, min_sites=3, events=events, on_failed_sum="screen_each")
-    assert _shown(_Recording.messages) == {0: {"east", "north", "south", "west"}, 1: {"east", "north", "south", "west"}}
-    assert not any("left out" in e for e in events)
+    assert _shown(_Recording.messages) == {0: {"east", "north", "south", "west"}}
+    [left] = [e for e in events if e.startswith("round 1: left out 1 site ('west'); going on with 3 of 4")]
+    assert "its update cannot be averaged" in left
+    assert [sorted(r.epsilon) for r in synth.result_.history] == [["east", "north", "south"]] * 2
+    assert all("mask_key" in reply and "weights" not in reply for _, body, reply in _Recording.messages if body.get("show"))
     weights = synth.result_.site_weights
-    plain = weighted_average([real[s][1] for s in sorted(weights)], [weights[s] for s in sorted(weights)])
+    honest = ["east", "north", "south"]
+    plain = weighted_average([real[s][1] for s in honest], [weights[s] for s in honest])
     for k, v in synth.weights_.items():
         if np.issubdtype(v.dtype, np.floating):
             assert np.allclose(v, plain[k], rtol=0, atol=1e-6), k
@@ -455,29 +460,54 @@ def test_an_honest_job_that_allows_screen_each_still_sends_only_sums(monkeypatch
     assert all("masked" in reply and "weights" not in reply for _, _, reply in _Recording.messages)
 
 
-def test_a_site_shows_its_update_only_where_its_job_allows_and_after_the_sum_was_read():
-    """The attack: a coordinator asks a site for its update in the clear. Refused where the job the site
-    accepted does not allow it (the default), and before the sum holding the update was read; the broken
-    control (a job that allows it, the sum read) gets the kept update, unchanged."""
+def test_a_site_reveals_its_mask_key_only_where_its_job_allows_and_after_the_sum_was_read():
+    """The attack: a coordinator asks a site for the key that opens its masked update. Refused where the
+    job the site accepted does not allow it (the default), before the sum holding the update was read, and
+    for another round. The broken control (a job that allows it, the sum read): the keys open each site's
+    input of the sum, a site that kept its key opened all the same where every other site revealed theirs;
+    with fewer keys a site is opened only where each of its pairs has one, and a wrong key is named."""
     glob = {"w": np.arange(3, dtype=np.float32)}
-    reply = {"weights": {"w": glob["w"] + 1}, "losses": {}, "epsilon": 0.5, "steps": 3}
-    body = {"round": 0, "weights": glob, "secagg": {"request": 0}}
-
-    def state(allowed: bool) -> dict:
-        st = {"job": {"seed": 0, **({"show_update_on_failed_sum": True} if allowed else {})}}
-        secure_updates.keep(body, reply, st)
-        return st
-
+    names = ["a", "b", "c"]
+    sessions, peers, _ = _sessions(names, requests=2)
+    body = {"round": 0, "weights": glob, "secagg": {"request": 0, "sites": names, "job": "j"}}
+    states, masked = {}, {}
+    for i, n in enumerate(names):
+        reply = {"weights": {"w": glob["w"] + i + 1}, "losses": {}, "epsilon": 0.5, "steps": 3}
+        states[n] = {"job": {"seed": 0, **({"show_update_on_failed_sum": True} if n != "c" else {})},
+                     "rows_estimate": 10.0 * (i + 1)}
+        secure_updates.keep(body, reply, states[n])
+        masked[n] = secure_updates.masked_reply(n, body, reply, states[n], sessions[n])
     ask = {"round": 0, "weights": glob, "show": True}
     with pytest.raises(FederationError, match="refuses to show its update.*on_failed_sum"):
-        secure_updates.shown("a", ask, state(False))
-    allowed = state(True)
+        secure_updates.revealed("c", ask, states["c"], sessions["c"])
     with pytest.raises(FederationError, match="only the update of the round whose secure sum"):
-        secure_updates.shown("a", ask, allowed)  # the sum holding it not read yet
-    secure_updates.unmasked(0, allowed)
+        secure_updates.revealed("a", ask, states["a"], sessions["a"])  # the sum holding it not read yet
+    with pytest.raises(FederationError, match="refuses to reveal the mask key of request 1"):
+        sessions["a"].reveal("a", 1)
+    b_boxes = {to: {frm: masked[frm]["b_shares"][to] for frm in names} for to in names}
+    opened = {n: sessions[n].unmask(me=n, request=0, survivors=names, dropped=[], s_inbox={}, b_inbox=b_boxes[n],
+                                    job="j") for n in names}
+    for n in names:
+        secure_updates.unmasked(0, states[n])
     with pytest.raises(FederationError, match="only the update of the round"):
-        secure_updates.shown("a", {**ask, "round": 1}, allowed)  # another round
-    assert np.array_equal(secure_updates.shown("a", ask, allowed)["weights"]["w"], reply["weights"]["w"])
+        secure_updates.revealed("a", {**ask, "round": 1}, states["a"], sessions["a"])
+    keys = {n: secure_updates.revealed(n, ask, states[n], sessions[n])["mask_key"] for n in ("a", "b")}
+
+    def open_with(keys):
+        return secagg.open_inputs({n: masked[n]["masked"] for n in names}, [tuple(x) for x in masked["a"]["shapes"]],
+                                  peers=peers, dropped=[], keys=keys,
+                                  b_shares={n: [o["b"][n] for o in opened.values()] for n in names}, s_shares={},
+                                  request=0, job="j", real=True, bits=secagg.UPDATE_BITS)
+
+    inputs, why = open_with(keys)
+    assert not why and sorted(inputs) == names
+    for i, n in enumerate(names):  # rows x change, then the weight: what the site masked
+        rows = 10.0 * (i + 1)
+        assert np.allclose(inputs[n][0], rows * (i + 1), atol=TOL) and inputs[n][1][0] == pytest.approx(rows)
+    inputs, why = open_with({"a": keys["a"]})
+    assert sorted(inputs) == ["a"] and set(why) == {"b", "c"} and "cannot be opened" in why["b"]
+    inputs, why = open_with({"a": keys["b"], "b": keys["b"]})
+    assert "a" not in inputs and "not the one it masked" in why["a"]
 
 
 def test_a_site_whose_policy_never_shows_updates_refuses_such_a_job(monkeypatch):

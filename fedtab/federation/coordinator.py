@@ -57,7 +57,7 @@ class JobSpec:
 
     @property
     def shows_updates_on_failed_sum(self) -> bool:
-        """Whether a DP-SGD round whose secure sum fails asks the sites to show their updates
+        """Whether a DP-SGD round whose secure sum fails asks the sites for the keys that open their updates
         (``training.on_failed_sum``): only where the updates are summed (a DP-SGD model, the mean, secure
         aggregation on)."""
         from fedtab.federation.secure_updates import secure_updates
@@ -304,24 +304,42 @@ def _secure_round(transport: Transport, job: JobSpec, state: TrainingState, roun
     except secure_updates.SumFailed as failed:
         if not job.shows_updates_on_failed_sum:
             raise
-        return _shown_round(transport, job, state, rounds, body, failed, round_index=round_index, bounds=bounds,
-                            min_sites=min_sites, progress=progress)
+        return _opened_round(transport, job, state, rounds, body, failed, round_index=round_index, bounds=bounds,
+                             min_sites=min_sites, progress=progress)
 
 
-def _shown_round(transport: Transport, job: JobSpec, state: TrainingState, rounds, body: dict, failed, *,
-                 round_index: int, bounds: dict[str, dict[str, float]], min_sites: int, progress: Progress | None):
+def _opened_round(transport: Transport, job: JobSpec, state: TrainingState, rounds, body: dict, failed, *,
+                  round_index: int, bounds: dict[str, dict[str, float]], min_sites: int, progress: Progress | None):
     """A round whose secure sum failed its screen, under ``training.on_failed_sum = "screen_each"``: the
-    sites in the sum show their kept update of the round (``secure_updates.shown``), which the coordinator
-    screens one by one and averages as a plain round does; a site whose update fails is named and left out
-    of this and every later round (the later rounds are summed again)."""
+    sites in the sum reveal their mask key of the round (``secure_updates.revealed``), with which the
+    coordinator opens each site's masked update, the very one in the sum (a site cannot show another), and
+    screens them one by one as a plain round does (``aggregation.screen_update``). A site whose update fails,
+    or whose update cannot be opened, is named and left out of this and every later round (the later rounds
+    are summed again); the round's mean is the others' sum over their weights, as a secure round's."""
+    from fedtab.federation import secure_updates
+
     asked = sorted(failed.replies)
     _notify(progress, "phase", name=f"round {round_index + 1}: the secure sum failed its screen ({failed.why}); as "
                                     f"the job allows (training.on_failed_sum = \"screen_each\"), the {len(asked)} "
-                                    "sites in it show this round's updates, each screened")
-    weights, replies, order = _plain_round(transport, job, state, {**body, "show": True}, round_index=round_index,
-                                           min_sites=min_sites, bounds=bounds, progress=progress, sites=asked)
+                                    "sites in it reveal this round's mask keys, and each site's update in the sum "
+                                    "is screened")
+    keys = {s: r.get("mask_key") for s, r in _train_round(transport, {**body, "show": True}, asked).items()}
+    opened, rejected = rounds.open_last({s: k for s, k in keys.items() if isinstance(k, str)})
+    names = sorted(state.weights)
+    _site_bounds(job, state, asked, bounds)
+    for s in sorted(opened):
+        new = secure_updates.opened_update(opened[s], names, state.weights)
+        why = new if isinstance(new, str) else screen_update(new, state.weights, bounds=bounds[s])
+        if why is not None:
+            rejected[s] = f"its update cannot be averaged: {why}"
+    dropped = leave_out(rejected, going_on=len(asked) - len(rejected), of=len(asked), min_sites=min_sites,
+                        where=f"round {round_index + 1}", progress=progress)
+    order = [s for s in asked if s not in dropped]
+    total = [sum(opened[s][i] for s in order) for i in range(len(names) + 1)]
+    weight, losses = secure_updates.read_extra(total[-1])
     rounds.alive = [s for s in rounds.alive if s in order]
-    return weights, {s: replies[s] for s in order}, _mean_losses(replies, order, state)
+    return (secure_updates.mean_of_sum(total[:-1], names, state.weights, weight), {s: failed.replies[s] for s in order},
+            losses)
 
 
 def _site_bounds(job: JobSpec, state: TrainingState, sites, bounds: dict[str, dict[str, float]]) -> None:

@@ -547,6 +547,7 @@ class SecureRounds:
         self.alive = sorted(self._enough(shared, "key shares"))
         self._s_boxes = {to: {frm: shared[frm]["shares"][to] for frm in self.alive} for to in self.alive}
         self.request = 0
+        self._last: dict | None = None
 
     def _note(self, text: str) -> None:
         if self._progress is not None:
@@ -594,13 +595,22 @@ class SecureRounds:
                                                         "b_inbox": b_boxes, "s_inbox": s_boxes, "job": self.job}},
                            only=survivors, available=True)
         self._enough(opened, "unmasking")
-        total = secagg.unmask_sum({s: replies[s]["masked"] for s in survivors}, list(next(iter(shapes))),
-                                  peers=self.peers, dropped=dropped,
-                                  b_shares={s: [o["b"][s] for o in opened.values()] for s in survivors},
-                                  s_shares={d: [o["s"][d] for o in opened.values()] for d in dropped},
-                                  request=r, job=self.job, real=real, bits=bits)
+        # What the sum was made of, kept until the next request: a sum that fails its screen can be opened
+        # site by site once the sites reveal this request's mask keys (``open_last``).
+        self._last = {"masked": {s: replies[s]["masked"] for s in survivors}, "shapes": list(next(iter(shapes))),
+                      "dropped": dropped, "b_shares": {s: [o["b"][s] for o in opened.values()] for s in survivors},
+                      "s_shares": {d: [o["s"][d] for o in opened.values()] for d in dropped},
+                      "request": r, "real": real, "bits": bits}
+        total = secagg.unmask_sum(peers=self.peers, job=self.job, **self._last)
         self.alive = survivors
         return total, {s: replies[s] for s in survivors}
+
+    def open_last(self, keys: dict[str, str]):
+        """Each survivor's own input of the last request, opened with the mask keys the sites revealed
+        (``secagg.open_inputs``): (the inputs opened, why each other survivor's was not)."""
+        if self._last is None:
+            raise self._error("secure aggregation: no request to open")
+        return secagg.open_inputs(peers=self.peers, job=self.job, keys=keys, **self._last)
 
 
 def row_estimate(tables: list[np.ndarray]) -> float:

@@ -158,6 +158,17 @@ class SiteSession:
         self._dropped.update(dropped)
         return {"b": b, "s": s}
 
+    def reveal(self, me: str, request: int) -> str:
+        """This site's mask key of ``request``, for a coordinator whose sum of it failed its screen: with it
+        the coordinator opens this site's masked input of that request, the one in the sum (and, with the
+        other sites' keys, theirs). Only once the request was unmasked (its sum read). Each request has its
+        own mask key: no other request's input is opened by it. The caller decides whether the job allows it
+        (``secure_updates.revealed``)."""
+        if request not in self._unmasked:
+            raise FederationError(f"site '{me}': refuses to reveal the mask key of request {request!r}: only that "
+                                  "of a request whose sum the coordinator has read", public=True)
+        return _b64(_raw_private(self._s[request]))
+
     # -- helpers ---------------------------------------------------------------------------------------
     def check_request(self, me: str, request: int, sites: Sequence[str]) -> list[str]:
         if self.peers is None:
@@ -246,6 +257,61 @@ def unmask_sum(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ...
             for s in survivors:
                 m = pair_mask(key, peers[s]["s"][request], d, s, job=job, request=request, length=size)
                 total = total - m if s < d else total + m
+    return _decoded(total, shapes, real=real, bits=bits)
+
+
+def open_inputs(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ...]], *, peers: Mapping[str, Mapping],
+                dropped: Sequence[str], keys: Mapping[str, str], b_shares: Mapping[str, list[str]],
+                s_shares: Mapping[str, list[str]], request: int, job: str, real: bool = False,
+                bits: int = SCALE_BITS) -> tuple[dict[str, list[np.ndarray]], dict[str, str]]:
+    """Each survivor's own input of an unmasked ``request`` (its masked vector less its self mask and its
+    pairwise masks), where the mask keys the sites revealed (``keys``: site -> its private mask key of this
+    request, ``SiteSession.reveal``) and the dropped sites' rebuilt ones give every pairwise mask it holds:
+    (the inputs opened, why each other survivor's was not). A revealed key that is not the one the site
+    sent in the key set is refused and the site named; a survivor that revealed none is opened all the same
+    where every site it masked with revealed (or dropped)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    size = int(sum(int(np.prod(s)) for s in shapes))
+    survivors = sorted(masked)
+    why: dict[str, str] = {}
+    private = {}
+    for site, text in sorted(keys.items()):
+        try:
+            key = X25519PrivateKey.from_private_bytes(_unb64(text))
+        except (ValueError, TypeError, FederationError):
+            key = None
+        if site not in survivors or key is None or _raw_public(key) != _key_bytes(site, peers[site]["s"][request]):
+            why[site] = "the mask key it revealed is not the one it masked this round with"
+        else:
+            private[site] = key
+    lagrange: dict = {}
+    for d in sorted(dropped):
+        private[d] = X25519PrivateKey.from_private_bytes(_combine(s_shares.get(d), d, lagrange))
+    sites = sorted(set(survivors) | set(dropped))
+    out = {}
+    for s in survivors:
+        if s in why:
+            continue
+        hidden = [j for j in sites if j != s and s not in private and j not in private]
+        if hidden:
+            why[s] = "its masked update cannot be opened: it and sites it masked with revealed no mask key"
+            continue
+        with np.errstate(over="ignore"):
+            x = np.asarray(masked[s]) - _stream(_combine(b_shares.get(s), s, lagrange), size)
+            for j in sites:
+                if j == s:
+                    continue
+                m = (pair_mask(private[s], peers[j]["s"][request], s, j, job=job, request=request, length=size)
+                     if s in private else
+                     pair_mask(private[j], peers[s]["s"][request], j, s, job=job, request=request, length=size))
+                x = x - m if s < j else x + m
+        out[s] = _decoded(x, shapes, real=real, bits=bits)
+    return out, why
+
+
+def _decoded(total: np.ndarray, shapes: Sequence[tuple[int, ...]], *, real: bool, bits: int) -> list[np.ndarray]:
+    """An unmasked int64 (viewed uint64) vector as values (fixed point read back), split into ``shapes``."""
     out = total.view(np.int64).astype(np.float64)
     if real:
         out = out / float(1 << bits)

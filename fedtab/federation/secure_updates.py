@@ -27,11 +27,13 @@ shares drawn once per job, one mask key per round: ``planned_requests``) and its
   mean moves no parameter further than one site's round can, whatever the weights (an honest sum always
   passes). A failing sum (``SumFailed``) cannot tell which site sent the broken update. With
   ``training.on_failed_sum = "screen_each"`` (the default), public in the job each site accepted, the
-  coordinator then asks the sites for that round's updates (``shown``: the one kept, only once its sum
-  was read, never a new one) and screens them one by one as a plain round does; rounds whose sum passes
-  stay sums. With ``"stop"`` the run stops, and no site ever shows an update. A site whose masked update
-  was hostile but which shows an honest-looking one is not named: the round's mean then comes from the
-  updates shown, each within its bound. A site whose own update is not finite cannot mask it and says so
+  coordinator then asks the sites for that round's mask keys (``revealed``: only once its sum was read,
+  never a new update), opens each site's masked update, the very one in the sum
+  (``secagg.open_inputs``), and screens them one by one as a plain round does; the round's mean is the
+  passing sites' sum over their weights; rounds whose sum passes stay sums. A site cannot show another
+  update than it masked (a key that is not the one it masked with is named; a site that keeps its key is
+  opened with the others' keys all the same). With ``"stop"`` the run stops, and no site's update is ever
+  opened. A site whose own update is not finite cannot mask it and says so
   (``secagg.encode``: ``UnusableUpdateError``); the coordinator names it and leaves it out, its masks
   removed as a lost site's. ``training.aggregation = "trimmed_mean"`` screens and trims each site's update,
   which the coordinator then sees (secure aggregation of updates is off for that job, and the
@@ -174,22 +176,35 @@ def unmasked(request, state: dict) -> None:
         kept["unmasked"] = True
 
 
-def shown(site: str, body: dict, state: dict) -> dict:
-    """The site's kept update of this round, in the clear, for a coordinator whose secure sum of the round
-    failed its screen (``training.on_failed_sum = "screen_each"``). Only where the job the site accepted
-    says so, only the update of this round on these weights, and only once the coordinator read the sum
-    holding it: a coordinator cannot read an update without the sum, nor make a site train again. Under DP
-    the update is a DP release already on the site's ledger (its full DP-SGD noise); nothing is spent."""
+def revealed(site: str, body: dict, state: dict, session: secagg.SiteSession) -> dict:
+    """The site's mask key of the request its kept update of this round was masked for, for a coordinator
+    whose secure sum of the round failed its screen (``training.on_failed_sum = "screen_each"``): with the
+    sites' keys the coordinator opens each site's masked update, the one in the sum (a site cannot show
+    another). Only where the job the site accepted says so, only for the round on these weights, and only
+    once the coordinator read the sum holding it: a coordinator cannot open an update without the sum, nor
+    make a site train again. Under DP the update is a DP release already on the site's ledger (its full
+    DP-SGD noise); nothing is spent."""
     if not (state.get("job") or {}).get("show_update_on_failed_sum"):
         raise FederationError(f"site '{site}' refuses to show its update: the job it accepted sums the updates "
                               "securely and does not let the coordinator see them (training.on_failed_sum)",
                               public=True)
     kept = state.get("last_update")
     if (not kept or kept["round"] != int(body["round"]) or kept["digest"] != _digest(body["weights"])
-            or not kept.get("unmasked")):
+            or not kept.get("unmasked") or kept.get("request") is None):
         raise FederationError(f"site '{site}' refuses to show an update: it shows only the update of the round "
                               "whose secure sum the coordinator has read", public=True)
-    return dict(kept["reply"])
+    return {"mask_key": session.reveal(site, int(kept["request"]))}
+
+
+def opened_update(opened: list[np.ndarray], names: list[str], current: dict[str, np.ndarray]):
+    """A site's opened input of a round (``masked_reply``'s vector: its changes x its weight, then its
+    weight and losses) as the global model that site alone would give, or why it cannot be one."""
+    if len(opened) != len(names) + 1 or any(np.shape(o) != np.shape(current[n]) for o, n in zip(opened, names)):
+        return "its opened update has other shapes than the global model"
+    weight, _ = read_extra(opened[-1])
+    if not np.isfinite(weight) or weight < 1.0 - 1e-6:  # a site's weight is floored at 1 (``masked_reply``)
+        return "its update's weight is not a row count"
+    return mean_of_sum(opened[:-1], names, current, weight)
 
 
 # -- at the coordinator --------------------------------------------------------------------------------

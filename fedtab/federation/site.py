@@ -311,10 +311,11 @@ class SiteWorker:
     def _train(self, body: dict, state: dict) -> dict:
         from fedtab.federation import training
 
-        if body.get("show"):  # the round's secure sum failed its screen: its kept update, if the job allows
+        if body.get("show"):  # the round's secure sum failed its screen: its mask key of it, if the job allows
             from fedtab.federation import secure_updates
+            from fedtab.federation.marginals import site_session
 
-            return secure_updates.shown(self.name, body, state)
+            return secure_updates.revealed(self.name, body, state, site_session(self.name, state, self._cache))
         self._only_masked(body, "its model update")
         train, _ = self._frames(state)
         setup = state["training"]
