@@ -285,7 +285,7 @@ def _secure_round(transport: Transport, job: JobSpec, state: TrainingState, roun
     from fedtab.federation import secure_updates
 
     def ask_train(b, only):
-        outcomes = _answered(transport, TRAIN, {s: b for s in only})
+        outcomes = _available(transport, TRAIN, {s: b for s in only}, errors=True)
         unusable = {s: "its update cannot be sent (a value not finite or too large to encode)"
                     for s, o in outcomes.items() if isinstance(o, UnusableUpdateError)}
         for s, o in sorted(outcomes.items()):
@@ -624,21 +624,16 @@ def with_site_column(schema: TableSchema, column: str, sites: list[str]) -> Tabl
     return replace(schema, columns=tuple(schema.columns) + (spec,))
 
 
-def _available(transport: Transport, kind: str, bodies: dict[str, Any]) -> dict[str, Any]:
-    """Replies of the sites that answered (transports without ``request_available``: all or raise)."""
+def _available(transport: Transport, kind: str, bodies: dict[str, Any], *, errors: bool = False) -> dict[str, Any]:
+    """Replies of the sites that answered (transports without ``request_available``: all or raise). With
+    ``errors``, each site's error comes back as its outcome (``request_outcomes``) for the coordinator to
+    weigh, a site that did not answer left out (a transport without ``outcomes``: a site's error raises)."""
+    if errors and getattr(transport, "outcomes", None) is not None:
+        return {s: o for s, o in request_outcomes(transport, kind, bodies).items() if not getattr(o, "no_reply", False)}
     request_available = getattr(transport, "request_available", None)
     if request_available is None:
         return transport.request(kind, bodies)
     return request_available(kind, bodies)
-
-
-def _answered(transport: Transport, kind: str, bodies: dict[str, Any]) -> dict[str, Any]:
-    """Like ``_available``, but each site's error comes back as its outcome (``request_outcomes``) for the
-    coordinator to weigh; a site that did not answer is left out. A transport without ``outcomes``:
-    ``_available``'s (a site's error raises)."""
-    if getattr(transport, "outcomes", None) is None:
-        return _available(transport, kind, bodies)
-    return {s: o for s, o in request_outcomes(transport, kind, bodies).items() if not getattr(o, "no_reply", False)}
 
 
 def _train_round(transport: Transport, body: dict, sites: list[str]) -> dict[str, Any]:

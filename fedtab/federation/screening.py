@@ -111,7 +111,7 @@ def verdict(plan, release: dict[str, Any], pooled: dict[str, np.ndarray], *, n_o
     each with every site's full noise) against the limit (see the module docstring). A site under secure
     aggregation reads the others' sum as the secure sum less its own release
     (``fedtab.federation.secure_encoding``)."""
-    var_noise = (float(plan.noise_multiplier) if plan.dp is not None else 0.0) ** 2
+    var_noise = _var_noise(plan)
     d_u = d_o = power = 0.0
     cells = 0
     for c, uniform, pooled_c, width in _cells(plan, release, pooled):
@@ -131,6 +131,11 @@ def verdict(plan, release: dict[str, Any], pooled: dict[str, np.ndarray], *, n_o
                 f"categories (chi-square {d_u:.0f} over {cells} cells, limit {limit:.0f}) and not the other "
                 f"sites' (chi-square {d_o:.0f}): a table of random values, not real rows")
     return None
+
+
+def _var_noise(plan) -> float:
+    """One histogram cell's noise variance in a site's release (0 without DP)."""
+    return (float(plan.noise_multiplier) if plan.dp is not None else 0.0) ** 2
 
 
 def _excess(n: float, p_o: np.ndarray, uniform: np.ndarray, noise: np.ndarray) -> float:
@@ -165,7 +170,7 @@ def can_tell(plan, release: dict[str, Any], n_sites: int) -> bool:
     of ``release`` (the sites' summed histograms) shared by ``n_sites``."""
     from fedtab.transform.plan import F_COUNTS, wire_key
 
-    var_noise = (float(plan.noise_multiplier) if plan.dp is not None else 0.0) ** 2
+    var_noise = _var_noise(plan)
     pooled = {spec.name: np.asarray(release[wire_key(spec.name, F_COUNTS)], dtype=np.float64) for spec in plan.columns}
     power, cells = 0.0, 0
     for _, uniform, pooled_c, width in _cells(plan, release, pooled):
