@@ -535,3 +535,42 @@ def test_the_targets_two_way_tables_of_the_encoding_are_summed_securely(monkeypa
         entries = [e for e in synth.result_.ledgers["north"]["entries"] if e["phase"].endswith("pairs")]
         assert entries and all(("secure aggregation" in e["target"]) == secure for e in entries)
     assert measured[True] >= measured[False] > 0
+
+
+@pytest.mark.parametrize("drop", [(), ("d",)])
+def test_a_site_computes_proven_entries_of_the_sum_as_the_coordinator_reads_them(drop):
+    """``entry_proof`` / ``proven_entries``: any entry of an unmasked sum, a lost site's masks removed,
+    equals the coordinator's sum; a forged Merkle path, a chunk from another index or a forged dropped
+    site's key is refused."""
+    names = ["a", "b", "c", "d"]
+    sessions, peers, boxes = _sessions(names, threshold=3)
+    rng = np.random.default_rng(0)
+    inputs = {n: [rng.integers(-1000, 1000, size=700)] for n in names}
+    out = {n: sessions[n].mask(inputs[n], me=n, request=0, sites=names, job="j", commit=True) for n in names}
+    survivors = [n for n in names if n not in drop]
+    b_boxes = {to: {frm: out[frm][1][to] for frm in survivors} for to in survivors}
+    s_boxes = {to: {frm: boxes[to][frm] for frm in drop} for to in survivors}
+    opened = {n: sessions[n].unmask(me=n, request=0, survivors=survivors, dropped=list(drop), s_inbox=s_boxes[n],
+                                    b_inbox=b_boxes[n], job="j") for n in survivors}
+    b_shares = {n: [o["b"][n] for o in opened.values()] for n in survivors}
+    s_shares = {d: [o["s"][d] for o in opened.values()] for d in drop}
+    masked = {n: out[n][0] for n in survivors}
+    [total] = secagg.unmask_sum(masked, [(700,)], peers=peers, dropped=list(drop), b_shares=b_shares,
+                                s_shares=s_shares, request=0, job="j")
+    commits = {n: sessions[n].commit_boxes[0] for n in names}
+    entries = [0, 255, 256, 699]
+    proof = secagg.entry_proof(masked, entries, b_shares=b_shares, s_shares=s_shares, dropped=list(drop),
+                               commits=commits, to="a")
+    got = sessions["a"].proven_entries("a", 0, entries, proof)
+    assert got == {k: int(total[k]) for k in entries}
+    assert total[699] == sum(inputs[n][0][699] for n in survivors)
+    forged = {**proof, "chunks": {**proof["chunks"], "b": {**proof["chunks"]["b"], "0": {
+        **proof["chunks"]["b"]["0"], "path": ["00" * 32] * len(proof["chunks"]["b"]["0"]["path"])}}}}
+    with pytest.raises(FederationError, match="site 'b''s masked entries"):
+        sessions["a"].proven_entries("a", 0, entries, forged)
+    moved = {**proof, "chunks": {**proof["chunks"], "b": {**proof["chunks"]["b"], "0": proof["chunks"]["b"]["1"]}}}
+    with pytest.raises(FederationError, match="site 'b''s masked entries"):
+        sessions["a"].proven_entries("a", 0, entries, moved)
+    if drop:
+        with pytest.raises(FederationError, match="dropped site 'd''s mask key"):
+            sessions["a"].proven_entries("a", 0, entries, {**proof, "dropped": {"d": proof["seeds"]["a"]}})

@@ -102,8 +102,9 @@ def test_the_secure_mean_is_the_plain_weighted_mean(drop):
     assert mean_losses["public"] == pytest.approx(sum(rows[n] * v for n, v in public.items())
                                                   / sum(rows[n] for n in public), abs=1e-8)
     assert mean_losses["private"] == pytest.approx(0.5, abs=1e-8) and set(mean_losses) == {"public", "private"}
-    for n in names:  # what left each site: a uint64 vector, encrypted shares, the public plan's epsilon and steps
-        assert set(replies[n]) == {"masked", "b_shares", "shapes", "epsilon", "steps"}
+    for n in names:  # what left each site: a uint64 vector, encrypted shares and commitments, the public plan's
+        # epsilon and steps
+        assert set(replies[n]) == {"masked", "b_shares", "shapes", "commits", "epsilon", "steps"}
         assert replies[n]["masked"].dtype == np.uint64
 
 
@@ -460,54 +461,128 @@ def test_an_honest_job_that_allows_screen_each_still_sends_only_sums(monkeypatch
     assert all("masked" in reply and "weights" not in reply for _, _, reply in _Recording.messages)
 
 
-def test_a_site_reveals_its_mask_key_only_where_its_job_allows_and_after_the_sum_was_read():
-    """The attack: a coordinator asks a site for the key that opens its masked update. Refused where the
-    job the site accepted does not allow it (the default), before the sum holding the update was read, and
-    for another round. The broken control (a job that allows it, the sum read): the keys open each site's
-    input of the sum, a site that kept its key opened all the same where every other site revealed theirs;
-    with fewer keys a site is opened only where each of its pairs has one, and a wrong key is named."""
-    glob = {"w": np.arange(3, dtype=np.float32)}
+def _failed_round(monkeypatch, *, hostile: float = 100.0):
+    """Three sites masked a round (c's update ``hostile`` in its first entry, 0.01 elsewhere) and the sum
+    was unmasked: (sessions, peers, states, masked replies, unmasking answers, ask body). A round moves
+    each entry by at most 0.01 (``round_bounds``, patched)."""
+    monkeypatch.setattr(secure_updates, "round_bounds", lambda setup, rows: {"w": 0.01})
+    glob = {"w": np.zeros(3, dtype=np.float32)}
     names = ["a", "b", "c"]
     sessions, peers, _ = _sessions(names, requests=2)
     body = {"round": 0, "weights": glob, "secagg": {"request": 0, "sites": names, "job": "j"}}
     states, masked = {}, {}
     for i, n in enumerate(names):
-        reply = {"weights": {"w": glob["w"] + i + 1}, "losses": {}, "epsilon": 0.5, "steps": 3}
+        change = np.array([hostile if n == "c" else 0.001, 0.001, -0.001], dtype=np.float32)
+        reply = {"weights": {"w": glob["w"] + change}, "losses": {}, "epsilon": 0.5, "steps": 3}
         states[n] = {"job": {"seed": 0, **({"show_update_on_failed_sum": True} if n != "c" else {})},
-                     "rows_estimate": 10.0 * (i + 1)}
+                     "rows_estimate": 10.0 * (i + 1), "training": {}}
         secure_updates.keep(body, reply, states[n])
         masked[n] = secure_updates.masked_reply(n, body, reply, states[n], sessions[n])
-    ask = {"round": 0, "weights": glob, "show": True}
+    return sessions, peers, states, masked, {"round": 0, "weights": glob, "show": True}
+
+
+def _unmask_all(sessions, states, masked):
+    names = sorted(sessions)
+    b_boxes = {to: {frm: masked[frm]["b_shares"][to] for frm in names} for to in names}
+    opened = {n: sessions[n].unmask(me=n, request=0, survivors=names, dropped=[], s_inbox={}, b_inbox=b_boxes[n],
+                                    job="j") for n in names}
+    for n in names:
+        secure_updates.unmasked(0, states[n])
+    return {n: [o["b"][n] for o in opened.values()] for n in names}
+
+
+def _proof(masked, b_shares, to, entry=0, **change):
+    proof = secagg.entry_proof({n: r["masked"] for n, r in masked.items()}, [entry, 3], b_shares=b_shares, s_shares={},
+                               dropped=[], commits={n: r["commits"] for n, r in masked.items()}, to=to)
+    return {"entry": entry, **proof, **change}
+
+
+def test_a_site_reveals_its_mask_key_only_where_its_job_allows_after_the_sum_was_read_and_proven_to_fail(
+        monkeypatch):
+    """The attack: a coordinator asks a site for the key that opens its masked update. Refused where the
+    job the site accepted does not allow it (the default), before the sum holding the update was read, for
+    another round, and where the coordinator does not prove that the sum fails. The broken control (a job
+    that allows it, the sum read, its failure proven): the keys open each site's input of the sum, a site
+    that kept its key opened all the same where every other site revealed theirs; with fewer keys a site is
+    opened only where each of its pairs has one, and a wrong key is named."""
+    sessions, peers, states, masked, ask = _failed_round(monkeypatch)
+    names = sorted(sessions)
     with pytest.raises(FederationError, match="refuses to show its update.*on_failed_sum"):
         secure_updates.revealed("c", ask, states["c"], sessions["c"])
     with pytest.raises(FederationError, match="only the update of the round whose secure sum"):
         secure_updates.revealed("a", ask, states["a"], sessions["a"])  # the sum holding it not read yet
     with pytest.raises(FederationError, match="refuses to reveal the mask key of request 1"):
         sessions["a"].reveal("a", 1)
-    b_boxes = {to: {frm: masked[frm]["b_shares"][to] for frm in names} for to in names}
-    opened = {n: sessions[n].unmask(me=n, request=0, survivors=names, dropped=[], s_inbox={}, b_inbox=b_boxes[n],
-                                    job="j") for n in names}
-    for n in names:
-        secure_updates.unmasked(0, states[n])
+    b_shares = _unmask_all(sessions, states, masked)
     with pytest.raises(FederationError, match="only the update of the round"):
-        secure_updates.revealed("a", {**ask, "round": 1}, states["a"], sessions["a"])
-    keys = {n: secure_updates.revealed(n, ask, states[n], sessions[n])["mask_key"] for n in ("a", "b")}
+        secure_updates.revealed("a", {**ask, "round": 1, "proof": _proof(masked, b_shares, "a")}, states["a"],
+                                sessions["a"])
+    keys = {n: secure_updates.revealed(n, {**ask, "proof": _proof(masked, b_shares, n)}, states[n],
+                                       sessions[n])["mask_key"] for n in ("a", "b")}
 
     def open_with(keys):
         return secagg.open_inputs({n: masked[n]["masked"] for n in names}, [tuple(x) for x in masked["a"]["shapes"]],
-                                  peers=peers, dropped=[], keys=keys,
-                                  b_shares={n: [o["b"][n] for o in opened.values()] for n in names}, s_shares={},
-                                  request=0, job="j", real=True, bits=secagg.UPDATE_BITS)
+                                  peers=peers, dropped=[], keys=keys, b_shares=b_shares, s_shares={}, request=0,
+                                  job="j", real=True, bits=secagg.UPDATE_BITS)
 
     inputs, why = open_with(keys)
     assert not why and sorted(inputs) == names
     for i, n in enumerate(names):  # rows x change, then the weight: what the site masked
         rows = 10.0 * (i + 1)
-        assert np.allclose(inputs[n][0], rows * (i + 1), atol=TOL) and inputs[n][1][0] == pytest.approx(rows)
+        first = 100.0 if n == "c" else 0.001
+        assert np.allclose(inputs[n][0], rows * np.array([first, 0.001, -0.001], dtype=np.float32), atol=1e-6)
+        assert inputs[n][1][0] == pytest.approx(rows)
     inputs, why = open_with({"a": keys["a"]})
     assert sorted(inputs) == ["a"] and set(why) == {"b", "c"} and "cannot be opened" in why["b"]
     inputs, why = open_with({"a": keys["b"], "b": keys["b"]})
     assert "a" not in inputs and "not the one it masked" in why["a"]
+
+
+@pytest.mark.parametrize("forged, match", [
+    ("entry", "the sum it proves passes its screen"),  # an entry of the sum that passes
+    ("chunk", "site 'b''s masked entries"),  # a masked value altered to fake a failure
+    ("seed", "site 'b''s self-mask seed"),
+    ("commit", "a relayed share is missing or does not decrypt"),  # b's commitment replaced by a's
+    ("honest", "the sum it proves passes its screen")])  # an honest sum, its entry proven
+def test_a_coordinator_cannot_make_a_site_reveal_its_key_for_a_sum_that_passes(monkeypatch, forged, match):
+    """The attack: a coordinator that claims a failed sum to open every update. Each part of its proof is
+    checked against what the sites committed to (encrypted to this site: the coordinator can neither read
+    nor forge it), and the site screens the proven entry itself: an entry that passes, a forged masked
+    value, a forged self-mask seed, a forged commitment, or an honest sum are each refused, and no key
+    leaves. The control (the true failing entry, proven) is in the test above."""
+    sessions, _, states, masked, ask = _failed_round(monkeypatch, hostile=0.001 if forged == "honest" else 100.0)
+    b_shares = _unmask_all(sessions, states, masked)
+    proof = _proof(masked, b_shares, "a", entry=1 if forged == "entry" else 0)
+    if forged == "chunk":
+        values = proof["chunks"]["b"]["0"]["values"].copy()
+        values[0] = values[0] + np.uint64(1 << 40)
+        proof["chunks"]["b"]["0"] = {**proof["chunks"]["b"]["0"], "values": values}
+    elif forged == "seed":
+        proof["seeds"]["b"] = secagg._b64(bytes(32))
+    elif forged == "commit":
+        proof["commits"]["b"] = proof["commits"]["c"]
+    with pytest.raises(FederationError, match=match):
+        secure_updates.revealed("a", {**ask, "proof": proof}, states["a"], sessions["a"])
+
+
+def test_a_coordinator_that_claims_an_honest_sum_failed_gets_no_key(monkeypatch):
+    """The attack, end to end: a coordinator that says an honest round's sum failed (its screen patched
+    to say so) and names an entry of it to open every update. Each site computes the proven entry, finds it
+    within the bound and refuses; no key leaves and the run stops. Where the coordinator's own entry search
+    finds nothing to prove, it stops without asking. The broken control: sites that skip the check reveal
+    their keys and the coordinator opens every update of an honest round."""
+    real_screen = secure_updates.screen_sum
+    monkeypatch.setattr(secure_updates, "screen_sum", lambda *a, **k: real_screen(*a, **k) or "made up")
+    with pytest.raises(FederationError, match="round 1: made up"):
+        _fit(monkeypatch, epsilon=2.0, on_failed_sum="screen_each")
+    assert not _shown(_Recording.messages)  # nothing to prove: not one key asked for
+    monkeypatch.setattr(secure_updates, "failing_entry", lambda *a, **k: 0)
+    with pytest.raises(FederationError, match="refuses to reveal its mask key: the sum it proves passes its screen"):
+        _fit(monkeypatch, epsilon=2.0, on_failed_sum="screen_each")
+    assert not any("mask_key" in reply for _, _, reply in _Recording.messages)
+    monkeypatch.setattr(secure_updates, "proven_failure", lambda *a, **k: None)
+    _fit(monkeypatch, epsilon=2.0, on_failed_sum="screen_each")
+    assert {site for site, body, reply in _Recording.messages if "mask_key" in reply} == set(_four_sites())
 
 
 def test_a_site_whose_policy_never_shows_updates_refuses_such_a_job(monkeypatch):
@@ -591,7 +666,8 @@ def test_every_reply_of_a_dp_sgd_job_is_the_same_at_every_site_but_its_masked_ve
                 assert set(reply) == {"noise_multiplier", "steps_per_round"}
                 public.setdefault("setup", set()).add(repr(reply))
             elif kind == "train":
-                assert set(reply) == {"masked", "b_shares", "shapes", "epsilon", "steps"}
+                assert set(reply) == {"masked", "b_shares", "shapes", "commits", "epsilon", "steps"}
+                assert all(isinstance(x, str) for x in reply["commits"].values())  # encrypted to each site
                 public.setdefault("train", set()).add(repr((reply["epsilon"], reply["steps"], reply["shapes"])))
             elif kind == "ledger":
                 public.setdefault("ledger", set()).add(repr(_without_site(reply["ledger"])))

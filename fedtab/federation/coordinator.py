@@ -318,12 +318,21 @@ def _opened_round(transport: Transport, job: JobSpec, state: TrainingState, roun
     are summed again); the round's mean is the others' sum over their weights, as a secure round's."""
     from fedtab.federation import secure_updates
 
+    from fedtab.federation import training
+    from fedtab.transform.table import TableTransformer
+
     asked = sorted(failed.replies)
+    setup = training.setup_body(job, TableTransformer.from_dict(state.encoding), plan_rows=_plan_rows(state))
+    entry = secure_updates.failing_entry(failed, state.weights, setup)
+    if entry is None:  # within the bound a site can check: the sites would refuse their keys
+        raise failed
     _notify(progress, "phase", name=f"round {round_index + 1}: the secure sum failed its screen ({failed.why}); as "
                                     f"the job allows (training.on_failed_sum = \"screen_each\"), the {len(asked)} "
-                                    "sites in it reveal this round's mask keys, and each site's update in the sum "
-                                    "is screened")
-    keys = {s: r.get("mask_key") for s, r in _train_round(transport, {**body, "show": True}, asked).items()}
+                                    "sites in it check the failure, reveal this round's mask keys, and each site's "
+                                    "update in the sum is screened")
+    entries = [entry, secure_updates.layout(state.weights)[1][-1]]
+    bodies = {s: {**body, "show": True, "proof": {"entry": entry, **rounds.prove_last(s, entries)}} for s in asked}
+    keys = {s: r.get("mask_key") for s, r in _available(transport, TRAIN, bodies).items()}
     opened, rejected = rounds.open_last({s: k for s, k in keys.items() if isinstance(k, str)})
     names = sorted(state.weights)
     _site_bounds(job, state, asked, bounds)

@@ -548,6 +548,7 @@ class SecureRounds:
         self._s_boxes = {to: {frm: shared[frm]["shares"][to] for frm in self.alive} for to in self.alive}
         self.request = 0
         self._last: dict | None = None
+        self._commits: dict[str, dict[str, str]] = {}  # the last request's commitments, per sender and recipient
 
     def _note(self, text: str) -> None:
         if self._progress is not None:
@@ -601,9 +602,16 @@ class SecureRounds:
                       "dropped": dropped, "b_shares": {s: [o["b"][s] for o in opened.values()] for s in survivors},
                       "s_shares": {d: [o["s"][d] for o in opened.values()] for d in dropped},
                       "request": r, "real": real, "bits": bits}
+        self._commits = {s: dict(replies[s].get("commits") or {}) for s in survivors}
         total = secagg.unmask_sum(peers=self.peers, job=self.job, **self._last)
         self.alive = survivors
         return total, {s: replies[s] for s in survivors}
+
+    def prove_last(self, to: str, entries: list[int]) -> dict:
+        """What proves ``entries`` of the last request's sum to site ``to`` (``secagg.entry_proof``)."""
+        last = self._last or {}
+        return secagg.entry_proof(last["masked"], entries, b_shares=last["b_shares"], s_shares=last["s_shares"],
+                                  dropped=last["dropped"], commits=self._commits, to=to)
 
     def open_last(self, keys: dict[str, str]):
         """Each survivor's own input of the last request, opened with the mask keys the sites revealed

@@ -19,11 +19,20 @@ Flower's Shamir secret sharing (``flwr.common.secure_aggregation.crypto.shamir``
    a self mask expanded from a fresh seed ``b`` (whose shares it sends along, encrypted to each site)
    and, for every other site ``j`` of the request, the mask expanded from their ``s[r]`` agreement
    (added when its name sorts first, subtracted otherwise), modulo 2**64: uniform, whatever the counts.
+   With ``commit`` (the DP-SGD rounds) it also commits to its masked vector (a Merkle root over chunks
+   of it) and to its self-mask seed (a hash), encrypted to each other site, so that the coordinator can
+   later prove entries of the sum to any site (``entry_proof``, ``SiteSession.proven_entries``) without
+   being able to forge one.
 4. per request ``r``, ``unmask``: the coordinator names the sites whose masked input arrived
    (survivors, at least ``t``) and those that dropped; each survivor returns its share of every
    survivor's ``b`` and of every dropped site's ``s[r]``, never both for one site, once per request. The
    coordinator rebuilds the seeds, removes the self masks and the dropped sites' pairwise masks, and
    reads the sum of the survivors' inputs.
+
+5. only where a round's sum fails its screen (``secure_updates``, ``training.on_failed_sum``): once the
+   failure is proven to it, each site reveals its mask key of that request (``SiteSession.reveal``), and
+   the coordinator opens each survivor's input of it (``open_inputs``). Each request has its own mask key:
+   no other request is opened.
 
 Distributed noise (``fedtab.federation.marginals``): each site adds ``sigma / sqrt(t)`` of discrete
 Gaussian noise, so a sum over at least ``t`` sites carries at least ``sigma``, the noise of one central
@@ -82,6 +91,9 @@ class SiteSession:
         self._masked: dict[int, tuple[str, ...]] = {}  # request -> the sites it masked with
         self._unmasked: set[int] = set()
         self._dropped: set[str] = set()  # sites whose mask key of some request was rebuilt: never again a peer
+        self._split: dict[int, tuple[list[str], list[str]]] = {}  # request -> (survivors, dropped) it unmasked
+        self._commits: dict[int, tuple[bytes, bytes, int, str]] = {}  # request -> its (root, seed hash, length, job)
+        self.commit_boxes: dict[int, dict[str, str]] = {}  # request -> its commitment, encrypted to each site
 
     def __getstate__(self):  # never pickled, copied or stored
         raise TypeError("secure-aggregation keys never leave the site's memory")
@@ -108,9 +120,12 @@ class SiteSession:
 
     # step 3
     def mask(self, values: Sequence[np.ndarray], *, me: str, request: int, sites: Sequence[str], job: str,
-             real: bool = False, bits: int = SCALE_BITS) -> tuple[np.ndarray, dict[str, str]]:
+             real: bool = False, bits: int = SCALE_BITS, commit: bool = False) -> tuple[np.ndarray, dict[str, str]]:
         """This site's masked input for ``request`` and its shares of the self-mask seed, one per site
-        (``real``: values in fixed point of ``bits`` fractional bits)."""
+        (``real``: values in fixed point of ``bits`` fractional bits). ``commit``: the site also commits to
+        its masked vector and its self-mask seed (``commit_boxes[request]``, encrypted to each other site:
+        the coordinator relays what it can neither read nor forge), so that a coordinator can later prove
+        entries of the sum to it (``proven_entries``)."""
         sites = self.check_request(me, request, sites)
         plain = encode(values, real=real, bits=bits)
         seed = os.urandom(KEY_BYTES)
@@ -127,7 +142,14 @@ class SiteSession:
                     total = total + m if me < other else total - m
         self._masked[request] = tuple(sites)
         with np.errstate(over="ignore"):
-            return plain + total, out
+            masked = plain + total
+        if commit:
+            root, digest = merkle_root(masked), _seed_digest(seed)
+            self._commits[request] = (root, digest, int(masked.size), job)
+            self.commit_boxes[request] = {other: self._encrypt(self.peers[other], root + digest,
+                                                               ("commit", job, str(request), me, other))
+                                          for other in sites if other != me}
+        return masked, out
 
     # step 4
     def unmask(self, *, me: str, request: int, survivors: Sequence[str], dropped: Sequence[str],
@@ -156,7 +178,71 @@ class SiteSession:
             s[j] = _b64(_split_shares(plain, self.requests, me)[request])
         self._unmasked.add(request)
         self._dropped.update(dropped)
+        self._split[request] = (survivors, dropped)
         return {"b": b, "s": s}
+
+    def survivors(self, request: int) -> list[str]:
+        """The survivors of an unmasked ``request``, as the coordinator named them to this site."""
+        return list(self._split[request][0]) if request in self._split else []
+
+    def proven_entries(self, me: str, request: int, entries: Sequence[int], proof: Mapping) -> dict[int, int]:
+        """Entries of the unmasked sum of ``request`` (integers, before any fixed point is read back), as
+        this site computes them from the coordinator's ``proof``, every part of which it checks: each
+        survivor's masked chunks holding them against the Merkle root that survivor committed to (its
+        commitment decrypted from the box it encrypted to this site: the coordinator can neither read nor
+        forge it), each survivor's self-mask seed against its committed hash, each dropped site's mask key
+        against its public key. Raises where any part is missing or does not check."""
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        if request not in self._split or request not in self._commits:
+            raise FederationError(f"site '{me}': no committed, unmasked request {request!r} to check a sum of",
+                                  public=True)
+        survivors, dropped = self._split[request]
+        size, job = self._commits[request][2:]
+        entries = sorted({int(k) for k in entries})
+        if not entries or entries[0] < 0 or entries[-1] >= size:
+            raise FederationError(f"site '{me}': the proof names entries outside the masked vector", public=True)
+
+        def refuse(what: str) -> FederationError:
+            return FederationError(f"site '{me}': the coordinator's proof of the sum does not check ({what}): "
+                                   "refused", public=True)
+
+        chunks, seeds = dict(proof.get("chunks") or {}), dict(proof.get("seeds") or {})
+        total = {k: np.uint64(0) for k in entries}
+        for j in survivors:
+            if j == me:
+                root, digest = self._commits[request][:2]
+            else:
+                plain = self._decrypt(self.peers[j], (proof.get("commits") or {}).get(j),
+                                      ("commit", job, str(request), j, me), me)
+                root, digest = plain[:32], plain[32:]
+            try:
+                seed = _unb64(seeds.get(j))
+            except FederationError:
+                seed = b""
+            if len(seed) != KEY_BYTES or _seed_digest(seed) != digest:
+                raise refuse(f"site '{j}''s self-mask seed")
+            stream = _stream(seed, entries[-1] + 1)
+            for k in entries:
+                index = k // MERKLE_CHUNK
+                part = (chunks.get(j) or {}).get(str(index))
+                if not part or not merkle_check(root, np.asarray(part["values"]), index, list(part["path"]), size):
+                    raise refuse(f"site '{j}''s masked entries")
+                with np.errstate(over="ignore"):
+                    total[k] = total[k] + np.asarray(part["values"], dtype=np.uint64)[k % MERKLE_CHUNK] - stream[k]
+        for d in dropped:
+            try:
+                key = X25519PrivateKey.from_private_bytes(_unb64((proof.get("dropped") or {}).get(d)))
+            except (ValueError, TypeError, FederationError):
+                key = None
+            if key is None or _raw_public(key) != _key_bytes(d, self.peers[d]["s"][request]):
+                raise refuse(f"dropped site '{d}''s mask key")
+            for j in survivors:
+                m = pair_mask(key, self.peers[j]["s"][request], d, j, job=job, request=request, length=entries[-1] + 1)
+                with np.errstate(over="ignore"):
+                    for k in entries:
+                        total[k] = total[k] - m[k] if j < d else total[k] + m[k]
+        return {k: int(np.asarray(v, dtype=np.uint64).view(np.int64)) for k, v in total.items()}
 
     def reveal(self, me: str, request: int) -> str:
         """This site's mask key of ``request``, for a coordinator whose sum of it failed its screen: with it
@@ -308,6 +394,97 @@ def open_inputs(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ..
                 x = x - m if s < j else x + m
         out[s] = _decoded(x, shapes, real=real, bits=bits)
     return out, why
+
+
+def entry_proof(masked: Mapping[str, np.ndarray], entries: Sequence[int], *, b_shares: Mapping[str, list[str]],
+                s_shares: Mapping[str, list[str]], dropped: Sequence[str], commits: Mapping[str, Mapping[str, str]],
+                to: str) -> dict:
+    """What the coordinator sends site ``to`` to prove ``entries`` of an unmasked sum
+    (``SiteSession.proven_entries``): each survivor's masked chunks holding them with their Merkle paths,
+    each survivor's rebuilt self-mask seed, each dropped site's rebuilt mask key, and the commitments the
+    survivors encrypted to ``to``."""
+    lagrange: dict = {}
+    survivors = sorted(masked)
+    indices = sorted({int(k) // MERKLE_CHUNK for k in entries})
+    chunks = {}
+    for j in survivors:
+        vector = np.asarray(masked[j], dtype=np.uint64)
+        levels = _merkle_levels(vector)
+        chunks[j] = {str(i): {"values": vector[i * MERKLE_CHUNK:(i + 1) * MERKLE_CHUNK].copy(),
+                              "path": _merkle_path(levels, i)} for i in indices}
+    return {"chunks": chunks,
+            "seeds": {j: _b64(_combine(b_shares.get(j), j, lagrange)) for j in survivors},
+            "dropped": {d: _b64(_combine(s_shares.get(d), d, lagrange)) for d in sorted(dropped)},
+            "commits": {j: (commits.get(j) or {}).get(to) for j in survivors if j != to}}
+
+
+# Commitments to a masked vector: a Merkle tree over chunks of ``MERKLE_CHUNK`` entries (SHA-256, leaves and
+# nodes told apart by a prefix; a level of odd length carries its last node up unchanged), so that one entry
+# is proven by its chunk and log2(chunks) hashes.
+MERKLE_CHUNK = 256
+
+
+def _leaf(index: int, values: np.ndarray) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(b"fedtab-secagg/1 leaf" + int(index).to_bytes(8, "big")
+                          + np.ascontiguousarray(values, dtype=np.uint64).tobytes()).digest()
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(b"fedtab-secagg/1 node" + left + right).digest()
+
+
+def _merkle_levels(vector: np.ndarray) -> list[list[bytes]]:
+    n = max(1, -(-int(vector.size) // MERKLE_CHUNK))
+    level = [_leaf(i, vector[i * MERKLE_CHUNK:(i + 1) * MERKLE_CHUNK]) for i in range(n)]
+    levels = [level]
+    while len(level) > 1:
+        level = [_node(level[i], level[i + 1]) if i + 1 < len(level) else level[i] for i in range(0, len(level), 2)]
+        levels.append(level)
+    return levels
+
+
+def merkle_root(vector: np.ndarray) -> bytes:
+    return _merkle_levels(np.asarray(vector, dtype=np.uint64))[-1][0]
+
+
+def _merkle_path(levels: list[list[bytes]], index: int) -> list[str]:
+    path = []
+    for level in levels[:-1]:
+        sibling = index ^ 1
+        path.append(level[sibling].hex() if sibling < len(level) else "")
+        index //= 2
+    return path
+
+
+def merkle_check(root: bytes, values: np.ndarray, index: int, path: list[str], size: int) -> bool:
+    """Whether ``values`` are chunk ``index`` of a vector of ``size`` entries committed to by ``root``."""
+    n = max(1, -(-int(size) // MERKLE_CHUNK))
+    want = min(MERKLE_CHUNK, int(size) - index * MERKLE_CHUNK)
+    if not 0 <= index < n or np.size(values) != want:
+        return False
+    try:
+        h, width = _leaf(index, np.asarray(values, dtype=np.uint64)), n
+        for step in path:
+            sibling = index ^ 1
+            if sibling < width:
+                other = bytes.fromhex(str(step))
+                h = _node(h, other) if index % 2 == 0 else _node(other, h)
+            elif step:
+                return False
+            index, width = index // 2, -(-width // 2)
+        return width == 1 and h == root
+    except (ValueError, TypeError):
+        return False
+
+
+def _seed_digest(seed: bytes) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(b"fedtab-secagg/1 seed" + seed).digest()
 
 
 def _decoded(total: np.ndarray, shapes: Sequence[tuple[int, ...]], *, real: bool, bits: int) -> list[np.ndarray]:

@@ -27,13 +27,19 @@ shares drawn once per job, one mask key per round: ``planned_requests``) and its
   mean moves no parameter further than one site's round can, whatever the weights (an honest sum always
   passes). A failing sum (``SumFailed``) cannot tell which site sent the broken update. With
   ``training.on_failed_sum = "screen_each"`` (the default), public in the job each site accepted, the
-  coordinator then asks the sites for that round's mask keys (``revealed``: only once its sum was read,
-  never a new update), opens each site's masked update, the very one in the sum
-  (``secagg.open_inputs``), and screens them one by one as a plain round does; the round's mean is the
-  passing sites' sum over their weights; rounds whose sum passes stay sums. A site cannot show another
-  update than it masked (a key that is not the one it masked with is named; a site that keeps its key is
-  opened with the others' keys all the same). With ``"stop"`` the run stops, and no site's update is ever
-  opened. A site whose own update is not finite cannot mask it and says so
+  coordinator then proves the failure to each site and asks for that round's mask keys (``revealed``:
+  only once its sum was read, never a new update). The proof: one entry of the sum beyond the bound a site
+  can compute itself (a round of a site holding all the summed rows) and the sum's weight, with each
+  survivor's masked chunk holding them and its Merkle path, its self-mask seed and the dropped sites' mask
+  keys, each checked against what every site committed to when it masked (``secagg``'s commitments,
+  encrypted to each site: the coordinator can neither read nor forge them); a sum that fails only the
+  coordinator's finer bound cannot be proven and stops the run. With the keys the coordinator opens each
+  site's masked update, the very one in the sum (``secagg.open_inputs``), and screens them one by one as
+  a plain round does; the round's mean is the passing sites' sum over their weights; rounds whose sum
+  passes stay sums. A site cannot show another update than it masked (a key that is not the one it masked
+  with is named; a site that keeps its key is opened with the others' keys all the same), and a
+  coordinator cannot open the updates of a sum that passes. With ``"stop"`` the run stops, and no site's
+  update is ever opened. A site whose own update is not finite cannot mask it and says so
   (``secagg.encode``: ``UnusableUpdateError``); the coordinator names it and leaves it out, its masks
   removed as a lost site's. ``training.aggregation = "trimmed_mean"`` screens and trims each site's update,
   which the coordinator then sees (secure aggregation of updates is off for that job, and the
@@ -100,9 +106,10 @@ def masked_reply(site: str, body: dict, reply: dict[str, Any], state: dict, sess
     change.append(_extra_entries(reply.get("losses") or {}, rows))
     secure = body["secagg"]
     masked, b_shares = session.mask(change, me=site, request=secure["request"], sites=secure.get("sites") or [],
-                                    job=str(secure.get("job", "")), real=True, bits=secagg.UPDATE_BITS)
+                                    job=str(secure.get("job", "")), real=True, bits=secagg.UPDATE_BITS, commit=True)
     out = {k: v for k, v in reply.items() if k in PUBLIC_REPLY}
-    return {**out, "masked": masked, "b_shares": b_shares, "shapes": [list(np.shape(c)) for c in change]}
+    return {**out, "masked": masked, "b_shares": b_shares, "shapes": [list(np.shape(c)) for c in change],
+            "commits": session.commit_boxes.pop(secure["request"])}
 
 
 # What a masked round reply holds beside the masked vector: the site's epsilon spent and its steps, both the
@@ -180,10 +187,13 @@ def revealed(site: str, body: dict, state: dict, session: secagg.SiteSession) ->
     """The site's mask key of the request its kept update of this round was masked for, for a coordinator
     whose secure sum of the round failed its screen (``training.on_failed_sum = "screen_each"``): with the
     sites' keys the coordinator opens each site's masked update, the one in the sum (a site cannot show
-    another). Only where the job the site accepted says so, only for the round on these weights, and only
-    once the coordinator read the sum holding it: a coordinator cannot open an update without the sum, nor
-    make a site train again. Under DP the update is a DP release already on the site's ledger (its full
-    DP-SGD noise); nothing is spent."""
+    another). Only where the job the site accepted says so, only for the round on these weights, only once
+    the coordinator read the sum holding it, and only where the coordinator proves that the sum fails: it
+    sends an entry of the sum and the sum's weight with everything needed to compute them
+    (``secagg.SiteSession.proven_entries``: every part checked against what each site committed to), and
+    the site screens that entry itself (``proven_failure``). A coordinator cannot open an update without a
+    sum that fails, nor make a site train again. Under DP the update is a DP release already on the site's
+    ledger (its full DP-SGD noise); nothing is spent."""
     if not (state.get("job") or {}).get("show_update_on_failed_sum"):
         raise FederationError(f"site '{site}' refuses to show its update: the job it accepted sums the updates "
                               "securely and does not let the coordinator see them (training.on_failed_sum)",
@@ -193,7 +203,77 @@ def revealed(site: str, body: dict, state: dict, session: secagg.SiteSession) ->
             or not kept.get("unmasked") or kept.get("request") is None):
         raise FederationError(f"site '{site}' refuses to show an update: it shows only the update of the round "
                               "whose secure sum the coordinator has read", public=True)
-    return {"mask_key": session.reveal(site, int(kept["request"]))}
+    request = int(kept["request"])
+    why = proven_failure(site, body, state, session, request)
+    if why is not None:
+        raise FederationError(f"site '{site}' refuses to reveal its mask key: {why}", public=True)
+    return {"mask_key": session.reveal(site, request)}
+
+
+def layout(weights: dict) -> tuple[list[str], list[int]]:
+    """A masked update's parameters (sorted names) and where each starts in the vector; the extra entries
+    (``_extra_entries``) start at the last offset."""
+    names = sorted(weights)
+    offsets = [0]
+    for n in names:
+        offsets.append(offsets[-1] + int(np.size(weights[n])))
+    return names, offsets
+
+
+def proven_failure(site: str, body: dict, state: dict, session: secagg.SiteSession, request: int) -> str | None:
+    """Why the coordinator's proof does not show the round's sum failing its screen, or None: the proven
+    weight is not a row count (``_weight_check``), or the proven entry moves its parameter further than the
+    summed weight x a round's bound for a site of all the summed rows can (at least the coordinator's
+    bound, ``screen_sum``: an honest sum never fails this)."""
+    proof = body.get("proof") or {}
+    names, offsets = layout(body["weights"])
+    entry, at_weight = int(proof.get("entry", -1)), offsets[-1]
+    if not 0 <= entry < at_weight:
+        return "the coordinator names no entry of the update to prove its sum's failure with"
+    values = session.proven_entries(site, request, [entry, at_weight], proof)
+    scale = float(1 << secagg.UPDATE_BITS)
+    weight = values[at_weight] / scale
+    if not np.isfinite(weight) or weight <= 0.5:
+        return None  # the sum's weight is not a row count: a failure the site computed itself
+    name = names[int(np.searchsorted(offsets, entry, side="right")) - 1]
+    bound = round_bounds(state["training"], weight).get(name)
+    rounding = len(session.survivors(request)) * 0.5 / scale
+    if bound is not None and abs(values[entry]) / scale > 1.01 * weight * bound + rounding + 1e-12:
+        return None
+    return (f"the sum it proves passes its screen (parameter '{name}'): the coordinator may open updates only "
+            "of a sum that fails")
+
+
+def round_bounds(setup: dict[str, Any], rows: float) -> dict[str, float]:
+    """Each parameter's bound on one round of a site of ``rows`` rows under the training ``setup``
+    (``training.update_bounds``), at the coordinator and at a site alike."""
+    from fedtab.federation import training
+    from fedtab.transform.table import TableTransformer
+
+    return training.update_bounds(setup, TableTransformer.from_dict(setup["transformer"]), rows=rows)
+
+
+def failing_entry(failed: SumFailed, current: dict[str, np.ndarray], setup: dict[str, Any]) -> int | None:
+    """The entry of a failed round's sum (its flat index in a site's masked vector) that proves the failure
+    to the sites (``proven_failure``) by the widest margin, or None where none can: the summed weight's own
+    entry where it is not a row count, else the entry furthest beyond the summed weight x each parameter's
+    bound for a site of all the summed rows (``round_bounds``)."""
+    names, offsets = layout(current)
+    weight = float(np.asarray(failed.total[-1]).ravel()[0])
+    if not np.isfinite(weight) or weight <= 0.5:
+        return offsets[-1]
+    bounds = round_bounds(setup, weight)
+    rounding = len(failed.replies) * 0.5 / float(1 << secagg.UPDATE_BITS)
+    best, margin = None, 0.0
+    for name, start, t in zip(names, offsets, failed.total):
+        if name not in bounds or not np.size(t):
+            continue
+        flat = np.abs(np.asarray(t, dtype=np.float64).ravel())
+        i = int(np.argmax(flat))
+        over = float(flat[i]) - (1.01 * weight * float(bounds[name]) + rounding + 1e-12)
+        if over > margin:
+            best, margin = start + i, over
+    return best
 
 
 def opened_update(opened: list[np.ndarray], names: list[str], current: dict[str, np.ndarray]):
@@ -211,9 +291,9 @@ def opened_update(opened: list[np.ndarray], names: list[str], current: dict[str,
 class SumFailed(FederationError):
     """A round's secure sum failed its screen: ``why``, over the sites in ``survivors`` (their replies)."""
 
-    def __init__(self, message: str, *, why: str, replies: dict[str, Any]):
+    def __init__(self, message: str, *, why: str, replies: dict[str, Any], total: list[np.ndarray] | None = None):
         super().__init__(message)
-        self.why, self.replies = why, replies
+        self.why, self.replies, self.total = why, replies, total
 
 
 def mean_of_sum(total: list[np.ndarray], names: list[str], current: dict[str, np.ndarray],
@@ -280,7 +360,8 @@ def train_round(ask_train, rounds, body: dict, state, *, bounds: dict[str, dict[
             f"round {round_index + 1}: {why}. Under secure aggregation the coordinator sees only the sum, so the "
             "site whose update is broken or hostile cannot be named; 'training.on_failed_sum = \"screen_each\"' "
             "(the default) lets it see the updates of a round whose sum fails, and 'training.aggregation = "
-            "\"trimmed_mean\"' screens (and trims) each site's update every round.", why=why, replies=replies)
+            "\"trimmed_mean\"' screens (and trims) each site's update every round.", why=why, replies=replies,
+            total=[*total, np.asarray([weight])])
     # The mean: over the weights the sites used (the summed weight), which a site lost mid-job leaves exact.
     return mean_of_sum(total, names, state.weights, weight), replies, losses
 
