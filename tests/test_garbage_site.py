@@ -128,32 +128,92 @@ def test_the_screen_reads_the_histograms_alone():
     assert screening.garbage_sites(*histograms(shuffled, schema, None)) == {}
 
 
-def test_a_site_screens_its_release_once_and_only_its_own():
-    """A curious coordinator cannot read a site's histogram release off repeated screens (a bit each): a
-    second screen is refused, as is one before the site masked a release or against a sum of other shape;
-    refusals carry no value."""
-    from fedtab.federation import secure_encoding
+def _masked_histograms(n_rows: int = 300):
+    """Four sites mask their DP histogram releases in one secure request and the sum is unmasked:
+    (sessions, states, masked replies, the self-mask seeds' shares, the summed counts, the vector length)."""
+    from fedtab.federation import secagg, secure_encoding
+    from fedtab.privacy.ledger import PrivacyLedger
     from fedtab.transform.plan import PHASE_HISTOGRAM, EncodingDP, EncodingPlan
     from fedtab.transform.statistics import phase_request, site_statistics
-    from fedtab.privacy.ledger import PrivacyLedger
+    from tests.test_secagg import _sessions
 
     plan = EncodingPlan(SCHEMA, dp=EncodingDP(epsilon=1.0, delta=1e-5), seed=0)
-    frame = _four_sites(300)["north"]
+    frames = _four_sites(n_rows)
+    names = sorted(frames)
+    sessions, peers, _ = _sessions(names, requests=1)
     request = phase_request(plan, PHASE_HISTOGRAM, None)
-    release = site_statistics(frame, plan, PHASE_HISTOGRAM, request,
-                              ledger=PrivacyLedger("north", epsilon_budget=1.0, delta=1e-5))
-    keys = secure_encoding.count_keys(release)
-    body = {"phase": secure_encoding.SCREEN, "n_sites": 4, "sum": {k: np.asarray(release[k], dtype=float) * 4
-                                                                   for k in keys}}
+    states, replies = {n: {} for n in names}, {}
+    for n in names:
+        release = site_statistics(frames[n], plan, PHASE_HISTOGRAM, request,
+                                  ledger=PrivacyLedger(n, epsilon_budget=1.0, delta=1e-5))
+        replies[n] = secure_encoding.masked_release(n, release, states[n], sessions[n],
+                                                    {"request": 0, "sites": names, "job": "j"}, plan=plan.to_dict())
+    b_boxes = {to: {frm: replies[frm]["b_shares"][to] for frm in names} for to in names}
+    opened = {n: sessions[n].unmask(me=n, request=0, survivors=names, dropped=[], s_inbox={}, b_inbox=b_boxes[n],
+                                    job="j") for n in names}
+    b_shares = {n: [o["b"][n] for o in opened.values()] for n in names}
+    shapes = [tuple(x) for x in replies[names[0]]["shapes"]]
+    total = secagg.unmask_sum({n: r["masked"] for n, r in replies.items()}, shapes, peers=peers, dropped=[],
+                              b_shares=b_shares, s_shares={}, request=0, job="j")
+    return sessions, states, replies, b_shares, total, sum(int(np.prod(x)) for x in shapes)
+
+
+def _screen_proof(replies, b_shares, size, to):
+    from fedtab.federation import secagg
+
+    return secagg.entry_proof({n: r["masked"] for n, r in replies.items()}, range(size), b_shares=b_shares,
+                              s_shares={}, dropped=[], commits={n: r["commits"] for n, r in replies.items()}, to=to)
+
+
+def test_a_site_screens_its_release_once_against_a_sum_proven_to_it():
+    """A curious coordinator can neither read a site's histogram release off repeated screens (a bit each:
+    a second screen is refused, as is one before the site masked a release) nor make up the sum a site
+    screens against (to make a real site's release read as random values, which it then sends): the site
+    computes the sum from the proof, every part checked against what the sites committed to, and refuses a
+    forged one; refusals carry no value. The broken control: a site that took the coordinator's sum as sent
+    screens against whatever it is told."""
+    from fedtab.federation import secure_encoding
+
+    sessions, states, replies, b_shares, total, size = _masked_histograms()
     with pytest.raises(FederationError, match="masked no histogram release"):
-        secure_encoding.screen_reply("north", body, {})
-    state = {"histogram_release": {"release": release, "plan": plan.to_dict()}}
-    with pytest.raises(FederationError, match="not the sum of its release's counts"):
-        secure_encoding.screen_reply("north", {**body, "sum": {k: body["sum"][k] for k in keys[1:]}}, state)
-    assert secure_encoding.screen_reply("north", body, state) == {"garbage": False}
-    with pytest.raises(FederationError, match="refused") as refused:
-        secure_encoding.screen_reply("north", body, state)
+        secure_encoding.screen_reply("north", {"phase": secure_encoding.SCREEN}, {}, sessions["north"])
+    proof = _screen_proof(replies, b_shares, size, "north")
+    forged = dict(proof["chunks"]["south"]["0"])
+    forged["values"] = forged["values"] + np.uint64(50)
+    with pytest.raises(FederationError, match="the coordinator's proof of the sum does not check") as refused:
+        secure_encoding.screen_reply("north", {"phase": secure_encoding.SCREEN, "proof": {
+            **proof, "chunks": {**proof["chunks"], "south": {**proof["chunks"]["south"], "0": forged}}}},
+            states["north"], sessions["north"])
     assert refused.value.public and not any(ch.isdigit() for ch in str(refused.value).replace("north", ""))
+    seen = {}
+    verdict = screening.verdict
+
+    def spy(plan, own, pooled, *, n_others):
+        seen.update(pooled=pooled, n_others=n_others)
+        return verdict(plan, own, pooled, n_others=n_others)
+
+    import unittest.mock as mock
+
+    with mock.patch.object(screening, "verdict", spy):
+        assert secure_encoding.screen_reply("north", {"phase": secure_encoding.SCREEN, "proof": proof},
+                                            states["north"], sessions["north"]) == {"garbage": False}
+    own = states["north"]["histogram_release"]["release"]
+    keys = secure_encoding.count_keys(own)
+    want = dict(zip(keys, total))
+    for name, pooled in seen["pooled"].items():  # the others' counts: the true sum less its own release
+        key = next(k for k in keys if k.startswith(name + "/") and k.endswith("/counts"))
+        assert np.allclose(pooled, np.asarray(want[key], dtype=float) - np.asarray(own[key], dtype=float))
+    assert seen["n_others"] == 3
+    with pytest.raises(FederationError, match="refused"):
+        secure_encoding.screen_reply("north", {"phase": secure_encoding.SCREEN, "proof": proof}, states["north"],
+                                     sessions["north"])
+    # The broken control: a site whose check passes whatever it is sent screens against a made-up sum.
+    made_up = {i: 10 ** 6 for i in range(size)}
+    with mock.patch.object(sessions["south"], "proven_entries", lambda *a, **k: made_up), \
+            mock.patch.object(screening, "verdict", spy):
+        secure_encoding.screen_reply("south", {"phase": secure_encoding.SCREEN, "proof": {}}, states["south"],
+                                     sessions["south"])
+    assert all(np.all(p > 10 ** 5) for p in seen["pooled"].values())
 
 
 def test_where_the_noise_hides_garbage_the_coordinator_says_the_screen_cannot_tell():

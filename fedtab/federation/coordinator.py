@@ -533,9 +533,9 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
         if note is not None:
             _notify(progress, "phase", name=note)
         if summed:  # each site screens its own release against the sum (secure_encoding)
-            garbage, total = secure_encoding.screen(lambda b: ask_masked(b, in_sum), plan,
-                                                    histogram[secure_encoding.SUMMED], in_sum, min_sites=min_sites,
-                                                    progress=progress)
+            garbage, total = secure_encoding.screen(lambda bodies: _available(transport, ENCODE, bodies), plan,
+                                                    histogram[secure_encoding.SUMMED], in_sum, prove=rounds.prove_last,
+                                                    min_sites=min_sites, progress=progress)
             histogram = {secure_encoding.SUMMED: total}
         else:
             garbage = screening.leave_out_garbage(plan, histogram, min_sites=min_sites, progress=progress)

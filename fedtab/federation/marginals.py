@@ -607,9 +607,12 @@ class SecureRounds:
         self.alive = survivors
         return total, {s: replies[s] for s in survivors}
 
-    def prove_last(self, to: str, entries: list[int]) -> dict:
-        """What proves ``entries`` of the last request's sum to site ``to`` (``secagg.entry_proof``)."""
+    def prove_last(self, to: str, entries: list[int] | None = None) -> dict:
+        """What proves ``entries`` (default: all) of the last request's sum to site ``to``
+        (``secagg.entry_proof``)."""
         last = self._last or {}
+        if entries is None:
+            entries = list(range(int(sum(int(np.prod(s)) for s in last["shapes"]))))
         return secagg.entry_proof(last["masked"], entries, b_shares=last["b_shares"], s_shares=last["s_shares"],
                                   dropped=last["dropped"], commits=self._commits, to=to)
 

@@ -208,7 +208,9 @@ class SiteSession:
                                    "refused", public=True)
 
         chunks, seeds = dict(proof.get("chunks") or {}), dict(proof.get("seeds") or {})
-        total = {k: np.uint64(0) for k in entries}
+        at = np.asarray(entries, dtype=np.int64)
+        where = at // MERKLE_CHUNK
+        total = np.zeros(at.size, dtype=np.uint64)
         for j in survivors:
             if j == me:
                 root, digest = self._commits[request][:2]
@@ -222,14 +224,18 @@ class SiteSession:
                 seed = b""
             if len(seed) != KEY_BYTES or _seed_digest(seed) != digest:
                 raise refuse(f"site '{j}''s self-mask seed")
-            stream = _stream(seed, entries[-1] + 1)
-            for k in entries:
-                index = k // MERKLE_CHUNK
-                part = (chunks.get(j) or {}).get(str(index))
-                if not part or not merkle_check(root, np.asarray(part["values"]), index, list(part["path"]), size):
+            values = np.zeros(at.size, dtype=np.uint64)
+            for index in np.unique(where):
+                part = (chunks.get(j) or {}).get(str(int(index))) or {}
+                try:
+                    chunk = np.asarray(part.get("values"), dtype=np.uint64).ravel()
+                except (TypeError, ValueError, OverflowError):
+                    chunk = np.zeros(0, dtype=np.uint64)
+                if not merkle_check(root, chunk, int(index), list(part.get("path") or []), size):
                     raise refuse(f"site '{j}''s masked entries")
-                with np.errstate(over="ignore"):
-                    total[k] = total[k] + np.asarray(part["values"], dtype=np.uint64)[k % MERKLE_CHUNK] - stream[k]
+                values[where == index] = chunk[at[where == index] % MERKLE_CHUNK]
+            with np.errstate(over="ignore"):
+                total = total + values - _stream(seed, int(at[-1]) + 1)[at]
         for d in dropped:
             try:
                 key = X25519PrivateKey.from_private_bytes(_unb64((proof.get("dropped") or {}).get(d)))
@@ -238,11 +244,11 @@ class SiteSession:
             if key is None or _raw_public(key) != _key_bytes(d, self.peers[d]["s"][request]):
                 raise refuse(f"dropped site '{d}''s mask key")
             for j in survivors:
-                m = pair_mask(key, self.peers[j]["s"][request], d, j, job=job, request=request, length=entries[-1] + 1)
+                m = pair_mask(key, self.peers[j]["s"][request], d, j, job=job, request=request,
+                              length=int(at[-1]) + 1)[at]
                 with np.errstate(over="ignore"):
-                    for k in entries:
-                        total[k] = total[k] - m[k] if j < d else total[k] + m[k]
-        return {k: int(np.asarray(v, dtype=np.uint64).view(np.int64)) for k, v in total.items()}
+                    total = total - m if j < d else total + m
+        return dict(zip((int(k) for k in at), (int(v) for v in total.view(np.int64))))
 
     def reveal(self, me: str, request: int) -> str:
         """This site's mask key of ``request``, for a coordinator whose sum of it failed its screen: with it

@@ -12,16 +12,18 @@ securely (``secure_updates``: ``training.aggregation = "mean"``), without a site
   masked release arrived and merges it as the release of that many sites (``KEY_N_SITES``: the sum carries
   each one's noise, sqrt(k) times one release's, as without secure aggregation).
 - the garbage screen (``fedtab.federation.screening``) compares a site's release with the other sites';
-  the coordinator no longer can. It sends the sum to the sites in it (``SCREEN``); each site reads the
-  others' counts as the sum less its own release and runs ``screening.verdict`` on its own release. An
+  the coordinator no longer can. It proves the sum to each site in it (``SCREEN``: every survivor's
+  masked vector and self-mask seed, checked against the commitments each site encrypted to the others when
+  it masked, ``secagg.entry_proof``); each site computes the sum itself, reads the others' counts as the
+  sum less its own release and runs ``screening.verdict`` on its own release. An
   honest site answers one bit. A site that finds its table random values says so and sends its release
   (the one it masked: a DP release on its ledger already); the coordinator runs the verdict again on it,
   leaves the site out (``agreement.leave_out``, ``training.min_sites``) and takes its release off the sum.
-  A site screens once per job, with the plan of its own release: a coordinator sending made-up sums
-  would learn a bit of its release each time. One that makes up the sum can still make a small site,
-  whose noisy histograms cannot be told from uniform, name itself and send its release: a DP release on
-  its ledger, but then not only summed. A site's own code can lie about its verdict and its release, as
-  it can about anything it sends.
+  A site screens once per job, with the plan of its own release: a coordinator asking again would learn
+  a bit of its release each time. A coordinator cannot make up the sum (or the number of sites in it,
+  which the site takes from its own unmasking) to make a small site, whose noisy histograms cannot be
+  told from uniform, name itself and send its release. A site's own code can lie about its verdict and
+  its release, as it can about anything it sends.
 - why full noise and not the measurements' distributed noise: the site's own row estimate (its training
   plan, the weight of a masked update) and its verdict are post-processing of its own release only when
   that release carries the noise its ledger records.
@@ -52,7 +54,7 @@ from fedtab.errors import FederationError
 
 SUMMED = "secure sum"  # the one release the coordinator merges in place of the sites'
 SCREEN = "garbage screen"  # the encoding request in which each site screens its own release
-WIRE = ("masked", "b_shares", "keys", "shapes", "sigma")  # a masked reply's own fields
+WIRE = ("masked", "b_shares", "keys", "shapes", "sigma", "commits")  # a masked reply's own fields
 
 
 def summed_histograms(job, plan, *, updates: bool) -> bool:
@@ -87,23 +89,28 @@ def count_keys(release: dict[str, Any]) -> list[str]:
 
 
 # -- at a site ----------------------------------------------------------------------------------------
-def masked(site: str, reply: dict[str, Any], keys: list[str], session, secure: dict) -> dict[str, Any]:
+def masked(site: str, reply: dict[str, Any], keys: list[str], session, secure: dict, *,
+           commit: bool = False) -> dict[str, Any]:
     """``reply`` with its values under ``keys`` masked for the request ``secure`` names, the rest in the
-    clear (the encoding's masked replies: the histograms' counts, every two-way table)."""
+    clear (the encoding's masked replies: the histograms' counts, every two-way table). ``commit``: with
+    the site's commitments to its masked vector (``secagg.SiteSession.mask``), so that the sum can be
+    proven to it (the histograms' screen)."""
     values = [np.asarray(reply[k], dtype=np.float64) for k in keys]
     masked_values, b_shares = session.mask(values, me=site, request=secure["request"],
-                                           sites=secure.get("sites") or [], job=str(secure.get("job", "")))
+                                           sites=secure.get("sites") or [], job=str(secure.get("job", "")),
+                                           commit=commit)
+    commits = {"commits": session.commit_boxes.pop(secure["request"])} if commit else {}
     return {**{k: v for k, v in reply.items() if k not in keys}, "masked": masked_values, "b_shares": b_shares,
-            "keys": list(keys), "shapes": [list(np.shape(v)) for v in values], "sigma": 0.0}
+            "keys": list(keys), "shapes": [list(np.shape(v)) for v in values], "sigma": 0.0, **commits}
 
 
 def masked_release(site: str, reply: dict[str, Any], state: dict, session, secure: dict, *,
                    plan: dict[str, Any]) -> dict[str, Any]:
     """The site's histogram reply with its counts masked; the release itself and the plan it was made
     for are kept in the site's state for its screen (``screen_reply``)."""
-    state["histogram_release"] = {"release": reply, "plan": plan}
+    state["histogram_release"] = {"release": reply, "plan": plan, "request": int(secure["request"])}
     state.pop("screened", None)
-    return masked(site, reply, count_keys(reply), session, secure)
+    return masked(site, reply, count_keys(reply), session, secure, commit=True)
 
 
 def masked_domain(site: str, reply: dict[str, Any], session, secure: dict) -> dict[str, Any]:
@@ -117,8 +124,12 @@ def masked_domain(site: str, reply: dict[str, Any], session, secure: dict) -> di
     return masked(site, reply, count_keys(reply), session, secure)
 
 
-def screen_reply(site: str, body: dict[str, Any], state: dict) -> dict[str, Any]:
-    """The site's verdict on its own histogram release against the others' (the sum less its own)."""
+def screen_reply(site: str, body: dict[str, Any], state: dict, session) -> dict[str, Any]:
+    """The site's verdict on its own histogram release against the others' (the sum less its own). The
+    sum is the one the site computes from the coordinator's proof (``secagg.SiteSession.proven_entries``:
+    every survivor's masked vector, self-mask seed and the dropped sites' keys, each checked against what
+    it committed to), over the survivors it unmasked with: a coordinator cannot make up the sum, or the
+    number of sites in it, to make a real site's release read as random values and leave."""
     from fedtab.federation import screening
     from fedtab.federation.encoding import plan_from_dict
     from fedtab.transform.plan import F_COUNTS, wire_key
@@ -132,12 +143,15 @@ def screen_reply(site: str, body: dict[str, Any], state: dict) -> dict[str, Any]
                               "refused (each answer tells a bit of its release)", public=True)
     own = kept["release"]
     keys = count_keys(own)
-    total = body.get("sum") or {}
-    if sorted(total) != keys or any(np.shape(total[k]) != np.shape(own[k]) for k in keys):
-        raise FederationError(f"site '{site}': the sum to screen against is not the sum of its release's counts",
-                              public=True)
+    sizes = [int(np.size(own[k])) for k in keys]
+    proven = session.proven_entries(site, kept["request"], range(sum(sizes)), body.get("proof") or {})
+    flat = np.array([proven[i] for i in range(sum(sizes))], dtype=np.float64)
+    total, start = {}, 0
+    for k, n in zip(keys, sizes):
+        total[k] = flat[start:start + n].reshape(np.shape(own[k]))
+        start += n
     state["screened"] = True
-    n_sites = int(body.get("n_sites", 0))
+    n_sites = len(session.survivors(kept["request"]))
     if n_sites < screening.MIN_SITES:
         return {"garbage": False}
     plan = plan_from_dict(kept["plan"])  # its own release's plan, not one the screen request names
@@ -169,10 +183,11 @@ def summed_release(total: list[np.ndarray], replies: dict[str, dict[str, Any]], 
     return {**first, **counts, **({KEY_N_SITES: len(replies)} if full_noise else {})}
 
 
-def screen(ask, plan, release: dict[str, Any], sites: list[str], *, min_sites: int,
+def screen(ask, plan, release: dict[str, Any], sites: list[str], *, prove, min_sites: int,
            progress=None) -> tuple[list[str], dict[str, Any]]:
     """The sites' screens of their own releases against ``release`` (the sum over ``sites``): (the sites
-    left out, the sum less their releases). ``ask(body)`` returns the replies of the sites that answered."""
+    left out, the sum less their releases). ``ask(bodies)`` returns the replies of the sites that answered;
+    ``prove(site)`` what proves the sum to that site (``marginals.SecureRounds.prove_last``)."""
     from fedtab.federation import screening
     from fedtab.federation.agreement import leave_out
     from fedtab.transform.plan import F_COUNTS, KEY_N_SITES, wire_key
@@ -180,7 +195,7 @@ def screen(ask, plan, release: dict[str, Any], sites: list[str], *, min_sites: i
     if len(sites) < screening.MIN_SITES:
         return [], release
     keys = count_keys(release)
-    replies = ask({"phase": SCREEN, "sum": {k: release[k] for k in keys}, "n_sites": len(sites)})
+    replies = ask({s: {"phase": SCREEN, "proof": prove(s)} for s in sites})
     named, theirs = {}, {}
     for site, reply in sorted(replies.items()):
         if site not in sites or not reply.get("garbage"):

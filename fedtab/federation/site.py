@@ -257,7 +257,9 @@ class SiteWorker:
         from fedtab.federation import encoding, secure_encoding
 
         if body.get("phase") == secure_encoding.SCREEN:  # its own release against the others': nothing spent
-            return secure_encoding.screen_reply(self.name, body, state)
+            from fedtab.federation.marginals import site_session
+
+            return secure_encoding.screen_reply(self.name, body, state, site_session(self.name, state, self._cache))
         self._only_masked(body, "its encoding statistics")
         state["schema"] = TableSchema.from_dict(body["schema"]).to_json()
         train, _ = self._frames(state)
