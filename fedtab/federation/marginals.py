@@ -603,6 +603,7 @@ class SecureRounds:
                       "s_shares": {d: [o["s"][d] for o in opened.values()] for d in dropped},
                       "request": r, "real": real, "bits": bits}
         self._commits = {s: dict(replies[s].get("commits") or {}) for s in survivors}
+        self._proofs: dict[tuple, dict] = {}  # the proofs' common part, by entries (``prove_last``)
         total = secagg.unmask_sum(peers=self.peers, job=self.job, **self._last)
         self.alive = survivors
         return total, {s: replies[s] for s in survivors}
@@ -613,8 +614,10 @@ class SecureRounds:
         last = self._last or {}
         if entries is None:
             entries = list(range(int(sum(int(np.prod(s)) for s in last["shapes"]))))
+        # the chunks, seeds and keys are the same for every site: rebuilt once per request and entries
+        common = self._proofs.setdefault(tuple(entries), {})
         return secagg.entry_proof(last["masked"], entries, b_shares=last["b_shares"], s_shares=last["s_shares"],
-                                  dropped=last["dropped"], commits=self._commits, to=to)
+                                  dropped=last["dropped"], commits=self._commits, to=to, common=common)
 
     def open_last(self, keys: dict[str, str]):
         """Each survivor's own input of the last request, opened with the mask keys the sites revealed

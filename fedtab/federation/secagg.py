@@ -404,11 +404,20 @@ def open_inputs(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ..
 
 def entry_proof(masked: Mapping[str, np.ndarray], entries: Sequence[int], *, b_shares: Mapping[str, list[str]],
                 s_shares: Mapping[str, list[str]], dropped: Sequence[str], commits: Mapping[str, Mapping[str, str]],
-                to: str) -> dict:
+                to: str, common: dict | None = None) -> dict:
     """What the coordinator sends site ``to`` to prove ``entries`` of an unmasked sum
     (``SiteSession.proven_entries``): each survivor's masked chunks holding them with their Merkle paths,
-    each survivor's rebuilt self-mask seed, each dropped site's rebuilt mask key, and the commitments the
-    survivors encrypted to ``to``."""
+    each survivor's rebuilt self-mask seed, each dropped site's rebuilt mask key (the same for every site:
+    computed once into ``common`` where given), and the commitments the survivors encrypted to ``to``."""
+    survivors = sorted(masked)
+    if common is None or not common:
+        common = {} if common is None else common
+        common.update(_proof_common(masked, entries, b_shares=b_shares, s_shares=s_shares, dropped=dropped))
+    return {**common, "commits": {j: (commits.get(j) or {}).get(to) for j in survivors if j != to}}
+
+
+def _proof_common(masked: Mapping[str, np.ndarray], entries: Sequence[int], *, b_shares: Mapping[str, list[str]],
+                  s_shares: Mapping[str, list[str]], dropped: Sequence[str]) -> dict:
     lagrange: dict = {}
     survivors = sorted(masked)
     indices = sorted({int(k) // MERKLE_CHUNK for k in entries})
@@ -420,8 +429,7 @@ def entry_proof(masked: Mapping[str, np.ndarray], entries: Sequence[int], *, b_s
                               "path": _merkle_path(levels, i)} for i in indices}
     return {"chunks": chunks,
             "seeds": {j: _b64(_combine(b_shares.get(j), j, lagrange)) for j in survivors},
-            "dropped": {d: _b64(_combine(s_shares.get(d), d, lagrange)) for d in sorted(dropped)},
-            "commits": {j: (commits.get(j) or {}).get(to) for j in survivors if j != to}}
+            "dropped": {d: _b64(_combine(s_shares.get(d), d, lagrange)) for d in sorted(dropped)}}
 
 
 # Commitments to a masked vector: a Merkle tree over chunks of ``MERKLE_CHUNK`` entries (SHA-256, leaves and
