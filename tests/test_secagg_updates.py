@@ -6,7 +6,11 @@ Claims, each with an attack or a broken control:
   reading finds each site's update exactly (the control);
 - the secure mean equals the plain row-weighted mean of the same updates, to the fixed point's rounding;
 - a site lost mid-round leaves the survivors' mean;
-- the trimmed mean turns the secure sum of updates off, and the coordinator says so.
+- the trimmed mean turns the secure sum of updates off, and the coordinator says so;
+- a round whose sum fails is opened site by site (``training.on_failed_sum = "screen_each"``) only once
+  its failure is proven to each site: the attacks of forged entries, chunks, seeds and commitments, and of
+  an honest sum claimed failed, are refused, no key leaving; a site that masks another update than it
+  keeps is named all the same.
 """
 
 from __future__ import annotations
