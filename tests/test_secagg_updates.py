@@ -569,6 +569,25 @@ def test_a_coordinator_cannot_make_a_site_reveal_its_key_for_a_sum_that_passes(m
         secure_updates.revealed("a", {**ask, "proof": proof}, states["a"], sessions["a"])
 
 
+def test_a_hostile_site_that_keeps_its_key_is_opened_with_the_others_and_named(monkeypatch):
+    """A site that masks x100 and then refuses to reveal its mask key: the three other sites' keys open its
+    update all the same; it is named and left out, and the job goes on."""
+    _scaled_at(monkeypatch, masked_only=True)
+    revealed = secure_updates.revealed
+
+    def hostile(site, body, state, session):
+        if site == "west":
+            raise FederationError("site 'west' keeps its key", public=True)
+        return revealed(site, body, state, session)
+
+    monkeypatch.setattr(secure_updates, "revealed", hostile)
+    events = []
+    synth = _fit(monkeypatch, min_sites=3, events=events, on_failed_sum="screen_each")
+    [left] = [e for e in events if e.startswith("round 1: left out 1 site ('west'); going on with 3 of 4")]
+    assert "its update cannot be averaged" in left
+    assert [sorted(r.epsilon) for r in synth.result_.history] == [["east", "north", "south"]] * 2
+
+
 def test_a_coordinator_that_claims_an_honest_sum_failed_gets_no_key(monkeypatch):
     """The attack, end to end: a coordinator that says an honest round's sum failed (its screen patched
     to say so) and names an entry of it to open every update. Each site computes the proven entry, finds it
