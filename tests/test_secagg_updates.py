@@ -596,7 +596,7 @@ def test_a_coordinator_that_claims_an_honest_sum_failed_gets_no_key(monkeypatch)
     their keys and the coordinator opens every update of an honest round."""
     real_screen = secure_updates.screen_sum
     monkeypatch.setattr(secure_updates, "screen_sum", lambda *a, **k: real_screen(*a, **k) or "made up")
-    with pytest.raises(FederationError, match="round 1: made up"):
+    with pytest.raises(FederationError, match="round 1: made up; no entry of the sum is beyond the bound each site"):
         _fit(monkeypatch, epsilon=2.0, on_failed_sum="screen_each")
     assert not _shown(_Recording.messages)  # nothing to prove: not one key asked for
     monkeypatch.setattr(secure_updates, "failing_entry", lambda *a, **k: 0)

@@ -325,7 +325,11 @@ def _opened_round(transport: Transport, job: JobSpec, state: TrainingState, roun
     setup = training.setup_body(job, TableTransformer.from_dict(state.encoding), plan_rows=_plan_rows(state))
     entry = secure_updates.failing_entry(failed, state.weights, setup)
     if entry is None:  # within the bound a site can check: the sites would refuse their keys
-        raise failed
+        raise FederationError(
+            f"round {round_index + 1}: {failed.why}; no entry of the sum is beyond the bound each site can check "
+            "itself (a round of one site holding all the summed rows), so the failure cannot be proven to the "
+            "sites and no update can be opened (training.on_failed_sum): the run stops. 'training.aggregation = "
+            "\"trimmed_mean\"' screens each site's update every round.")
     _notify(progress, "phase", name=f"round {round_index + 1}: the secure sum failed its screen ({failed.why}); as "
                                     f"the job allows (training.on_failed_sum = \"screen_each\"), the {len(asked)} "
                                     "sites in it check the failure, reveal this round's mask keys, and each site's "
