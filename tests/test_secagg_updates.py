@@ -547,7 +547,8 @@ def test_a_site_reveals_its_mask_key_only_where_its_job_allows_after_the_sum_was
     ("chunk", "site 'b''s masked entries"),  # a masked value altered to fake a failure
     ("seed", "site 'b''s self-mask seed"),
     ("commit", "a relayed share is missing or does not decrypt"),  # b's commitment replaced by a's
-    ("honest", "the sum it proves passes its screen")])  # an honest sum, its entry proven
+    ("honest", "the sum it proves passes its screen"),  # an honest sum, its entry proven
+    ("weight", "the sum's weight it proves is a row count")])  # its weight named as the failing entry
 def test_a_coordinator_cannot_make_a_site_reveal_its_key_for_a_sum_that_passes(monkeypatch, forged, match):
     """The attack: a coordinator that claims a failed sum to open every update. Each part of its proof is
     checked against what the sites committed to (encrypted to this site: the coordinator can neither read
@@ -556,7 +557,7 @@ def test_a_coordinator_cannot_make_a_site_reveal_its_key_for_a_sum_that_passes(m
     leaves. The control (the true failing entry, proven) is in the test above."""
     sessions, _, states, masked, ask = _failed_round(monkeypatch, hostile=0.001 if forged == "honest" else 100.0)
     b_shares = _unmask_all(sessions, states, masked)
-    proof = _proof(masked, b_shares, "a", entry=1 if forged == "entry" else 0)
+    proof = _proof(masked, b_shares, "a", entry={"entry": 1, "weight": 3}.get(forged, 0))
     if forged == "chunk":
         values = proof["chunks"]["b"]["0"]["values"].copy()
         values[0] = values[0] + np.uint64(1 << 40)
@@ -585,6 +586,24 @@ def test_a_hostile_site_that_keeps_its_key_is_opened_with_the_others_and_named(m
     synth = _fit(monkeypatch, min_sites=3, events=events, on_failed_sum="screen_each")
     [left] = [e for e in events if e.startswith("round 1: left out 1 site ('west'); going on with 3 of 4")]
     assert "its update cannot be averaged" in left
+    assert [sorted(r.epsilon) for r in synth.result_.history] == [["east", "north", "south"]] * 2
+
+
+def test_a_site_whose_weight_breaks_the_sum_is_named_once_the_weight_is_proven(monkeypatch):
+    """A hostile site that weights its update by -10,000 rows: the sum's weight is no row count, which the
+    coordinator proves with the weight's entry alone; the sites reveal their keys and the site is named."""
+    mask = secagg.SiteSession.mask
+
+    def hostile(session, values, *, me, **kw):
+        if me == "west" and kw.get("commit"):
+            values = [*values[:-1], np.concatenate([[-1e4], np.asarray(values[-1])[1:]])]
+        return mask(session, values, me=me, **kw)
+
+    monkeypatch.setattr(secagg.SiteSession, "mask", hostile)
+    events = []
+    synth = _fit(monkeypatch, min_sites=3, events=events, epsilon=2.0, on_failed_sum="screen_each")
+    [left] = [e for e in events if e.startswith("round 1: left out 1 site ('west')")]
+    assert "weight is not a row count" in left
     assert [sorted(r.epsilon) for r in synth.result_.history] == [["east", "north", "south"]] * 2
 
 

@@ -316,9 +316,7 @@ def _opened_round(transport: Transport, job: JobSpec, state: TrainingState, roun
     screens them one by one as a plain round does (``aggregation.screen_update``). A site whose update fails,
     or whose update cannot be opened, is named and left out of this and every later round (the later rounds
     are summed again); the round's mean is the others' sum over their weights, as a secure round's."""
-    from fedtab.federation import secure_updates
-
-    from fedtab.federation import training
+    from fedtab.federation import secure_updates, training
     from fedtab.transform.table import TableTransformer
 
     asked = sorted(failed.replies)

@@ -228,13 +228,15 @@ def proven_failure(site: str, body: dict, state: dict, session: secagg.SiteSessi
     proof = body.get("proof") or {}
     names, offsets = layout(body["weights"])
     entry, at_weight = int(proof.get("entry", -1)), offsets[-1]
-    if not 0 <= entry < at_weight:
+    if not 0 <= entry <= at_weight:
         return "the coordinator names no entry of the update to prove its sum's failure with"
     values = session.proven_entries(site, request, [entry, at_weight], proof)
     scale = float(1 << secagg.UPDATE_BITS)
     weight = values[at_weight] / scale
     if not np.isfinite(weight) or weight <= 0.5:
         return None  # the sum's weight is not a row count: a failure the site computed itself
+    if entry == at_weight:
+        return "the sum's weight it proves is a row count: the coordinator may open updates only of a sum that fails"
     name = names[int(np.searchsorted(offsets, entry, side="right")) - 1]
     bound = round_bounds(state["training"], weight).get(name)
     rounding = len(session.survivors(request)) * 0.5 / scale
