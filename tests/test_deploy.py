@@ -151,6 +151,34 @@ def test_a_site_refuses_to_train_a_recorded_round_on_another_model(tmp_path, syn
     assert book_rounds(tmp_path, "cleveland", job) == ["training/round 1"]
 
 
+def test_a_failed_sums_key_request_passes_the_site_services_round_guard(tmp_path, synth, monkeypatch):
+    """Found by the real-process test (tests/test_deploy_integrity_e2e.py): after a failed secure sum the
+    coordinator asks each site for its mask key of that round, a training request that trains nothing; the
+    site service took it for a second training of a recorded round and refused it, so a deployment stopped
+    where the in-process run named the hostile site. Here switzerland masks its update x100: it is named
+    and left out, and no site spends a round twice."""
+    from fedtab.federation import secure_updates
+
+    masked_reply = secure_updates.masked_reply
+
+    def hostile(site, body, reply, state, session):
+        if site == "switzerland":
+            glob = body["weights"]
+            reply = {**reply, "weights": {k: glob[k] + 100.0 * (v - glob[k]) if np.issubdtype(v.dtype, np.floating)
+                                          else v for k, v in reply["weights"].items()}}
+        return masked_reply(site, body, reply, state, session)
+
+    monkeypatch.setattr(secure_updates, "masked_reply", hostile)
+    job = replace(synth._job(), training=replace(synth._job().training, rounds=2, min_sites=2))
+    events: list[str] = []
+    result = run_federation(ServiceTransport(services(tmp_path)), job,
+                            progress=lambda e, info: events.append(info.get("name", "")))
+    assert any(e.startswith("round 1: left out 1 site ('switzerland')") for e in events), events
+    assert [sorted(r.epsilon) for r in result.history] == [["cleveland", "hungary"]] * 2
+    assert book_rounds(tmp_path, "cleveland", job) == ["training/round 1", "training/round 2"]
+    assert book_rounds(tmp_path, "switzerland", job) == ["training/round 1"]
+
+
 def test_a_site_lost_mid_training_leaves_the_others_going_and_its_ledger_exact(tmp_path, synth, reference):
     job = replace(synth._job(), training=replace(synth._job().training, min_sites=2))
 

@@ -6,7 +6,9 @@
 - a site that calls itself "hungary" but holds cleveland's registered key is refused as an impostor,
   the real hungary trains, and the model names exactly the sites admitted;
 - a site killed mid-round is noticed within seconds (the round's time is printed) and the model
-  still names every site whose releases are in it.
+  still names every site whose releases are in it;
+- a site whose own code masks its update x100 is named and left out (issue 22 part 5): the failed sum is
+  proven to each site and opened with the round's mask keys, over Flower.
 
 Every process a test starts leads its own process group and is stopped by that group's id.
 """
@@ -285,3 +287,58 @@ def test_the_coordinator_joins_an_already_running_superlink_and_leaves_it_runnin
     assert "starting the SuperLink" not in (tmp_path / "coordinator.log").read_text()
     # A stock SuperLink refuses fedtab's 5 s heartbeat: each site falls back to Flower's 10 s floor, once.
     assert (tmp_path / "site-cleveland.log").read_text().count("takes heartbeats no shorter than 10 s") == 1
+
+
+# The hostile site's own code (loaded at its interpreter's start through PYTHONPATH: its site service masks
+# every training round's update x100, and keeps its honest one).
+HOSTILE_SITE = '''import numpy as np
+
+from fedtab.federation import secure_updates
+
+_masked_reply = secure_updates.masked_reply
+
+
+def _hostile(site, body, reply, state, session):
+    glob = body["weights"]
+    weights = {k: (glob[k] + 100.0 * (np.asarray(v) - glob[k])).astype(np.asarray(v).dtype)
+               if np.issubdtype(np.asarray(v).dtype, np.floating) else v for k, v in reply["weights"].items()}
+    return _masked_reply(site, body, {**reply, "weights": weights}, state, session)
+
+
+secure_updates.masked_reply = _hostile
+'''
+
+
+def test_a_hostile_site_that_masks_a_scaled_update_is_named_in_a_real_deployment(keyed):
+    """Issue 22 part 5 with real processes: switzerland's site code masks its update x100. The round's
+    secure sum fails, the coordinator proves the failure to each site, the sites reveal their mask keys of
+    that round (over Flower, one proof per site), the coordinator opens each update in the sum, names
+    switzerland and goes on with the two others; the later rounds are secure sums again."""
+    port = processes.free_port()
+    sites = {s: (s, s) for s in ("cleveland", "hungary", "switzerland")}
+    write_consortium(keyed, port, sites, extra='[model]\nname = "tvae"', min_sites=2)
+    text = (keyed / "consortium.toml").read_text().replace("[training]\n", "[training]\nrounds = 3\n")
+    (keyed / "consortium.toml").write_text(text)
+    hostile = keyed / "hostile-code"
+    hostile.mkdir()
+    (hostile / "sitecustomize.py").write_text(HOSTILE_SITE)
+    started: list[subprocess.Popen] = []
+    try:
+        coord = processes.start(coordinator(port), keyed / "coordinator.log", cwd=keyed)
+        started.append(coord)
+        for s in sites:
+            env = {"PYTHONPATH": os.pathsep.join([str(hostile), os.environ.get("PYTHONPATH", "")])} \
+                if s == "switzerland" else None
+            started.append(processes.start([*FEDTAB, "site", "--config", f"{s}.toml"], keyed / f"site-{s}.log",
+                                           cwd=keyed, env=env))
+        rc = coord.wait(timeout=500)
+    finally:
+        processes.stop_all(started)
+    log = (keyed / "coordinator.log").read_text()
+    assert rc == 0, log[-3000:]
+    assert "round 1: left out 1 site ('switzerland')" in log and "its update cannot be averaged" in log, log[-3000:]
+    from fedtab.api import load
+
+    model = load(keyed / "model.fedtab")
+    assert [sorted(h.epsilon) for h in model.history_] == [["cleveland", "hungary"]] * 3
+    assert sorted(model.ledgers_) == ["cleveland", "hungary", "switzerland"]  # its encoding is in the model

@@ -128,8 +128,10 @@ class SiteService:
             replies = dict(work.get("replies", {}))
             if key in replies:
                 return replies[key]["reply"]
-            if (kind == TRAIN and int(body["round"]) + 1 in _rounds_in_ledger(self.worker, work)
-                    and secure_updates.recorded(body, work) is None):  # (a recorded update is masked again, unspent)
+            # A recorded update is masked again, unspent; a failed sum's key request (``show``) trains nothing.
+            if (kind == TRAIN and not body.get("show")
+                    and int(body["round"]) + 1 in _rounds_in_ledger(self.worker, work)
+                    and secure_updates.recorded(body, work) is None):
                 raise FederationError(
                     f"site '{self.worker.name}' already trained round {int(body['round']) + 1} of this job on "
                     "another global model; refusing to spend its budget on that round twice", public=True)

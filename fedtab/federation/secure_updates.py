@@ -361,8 +361,9 @@ def train_round(ask_train, rounds, body: dict, state, *, bounds: dict[str, dict[
         raise SumFailed(
             f"round {round_index + 1}: {why}. Under secure aggregation the coordinator sees only the sum, so the "
             "site whose update is broken or hostile cannot be named; 'training.on_failed_sum = \"screen_each\"' "
-            "(the default) lets it see the updates of a round whose sum fails, and 'training.aggregation = "
-            "\"trimmed_mean\"' screens (and trims) each site's update every round.", why=why, replies=replies,
+            "(the default) lets it open the updates of a round whose sum fails, once each site has checked the "
+            "failure, and 'training.aggregation = \"trimmed_mean\"' screens (and trims) each site's update every "
+            "round.", why=why, replies=replies,
             total=[*total, np.asarray([weight])])
     # The mean: over the weights the sites used (the summed weight), which a site lost mid-job leaves exact.
     return mean_of_sum(total, names, state.weights, weight), replies, losses
