@@ -392,6 +392,8 @@ class FederatedSynthesizer:
             "training": {"rounds": job.training.rounds, "local_epochs": job.training.local_epochs,
                          "batch_size": job.training.batch_size, "max_grad_norm": job.training.max_grad_norm,
                          "aggregation": job.training.aggregation, "on_failed_sum": job.training.on_failed_sum},
+            # public declarations, part of the job the sites accepted where a sum over them may be opened
+            "site_rows_at_most": dict(job.site_rows_at_most),
             "ledgers": self.result_.ledgers, "noise_multipliers": self.result_.noise_multipliers,
             # The sites that died before the job ended: theirs is the last ledger seen before they dropped
             # out (every release of theirs in this model is in it), not the final one they hold.
@@ -474,7 +476,8 @@ def from_bundle(b: ModelBundle, *, source: str = "model file") -> FederatedSynth
             on_failed_sum=m["training"].get("on_failed_sum", "stop"),  # files from before the setting: "stop"
             seed=m["seed"], schema=TableSchema.from_dict(m["schema"]),
             missing_markers=tuple(m["missing_markers"]), holdout=m["holdout"], model_options=m["model_options"],
-            site_column=m["encoding"]["config"]["plan"].get("site_column"))
+            site_column=m["encoding"]["config"]["plan"].get("site_column"),
+            site_rows_at_most=m.get("site_rows_at_most") or None)
         history = tuple(RoundRecord(**h) for h in m["history"])
         result = FederationResult(schema=TableSchema.from_dict(m["schema"]), encoding=m["encoding"],
                                   weights=b.weights, ledgers=m["ledgers"], history=history,

@@ -3,7 +3,8 @@
 Attack: hostile code at one site of four multiplies every count it releases by 10 (masked under secure
 aggregation, in the clear without it), while its encoding releases stay honest. With secure aggregation
 the sum fails the check and the job stops (no site can be named); without it the site is named and left
-out, and ``training.min_sites`` lets the job go on. Controls: honest consortia (DP with and without secure
+out, and ``training.min_sites`` lets the job go on. Against declared site sizes under secure aggregation a
+sum over the declarations is proven to each site and opened, and the site over its own is named. Controls: honest consortia (DP with and without secure
 aggregation, and non-DP) pass; with the check off (the broken control) the inflated job completes.
 """
 
@@ -126,11 +127,12 @@ def _inflate_all(monkeypatch, *, secure: bool, site: str = HOSTILE, factor: floa
     monkeypatch.setattr(marginals, "site_measure", inflated_measure)
 
 
-def _fit_declared(*, secure: bool, declared: dict | None, events: list | None = None, min_sites: int | None = None):
+def _fit_declared(*, secure: bool, declared: dict | None, events: list | None = None, min_sites: int | None = None,
+                  **kw):
     synth = fedtab.FederatedSynthesizer("mst", schema=SCHEMA, secure_aggregation=secure, min_sites=min_sites,
                                         epsilon=1.0, delta=1e-5, site_rows_at_most=declared,
                                         progress=(lambda e, info: events.append((e, info))) if events is not None
-                                        else None)
+                                        else None, **kw)
     return synth.fit(_four_sites(600))
 
 
@@ -144,10 +146,66 @@ def test_broken_control_a_site_inflating_everything_passes_every_consistency_che
     assert synth.sample(50, seed=0).shape[0] == 50
 
 
-def test_against_declared_sizes_an_inflating_site_stops_a_secure_sum(monkeypatch):
+def test_against_declared_sizes_an_inflating_site_stops_a_secure_sum_under_stop(monkeypatch):
     _inflate_all(monkeypatch, secure=True)
     with pytest.raises(FederationError, match="declares for these 4 sites.*cannot say which site"):
+        _fit_declared(secure=True, declared=DECLARED, on_failed_sum="stop")
+
+
+def test_against_declared_sizes_an_inflating_site_under_secure_aggregation_is_named_once_the_sum_is_opened(
+        monkeypatch):
+    """The default (``on_failed_sum = "screen_each"``, the declarations public in the job): the secure sum
+    of the histograms counts more than the declarations; each site checks that from the coordinator's
+    proof and reveals its mask key; the coordinator opens each site's histograms (a DP release each, at
+    full noise) and names the site over its own declaration. With ``min_sites`` 3 the job goes on without
+    it; with every site required it stops, naming it."""
+    _inflate_all(monkeypatch, secure=True)
+    events: list = []
+    synth = _fit_declared(secure=True, declared=DECLARED, events=events, min_sites=3)
+    left = [info for e, info in events if e == "phase" and info.get("dropped")]
+    assert [info["dropped"] for info in left] == [[HOSTILE]], left
+    assert left[0]["name"].startswith("the declared site sizes: left out 1 site ('west')")
+    assert "more than the 700 the consortium declares for it" in left[0]["name"]
+    assert sorted(synth.result_.ledgers) == ["east", "north", "south"]  # its histograms taken off the sum
+    assert synth.sample(50, seed=0).shape[0] == 50
+    with pytest.raises(FederationError, match="the declared site sizes: 1 site \\('west'\\) cannot go on"):
         _fit_declared(secure=True, declared=DECLARED)
+
+
+def test_a_site_reveals_its_histograms_key_only_for_a_sum_it_finds_over_the_declarations():
+    """The attack: a coordinator that says the sum is over the declared sizes to open every site's
+    histograms. The site computes the sum from the proof and checks it against the declarations in the job
+    it accepted: within them it refuses; where the job does not allow opening it refuses. The control:
+    declarations the sum exceeds, the key is revealed."""
+    from tests.test_garbage_site import _masked_histograms, _screen_proof
+
+    sessions, states, replies, b_shares, _, size = _masked_histograms()
+    proof = {"phase": secure_encoding.OPEN, "proof": _screen_proof(replies, b_shares, size, "north")}
+    state = states["north"]
+    with pytest.raises(FederationError, match="does not open a sum over the declared site sizes"):
+        secure_encoding.open_reply("north", proof, state, sessions["north"])
+    state["job"] = {"show_histograms_over_declared_sizes": True, "rows_at_most": {s: 400 for s in sessions}}
+    with pytest.raises(FederationError, match="within the declared site sizes"):
+        secure_encoding.open_reply("north", proof, state, sessions["north"])
+    state["job"]["rows_at_most"] = {s: 100 for s in sessions}  # 300 rows a site
+    assert secure_encoding.open_reply("north", proof, state, sessions["north"])["mask_key"]
+
+
+def test_a_site_that_never_shows_its_histograms_refuses_a_job_that_may_open_them():
+    from fedtab.errors import PrivacyBudgetError
+
+    strict = {"west": fedtab.SitePolicy(show_updates=False)}
+    with pytest.raises(PrivacyBudgetError, match="site 'west' refuses the job \\(rule show_updates: it never shows "
+                                                 "its histograms"):
+        _fit_declared(secure=True, declared=DECLARED, site_policy=strict)
+    _fit_declared(secure=True, declared=DECLARED, site_policy=strict, on_failed_sum="stop")
+
+
+def test_the_model_file_keeps_the_declarations_so_the_job_is_the_one_the_sites_accepted(tmp_path):
+    synth = _fit_declared(secure=True, declared=DECLARED)
+    loaded = fedtab.load(synth.save(tmp_path / "m.fedtab"))
+    assert loaded.job_.site_job() == synth.job_.site_job()
+    assert synth.job_.site_job()["rows_at_most"] == DECLARED
 
 
 def test_against_declared_sizes_an_inflating_site_is_named_without_secure_aggregation(monkeypatch):

@@ -64,6 +64,15 @@ class JobSpec:
 
         return self.training.on_failed_sum == "screen_each" and secure_updates(self, n_sites=2)
 
+    @property
+    def opens_histograms_over_declared_sizes(self) -> bool:
+        """Whether a secure sum of the encoding's histograms that counts more rows than the consortium's
+        declared site sizes (``site_rows_at_most``) is opened site by site, once proven to each site, to name
+        the site over its declaration (``training.on_failed_sum = "screen_each"``); otherwise it stops."""
+        return bool(self.training.on_failed_sum == "screen_each" and self.site_rows_at_most
+                    and self.privacy.secure_aggregation and self.site_column is None
+                    and (is_measured(self.model) or self.training.aggregation == "mean"))
+
     def releases_in_the_clear(self) -> list[str]:
         """What this job sends the coordinator in the clear although secure aggregation is on (public, from
         the job alone; with it off, every release is): told to the sites with the schema request, so that a
@@ -94,6 +103,9 @@ class JobSpec:
                "epsilon": self.privacy.epsilon, "delta": self.privacy.delta, "site_column": self.site_column}
         if self.shows_updates_on_failed_sum:  # public in the job: no site shows an update otherwise
             job["show_update_on_failed_sum"] = True
+        if self.opens_histograms_over_declared_sizes:  # the declarations too: each site checks the sum itself
+            job["show_histograms_over_declared_sizes"] = True
+            job["rows_at_most"] = {str(k): int(v) for k, v in sorted(self.site_rows_at_most.items())}
         if not self.privacy.secure_aggregation:  # a site that requires it refuses the job at admission
             job["secure_aggregation"] = False
         return {**job, "job_id": self.job_id} if self.job_id else job
@@ -529,10 +541,27 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
         min_sites = job.training.min_sites or len(sites)
         caps = job.site_rows_at_most
         dropped: list[str] = []
+        opened = None  # each site's histograms, where a sum over the declared sizes was opened
         if caps and summed:
             why = screening.summed_oversize(plan, histogram[secure_encoding.SUMMED], caps, in_sum)
-            if why is not None:
+            if why is not None and not job.opens_histograms_over_declared_sizes:
                 raise FederationError(f"{screening.SIZES_WHERE}: {why}.")
+            if why is not None:
+                _notify(progress, "phase", name=f"{screening.SIZES_WHERE}: {why}; as the job allows "
+                                                "(training.on_failed_sum = \"screen_each\"), the sites check it and "
+                                                "reveal their mask keys, and each site's histograms are screened")
+                opened = secure_encoding.open_histograms(
+                    lambda bodies: _available(transport, ENCODE, bodies, errors=True), rounds, histogram, in_sum,
+                    why=f"{screening.SIZES_WHERE}: {why}.")
+                big = screening.oversized_sites(plan, opened, caps)
+                big.update({s: "its histograms cannot be opened" for s in in_sum if s not in opened})
+                if not big:
+                    raise FederationError(f"{screening.SIZES_WHERE}: {why}; no site's own histograms count more "
+                                          "than its declaration: the declarations are too small together")
+                dropped += leave_out(big, going_on=len(in_sum) - len(big), of=len(in_sum), min_sites=min_sites,
+                                     where=screening.SIZES_WHERE, progress=progress)
+                opened = {s: r for s, r in opened.items() if s not in dropped}
+                in_sum[:] = [s for s in in_sum if s not in dropped]
         elif caps:
             big = screening.oversized_sites(plan, histogram, caps)
             dropped += leave_out(big, going_on=len(histogram) - len(big), of=len(histogram), min_sites=min_sites,
@@ -541,7 +570,11 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
         note = screening.power_note(plan, histogram, summed=secure_encoding.SUMMED if summed else None)
         if note is not None:
             _notify(progress, "phase", name=note)
-        if summed:  # each site screens its own release against the sum (secure_encoding)
+        if opened is not None:  # the histograms were opened: screened as without secure aggregation
+            garbage = screening.leave_out_garbage(plan, opened, min_sites=min_sites, progress=progress)
+            histogram = {secure_encoding.SUMMED: secure_encoding.summed_releases(
+                histogram[secure_encoding.SUMMED], [r for s, r in opened.items() if s not in garbage])}
+        elif summed:  # each site screens its own release against the sum (secure_encoding)
             garbage, total = secure_encoding.screen(lambda bodies: _available(transport, ENCODE, bodies), plan,
                                                     histogram[secure_encoding.SUMMED], in_sum, prove=rounds.prove_last,
                                                     min_sites=min_sites, progress=progress)

@@ -54,6 +54,7 @@ from fedtab.errors import FederationError
 
 SUMMED = "secure sum"  # the one release the coordinator merges in place of the sites'
 SCREEN = "garbage screen"  # the encoding request in which each site screens its own release
+OPEN = "open over declared sizes"  # the request for a site's mask key of a sum over the declared sizes
 WIRE = ("masked", "b_shares", "keys", "shapes", "sigma", "commits")  # a masked reply's own fields
 
 
@@ -143,13 +144,7 @@ def screen_reply(site: str, body: dict[str, Any], state: dict, session) -> dict[
                               "refused (each answer tells a bit of its release)", public=True)
     own = kept["release"]
     keys = count_keys(own)
-    sizes = [int(np.size(own[k])) for k in keys]
-    proven = session.proven_entries(site, kept["request"], range(sum(sizes)), body.get("proof") or {})
-    flat = np.array([proven[i] for i in range(sum(sizes))], dtype=np.float64)
-    total, start = {}, 0
-    for k, n in zip(keys, sizes):
-        total[k] = flat[start:start + n].reshape(np.shape(own[k]))
-        start += n
+    total = _proven_sum(site, body, kept, session)
     state["screened"] = True
     n_sites = len(session.survivors(kept["request"]))
     if n_sites < screening.MIN_SITES:
@@ -160,6 +155,48 @@ def screen_reply(site: str, body: dict[str, Any], state: dict, session) -> dict[
     if screening.verdict(plan, own, pooled, n_others=n_sites - 1) is None:
         return {"garbage": False}
     return {"garbage": True, "release": {k: own[k] for k in keys}}
+
+
+def _proven_sum(site: str, body: dict[str, Any], kept: dict[str, Any], session) -> dict[str, np.ndarray]:
+    """The summed counts of the site's histogram request, as the site computes them from the coordinator's
+    proof (``secagg.SiteSession.proven_entries``), by the keys and shapes of its own release."""
+    own = kept["release"]
+    keys = count_keys(own)
+    sizes = [int(np.size(own[k])) for k in keys]
+    proven = session.proven_entries(site, kept["request"], range(sum(sizes)), body.get("proof") or {})
+    flat = np.array([proven[i] for i in range(sum(sizes))], dtype=np.float64)
+    total, start = {}, 0
+    for k, n in zip(keys, sizes):
+        total[k] = flat[start:start + n].reshape(np.shape(own[k]))
+        start += n
+    return total
+
+
+def open_reply(site: str, body: dict[str, Any], state: dict, session) -> dict[str, Any]:
+    """The site's mask key of its histogram request, for a coordinator whose secure sum of the histograms
+    counts more rows than the consortium declares (``training.on_failed_sum = "screen_each"``, with the
+    declarations public in the job the site accepted). Only where that job says so, and only once the site
+    has computed the sum from the coordinator's proof and found it over the declarations itself
+    (``screening.summed_oversize`` over the survivors it unmasked with): the coordinator then opens each
+    site's histograms (each a DP release at the site's full noise, on its ledger: nothing is spent) to name
+    the site over its own declaration."""
+    from fedtab.federation import screening
+    from fedtab.federation.encoding import plan_from_dict
+    from fedtab.transform.plan import KEY_N_SITES
+
+    job = state.get("job") or {}
+    kept = state.get("histogram_release")
+    if not job.get("show_histograms_over_declared_sizes") or kept is None:
+        raise FederationError(f"site '{site}' refuses to reveal its histograms' mask key: the job it accepted does "
+                              "not open a sum over the declared site sizes (training.on_failed_sum)", public=True)
+    total = _proven_sum(site, body, kept, session)
+    survivors = session.survivors(kept["request"])
+    caps = {str(k): int(v) for k, v in (job.get("rows_at_most") or {}).items()}
+    release = {**kept["release"], **total, KEY_N_SITES: len(survivors)}
+    if screening.summed_oversize(plan_from_dict(kept["plan"]), release, caps, survivors) is None:
+        raise FederationError(f"site '{site}' refuses to reveal its histograms' mask key: the sum it computes from "
+                              "the coordinator's proof is within the declared site sizes", public=True)
+    return {"mask_key": session.reveal(site, kept["request"])}
 
 
 # -- at the coordinator --------------------------------------------------------------------------------
@@ -181,6 +218,43 @@ def summed_release(total: list[np.ndarray], replies: dict[str, dict[str, Any]], 
     counts = {k: (float(np.asarray(t).reshape(-1)[0]) if k.endswith("/" + F_MISSING) else np.asarray(t, dtype=np.float64))
               for k, t in zip(next(iter(keys)), total)}
     return {**first, **counts, **({KEY_N_SITES: len(replies)} if full_noise else {})}
+
+
+def open_histograms(ask, rounds, histogram: dict[str, Any], sites: list[str], *, why: str) -> dict[str, dict]:
+    """Each site's histogram release, opened from the last secure request (the histograms') with the mask
+    keys the sites reveal once the sum over the declared sizes is proven to them (``open_reply``): a site
+    that keeps its key is opened with the others' keys where every other site revealed theirs. ``ask(bodies)``
+    returns each site's reply or error; where no site reveals a key the run stops with ``why``."""
+    from fedtab.transform.plan import KEY_N_SITES
+
+    outcomes = ask({s: {"phase": OPEN, "proof": rounds.prove_last(s)} for s in sites})
+    keys = {s: o.get("mask_key") for s, o in outcomes.items() if isinstance(o, dict)}
+    keys = {s: k for s, k in keys.items() if isinstance(k, str)}
+    if not keys:
+        errors = [o for o in outcomes.values() if isinstance(o, Exception)]
+        raise errors[0] if errors else FederationError(why)
+    inputs, _ = rounds.open_last(keys)
+    template = histogram[SUMMED]
+    names = count_keys(template)
+    out = {}
+    for site, parts in inputs.items():
+        counts = {k: (float(np.asarray(p).reshape(-1)[0]) if np.ndim(template[k]) == 0
+                      else np.asarray(p, dtype=np.float64)) for k, p in zip(names, parts)}
+        out[site] = {**{k: v for k, v in template.items() if k not in names and k != KEY_N_SITES}, **counts}
+    return out
+
+
+def summed_releases(template: dict[str, Any], releases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sites' histogram releases summed as one release of that many sites (as a secure sum merges)."""
+    from fedtab.transform.plan import KEY_N_SITES
+
+    names = count_keys(template)
+    out = dict(template)
+    for k in names:
+        parts = [np.asarray(r[k], dtype=np.float64) for r in releases]
+        out[k] = float(np.sum(parts)) if np.ndim(template[k]) == 0 else np.sum(parts, axis=0)
+    out[KEY_N_SITES] = len(releases)
+    return out
 
 
 def screen(ask, plan, release: dict[str, Any], sites: list[str], *, prove, min_sites: int,

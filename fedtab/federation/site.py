@@ -256,10 +256,12 @@ class SiteWorker:
     def _encode(self, body: dict, state: dict) -> dict:
         from fedtab.federation import encoding, secure_encoding
 
-        if body.get("phase") == secure_encoding.SCREEN:  # its own release against the others': nothing spent
+        if body.get("phase") in (secure_encoding.SCREEN, secure_encoding.OPEN):  # on its own release: nothing spent
             from fedtab.federation.marginals import site_session
 
-            return secure_encoding.screen_reply(self.name, body, state, site_session(self.name, state, self._cache))
+            answer = {secure_encoding.SCREEN: secure_encoding.screen_reply,
+                      secure_encoding.OPEN: secure_encoding.open_reply}[body["phase"]]
+            return answer(self.name, body, state, site_session(self.name, state, self._cache))
         self._only_masked(body, "its encoding statistics")
         state["schema"] = TableSchema.from_dict(body["schema"]).to_json()
         train, _ = self._frames(state)
