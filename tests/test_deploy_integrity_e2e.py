@@ -130,11 +130,14 @@ def test_a_modified_app_is_refused_at_a_pinned_site_and_runs_at_an_unpinned_one(
         assert marker.exists() and replies == ["served"]  # without the pin, the coordinator's code ran
 
 
-def write_consortium(folder: Path, port: int, sites: dict[str, str], *, extra: str = "", min_sites: int = 2) -> None:
+def write_consortium(folder: Path, port: int, sites: dict[str, str], *, extra: str = "", min_sites: int = 2,
+                     rounds: int | None = None) -> None:
     """sites: name in the config -> its key's name. Keys and TLS from 'fedtab trial-keys'."""
     schema = Path(heart_site_path("cleveland")).parent / "heart_schema.json"
+    training = f"rounds = {rounds}\n" if rounds is not None else ""
     (folder / "consortium.toml").write_text(
-        f'seed = 0\nschema = "{schema}"\n{extra}\n[privacy]\nepsilon = 1.0\n[training]\nmin_sites = {min_sites}\n'
+        f'seed = 0\nschema = "{schema}"\n{extra}\n[privacy]\nepsilon = 1.0\n[training]\n{training}'
+        f'min_sites = {min_sites}\n'
         + "".join(f'[sites.{s}]\npublic_key = "keys/{s}.pub"\n' for s in ("cleveland", "hungary", "switzerland")))
     for name, (stated, key) in sites.items():
         (folder / f"{name}.toml").write_text(
@@ -187,9 +190,7 @@ def test_an_impostor_with_clevelands_key_calling_itself_hungary_is_refused_and_h
 def test_a_site_killed_mid_round_is_noticed_within_seconds(keyed):
     port = processes.free_port()
     sites = {s: (s, s) for s in ("cleveland", "hungary", "switzerland")}
-    write_consortium(keyed, port, sites, extra='[model]\nname = "ctgan"', min_sites=2)
-    text = (keyed / "consortium.toml").read_text().replace("[training]\n", "[training]\nrounds = 3\n")
-    (keyed / "consortium.toml").write_text(text)
+    write_consortium(keyed, port, sites, extra='[model]\nname = "ctgan"', min_sites=2, rounds=3)
     run_dir = keyed / ".model.fedtab.run"
 
     def rounds() -> list[float]:
@@ -316,9 +317,7 @@ def test_a_hostile_site_that_masks_a_scaled_update_is_named_in_a_real_deployment
     switzerland and goes on with the two others; the later rounds are secure sums again."""
     port = processes.free_port()
     sites = {s: (s, s) for s in ("cleveland", "hungary", "switzerland")}
-    write_consortium(keyed, port, sites, extra='[model]\nname = "tvae"', min_sites=2)
-    text = (keyed / "consortium.toml").read_text().replace("[training]\n", "[training]\nrounds = 3\n")
-    (keyed / "consortium.toml").write_text(text)
+    write_consortium(keyed, port, sites, extra='[model]\nname = "tvae"', min_sites=2, rounds=3)
     hostile = keyed / "hostile-code"
     hostile.mkdir()
     (hostile / "sitecustomize.py").write_text(HOSTILE_SITE)
