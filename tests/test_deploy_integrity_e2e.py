@@ -341,3 +341,5 @@ def test_a_hostile_site_that_masks_a_scaled_update_is_named_in_a_real_deployment
     model = load(keyed / "model.fedtab")
     assert [sorted(h.epsilon) for h in model.history_] == [["cleveland", "hungary"]] * 3
     assert sorted(model.ledgers_) == ["cleveland", "hungary", "switzerland"]  # its encoding is in the model
+    # each honest site's operator is told that its update of round 1 was opened, and why
+    assert "training round 1: its secure sum failed its screen" in (keyed / "site-cleveland.log").read_text()

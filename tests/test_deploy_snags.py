@@ -259,6 +259,14 @@ def test_the_site_service_hears_the_end_and_tells_each_request(tmp_path):
     assert svc.handle(END, {}) == {"site": "cleveland"} and ended == [1]
 
 
+def test_a_site_operator_is_told_when_a_failed_sum_opens_the_sites_update():
+    from fedtab.deploy.site_service import describe
+
+    assert describe("train", {"round": 0}) == "training round 1"
+    assert describe("train", {"round": 1, "show": True}).startswith(
+        "training round 2: its secure sum failed its screen; the failure checked here")
+
+
 def test_stopping_a_flower_process_stops_what_it_started_in_its_own_session(tmp_path):
     """flwr-serverapp was left running after Ctrl-C: Flower starts helpers in sessions of their own,
     which a signal to the parent's process group does not reach."""

@@ -71,6 +71,10 @@ def _rounds_in_ledger(worker: SiteWorker, state: dict) -> set[int]:
 
 def describe(kind: str, body: Any) -> str:
     """What a request is, in the operator's words (``fedtab site`` prints one line per request)."""
+    if kind == TRAIN and body.get("show"):
+        return (f"training round {int(body.get('round', 0)) + 1}: its secure sum failed its screen; the failure "
+                "checked here against the sites' commitments, this round's mask key (the coordinator opens this "
+                "site's update of the round, a DP release already on its ledger)")
     if kind == TRAIN:
         return f"training round {int(body.get('round', 0)) + 1}"
     if kind in (ENCODE, MEASURE):
