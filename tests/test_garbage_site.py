@@ -161,8 +161,9 @@ def _masked_histograms(n_rows: int = 300):
 def _screen_proof(replies, b_shares, size, to):
     from fedtab.federation import secagg
 
-    return secagg.entry_proof({n: r["masked"] for n, r in replies.items()}, range(size), b_shares=b_shares,
-                              s_shares={}, dropped=[], commits={n: r["commits"] for n, r in replies.items()}, to=to)
+    return secagg.entry_proof({n: r["masked"] for n, r in replies.items()}, range(size),
+                              rebuilt=secagg.rebuild(b_shares, {}),
+                              commits={n: r["commits"] for n, r in replies.items()}, to=to)
 
 
 def test_a_site_screens_its_release_once_against_a_sum_proven_to_it():

@@ -561,8 +561,8 @@ def test_a_site_computes_proven_entries_of_the_sum_as_the_coordinator_reads_them
                                 s_shares=s_shares, request=0, job="j")
     commits = {n: sessions[n].commit_boxes[0] for n in names}
     entries = [0, 255, 256, 699]
-    proof = secagg.entry_proof(masked, entries, b_shares=b_shares, s_shares=s_shares, dropped=list(drop),
-                               commits=commits, to="a")
+    proof = secagg.entry_proof(masked, entries, rebuilt=secagg.rebuild(b_shares, s_shares), commits=commits,
+                               to="a")
     got = sessions["a"].proven_entries("a", 0, entries, proof)
     assert got == {k: int(total[k]) for k in entries}
     assert total[699] == sum(inputs[n][0][699] for n in survivors)

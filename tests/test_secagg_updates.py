@@ -496,8 +496,9 @@ def _unmask_all(sessions, states, masked):
 
 
 def _proof(masked, b_shares, to, entry=0, **change):
-    proof = secagg.entry_proof({n: r["masked"] for n, r in masked.items()}, [entry, 3], b_shares=b_shares, s_shares={},
-                               dropped=[], commits={n: r["commits"] for n, r in masked.items()}, to=to)
+    proof = secagg.entry_proof({n: r["masked"] for n, r in masked.items()}, [entry, 3],
+                               rebuilt=secagg.rebuild(b_shares, {}),
+                               commits={n: r["commits"] for n, r in masked.items()}, to=to)
     return {"entry": entry, **proof, **change}
 
 
@@ -526,8 +527,8 @@ def test_a_site_reveals_its_mask_key_only_where_its_job_allows_after_the_sum_was
 
     def open_with(keys):
         return secagg.open_inputs({n: masked[n]["masked"] for n in names}, [tuple(x) for x in masked["a"]["shapes"]],
-                                  peers=peers, dropped=[], keys=keys, b_shares=b_shares, s_shares={}, request=0,
-                                  job="j", real=True, bits=secagg.UPDATE_BITS)
+                                  rebuilt=secagg.rebuild(b_shares, {}), peers=peers, keys=keys, request=0, job="j",
+                                  real=True, bits=secagg.UPDATE_BITS)
 
     inputs, why = open_with(keys)
     assert not why and sorted(inputs) == names

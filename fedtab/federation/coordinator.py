@@ -346,15 +346,9 @@ def _opened_round(transport: Transport, job: JobSpec, state: TrainingState, roun
                                     "update in the sum is screened")
     entries = [entry, secure_updates.layout(state.weights)[1][-1]]
     bodies = {s: {**body, "show": True, "proof": {"entry": entry, **rounds.prove_last(s, entries)}} for s in asked}
-    outcomes = _available(transport, TRAIN, bodies, errors=True)
-    keys = {s: o.get("mask_key") for s, o in outcomes.items() if isinstance(o, dict)}
-    keys = {s: k for s, k in keys.items() if isinstance(k, str)}
-    refused = sorted(s for s, o in outcomes.items() if isinstance(o, Exception))
-    if not keys and refused:
-        raise outcomes[refused[0]]  # no site revealed a key (a failure the sites could not check): stop
     # A site that keeps its key is opened all the same where every other site revealed theirs (and then
-    # screened); otherwise it is named as one that cannot be opened.
-    opened, rejected = rounds.open_last(keys)
+    # screened); otherwise it is named as one that cannot be opened. No key at all: the sites' refusal stops.
+    opened, rejected = rounds.open_revealed(_available(transport, TRAIN, bodies, errors=True))
     names = sorted(state.weights)
     _site_bounds(job, state, asked, bounds)
     for s in sorted(opened):

@@ -596,35 +596,42 @@ class SecureRounds:
                                                         "b_inbox": b_boxes, "s_inbox": s_boxes, "job": self.job}},
                            only=survivors, available=True)
         self._enough(opened, "unmasking")
-        # What the sum was made of, kept until the next request: a sum that fails its screen can be opened
-        # site by site once the sites reveal this request's mask keys (``open_last``).
+        # What the sum was made of, kept until the next request (its secrets rebuilt once): a sum that fails
+        # its screen can be proven to the sites (``prove_last``) and opened site by site once they reveal this
+        # request's mask keys (``open_revealed``).
         self._last = {"masked": {s: replies[s]["masked"] for s in survivors}, "shapes": list(next(iter(shapes))),
-                      "dropped": dropped, "b_shares": {s: [o["b"][s] for o in opened.values()] for s in survivors},
-                      "s_shares": {d: [o["s"][d] for o in opened.values()] for d in dropped},
+                      "rebuilt": secagg.rebuild({s: [o["b"][s] for o in opened.values()] for s in survivors},
+                                                {d: [o["s"][d] for o in opened.values()] for d in dropped}),
                       "request": r, "real": real, "bits": bits}
         self._commits = {s: dict(replies[s].get("commits") or {}) for s in survivors}
-        self._proofs: dict[tuple, dict] = {}  # the proofs' common part, by entries (``prove_last``)
-        total = secagg.unmask_sum(peers=self.peers, job=self.job, **self._last)
+        total = secagg.sum_inputs(peers=self.peers, job=self.job, **self._last)
         self.alive = survivors
         return total, {s: replies[s] for s in survivors}
 
     def prove_last(self, to: str, entries: list[int] | None = None) -> dict:
         """What proves ``entries`` (default: all) of the last request's sum to site ``to``
         (``secagg.entry_proof``)."""
-        last = self._last or {}
+        last = self._last_request()
         if entries is None:
             entries = list(range(int(sum(int(np.prod(s)) for s in last["shapes"]))))
-        # the chunks, seeds and keys are the same for every site: rebuilt once per request and entries
-        common = self._proofs.setdefault(tuple(entries), {})
-        return secagg.entry_proof(last["masked"], entries, b_shares=last["b_shares"], s_shares=last["s_shares"],
-                                  dropped=last["dropped"], commits=self._commits, to=to, common=common)
+        return secagg.entry_proof(last["masked"], entries, rebuilt=last["rebuilt"], commits=self._commits, to=to)
 
-    def open_last(self, keys: dict[str, str]):
-        """Each survivor's own input of the last request, opened with the mask keys the sites revealed
-        (``secagg.open_inputs``): (the inputs opened, why each other survivor's was not)."""
+    def open_revealed(self, outcomes: dict):
+        """Each survivor's own input of the last request, opened with the mask keys in the sites' replies
+        (``outcomes``: site -> its reply, or its error; ``secagg.open_inputs``): (the inputs opened, why each
+        other survivor's was not). A site that kept its key is opened where every other site revealed theirs;
+        where no site revealed one the first site's error is raised."""
+        keys = {s: o.get("mask_key") for s, o in outcomes.items() if isinstance(o, dict)}
+        keys = {s: k for s, k in keys.items() if isinstance(k, str)}
+        errors = [o for _, o in sorted(outcomes.items()) if isinstance(o, Exception)]
+        if not keys and errors:
+            raise errors[0]
+        return secagg.open_inputs(peers=self.peers, job=self.job, keys=keys, **self._last_request())
+
+    def _last_request(self) -> dict:
         if self._last is None:
-            raise self._error("secure aggregation: no request to open")
-        return secagg.open_inputs(peers=self.peers, job=self.job, keys=keys, **self._last)
+            raise self._error("secure aggregation: no request to prove or open")
+        return self._last
 
 
 def row_estimate(tables: list[np.ndarray]) -> float:

@@ -139,7 +139,7 @@ class SiteSession:
                 with np.errstate(over="ignore"):
                     m = pair_mask(self._s[request], self.peers[other]["s"][request], me, other, job=job,
                                   request=request, length=plain.size)
-                    total = total + m if me < other else total - m
+                    total = total + _signed(m, me, other)
         self._masked[request] = tuple(sites)
         with np.errstate(over="ignore"):
             masked = plain + total
@@ -247,7 +247,7 @@ class SiteSession:
                 m = pair_mask(key, self.peers[j]["s"][request], d, j, job=job, request=request,
                               length=int(at[-1]) + 1)[at]
                 with np.errstate(over="ignore"):
-                    total = total - m if j < d else total + m
+                    total = total - _signed(m, j, d)
         return dict(zip((int(k) for k in at), (int(v) for v in total.view(np.int64))))
 
     def reveal(self, me: str, request: int) -> str:
@@ -323,12 +323,27 @@ def _check_key_set(me: str, own: SiteSession, peers: Mapping[str, Mapping], thre
 
 
 # -- at the coordinator --------------------------------------------------------------------------------------
+def rebuild(b_shares: Mapping[str, list[str]], s_shares: Mapping[str, list[str]]) -> dict[str, dict[str, bytes]]:
+    """The secrets an unmasking rebuilds, once: each survivor's self-mask seed (``b_shares``: survivor ->
+    the shares the survivors returned) and each dropped site's mask key of the request (``s_shares``)."""
+    lagrange: dict = {}  # the shares of one request come from the same holders: one set of coefficients
+    return {"seeds": {s: _combine(b_shares.get(s), s, lagrange) for s in sorted(b_shares)},
+            "dropped": {d: _combine(s_shares.get(d), d, lagrange) for d in sorted(s_shares)}}
+
+
 def unmask_sum(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ...]], *, peers: Mapping[str, Mapping],
                dropped: Sequence[str], b_shares: Mapping[str, list[str]], s_shares: Mapping[str, list[str]],
                request: int, job: str, real: bool = False, bits: int = SCALE_BITS) -> list[np.ndarray]:
-    """The sum of the survivors' inputs: their masked vectors, less each survivor's self mask (seed rebuilt
-    from its shares) and the masks each survivor shared with a dropped site (that site's mask key of this
-    request rebuilt from its shares), split back into ``shapes``."""
+    """The sum of the survivors' inputs (``sum_inputs``), its secrets rebuilt from their shares."""
+    return sum_inputs(masked, shapes, rebuilt=rebuild(b_shares, {d: s_shares.get(d) for d in dropped}), peers=peers,
+                      request=request, job=job, real=real, bits=bits)
+
+
+def sum_inputs(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ...]], *,
+               rebuilt: dict[str, dict[str, bytes]], peers: Mapping[str, Mapping], request: int, job: str,
+               real: bool = False, bits: int = SCALE_BITS) -> list[np.ndarray]:
+    """The sum of the survivors' inputs: their masked vectors, less each survivor's self mask and the masks
+    each survivor shared with a dropped site (``rebuild``), split back into ``shapes``."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     if not masked:
@@ -338,23 +353,21 @@ def unmask_sum(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ...
     arrays = {s: np.asarray(masked[s]) for s in survivors}
     if any(a.dtype != np.uint64 or a.shape != (size,) for a in arrays.values()):
         raise FederationError("secure aggregation: a site's masked reply has the wrong type or length")
-    lagrange: dict = {}  # the shares of one request come from the same holders: one set of coefficients
     with np.errstate(over="ignore"):
         total = np.zeros(size, dtype=np.uint64)
         for s in survivors:
-            total = total + arrays[s]
-            total = total - _stream(_combine(b_shares.get(s), s, lagrange), size)
-        for d in sorted(dropped):
-            key = X25519PrivateKey.from_private_bytes(_combine(s_shares.get(d), d, lagrange))
+            total = total + arrays[s] - _stream(_secret(rebuilt["seeds"], s), size)
+        for d, raw in rebuilt["dropped"].items():
+            key = X25519PrivateKey.from_private_bytes(raw)
             for s in survivors:
-                m = pair_mask(key, peers[s]["s"][request], d, s, job=job, request=request, length=size)
-                total = total - m if s < d else total + m
+                total = total - _signed(pair_mask(key, peers[s]["s"][request], d, s, job=job, request=request,
+                                                  length=size), s, d)
     return _decoded(total, shapes, real=real, bits=bits)
 
 
-def open_inputs(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ...]], *, peers: Mapping[str, Mapping],
-                dropped: Sequence[str], keys: Mapping[str, str], b_shares: Mapping[str, list[str]],
-                s_shares: Mapping[str, list[str]], request: int, job: str, real: bool = False,
+def open_inputs(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ...]], *,
+                rebuilt: dict[str, dict[str, bytes]], peers: Mapping[str, Mapping], keys: Mapping[str, str],
+                request: int, job: str, real: bool = False,
                 bits: int = SCALE_BITS) -> tuple[dict[str, list[np.ndarray]], dict[str, str]]:
     """Each survivor's own input of an unmasked ``request`` (its masked vector less its self mask and its
     pairwise masks), where the mask keys the sites revealed (``keys``: site -> its private mask key of this
@@ -367,7 +380,7 @@ def open_inputs(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ..
     size = int(sum(int(np.prod(s)) for s in shapes))
     survivors = sorted(masked)
     why: dict[str, str] = {}
-    private = {}
+    private = {d: X25519PrivateKey.from_private_bytes(raw) for d, raw in rebuilt["dropped"].items()}
     for site, text in sorted(keys.items()):
         try:
             key = X25519PrivateKey.from_private_bytes(_unb64(text))
@@ -377,59 +390,56 @@ def open_inputs(masked: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ..
             why[site] = "the mask key it revealed is not the one it masked this round with"
         else:
             private[site] = key
-    lagrange: dict = {}
-    for d in sorted(dropped):
-        private[d] = X25519PrivateKey.from_private_bytes(_combine(s_shares.get(d), d, lagrange))
-    sites = sorted(set(survivors) | set(dropped))
+    sites = sorted(set(survivors) | set(rebuilt["dropped"]))
     out = {}
     for s in survivors:
         if s in why:
             continue
-        hidden = [j for j in sites if j != s and s not in private and j not in private]
-        if hidden:
+        if any(j != s and s not in private and j not in private for j in sites):
             why[s] = "its masked update cannot be opened: it and sites it masked with revealed no mask key"
             continue
         with np.errstate(over="ignore"):
-            x = np.asarray(masked[s]) - _stream(_combine(b_shares.get(s), s, lagrange), size)
+            x = np.asarray(masked[s]) - _stream(_secret(rebuilt["seeds"], s), size)
             for j in sites:
-                if j == s:
-                    continue
-                m = (pair_mask(private[s], peers[j]["s"][request], s, j, job=job, request=request, length=size)
-                     if s in private else
-                     pair_mask(private[j], peers[s]["s"][request], j, s, job=job, request=request, length=size))
-                x = x - m if s < j else x + m
+                if j != s:
+                    m = (pair_mask(private[s], peers[j]["s"][request], s, j, job=job, request=request, length=size)
+                         if s in private else
+                         pair_mask(private[j], peers[s]["s"][request], j, s, job=job, request=request, length=size))
+                    x = x - _signed(m, s, j)
         out[s] = _decoded(x, shapes, real=real, bits=bits)
     return out, why
 
 
-def entry_proof(masked: Mapping[str, np.ndarray], entries: Sequence[int], *, b_shares: Mapping[str, list[str]],
-                s_shares: Mapping[str, list[str]], dropped: Sequence[str], commits: Mapping[str, Mapping[str, str]],
-                to: str, common: dict | None = None) -> dict:
+def entry_proof(masked: Mapping[str, np.ndarray], entries: Sequence[int], *, rebuilt: dict[str, dict[str, bytes]],
+                commits: Mapping[str, Mapping[str, str]], to: str) -> dict:
     """What the coordinator sends site ``to`` to prove ``entries`` of an unmasked sum
     (``SiteSession.proven_entries``): each survivor's masked chunks holding them with their Merkle paths,
-    each survivor's rebuilt self-mask seed, each dropped site's rebuilt mask key (the same for every site:
-    computed once into ``common`` where given), and the commitments the survivors encrypted to ``to``."""
-    survivors = sorted(masked)
-    if common is None or not common:
-        common = {} if common is None else common
-        common.update(_proof_common(masked, entries, b_shares=b_shares, s_shares=s_shares, dropped=dropped))
-    return {**common, "commits": {j: (commits.get(j) or {}).get(to) for j in survivors if j != to}}
-
-
-def _proof_common(masked: Mapping[str, np.ndarray], entries: Sequence[int], *, b_shares: Mapping[str, list[str]],
-                  s_shares: Mapping[str, list[str]], dropped: Sequence[str]) -> dict:
-    lagrange: dict = {}
+    each survivor's self-mask seed and each dropped site's mask key (``rebuild``), and the commitments the
+    survivors encrypted to ``to``."""
     survivors = sorted(masked)
     indices = sorted({int(k) // MERKLE_CHUNK for k in entries})
     chunks = {}
     for j in survivors:
         vector = np.asarray(masked[j], dtype=np.uint64)
         levels = _merkle_levels(vector)
-        chunks[j] = {str(i): {"values": vector[i * MERKLE_CHUNK:(i + 1) * MERKLE_CHUNK].copy(),
+        chunks[j] = {str(i): {"values": vector[i * MERKLE_CHUNK:(i + 1) * MERKLE_CHUNK],
                               "path": _merkle_path(levels, i)} for i in indices}
-    return {"chunks": chunks,
-            "seeds": {j: _b64(_combine(b_shares.get(j), j, lagrange)) for j in survivors},
-            "dropped": {d: _b64(_combine(s_shares.get(d), d, lagrange)) for d in sorted(dropped)}}
+    return {"chunks": chunks, "seeds": {j: _b64(_secret(rebuilt["seeds"], j)) for j in survivors},
+            "dropped": {d: _b64(raw) for d, raw in rebuilt["dropped"].items()},
+            "commits": {j: (commits.get(j) or {}).get(to) for j in survivors if j != to}}
+
+
+def _secret(secrets: Mapping[str, bytes], site: str) -> bytes:
+    if site not in secrets:
+        raise FederationError(f"secure aggregation: the shares of site '{site}' were not rebuilt")
+    return secrets[site]
+
+
+def _signed(mask: np.ndarray, holder: str, other: str) -> np.ndarray:
+    """A pairwise mask as ``holder`` added it to its input: plus where its name sorts first, minus otherwise
+    (modulo 2**64)."""
+    with np.errstate(over="ignore"):
+        return mask if holder < other else np.zeros_like(mask) - mask
 
 
 # Commitments to a masked vector: a Merkle tree over chunks of ``MERKLE_CHUNK`` entries (SHA-256, leaves and

@@ -227,13 +227,9 @@ def open_histograms(ask, rounds, histogram: dict[str, Any], sites: list[str], *,
     returns each site's reply or error; where no site reveals a key the run stops with ``why``."""
     from fedtab.transform.plan import KEY_N_SITES
 
-    outcomes = ask({s: {"phase": OPEN, "proof": rounds.prove_last(s)} for s in sites})
-    keys = {s: o.get("mask_key") for s, o in outcomes.items() if isinstance(o, dict)}
-    keys = {s: k for s, k in keys.items() if isinstance(k, str)}
-    if not keys:
-        errors = [o for o in outcomes.values() if isinstance(o, Exception)]
-        raise errors[0] if errors else FederationError(why)
-    inputs, _ = rounds.open_last(keys)
+    inputs, _ = rounds.open_revealed(ask({s: {"phase": OPEN, "proof": rounds.prove_last(s)} for s in sites}))
+    if not inputs:
+        raise FederationError(why)
     template = histogram[SUMMED]
     names = count_keys(template)
     out = {}
