@@ -69,9 +69,11 @@ class JobSpec:
         """Whether a secure sum of the encoding's histograms that counts more rows than the consortium's
         declared site sizes (``site_rows_at_most``) is opened site by site, once proven to each site, to name
         the site over its declaration (``training.on_failed_sum = "screen_each"``); otherwise it stops."""
+        from fedtab.federation.secure_updates import secure_updates
+
         return bool(self.training.on_failed_sum == "screen_each" and self.site_rows_at_most
-                    and self.privacy.secure_aggregation and self.site_column is None
-                    and (is_measured(self.model) or self.training.aggregation == "mean"))
+                    and self.privacy.secure_aggregation
+                    and secure_encoding.summed_histograms(self, updates=secure_updates(self, n_sites=2)))
 
     def releases_in_the_clear(self) -> list[str]:
         """What this job sends the coordinator in the clear although secure aggregation is on (public, from
@@ -493,7 +495,7 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
     training_requests = planned_requests(job) if setup and secure_updates(job, len(sites)) else 0
     measured = is_measured(job.model)
     secure = marginals.uses_secure_aggregation(job, len(sites)) and bool(plan.pairs or measured or training_requests)
-    summed = secure and secure_encoding.summed_histograms(job, plan, updates=training_requests > 0)
+    summed = secure and secure_encoding.summed_histograms(job, updates=training_requests > 0)
     domain = secure_encoding.summed_domain(plan, histograms=summed)
     if secure:
         rounds = marginals.SecureRounds(_measure_ask(transport, sites), len(sites), job, progress,

@@ -58,12 +58,12 @@ OPEN = "open over declared sizes"  # the request for a site's mask key of a sum 
 WIRE = ("masked", "b_shares", "keys", "shapes", "sigma", "commits")  # a masked reply's own fields
 
 
-def summed_histograms(job, plan, *, updates: bool) -> bool:
+def summed_histograms(job, *, updates: bool) -> bool:
     """Whether, under secure aggregation, the encoding's histogram phase is summed securely too: for the
     marginal model, and for a DP-SGD model whose updates are (``updates``), without a site column."""
     from fedtab.models.registry import is_measured
 
-    return plan.site_column is None and (is_measured(job.model) or updates)
+    return job.site_column is None and (is_measured(job.model) or updates)
 
 
 def summed_domain(plan, *, histograms: bool) -> bool:

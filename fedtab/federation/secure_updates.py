@@ -233,14 +233,13 @@ def proven_failure(site: str, body: dict, state: dict, session: secagg.SiteSessi
     values = session.proven_entries(site, request, [entry, at_weight], proof)
     scale = float(1 << secagg.UPDATE_BITS)
     weight = values[at_weight] / scale
-    if not np.isfinite(weight) or weight <= 0.5:
+    if not row_count(weight):
         return None  # the sum's weight is not a row count: a failure the site computed itself
     if entry == at_weight:
         return "the sum's weight it proves is a row count: the coordinator may open updates only of a sum that fails"
     name = names[int(np.searchsorted(offsets, entry, side="right")) - 1]
     bound = round_bounds(state["training"], weight).get(name)
-    rounding = len(session.survivors(request)) * 0.5 / scale
-    if bound is not None and abs(values[entry]) / scale > 1.01 * weight * bound + rounding + 1e-12:
+    if bound is not None and abs(values[entry]) / scale > allowed(weight * bound, len(session.survivors(request))):
         return None
     return (f"the sum it proves passes its screen (parameter '{name}'): the coordinator may open updates only "
             "of a sum that fails")
@@ -261,18 +260,17 @@ def failing_entry(failed: SumFailed, current: dict[str, np.ndarray], setup: dict
     entry where it is not a row count, else the entry furthest beyond the summed weight x each parameter's
     bound for a site of all the summed rows (``round_bounds``)."""
     names, offsets = layout(current)
-    weight = float(np.asarray(failed.total[-1]).ravel()[0])
-    if not np.isfinite(weight) or weight <= 0.5:
+    weight = failed.weight
+    if not row_count(weight):
         return offsets[-1]
     bounds = round_bounds(setup, weight)
-    rounding = len(failed.replies) * 0.5 / float(1 << secagg.UPDATE_BITS)
     best, margin = None, 0.0
     for name, start, t in zip(names, offsets, failed.total):
         if name not in bounds or not np.size(t):
             continue
         flat = np.abs(np.asarray(t, dtype=np.float64).ravel())
         i = int(np.argmax(flat))
-        over = float(flat[i]) - (1.01 * weight * float(bounds[name]) + rounding + 1e-12)
+        over = float(flat[i]) - allowed(weight * float(bounds[name]), len(failed.replies))
         if over > margin:
             best, margin = start + i, over
     return best
@@ -293,9 +291,10 @@ def opened_update(opened: list[np.ndarray], names: list[str], current: dict[str,
 class SumFailed(FederationError):
     """A round's secure sum failed its screen: ``why``, over the sites in ``survivors`` (their replies)."""
 
-    def __init__(self, message: str, *, why: str, replies: dict[str, Any], total: list[np.ndarray] | None = None):
+    def __init__(self, message: str, *, why: str, replies: dict[str, Any], total: list[np.ndarray] | None = None,
+                 weight: float = float("nan")):
         super().__init__(message)
-        self.why, self.replies, self.total = why, replies, total
+        self.why, self.replies, self.total, self.weight = why, replies, total, weight
 
 
 def mean_of_sum(total: list[np.ndarray], names: list[str], current: dict[str, np.ndarray],
@@ -313,6 +312,17 @@ def mean_of_sum(total: list[np.ndarray], names: list[str], current: dict[str, np
     return {n: out[n] for n in current}
 
 
+def row_count(weight: float) -> bool:
+    """Whether a summed weight can be the sites' rows (each site's at least 1: a sum above one half)."""
+    return bool(np.isfinite(weight) and weight > 0.5)
+
+
+def allowed(bound: float, n_sites: int) -> float:
+    """How far a sum of ``n_sites`` sites' weighted updates may move a parameter whose summed bound is
+    ``bound``: 1% slack for float sums, plus the fixed point's rounding (half a unit per site)."""
+    return 1.01 * bound + n_sites * 0.5 / float(1 << secagg.UPDATE_BITS) + 1e-12
+
+
 def screen_sum(total: list[np.ndarray], names: list[str], current: dict[str, np.ndarray], *,
                weights: dict[str, float], bounds: dict[str, dict[str, float]], n_sites: int) -> str | None:
     """Why the summed weighted changes cannot be applied, or None: the global model's shapes, finite
@@ -320,7 +330,6 @@ def screen_sum(total: list[np.ndarray], names: list[str], current: dict[str, np.
     plus the fixed point's rounding: half a unit per site)."""
     if len(total) != len(names) or any(np.shape(t) != np.shape(current[n]) for t, n in zip(total, names)):
         return "the summed update has other shapes than the global model"
-    rounding = n_sites * 0.5 / float(1 << secagg.UPDATE_BITS)
     for t, name in zip(total, names):
         if not np.all(np.isfinite(t)):
             return f"the summed update of parameter '{name}' holds values that are not finite"
@@ -328,7 +337,7 @@ def screen_sum(total: list[np.ndarray], names: list[str], current: dict[str, np.
             continue
         bound = sum(float(weights[s]) * float(b[name]) for s, b in bounds.items())
         moved = float(np.max(np.abs(t)))
-        if moved > 1.01 * bound + rounding + 1e-12:
+        if moved > allowed(bound, n_sites):
             return (f"the summed update moved parameter '{name}' by {moved:.3g} (rows x change), more than the "
                     f"sites' training rounds can ({bound:.3g})")
     return None
@@ -364,7 +373,7 @@ def train_round(ask_train, rounds, body: dict, state, *, bounds: dict[str, dict[
             "(the default) lets it open the updates of a round whose sum fails, once each site has checked the "
             "failure, and 'training.aggregation = \"trimmed_mean\"' screens (and trims) each site's update every "
             "round.", why=why, replies=replies,
-            total=[*total, np.asarray([weight])])
+            total=total, weight=weight)
     # The mean: over the weights the sites used (the summed weight), which a site lost mid-job leaves exact.
     return mean_of_sum(total, names, state.weights, weight), replies, losses
 
@@ -375,7 +384,7 @@ def _weight_check(weight: float, state, survivors: list[str]) -> str | None:
     floored at its estimate's noise sd, so their sum is not the consortium's estimate: no upper bound;
     the screen bounds the mean's move whatever the weights)."""
     rounding = len(survivors) * 0.5 / float(1 << secagg.UPDATE_BITS)
-    if not np.isfinite(weight) or weight <= 0.5:
+    if not row_count(weight):
         return "the summed weight of the sites' updates is not a row count"
     if state.site_rows_known:
         want = sum(float(state.site_weights[s]) for s in survivors)

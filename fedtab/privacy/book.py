@@ -117,14 +117,15 @@ def _secure_aggregation_refusal(job: dict[str, Any], policy: SitePolicy) -> str 
     update after a failed secure sum; ``require_secure_aggregation`` against a job run without it or one
     whose coordinator says it sends some counts or updates in the clear (``in_the_clear``)."""
     strict = policy.require_secure_aggregation
-    if job.get("show_update_on_failed_sum") and (strict or not policy.show_updates):
-        return (f"rule {'require_secure_aggregation' if strict else 'show_updates'}: it never shows its update in "
-                "the clear, and this job may ask for it after a failed secure sum; set training.on_failed_sum = "
-                "\"stop\"")
-    if job.get("show_histograms_over_declared_sizes") and (strict or not policy.show_updates):
-        return (f"rule {'require_secure_aggregation' if strict else 'show_updates'}: it never shows its histograms "
-                "in the clear, and this job may open them where their secure sum counts more rows than the declared "
-                "site sizes; set training.on_failed_sum = \"stop\"")
+    opened = [what for flag, what in (
+        ("show_update_on_failed_sum", "its update in the clear, and this job may ask for it after a failed "
+                                      "secure sum"),
+        ("show_histograms_over_declared_sizes", "its histograms in the clear, and this job may open them where "
+                                                "their secure sum counts more rows than the declared site sizes"))
+              if job.get(flag)]
+    if opened and (strict or not policy.show_updates):
+        return (f"rule {'require_secure_aggregation' if strict else 'show_updates'}: it never shows {opened[0]}; "
+                "set training.on_failed_sum = \"stop\"")
     if job.get("secure_aggregation") is False and strict:
         return ("rule require_secure_aggregation: it sends counts and updates only masked, and this job runs "
                 "without secure aggregation; set privacy.secure_aggregation = true")
