@@ -16,6 +16,9 @@ breast_cancer, penguins, diabetes), each split 80/20 with the 80% in 4 non-IID s
   **AIM** at epsilon 1 (seed 0), on the pooled rows;
 * **SDV GaussianCopula, CTGAN, TVAE** and **synthcity TabDDPM** without DP (seed 0), on the pooled rows.
 
+``--held-out`` runs the same jobs on tables fedtab's defaults were never developed on (``_data.HELD_OUT``:
+gbsg2, ACTG 175, cars, Seattle weather, wine, tips, ANES 1996, RAND HIE), into ``bench_heldout.json``.
+
 The settings are the same for every table (``SETTINGS``). Every method runs in a subprocess of its own
 (``suite.run_method``) and is scored in this process by ``suite.score``: sdmetrics quality, detection
 AUC, TSTR ROC-AUC on the test rows, DCR share and MIA AUC; fit seconds. Tier 1 is what the issue's
@@ -40,12 +43,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _data import LOADERS  # noqa: E402
+from _data import HELD_OUT, LOADERS  # noqa: E402
 from suite import _json_default, git_commit, main_versions, prepare, run_method, score  # noqa: E402
 
 from fedtab.schema import atomic_write_text  # noqa: E402
 
 TABLES = ("heart", "adult", "bank", "fair", "breast_cancer", "penguins", "diabetes")
+ALL_TABLES = TABLES + tuple(HELD_OUT)  # --held-out: tables the defaults were never developed on
 TRAIN_ROWS = 3000
 DELTA = 1e-5
 EPSILONS = (0.5, 1.0, 3.0, 10.0, None)
@@ -159,7 +163,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         for mtr in METRICS:
             entry[mtr] = _stat([r.get(mtr) for r in (timed if mtr == "fit_seconds" else ok)])
         out.append(entry)
-    order = {t: i for i, t in enumerate(TABLES)}
+    order = {t: i for i, t in enumerate(ALL_TABLES)}
     return sorted(out, key=lambda e: (order.get(e["table"], 99), e["epsilon"] is None, e["epsilon"] or 0,
                                       e["method"] != "fedtab default", -e["sites"], e["method"]))
 
@@ -169,7 +173,7 @@ def acceptance(summary: list[dict]) -> list[dict]:
     against SDV TVAE and GaussianCopula (quality); means over seeds."""
     get = {(e["table"], e["method"], e["sites"], e["epsilon"]): e for e in summary}
     out = []
-    for t in TABLES:
+    for t in ALL_TABLES:
         f1, mst = get.get((t, "fedtab default", 4, 1.0)), get.get((t, "smartnoise MST", 1, 1.0))
         f0 = get.get((t, "fedtab default", 4, None))
         gc, tv = get.get((t, "SDV gaussiancopula", 1, None)), get.get((t, "SDV tvae", 1, None))
@@ -252,7 +256,9 @@ def render(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tables", nargs="+", default=list(TABLES), choices=TABLES)
+    ap.add_argument("--tables", nargs="+", default=None, choices=ALL_TABLES)
+    ap.add_argument("--held-out", action="store_true", help="the tables of _data.HELD_OUT (never tuned on), into "
+                    "results/bench_heldout.json unless --out says otherwise")
     ap.add_argument("--tier", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--resume", action="store_true", help="skip the jobs this shard's JSON already holds (ok)")
@@ -261,8 +267,10 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="with --only: name what changed; these rows supersede the earlier "
                     "rows of the same jobs, which are kept under the label '(before TAG)'")
     ap.add_argument("--render", action="store_true")
-    ap.add_argument("--out", default=str(HERE / "results" / "bench_tables.json"))
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    args.tables = args.tables or list(HELD_OUT if args.held_out else TABLES)
+    args.out = args.out or str(HERE / "results" / ("bench_heldout.json" if args.held_out else "bench_tables.json"))
     t0 = time.perf_counter()
     if args.render:
         render(args)
