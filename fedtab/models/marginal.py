@@ -93,18 +93,20 @@ def discretise(transformer) -> Discretisation:
     columns in ``FINE_BINS`` equal-width cells over their agreed bounds (``groups`` unset)."""
     from fedtab.transform.numerical import NumericalColumnTransformer
 
-    from fedtab.transform.statistics import histogram_edges
+    from fedtab.transform.statistics import histogram_edges, point_cells
 
     cols = []
     for col in transformer.columns_:
         if isinstance(col, NumericalColumnTransformer):
             lo, hi = float(col.lower_), float(col.upper_)
             # The encoding's cells: one per grid value where the grid fits, else equal width with a cell of
-            # its own for the lower bound and 0 (point masses: counts, amounts) on a grid.
-            full = histogram_edges(col.spec, lo, hi, FINE_BINS) if hi > lo else np.array([lo, hi])
+            # its own for the lower bound and 0 (point masses: counts, amounts), on a grid or not.
+            full = histogram_edges(col.spec, lo, hi, FINE_BINS, points=True) if hi > lo else np.array([lo, hi])
             edges = [float(e) for e in full[1:-1]]
+            points = point_cells(col.spec, full)
             cols.append({"name": col.spec.name, "kind": "numerical", "lower": float(full[0]),
                          "upper": float(full[-1]), "clip": [lo, hi], "edges": edges,
+                         **({"points": points} if points else {}),
                          "missing": bool(col.has_missing_), "groups": None, "size": len(edges) + 1 + int(col.has_missing_)})
         else:
             cols.append({"name": col.spec.name, "kind": "categorical", "size": int(col.output_dim)})
@@ -353,6 +355,8 @@ class MarginalModel:
         cell = self._draw(within, rng, g)
         bounds = np.concatenate([[c["lower"]], np.asarray(c["edges"], dtype=float), [c["upper"]]])
         v = bounds[cell] + rng.random(len(code)) * (bounds[cell + 1] - bounds[cell])
+        for i, point in c.get("points", ()):  # a point cell (a continuous column's 0 or floor): the point itself
+            v = np.where(cell == int(i), float(point), v)
         v = np.clip(v, *c.get("clip", (c["lower"], c["upper"])))
         if c["missing"]:
             v = np.where(code == c["size"] - 1, np.nan, v)

@@ -60,15 +60,24 @@ def bounds_from_magnitude_counts(counts: np.ndarray, *, threshold: float) -> tup
     return float(lower), float(upper)
 
 
-def histogram_edges(spec: ColumnSpec, lower: float, upper: float, bins: int) -> np.ndarray:
+# A point cell of a continuous column (``histogram_edges(points=True)``): this share of its bounds' width.
+POINT_WIDTH = 1e-9
+
+
+def histogram_edges(spec: ColumnSpec, lower: float, upper: float, bins: int, *, points: bool = False) -> np.ndarray:
     """Cell edges over [lower, upper]: one cell per grid value when the grid fits in ``bins`` cells.
 
     Otherwise ``bins`` cells of equal width, except that on a grid (integers, fixed precision) the lower
     bound and 0 get a cell of one grid value each: counts and amounts are often exactly 0 or at
     their floor (Adult's capital gain is 0 in 92% of rows) and an equal-width cell 2,500 wide hid that
     point mass from the mixture, so the synthetic values spread over the cell (KS complement 0.43).
+    ``points``: a continuous column (no grid) gets them too, each ``POINT_WIDTH`` of the bounds wide
+    (``point_cells`` finds them): a float column declared without a precision is as often exactly 0 or at
+    its floor (daily rainfall 0 on 57% of days), and without them its point mass was lost the same way.
     """
     step = grid_step(spec)
+    if step is None and points and upper > lower:
+        step = (upper - lower) * POINT_WIDTH
     if step is None:
         return np.linspace(lower, upper, bins + 1)
     n = int(round((upper - lower) / step)) + 1
@@ -81,6 +90,16 @@ def histogram_edges(spec: ColumnSpec, lower: float, upper: float, bins: int) -> 
     for lo, hi in cells:
         inside |= (edges > lo - step / 4) & (edges < hi + step / 4)
     return np.unique(np.concatenate([edges[~inside], [e for c in cells for e in c], [lower - step / 2]]))
+
+
+def point_cells(spec: ColumnSpec, edges: np.ndarray) -> list[list[float]]:
+    """[cell index, value] of each point cell ``histogram_edges(points=True)`` gave a continuous column:
+    a value drawn in such a cell is the point itself. Empty for a column on a grid (its rounding does it)."""
+    e = np.asarray(edges, dtype=float)
+    if grid_step(spec) is not None or e.size < 3:
+        return []
+    width = (e[-1] - e[0]) * POINT_WIDTH * 1.5
+    return [[i, float((e[i] + e[i + 1]) / 2)] for i in range(e.size - 1) if e[i + 1] - e[i] <= width]
 
 
 def histogram_counts(x: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, float]:
