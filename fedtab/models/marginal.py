@@ -9,11 +9,13 @@ agreed encoding (DP), and the fitted model, the estimated two-way marginals of t
 
 Discretisation: a categorical or boolean column's codes are its encoding slots (categories, 'other',
 missing), so a code is one-hot in the encoding's block. A numerical column is first measured in
-``FINE_BINS`` equal-width cells over its agreed bounds (the one-way measurement); the two-way tables
+``FINE_BINS`` equal-width cells over its agreed bounds, with a cell of its own for the lower bound and 0
+(a grid value wide on a grid, a point otherwise: ``histogram_edges``) (the one-way measurement); the two-way tables
 then read it in at most ``bins`` runs of cells of about equal mass under that noisy measurement
 (norm-sub; a run the noise left empty joins its neighbour), plus a missing code. Sampling draws the
 codes along the tree (root from its marginal, each column from its parent's row of the pair table), a
-numerical value by picking a cell of its run by the one-way shares and a value uniform inside it, then
+numerical value by picking a cell of its run by the one-way shares and a value uniform inside it (a
+point cell gives its point), then
 the column's learned rounding; the rows come back typed by the schema (no calibration: the model's own
 marginals are the measured ones).
 """
