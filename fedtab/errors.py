@@ -126,6 +126,12 @@ class SignatureNotCheckedWarning(UserWarning):
     """A model file was loaded without a trusted key configured: its signature was not checked."""
 
 
+class ReadUnderDPWarning(UserWarning):
+    """A job ran without a progress callback and the encoding read a column's range or categories under
+    DP (declared without them): what it read, and that declaring it costs nothing (the CLI prints the
+    same line among its phases)."""
+
+
 class NotFittedError(FedtabError, ValueError, AttributeError):
     """An estimator was used before ``fit`` (same contract as scikit-learn's NotFittedError)."""
 

@@ -14,6 +14,7 @@ the run stops with a ``FederationError`` once fewer than ``training.min_sites`` 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedtab.config import PrivacySettings, TrainingSettings
-from fedtab.errors import ConfigError, DataValidationError, FederationError, Problem
+from fedtab.errors import ConfigError, DataValidationError, FederationError, Problem, ReadUnderDPWarning
 from fedtab.federation import encoding, secure_encoding
 from fedtab.federation.agreement import agree_schemas, leave_out, name_sites
 from fedtab.federation.aggregation import screen_update, trimmed_average
@@ -586,6 +587,10 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
 
     transformer, site_weights = encoding.run_encoding(
         plan, ask_encoding, pair_noise_sd=plan.noise_multiplier if rounds is not None else None, screen=screen)
+    for line in encoding.read_under_dp(plan, transformer, target=job.target):  # told, as the CLI prints phases
+        if progress is None:
+            warnings.warn(line, ReadUnderDPWarning, stacklevel=2)
+        _notify(progress, "phase", name=line)
     rows_known = secure_encoding.SUMMED not in site_weights
     if not rows_known:  # the coordinator knows the sum of the sites' rows: each site an equal share of it
         total = site_weights.pop(secure_encoding.SUMMED)

@@ -28,6 +28,40 @@ def make_plan(schema, job) -> EncodingPlan:
                         site_column=job.site_column, **modes)
 
 
+def read_under_dp(plan: EncodingPlan, transformer: TableTransformer, *, target: str | None = None) -> list[str]:
+    """What the encoding read under DP for the columns declared without a domain: one line per column for
+    the coordinator's operator (public: DP releases), saying what it became and that declaring it costs
+    nothing. A declared ``target`` none of whose values passed the DP threshold stops the job here
+    (``ConfigError``): every synthetic value of it would read 'other' and its utility figures nothing;
+    the rest of each site's budget is left for a job with the categories declared."""
+    from fedtab.errors import ConfigError
+    from fedtab.transform.categorical import CategoricalColumnTransformer
+
+    if plan.dp is None:
+        return []
+    out = []
+    for col in transformer.columns_:
+        spec = col.spec
+        if isinstance(col, CategoricalColumnTransformer) and spec.categories is None:
+            kept = len(col.categories_)
+            if kept == 0 and spec.name == target:
+                raise ConfigError(
+                    f"The target '{spec.name}' is declared without categories, and none of its values passed "
+                    "the DP threshold of the encoding's domain phase (the sites hold too few rows of each for "
+                    f"this budget): every synthetic value of it would read '{col.other_label}'. The job stops "
+                    "before training (the encoding's share of each site's budget is spent, the rest is not). "
+                    "Declare the column's public 'categories' in the schema (no privacy cost).", public=True)
+            out.append(f"column '{spec.name}' (declared without categories): {kept} value(s) passed the DP "
+                       "threshold" + (f"; every synthetic value reads '{col.other_label}'" if kept == 0 else
+                                      f", the rest read '{col.other_label}'")
+                       + ". Declare its public 'categories' in the schema (no privacy cost)")
+        elif getattr(col, "lower_", None) is not None and (spec.lower is None or spec.upper is None):
+            out.append(f"column '{spec.name}' (declared without bounds): its range read under DP is "
+                       f"[{col.lower_:g}, {col.upper_:g}] (powers of two); its values outside it are clipped to it. "
+                       "Declare its public 'lower' and 'upper' in the schema (no privacy cost)")
+    return out
+
+
 def plan_to_dict(plan: EncodingPlan) -> dict:
     return plan.to_dict()
 
