@@ -79,3 +79,19 @@ def test_what_the_encoding_read_under_dp_is_told_for_each_undeclared_column():
     fedtab.FederatedSynthesizer("mst", epsilon=1.0, schema=DECLARED, seed=0,
                                 progress=lambda kind, info: lines.append(str(info.get("name")))).fit(sites)
     assert not [x for x in lines if "read under DP" in x or "declared without" in x]
+
+
+def test_a_dp_range_takes_adjacent_cells_above_two_noise_sds_and_never_a_far_one():
+    """``bounds_from_magnitude_counts``: from the cells passing 4.8 sds, the range grows through adjacent
+    cells passing 2 sds (here the cell of values 8-16, 3 sds) and stops at the first that does not; a far
+    cell at 3 sds beyond an empty one is not taken. Without the extension the range is the passing cell
+    alone (the control: half the rows cut)."""
+    from fedtab.transform.statistics import MAGNITUDE_EDGES, bounds_from_magnitude_counts
+
+    counts = np.zeros(len(MAGNITUDE_EDGES) + 1)
+    cell = {v: int(np.searchsorted(MAGNITUDE_EDGES, v, side="right")) for v in (20.0, 10.0, 0.5, 100.0)}
+    counts[cell[20.0]], counts[cell[10.0]], counts[cell[0.5]], counts[cell[100.0]] = 10.0, 3.0, 3.0, 0.0
+    assert bounds_from_magnitude_counts(counts, threshold=4.8, extend=2.0) == (8.0, 32.0)
+    assert bounds_from_magnitude_counts(counts, threshold=4.8) == (16.0, 32.0)
+    counts[cell[100.0]] = 2.5  # the cell 64-128: the empty cell 32-64 lies between
+    assert bounds_from_magnitude_counts(counts, threshold=4.8, extend=2.0) == (8.0, 32.0)

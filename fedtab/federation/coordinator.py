@@ -587,10 +587,11 @@ def _prepare(transport: Transport, job: JobSpec, progress: Progress | None, *, s
 
     transformer, site_weights = encoding.run_encoding(
         plan, ask_encoding, pair_noise_sd=plan.noise_multiplier if rounds is not None else None, screen=screen)
-    for line in encoding.read_under_dp(plan, transformer, target=job.target):  # told, as the CLI prints phases
+    for line in encoding.read_under_dp(plan, transformer):  # told, as the CLI prints phases
         if progress is None:
             warnings.warn(line, ReadUnderDPWarning, stacklevel=2)
         _notify(progress, "phase", name=line)
+    encoding.check_target_read(plan, transformer, job.target)
     rows_known = secure_encoding.SUMMED not in site_weights
     if not rows_known:  # the coordinator knows the sum of the sites' rows: each site an equal share of it
         total = site_weights.pop(secure_encoding.SUMMED)

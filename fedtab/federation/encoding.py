@@ -28,13 +28,10 @@ def make_plan(schema, job) -> EncodingPlan:
                         site_column=job.site_column, **modes)
 
 
-def read_under_dp(plan: EncodingPlan, transformer: TableTransformer, *, target: str | None = None) -> list[str]:
+def read_under_dp(plan: EncodingPlan, transformer: TableTransformer) -> list[str]:
     """What the encoding read under DP for the columns declared without a domain: one line per column for
     the coordinator's operator (public: DP releases), saying what it became and that declaring it costs
-    nothing. A declared ``target`` none of whose values passed the DP threshold stops the job here
-    (``ConfigError``): every synthetic value of it would read 'other' and its utility figures nothing;
-    the rest of each site's budget is left for a job with the categories declared."""
-    from fedtab.errors import ConfigError
+    nothing."""
     from fedtab.transform.categorical import CategoricalColumnTransformer
 
     if plan.dp is None:
@@ -44,13 +41,6 @@ def read_under_dp(plan: EncodingPlan, transformer: TableTransformer, *, target: 
         spec = col.spec
         if isinstance(col, CategoricalColumnTransformer) and spec.categories is None:
             kept = len(col.categories_)
-            if kept == 0 and spec.name == target:
-                raise ConfigError(
-                    f"The target '{spec.name}' is declared without categories, and none of its values passed "
-                    "the DP threshold of the encoding's domain phase (the sites hold too few rows of each for "
-                    f"this budget): every synthetic value of it would read '{col.other_label}'. The job stops "
-                    "before training (the encoding's share of each site's budget is spent, the rest is not). "
-                    "Declare the column's public 'categories' in the schema (no privacy cost).", public=True)
             out.append(f"column '{spec.name}' (declared without categories): {kept} value(s) passed the DP "
                        "threshold" + (f"; every synthetic value reads '{col.other_label}'" if kept == 0 else
                                       f", the rest read '{col.other_label}'")
@@ -60,6 +50,24 @@ def read_under_dp(plan: EncodingPlan, transformer: TableTransformer, *, target: 
                        f"[{col.lower_:g}, {col.upper_:g}] (powers of two); its values outside it are clipped to it. "
                        "Declare its public 'lower' and 'upper' in the schema (no privacy cost)")
     return out
+
+
+def check_target_read(plan: EncodingPlan, transformer: TableTransformer, target: str | None) -> None:
+    """A declared ``target`` none of whose values passed the DP threshold stops the job here
+    (``ConfigError``): every synthetic value of it would read 'other' and its utility figures nothing;
+    the rest of each site's budget is left for a job with the categories declared."""
+    from fedtab.errors import ConfigError
+    from fedtab.transform.categorical import CategoricalColumnTransformer
+
+    for col in transformer.columns_:
+        if (plan.dp is not None and col.spec.name == target and isinstance(col, CategoricalColumnTransformer)
+                and col.spec.categories is None and not col.categories_):
+            raise ConfigError(
+                f"The target '{target}' is declared without categories, and none of its values passed the DP "
+                "threshold of the encoding's domain phase (the sites hold too few rows of each for this budget): "
+                f"every synthetic value of it would read '{col.other_label}'. The job stops before training (the "
+                "encoding's share of each site's budget is spent, the rest is not). Declare the column's public "
+                "'categories' in the schema (no privacy cost).", public=True)
 
 
 def plan_to_dict(plan: EncodingPlan) -> dict:
