@@ -26,11 +26,15 @@ SCHEMA_UNDECLARED = TableSchema((ColumnSpec("kind", "categorical"),) + tuple(SCH
 
 
 class _Recording(InProcessTransport):
-    """Every reply the strict site sent with counts or an update in it."""
+    """Every reply the strict site sent with counts or an update in it, and what the coordinator said,
+    with the schema request, would leave in the clear."""
 
     replies: list = []
+    said: list = []
 
     def outcomes(self, kind, bodies):
+        if kind == SCHEMA_KIND and STRICT in bodies:
+            self.said.append(list(bodies[STRICT].get("in_the_clear") or []))
         out = super().outcomes(kind, bodies)
         if STRICT in out and kind in (ENCODE, MEASURE, TRAIN):
             self.replies.append((kind, bodies[STRICT], out[STRICT]))
@@ -38,7 +42,7 @@ class _Recording(InProcessTransport):
 
 
 def _fit(monkeypatch, model="mst", *, strict=True, **kw):
-    _Recording.replies = []
+    _Recording.replies, _Recording.said = [], []
     monkeypatch.setattr("fedtab.federation.transport.InProcessTransport", _Recording)
     policy = {STRICT: fedtab.SitePolicy(require_secure_aggregation=strict)}
     extra = {"rounds": 2, "batch_size": 100,
@@ -106,17 +110,6 @@ def test_a_coordinator_that_does_not_say_what_leaves_in_the_clear_meets_the_refu
     assert {("encode", "histogram"), ("train", None)} <= set(_clear(_Recording.replies))
 
 
-class _Said(_Recording):
-    """Also what the coordinator said, with the schema request, would leave in the clear."""
-
-    said: list = []
-
-    def outcomes(self, kind, bodies):
-        if kind == SCHEMA_KIND and STRICT in bodies:
-            self.said.append(list(bodies[STRICT].get("in_the_clear") or []))
-        return super().outcomes(kind, bodies)
-
-
 @pytest.mark.parametrize("model, kw", [
     ("mst", {}), ("mst", {"site_column": "hospital"}), ("mst", {"schema": SCHEMA_UNDECLARED}),
     ("tvae", {"on_failed_sum": "stop"}), ("tvae", {"aggregation": "trimmed_mean"}),
@@ -127,17 +120,9 @@ def test_what_a_job_says_leaves_in_the_clear_is_what_leaves(monkeypatch, model, 
     (which histograms and updates are summed): the two must not drift apart. For each kind of job the
     strict site's rule reads, run with a site that serves it and see what it sent: counts or an update in
     the clear exactly where the job said it would send some."""
-    _Said.said = []
-    monkeypatch.setattr("fedtab.federation.transport.InProcessTransport", _Said)
-    policy = {STRICT: fedtab.SitePolicy(require_secure_aggregation=False)}
-    extra = {"rounds": 2, "batch_size": 100,
-             "model_options": {"compress_dims": [32], "decompress_dims": [32], "embedding_dim": 16}} \
-        if model == "tvae" else {}
-    kw = {"schema": SCHEMA, **kw}
-    _Said.replies = []
-    fedtab.FederatedSynthesizer(model, epsilon=2.0, seed=0, site_policy=policy, **extra, **kw).fit(_four_sites())
-    assert len(_Said.said) == 1
-    assert bool(_Said.said[0]) == bool(_clear(_Said.replies)), (_Said.said, _clear(_Said.replies))
+    _fit(monkeypatch, model, strict=False, **kw)
+    assert len(_Recording.said) == 1
+    assert bool(_Recording.said[0]) == bool(_clear(_Recording.replies)), (_Recording.said, _clear(_Recording.replies))
 
 
 def test_a_job_says_what_it_sends_in_the_clear_from_its_own_settings():
