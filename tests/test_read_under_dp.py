@@ -53,8 +53,8 @@ def test_a_target_none_of_whose_values_passes_the_threshold_stops_the_job_before
     _Asked.kinds = []
     with pytest.raises(ConfigError, match="The target 'kind' is declared without categories, and none of its values "
                                           "passed the DP threshold.*Declare the column's public 'categories'"):
-        fedtab.FederatedSynthesizer("mst", epsilon=1.0, schema=TableSchema((UNDECLARED.columns[0], DECLARED.columns[1])),
-                                    target="kind", seed=0).fit(_sites(30))
+        kind_undeclared = TableSchema((UNDECLARED.columns[0], DECLARED.columns[1]))
+        fedtab.FederatedSynthesizer("mst", epsilon=1.0, schema=kind_undeclared, target="kind", seed=0).fit(_sites(30))
     assert _Asked.kinds and not {MEASURE, TRAIN} & set(_Asked.kinds)
     _Asked.kinds = []
     fedtab.FederatedSynthesizer("mst", epsilon=1.0, schema=DECLARED, target="kind", seed=0).fit(_sites(30))
@@ -69,7 +69,8 @@ def test_what_the_encoding_read_under_dp_is_told_for_each_undeclared_column():
     sites = _sites(3000)
     fedtab.FederatedSynthesizer("mst", epsilon=1.0, schema=UNDECLARED, seed=0,
                                 progress=lambda kind, info: lines.append(str(info.get("name")))).fit(sites)
-    ranged = [x for x in lines if x.startswith("column 'value' (declared without bounds): its range read under DP is [")]
+    ranged = [x for x in lines
+              if x.startswith("column 'value' (declared without bounds): its range read under DP is [")]
     assert len(ranged) == 1 and "Declare its public 'lower' and 'upper'" in ranged[0]
     kinds = [x for x in lines if x.startswith("column 'kind' (declared without categories): ")]
     assert len(kinds) == 1 and "value(s) passed the DP threshold" in kinds[0]
