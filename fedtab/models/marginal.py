@@ -105,7 +105,7 @@ def discretise(transformer) -> Discretisation:
             # its own for the lower bound and 0 (point masses: counts, amounts), on a grid or not.
             full = histogram_edges(col.spec, lo, hi, FINE_BINS, points=True) if hi > lo else np.array([lo, hi])
             edges = [float(e) for e in full[1:-1]]
-            points = point_cells(col.spec, full)
+            points = point_cells(col.spec, full, lo)
             cols.append({"name": col.spec.name, "kind": "numerical", "lower": float(full[0]),
                          "upper": float(full[-1]), "clip": [lo, hi], "edges": edges,
                          **({"points": points} if points else {}),

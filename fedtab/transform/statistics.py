@@ -107,14 +107,20 @@ def histogram_edges(spec: ColumnSpec, lower: float, upper: float, bins: int, *, 
     return np.unique(np.concatenate([edges[~inside], [e for c in cells for e in c], [lower - step / 2]]))
 
 
-def point_cells(spec: ColumnSpec, edges: np.ndarray) -> list[list[float]]:
-    """[cell index, value] of each point cell ``histogram_edges(points=True)`` gave a continuous column:
-    a value drawn in such a cell is the point itself. Empty for a column on a grid (its rounding does it)."""
+def point_cells(spec: ColumnSpec, edges: np.ndarray, lower: float) -> list[list[float]]:
+    """[cell index, value] of each point cell ``histogram_edges(points=True)`` gave a continuous column
+    (its ``lower`` bound and 0): a value drawn in such a cell is the point itself, exactly. Empty for a
+    column on a grid (its rounding does it)."""
     e = np.asarray(edges, dtype=float)
     if grid_step(spec) is not None or e.size < 3:
         return []
     width = (e[-1] - e[0]) * POINT_WIDTH * 1.5
-    return [[i, float((e[i] + e[i + 1]) / 2)] for i in range(e.size - 1) if e[i + 1] - e[i] <= width]
+    out = []
+    for i in range(e.size - 1):
+        if e[i + 1] - e[i] <= width:
+            mid = (e[i] + e[i + 1]) / 2
+            out.append([i, min((float(lower), 0.0), key=lambda p: abs(p - mid))])
+    return out
 
 
 def histogram_counts(x: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, float]:
