@@ -96,3 +96,20 @@ def test_a_dp_range_takes_adjacent_cells_above_two_noise_sds_and_never_a_far_one
     assert bounds_from_magnitude_counts(counts, threshold=4.8) == (16.0, 32.0)
     counts[cell[100.0]] = 2.5  # the cell 64-128: the empty cell 32-64 lies between
     assert bounds_from_magnitude_counts(counts, threshold=4.8, extend=2.0) == (8.0, 32.0)
+
+
+def test_a_datetime_range_read_under_dp_is_told_in_dates():
+    """Datetimes travel as days since 1970: their range is told as dates, not as day counts."""
+    rng = np.random.default_rng(1)
+    sites = {name: pd.DataFrame({"kind": rng.choice(["a", "b"], 3000),
+                                 "seen": pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 900, 3000), "D")})
+             for name in ("north", "south", "east")}
+    schema = TableSchema((DECLARED.columns[0], ColumnSpec("seen", "datetime", datetime_format="%Y-%m-%d")))
+    lines: list[str] = []
+    fedtab.FederatedSynthesizer("mst", epsilon=1.0, schema=schema, seed=0,
+                                progress=lambda kind, info: lines.append(str(info.get("name")))).fit(sites)
+    told = [x for x in lines if x.startswith("column 'seen' (declared without bounds)")]
+    import re
+
+    found = re.search(r"is \[(\d{4}-\d{2}-\d{2}), (\d{4}-\d{2}-\d{2})\]", told[0]) if len(told) == 1 else None
+    assert found and found.group(1) <= "2020-01-01" and found.group(2) >= "2022-06-19"  # days 16384-32768 mostly

@@ -46,10 +46,18 @@ def read_under_dp(plan: EncodingPlan, transformer: TableTransformer) -> list[str
                                       f", the rest read '{col.other_label}'")
                        + ". Declare its public 'categories' in the schema (no privacy cost)")
         elif getattr(col, "lower_", None) is not None and (spec.lower is None or spec.upper is None):
-            out.append(f"column '{spec.name}' (declared without bounds): its range read under DP is "
-                       f"[{col.lower_:g}, {col.upper_:g}] (powers of two); its values outside it are clipped to it. "
-                       "Declare its public 'lower' and 'upper' in the schema (no privacy cost)")
+            lo, hi = (f"{col.lower_:g}", f"{col.upper_:g}") if spec.type != "datetime" else \
+                (str(_day(col.lower_)), str(_day(col.upper_)))  # datetimes travel as days since 1970-01-01
+            out.append(f"column '{spec.name}' (declared without bounds): its range read under DP is [{lo}, {hi}] "
+                       "(powers of two); its values outside it are clipped to it. Declare its public 'lower' and "
+                       "'upper' in the schema (no privacy cost)")
     return out
+
+
+def _day(days: float):
+    import pandas as pd
+
+    return (pd.Timestamp("1970-01-01") + pd.Timedelta(days=float(days))).date()
 
 
 def check_target_read(plan: EncodingPlan, transformer: TableTransformer, target: str | None) -> None:
