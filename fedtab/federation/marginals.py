@@ -212,12 +212,26 @@ def _factors(counts: list[int], shares: list[float]) -> list[float]:
 
 
 def pair_scores(tables: list[np.ndarray], pairs: list[tuple[int, ...]], shares: list[np.ndarray], *,
-                rows: int) -> np.ndarray:
+                rows: int, shift_free: bool = False) -> np.ndarray:
     """Each pair's L1 distance between a site's two-way table and ``rows`` x the product of the public
     one-way ``shares``. One row more or less moves one cell of each table by 1 and the prediction by
-    shares summing to 1: each score by at most 2 (``tests/test_marginal_model.py`` checks it)."""
-    return np.array([float(np.abs(t - rows * np.outer(shares[a], shares[b]).ravel()).sum())
-                     for t, (a, b) in zip(tables, pairs)])
+    shares summing to 1: each score by at most 2 (``tests/test_marginal_model.py`` checks it).
+
+    ``shift_free`` (``select_shares = "pooled"``): less the larger of the two columns' own L1 distances
+    from ``rows`` x their shares (what the site's one-way counts differ from the consortium's, which the
+    pair's distance holds whatever the dependence), so that summed over the sites a pair scores what the
+    pooled table depends, within the sites and across them. Each of the two terms moves by at most 2 a
+    row: the score by at most 4."""
+    out = []
+    for t, (a, b) in zip(tables, pairs):
+        t = np.asarray(t, dtype=float)
+        score = float(np.abs(t - rows * np.outer(shares[a], shares[b]).ravel()).sum())
+        if shift_free:
+            grid = t.reshape(len(shares[a]), len(shares[b]))
+            score -= max(float(np.abs(grid.sum(axis=1) - rows * shares[a]).sum()),
+                         float(np.abs(grid.sum(axis=0) - rows * shares[b]).sum()))
+        out.append(score)
+    return np.array(out)
 
 
 # -- at a site ----------------------------------------------------------------------------------------
@@ -266,6 +280,7 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
     # Coarser levels of numerical columns (one-way, under DP): each a table of its own, sensitivity 1.
     exact += [np.bincount(g[codes[:, j]], minlength=int(g.max()) + 1).astype(float) for j, g in levels]
     own = phase == "select" and body["model_options"].get("select_shares") == "site"
+    pooled = phase == "select" and body["model_options"].get("select_shares") == "pooled"
     if phase == "select" and ledger.is_dp:
         # One release: each candidate pair's L1 distance between this site's two-way table and what the
         # consortium's one-way shares (public, ``body["shares"]``) predict for its rows. A row moves each
@@ -273,10 +288,10 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
         # sends the tables themselves and the coordinator scores the pooled ones.)
         ref = ([np.bincount(codes[:, j], minlength=sizes[j]) / max(len(codes), 1) for j in range(len(sizes))] if own
                else [np.asarray(x, dtype=float) for x in body["shares"]])
-        exact = [pair_scores(exact, cliques, ref, rows=len(codes))]
+        exact = [pair_scores(exact, cliques, ref, rows=len(codes), shift_free=pooled)]
     # A row moves a score by at most 2 against public shares; against the site's own shares (which the row
     # also moves: the product of the one-way counts over the rows changes by less than 3 in L1) by at most 4.
-    sensitivity = (4.0 if own else 2.0) * math.sqrt(len(cliques)) if phase == "select" else 1.0
+    sensitivity = (4.0 if own or pooled else 2.0) * math.sqrt(len(cliques)) if phase == "select" else 1.0
     releases = 1 if phase == "select" and ledger.is_dp else len(exact)
     factors = _factors(counts, shares)
     if not ledger.is_dp:
@@ -424,7 +439,7 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
     rows = row_estimate(measured) if job.privacy.enabled else max(1.0, float(np.median([t.sum() for t in measured])))
     factors = _factors(plan["counts"], plan["shares"])
     target = _target_index(job, transformer)
-    select_sd = sd1 * factors[1] * (4.0 if opts["select_shares"] == "site" else 2.0) * math.sqrt(len(all_pairs))
+    select_sd = sd1 * factors[1] * (2.0 if opts["select_shares"] == "consortium" else 4.0) * math.sqrt(len(all_pairs))
     star = d > 1 and job.privacy.enabled and target is not None and select_sd > STAR_NOISE * rows
     sd_first = sd1
     if star:

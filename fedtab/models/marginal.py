@@ -65,9 +65,9 @@ def model_options(options: dict | None) -> dict[str, Any]:
         raise ConfigError("model option 'shares' must be three numbers > 0 (one-way, selection, tree "
                           f"measurement shares of the training budget). Got {shares!r} instead.")
     out["shares"] = [float(s) / float(sum(shares)) for s in shares]
-    if out["select_shares"] not in ("consortium", "site"):
-        raise ConfigError(f"model option 'select_shares' must be 'consortium' or 'site'. Got {out['select_shares']!r} "
-                          "instead.")
+    if out["select_shares"] not in ("consortium", "site", "pooled"):
+        raise ConfigError("model option 'select_shares' must be 'consortium', 'site' or 'pooled'. Got "
+                          f"{out['select_shares']!r} instead.")
     return out
 
 
