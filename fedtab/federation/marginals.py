@@ -18,7 +18,9 @@ table: a row adds one to one cell of each table):
    site's two-way table and what its own one-way shares predict (model option ``select_shares="site"``,
    the default: a row moves each score by at most 4: L2 sensitivity 4 sqrt(pairs)) or, with
    ``"consortium"``, what the consortium's shares (public after step 1) predict for its rows (at most 2:
-   2 sqrt(pairs); it also scores how far a site's shares differ from the consortium's). The coordinator sums the
+   2 sqrt(pairs); it also scores how far a site's shares differ from the consortium's), or with ``"pooled"``
+   the consortium's less the larger of the two columns' own distances (4 sqrt(pairs); what the pooled table
+   depends, across sites too: ``fedtab.models.marginal``). The coordinator sums the
    sites' vectors (local scores, as FLAIM reads heterogeneous sites: a pair that depends at any site
    scores there) and keeps a maximum spanning tree of pairs. Without DP each site sends its exact two-way
    tables instead and the coordinator scores the pooled ones by mutual information (``excess_information``):
