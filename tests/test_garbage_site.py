@@ -220,7 +220,8 @@ def test_a_site_screens_its_release_once_against_a_sum_proven_to_it():
 def test_where_the_noise_hides_garbage_the_coordinator_says_the_screen_cannot_tell():
     """At heart's hospitals (98-242 training rows) at epsilon 1 a table of random values cannot be told
     from real rows (``screening.can_tell``, the gate on naming a site): the coordinator says so once; at
-    2,000 rows a site it says nothing."""
+    4,000 rows a site it says nothing (0 of 40 runs; at 2,000 the gate is near its limit under this
+    table's noise and said so in 1 of 15, which failed this test now and then)."""
     from fedtab.datasets import heart_schema, load_heart_sites
 
     def notes(schema, sites, secure):
@@ -231,4 +232,4 @@ def test_where_the_noise_hides_garbage_the_coordinator_says_the_screen_cannot_te
         return [n for n in seen if n.startswith("garbage screen:")]
 
     assert len(notes(heart_schema(), load_heart_sites(), True)) == 1
-    assert notes(SCHEMA, _four_sites(2000), False) == []
+    assert notes(SCHEMA, _four_sites(4000), False) == []
