@@ -236,6 +236,13 @@ def pair_scores(tables: list[np.ndarray], pairs: list[tuple[int, ...]], shares: 
     return np.array(out)
 
 
+def score_sensitivity(select_shares: str, pairs: int) -> float:
+    """The L2 sensitivity of a site's vector of ``pairs`` scores (``pair_scores``): a row moves each by at
+    most 2 against public shares ("consortium"), 4 against the site's own ("site", which the row moves
+    too) or public shares less a one-way distance ("pooled")."""
+    return (2.0 if select_shares == "consortium" else 4.0) * math.sqrt(pairs)
+
+
 # -- at a site ----------------------------------------------------------------------------------------
 def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger, cache: dict) -> dict[str, Any]:
     """Noisy counts of the requested marginals of this site's training rows (see the module docstring)."""
@@ -281,8 +288,10 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
     exact = marginal_counts(codes, sizes, cliques)
     # Coarser levels of numerical columns (one-way, under DP): each a table of its own, sensitivity 1.
     exact += [np.bincount(g[codes[:, j]], minlength=int(g.max()) + 1).astype(float) for j, g in levels]
-    own = phase == "select" and body["model_options"].get("select_shares") == "site"
-    pooled = phase == "select" and body["model_options"].get("select_shares") == "pooled"
+    mode = body["model_options"].get("select_shares")
+    if mode not in ("site", "pooled"):  # what the site charges for: anything else is the consortium's score
+        mode = "consortium"
+    own, pooled = phase == "select" and mode == "site", phase == "select" and mode == "pooled"
     if phase == "select" and ledger.is_dp:
         # One release: each candidate pair's L1 distance between this site's two-way table and what the
         # consortium's one-way shares (public, ``body["shares"]``) predict for its rows. A row moves each
@@ -293,7 +302,7 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
         exact = [pair_scores(exact, cliques, ref, rows=len(codes), shift_free=pooled)]
     # A row moves a score by at most 2 against public shares; against the site's own shares (which the row
     # also moves: the product of the one-way counts over the rows changes by less than 3 in L1) by at most 4.
-    sensitivity = (4.0 if own or pooled else 2.0) * math.sqrt(len(cliques)) if phase == "select" else 1.0
+    sensitivity = score_sensitivity(mode, len(cliques)) if phase == "select" else 1.0
     releases = 1 if phase == "select" and ledger.is_dp else len(exact)
     factors = _factors(counts, shares)
     if not ledger.is_dp:
@@ -441,7 +450,7 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
     rows = row_estimate(measured) if job.privacy.enabled else max(1.0, float(np.median([t.sum() for t in measured])))
     factors = _factors(plan["counts"], plan["shares"])
     target = _target_index(job, transformer)
-    select_sd = sd1 * factors[1] * (2.0 if opts["select_shares"] == "consortium" else 4.0) * math.sqrt(len(all_pairs))
+    select_sd = sd1 * factors[1] * score_sensitivity(opts["select_shares"], len(all_pairs))
     star = d > 1 and job.privacy.enabled and target is not None and select_sd > STAR_NOISE * rows
     sd_first = sd1
     if star:
