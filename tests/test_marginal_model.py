@@ -128,8 +128,10 @@ def test_unknown_options_are_refused_before_any_site_is_asked():
         synth.fit({"north": never})
 
 
-def test_a_row_moves_each_pair_score_by_at_most_two():
-    """The select release's sensitivity (2 per score, 2 sqrt(pairs) for the vector) against every row."""
+def test_a_row_moves_each_pair_score_by_at_most_one():
+    """The select release's sensitivity against public shares and a public row count (1 per score,
+    sqrt(pairs) for the vector) against every row. Broken control: the exact row count in the prediction
+    moves it with the row, and the scores by more than 1."""
     from fedtab.federation.marginals import pair_scores
     from fedtab.models.marginal import marginal_counts
 
@@ -138,13 +140,18 @@ def test_a_row_moves_each_pair_score_by_at_most_two():
     codes = np.stack([rng.integers(0, k, 60) for k in sizes], axis=1)
     pairs = [(a, b) for a in range(4) for b in range(a + 1, 4)]
     shares = [rng.dirichlet(np.ones(k)) for k in sizes]
-    full = pair_scores(marginal_counts(codes, sizes, pairs), pairs, shares, rows=len(codes))
-    worst = 0.0
+    public = 57.3  # a site's DP row estimate: the same with the row and without it
+    full = pair_scores(marginal_counts(codes, sizes, pairs), pairs, shares, rows=public)
+    exact = pair_scores(marginal_counts(codes, sizes, pairs), pairs, shares, rows=len(codes))
+    worst = broken = 0.0
     for i in range(len(codes)):
         rest = np.delete(codes, i, axis=0)
-        less = pair_scores(marginal_counts(rest, sizes, pairs), pairs, shares, rows=len(rest))
+        less = pair_scores(marginal_counts(rest, sizes, pairs), pairs, shares, rows=public)
         worst = max(worst, float(np.abs(full - less).max()))
-    assert 0 < worst <= 2.0 + 1e-9
+        less = pair_scores(marginal_counts(rest, sizes, pairs), pairs, shares, rows=len(rest))
+        broken = max(broken, float(np.abs(exact - less).max()))
+    assert 0 < worst <= 1.0 + 1e-9
+    assert broken > 1.0 + 1e-6
 
 
 def test_the_measurement_noise_is_secret_and_a_seeded_control_is_not():
@@ -309,11 +316,11 @@ def test_a_site_refuses_a_level_that_does_not_fit_its_column():
 
 @pytest.mark.parametrize("mode", ["consortium", "site", "pooled"])
 def test_a_pair_score_moves_by_at_most_its_stated_sensitivity(mode):
-    """One row added moves a site's pair score by at most 2 against public shares, by at most 4 against
-    the site's own shares (which the row moves too) and by at most 4 against public shares less the
-    larger one-way distance ("pooled"): the sensitivity the select phase charges."""
+    """One row added moves a site's pair score by at most 1 against public shares for a public row count,
+    by at most 4 against the site's own shares and rows (which the row moves too) and by at most 2 against
+    public shares less the larger one-way distance ("pooled"): the sensitivity the select phase charges."""
     own = mode == "site"
-    from fedtab.federation.marginals import pair_scores
+    from fedtab.federation.marginals import pair_scores, score_sensitivity
 
     rng = np.random.default_rng(0)
     worst = 0.0
@@ -322,15 +329,19 @@ def test_a_pair_score_moves_by_at_most_its_stated_sensitivity(mode):
         a, b = rng.integers(0, ka, n), rng.integers(0, kb, n)
         public = [rng.dirichlet(np.ones(ka)), rng.dirichlet(np.ones(kb))]
 
+        rows = n + float(rng.normal(0, 3))  # a DP row estimate: public, the same with the row and without
+
         def score(a, b):
             t = np.zeros((ka, kb))
             np.add.at(t, (a, b), 1)
             ref = [np.bincount(a, minlength=ka) / len(a), np.bincount(b, minlength=kb) / len(b)] if own else public
-            return pair_scores([t.ravel()], [(0, 1)], ref, rows=len(a), shift_free=mode == "pooled")[0]
+            return pair_scores([t.ravel()], [(0, 1)], ref, rows=len(a) if own else rows,
+                               shift_free=mode == "pooled")[0]
 
         i, j = rng.integers(0, ka), rng.integers(0, kb)
         worst = max(worst, abs(score(np.append(a, i), np.append(b, j)) - score(a, b)))
-    assert worst <= (2.0 if mode == "consortium" else 4.0) + 1e-9
+    assert worst <= score_sensitivity(mode, 1) + 1e-9
+    assert worst > score_sensitivity(mode, 1) / 2  # the bound is not loose by half
 
 
 def test_auto_bins_reads_only_the_row_estimate_and_the_noise():

@@ -17,10 +17,10 @@ table: a row adds one to one cell of each table):
 2. ``select``: one noisy vector of pair scores per site: for every pair, the L1 distance between the
    site's two-way table and what its own one-way shares predict (model option ``select_shares="site"``,
    the default: a row moves each score by at most 4: L2 sensitivity 4 sqrt(pairs)) or, with
-   ``"consortium"``, what the consortium's shares (public after step 1) predict for its rows (at most 2:
-   2 sqrt(pairs); it also scores how far a site's shares differ from the consortium's), or with ``"pooled"``
-   the consortium's less the larger of the two columns' own distances (4 sqrt(pairs); what the pooled table
-   depends, across sites too: ``fedtab.models.marginal``). The coordinator sums the
+   ``"consortium"``, what the consortium's shares (public after step 1) predict for the site's DP row
+   estimate (at most 1: sqrt(pairs); it also scores how far a site's shares differ from the consortium's),
+   or with ``"pooled"`` the consortium's less the larger of the two columns' own distances (2 sqrt(pairs);
+   what the pooled table depends, across sites too: ``fedtab.models.marginal``). The coordinator sums the
    sites' vectors (local scores, as FLAIM reads heterogeneous sites: a pair that depends at any site
    scores there) and keeps a maximum spanning tree of pairs. Without DP each site sends its exact two-way
    tables instead and the coordinator scores the pooled ones by mutual information (``excess_information``):
@@ -214,16 +214,16 @@ def _factors(counts: list[int], shares: list[float]) -> list[float]:
 
 
 def pair_scores(tables: list[np.ndarray], pairs: list[tuple[int, ...]], shares: list[np.ndarray], *,
-                rows: int, shift_free: bool = False) -> np.ndarray:
-    """Each pair's L1 distance between a site's two-way table and ``rows`` x the product of the public
-    one-way ``shares``. One row more or less moves one cell of each table by 1 and the prediction by
-    shares summing to 1: each score by at most 2 (``tests/test_marginal_model.py`` checks it).
+                rows: float, shift_free: bool = False) -> np.ndarray:
+    """Each pair's L1 distance between a site's two-way table and ``rows`` x the product of the one-way
+    ``shares``. With public shares and a public ``rows`` one row more or less moves one cell of each table
+    by 1: each score by at most 1 (``score_sensitivity``; ``tests/test_marginal_model.py`` checks it).
 
     ``shift_free`` (``select_shares = "pooled"``): less the larger of the two columns' own L1 distances
     from ``rows`` x their shares (what the site's one-way counts differ from the consortium's, which the
     pair's distance holds whatever the dependence), so that summed over the sites a pair scores what the
-    pooled table depends, within the sites and across them. Each of the two terms moves by at most 2 a
-    row: the score by at most 4."""
+    pooled table depends, within the sites and across them. Each of the two terms moves by at most 1 a
+    row: the score by at most 2."""
     out = []
     for t, (a, b) in zip(tables, pairs):
         t = np.asarray(t, dtype=float)
@@ -237,10 +237,27 @@ def pair_scores(tables: list[np.ndarray], pairs: list[tuple[int, ...]], shares: 
 
 
 def score_sensitivity(select_shares: str, pairs: int) -> float:
-    """The L2 sensitivity of a site's vector of ``pairs`` scores (``pair_scores``): a row moves each by at
-    most 2 against public shares ("consortium"), 4 against the site's own ("site", which the row moves
-    too) or public shares less a one-way distance ("pooled")."""
-    return (2.0 if select_shares == "consortium" else 4.0) * math.sqrt(pairs)
+    """The L2 sensitivity of a site's vector of ``pairs`` scores (``pair_scores``). Against public shares
+    for a public row count (the site's DP row estimate) a row moves only the two-way table, one cell by 1:
+    each score by at most 1 ("consortium"), or 2 less a one-way distance that moves by 1 too ("pooled");
+    against the site's own shares and rows, which the row moves too, by at most 4 ("site")."""
+    per_score = {"consortium": 1.0, "pooled": 2.0}.get(select_shares, 4.0)
+    return per_score * math.sqrt(pairs)
+
+
+def public_rows(site: str, state: dict) -> float:
+    """The row count a site's scores against public shares predict for: its own DP row estimate from the
+    encoding (``state["rows_estimate"]``, post-processing of a release on its ledger), never its exact
+    count, which would move the prediction with a row and double the sensitivity ``score_sensitivity``
+    charges for."""
+    rows = state.get("rows_estimate")
+    if rows is None or not math.isfinite(float(rows)):
+        from fedtab.errors import FederationError
+
+        raise FederationError(f"site '{site}': a pair-score request before this site's encoding row estimate "
+                              "(the coordinator skipped the encoding's histogram phase): run the job again",
+                              public=True)
+    return max(float(rows), 1.0)
 
 
 # -- at a site ----------------------------------------------------------------------------------------
@@ -293,15 +310,18 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
         mode = "consortium"
     own, pooled = phase == "select" and mode == "site", phase == "select" and mode == "pooled"
     if phase == "select" and ledger.is_dp:
-        # One release: each candidate pair's L1 distance between this site's two-way table and what the
-        # consortium's one-way shares (public, ``body["shares"]``) predict for its rows. A row moves each
-        # distance by at most 2, so the vector's L2 sensitivity is 2 sqrt(pairs). (Without DP the site
-        # sends the tables themselves and the coordinator scores the pooled ones.)
-        ref = ([np.bincount(codes[:, j], minlength=sizes[j]) / max(len(codes), 1) for j in range(len(sizes))] if own
-               else [np.asarray(x, dtype=float) for x in body["shares"]])
-        exact = [pair_scores(exact, cliques, ref, rows=len(codes), shift_free=pooled)]
-    # A row moves a score by at most 2 against public shares; against the site's own shares (which the row
-    # also moves: the product of the one-way counts over the rows changes by less than 3 in L1) by at most 4.
+        # One release: each candidate pair's L1 distance between this site's two-way table and what one-way
+        # shares predict for its rows: the site's own ("site": exact shares and rows, which a row moves too)
+        # or the consortium's (public, ``body["shares"]``) for the site's own DP row estimate (post-processing
+        # of its encoding release), so that only the two-way table moves with a row (``score_sensitivity``).
+        # (Without DP the site sends the tables themselves and the coordinator scores the pooled ones.)
+        if own:
+            ref = [np.bincount(codes[:, j], minlength=sizes[j]) / max(len(codes), 1) for j in range(len(sizes))]
+            rows = float(len(codes))
+        else:
+            ref = [np.asarray(x, dtype=float) for x in body["shares"]]
+            rows = public_rows(site, state)
+        exact = [pair_scores(exact, cliques, ref, rows=rows, shift_free=pooled)]
     sensitivity = score_sensitivity(mode, len(cliques)) if phase == "select" else 1.0
     releases = 1 if phase == "select" and ledger.is_dp else len(exact)
     factors = _factors(counts, shares)
