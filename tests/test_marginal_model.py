@@ -391,6 +391,37 @@ def test_unreadable_selection_gives_the_star_on_the_target_and_its_budget_to_the
     assert all("marginals/select" in p and "marginals/one-way again" not in p for p in phases.values())
 
 
+def test_where_each_sites_own_scores_cannot_be_read_the_selection_scores_against_the_consortiums_shares():
+    """select_shares = "auto" (the default): at 100 rows a site the noise of scores against each site's own
+    shares (sensitivity 4 a pair) would exceed STAR_NOISE x the rows, that of "pooled" (2) would not: the
+    sites score "pooled" and charge its sensitivity, and the coordinator says so. Control: "site" named
+    explicitly gives the star on the target; at 60 rows a site "auto" gives the star too."""
+    from fedtab.federation.marginals import selection_mode
+    from tests.test_garbage_site import _four_sites
+
+    def fit(n, **options):
+        events: list = []
+        synth = fedtab.FederatedSynthesizer("mst", epsilon=1.0, delta=1e-5, schema=SCHEMA, target="kind",
+                                            model_options=options or None,
+                                            progress=lambda e, info: events.append(str(info.get("name", ""))))
+        synth.fit(_four_sites(n))
+        select = [e for led in synth.privacy_ledger.values() for e in led.to_dict()["entries"]
+                  if e["phase"] == "marginals/select"]
+        return events, select
+
+    events, select = fit(100)
+    assert any('"pooled"' in e for e in events) and not any("the star" in e for e in events)
+    assert len(select) == 4 and all(e["sensitivity"] == pytest.approx(2 * math.sqrt(6)) for e in select)
+    events, select = fit(100, select_shares="site")
+    assert any("the star on the target" in e for e in events) and not select
+    events, select = fit(60)
+    assert any("the star on the target" in e for e in events) and not select
+    assert selection_mode("auto", 1.0, 10, 100.0, dp=True) == "site"  # sd 4 sqrt(10) = 12.6 <= 20
+    assert selection_mode("auto", 2.0, 10, 100.0, dp=True) == "pooled"
+    assert selection_mode("auto", 2.0, 10, 100.0, dp=False) == "site"
+    assert selection_mode("consortium", 2.0, 10, 100.0, dp=True) == "consortium"
+
+
 def test_a_site_measures_its_one_way_tables_again_only_once_and_only_in_place_of_the_selection():
     """A curious coordinator that asks for the one-way tables again and again (to average the noise away),
     or again while the job still plans its selection, is refused before anything is spent."""

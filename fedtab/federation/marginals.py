@@ -15,14 +15,15 @@ table: a row adds one to one cell of each table):
    bounds (heart at epsilon 1, 3 seeds: synthetic mean age 62 against a real 53.5); a coarse cell's one
    count tells an empty region from noise better (57, 4 seeds; column shapes 0.865 against 0.854);
 2. ``select``: one noisy vector of pair scores per site: for every pair, the L1 distance between the
-   site's two-way table and what its own one-way shares predict (model option ``select_shares="site"``,
-   the default: a row moves each score by at most 4: L2 sensitivity 4 sqrt(pairs)) or, with
+   site's two-way table and what its own one-way shares predict (model option ``select_shares="site"``:
+   a row moves each score by at most 4: L2 sensitivity 4 sqrt(pairs)) or, with
    ``"consortium"``, what the consortium's shares (public after step 1) predict for the site's DP row
    estimate (at most 1: sqrt(pairs); it also scores how far a site's shares differ from the consortium's),
    or with ``"pooled"`` the consortium's less the larger of the two columns' own distances (2 sqrt(pairs);
-   what the pooled table depends, across sites too: ``fedtab.models.marginal``). The coordinator sums the
-   sites' vectors (local scores, as FLAIM reads heterogeneous sites: a pair that depends at any site
-   scores there) and keeps a maximum spanning tree of pairs. Without DP each site sends its exact two-way
+   what the pooled table depends, across sites too: ``fedtab.models.marginal``); ``"auto"`` (the default,
+   ``selection_mode``): "site" where its noise can be read, else "pooled". The coordinator sums the sites'
+   vectors (local scores, as FLAIM reads heterogeneous sites: a pair that depends at any site scores there)
+   and keeps a maximum spanning tree of pairs. Without DP each site sends its exact two-way
    tables instead and the coordinator scores the pooled ones by mutual information (``excess_information``):
    on non-IID sites the local scores also reward what merely differs between sites (4 sites against 1,
    breast cancer 0.881 against 0.915);
@@ -245,6 +246,19 @@ def score_sensitivity(select_shares: str, pairs: int) -> float:
     return per_score * math.sqrt(pairs)
 
 
+def selection_mode(option: str, sd: float, pairs: int, rows: float, *, dp: bool) -> str:
+    """The scores a job's selection asks the sites for (model option ``select_shares``; public: the noise
+    per unit of sensitivity ``sd``, the pair count and the DP row estimate). "auto": each site's own shares
+    ("site") where their scores' noise sd is at most ``STAR_NOISE`` x the rows, else the consortium's less
+    the one-way distances ("pooled", half the sensitivity: ``score_sensitivity``). Without DP the sites send
+    their exact tables and no score is computed: "site"."""
+    if option != "auto":
+        return option
+    if not dp or sd * score_sensitivity("site", pairs) <= STAR_NOISE * rows:
+        return "site"
+    return "pooled"
+
+
 def public_rows(site: str, state: dict) -> float:
     """The row count a site's scores against public shares predict for: its own DP row estimate from the
     encoding (``state["rows_estimate"]``, post-processing of a release on its ledger), never its exact
@@ -305,8 +319,10 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
     exact = marginal_counts(codes, sizes, cliques)
     # Coarser levels of numerical columns (one-way, under DP): each a table of its own, sensitivity 1.
     exact += [np.bincount(g[codes[:, j]], minlength=int(g.max()) + 1).astype(float) for j, g in levels]
-    mode = body["model_options"].get("select_shares")
-    if mode not in ("site", "pooled"):  # what the site charges for: anything else is the consortium's score
+    # The scores this request asks for (the coordinator's ``selection_mode``): what the site computes is what
+    # it charges for, whatever the coordinator chose; anything unknown is the consortium's score.
+    mode = body.get("select_shares", body["model_options"].get("select_shares"))
+    if mode not in ("site", "pooled"):
         mode = "consortium"
     own, pooled = phase == "select" and mode == "site", phase == "select" and mode == "pooled"
     if phase == "select" and ledger.is_dp:
@@ -470,8 +486,14 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
     rows = row_estimate(measured) if job.privacy.enabled else max(1.0, float(np.median([t.sum() for t in measured])))
     factors = _factors(plan["counts"], plan["shares"])
     target = _target_index(job, transformer)
-    select_sd = sd1 * factors[1] * score_sensitivity(opts["select_shares"], len(all_pairs))
+    mode = selection_mode(opts["select_shares"], sd1 * factors[1], len(all_pairs), rows, dp=job.privacy.enabled)
+    select_sd = sd1 * factors[1] * score_sensitivity(mode, len(all_pairs))
     star = d > 1 and job.privacy.enabled and target is not None and select_sd > STAR_NOISE * rows
+    if progress is not None and opts["select_shares"] == "auto" and mode != "site" and not star and d > 1:
+        site_sd = sd1 * factors[1] * score_sensitivity("site", len(all_pairs))
+        progress("phase", {"name": f"marginals: the selection scores pairs against the consortium's shares "
+                                   f"(\"pooled\": noise sd {select_sd:.0f}; against each site's own its sd "
+                                   f"{site_sd:.0f} would exceed {STAR_NOISE:g} x the {rows:.0f} rows)"})
     sd_first = sd1
     if star:
         # The selection's scores cannot be read (a pair's L1 score is at most 2 x rows; a dependence of total
@@ -504,7 +526,8 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
         measurements += [(pair, t, sd3) for pair, t in zip(tree, chosen)]
     elif d > 1:
         shares = [_probs(o) for o in ones]
-        selected, _, _ = measure("select", all_pairs, disc, shares=[list(map(float, x)) for x in shares])
+        selected, _, _ = measure("select", all_pairs, disc, shares=[list(map(float, x)) for x in shares],
+                                 select_shares=mode)
         if job.privacy.enabled:  # the sites' noisy scores, summed (FLAIM's local scores)
             # Less what independent columns score by chance at each site's size (the DP row estimates,
             # public): a column of many cells would otherwise win every pair and the tree would be a star.
