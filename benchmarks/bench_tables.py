@@ -149,6 +149,12 @@ def _stat(values):
             "n": len(v)}
 
 
+def _model(row: dict) -> str:
+    """The model a row ran, with the marginal model's selection where recorded (e.g. "mst/pooled")."""
+    d = row.get("details", {})
+    return d["model"] + (f"/{d['selection']}" if d.get("selection") else "")
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     groups: dict = {}
     for r in rows:
@@ -158,7 +164,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         ok = [r for r in rs if r.get("status") == "ok" and r.get("quality") is not None]
         entry = {"table": t, "method": label, "sites": k, "epsilon": eps, "runs": len(rs), "ok": len(ok),
                  "failed": sorted({r.get("status", "")[:80] for r in rs if r not in ok}),
-                 "models": sorted({r.get("details", {}).get("model") for r in ok if r.get("details", {}).get("model")})}
+                 "models": sorted({_model(r) for r in ok if r.get("details", {}).get("model")})}
         timed = [r for r in ok if r.get("rerun")] or ok
         for mtr in METRICS:
             entry[mtr] = _stat([r.get(mtr) for r in (timed if mtr == "fit_seconds" else ok)])
