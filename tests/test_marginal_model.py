@@ -361,8 +361,8 @@ def test_auto_bins_reads_only_the_row_estimate_and_the_noise():
 
 
 def test_unreadable_selection_gives_the_star_on_the_target_and_its_budget_to_the_one_way_tables():
-    """At epsilon 1 on small sites the selection's noise would swamp every score: with a declared target
-    the coordinator skips it, the tree is the star on the target, the selection's budget measures the
+    """At epsilon 1 on small sites (35 rows) the selection's noise would swamp every score, "pooled" or
+    not: with a declared target the coordinator skips it, the tree is the star on the target, the selection's budget measures the
     one-way tables a second time (at the selection's share: the first phase's noise with equal shares) and
     each site spends its whole budget, no more. Without a target the selection runs."""
     from tests.test_garbage_site import _four_sites
@@ -371,7 +371,7 @@ def test_unreadable_selection_gives_the_star_on_the_target_and_its_budget_to_the
         events: list = []
         synth = fedtab.FederatedSynthesizer("mst", epsilon=1.0, delta=1e-5, schema=SCHEMA, target=target,
                                             progress=lambda e, info: events.append(info.get("name", "")))
-        synth.fit(_four_sites(60))
+        synth.fit(_four_sites(35))
         phases = {site: [e["phase"] for e in led.to_dict()["entries"]] for site, led in synth.privacy_ledger.items()}
         return synth, events, phases
 
@@ -392,10 +392,11 @@ def test_unreadable_selection_gives_the_star_on_the_target_and_its_budget_to_the
 
 
 def test_where_each_sites_own_scores_cannot_be_read_the_selection_scores_against_the_consortiums_shares():
-    """select_shares = "auto" (the default): at 100 rows a site the noise of scores against each site's own
-    shares (sensitivity 4 a pair) would exceed STAR_NOISE x the rows, that of "pooled" (2) would not: the
-    sites score "pooled" and charge its sensitivity, and the coordinator says so. Control: "site" named
-    explicitly gives the star on the target; at 60 rows a site "auto" gives the star too."""
+    """select_shares = "auto" (the default): at 90 rows a site the noise of scores against each site's own
+    shares (sensitivity 4 a pair; sd 82 against some 290 estimated training rows) would exceed STAR_NOISE x
+    the rows, that of "pooled" (2, sd 41) would not: the sites score "pooled" and charge its sensitivity,
+    and the coordinator says so. Control: "site" named explicitly gives the star on the target; at 35 rows
+    a site (some 110 estimated) "auto" gives the star too."""
     from fedtab.federation.marginals import selection_mode
     from tests.test_garbage_site import _four_sites
 
@@ -409,17 +410,30 @@ def test_where_each_sites_own_scores_cannot_be_read_the_selection_scores_against
                   if e["phase"] == "marginals/select"]
         return events, select
 
-    events, select = fit(100)
-    assert any('"pooled"' in e for e in events) and not any("the star" in e for e in events)
+    events, select = fit(90)
+    assert any('"pooled"' in e for e in events) and not any("the star" in e for e in events), events
     assert len(select) == 4 and all(e["sensitivity"] == pytest.approx(2 * math.sqrt(6)) for e in select)
-    events, select = fit(100, select_shares="site")
+    events, select = fit(90, select_shares="site")
     assert any("the star on the target" in e for e in events) and not select
-    events, select = fit(60)
+    events, select = fit(35)
     assert any("the star on the target" in e for e in events) and not select
     assert selection_mode("auto", 1.0, 10, 100.0, dp=True) == "site"  # sd 4 sqrt(10) = 12.6 <= 20
     assert selection_mode("auto", 2.0, 10, 100.0, dp=True) == "pooled"
     assert selection_mode("auto", 2.0, 10, 100.0, dp=False) == "site"
     assert selection_mode("consortium", 2.0, 10, 100.0, dp=True) == "consortium"
+
+
+@pytest.mark.parametrize("shares", [[[0.5, 0.5]], [[0.5, 0.5], [1.0]], [[0.5, 0.5], [0.5, 0.6]],
+                                    [[1.5, -0.5], [1.0, 0.0]], [[float("nan"), 1.0], [1.0, 0.0]], "ab"])
+def test_a_site_refuses_select_shares_that_are_not_shares_before_it_spends(shares):
+    """The consortium's shares a select request carries are the prediction a score is measured from: a
+    coordinator sending the wrong number, wrong lengths, values off [0, 1] or not summing to 1 is refused
+    with a public error, nothing spent. Control: true shares are scored."""
+    from fedtab.federation.marginals import public_shares
+
+    with pytest.raises(fedtab.errors.ConfigError, match="one-way shares"):
+        public_shares("north", shares, (2, 2))
+    assert [list(x) for x in public_shares("north", [[0.25, 0.75], [1.0, 0.0]], (2, 2))] == [[0.25, 0.75], [1.0, 0.0]]
 
 
 def test_a_site_measures_its_one_way_tables_again_only_once_and_only_in_place_of_the_selection():

@@ -259,6 +259,23 @@ def selection_mode(option: str, sd: float, pairs: int, rows: float, *, dp: bool)
     return "pooled"
 
 
+def public_shares(site: str, shares, sizes) -> list[np.ndarray]:
+    """The consortium's one-way shares a select request carries, checked before anything is computed: one
+    vector per column, of its codes' number, finite, non-negative and summing to 1 (what else would move the
+    scores off what ``score_sensitivity`` bounds, or off the scale the noise is read on)."""
+    from fedtab.errors import ConfigError
+
+    try:
+        out = [np.asarray(x, dtype=float) for x in shares]
+    except (TypeError, ValueError):
+        out = []
+    if (len(out) != len(sizes) or any(x.shape != (k,) for x, k in zip(out, sizes))
+            or not all(np.isfinite(x).all() and (x >= 0).all() and abs(float(x.sum()) - 1.0) < 1e-6 for x in out)):
+        raise ConfigError(f"site '{site}': the select request's one-way shares are not one share vector per "
+                          "column, of its cells' number, non-negative and summing to 1", public=True)
+    return out
+
+
 def public_rows(site: str, state: dict) -> float:
     """The row count a site's scores against public shares predict for: its own DP row estimate from the
     encoding (``state["rows_estimate"]``, post-processing of a release on its ledger), never its exact
@@ -335,7 +352,7 @@ def site_measure(site: str, body: dict[str, Any], state: dict, *, train, ledger,
             ref = [np.bincount(codes[:, j], minlength=sizes[j]) / max(len(codes), 1) for j in range(len(sizes))]
             rows = float(len(codes))
         else:
-            ref = [np.asarray(x, dtype=float) for x in body["shares"]]
+            ref = public_shares(site, body.get("shares"), sizes)
             rows = public_rows(site, state)
         exact = [pair_scores(exact, cliques, ref, rows=rows, shift_free=pooled)]
     sensitivity = score_sensitivity(mode, len(cliques)) if phase == "select" else 1.0
