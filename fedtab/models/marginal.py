@@ -51,12 +51,14 @@ NAME = "mst"
 # / 0.549: no better across them.
 # "auto" (the default): "site" where its scores can be read (their noise sd at most ``STAR_NOISE`` x the row
 # estimate, ``fedtab.federation.marginals.selection_mode``), else "pooled" where its half the noise can be
-# (on wide, small tables: ACTG 175, diabetes), else the star on a declared target. Measured with the
+# (wide, small tables), else the star on a declared target. "pooled" as the default everywhere, with the
 # prediction for the site's DP row estimate (sensitivity 2; commit d5678fd, 3 seeds, epsilon 1, 4 sites),
-# "pooled" against "site" where "site" was read: Adult 0.881 / 0.732 against 0.900 / 0.765, bank 0.913 /
-# 0.618 against 0.925 / 0.614, ANES 0.871 against 0.892, RAND HIE 0.894 against 0.910 (the public row count
-# is off the site's by its noise, which hides a weak pair's dependence); where only "pooled" was read:
-# ACTG 175 0.883 / 0.552 against the star's 0.824 / 0.584, diabetes 0.881 / 0.500 against 0.831 / 0.497.
+# against "site" where "site" is read: Adult 0.881 / 0.732 against 0.900 / 0.765, bank 0.913 / 0.618
+# against 0.925 / 0.614, RAND HIE 0.894 against 0.910 (the public row count is off the site's by its
+# noise, which hides a weak pair's dependence). "auto" (commit 5f61b09, 6 runs, tag select-auto) on the
+# 3 of 15 benchmark tables where it reads "pooled" instead of the star, quality / TSTR: ACTG 175 0.880 /
+# 0.530 against 0.824 / 0.584, diabetes 0.868 / 0.511 against 0.831 / 0.497, ANES 1996 0.858 / 0.880
+# against 0.892 / 0.937 (its target is the hub of its pairs: the star holds them all).
 DEFAULT_OPTIONS = {"bins": "auto", "iters": 1000, "shares": [0.25, 0.25, 0.5], "select_shares": "auto"}
 SELECT_SHARES = ("auto", "site", "pooled", "consortium")
 # ``bins = "auto"``: a numerical column's runs in the two-way tables, chosen from what is public when the
