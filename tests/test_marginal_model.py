@@ -362,9 +362,10 @@ def test_auto_bins_reads_only_the_row_estimate_and_the_noise():
 
 def test_unreadable_selection_gives_the_star_on_the_target_and_its_budget_to_the_one_way_tables():
     """At epsilon 1 on small sites (35 rows) the selection's noise would swamp every score, "pooled" or
-    not: with a declared target the coordinator skips it, the tree is the star on the target, the selection's budget measures the
-    one-way tables a second time (at the selection's share: the first phase's noise with equal shares) and
-    each site spends its whole budget, no more. Without a target the selection runs."""
+    not: with a declared target the coordinator skips it, the tree is the star on the target, the
+    selection's budget measures the one-way tables a second time (at the selection's share: the first
+    phase's noise with equal shares) and each site spends its whole budget, no more. Without a target the
+    selection runs."""
     from tests.test_garbage_site import _four_sites
 
     def fit(target):
