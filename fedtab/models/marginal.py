@@ -36,8 +36,8 @@ NAME = "mst"
 # the sensitivity: the site's exact shares and rows move with a row) or the consortium's ("consortium": a
 # pair also scores where a site's shares of either column differ from the consortium's, as on sites split
 # by a column's quartiles). Measured across the 7 tables of benchmarks/bench_tables.py at epsilon 1 on 4
-# sites (2 seeds each, site against consortium; sensitivity 4 and 2 then): quality bank 0.916 / 0.842, Adult 0.894 / 0.872, Fair 0.954 / 0.926, heart 0.775 / 0.795, penguins 0.710 / 0.718,
-# breast cancer 0.695 / 0.700, diabetes 0.797 / 0.799; TSTR higher or level on 6 of 7 (heart 0.67 / 0.54,
+# sites (2 seeds each, site against consortium; sensitivity 4 and 2 then): quality bank 0.916 / 0.842,
+# Adult 0.894 / 0.872, Fair 0.954 / 0.926, heart 0.775 / 0.795, penguins 0.710 / 0.718, breast cancer 0.695 / 0.700, diabetes 0.797 / 0.799; TSTR higher or level on 6 of 7 (heart 0.67 / 0.54,
 # penguins 0.85 / 0.70, Adult 0.81 / 0.75, bank 0.65 / 0.60; breast cancer 0.76 / 0.81, sd ~0.1).
 # "pooled": the consortium's shares less the larger of the two columns' own distances from them (a site's
 # one-way difference from the consortium, which every pair of that column holds), so that the sum over the
