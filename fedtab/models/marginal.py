@@ -31,33 +31,31 @@ import numpy as np
 from fedtab.errors import ConfigError
 
 NAME = "mst"
-# ``select_shares`` (DP): the one-way shares a site's pair scores compare its two-way tables with: the site's
-# own ("site": a pair scores where it depends within a site, whatever the sites' differences; four times
-# the sensitivity: the site's exact shares and rows move with a row) or the consortium's ("consortium": a
-# pair also scores where a site's shares of either column differ from the consortium's, as on sites split
-# by a column's quartiles). Measured across the 7 tables of benchmarks/bench_tables.py at epsilon 1 on 4
-# sites (2 seeds each, site against consortium; sensitivity 4 and 2 then): quality bank 0.916 / 0.842,
-# Adult 0.894 / 0.872, Fair 0.954 / 0.926, heart 0.775 / 0.795, penguins 0.710 / 0.718, breast cancer 0.695 / 0.700, diabetes 0.797 / 0.799; TSTR higher or level on 6 of 7 (heart 0.67 / 0.54,
-# penguins 0.85 / 0.70, Adult 0.81 / 0.75, bank 0.65 / 0.60; breast cancer 0.76 / 0.81, sd ~0.1).
-# "pooled": the consortium's shares less the larger of the two columns' own distances from them (a site's
-# one-way difference from the consortium, which every pair of that column holds), so that the sum over the
-# sites scores what the pooled table depends, across sites too (Seattle weather's sites split on maximum
-# temperature: its pair with the minimum, correlation 0.88, came out 0.0-0.48 under "site"); sensitivity 2
-# (4 when the figures below were measured: the prediction then took the site's exact row count).
-# Measured at commit 20f30e0 as the default (bench_tables.py --only fedtab-auto-4s-eps1-, 3 seeds, epsilon
-# 1, 4 sites; the tables whose selection is read), quality / TSTR pooled against site: Adult 0.915 / 0.771
-# against 0.900 / 0.765, bank 0.912 / 0.601 against 0.924 / 0.614, Fair 0.953 / 0.637 against 0.959 /
-# 0.661, held-out Seattle weather 0.830 / 0.682 against 0.813 / 0.658, RAND HIE 0.913 / 0.545 against 0.910
-# / 0.549: no better across them.
-# "auto" (the default): "site" where its scores can be read (their noise sd at most ``STAR_NOISE`` x the row
-# estimate, ``fedtab.federation.marginals.selection_mode``), else "pooled" where its half the noise can be
-# (wide, small tables), else the star on a declared target. "pooled" as the default everywhere, with the
-# prediction for the site's DP row estimate (sensitivity 2; commit d5678fd, 3 seeds, epsilon 1, 4 sites),
-# against "site" where "site" is read: Adult 0.881 / 0.732 against 0.900 / 0.765, bank 0.913 / 0.618
-# against 0.925 / 0.614, RAND HIE 0.894 against 0.910 (the public row count is off the site's by its
-# noise, which hides a weak pair's dependence). "auto" (commit 5f61b09, 6 runs, tag select-auto) on the
-# 3 of 15 benchmark tables where it reads "pooled" instead of the star, quality / TSTR: ACTG 175 0.880 /
-# 0.530 against 0.824 / 0.584, diabetes 0.868 / 0.511 against 0.831 / 0.497, ANES 1996 0.858 / 0.880
+# ``select_shares`` (DP): the one-way shares a site's pair scores compare its two-way tables with: the site's own
+# ("site": a pair scores where it depends within a site, whatever the sites' differences; four times the sensitivity:
+# the site's exact shares and rows move with a row) or the consortium's ("consortium": a pair also scores where a
+# site's shares of either column differ from the consortium's, as on sites split by a column's quartiles). Measured
+# across the 7 tables of benchmarks/bench_tables.py at epsilon 1 on 4 sites (2 seeds each, site against consortium;
+# sensitivity 4 and 2 then): quality bank 0.916 / 0.842, Adult 0.894 / 0.872, Fair 0.954 / 0.926, heart 0.775 / 0.795,
+# penguins 0.710 / 0.718, breast cancer 0.695 / 0.700, diabetes 0.797 / 0.799; TSTR higher or level on 6 of 7 (heart
+# 0.67 / 0.54, penguins 0.85 / 0.70, Adult 0.81 / 0.75, bank 0.65 / 0.60; breast cancer 0.76 / 0.81, sd ~0.1).
+# "pooled": the consortium's shares less the larger of the two columns' own distances from them (a site's one-way
+# difference from the consortium, which every pair of that column holds), so that the sum over the sites scores what
+# the pooled table depends, across sites too (Seattle weather's sites split on maximum temperature: its pair with the
+# minimum, correlation 0.88, came out 0.0-0.48 under "site"); sensitivity 2 (4 when the figures below were measured:
+# the prediction then took the site's exact row count). Measured at commit 20f30e0 as the default (bench_tables.py
+# --only fedtab-auto-4s-eps1-, 3 seeds, epsilon 1, 4 sites; the tables whose selection is read), quality / TSTR pooled
+# against site: Adult 0.915 / 0.771 against 0.900 / 0.765, bank 0.912 / 0.601 against 0.924 / 0.614, Fair 0.953 /
+# 0.637 against 0.959 / 0.661, held-out Seattle weather 0.830 / 0.682 against 0.813 / 0.658, RAND HIE 0.913 / 0.545
+# against 0.910 / 0.549: no better across them.
+# "auto" (the default): "site" where its scores can be read (their noise sd at most ``STAR_NOISE`` x the row estimate,
+# ``fedtab.federation.marginals.selection_mode``), else "pooled" where its half the noise can be (wide, small tables),
+# else the star on a declared target. "pooled" as the default everywhere, with the prediction for the site's DP row
+# estimate (sensitivity 2; commit d5678fd, 3 seeds, epsilon 1, 4 sites), against "site" where "site" is read: Adult
+# 0.881 / 0.732 against 0.900 / 0.765, bank 0.913 / 0.618 against 0.925 / 0.614, RAND HIE 0.894 against 0.910 (the
+# public row count is off the site's by its noise, which hides a weak pair's dependence). "auto" (commit 5f61b09, 6
+# runs, tag select-auto) on the 3 of 15 benchmark tables where it reads "pooled" instead of the star, quality / TSTR:
+# ACTG 175 0.880 / 0.530 against 0.824 / 0.584, diabetes 0.868 / 0.511 against 0.831 / 0.497, ANES 1996 0.858 / 0.880
 # against 0.892 / 0.937 (its target is the hub of its pairs: the star holds them all).
 DEFAULT_OPTIONS = {"bins": "auto", "iters": 1000, "shares": [0.25, 0.25, 0.5], "select_shares": "auto"}
 SELECT_SHARES = ("auto", "site", "pooled", "consortium")
