@@ -68,11 +68,11 @@ def run_fedtab(spec: dict) -> dict:
     # sampling calibrates onto them, under DP redraws the target from them); under DP 30% of each
     # site's epsilon goes to the encoding (benchmarks/bench_models.py: DP_PREPROCESSING_SHARE).
     if spec["model"] == "auto":  # the default: nothing but the budget, the schema and the target
-        said: list[str] = []  # the phases it names (which selection the marginal model made)
+        said: list[dict] = []  # the phases it names (the marginal model's says which selection it made)
         synth = fedtab.FederatedSynthesizer(
             epsilon=spec["epsilon"], delta=s["delta"], seed=spec["seed"], schema=TableSchema.load(spec["schema"]),
             holdout=0.0, target=spec.get("target"), site_policy=fedtab.SitePolicy(allow_non_dp=True),
-            progress=lambda event, info: said.append(str(info.get("name", ""))) if event == "phase" else None,
+            progress=lambda event, info: said.append(info) if event == "phase" else None,
             **({"secure_aggregation": s["secure_aggregation"]} if "secure_aggregation" in s else {}))
         return {**_fit_fedtab(synth, spec), "selection": _selection(synth, said)}
     dp_share = {"preprocessing_share": s.get("preprocessing_share", 0.3)} if spec["epsilon"] is not None else {}
@@ -84,15 +84,13 @@ def run_fedtab(spec: dict) -> dict:
     return _fit_fedtab(synth, spec)
 
 
-def _selection(synth, said: list[str]) -> str | None:
-    """How the marginal model chose its tree, from what the job said: "star" (no selection: the star on the
-    target), "pooled" (scores against the consortium's shares), "site" (each site's own); None for another
-    model or without DP (the pooled exact tables)."""
+def _selection(synth, said: list[dict]) -> str | None:
+    """How the marginal model chose its tree, from its phase events: "star" (no selection: the star on the
+    target) or "pooled" (scores against the consortium's shares), else "site" (each site's own); None for
+    another model or without DP (the pooled exact tables)."""
     if synth.job_.model != "mst" or not synth.job_.privacy.enabled:
         return None
-    if any("marginals: no selection" in line for line in said):
-        return "star"
-    return "pooled" if any('("pooled"' in line for line in said) else "site"
+    return next((info["selection"] for info in said if info.get("selection")), "site")
 
 
 def _fit_fedtab(synth, spec: dict) -> dict:

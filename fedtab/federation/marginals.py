@@ -242,8 +242,7 @@ def score_sensitivity(select_shares: str, pairs: int) -> float:
     for a public row count (the site's DP row estimate) a row moves only the two-way table, one cell by 1:
     each score by at most 1 ("consortium"), or 2 less a one-way distance that moves by 1 too ("pooled");
     against the site's own shares and rows, which the row moves too, by at most 4 ("site")."""
-    per_score = {"consortium": 1.0, "pooled": 2.0}.get(select_shares, 4.0)
-    return per_score * math.sqrt(pairs)
+    return {"consortium": 1.0, "pooled": 2.0, "site": 4.0}[select_shares] * math.sqrt(pairs)
 
 
 def selection_mode(option: str, sd: float, pairs: int, rows: float, *, dp: bool) -> str:
@@ -503,14 +502,16 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
     rows = row_estimate(measured) if job.privacy.enabled else max(1.0, float(np.median([t.sum() for t in measured])))
     factors = _factors(plan["counts"], plan["shares"])
     target = _target_index(job, transformer)
-    mode = selection_mode(opts["select_shares"], sd1 * factors[1], len(all_pairs), rows, dp=job.privacy.enabled)
-    select_sd = sd1 * factors[1] * score_sensitivity(mode, len(all_pairs))
+    unit_sd = sd1 * factors[1]  # the selection's noise per unit of sensitivity
+    mode = selection_mode(opts["select_shares"], unit_sd, len(all_pairs), rows, dp=job.privacy.enabled)
+    select_sd = unit_sd * score_sensitivity(mode, len(all_pairs))
     star = d > 1 and job.privacy.enabled and target is not None and select_sd > STAR_NOISE * rows
     if progress is not None and opts["select_shares"] == "auto" and mode != "site" and not star and d > 1:
-        site_sd = sd1 * factors[1] * score_sensitivity("site", len(all_pairs))
+        site_sd = unit_sd * score_sensitivity("site", len(all_pairs))
         progress("phase", {"name": f"marginals: the selection scores pairs against the consortium's shares "
                                    f"(\"pooled\": noise sd {select_sd:.0f}; against each site's own its sd "
-                                   f"{site_sd:.0f} would exceed {STAR_NOISE:g} x the {rows:.0f} rows)"})
+                                   f"{site_sd:.0f} would exceed {STAR_NOISE:g} x the {rows:.0f} rows)",
+                           "selection": mode})
     sd_first = sd1
     if star:
         # The selection's scores cannot be read (a pair's L1 score is at most 2 x rows; a dependence of total
@@ -520,7 +521,8 @@ def fit(ask, job, transformer, *, progress=None, site_rows: dict[str, float] | N
         if progress is not None:
             progress("phase", {"name": f"marginals: no selection (its noise sd {select_sd:.0f} would exceed "
                                        f"{STAR_NOISE:g} x the {rows:.0f} rows): the tree is the star on the target, "
-                                       "and the selection's budget measures the one-way tables again"})
+                                       "and the selection's budget measures the one-way tables again",
+                               "selection": "star"})
         base["plan"] = plan = {**plan, "counts": [plan["counts"][0], 0, plan["counts"][2]]}
         again, sd2, again_sites = measure(AGAIN, [(j,) for j in range(d)], fine, levels=levels)
         # Averaged where the same sites answered both; where a site dropped out in between, the second
